@@ -1,0 +1,105 @@
+"""The `awet` command line: the composition root for operators.
+
+Heavy imports (dagster, torch, confluent_kafka) happen inside commands so `awet --help`
+stays fast.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from awet_cli.infra_cmd import infra_app
+from awet_dagster.config import ConfigError, effective_values, load_config, load_config_with_sources
+
+console = Console()
+app = typer.Typer(
+    help="AWET: trading research (Dagster) and paper trading (Kafka live loop).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(infra_app, name="infra")
+
+
+def _config_or_exit():
+    try:
+        return load_config()
+    except ConfigError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@config_app.command("show")
+def config_show(
+    key: str = typer.Option(None, "--key", "-k", help="Only keys starting with this prefix."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Print every effective value and the layer it came from (secrets masked)."""
+    try:
+        loaded = load_config_with_sources()
+    except ConfigError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    rows = [r for r in effective_values(loaded) if not key or r[0].startswith(key)]
+    if as_json:
+        import json
+
+        typer.echo(json.dumps([{"key": k, "value": v, "source": s} for k, v, s in rows], indent=2))
+        return
+    table = Table(title=f"AWET configuration (AWET_ENV={loaded.config.env})")
+    table.add_column("key", style="cyan")
+    table.add_column("value")
+    table.add_column("source", style="magenta")
+    for k, v, s in rows:
+        table.add_row(k, v, s)
+    console.print(table)
+
+
+@app.command("ui")
+def ui(
+    port: int = typer.Option(None, help="Port for the Dagster UI (default from config)."),
+) -> None:
+    """Start the Dagster UI (`dagster dev`) on localhost against the project's instance."""
+    cfg = _config_or_exit()
+    from awet_cli.dagster_env import dagster_environ, workspace_file
+
+    env = dagster_environ(cfg)
+    cmd = [
+        sys.executable, "-m", "dagster", "dev",
+        "-w", str(workspace_file()),
+        "-h", cfg.dagster.ui_host,
+        "-p", str(port or cfg.dagster.ui_port),
+    ]
+    console.print(f"Dagster UI on http://{cfg.dagster.ui_host}:{port or cfg.dagster.ui_port} "
+                  f"(DAGSTER_HOME={env['DAGSTER_HOME']}); Ctrl-C stops it.")
+    try:
+        raise typer.Exit(subprocess.call(cmd, env=env))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+@app.command("run")
+def run(
+    skip_infra: bool = typer.Option(False, help="Do not start the embedded servers first."),
+) -> None:
+    """Run the main job end to end on the configured defaults and print a summary."""
+    cfg = _config_or_exit()
+    from awet_cli.main_job import run_main_job
+
+    raise typer.Exit(run_main_job(cfg, console, start_infra=not skip_infra))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

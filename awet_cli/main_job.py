@@ -1,0 +1,80 @@
+"""`awet run`: bring up the embedded infrastructure, run the main Dagster job against the
+project's instance, and print a summary of what it produced."""
+from __future__ import annotations
+
+import os
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from awet_dagster.config import AwetConfig
+
+
+def _main_job_def():
+    # Module-level so dagster.reconstructable() can rebuild it in any process.
+    from awet_dagster.definitions import defs
+    from jobs.main import MAIN_JOB_NAME
+
+    return defs.resolve_job_def(MAIN_JOB_NAME)
+
+
+def run_main_job(cfg: AwetConfig, console: Console, start_infra: bool = True) -> int:
+    from dagster import DagsterEventType, DagsterInstance, execute_job, reconstructable
+
+    from awet_cli.dagster_env import ensure_dagster_home
+
+    started = time.monotonic()
+    if start_infra:
+        from awet_cli.infra_cmd import bring_up
+
+        with console.status("Starting embedded infrastructure (PostgreSQL, Kafka broker)…"):
+            bring_up(cfg, console)
+    os.environ["DAGSTER_HOME"] = str(ensure_dagster_home(cfg))
+    os.environ.setdefault("AWET_HOME", str(cfg.paths.home.resolve()))
+    console.rule("[bold]AWET main job")
+    with DagsterInstance.get() as instance:
+        result = execute_job(
+            reconstructable(_main_job_def),
+            instance=instance,
+            raise_on_error=False,
+            # Step-level DEBUG events are in the UI; the terminal gets INFO and the summary.
+            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+        )
+        run_id = result.run_id
+        mats = [e for e in result.all_events if e.event_type == DagsterEventType.ASSET_MATERIALIZATION]
+        checks = [e for e in result.all_events if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION]
+        failures = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
+        skipped = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_SKIPPED]
+    table = Table(title=f"Run {run_id[:8]} — {'SUCCESS' if result.success else 'FAILED'}")
+    table.add_column("stage")
+    table.add_column("result")
+    table.add_column("details")
+    for ev in mats:
+        mat = ev.event_specific_data.materialization
+        details = ", ".join(f"{k}={_short(v)}" for k, v in list(mat.metadata.items())[:4])
+        table.add_row(mat.asset_key.to_user_string(), "[green]materialized", details)
+    for ev in checks:
+        ce = ev.event_specific_data
+        table.add_row(
+            f"{ce.asset_key.to_user_string()}:{ce.check_name}",
+            "[green]check passed" if ce.passed else "[red]check failed",
+            str(ce.severity.value) if not ce.passed else "",
+        )
+    for ev in failures:
+        err = ev.event_specific_data.error
+        table.add_row(ev.step_key or "?", "[red]failed", (err.message if err else "").strip()[:200])
+    for ev in skipped:
+        table.add_row(ev.step_key or "?", "[yellow]skipped", "an upstream stage or blocking check failed")
+    console.print(table)
+    console.print(
+        f"Summary: {len(mats)} materializations, {sum(1 for c in checks if c.event_specific_data.passed)}"
+        f"/{len(checks)} checks passed, {len(failures)} failed steps in {time.monotonic() - started:.1f}s. "
+        f"Browse the run with `awet ui` (DAGSTER_HOME={os.environ['DAGSTER_HOME']})."
+    )
+    return 0 if result.success else 1
+
+
+def _short(value) -> str:
+    text = str(getattr(value, "value", value))
+    return text if len(text) <= 40 else text[:37] + "…"

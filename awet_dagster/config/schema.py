@@ -1,0 +1,274 @@
+"""The typed, frozen configuration tree.
+
+Code defaults live here; `configs/*.yaml`, environment variables and Vault override them
+(see `loader.py`). Every section forbids unknown keys so a typo fails loudly instead of
+being ignored.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+DEFAULT_TOPICS = (
+    "market.raw",
+    "engineered",
+    "alpha.signals",
+    "predictions",
+    "signals.scored",
+    "risk.approved",
+    "risk.rejected",
+    "exec.done",
+)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class PathsConfig(Section):
+    home: Path = Path(".awet")  # embedded servers, Dagster instance, MLflow store, logs
+
+
+class DatabaseConfig(Section):
+    url: SecretStr | None = None  # external Postgres/TimescaleDB; None = embedded
+    connect_timeout_s: int = Field(10, gt=0)
+    statement_timeout_ms: int = Field(60_000, gt=0)
+
+
+class TopicConfig(Section):
+    partitions: int = Field(3, ge=1)
+    replication_factor: int = Field(1, ge=1)
+
+
+def _default_topics() -> dict[str, TopicConfig]:
+    return {name: TopicConfig() for name in DEFAULT_TOPICS}
+
+
+class KafkaConfig(Section):
+    bootstrap: str | None = None  # external Kafka; None = embedded tansu
+    group_prefix: str = "awet"
+    dlq_suffix: str = ".dlq"
+    topics: dict[str, TopicConfig] = Field(default_factory=_default_topics)
+    # Extra librdkafka settings for every client (e.g. security.protocol). Kept out of repr:
+    # it may carry sasl.password.
+    client: dict[str, str | int | float | bool] = Field(default_factory=dict, repr=False)
+    # Consumer-only settings; the dev profile shortens group-join timeouts.
+    consumer: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    producer: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    sasl_password: SecretStr | None = None
+    poll_timeout_s: float = Field(0.5, gt=0)
+    flush_timeout_s: float = Field(10.0, gt=0)
+    batch_size: int = Field(500, ge=1)
+
+    @field_validator("topics", mode="before")
+    @classmethod
+    def _topics_over_defaults(cls, v: object) -> object:
+        # A layer names only the topics it changes; the others keep their defaults.
+        if isinstance(v, dict):
+            merged: dict[str, object] = {name: {} for name in DEFAULT_TOPICS}
+            merged.update(v)
+            return merged
+        return v
+
+
+class InfraConfig(Section):
+    postgres_start_timeout_s: int = Field(60, gt=0)
+    broker_start_timeout_s: int = Field(20, gt=0)
+    stop_timeout_s: int = Field(15, gt=0)
+
+
+class DagsterConfig(Section):
+    home: Path | None = None  # default: <paths.home>/dagster
+    ui_host: str = "127.0.0.1"
+    ui_port: int = Field(3000, gt=0, lt=65536)
+
+
+class MlflowConfig(Section):
+    tracking_uri: str | None = None  # default: sqlite store under <paths.home>/mlflow
+    registry_uri: str | None = None
+    experiment: str = "awet"
+    model_name: str = "awet-tft"
+    champion_alias: str = "champion"
+
+
+class DataConfig(Section):
+    source: Literal["sample", "synthetic", "yfinance", "alpaca", "polygon"] = "sample"
+    bar_type: Literal["daily", "minute"] = "daily"
+    symbols: tuple[str, ...] = ("SPY", "QQQ", "IWM", "AAPL", "IBM", "BAC", "AIG", "EEM")
+    start: str = "2010-01-01"
+    end: str = "2021-03-31"
+    request_timeout_s: float = Field(10.0, gt=0)
+    max_retries: int = Field(4, ge=0)
+    polygon_api_key: SecretStr | None = None
+    alpaca_api_key: SecretStr | None = None
+    alpaca_secret_key: SecretStr | None = None
+    reddit_client_id: SecretStr | None = None
+    reddit_client_secret: SecretStr | None = None
+    staleness_max_days: int = Field(5, ge=1)
+
+
+class RetentionConfig(Section):
+    minute_bars_days: int = Field(90, ge=1)
+    signals_days: int = Field(180, ge=1)
+    audit_days: int = Field(365, ge=1)
+
+
+class ModelConfig(Section):
+    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+    lookback: int = Field(60, ge=2)
+    horizons: tuple[int, ...] = (1, 5, 10)
+    hidden_size: int = Field(16, ge=1)
+    attention_heads: int = Field(2, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    max_epochs: int = Field(5, ge=1)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(3e-3, gt=0)
+    early_stopping_patience: int = Field(2, ge=0)
+    seed: int = 42
+    accelerator: str = "auto"
+
+    @field_validator("quantiles")
+    @classmethod
+    def _sorted_quantiles(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if list(v) != sorted(v) or any(not 0 < q < 1 for q in v):
+            raise ValueError("quantiles must be increasing and inside (0, 1)")
+        return v
+
+
+class WalkForwardConfig(Section):
+    scheme: Literal["rolling", "expanding"] = "rolling"
+    folds: int = Field(6, ge=1)
+    min_folds: int = Field(6, ge=1)
+    embargo_bars: int = Field(10, ge=0)  # minute data uses 180 (configs)
+    slippage_bps: float = Field(5.0, ge=0)
+    fee_per_order: float = Field(1.0, ge=0)
+
+
+class GateConfig(Section):
+    min_median_oos_sharpe: float = 0.5
+    min_oos_win_rate: float = Field(0.45, ge=0, le=1)
+    require_not_worse_than_champion: bool = True
+
+
+class PromotionConfig(Section):
+    require_approval: bool = False
+
+
+class SignalWeights(Section):
+    tft: float = Field(0.5, ge=0)
+    rsi: float = Field(0.2, ge=0)
+    ema: float = Field(0.2, ge=0)
+    macd: float = Field(0.1, ge=0)
+
+    @model_validator(mode="after")
+    def _positive_total(self) -> "SignalWeights":
+        if self.tft + self.rsi + self.ema + self.macd <= 0:
+            raise ValueError("ensemble weights must not all be zero")
+        return self
+
+
+class RegimeScaling(Section):
+    bull: float = Field(1.0, ge=0)
+    bear: float = Field(0.7, ge=0)
+    sideways: float = Field(0.5, ge=0)
+
+
+class SignalsConfig(Section):
+    weights: SignalWeights = SignalWeights()
+    regime_scaling: RegimeScaling = RegimeScaling()
+    min_confidence: float = Field(0.55, ge=0, le=1)
+    min_avg_volume_10d: float = Field(500_000, ge=0)
+    max_spread_pct: float = Field(0.001, ge=0)
+    enforce_market_hours: bool = True
+    earnings_blackout: tuple[str, ...] = ()  # "SYMBOL:YYYY-MM-DD"
+
+
+class RiskConfig(Section):
+    position_size_pct: float = Field(0.02, gt=0, le=1)
+    symbol_overrides: dict[str, float] = Field(default_factory=dict)
+    max_total_exposure: float = Field(50_000, gt=0)
+    max_symbol_exposure: float = Field(10_000, gt=0)
+    daily_loss_limit: float = Field(0.05, gt=0, le=1)
+    kill_switch_loss: float = Field(0.10, gt=0, le=1)
+    max_drawdown: float = Field(0.15, gt=0, le=1)
+    cvar_limit: float = Field(0.03, gt=0, le=1)
+    trailing_stop_pct: float = Field(0.02, gt=0, le=1)
+    sector_cap_pct: float = Field(0.20, gt=0, le=1)
+    max_orders_per_minute: int = Field(30, ge=1)
+    max_orders_per_symbol_day: int = Field(10, ge=1)
+    cooldown_s: int = Field(60, ge=0)
+    initial_equity: float = Field(100_000, gt=0)
+
+
+class ExecutionConfig(Section):
+    broker: Literal["paper", "alpaca"] = "paper"
+    dry_run: bool = True
+    approval_file: Path = Path(".awet/APPROVE_LIVE_ORDERS")
+    alpaca_base_url: str = "https://paper-api.alpaca.markets"
+    alpaca_api_key: SecretStr | None = None
+    alpaca_secret_key: SecretStr | None = None
+    request_timeout_s: float = Field(10.0, gt=0)
+    max_retries: int = Field(4, ge=0)
+    take_profit_pct: float = Field(0.03, gt=0)
+    stop_loss_pct: float = Field(0.015, gt=0)
+    slippage_bps: float = Field(5.0, ge=0)
+    fee_per_order: float = Field(1.0, ge=0)
+
+
+class ExitsConfig(Section):
+    take_profit_pct: float = Field(0.03, gt=0)
+    stop_loss_pct: float = Field(0.015, gt=0)
+    trailing_stop_pct: float = Field(0.02, gt=0)
+    max_hold_minutes: int = Field(60, ge=1)
+    max_hold_bars_daily: int = Field(10, ge=1)
+
+
+class ObservabilityConfig(Section):
+    metrics_port_base: int = Field(9400, gt=0, lt=65536)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class VaultConfig(Section):
+    # Connection comes from VAULT_ADDR / VAULT_TOKEN; these name where the secrets live.
+    mount: str = "secret"
+    path: str = "awet"
+    timeout_s: float = Field(5.0, gt=0)
+
+
+class AwetConfig(Section):
+    env: str = "dev"
+    paths: PathsConfig = PathsConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    kafka: KafkaConfig = KafkaConfig()
+    infra: InfraConfig = InfraConfig()
+    dagster: DagsterConfig = DagsterConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    data: DataConfig = DataConfig()
+    retention: RetentionConfig = RetentionConfig()
+    model: ModelConfig = ModelConfig()
+    walk_forward: WalkForwardConfig = WalkForwardConfig()
+    gate: GateConfig = GateConfig()
+    promotion: PromotionConfig = PromotionConfig()
+    signals: SignalsConfig = SignalsConfig()
+    risk: RiskConfig = RiskConfig()
+    execution: ExecutionConfig = ExecutionConfig()
+    exits: ExitsConfig = ExitsConfig()
+    observability: ObservabilityConfig = ObservabilityConfig()
+    vault: VaultConfig = VaultConfig()
+
+    # Derived locations, so every caller agrees on them.
+    @property
+    def dagster_home(self) -> Path:
+        return (self.dagster.home or self.paths.home / "dagster").resolve()
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        if self.mlflow.tracking_uri:
+            return self.mlflow.tracking_uri
+        return f"sqlite:///{(self.paths.home / 'mlflow' / 'mlflow.db').resolve()}"
+
+    @property
+    def mlflow_artifact_root(self) -> Path:
+        return (self.paths.home / "mlflow" / "artifacts").resolve()

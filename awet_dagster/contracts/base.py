@@ -1,0 +1,86 @@
+"""Base pieces shared by every event contract.
+
+Why these rules:
+- ``frozen`` + ``extra="forbid"``: an event is a fact that was published; nobody may mutate it
+  after the fact, and a typo'd or unknown field from a producer must fail loudly at the
+  boundary instead of being silently dropped.
+- ``allow_inf_nan=False``: NaN/inf are not valid JSON numbers and always mean an upstream bug
+  (an indicator still warming up, a division by zero); reject them where they enter the bus.
+- Timestamps must be timezone-aware; naive datetimes are rejected (we cannot guess which
+  zone a producer meant), aware ones in other zones are converted to UTC so equality,
+  ordering and the wire format are uniform (``...Z``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+
+def ensure_utc(value: datetime) -> datetime:
+    """Reject naive datetimes; convert aware ones to UTC."""
+    if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+        raise ValueError(
+            "naive datetime rejected: timestamps must be timezone-aware "
+            "(e.g. '2024-01-02T14:30:00Z' or datetime(..., tzinfo=UTC))"
+        )
+    return value.astimezone(UTC)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_event_id() -> str:
+    return str(uuid.uuid4())
+
+
+#: A timezone-aware timestamp normalised to UTC.
+UtcDatetime = Annotated[datetime, AfterValidator(ensure_utc)]
+
+#: Non-empty string without surrounding whitespace ("" and "  " are rejected).
+NonEmptyStr = Annotated[str, StringConstraints(min_length=1, pattern=r"^\S(.*\S)?$")]
+
+#: Ticker symbol as used across the platform (e.g. "AAPL", "BRK.B", "BTC/USD").
+Symbol = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9.\-/^=_]+$")]
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+UnitFloat = Annotated[float, Field(ge=0, le=1)]
+
+BarType = Literal["minute", "daily"]
+Direction = Literal["long", "short", "flat"]
+Side = Literal["buy", "sell"]
+Venue = Literal["paper", "alpaca"]
+
+
+class ContractModel(BaseModel):
+    """Strict, immutable model used for events and their nested parts."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, validate_default=True)
+
+
+class BaseEvent(ContractModel):
+    """Fields every event on the bus carries.
+
+    ``correlation_id`` ties all events caused by one originating bar together (the bus
+    helper also copies it into a Kafka header). ``schema_version`` is a per-model constant:
+    each subclass redeclares it as ``Literal[N]`` so a message written by an incompatible
+    producer is rejected instead of being misread.
+    """
+
+    #: Set by subclasses to the topic-independent event name (for headers / logs).
+    event_type: ClassVar[str] = "base"
+
+    event_id: NonEmptyStr = Field(default_factory=new_event_id, description="uuid4 string unless set")
+    correlation_id: NonEmptyStr = Field(description="id shared by all events caused by one originating bar")
+    schema_version: Literal[1] = 1
+    produced_at: UtcDatetime = Field(default_factory=utc_now, description="when the producer built the event (UTC)")
+
+    def kafka_key(self) -> bytes | None:
+        """Partitioning key: outputs are keyed by symbol so one symbol stays ordered."""
+        symbol: Any = getattr(self, "symbol", None)
+        return symbol.encode() if isinstance(symbol, str) else None

@@ -1,0 +1,333 @@
+"""Typed event contracts for every topic of the live loop.
+
+Flow: market.raw -> engineered -> alpha.signals / predictions -> signals.scored
+-> risk.approved | risk.rejected -> exec.done, with exit requests on exec.exits
+(see ``awet_dagster.contracts.topics`` for the topic map and why exits skip risk).
+
+Collections are tuples (not lists) so frozen events are really immutable; they are JSON
+arrays on the wire. ``dict`` fields stay dicts (JSON objects): do not mutate them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from .base import (
+    BarType,
+    BaseEvent,
+    ContractModel,
+    Direction,
+    NonEmptyStr,
+    NonNegativeFloat,
+    PositiveFloat,
+    Side,
+    Symbol,
+    UnitFloat,
+    UtcDatetime,
+    Venue,
+)
+
+Horizon = Annotated[int, Field(gt=0, description="forecast horizon in bars of the event's bar type")]
+
+
+# --------------------------------------------------------------------------- market data
+class MarketRawEvent(BaseEvent):
+    """One OHLCV bar (plus the last quote when known), as ingested."""
+
+    event_type: ClassVar[str] = "market_raw"
+
+    symbol: Symbol
+    bar_type: BarType
+    ts: UtcDatetime = Field(description="bar START instant, UTC")
+    open: PositiveFloat
+    high: PositiveFloat
+    low: PositiveFloat
+    close: PositiveFloat
+    volume: NonNegativeFloat
+    bid: PositiveFloat | None = None
+    ask: PositiveFloat | None = None
+    bid_size: NonNegativeFloat | None = None
+    ask_size: NonNegativeFloat | None = None
+    source: NonEmptyStr = Field(description="e.g. 'alpaca', 'yfinance', 'replay'")
+
+    @model_validator(mode="after")
+    def _check_prices(self) -> MarketRawEvent:
+        if self.high < max(self.open, self.close, self.low):
+            raise ValueError(f"high {self.high} is below open/close/low")
+        if self.low > min(self.open, self.close):
+            raise ValueError(f"low {self.low} is above open/close")
+        if self.bid is not None and self.ask is not None and self.bid > self.ask:
+            raise ValueError(f"crossed quote: bid {self.bid} > ask {self.ask}")
+        return self
+
+
+class FeatureEvent(BaseEvent):
+    """Engineered features for one bar."""
+
+    event_type: ClassVar[str] = "features"
+
+    symbol: Symbol
+    bar_type: BarType
+    ts: UtcDatetime = Field(description="start of the bar the features describe, UTC")
+    feature_set_version: NonEmptyStr
+    features: dict[NonEmptyStr, float] = Field(min_length=1, description="finite values only (NaN rejected)")
+
+
+# --------------------------------------------------------------------------- alphas / model
+class AlphaSignal(BaseEvent):
+    """Output of one rule-based alpha for one bar."""
+
+    event_type: ClassVar[str] = "alpha_signal"
+
+    symbol: Symbol
+    ts: UtcDatetime
+    alpha: Literal["rsi", "ema_cross", "macd"]
+    direction: Direction
+    magnitude: NonNegativeFloat = Field(description="strength; the sign is carried by direction")
+    confidence: UnitFloat
+    period: int = Field(gt=0, description="main lookback of the alpha, in bars")
+
+
+class Quantiles(ContractModel):
+    """q10/q50/q90 of the forecast return (fraction, e.g. 0.004 = +0.4%)."""
+
+    q10: float
+    q50: float
+    q90: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Quantiles:
+        if not (self.q10 <= self.q50 <= self.q90):
+            raise ValueError(f"quantiles must satisfy q10 <= q50 <= q90, got {self.q10}, {self.q50}, {self.q90}")
+        return self
+
+
+class Prediction(BaseEvent):
+    """Quantile forecast of the model for several horizons."""
+
+    event_type: ClassVar[str] = "prediction"
+
+    symbol: Symbol
+    ts: UtcDatetime = Field(description="start of the last bar the model saw, UTC")
+    model_version: NonEmptyStr
+    horizons: tuple[Horizon, ...] = Field(min_length=1)
+    # JSON object keys are strings; pydantic turns them back into ints when decoding.
+    quantiles: dict[Horizon, Quantiles] = Field(description="horizon -> quantiles, one entry per horizon")
+
+    @model_validator(mode="after")
+    def _horizons_match(self) -> Prediction:
+        if len(set(self.horizons)) != len(self.horizons):
+            raise ValueError(f"duplicate horizons: {self.horizons}")
+        if set(self.quantiles) != set(self.horizons):
+            raise ValueError(f"quantiles keys {sorted(self.quantiles)} != horizons {sorted(self.horizons)}")
+        return self
+
+
+# --------------------------------------------------------------------------- scored signal
+class ComponentScores(ContractModel):
+    """Per-component scores in [-1, 1] (None: component inactive for this bar)."""
+
+    tft: float | None = Field(default=None, ge=-1, le=1)
+    rsi: float | None = Field(default=None, ge=-1, le=1)
+    ema: float | None = Field(default=None, ge=-1, le=1)
+    macd: float | None = Field(default=None, ge=-1, le=1)
+
+
+class FilterFailure(ContractModel):
+    name: NonEmptyStr
+    reason: NonEmptyStr
+
+
+class ScoredSignal(BaseEvent):
+    """Ensemble decision for one bar, with everything needed to explain it later."""
+
+    event_type: ClassVar[str] = "scored_signal"
+
+    symbol: Symbol
+    ts: UtcDatetime
+    direction: Direction
+    score: float = Field(ge=-1, le=1, description="signed ensemble score")
+    confidence: UnitFloat
+    calibrated_prob: UnitFloat = Field(description="calibrated probability that the direction is right")
+    regime: NonEmptyStr
+    regime_scale: NonNegativeFloat = Field(description="position-size multiplier applied for the regime")
+    components: ComponentScores
+    ensemble_weights: dict[NonEmptyStr, NonNegativeFloat] = Field(description="weights actually used")
+    active_alphas: tuple[NonEmptyStr, ...] = ()
+    horizon: Horizon
+    model_version: NonEmptyStr
+    quantiles: Quantiles = Field(description="q10/q50/q90 used for this horizon")
+    filters_passed: tuple[NonEmptyStr, ...] = ()
+    filters_failed: tuple[FilterFailure, ...] = ()
+    price: PositiveFloat = Field(description="last price when scored")
+    reference_price: PositiveFloat = Field(description="price the signal is relative to (bar close)")
+
+
+# --------------------------------------------------------------------------- risk
+class RiskSnapshot(ContractModel):
+    """Risk metrics at decision time (portfolio-level)."""
+
+    cvar_95: float | None = Field(default=None, description="1-day 95% CVaR as a loss fraction of equity")
+    exposure: float = Field(description="gross exposure in dollars after this order")
+    equity: PositiveFloat | None = None
+    extra: dict[NonEmptyStr, float] = Field(default_factory=dict, description="other metrics, by name")
+
+
+class RiskDecision(BaseEvent):
+    """Approval or rejection of a scored signal, with the sized order when approved."""
+
+    event_type: ClassVar[str] = "risk_decision"
+
+    symbol: Symbol
+    ts: UtcDatetime = Field(description="ts of the signal decided on")
+    approved: bool
+    reasons: tuple[NonEmptyStr, ...] = ()
+    side: Side
+    qty: NonNegativeFloat
+    notional: NonNegativeFloat
+    limit_price: PositiveFloat | None = None
+    take_profit: PositiveFloat | None = None
+    stop_loss: PositiveFloat | None = None
+    signal_event_id: NonEmptyStr
+    metrics: RiskSnapshot
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RiskDecision:
+        if not self.approved and not self.reasons:
+            raise ValueError("a rejected decision needs at least one reason")
+        if self.approved and self.qty <= 0:
+            raise ValueError("an approved decision needs qty > 0")
+        if self.take_profit is not None and self.stop_loss is not None:
+            if self.side == "buy" and not self.stop_loss < self.take_profit:
+                raise ValueError("buy: stop_loss must be below take_profit")
+            if self.side == "sell" and not self.stop_loss > self.take_profit:
+                raise ValueError("sell: stop_loss must be above take_profit")
+        return self
+
+
+# --------------------------------------------------------------------------- execution
+OrderIntent = Literal["entry", "exit"]
+OrderStatus = Literal["new", "accepted", "partially_filled", "filled", "canceled", "rejected", "expired"]
+
+
+class OrderEvent(BaseEvent):
+    """An order the execution service submitted (or would submit, when dry_run)."""
+
+    event_type: ClassVar[str] = "order"
+
+    client_order_id: NonEmptyStr
+    broker_order_id: NonEmptyStr | None = None
+    symbol: Symbol
+    ts: UtcDatetime = Field(description="when the order was created")
+    side: Side
+    qty: PositiveFloat
+    order_type: Literal["market", "limit"] = "market"
+    limit_price: PositiveFloat | None = None
+    take_profit: PositiveFloat | None = None
+    stop_loss: PositiveFloat | None = None
+    intent: OrderIntent
+    source_event_id: NonEmptyStr = Field(description="RiskDecision or ExitEvent event_id that caused it")
+    status: OrderStatus = "new"
+    venue: Venue
+    dry_run: bool
+
+    @model_validator(mode="after")
+    def _limit(self) -> OrderEvent:
+        if self.order_type == "limit" and self.limit_price is None:
+            raise ValueError("limit order needs limit_price")
+        return self
+
+
+class ExecutionReport(BaseEvent):
+    """Outcome of an order (fill, partial fill, rejection...)."""
+
+    event_type: ClassVar[str] = "execution_report"
+
+    client_order_id: NonEmptyStr
+    broker_order_id: NonEmptyStr | None = None
+    symbol: Symbol
+    ts: UtcDatetime = Field(description="when the venue reported this state")
+    side: Side
+    qty: PositiveFloat
+    filled_qty: NonNegativeFloat
+    avg_price: PositiveFloat | None = None
+    fee: NonNegativeFloat = 0.0
+    slippage_bps: float | None = Field(default=None, description="vs the reference price; positive = worse")
+    status: OrderStatus
+    intent: OrderIntent
+    source_event_id: NonEmptyStr
+    venue: Venue
+    dry_run: bool
+    message: str | None = Field(default=None, description="venue text, e.g. a rejection reason")
+
+    @model_validator(mode="after")
+    def _fills(self) -> ExecutionReport:
+        if self.filled_qty > self.qty:
+            raise ValueError(f"filled_qty {self.filled_qty} > qty {self.qty}")
+        if self.filled_qty > 0 and self.avg_price is None:
+            raise ValueError("avg_price required when filled_qty > 0")
+        if self.status == "filled" and self.filled_qty != self.qty:
+            raise ValueError("status 'filled' requires filled_qty == qty")
+        return self
+
+
+class ExitEvent(BaseEvent):
+    """Request to close (part of) a position because an exit rule fired."""
+
+    event_type: ClassVar[str] = "exit"
+
+    symbol: Symbol
+    ts: UtcDatetime = Field(description="when the exit rule fired")
+    reason: Literal["tp", "sl", "trailing", "max_hold"]
+    position_side: Literal["long", "short"]
+    qty: PositiveFloat
+    trigger_price: PositiveFloat
+    entry_price: PositiveFloat
+    entry_ts: UtcDatetime
+    entry_client_order_id: NonEmptyStr | None = None
+
+    @property
+    def side(self) -> Side:
+        """Order side that closes the position."""
+        return "sell" if self.position_side == "long" else "buy"
+
+
+# --------------------------------------------------------------------------- dead letters
+class DeadLetter(BaseEvent):
+    """Envelope written to ``<topic>.dlq`` by the bus helper for an unprocessable message.
+
+    ``correlation_id`` is the original message's header when present, else
+    ``dlq:<topic>:<partition>:<offset>``.
+    """
+
+    event_type: ClassVar[str] = "dead_letter"
+
+    reason: Literal["empty_message", "invalid_json", "schema_mismatch", "handler_error"]
+    error_type: NonEmptyStr
+    error: str
+    service: NonEmptyStr
+    original_topic: NonEmptyStr
+    original_partition: int = Field(ge=0)
+    original_offset: int = Field(ge=0)
+    original_timestamp_ms: int | None = None
+    original_key_b64: str | None = None
+    original_value_b64: str | None = Field(description="original bytes, base64 (None for a tombstone)")
+    original_headers: tuple[tuple[str, str | None], ...] = Field(
+        default=(), description="(name, base64 value) pairs, in order"
+    )
+
+
+CONTRACT_MODELS: tuple[type[BaseEvent], ...] = (
+    MarketRawEvent,
+    FeatureEvent,
+    AlphaSignal,
+    Prediction,
+    ScoredSignal,
+    RiskDecision,
+    OrderEvent,
+    ExecutionReport,
+    ExitEvent,
+    DeadLetter,
+)

@@ -1,0 +1,172 @@
+"""`awet infra up|status|down` as plain functions (no CLI, no Dagster, no Kafka client).
+
+* ``infra_up``: for each of PostgreSQL / broker, use the external endpoint from config
+  (``DATABASE_URL`` / ``KAFKA_BOOTSTRAP``) when set and start nothing; otherwise start the
+  embedded server, or reuse the one a previous ``up`` started if it is still alive.
+  Records what it started in ``<home>/endpoints.json`` and ``<home>/run/*.pid``.
+* ``infra_down``: stops only the servers recorded as started by ``up`` (pid files and
+  the embedded data directory), never an external one.
+* ``infra_status``: what is configured/recorded and whether it is alive.
+
+Schema migrations and topic creation are done by the caller (CLI, test fixtures): they
+need SQLAlchemy/Alembic and the Kafka admin client respectively.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from awet_dagster.infra.broker import running_broker, start_broker, stop_broker
+from awet_dagster.infra.endpoints import (
+    Endpoints,
+    external_database_url,
+    external_kafka_bootstrap,
+    read_endpoints,
+    redact_url,
+    write_endpoints,
+)
+from awet_dagster.infra.paths import HomeLayout, layout
+from awet_dagster.infra.postgres import running_postgres, start_postgres, stop_postgres
+from awet_dagster.infra.processes import (
+    InfraError,
+    file_lock,
+    is_alive,
+    live_record,
+    read_pid_file,
+    write_pid_file,
+)
+
+_LOCK_TIMEOUT_S = 120.0
+
+
+def _timeout(cfg: Any, name: str, default: float) -> float:
+    value = getattr(getattr(cfg, "infra", None), name, None)
+    return float(value) if value else default
+
+
+def infra_up(cfg: Any) -> Endpoints:
+    """Ensure PostgreSQL and the broker are reachable; returns the effective endpoints.
+
+    ``started`` in the result has one entry per embedded server, with ``reused`` telling
+    whether it was already running.
+    """
+    ext_db = external_database_url(cfg)
+    ext_kafka = external_kafka_bootstrap(cfg)
+    if ext_db and ext_kafka:
+        return Endpoints(ext_db, ext_kafka, {})  # nothing to start, nothing to record
+
+    home = layout(cfg).ensure()
+    pg_timeout = _timeout(cfg, "postgres_start_timeout_s", 60.0)
+    broker_timeout = _timeout(cfg, "broker_start_timeout_s", 30.0)
+    with file_lock(home.lock_file, timeout_s=_LOCK_TIMEOUT_S):
+        recorded = read_endpoints(home.endpoints_file) or Endpoints("", "", {})
+        file_started: dict[str, Any] = {}
+        reused: dict[str, bool] = {}
+        db_url, bootstrap = recorded.database_url, recorded.kafka_bootstrap
+        try:
+            if not ext_db:
+                pg, new = start_postgres(home.pgdata, logs_dir=home.logs_dir, timeout_s=pg_timeout)
+                write_pid_file(home.postgres_pid_file, pg.record())
+                file_started["postgres"] = pg.record().to_json()
+                reused["postgres"] = not new
+                db_url = pg.url
+            if not ext_kafka:
+                br, new = start_broker(
+                    home.broker_pid_file, home.logs_dir / "broker.log", timeout_s=broker_timeout
+                )
+                file_started["broker"] = br.record().to_json()
+                reused["broker"] = not new
+                bootstrap = br.bootstrap
+        finally:
+            # Record whatever runs now, even after a partial failure, so `down` can stop it.
+            # Keep entries of servers that are still ours but not needed this time.
+            for name, entry in recorded.started.items():
+                if name not in file_started and is_alive(entry.get("pid"), entry.get("create_time")):
+                    file_started[name] = entry
+            if file_started:
+                write_endpoints(
+                    home.endpoints_file,
+                    Endpoints(
+                        database_url=db_url if "postgres" in file_started else "",
+                        kafka_bootstrap=bootstrap if "broker" in file_started else "",
+                        started=file_started,
+                    ),
+                )
+    result_started = {
+        name: {**file_started[name], "reused": reused[name]} for name in reused
+    }
+    return Endpoints(
+        database_url=ext_db or db_url,
+        kafka_bootstrap=ext_kafka or bootstrap,
+        started=result_started,
+    )
+
+
+def infra_down(cfg: Any) -> dict[str, str]:
+    """Stop the embedded servers that `infra_up` started; returns {name: what happened}."""
+    home = layout(cfg)
+    if not home.home.exists():
+        return {"postgres": "not started", "broker": "not started"}
+    timeout = _timeout(cfg, "stop_timeout_s", 30.0)
+    outcome: dict[str, str] = {}
+    with file_lock(home.lock_file, timeout_s=_LOCK_TIMEOUT_S):
+        had_broker = live_record(home.broker_pid_file) is not None
+        if not stop_broker(home.broker_pid_file, timeout_s=timeout):
+            raise InfraError(f"Could not stop the broker recorded in {home.broker_pid_file}.")
+        outcome["broker"] = "stopped" if had_broker else "not running"
+
+        pg_record = read_pid_file(home.postgres_pid_file)
+        had_pg = running_postgres(home.pgdata) is not None or (
+            pg_record is not None and is_alive(pg_record.pid, pg_record.create_time)
+        )
+        if not stop_postgres(home.pgdata, timeout_s=timeout, record=pg_record):
+            raise InfraError(f"Could not stop the embedded PostgreSQL on {home.pgdata}.")
+        home.postgres_pid_file.unlink(missing_ok=True)
+        outcome["postgres"] = "stopped" if had_pg else "not running"
+        home.endpoints_file.unlink(missing_ok=True)
+    return outcome
+
+
+def _embedded_status(home: HomeLayout) -> dict[str, dict[str, Any]]:
+    recorded = read_endpoints(home.endpoints_file)
+    pg = running_postgres(home.pgdata)
+    br = running_broker(home.broker_pid_file)
+    pg_entry = (recorded.started.get("postgres") if recorded else None) or {}
+    br_entry = (recorded.started.get("broker") if recorded else None) or {}
+    return {
+        "postgres": {
+            "mode": "embedded",
+            "url": pg.url if pg else (recorded.database_url if recorded else ""),
+            "pid": pg.pid if pg else pg_entry.get("pid"),
+            "alive": pg is not None,
+            "pgdata": str(home.pgdata),
+            "log": str(home.pgdata / "log"),
+        },
+        "broker": {
+            "mode": "embedded",
+            "bootstrap": br.bootstrap if br else (recorded.kafka_bootstrap if recorded else ""),
+            "pid": br.pid if br else br_entry.get("pid"),
+            "alive": br is not None,
+            "log": str(home.logs_dir / "broker.log"),
+        },
+    }
+
+
+def infra_status(cfg: Any) -> dict[str, Any]:
+    """{"home", "postgres": {...}, "broker": {...}}; URLs have their password redacted."""
+    home = layout(cfg)
+    status: dict[str, Any] = {"home": str(home.home)}
+    embedded = _embedded_status(home)
+    ext_db = external_database_url(cfg)
+    ext_kafka = external_kafka_bootstrap(cfg)
+    status["postgres"] = (
+        {"mode": "external", "url": redact_url(ext_db), "pid": None, "alive": None}
+        if ext_db
+        else embedded["postgres"]
+    )
+    status["broker"] = (
+        {"mode": "external", "bootstrap": ext_kafka, "pid": None, "alive": None}
+        if ext_kafka
+        else embedded["broker"]
+    )
+    return status

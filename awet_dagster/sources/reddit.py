@@ -1,0 +1,179 @@
+"""Reddit ticker mentions and VADER sentiment (praw).
+
+Counts, per symbol and time bucket, the submissions and comments in a window that
+mention the symbol (`$TSLA` cashtags, or the bare upper-case ticker for tickers of 2+
+letters: a bare "A" is mostly the article), with the mean VADER compound score of those
+texts. The praw `Reddit` object is injectable so tests run offline on fakes.
+
+Known limits: Reddit listings return at most ~1000 newest items per subreddit, so a
+window far in the past yields nothing; comments are read from the subreddit comment
+stream (newest first), not from each submission's tree.
+"""
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from typing import Any, Literal
+
+import polars as pl
+
+from awet_dagster.sources import credentials
+from awet_dagster.sources.errors import AuthenticationFailed
+from awet_dagster.sources.exchange_time import to_utc_bounds
+from awet_dagster.sources.retry import RetryPolicy, Sleep, call_with_retries
+
+MENTIONS_SCHEMA = pl.Schema(
+    {"symbol": pl.Utf8, "ts": pl.Datetime("us", "UTC"), "mentions": pl.Int64, "sentiment": pl.Float64}
+)
+_WORD = re.compile(r"(?<![A-Za-z0-9$])\$?([A-Za-z]{1,5})(?![A-Za-z0-9])")
+
+
+@dataclass(frozen=True)
+class RedditSettings:
+    subreddits: tuple[str, ...] = ("wallstreetbets", "stocks", "investing")
+    listing_limit: int = 1000  # Reddit's own cap per listing
+    include_comments: bool = True
+    bucket: Literal["1h", "1d"] = "1h"
+    user_agent: str = "awet:market-sentiment:0.1 (research)"
+
+
+def extract_mentions(text: str, symbols: Iterable[str]) -> set[str]:
+    """Watch-list symbols mentioned in `text` (each counted once per text)."""
+    wanted = {s.upper() for s in symbols}
+    found: set[str] = set()
+    for match in _WORD.finditer(text or ""):
+        token = match.group(1)
+        is_cashtag = match.group(0).startswith("$")
+        if is_cashtag and token.upper() in wanted:
+            found.add(token.upper())
+        elif not is_cashtag and len(token) >= 2 and token.isupper() and token in wanted:
+            found.add(token)
+    return found
+
+
+def classify(exc: BaseException) -> str | None:
+    """prawcore errors: throttling and server/network trouble retry, auth does not."""
+    name = type(exc).__name__
+    if name == "TooManyRequests":
+        return "rate_limited"
+    if name in {"ServerError", "RequestException"} or isinstance(exc, (TimeoutError, ConnectionError)):
+        return "unavailable"
+    return None
+
+
+@dataclass(frozen=True)
+class _Text:
+    created: datetime
+    body: str
+
+
+class RedditMentions:
+    """Mention counts + sentiment for symbols over a window."""
+
+    name = "reddit"
+
+    def __init__(
+        self,
+        reddit_client_id: Any = None,
+        reddit_client_secret: Any = None,
+        reddit: Any = None,
+        settings: RedditSettings | None = None,
+        policy: RetryPolicy | None = None,
+        sleep: Sleep = time.sleep,
+    ) -> None:
+        self.settings = settings or RedditSettings()
+        self.policy = policy or RetryPolicy()
+        self._sleep = sleep
+        if reddit is None:
+            keys = credentials.require(
+                "reddit", reddit_client_id=reddit_client_id, reddit_client_secret=reddit_client_secret
+            )
+            import praw
+
+            reddit = praw.Reddit(
+                client_id=keys["reddit_client_id"], client_secret=keys["reddit_client_secret"],
+                user_agent=self.settings.user_agent, check_for_updates=False,
+                timeout=max(1, math.ceil(self.policy.timeout_s)),  # praw wants whole seconds
+            )
+            reddit.read_only = True
+        self._reddit = reddit
+        self._analyzer: Any = None
+
+    def _sentiment(self, text: str) -> float:
+        if self._analyzer is None:
+            from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+            self._analyzer = SentimentIntensityAnalyzer()
+        return float(self._analyzer.polarity_scores(text)["compound"])
+
+    def _listing(self, subreddit: str, kind: str, lo: datetime, hi: datetime) -> list[_Text]:
+        """Texts of one listing inside [lo, hi); listings are newest first, so stop at lo."""
+
+        def read() -> list[_Text]:
+            sub = self._reddit.subreddit(subreddit)
+            items = sub.new(limit=self.settings.listing_limit) if kind == "submissions" else sub.comments(
+                limit=self.settings.listing_limit
+            )
+            texts = []
+            for item in items:
+                created = datetime.fromtimestamp(float(item.created_utc), tz=timezone.utc)
+                if created < lo:
+                    break
+                if created >= hi:
+                    continue
+                if kind == "submissions":
+                    body = f"{getattr(item, 'title', '')}\n{getattr(item, 'selftext', '')}"
+                else:
+                    body = getattr(item, "body", "")
+                texts.append(_Text(created, body))
+            return texts
+
+        try:
+            return call_with_retries(
+                read, what=f"reddit r/{subreddit} {kind}", policy=self.policy,
+                classify=classify, sleep=self._sleep,
+            )
+        except Exception as exc:
+            if type(exc).__name__ in {"OAuthException", "InvalidToken", "Forbidden"} or (
+                type(exc).__name__ == "ResponseException"
+                and getattr(getattr(exc, "response", None), "status_code", None) == 401
+            ):
+                raise AuthenticationFailed(
+                    f"reddit r/{subreddit}: {type(exc).__name__} (check reddit_client_id/secret)"
+                ) from None
+            raise
+
+    def fetch(self, symbols: Sequence[str], start: date | datetime, end: date | datetime) -> pl.DataFrame:
+        """Frame (symbol, ts bucket start UTC, mentions, sentiment) of buckets with mentions."""
+        lo, hi = to_utc_bounds(start, end)
+        kinds = ("submissions", "comments") if self.settings.include_comments else ("submissions",)
+        rows = []
+        for subreddit in self.settings.subreddits:
+            for kind in kinds:
+                for text in self._listing(subreddit, kind, lo, hi):
+                    mentioned = extract_mentions(text.body, symbols)
+                    if mentioned:
+                        score = self._sentiment(text.body)
+                        rows.extend((s, text.created, score) for s in sorted(mentioned))
+        return mentions_frame(rows, self.settings.bucket)
+
+
+def mentions_frame(rows: list[tuple[str, datetime, float]], bucket: str) -> pl.DataFrame:
+    """Aggregate (symbol, created, compound) rows into bucketed counts and mean sentiment."""
+    if not rows:
+        return pl.DataFrame(schema=MENTIONS_SCHEMA)
+    frame = pl.DataFrame(
+        rows, schema={"symbol": pl.Utf8, "ts": pl.Datetime("us", "UTC"), "score": pl.Float64},
+        orient="row",
+    )
+    return (
+        frame.with_columns(pl.col("ts").dt.truncate(bucket))
+        .group_by("symbol", "ts")
+        .agg(pl.len().cast(pl.Int64).alias("mentions"), pl.col("score").mean().alias("sentiment"))
+        .sort("symbol", "ts")
+        .select(list(MENTIONS_SCHEMA))
+    )

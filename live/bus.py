@@ -1,0 +1,507 @@
+"""The shared at-least-once Kafka loop every live service runs.
+
+Per batch: poll -> decode (contract of the topic) -> handle -> produce outputs
+-> flush -> commit the batch's offsets (synchronously).
+
+Guarantees and why:
+- Offsets are committed only after every output of the batch (and every dead letter) is
+  acknowledged by the broker. If a delivery fails, ``DeliveryError`` is raised and nothing is
+  committed, so after a restart the batch is consumed again: duplicates are possible, loss
+  is not. Downstream consumers must be idempotent on ``event_id`` / ``client_order_id``.
+- A message that cannot be decoded, or whose handler raises, is written to ``<topic>.dlq``
+  (a ``DeadLetter`` envelope with the original bytes) and then committed like any other,
+  so one poison message never blocks a partition. A handler that wants the message
+  redelivered instead (a dependency is down) raises ``RetryLater``: the loop stops
+  without committing the batch.
+- Batching: the first message is waited for with ``poll`` (returns as soon as one is there),
+  the rest of the batch is taken from what librdkafka already fetched with
+  ``consume(timeout=0)``. (``consume(n, timeout)`` alone waits for the whole timeout unless
+  n messages arrive, which would add the timeout to every idle-time message's latency.)
+- Every wait is bounded: poll by ``poll_timeout_s``, flush by ``flush_timeout_s``, the
+  synchronous commit and consumer close by librdkafka's ``socket.timeout.ms``.
+- Graceful stop: ``stop()`` (or SIGTERM/SIGINT once ``install_signal_handlers()`` ran in the
+  main thread) lets the current batch finish, flush and commit, then ``run`` returns.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from pydantic import ValidationError
+
+from awet_dagster.contracts import BaseEvent, DeadLetter, dlq_topic, is_dlq_topic, model_for_topic
+
+log = logging.getLogger("awet.live.bus")
+
+CORRELATION_HEADER = "correlation_id"
+EVENT_TYPE_HEADER = "event_type"
+SCHEMA_VERSION_HEADER = "schema_version"
+DLQ_REASON_HEADER = "dlq_reason"
+DLQ_ERROR_TYPE_HEADER = "dlq_error_type"
+DLQ_ORIGINAL_TOPIC_HEADER = "dlq_original_topic"
+
+_MAX_ERROR_CHARS = 4000
+
+
+class DeliveryError(RuntimeError):
+    """Some produced messages were not acknowledged; offsets must not be committed."""
+
+
+class RetryLater(Exception):
+    """Raised by a handler to stop the loop WITHOUT committing (message will be redelivered)."""
+
+
+# --------------------------------------------------------------------------- small types
+@dataclass(frozen=True)
+class Output:
+    """One event a handler wants published. ``key`` defaults to the event's symbol."""
+
+    topic: str
+    event: BaseEvent
+    key: bytes | None = None
+
+
+@dataclass(frozen=True)
+class MessageContext:
+    """Where the event being handled came from."""
+
+    service: str
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    headers: tuple[tuple[str, bytes | None], ...]
+    timestamp_ms: int | None
+    correlation_id: str
+
+    def header(self, name: str) -> bytes | None:
+        return next((v for k, v in self.headers if k == name), None)
+
+
+Handler = Callable[[BaseEvent, MessageContext], Iterable[Output] | None]
+
+
+@dataclass(frozen=True)
+class MetricSample:
+    """One observation for the metrics hook.
+
+    Counters (value = increment): ``messages_in``, ``messages_out``, ``dead_letters``,
+    ``commit_failures``. Latencies (value = seconds): ``handle_seconds`` (decode+handle of
+    one message), ``event_age_seconds`` (now - Kafka timestamp of the input when decoded),
+    ``batch_seconds`` (whole batch incl. flush+commit).
+    """
+
+    name: str
+    topic: str
+    value: float
+
+
+MetricsHook = Callable[[MetricSample], None]
+
+
+@dataclass
+class RunStats:
+    """What one ``run`` call did. ``processed`` = handled without error."""
+
+    processed: int = 0
+    produced: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    commit_failures: int = 0
+    consumer_errors: int = 0
+    stopped_by: str = ""
+    elapsed_s: float = 0.0
+
+    @property
+    def consumed(self) -> int:
+        return self.processed + self.dead_lettered
+
+
+# --------------------------------------------------------------------------- producer
+def event_headers(event: BaseEvent) -> list[tuple[str, bytes]]:
+    return [
+        (CORRELATION_HEADER, event.correlation_id.encode()),
+        (EVENT_TYPE_HEADER, event.event_type.encode()),
+        (SCHEMA_VERSION_HEADER, str(event.schema_version).encode()),
+    ]
+
+
+class EventProducer:
+    """confluent-kafka Producer wrapper that serialises contracts and tracks delivery errors.
+
+    ``send`` is asynchronous; ``flush`` waits (bounded) and raises ``DeliveryError`` if
+    anything sent since the previous flush failed or is still in flight.
+    """
+
+    def __init__(self, config: Mapping[str, Any], *, check_topics: bool = True) -> None:
+        self._producer = Producer(dict(config))
+        self._errors: list[str] = []
+        self._delivered = 0
+        self._check_topics = check_topics
+
+    # librdkafka calls this from poll()/flush() in the calling thread.
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+        else:
+            self._delivered += 1
+
+    def check(self, topic: str, event: BaseEvent) -> None:
+        """Raise TypeError if ``topic`` is registered for another contract than ``event``'s."""
+        try:
+            expected = model_for_topic(topic)
+        except KeyError:
+            return  # ad-hoc topic (tests, benchmarks): no contract to enforce
+        if not isinstance(event, expected):
+            raise TypeError(f"topic {topic!r} carries {expected.__name__}, got {type(event).__name__}")
+
+    def send(
+        self,
+        topic: str,
+        event: BaseEvent,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+        timeout_s: float = 10.0,
+    ) -> None:
+        """Queue ``event`` as JSON, keyed by symbol, with correlation/type headers."""
+        if self._check_topics:
+            self.check(topic, event)
+        value = event.model_dump_json().encode()
+        self.send_raw(topic, value, key=key if key is not None else event.kafka_key(),
+                      headers=[*event_headers(event), *headers], timeout_s=timeout_s)
+
+    def send_raw(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+        timeout_s: float = 10.0,
+    ) -> None:
+        """Queue raw bytes (dead letters, tests). Waits up to ``timeout_s`` if the queue is full."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, headers=list(headers),
+                                       on_delivery=self._on_delivery)
+                break
+            except BufferError:
+                # Local queue full: serve delivery reports to make room, bounded.
+                if time.monotonic() >= deadline:
+                    raise DeliveryError(f"producer queue still full after {timeout_s}s") from None
+                self._producer.poll(0.05)
+        self._producer.poll(0)
+
+    def flush(self, timeout_s: float = 10.0) -> int:
+        """Wait for every queued message; return how many were acknowledged since last flush."""
+        remaining = self._producer.flush(timeout_s)
+        errors, self._errors = self._errors, []
+        delivered, self._delivered = self._delivered, 0
+        if remaining:
+            raise DeliveryError(f"{remaining} message(s) not delivered within {timeout_s}s"
+                                + (f"; errors: {errors[:5]}" if errors else ""))
+        if errors:
+            raise DeliveryError(f"{len(errors)} delivery failure(s): {errors[:5]}")
+        return delivered
+
+    def __len__(self) -> int:
+        return len(self._producer)
+
+    @property
+    def raw(self) -> Producer:
+        return self._producer
+
+
+# --------------------------------------------------------------------------- service loop
+class BusService:
+    """Consume ``topics``, run ``handler`` per event, publish its outputs; at-least-once.
+
+    ``topic_models`` overrides the registry (``awet_dagster.contracts.topics``) for ad-hoc
+    topic names. ``before_commit`` is called after a batch's flush succeeded and before its
+    commit (a test hook: crash there to prove redelivery).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        topics: Sequence[str],
+        handler: Handler,
+        *,
+        consumer_config: Mapping[str, Any],
+        producer: EventProducer | Mapping[str, Any],
+        topic_models: Mapping[str, type[BaseEvent]] | None = None,
+        batch_size: int = 100,
+        poll_timeout_s: float = 0.5,
+        flush_timeout_s: float = 10.0,
+        on_metrics: MetricsHook | None = None,
+        before_commit: Callable[[Sequence[MessageContext]], None] | None = None,
+    ) -> None:
+        if not topics:
+            raise ValueError("at least one topic is required")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if consumer_config.get("enable.auto.commit") not in (False, "false"):
+            raise ValueError("consumer_config must set enable.auto.commit=false (use live.kafka_settings)")
+        overrides = dict(topic_models or {})
+        # Resolve every contract now: an unknown topic is a wiring bug, fail at start-up.
+        self._models = {t: overrides[t] if t in overrides else model_for_topic(t) for t in topics}
+        self.name = name
+        self.topics = tuple(topics)
+        self._handler = handler
+        self._batch_size = batch_size
+        self._poll_timeout_s = poll_timeout_s
+        self._flush_timeout_s = flush_timeout_s
+        self._on_metrics = on_metrics
+        self._before_commit = before_commit
+        self.producer = producer if isinstance(producer, EventProducer) else EventProducer(producer)
+        self._consumer = Consumer(dict(consumer_config))
+        self._consumer.subscribe(list(self.topics))
+        self._stop = threading.Event()
+        self._closed = False
+        self._prev_handlers: dict[int, Any] = {}
+
+    # ----------------------------------------------------------------- control
+    def stop(self) -> None:
+        """Ask the loop to return after the current batch is committed (thread/signal safe)."""
+        self._stop.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def install_signal_handlers(self) -> bool:
+        """Make SIGTERM/SIGINT call ``stop()``. Only possible in the main thread (returns False elsewhere)."""
+        if threading.current_thread() is not threading.main_thread():
+            log.warning("%s: not in the main thread, signal handlers not installed", self.name)
+            return False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._prev_handlers[sig] = signal.signal(sig, self._on_signal)
+        return True
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        log.info("%s: received %s, stopping after the current batch", self.name, signal.Signals(signum).name)
+        self.stop()
+
+    def _restore_signal_handlers(self) -> None:
+        if self._prev_handlers and threading.current_thread() is threading.main_thread():
+            for sig, prev in self._prev_handlers.items():
+                signal.signal(sig, prev)
+        self._prev_handlers.clear()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Flush the producer, leave the group (so a replacement rebalances fast). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            remaining = self.producer.raw.flush(timeout_s)
+            if remaining:
+                log.warning("%s: %d message(s) undelivered at close", self.name, remaining)
+        finally:
+            self._consumer.close()
+            self._restore_signal_handlers()
+
+    def __enter__(self) -> BusService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def serve(self) -> RunStats:
+        """Service entrypoint: signal handlers, run until stopped, close."""
+        self.install_signal_handlers()
+        try:
+            return self.run()
+        finally:
+            self.close()
+
+    @property
+    def consumer(self) -> Consumer:
+        return self._consumer
+
+    # ----------------------------------------------------------------- loop
+    def run(self, max_messages: int | None = None, timeout_s: float | None = None) -> RunStats:
+        """Process until ``stop()``, ``max_messages`` consumed (incl. dead letters) or ``timeout_s``.
+
+        Returns within ``timeout_s`` + one poll/batch even when no message arrives.
+        """
+        if self._closed:
+            raise RuntimeError(f"{self.name}: service is closed")
+        stats = RunStats()
+        start = time.monotonic()
+        deadline = start + timeout_s if timeout_s is not None else None
+        while True:
+            if self._stop.is_set():
+                stats.stopped_by = "stop"
+                break
+            if max_messages is not None and stats.consumed >= max_messages:
+                stats.stopped_by = "max_messages"
+                break
+            wait = self._poll_timeout_s
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    stats.stopped_by = "timeout"
+                    break
+                wait = min(wait, left)
+            first = self._consumer.poll(wait)
+            if first is None:
+                continue
+            limit = self._batch_size
+            if max_messages is not None:
+                limit = min(limit, max_messages - stats.consumed)
+            batch = [first]
+            if limit > 1:
+                batch.extend(self._consumer.consume(num_messages=limit - 1, timeout=0))
+            self._process_batch(batch, stats)
+        stats.elapsed_s = time.monotonic() - start
+        return stats
+
+    def _process_batch(self, batch: list[Message], stats: RunStats) -> None:
+        t0 = time.monotonic()
+        contexts: list[MessageContext] = []
+        offsets: dict[tuple[str, int], int] = {}
+        produced = 0
+        for msg in batch:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if err.fatal():
+                    raise KafkaException(err)
+                stats.consumer_errors += 1
+                log.warning("%s: consumer error: %s", self.name, err)
+                continue
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            offsets[(topic, partition)] = max(offsets.get((topic, partition), -1), offset)
+            if self._on_metrics is not None:
+                self._metric("messages_in", topic, 1)
+            n_out, ctx = self._process_one(msg, stats)
+            produced += n_out
+            if ctx is not None:
+                contexts.append(ctx)
+        # Everything this batch produced (outputs and dead letters) must be acknowledged
+        # before its offsets are committed; DeliveryError propagates and nothing is committed.
+        self.producer.flush(self._flush_timeout_s)
+        stats.produced += produced
+        if self._before_commit is not None:
+            self._before_commit(contexts)
+        if offsets:
+            self._commit(offsets, stats)
+        stats.batches += 1
+        self._metric("batch_seconds", ",".join(self.topics), time.monotonic() - t0)
+
+    def _process_one(self, msg: Message, stats: RunStats) -> tuple[int, MessageContext | None]:
+        """Decode + handle + send outputs of one message; dead-letter it on failure."""
+        t0 = time.monotonic()
+        topic = msg.topic()
+        value = msg.value()
+        headers = tuple(msg.headers() or ())
+        if value is None:
+            self._dead_letter(msg, "empty_message", ValueError("message has no value (tombstone)"), None)
+            stats.dead_lettered += 1
+            return 0, None
+        try:
+            event = self._models[topic].model_validate_json(value)
+        except ValidationError as exc:
+            reason = "invalid_json" if any(e["type"] == "json_invalid" for e in exc.errors()) else "schema_mismatch"
+            self._dead_letter(msg, reason, exc, None)
+            stats.dead_lettered += 1
+            return 0, None
+        _, ts_ms = msg.timestamp()
+        if ts_ms is not None and ts_ms > 0 and self._on_metrics is not None:
+            self._metric("event_age_seconds", topic, max(0.0, time.time() - ts_ms / 1000))
+        ctx = MessageContext(service=self.name, topic=topic, partition=msg.partition(), offset=msg.offset(),
+                             key=msg.key(), headers=headers, timestamp_ms=ts_ms if ts_ms and ts_ms > 0 else None,
+                             correlation_id=event.correlation_id)
+        try:
+            outputs = list(self._handler(event, ctx) or ())  # list(): generator errors surface here
+            for out in outputs:
+                if not isinstance(out, Output):
+                    raise TypeError(f"handler must yield Output, got {type(out).__name__}")
+                self.producer.check(out.topic, out.event)  # wrong contract for topic: DLQ, not crash
+        except RetryLater:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any handler bug goes to the DLQ, loop continues
+            log.warning("%s: handler failed on %s[%d]@%d: %r", self.name, topic, msg.partition(), msg.offset(), exc)
+            self._dead_letter(msg, "handler_error", exc, event.correlation_id)
+            stats.dead_lettered += 1
+            return 0, None
+        for out in outputs:
+            self.producer.send(out.topic, out.event, key=out.key)
+        stats.processed += 1
+        if self._on_metrics is not None:  # skip the bookkeeping entirely when nobody listens
+            for out in outputs:
+                self._metric("messages_out", out.topic, 1)
+            self._metric("handle_seconds", topic, time.monotonic() - t0)
+        return len(outputs), ctx
+
+    def _dead_letter(self, msg: Message, reason: str, exc: BaseException, correlation_id: str | None) -> None:
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        headers = tuple(msg.headers() or ())
+        if correlation_id is None:
+            raw = next((v for k, v in headers if k == CORRELATION_HEADER and v), None)
+            try:
+                correlation_id = raw.decode().strip() if raw else ""
+            except UnicodeDecodeError:
+                correlation_id = ""
+            correlation_id = correlation_id or f"dlq:{topic}:{partition}:{offset}"
+        if is_dlq_topic(topic):
+            # A dead-letter consumer's failure cannot go to "<x>.dlq.dlq": log it and move on.
+            log.error("%s: unprocessable dead letter %s[%d]@%d: %r", self.name, topic, partition, offset, exc)
+            return
+        error_text = "".join(traceback.format_exception(exc)) if reason == "handler_error" else str(exc)
+        _, ts_ms = msg.timestamp()
+        b64 = lambda b: base64.b64encode(b).decode() if b is not None else None  # noqa: E731
+        letter = DeadLetter(
+            correlation_id=correlation_id,
+            reason=reason,  # type: ignore[arg-type]
+            error_type=type(exc).__name__,
+            error=error_text[-_MAX_ERROR_CHARS:],
+            service=self.name,
+            original_topic=topic,
+            original_partition=partition,
+            original_offset=offset,
+            original_timestamp_ms=ts_ms if ts_ms and ts_ms > 0 else None,
+            original_key_b64=b64(msg.key()),
+            original_value_b64=b64(msg.value()),
+            original_headers=tuple((k, b64(v)) for k, v in headers),
+        )
+        self.producer.send(
+            dlq_topic(topic),
+            letter,
+            key=msg.key(),
+            headers=[(DLQ_REASON_HEADER, reason.encode()), (DLQ_ERROR_TYPE_HEADER, type(exc).__name__.encode()),
+                     (DLQ_ORIGINAL_TOPIC_HEADER, topic.encode())],
+        )
+        self._metric("dead_letters", topic, 1)
+
+    def _commit(self, offsets: dict[tuple[str, int], int], stats: RunStats) -> None:
+        tps = [TopicPartition(t, p, o + 1) for (t, p), o in offsets.items()]
+        try:
+            self._consumer.commit(offsets=tps, asynchronous=False)
+        except KafkaException as exc:
+            # E.g. the partition was revoked by a rebalance meanwhile: the new owner
+            # re-reads from the last commit. Duplicates, no loss; keep going.
+            stats.commit_failures += 1
+            self._metric("commit_failures", ",".join(t for t, _ in offsets), 1)
+            log.warning("%s: commit failed (batch will be redelivered): %s", self.name, exc)
+
+    def _metric(self, name: str, topic: str, value: float) -> None:
+        if self._on_metrics is None:
+            return
+        try:
+            self._on_metrics(MetricSample(name, topic, value))
+        except Exception:  # noqa: BLE001 - metrics must never break the loop
+            log.exception("%s: metrics hook failed", self.name)

@@ -1,0 +1,29 @@
+"""PostgreSQL access for assets: the embedded server by default, DATABASE_URL otherwise."""
+from __future__ import annotations
+
+
+from dagster import ConfigurableResource
+from pydantic import PrivateAttr
+from sqlalchemy.engine import Engine
+
+from awet_dagster.config import load_config
+from awet_dagster.infra.endpoints import resolve_endpoints
+from awet_dagster.storage.db import make_engine
+
+
+class DatabaseResource(ConfigurableResource):
+    """Resolves the URL lazily so loading definitions never needs a running server."""
+
+    url: str | None = None  # None: config (DATABASE_URL) or the embedded server's endpoint
+
+    _engine: Engine | None = PrivateAttr(default=None)
+
+    def resolved_url(self) -> str:
+        if self.url:
+            return self.url
+        return resolve_endpoints(load_config()).database_url
+
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = make_engine(self.resolved_url())
+        return self._engine

@@ -1,0 +1,84 @@
+"""Import boundaries (import-linter) and the Dagster code location."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LINT = Path(sys.executable).with_name("lint-imports")
+
+
+def _lint(cwd: Path, extra_path: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    if extra_path is not None:
+        env["PYTHONPATH"] = f"{extra_path}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    return subprocess.run(
+        [str(LINT), "--config", str(REPO / "pyproject.toml"), "--no-cache"],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_import_contracts_hold():
+    result = _lint(REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "source", "contract"),
+    [
+        ("awet_dagster/risk_bad.py", "import dagster\n", "The core imports neither"),
+        ("awet_dagster/bus_bad.py", "import confluent_kafka\n", "The core imports neither"),
+        ("live/bad.py", "import dagster\n", "live never imports"),
+        ("assets/bad.py", "import live\n", "The Dagster layer never imports live"),
+    ],
+)
+def test_import_contracts_catch_violations(tmp_path, module, source, contract):
+    # A shadow copy of the packages with one forbidden import must break exactly that contract.
+    for pkg in ("awet_dagster", "awet_cli", "assets", "jobs", "sensors", "resources", "live"):
+        shutil.copytree(REPO / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__", "data"))
+    (tmp_path / module).write_text(source)
+    result = _lint(tmp_path, extra_path=tmp_path)
+    assert result.returncode != 0, result.stdout
+    assert f"{contract}" in result.stdout and "BROKEN" in result.stdout
+
+
+def test_definitions_load_with_main_job():
+    from awet_dagster.definitions import defs
+    from jobs.main import MAIN_JOB_NAME
+
+    job = defs.resolve_job_def(MAIN_JOB_NAME)
+    assert job.name == MAIN_JOB_NAME
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert "platform_preflight" in keys
+
+
+def test_workspace_points_at_definitions():
+    import yaml
+
+    ws = yaml.safe_load((REPO / "workspace.yaml").read_text())
+    assert ws["load_from"][0]["python_module"]["module_name"] == "awet_dagster.definitions"
+
+
+def test_cli_help_for_every_command():
+    from typer.main import get_command
+    from typer.testing import CliRunner
+
+    from awet_cli.main import app
+
+    root = get_command(app)
+    runner = CliRunner()
+
+    def walk(cmd, path):
+        result = runner.invoke(app, [*path, "--help"])
+        assert result.exit_code == 0, (path, result.output)
+        assert "Usage" in result.output
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, [*path, name])
+
+    walk(root, [])

@@ -1,0 +1,327 @@
+"""The shared Kafka loop (live/bus.py) against the real embedded tansu broker."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from awet_dagster.contracts import DeadLetter, MarketRawEvent, dlq_topic
+from awet_dagster.contracts.examples import example_events
+from live.bus import (
+    CORRELATION_HEADER,
+    DLQ_REASON_HEADER,
+    BusService,
+    DeliveryError,
+    EventProducer,
+    MetricSample,
+    Output,
+    RetryLater,
+)
+from live.kafka_settings import (
+    FAST_DEV_CONSUMER_SETTINGS,
+    FAST_DEV_PRODUCER_SETTINGS,
+    consumer_config,
+    producer_config,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+CHILD = REPO / "tests" / "bus_child.py"
+
+
+# --------------------------------------------------------------------------- helpers
+def _producer(bootstrap: str, **extra) -> EventProducer:
+    return EventProducer(producer_config(bootstrap, producer={**FAST_DEV_PRODUCER_SETTINGS, **extra}))
+
+
+def _service(bootstrap: str, topics, handler, *, group: str | None = None, models=None, **kw) -> BusService:
+    group = group or f"g-{uuid.uuid4().hex[:8]}"
+    return BusService(
+        "test-svc",
+        topics,
+        handler,
+        consumer_config=consumer_config(bootstrap, group, consumer=FAST_DEV_CONSUMER_SETTINGS),
+        producer=kw.pop("producer", None) or _producer(bootstrap),
+        topic_models=models,
+        poll_timeout_s=kw.pop("poll_timeout_s", 0.2),
+        **kw,
+    )
+
+
+def _read_all(bootstrap: str, topic: str, n: int, timeout_s: float = 20.0):
+    """Read the first ``n`` messages of partition 0 by assignment (no group join: fast)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                  "enable.auto.commit": False, "fetch.wait.max.ms": 5})
+    c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+    out, deadline = [], time.monotonic() + timeout_s
+    try:
+        while len(out) < n and time.monotonic() < deadline:
+            m = c.poll(0.2)
+            if m is not None and m.error() is None:
+                out.append(m)
+    finally:
+        c.close()
+    return out
+
+
+def _committed(bootstrap: str, group: str, topic: str) -> int:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        return c.committed([TopicPartition(topic, 0)], timeout=10)[0].offset
+    finally:
+        c.close()
+
+
+def _bar(symbol: str = "AAPL", corr: str | None = None) -> MarketRawEvent:
+    ev = example_events()[MarketRawEvent]
+    return ev.model_copy(update={"symbol": symbol, "correlation_id": corr or f"c-{uuid.uuid4().hex[:6]}",
+                                 "event_id": str(uuid.uuid4())})
+
+
+def _child(bootstrap: str, topic: str, out: str, group: str, mode: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(CHILD), "--bootstrap", bootstrap, "--topic", topic, "--out", out,
+         "--group", group, "--mode", mode],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+
+
+# --------------------------------------------------------------------------- round trip
+@pytest.mark.timeout(90)
+def test_every_contract_round_trips_through_the_broker(kafka_bootstrap, make_topic):
+    examples = example_events(correlation_id="corr-rt")
+    topics = {make_topic(): model for model in examples}
+    prod = _producer(kafka_bootstrap)
+    for topic, model in topics.items():
+        prod.send(topic, examples[model])
+    assert prod.flush(10) == len(topics)
+
+    seen: dict[str, tuple] = {}
+
+    def handle(event, ctx):
+        seen[ctx.topic] = (event, ctx)
+        return ()
+
+    with _service(kafka_bootstrap, list(topics), handle, models=topics) as svc:
+        stats = svc.run(max_messages=len(topics), timeout_s=60)
+    assert stats.processed == len(topics), stats
+    assert stats.dead_lettered == 0
+    for topic, model in topics.items():
+        event, ctx = seen[topic]
+        assert type(event) is model
+        assert event == examples[model]
+        assert ctx.correlation_id == "corr-rt"
+        assert ctx.header(CORRELATION_HEADER) == b"corr-rt"
+        assert ctx.key == examples[model].kafka_key()  # keyed by symbol (None when no symbol)
+
+
+# --------------------------------------------------------------------------- poison messages
+@pytest.mark.timeout(90)
+def test_poison_messages_go_to_dlq_and_the_loop_keeps_going(kafka_bootstrap, make_topic):
+    topic, out = make_topic(), make_topic()
+    good1, good2, boom = _bar("AAPL"), _bar("MSFT"), _bar("BOOM", corr="corr-boom")
+    naive = good1.model_dump_json().replace('"ts":"2024-01-02T14:30:00Z"', '"ts":"2024-01-02T14:30:00"')
+    assert naive != good1.model_dump_json()
+    raw_bad = [
+        (b"{not json", "invalid_json"),
+        (b'{"foo": 1}', "schema_mismatch"),
+        (naive.encode(), "schema_mismatch"),
+    ]
+    prod = _producer(kafka_bootstrap)
+    prod.send(topic, good1)
+    for value, _ in raw_bad:
+        prod.send_raw(topic, value, key=b"K", headers=[("trace", b"t1")])
+    prod.send(topic, boom)
+    prod.send(topic, good2)
+    prod.flush(10)
+
+    def handle(event, ctx):
+        if event.symbol == "BOOM":
+            raise RuntimeError("handler exploded")
+        yield Output(out, event)
+
+    metrics: list[MetricSample] = []
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    with _service(kafka_bootstrap, [topic], handle, group=group, models={topic: MarketRawEvent},
+                  on_metrics=metrics.append) as svc:
+        stats = svc.run(max_messages=6, timeout_s=60)
+    assert (stats.processed, stats.produced, stats.dead_lettered) == (2, 2, 4), stats
+
+    # The good messages after the poison ones were processed.
+    echoed = [MarketRawEvent.model_validate_json(m.value()) for m in _read_all(kafka_bootstrap, out, 2)]
+    assert echoed == [good1, good2]
+
+    letters = _read_all(kafka_bootstrap, dlq_topic(topic), 4)
+    assert len(letters) == 4
+    decoded = [DeadLetter.model_validate_json(m.value()) for m in letters]
+    expected = [*raw_bad, (boom.model_dump_json().encode(), "handler_error")]
+    for msg, letter, (orig, reason) in zip(letters, decoded, expected, strict=True):
+        assert letter.reason == reason
+        assert dict(msg.headers())[DLQ_REASON_HEADER] == reason.encode()
+        assert base64.b64decode(letter.original_value_b64) == orig
+        assert letter.original_topic == topic and letter.original_partition == 0
+        assert letter.service == "test-svc"
+    assert [d.original_offset for d in decoded] == [1, 2, 3, 4]
+    assert "naive datetime" in decoded[2].error
+    assert decoded[0].original_headers[-1] == ("trace", base64.b64encode(b"t1").decode())
+    assert letters[0].key() == b"K"
+    boom_letter = decoded[3]
+    assert boom_letter.error_type == "RuntimeError" and "handler exploded" in boom_letter.error
+    assert boom_letter.correlation_id == "corr-boom"
+
+    # Everything, poison included, was committed: a restart does not loop on them.
+    assert _committed(kafka_bootstrap, group, topic) == 6
+    names = [m.name for m in metrics]
+    assert names.count("messages_in") == 6 and names.count("dead_letters") == 4
+    assert names.count("messages_out") == 2 and "handle_seconds" in names
+
+
+# --------------------------------------------------------------------------- bounded runs / stop
+@pytest.mark.timeout(60)
+def test_bounded_run_returns_within_timeout_without_messages(kafka_bootstrap, make_topic):
+    topic = make_topic()
+    with _service(kafka_bootstrap, [topic], lambda e, c: (), models={topic: MarketRawEvent}) as svc:
+        t0 = time.monotonic()
+        stats = svc.run(timeout_s=2.0)
+        elapsed = time.monotonic() - t0
+        assert 1.9 <= elapsed < 3.5, elapsed
+        assert stats.stopped_by == "timeout" and stats.consumed == 0
+
+        # stop() from another thread ends an unbounded run promptly.
+        timer = threading.Timer(0.5, svc.stop)
+        timer.start()
+        t0 = time.monotonic()
+        stats = svc.run()
+        assert stats.stopped_by == "stop" and time.monotonic() - t0 < 3.0
+
+
+def test_signal_handlers_only_in_main_thread(kafka_bootstrap, make_topic):
+    topic = make_topic()
+    with _service(kafka_bootstrap, [topic], lambda e, c: (), models={topic: MarketRawEvent}) as svc:
+        result: list[bool] = []
+        t = threading.Thread(target=lambda: result.append(svc.install_signal_handlers()))
+        t.start()
+        t.join(5)
+        assert result == [False]
+        before = signal.getsignal(signal.SIGTERM)
+        assert svc.install_signal_handlers() is True
+        assert signal.getsignal(signal.SIGTERM) != before
+    assert signal.getsignal(signal.SIGTERM) == before  # close() restored it
+
+
+# --------------------------------------------------------------------------- crash / signals
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_crash_between_flush_and_commit_redelivers(kafka_bootstrap, make_topic):
+    topic, out = make_topic(), make_topic()
+    group = f"g-crash-{uuid.uuid4().hex[:8]}"
+    event = _bar("NVDA")
+    prod = _producer(kafka_bootstrap)
+    prod.send(topic, event)
+    prod.flush(10)
+
+    child = _child(kafka_bootstrap, topic, out, group, "crash_after_flush")
+    stdout, stderr = child.communicate(timeout=60)
+    assert child.returncode == 17, stdout + stderr
+    assert "FLUSHED" in stdout
+    # Its output was delivered, but the input offset was never committed...
+    assert [MarketRawEvent.model_validate_json(m.value()) for m in _read_all(kafka_bootstrap, out, 1)] == [event]
+    assert _committed(kafka_bootstrap, group, topic) < 0
+
+    # ...so the next consumer of the same group gets the message again (no loss).
+    got = []
+    with _service(kafka_bootstrap, [topic], lambda e, c: got.append(e) or (), group=group,
+                  models={topic: MarketRawEvent}) as svc:
+        stats = svc.run(max_messages=1, timeout_s=60)
+    assert stats.processed == 1 and got == [event]
+    assert _committed(kafka_bootstrap, group, topic) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_sigterm_finishes_commits_and_exits_cleanly(kafka_bootstrap, make_topic):
+    topic, out = make_topic(), make_topic()
+    group = f"g-term-{uuid.uuid4().hex[:8]}"
+    events = [_bar(s) for s in ("AAPL", "MSFT", "AMZN")]
+    prod = _producer(kafka_bootstrap)
+    for e in events:
+        prod.send(topic, e)
+    prod.flush(10)
+
+    child = _child(kafka_bootstrap, topic, out, group, "serve")
+    try:
+        echoed = _read_all(kafka_bootstrap, out, 3, timeout_s=60)
+        assert len(echoed) == 3
+        child.send_signal(signal.SIGTERM)
+        stdout, stderr = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+    assert child.returncode == 0, stdout + stderr
+    stats = json.loads(stdout.split("STATS ", 1)[1])
+    assert stats["processed"] == 3 and stats["stopped_by"] == "stop"
+    assert _committed(kafka_bootstrap, group, topic) == 3
+
+
+# --------------------------------------------------------------------------- delivery failure
+@pytest.mark.timeout(60)
+def test_failed_delivery_raises_and_does_not_commit(kafka_bootstrap, make_topic):
+    topic = make_topic()
+    group = f"g-fail-{uuid.uuid4().hex[:8]}"
+    p = _producer(kafka_bootstrap)
+    p.send(topic, _bar())
+    p.flush(10)
+    # The output producer points at a dead address: deliveries time out after 1.5 s.
+    failing = EventProducer(producer_config("127.0.0.1:1", producer={"message.timeout.ms": 1500}))
+    out = make_topic()
+    with _service(kafka_bootstrap, [topic], lambda e, c: [Output(out, e)], group=group,
+                  models={topic: MarketRawEvent}, producer=failing, flush_timeout_s=10) as svc:
+        with pytest.raises(DeliveryError):
+            svc.run(max_messages=1, timeout_s=30)
+    assert _committed(kafka_bootstrap, group, topic) < 0
+
+
+@pytest.mark.timeout(60)
+def test_retry_later_stops_without_commit_or_dead_letter(kafka_bootstrap, make_topic):
+    topic = make_topic()
+    group = f"g-retry-{uuid.uuid4().hex[:8]}"
+    p = _producer(kafka_bootstrap)
+    p.send(topic, _bar())
+    p.flush(10)
+
+    def handle(event, ctx):
+        raise RetryLater("database down")
+
+    with _service(kafka_bootstrap, [topic], handle, group=group, models={topic: MarketRawEvent}) as svc:
+        with pytest.raises(RetryLater):
+            svc.run(max_messages=1, timeout_s=30)
+    assert _committed(kafka_bootstrap, group, topic) < 0
+    assert _read_all(kafka_bootstrap, dlq_topic(topic), 1, timeout_s=2) == []
+
+
+# --------------------------------------------------------------------------- unit-level
+def test_consumer_config_forces_manual_commit_and_layers_settings():
+    conf = consumer_config("h:1", "p.svc", client={"client.rack": "a", "session.timeout.ms": 1},
+                           consumer={"session.timeout.ms": 6000})
+    assert conf["enable.auto.commit"] is False and conf["auto.offset.reset"] == "earliest"
+    assert conf["session.timeout.ms"] == 6000 and conf["client.rack"] == "a"
+    assert "fetch.wait.max.ms" not in conf  # fast-join settings are opt-in, not defaults
+    with pytest.raises(ValueError, match="enable.auto.commit"):
+        consumer_config("h:1", "g", consumer={"enable.auto.commit": True})
+
+
+def test_producer_refuses_wrong_contract_for_registered_topic():
+    p = EventProducer(producer_config("127.0.0.1:1"))
+    with pytest.raises(TypeError, match="market.raw carries MarketRawEvent|carries MarketRawEvent"):
+        p.send("market.raw", example_events()[DeadLetter])
+

@@ -1,0 +1,164 @@
+"""Alembic migrations and the retention job against the real (embedded) PostgreSQL."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from awet_dagster.storage import db
+from awet_dagster.storage.retention import apply_retention
+
+REPO = Path(__file__).resolve().parents[1]
+TABLES = {
+    "bars", "rejected_bars", "features", "predictions", "signals", "orders", "fills", "positions",
+    "risk_state", "audit_log", "walk_forward_results", "dead_letters", "reddit_mentions",
+}
+
+
+def _with_database(url: str, name: str) -> str:
+    """Same server, other database (libpq URL with or without query string)."""
+    base, sep, query = db.libpq_url(url).partition("?")
+    return f"{base.rsplit('/', 1)[0]}/{name}{sep}{query}"
+
+
+@pytest.fixture
+def fresh_db(database_url):
+    """A new, empty database on the test server, so up/down never disturb other tests."""
+    name = f"mig_{uuid.uuid4().hex[:10]}"
+    admin = db.libpq_url(database_url)
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as exc:  # e.g. an external server without CREATEDB rights
+        pytest.skip(f"cannot create a scratch database: {exc}")
+    yield _with_database(database_url, name)
+    with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _tables(url: str) -> set[str]:
+    engine = db.make_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        return set(sa.inspect(engine).get_table_names()) - {"alembic_version"}
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.timeout(120)
+def test_upgrade_downgrade_upgrade(fresh_db):
+    assert db.current_revision(fresh_db) is None
+    db.upgrade(fresh_db)
+    assert db.current_revision(fresh_db) == db.head_revision() == "0001_initial"
+    assert _tables(fresh_db) == TABLES
+    db.upgrade(fresh_db)  # at head: no-op
+    db.downgrade(fresh_db, "base")
+    assert db.current_revision(fresh_db) is None
+    assert _tables(fresh_db) == set()
+    db.upgrade(fresh_db)
+    assert _tables(fresh_db) == TABLES
+
+
+@pytest.mark.timeout(60)
+def test_session_database_is_at_head(database_url):
+    assert db.current_revision(database_url) == db.head_revision()
+
+
+@pytest.mark.timeout(60)
+def test_plain_tables_without_timescaledb(fresh_db):
+    db.upgrade(fresh_db)
+    engine = db.make_engine(fresh_db, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            if db.has_timescaledb(conn):
+                pytest.skip("server offers TimescaleDB: hypertable mode")
+            assert not db.timescaledb_enabled(conn)
+            idx = {i["name"] for i in sa.inspect(conn).get_indexes("bars")}
+            assert "ix_bars_ts" in idx
+    finally:
+        engine.dispose()
+
+
+def test_url_forms():
+    assert db.sqlalchemy_url("postgresql://u@/d?host=/s") == "postgresql+psycopg://u@/d?host=/s"
+    assert db.sqlalchemy_url("postgres://u:p@h/d") == "postgresql+psycopg://u:p@h/d"
+    assert db.libpq_url("postgresql+psycopg://u@h/d") == "postgresql://u@h/d"
+    with pytest.raises(ValueError):
+        db.sqlalchemy_url("postgresql+psycopg2://u@h/d")
+    with pytest.raises(ValueError):
+        db.sqlalchemy_url("sqlite:///x.db")
+
+
+@pytest.mark.timeout(120)
+def test_retention_deletes_exactly_the_expired_rows(fresh_db):
+    db.upgrade(fresh_db)
+    now = datetime(2025, 6, 30, 12, 0, tzinfo=UTC)
+    cfg = SimpleNamespace(minute_bars_days=90, signals_days=180, audit_days=365)
+    bars = [  # (bar_type, age in days, expected to survive)
+        ("minute", 91, False), ("minute", 90.001, False), ("minute", 90, True), ("minute", 1, True),
+        ("daily", 1000, True), ("daily", 1, True),
+    ]
+    signals = [(181, False), (180, True), (10, True)]
+    audits = [(366, False), (365, True), (0, True)]
+    engine = db.make_engine(fresh_db, poolclass=sa.pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            for i, (bar_type, age, _) in enumerate(bars):
+                conn.execute(
+                    sa.text("INSERT INTO bars (symbol, bar_type, ts, open, high, low, close, volume, source) "
+                            "VALUES (:s, :bt, :ts, 1, 1, 1, 1, 1, 'test')"),
+                    {"s": f"S{i}", "bt": bar_type, "ts": now - timedelta(days=age)},
+                )
+            for i, (age, _) in enumerate(signals):
+                conn.execute(
+                    sa.text("INSERT INTO signals (event_id, symbol, ts, direction) VALUES (:e, 'AAPL', :ts, 'long')"),
+                    {"e": f"e{i}", "ts": now - timedelta(days=age)},
+                )
+            for i, (age, _) in enumerate(audits):
+                conn.execute(
+                    sa.text("INSERT INTO audit_log (ts, actor, action) VALUES (:ts, 'test', :a)"),
+                    {"a": f"a{i}", "ts": now - timedelta(days=age)},
+                )
+
+        deleted = apply_retention(engine, cfg, now)
+        assert deleted == {"bars": 2, "signals": 1, "audit_log": 1}
+
+        with engine.connect() as conn:
+            kept_bars = {r[0] for r in conn.execute(sa.text("SELECT symbol FROM bars"))}
+            kept_signals = {r[0] for r in conn.execute(sa.text("SELECT event_id FROM signals"))}
+            kept_audit = {r[0] for r in conn.execute(sa.text("SELECT action FROM audit_log"))}
+        assert kept_bars == {f"S{i}" for i, b in enumerate(bars) if b[2]}
+        assert kept_signals == {f"e{i}" for i, s in enumerate(signals) if s[1]}
+        assert kept_audit == {f"a{i}" for i, a in enumerate(audits) if a[1]}
+        assert apply_retention(engine, cfg, now) == {"bars": 0, "signals": 0, "audit_log": 0}
+    finally:
+        engine.dispose()
+
+
+def test_retention_refuses_naive_now():
+    with pytest.raises(ValueError, match="timezone-aware"):
+        apply_retention(None, SimpleNamespace(), datetime(2025, 1, 1))  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(120)
+def test_alembic_cli_with_repo_ini(fresh_db):
+    """Developers can drive the same migrations with the alembic CLI and alembic.ini."""
+    import os
+
+    env = {**os.environ, "DATABASE_URL": fresh_db}
+    run = lambda *a: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "alembic", "-c", str(REPO / "alembic.ini"), *a],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=90,
+    )
+    up = run("upgrade", "head")
+    assert up.returncode == 0, up.stderr
+    cur = run("current")
+    assert "0001_initial (head)" in cur.stdout, cur.stdout + cur.stderr
+    assert db.current_revision(fresh_db) == "0001_initial"

@@ -1,0 +1,470 @@
+"""Vendor clients against local fake servers (loopback only) and injected fakes.
+
+Each client: success, pagination, 429 then success (Retry-After honoured), a reply
+slower than the client timeout (retried, then a clear error), missing credentials.
+Sleeps between retries are recorded, not slept, so the file runs in about a second.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
+from urllib.parse import parse_qs, urlsplit
+
+import pandas as pd
+import polars as pl
+import pytest
+
+from awet_dagster.sources.alpaca import AlpacaSettings, AlpacaSource
+from awet_dagster.sources.errors import (
+    AuthenticationFailed,
+    MissingCredentials,
+    RateLimited,
+    SourceUnavailable,
+)
+from awet_dagster.sources.polygon import PolygonSettings, PolygonSource
+from awet_dagster.sources.reddit import RedditMentions, RedditSettings, extract_mentions
+from awet_dagster.sources.retry import RetryPolicy, parse_retry_after
+from awet_dagster.sources.schema import BAR_SCHEMA
+from awet_dagster.sources.yfinance_source import YFinanceSource
+
+FIXTURES = Path(__file__).parent / "fixtures"
+UTC = timezone.utc
+FAST = RetryPolicy(timeout_s=0.2, max_retries=2, backoff_base_s=0.01)
+SECRET = "sk-test-SECRET-value"
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+def fixture(name: str) -> dict:
+    return json.loads((FIXTURES / name).read_text())
+
+
+# ---------------------------------------------------------------- fake HTTP server
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+
+
+@dataclass
+class Seen:
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+
+
+class FakeServer:
+    """ThreadingHTTPServer on 127.0.0.1:0 answering with a test-supplied function."""
+
+    def __init__(self) -> None:
+        self.requests: list[Seen] = []
+        self.respond: Callable[[Seen, int], Reply] = lambda seen, n: Reply(404, {"error": "no route"})
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                parts = urlsplit(self.path)
+                seen = Seen(parts.path, parse_qs(parts.query), {k.lower(): v for k, v in self.headers.items()})
+                server.requests.append(seen)
+                reply = server.respond(seen, len(server.requests))
+                time.sleep(reply.delay_s)
+                payload = reply.body if isinstance(reply.body, (bytes, str)) else json.dumps(reply.body)
+                data = payload.encode() if isinstance(payload, str) else payload
+                try:
+                    self.send_response(reply.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for k, v in reply.headers.items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout test)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def __enter__(self) -> FakeServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    with FakeServer() as s:
+        yield s
+
+
+@pytest.fixture
+def sleeps():
+    return []
+
+
+# ---------------------------------------------------------------- retry helpers
+
+def test_retry_after_parses_seconds_and_http_dates():
+    assert parse_retry_after("3") == 3.0
+    now = datetime(2024, 1, 3, 12, 0, 0, tzinfo=UTC)
+    assert parse_retry_after("Wed, 03 Jan 2024 12:00:05 GMT", now=now) == 5.0
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+    assert RetryPolicy(backoff_max_s=10).backoff(1, retry_after_s=3600) == 10  # capped
+    assert [RetryPolicy(backoff_base_s=0.5).backoff(k) for k in (1, 2, 3)] == [0.5, 1.0, 2.0]
+
+
+# ---------------------------------------------------------------- polygon
+
+def polygon(server: FakeServer, sleeps: list[float], policy: RetryPolicy = FAST) -> PolygonSource:
+    return PolygonSource(SECRET, PolygonSettings(base_url=server.url), policy, sleep=sleeps.append)
+
+
+def test_polygon_daily_success_maps_to_session_open_and_keeps_key_out_of_urls(server, sleeps):
+    body = {
+        "ticker": "AAPL", "queryCount": 2, "resultsCount": 2, "adjusted": False, "status": "OK",
+        "request_id": "a1", "count": 2,
+        "results": [  # daily aggregates are stamped at midnight New York
+            {"v": 58414460.0, "vw": 184.74, "o": 184.22, "c": 184.25, "h": 185.88, "l": 183.43, "t": 1704258000000, "n": 656956},
+            {"v": 71983570.0, "vw": 181.99, "o": 182.15, "c": 181.91, "h": 183.09, "l": 180.88, "t": 1704344400000, "n": 712109},
+        ],
+    }
+    server.respond = lambda seen, n: Reply(200, body)
+    df = polygon(server, sleeps).fetch(["aapl"], date(2024, 1, 3), date(2024, 1, 4), "daily")
+    assert df.schema == BAR_SCHEMA
+    assert df["ts"].to_list() == [utc(2024, 1, 3, 14, 30), utc(2024, 1, 4, 14, 30)]
+    assert df["close"].to_list() == [184.25, 181.91] and (df["source"] == "polygon").all()
+    seen = server.requests[0]
+    assert seen.path == "/v2/aggs/ticker/AAPL/range/1/day/2024-01-03/2024-01-04"
+    assert seen.query["adjusted"] == ["false"] and seen.query["sort"] == ["asc"]
+    assert seen.headers["authorization"] == f"Bearer {SECRET}"
+    assert SECRET not in seen.path and all(SECRET not in v for vs in seen.query.values() for v in vs)
+
+
+def test_polygon_follows_next_url_pagination(server, sleeps):
+    page1, page2 = fixture("polygon_aggs_minute_page1.json"), fixture("polygon_aggs_minute_page2.json")
+    server.respond = lambda seen, n: Reply(200, page2 if "cursor" in seen.query else page1)
+    df = polygon(server, sleeps).fetch(["AAPL"], utc(2024, 1, 3, 14, 30), utc(2024, 1, 3, 14, 33), "minute")
+    assert df["ts"].to_list() == [utc(2024, 1, 3, 14, 30), utc(2024, 1, 3, 14, 31), utc(2024, 1, 3, 14, 32)]
+    assert len(server.requests) == 2
+    assert server.requests[1].query["cursor"] == ["bGltaXQ9MiZzb3J0PWFzYw"]
+    assert server.requests[1].headers["authorization"] == f"Bearer {SECRET}"  # key kept on page 2
+
+
+def test_polygon_retries_429_honouring_retry_after_then_succeeds(server, sleeps):
+    page = fixture("polygon_aggs_minute_page2.json")
+    server.respond = lambda seen, n: (
+        Reply(429, {"status": "ERROR", "error": "exceeded the maximum requests per minute"},
+              {"Retry-After": "0.05"}) if n == 1 else Reply(200, page)
+    )
+    df = polygon(server, sleeps).fetch(["AAPL"], date(2024, 1, 3), date(2024, 1, 3), "minute")
+    assert df.height == 1 and len(server.requests) == 2
+    assert sleeps == [0.05]  # the vendor's Retry-After, not our backoff
+
+
+def test_polygon_persistent_429_raises_rate_limited(server, sleeps):
+    server.respond = lambda seen, n: Reply(429, {"status": "ERROR"}, {"Retry-After": "7"})
+    with pytest.raises(RateLimited) as info:
+        polygon(server, sleeps).fetch(["AAPL"], date(2024, 1, 3), date(2024, 1, 3), "daily")
+    assert info.value.retry_after_s == 7.0 and len(server.requests) == FAST.max_attempts
+    assert "HTTP 429 after 3 attempt(s)" in str(info.value)
+
+
+def test_polygon_5xx_backs_off_exponentially_then_unavailable(server, sleeps):
+    server.respond = lambda seen, n: Reply(503, "upstream down")
+    with pytest.raises(SourceUnavailable, match="HTTP 503"):
+        polygon(server, sleeps).fetch(["AAPL"], date(2024, 1, 3), date(2024, 1, 3), "daily")
+    assert sleeps == [0.01, 0.02]
+
+
+def test_polygon_slow_reply_times_out_retries_then_clear_error(server, sleeps):
+    server.respond = lambda seen, n: Reply(200, fixture("polygon_aggs_minute_page2.json"), delay_s=0.6)
+    t0 = time.perf_counter()
+    with pytest.raises(SourceUnavailable, match=r"no reply within 0\.2 s after 3 attempt") as info:
+        polygon(server, sleeps).fetch(["AAPL"], date(2024, 1, 3), date(2024, 1, 3), "minute")
+    assert time.perf_counter() - t0 < 2.0  # 3 x 0.2 s, not 3 x 0.6 s
+    assert len(server.requests) == 3 and SECRET not in str(info.value)
+
+
+def test_polygon_slow_first_reply_then_fast_succeeds(server, sleeps):
+    page = fixture("polygon_aggs_minute_page2.json")
+    server.respond = lambda seen, n: Reply(200, page, delay_s=0.6 if n == 1 else 0.0)
+    df = polygon(server, sleeps).fetch(["AAPL"], date(2024, 1, 3), date(2024, 1, 3), "minute")
+    assert df.height == 1 and len(sleeps) == 1
+
+
+def test_polygon_bad_key_and_missing_key(server, sleeps):
+    server.respond = lambda seen, n: Reply(401, {"status": "ERROR", "error": "Unknown API Key"})
+    with pytest.raises(AuthenticationFailed) as info:
+        polygon(server, sleeps).fetch(["AAPL"], date(2024, 1, 3), date(2024, 1, 3), "daily")
+    assert SECRET not in str(info.value)
+    with pytest.raises(MissingCredentials, match="polygon_api_key"):
+        PolygonSource(None)
+    with pytest.raises(MissingCredentials, match="polygon_api_key"):
+        PolygonSource(SimpleNamespace(get_secret_value=lambda: "  "))  # blank SecretStr
+
+
+def test_polygon_unreachable_server_is_unavailable(sleeps):
+    with FakeServer() as s:
+        url = s.url  # a port that was free, now closed again
+    src = PolygonSource(SECRET, PolygonSettings(base_url=url), FAST, sleep=sleeps.append)
+    with pytest.raises(SourceUnavailable, match="connection failed"):
+        src.fetch(["AAPL"], date(2024, 1, 3), date(2024, 1, 3), "daily")
+
+
+# ---------------------------------------------------------------- alpaca
+
+def alpaca(server: FakeServer, sleeps: list[float], policy: RetryPolicy = FAST) -> AlpacaSource:
+    return AlpacaSource("key-id", SECRET, AlpacaSettings(url_override=server.url), policy, sleep=sleeps.append)
+
+
+def test_alpaca_success_and_page_token_pagination(server, sleeps):
+    page1, page2 = fixture("alpaca_bars_page1.json"), fixture("alpaca_bars_page2.json")
+    server.respond = lambda seen, n: Reply(200, page2 if seen.query.get("page_token") else page1)
+    df = alpaca(server, sleeps).fetch(["aapl", "msft"], date(2024, 1, 3), date(2024, 1, 4), "daily")
+    assert df.schema == BAR_SCHEMA
+    assert df.select("symbol", "ts", "close").rows() == [
+        ("AAPL", utc(2024, 1, 3, 14, 30), 184.25),
+        ("AAPL", utc(2024, 1, 4, 14, 30), 181.91),
+        ("MSFT", utc(2024, 1, 3, 14, 30), 370.6),
+    ]
+    first, second = server.requests
+    assert first.path == "/v2/stocks/bars"
+    assert first.query["symbols"] == ["AAPL,MSFT"] and first.query["timeframe"] == ["1Day"]
+    assert first.query["feed"] == ["iex"] and first.query["adjustment"] == ["raw"]
+    assert first.headers["apca-api-key-id"] == "key-id"
+    assert second.query["page_token"] == [page1["next_page_token"]]
+
+
+def test_alpaca_429_then_success(server, sleeps):
+    page = fixture("alpaca_bars_page2.json")
+    server.respond = lambda seen, n: Reply(429, {"message": "too many requests."}, {"Retry-After": "1"}) if n == 1 else Reply(200, page)
+    df = alpaca(server, sleeps).fetch(["AAPL"], date(2024, 1, 4), date(2024, 1, 4), "daily")
+    assert df.height == 1 and sleeps == [1.0]  # Retry-After honoured, no 3 s alpaca-py sleep
+
+
+def test_alpaca_timeout_is_enforced_and_reported(server, sleeps):
+    server.respond = lambda seen, n: Reply(200, fixture("alpaca_bars_page2.json"), delay_s=0.6)
+    t0 = time.perf_counter()
+    with pytest.raises(SourceUnavailable, match=r"alpaca GET .*/v2/stocks/bars: no reply within 0\.2 s"):
+        alpaca(server, sleeps).fetch(["AAPL"], date(2024, 1, 4), date(2024, 1, 4), "minute")
+    assert time.perf_counter() - t0 < 2.0 and len(server.requests) == 3
+
+
+def test_alpaca_credentials(server, sleeps):
+    server.respond = lambda seen, n: Reply(403, {"code": 40310000, "message": "forbidden."})
+    with pytest.raises(AuthenticationFailed, match="alpaca: HTTP 403") as info:
+        alpaca(server, sleeps).fetch(["AAPL"], date(2024, 1, 4), date(2024, 1, 4), "daily")
+    assert SECRET not in str(info.value)
+    with pytest.raises(MissingCredentials, match="alpaca_secret_key"):
+        AlpacaSource("key-id", None)
+
+
+# ---------------------------------------------------------------- yfinance
+
+def yf_frame(index: pd.DatetimeIndex, closes: list[float]) -> pd.DataFrame:
+    """The shape yfinance.download(..., multi_level_index=False, auto_adjust=False) returns."""
+    return pd.DataFrame(
+        {"Adj Close": closes, "Close": closes, "High": [c + 1 for c in closes],
+         "Low": [c - 1 for c in closes], "Open": closes, "Volume": [1_000_000] * len(closes)},
+        index=index,
+    )
+
+
+class FakeDownload:
+    def __init__(self, *outcomes: Any) -> None:
+        self.outcomes = list(outcomes)
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, **kwargs: Any) -> pd.DataFrame:
+        self.calls.append(kwargs)
+        outcome = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+
+def test_yfinance_daily_success():
+    idx = pd.DatetimeIndex(["2013-11-01", "2013-11-04"], name="Date").tz_localize("America/New_York")
+    fake = FakeDownload(yf_frame(idx, [176.14, 176.86]))
+    df = YFinanceSource(download=fake, policy=FAST).fetch(["spy"], date(2013, 11, 1), date(2013, 11, 4), "daily")
+    assert df["ts"].to_list() == [utc(2013, 11, 1, 13, 30), utc(2013, 11, 4, 14, 30)]
+    assert df["close"].to_list() == [176.14, 176.86] and df["symbol"].unique().to_list() == ["SPY"]
+    call = fake.calls[0]
+    assert (call["tickers"], call["start"], call["end"], call["interval"]) == ("SPY", "2013-11-01", "2013-11-05", "1d")
+    assert call["timeout"] == 0.2 and call["progress"] is False
+
+
+def test_yfinance_minute_index_in_exchange_time_becomes_utc():
+    idx = pd.DatetimeIndex(["2013-11-04 09:30", "2013-11-04 09:31"], name="Datetime").tz_localize("America/New_York")
+    fake = FakeDownload(yf_frame(idx, [176.0, 176.1]))
+    df = YFinanceSource(download=fake, policy=FAST).fetch(["SPY"], date(2013, 11, 4), date(2013, 11, 4), "minute")
+    assert df["ts"].to_list() == [utc(2013, 11, 4, 14, 30), utc(2013, 11, 4, 14, 31)]
+
+
+def test_yfinance_silent_empty_frame_raises_naming_symbol_and_range():
+    fake = FakeDownload(pd.DataFrame())
+    with pytest.raises(SourceUnavailable, match=r"yfinance SPY daily 2013-11-01\.\.2013-11-04: .*no rows"):
+        YFinanceSource(download=fake, policy=FAST).fetch(["SPY"], date(2013, 11, 1), date(2013, 11, 4), "daily")
+
+
+def test_yfinance_rate_limit_retried_then_success_and_persistent_timeouts_fail(sleeps):
+    from yfinance.exceptions import YFRateLimitError
+
+    idx = pd.DatetimeIndex(["2013-11-04"]).tz_localize("America/New_York")
+    fake = FakeDownload(YFRateLimitError(), yf_frame(idx, [176.86]))
+    df = YFinanceSource(download=fake, policy=FAST, sleep=sleeps.append).fetch(
+        ["SPY"], date(2013, 11, 4), date(2013, 11, 4), "daily")
+    assert df.height == 1 and len(fake.calls) == 2 and sleeps == [0.01]
+
+    always_slow = FakeDownload(TimeoutError("read timed out"))
+    with pytest.raises(SourceUnavailable, match="TimeoutError after 3 attempt"):
+        YFinanceSource(download=always_slow, policy=FAST, sleep=sleeps.append).fetch(
+            ["SPY"], date(2013, 11, 4), date(2013, 11, 4), "daily")
+    assert len(always_slow.calls) == 3
+
+    limited = FakeDownload(YFRateLimitError())
+    with pytest.raises(RateLimited):
+        YFinanceSource(download=limited, policy=FAST, sleep=sleeps.append).fetch(
+            ["SPY"], date(2013, 11, 4), date(2013, 11, 4), "daily")
+
+
+def test_yfinance_programming_errors_are_not_retried():
+    fake = FakeDownload(KeyError("Close"))
+    with pytest.raises(KeyError):
+        YFinanceSource(download=fake, policy=FAST).fetch(["SPY"], date(2013, 11, 4), date(2013, 11, 4), "daily")
+    assert len(fake.calls) == 1
+
+
+# ---------------------------------------------------------------- reddit
+
+def ts(*args: int) -> float:
+    return utc(*args).timestamp()
+
+
+class FakeSubreddit:
+    def __init__(self, submissions: list[Any], comments: list[Any], failures: list[BaseException]) -> None:
+        self._submissions, self._comments, self._failures = submissions, comments, failures
+
+    def new(self, limit: int) -> Any:
+        if self._failures:
+            raise self._failures.pop(0)
+        return iter(self._submissions)
+
+    def comments(self, limit: int) -> Any:
+        return iter(self._comments)
+
+
+class FakeReddit:
+    def __init__(self, submissions=(), comments=(), failures=()) -> None:
+        self.sub = FakeSubreddit(list(submissions), list(comments), list(failures))
+        self.asked: list[str] = []
+
+    def subreddit(self, name: str) -> FakeSubreddit:
+        self.asked.append(name)
+        return self.sub
+
+
+def reddit_settings(**kw: Any) -> RedditSettings:
+    return RedditSettings(subreddits=("stocks",), **kw)
+
+
+def test_reddit_counts_mentions_per_hour_with_vader_sentiment():
+    fake = FakeReddit(
+        submissions=[  # newest first, like Reddit listings
+            SimpleNamespace(created_utc=ts(2024, 1, 3, 16, 0), title="Outside the window $TSLA", selftext=""),
+            SimpleNamespace(created_utc=ts(2024, 1, 3, 10, 40), title="$TSLA is great, love this rally!", selftext=""),
+            SimpleNamespace(created_utc=ts(2024, 1, 3, 10, 5), title="TSLA and AAPL earnings", selftext="terrible, awful quarter"),
+            SimpleNamespace(created_utc=ts(2024, 1, 3, 8, 0), title="Too old $AAPL", selftext=""),
+            SimpleNamespace(created_utc=ts(2024, 1, 3, 11, 0), title="never read: listing stops at the old one", selftext="$AAPL"),
+        ],
+        comments=[SimpleNamespace(created_utc=ts(2024, 1, 3, 11, 15), body="bought more aapl... I mean $AAPL, happy")],
+    )
+    src = RedditMentions(reddit=fake, settings=reddit_settings())
+    df = src.fetch(["TSLA", "AAPL"], utc(2024, 1, 3, 9), utc(2024, 1, 3, 12))
+    rows = {(r["symbol"], r["ts"]): r for r in df.iter_rows(named=True)}
+    assert set(rows) == {("AAPL", utc(2024, 1, 3, 10)), ("AAPL", utc(2024, 1, 3, 11)), ("TSLA", utc(2024, 1, 3, 10))}
+    assert rows[("TSLA", utc(2024, 1, 3, 10))]["mentions"] == 2
+    assert rows[("AAPL", utc(2024, 1, 3, 10))]["sentiment"] < 0 < rows[("AAPL", utc(2024, 1, 3, 11))]["sentiment"]
+    assert df.schema == pl.Schema({"symbol": pl.Utf8, "ts": pl.Datetime("us", "UTC"),
+                                   "mentions": pl.Int64, "sentiment": pl.Float64})
+
+
+def test_reddit_daily_buckets_and_bare_single_letters_ignored():
+    fake = FakeReddit(submissions=[
+        SimpleNamespace(created_utc=ts(2024, 1, 3, 15, 0), title="A day for $F and F", selftext=""),
+        SimpleNamespace(created_utc=ts(2024, 1, 3, 10, 0), title="A great day", selftext=""),
+    ])
+    df = RedditMentions(reddit=fake, settings=reddit_settings(bucket="1d", include_comments=False)).fetch(
+        ["A", "F"], date(2024, 1, 3), date(2024, 1, 3))
+    assert df.rows() == [("F", utc(2024, 1, 3), 1, df["sentiment"][0])]
+    assert extract_mentions("IBM ibm $ibm", ["IBM"]) == {"IBM"}
+    assert extract_mentions("ibm only lowercase", ["IBM"]) == set()
+
+
+def _response(status: int, headers: dict[str, str] | None = None):
+    import requests
+
+    r = requests.Response()
+    r.status_code = status
+    r.headers.update(headers or {})
+    r._content = b"{}"
+    return r
+
+
+def test_reddit_429_retried_with_retry_after_then_success(sleeps):
+    from prawcore.exceptions import TooManyRequests
+
+    fake = FakeReddit(
+        submissions=[SimpleNamespace(created_utc=ts(2024, 1, 3, 10), title="$SPY", selftext="")],
+        failures=[TooManyRequests(_response(429, {"retry-after": "2"}))],
+    )
+    src = RedditMentions(reddit=fake, settings=reddit_settings(include_comments=False), policy=FAST, sleep=sleeps.append)
+    df = src.fetch(["SPY"], date(2024, 1, 3), date(2024, 1, 3))
+    assert df["mentions"].to_list() == [1] and sleeps == [2.0]
+
+
+def test_reddit_timeouts_retried_then_clear_error(sleeps):
+    from prawcore.exceptions import RequestException
+
+    timeout = RequestException(TimeoutError("read timed out"), ("GET",), {})
+    fake = FakeReddit(failures=[timeout] * 5)
+    src = RedditMentions(reddit=fake, settings=reddit_settings(), policy=FAST, sleep=sleeps.append)
+    with pytest.raises(SourceUnavailable, match=r"reddit r/stocks submissions: RequestException after 3 attempt"):
+        src.fetch(["SPY"], date(2024, 1, 3), date(2024, 1, 3))
+    assert len(sleeps) == 2
+
+
+def test_reddit_bad_credentials_are_not_retried(sleeps):
+    from prawcore.exceptions import OAuthException
+
+    fake = FakeReddit(failures=[OAuthException(_response(401), "invalid_grant", None)])
+    src = RedditMentions(reddit=fake, settings=reddit_settings(), policy=FAST, sleep=sleeps.append)
+    with pytest.raises(AuthenticationFailed, match="reddit_client_id"):
+        src.fetch(["SPY"], date(2024, 1, 3), date(2024, 1, 3))
+    assert sleeps == []
+
+
+def test_reddit_missing_credentials_and_real_praw_gets_the_timeout():
+    with pytest.raises(MissingCredentials, match="reddit_client_secret"):
+        RedditMentions(reddit_client_id="id")
+    src = RedditMentions(reddit_client_id="id", reddit_client_secret=SECRET, policy=FAST)  # no network yet
+    assert src._reddit.config.timeout == 1 and src._reddit.read_only
