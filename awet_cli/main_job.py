@@ -33,10 +33,18 @@ def run_main_job(cfg: AwetConfig, console: Console, start_infra: bool = True) ->
     os.environ["DAGSTER_HOME"] = str(ensure_dagster_home(cfg))
     os.environ.setdefault("AWET_HOME", str(cfg.paths.home.resolve()))
     console.rule("[bold]AWET main job")
+    job = _main_job_def()
+    tags = {}
+    if job.partitions_def is not None:
+        # One run over every partition (single-run backfill of the whole configured universe).
+        keys = job.partitions_def.get_partition_keys()
+        tags = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
+        console.print(f"partitions: {len(keys)} ({keys[0]} … {keys[-1]})")
     with DagsterInstance.get() as instance:
         result = execute_job(
             reconstructable(_main_job_def),
             instance=instance,
+            tags=tags,
             raise_on_error=False,
             # Step-level DEBUG events are in the UI; the terminal gets INFO and the summary.
             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
@@ -50,10 +58,17 @@ def run_main_job(cfg: AwetConfig, console: Console, start_infra: bool = True) ->
     table.add_column("stage")
     table.add_column("result")
     table.add_column("details")
+    by_asset: dict[str, list] = {}
     for ev in mats:
         mat = ev.event_specific_data.materialization
-        details = ", ".join(f"{k}={_short(v)}" for k, v in list(mat.metadata.items())[:4])
-        table.add_row(mat.asset_key.to_user_string(), "[green]materialized", details)
+        by_asset.setdefault(mat.asset_key.to_user_string(), []).append(mat)
+    for asset_key, asset_mats in by_asset.items():
+        mat = asset_mats[-1]
+        details = ", ".join(
+            f"{k}={_short(v)}" for k, v in mat.metadata.items() if not k.startswith(("preview", "feature_list"))
+        )
+        what = f"[green]materialized[/green] ({len(asset_mats)} partitions)" if mat.partition else "[green]materialized"
+        table.add_row(asset_key, what, details)
     for ev in checks:
         ce = ev.event_specific_data
         table.add_row(

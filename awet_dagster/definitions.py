@@ -1,14 +1,27 @@
 """The one place that composes the Dagster layer (loaded by workspace.yaml)."""
-from __future__ import annotations
+import warnings
 
-from dagster import Definitions
+from dagster import BetaWarning, Definitions, PreviewWarning
 
+# backfill_policy and check kinds are marked beta/preview; we pin the Dagster version.
+warnings.filterwarnings("ignore", category=BetaWarning)
+warnings.filterwarnings("ignore", category=PreviewWarning)
+
+
+from assets.features import build_features
+from assets.market_data import build_raw_bars
 from assets.platform import platform_preflight
-from jobs.main import main_job
+from jobs.main import build_jobs
 from resources.database import DatabaseResource
+from resources.market_data import MarketDataResource
+
+BAR_TYPES = ("daily", "minute")
 
 defs = Definitions(
-    assets=[platform_preflight],
-    jobs=[main_job],
-    resources={"database": DatabaseResource()},
+    assets=[
+        platform_preflight,
+        *(build(bar_type) for bar_type in BAR_TYPES for build in (build_raw_bars, build_features)),
+    ],
+    jobs=build_jobs(BAR_TYPES),
+    resources={"database": DatabaseResource(), "market_data": MarketDataResource()},
 )

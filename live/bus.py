@@ -17,6 +17,10 @@ Guarantees and why:
   the rest of the batch is taken from what librdkafka already fetched with
   ``consume(timeout=0)``. (``consume(n, timeout)`` alone waits for the whole timeout unless
   n messages arrive, which would add the timeout to every idle-time message's latency.)
+  ``batch_size`` (default 500) bounds how many messages share one flush + synchronous
+  commit: the commit is a broker round trip (~0.7 ms on tansu), which at 100 messages per
+  batch was the largest per-message cost of the loop; at 500 it is ~1.5 us/message, and a
+  crash re-delivers at most one batch.
 - Every wait is bounded: poll by ``poll_timeout_s``, flush by ``flush_timeout_s``, the
   synchronous commit and consumer close by librdkafka's ``socket.timeout.ms``.
 - Graceful stop: ``stop()`` (or SIGTERM/SIGINT once ``install_signal_handlers()`` ran in the
@@ -33,7 +37,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from pydantic import ValidationError
@@ -61,8 +65,9 @@ class RetryLater(Exception):
 
 
 # --------------------------------------------------------------------------- small types
-@dataclass(frozen=True)
-class Output:
+# NamedTuples, not frozen dataclasses: immutable too, but several times cheaper to build,
+# and one of each is built per message on the hot path.
+class Output(NamedTuple):
     """One event a handler wants published. ``key`` defaults to the event's symbol."""
 
     topic: str
@@ -70,8 +75,7 @@ class Output:
     key: bytes | None = None
 
 
-@dataclass(frozen=True)
-class MessageContext:
+class MessageContext(NamedTuple):
     """Where the event being handled came from."""
 
     service: str
@@ -241,7 +245,7 @@ class BusService:
         consumer_config: Mapping[str, Any],
         producer: EventProducer | Mapping[str, Any],
         topic_models: Mapping[str, type[BaseEvent]] | None = None,
-        batch_size: int = 100,
+        batch_size: int = 500,
         poll_timeout_s: float = 0.5,
         flush_timeout_s: float = 10.0,
         on_metrics: MetricsHook | None = None,
@@ -384,10 +388,11 @@ class BusService:
                 log.warning("%s: consumer error: %s", self.name, err)
                 continue
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-            offsets[(topic, partition)] = max(offsets.get((topic, partition), -1), offset)
+            # A batch holds each partition's messages in order: the last offset seen is the max.
+            offsets[(topic, partition)] = offset
             if self._on_metrics is not None:
                 self._metric("messages_in", topic, 1)
-            n_out, ctx = self._process_one(msg, stats)
+            n_out, ctx = self._process_one(msg, topic, partition, offset, stats)
             produced += n_out
             if ctx is not None:
                 contexts.append(ctx)
@@ -400,14 +405,15 @@ class BusService:
         if offsets:
             self._commit(offsets, stats)
         stats.batches += 1
-        self._metric("batch_seconds", ",".join(self.topics), time.monotonic() - t0)
+        if self._on_metrics is not None:
+            self._metric("batch_seconds", ",".join(self.topics), time.monotonic() - t0)
 
-    def _process_one(self, msg: Message, stats: RunStats) -> tuple[int, MessageContext | None]:
+    def _process_one(
+        self, msg: Message, topic: str, partition: int, offset: int, stats: RunStats
+    ) -> tuple[int, MessageContext | None]:
         """Decode + handle + send outputs of one message; dead-letter it on failure."""
-        t0 = time.monotonic()
-        topic = msg.topic()
+        t0 = time.monotonic() if self._on_metrics is not None else 0.0
         value = msg.value()
-        headers = tuple(msg.headers() or ())
         if value is None:
             self._dead_letter(msg, "empty_message", ValueError("message has no value (tombstone)"), None)
             stats.dead_lettered += 1
@@ -422,9 +428,9 @@ class BusService:
         _, ts_ms = msg.timestamp()
         if ts_ms is not None and ts_ms > 0 and self._on_metrics is not None:
             self._metric("event_age_seconds", topic, max(0.0, time.time() - ts_ms / 1000))
-        ctx = MessageContext(service=self.name, topic=topic, partition=msg.partition(), offset=msg.offset(),
-                             key=msg.key(), headers=headers, timestamp_ms=ts_ms if ts_ms and ts_ms > 0 else None,
-                             correlation_id=event.correlation_id)
+        headers = msg.headers()
+        ctx = MessageContext(self.name, topic, partition, offset, msg.key(), tuple(headers) if headers else (),
+                             ts_ms if ts_ms and ts_ms > 0 else None, event.correlation_id)
         try:
             outputs = list(self._handler(event, ctx) or ())  # list(): generator errors surface here
             for out in outputs:
@@ -434,7 +440,7 @@ class BusService:
         except RetryLater:
             raise
         except Exception as exc:  # noqa: BLE001 - any handler bug goes to the DLQ, loop continues
-            log.warning("%s: handler failed on %s[%d]@%d: %r", self.name, topic, msg.partition(), msg.offset(), exc)
+            log.warning("%s: handler failed on %s[%d]@%d: %r", self.name, topic, partition, offset, exc)
             self._dead_letter(msg, "handler_error", exc, event.correlation_id)
             stats.dead_lettered += 1
             return 0, None

@@ -8,7 +8,7 @@ from sqlalchemy.engine import Engine
 
 from awet_dagster.config import load_config
 from awet_dagster.infra.endpoints import resolve_endpoints
-from awet_dagster.storage.db import make_engine
+from awet_dagster.storage.db import connect, make_engine
 
 
 class DatabaseResource(ConfigurableResource):
@@ -27,3 +27,12 @@ class DatabaseResource(ConfigurableResource):
         if self._engine is None:
             self._engine = make_engine(self.resolved_url())
         return self._engine
+
+    def connect(self):
+        """A psycopg connection (autocommit; use `conn.transaction()`), bounded by config timeouts."""
+        cfg = load_config()
+        return connect(
+            self.resolved_url(),
+            connect_timeout_s=cfg.database.connect_timeout_s,
+            statement_timeout_ms=cfg.database.statement_timeout_ms,
+        )

@@ -107,6 +107,11 @@ class DataConfig(Section):
     reddit_client_id: SecretStr | None = None
     reddit_client_secret: SecretStr | None = None
     staleness_max_days: int = Field(5, ge=1)
+    # Minute bars are partitioned by exchange day × symbol (backfills from the Dagster UI).
+    minute_symbols: tuple[str, ...] = ("SPY", "IBM", "BAC", "AIG")
+    minute_start: str = "2013-10-04"
+    # Allowed share of calendar bars missing between a symbol's first and last bar.
+    max_missing_fraction: float = Field(0.002, ge=0, le=1)
 
 
 class RetentionConfig(Section):
@@ -200,6 +205,11 @@ class RiskConfig(Section):
     max_orders_per_symbol_day: int = Field(10, ge=1)
     cooldown_s: int = Field(60, ge=0)
     initial_equity: float = Field(100_000, gt=0)
+    # Historical-simulation CVaR: bar returns of the held symbols over this many bars,
+    # and the fewest common returns needed before an entry may be approved.
+    cvar_lookback_bars: int = Field(250, ge=2)
+    cvar_min_observations: int = Field(20, ge=2)
+    allow_short: bool = True
 
 
 class ExecutionConfig(Section):
@@ -215,6 +225,8 @@ class ExecutionConfig(Section):
     stop_loss_pct: float = Field(0.015, gt=0)
     slippage_bps: float = Field(5.0, ge=0)
     fee_per_order: float = Field(1.0, ge=0)
+    # Paper simulator: at most this fraction of a bar's volume fills per bar (rest carries).
+    max_participation: float = Field(0.10, gt=0, le=1)
 
 
 class ExitsConfig(Section):

@@ -137,3 +137,15 @@ def has_timescaledb(conn: Connection) -> bool:
 def timescaledb_enabled(conn: Connection) -> bool:
     """True when the extension is created in the current database."""
     return bool(conn.execute(sa.text("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")).scalar())
+
+
+def connect(url: str, *, connect_timeout_s: int = 10, statement_timeout_ms: int | None = None):
+    """A psycopg 3 connection in autocommit mode: callers open explicit `conn.transaction()`s
+    (COPY + upsert + delete of a partition commit together or not at all)."""
+    import psycopg
+
+    options = f"-c statement_timeout={int(statement_timeout_ms)}" if statement_timeout_ms else None
+    return psycopg.connect(
+        libpq_url(url), autocommit=True, connect_timeout=int(connect_timeout_s),
+        **({"options": options} if options else {}),
+    )

@@ -1,0 +1,153 @@
+"""Position and PnL accounting, shared by risk, execution, exits and the backtest.
+
+Quantities are signed (long > 0, short < 0). Cash moves with every fill (notional and
+fee), so equity = cash + sum(qty * mark) always includes realised PnL, unrealised PnL
+and fees; `realised_pnl` is gross of fees and `fees_paid` is kept apart for reports.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from awet_dagster.contracts.base import Side
+
+
+@dataclass(frozen=True)
+class Fill:
+    client_order_id: str
+    symbol: str
+    side: Side
+    qty: float  # > 0
+    price: float
+    fee: float
+    ts: datetime
+    correlation_id: str
+    intent: str  # "entry" | "exit"
+
+    def __post_init__(self) -> None:
+        if self.qty <= 0 or self.price <= 0 or self.fee < 0:
+            raise ValueError(f"invalid fill {self}")
+
+
+@dataclass(frozen=True)
+class Position:
+    symbol: str
+    qty: float  # signed
+    avg_price: float
+    opened_ts: datetime
+    correlation_id: str  # of the entry decision; carried to the exit
+    entry_client_order_id: str
+    last_price: float
+    peak_price: float  # best price since entry: max for a long, min for a short (trailing stop)
+
+    @property
+    def side(self) -> str:
+        return "long" if self.qty > 0 else "short"
+
+    @property
+    def market_value(self) -> float:
+        return self.qty * self.last_price
+
+    @property
+    def unrealised_pnl(self) -> float:
+        return self.qty * (self.last_price - self.avg_price)
+
+
+class Portfolio:
+    def __init__(self, initial_cash: float) -> None:
+        if not initial_cash > 0:
+            raise ValueError("initial_cash must be > 0")
+        self.initial_cash = float(initial_cash)
+        self.cash = float(initial_cash)
+        self.realised_pnl = 0.0
+        self.fees_paid = 0.0
+        self.positions: dict[str, Position] = {}
+        self.marks: dict[str, float] = {}
+        self.equity_hwm = float(initial_cash)
+
+    # ---------------------------------------------------------------- updates
+    def apply_fill(self, fill: Fill) -> float:
+        """Book a fill; returns the PnL it realised (gross of fee)."""
+        signed = fill.qty if fill.side == "buy" else -fill.qty
+        self.cash -= signed * fill.price + fill.fee
+        self.fees_paid += fill.fee
+        self.marks[fill.symbol] = fill.price
+        pos = self.positions.get(fill.symbol)
+        realised = 0.0
+        if pos is None or pos.qty == 0:
+            self.positions[fill.symbol] = Position(
+                fill.symbol, signed, fill.price, fill.ts, fill.correlation_id, fill.client_order_id,
+                fill.price, fill.price,
+            )
+        elif (pos.qty > 0) == (signed > 0):  # adding to the position
+            qty = pos.qty + signed
+            avg = (pos.qty * pos.avg_price + signed * fill.price) / qty
+            self.positions[fill.symbol] = replace(pos, qty=qty, avg_price=avg, last_price=fill.price)
+        else:  # reducing, closing or flipping
+            closed = min(abs(signed), abs(pos.qty))
+            realised = closed * (fill.price - pos.avg_price) * (1 if pos.qty > 0 else -1)
+            qty = pos.qty + signed
+            if math.isclose(qty, 0.0, abs_tol=1e-9):
+                del self.positions[fill.symbol]
+            elif (qty > 0) == (pos.qty > 0):
+                self.positions[fill.symbol] = replace(pos, qty=qty, last_price=fill.price)
+            else:  # flipped: the remainder is a new position opened by this fill
+                self.positions[fill.symbol] = Position(
+                    fill.symbol, qty, fill.price, fill.ts, fill.correlation_id, fill.client_order_id,
+                    fill.price, fill.price,
+                )
+        self.realised_pnl += realised
+        self._update_hwm()
+        return realised
+
+    def mark(self, symbol: str, price: float) -> None:
+        if not price > 0:
+            raise ValueError(f"mark price must be > 0, got {price}")
+        self.marks[symbol] = price
+        pos = self.positions.get(symbol)
+        if pos is not None:
+            peak = max(pos.peak_price, price) if pos.qty > 0 else min(pos.peak_price, price)
+            self.positions[symbol] = replace(pos, last_price=price, peak_price=peak)
+        self._update_hwm()
+
+    def _update_hwm(self) -> None:
+        self.equity_hwm = max(self.equity_hwm, self.equity)
+
+    # ---------------------------------------------------------------- views
+    @property
+    def equity(self) -> float:
+        return self.cash + sum(p.market_value for p in self.positions.values())
+
+    @property
+    def unrealised_pnl(self) -> float:
+        return sum(p.unrealised_pnl for p in self.positions.values())
+
+    @property
+    def gross_exposure(self) -> float:
+        return sum(abs(p.market_value) for p in self.positions.values())
+
+    def exposure(self, symbol: str) -> float:
+        pos = self.positions.get(symbol)
+        return abs(pos.market_value) if pos else 0.0
+
+    def position(self, symbol: str) -> Position | None:
+        return self.positions.get(symbol)
+
+    @property
+    def drawdown(self) -> float:
+        """Fraction below the equity high-water mark (0 at a new high)."""
+        return max(0.0, 1.0 - self.equity / self.equity_hwm)
+
+    def snapshot(self) -> dict[str, float]:
+        return {
+            "equity": self.equity,
+            "cash": self.cash,
+            "gross_exposure": self.gross_exposure,
+            "realised_pnl": self.realised_pnl,
+            "unrealised_pnl": self.unrealised_pnl,
+            "fees_paid": self.fees_paid,
+            "equity_hwm": self.equity_hwm,
+            "drawdown": self.drawdown,
+            "positions": float(len(self.positions)),
+        }
