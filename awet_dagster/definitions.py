@@ -12,16 +12,21 @@ from assets.features import build_features
 from assets.market_data import build_raw_bars
 from assets.platform import platform_preflight
 from jobs.main import build_jobs
+from jobs.maintenance import retention_job
 from resources.database import DatabaseResource
 from resources.market_data import MarketDataResource
+from sensors.schedules import build_schedules
 
 BAR_TYPES = ("daily", "minute")
+
+_jobs = build_jobs(BAR_TYPES)
 
 defs = Definitions(
     assets=[
         platform_preflight,
         *(build(bar_type) for bar_type in BAR_TYPES for build in (build_raw_bars, build_features)),
     ],
-    jobs=build_jobs(BAR_TYPES),
+    jobs=[*_jobs, retention_job],
+    schedules=build_schedules(next(j for j in _jobs if j.name == "daily_pipeline")),
     resources={"database": DatabaseResource(), "market_data": MarketDataResource()},
 )

@@ -139,3 +139,55 @@ def _dates():
     from datetime import date
 
     return date(2018, 1, 1), date(2020, 12, 31)
+
+
+def test_minute_partition_is_one_exchange_day_of_one_symbol(platform_env):
+    from assets.market_data import build_raw_bars
+    from resources.database import DatabaseResource
+    from resources.market_data import MarketDataResource
+
+    with connect(platform_env) as conn:
+        conn.execute("DELETE FROM bars WHERE bar_type = 'minute' AND symbol = 'IBM'")
+    result = materialize(
+        [build_raw_bars("minute")],
+        resources={"database": DatabaseResource(), "market_data": MarketDataResource()},
+        partition_key="2013-10-07|IBM",
+        instance=DagsterInstance.ephemeral(),
+        selection=[AssetKey(["minute", "raw_bars"])],
+    )
+    assert result.success
+    assert all(_checks(result).values())
+    with connect(platform_env) as conn:
+        n, first, last = conn.execute(
+            "SELECT count(*), min(ts), max(ts) FROM bars WHERE bar_type='minute' AND symbol='IBM'"
+        ).fetchone()
+    from datetime import date
+
+    expected = SampleSource().fetch(["IBM"], date(2013, 10, 7), date(2013, 10, 7), "minute")
+    assert n == expected.height > 300
+    # 2013-10-07 is in EDT (UTC-4): the whole partition lies inside that New York day.
+    assert first.isoformat() >= "2013-10-07T04:00:00+00:00" and last.isoformat() < "2013-10-08T04:00:00+00:00"
+
+
+def test_retention_job_and_schedules_are_defined(platform_env):
+    from dagster import DefaultScheduleStatus
+
+    from awet_dagster.definitions import defs
+    from jobs.maintenance import retention_job
+    from resources.database import DatabaseResource
+
+    schedules = {s.name: s for s in defs.schedules}
+    assert schedules["daily_incremental_ingest"].default_status == DefaultScheduleStatus.STOPPED
+    assert schedules["retention"].default_status == DefaultScheduleStatus.RUNNING
+    with connect(platform_env) as conn:
+        conn.execute(
+            "INSERT INTO bars (symbol, bar_type, ts, open, high, low, close, volume, source) VALUES "
+            "('OLDM', 'minute', now() - interval '200 days', 1, 1, 1, 1, 1, 'test'), "
+            "('OLDM', 'minute', now() - interval '1 day', 1, 1, 1, 1, 1, 'test') ON CONFLICT DO NOTHING"
+        )
+    result = retention_job.execute_in_process(resources={"database": DatabaseResource()})
+    assert result.success
+    with connect(platform_env) as conn:
+        left = conn.execute("SELECT count(*) FROM bars WHERE symbol = 'OLDM'").fetchone()[0]
+        conn.execute("DELETE FROM bars WHERE symbol = 'OLDM'")
+    assert left == 1

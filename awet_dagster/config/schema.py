@@ -118,6 +118,15 @@ class RetentionConfig(Section):
     minute_bars_days: int = Field(90, ge=1)
     signals_days: int = Field(180, ge=1)
     audit_days: int = Field(365, ge=1)
+    # The retention job runs daily when no TimescaleDB policy does the work.
+    schedule_enabled: bool = True
+    schedule_cron: str = "30 3 * * *"
+
+
+class SchedulesConfig(Section):
+    # Daily incremental ingestion of the configured universe; off until an operator opts in.
+    daily_ingest_enabled: bool = False
+    daily_ingest_cron: str = "15 22 * * 1-5"  # after the US close, in UTC
 
 
 class ModelConfig(Section):
@@ -259,6 +268,7 @@ class AwetConfig(Section):
     mlflow: MlflowConfig = MlflowConfig()
     data: DataConfig = DataConfig()
     retention: RetentionConfig = RetentionConfig()
+    schedules: SchedulesConfig = SchedulesConfig()
     model: ModelConfig = ModelConfig()
     walk_forward: WalkForwardConfig = WalkForwardConfig()
     gate: GateConfig = GateConfig()
