@@ -83,7 +83,7 @@ def test_cli_up_twice_starts_one_set_of_servers_and_down_leaves_nothing(awet_tmp
     # The servers outlive the `up` process that started them.
     assert all(is_alive(p) for p in pids)
     assert "schema at revision 0001_initial" in first.stdout
-    assert "16 created" in first.stdout  # 8 configured topics + 8 DLQ twins
+    assert "20 created" in first.stdout  # 10 contract topics + 10 DLQ twins
 
     second = _awet(home, "up")
     assert second.returncode == 0, second.stdout + second.stderr
@@ -195,15 +195,17 @@ def test_terminate_escalates_to_kill_within_its_timeout():
 
 @pytest.mark.timeout(60)
 def test_topics_created_with_configured_partitions_and_dlq_twins(tmp_path, kafka_bootstrap, test_config_for):
+    from awet_dagster.contracts import ALL_TOPICS
     from live.topics import ensure_topics, topic_partitions
 
     cfg = test_config_for(tmp_path / "awet")
     wanted = {name: t.partitions for name, t in cfg.kafka.topics.items()}
     assert set(wanted) == {"market.raw", "engineered", "alpha.signals", "predictions", "signals.scored",
-                           "risk.approved", "risk.rejected", "exec.done"}
+                           "risk.approved", "risk.rejected", "exec.done", "exec.orders", "exec.exits"}
+    assert set(wanted) == set(ALL_TOPICS)  # config and contracts agree
     ensure_topics(kafka_bootstrap, wanted, dlq_suffix=cfg.kafka.dlq_suffix)
     again = ensure_topics(kafka_bootstrap, wanted, dlq_suffix=cfg.kafka.dlq_suffix)
-    assert set(again.values()) == {"exists"} and len(again) == 16
+    assert set(again.values()) == {"exists"} and len(again) == 20
     parts = topic_partitions(kafka_bootstrap)
     for name, n in wanted.items():
         assert parts[name] == n

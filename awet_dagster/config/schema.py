@@ -11,16 +11,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-DEFAULT_TOPICS = (
-    "market.raw",
-    "engineered",
-    "alpha.signals",
-    "predictions",
-    "signals.scored",
-    "risk.approved",
-    "risk.rejected",
-    "exec.done",
-)
+from awet_dagster.contracts.topics import ALL_TOPICS
+
+# Every contract topic exists by default; configs only change partition counts.
+DEFAULT_TOPICS = ALL_TOPICS
 
 
 class Section(BaseModel):
@@ -142,6 +136,14 @@ class ModelConfig(Section):
     early_stopping_patience: int = Field(2, ge=0)
     seed: int = 42
     accelerator: str = "auto"
+    # lookback/horizons above are the daily-bar shape; minute bars use these
+    # (awet_dagster.model.dataset.model_shape picks by bar type).
+    minute_lookback: int = Field(120, ge=2)
+    minute_horizons: tuple[int, ...] = (30, 45, 60)
+    # Seeded sample of windows per fold (None = all): many folds on 2 CPU cores.
+    max_train_windows: int | None = Field(20_000, ge=1)
+    max_val_windows: int | None = Field(5_000, ge=1)
+    val_fraction: float = Field(0.2, ge=0, lt=1)  # early-stopping slice at the end of each training window
 
     @field_validator("quantiles")
     @classmethod
@@ -156,6 +158,9 @@ class WalkForwardConfig(Section):
     folds: int = Field(6, ge=1)
     min_folds: int = Field(6, ge=1)
     embargo_bars: int = Field(10, ge=0)  # minute data uses 180 (configs)
+    train_bars: int | None = Field(None, ge=1)  # rolling window; None = 2 x test_bars
+    test_bars: int | None = Field(None, ge=1)  # None = bars // (folds + 2)
+    n_trials: int = Field(1, ge=1)  # configurations tried, for the deflated Sharpe ratio
     slippage_bps: float = Field(5.0, ge=0)
     fee_per_order: float = Field(1.0, ge=0)
 

@@ -93,5 +93,10 @@ def walk_forward_splits(
         # Purge: label window [t, t+h] must end before the test window starts; a sample
         # after the test window must start after the embargo.
         keep = np.where(before, cand + horizon < ts, cand >= te + guard)
+        if not keep[before].any():
+            raise ValueError(
+                f"fold {k}: no training sample left before bar {ts} after purging {horizon} bars "
+                f"(train_size={train_size}); use more data, fewer folds or a longer training window"
+            )
         out.append(Fold(k, cand[keep], ts, te, horizon, embargo))
     return out

@@ -3,7 +3,7 @@
 The graph takes flat tensors (no dicts, no lengths: encoder/decoder lengths are fixed)
 with a dynamic batch axis; scaling lives outside the graph in `Preprocessing`, saved as
 JSON beside `model.onnx`, so the live loop loads ONE directory and needs neither torch
-nor pytorch-forecasting.
+nor pytorch-forecasting (torch is imported only by `export_onnx`/`check_parity`).
 """
 from __future__ import annotations
 
@@ -17,41 +17,13 @@ from awet_dagster.model.preprocessing import INPUT_NAMES, Preprocessing
 MODEL_FILE = "model.onnx"
 OPSET = 17
 
-try:  # torch is optional on the inference side
-    import torch
-
-    class FlatTFT(torch.nn.Module):
-        """TFT over flat tensors -> (batch, n_horizons, n_quantiles) de-normalised
-        forward log-return quantiles (one decoder step, one target per horizon)."""
-
-        def __init__(self, tft: torch.nn.Module) -> None:
-            super().__init__()
-            self.tft = tft
-
-        def forward(self, encoder_cat, encoder_cont, decoder_cat, decoder_cont, target_scale):
-            b, enc, dec = encoder_cont.shape[0], encoder_cont.shape[1], decoder_cont.shape[1]
-            # Fixed lengths: every window is full (no padding).
-            enc_len = torch.full_like(encoder_cont[:, 0, 0], enc, dtype=torch.long)
-            dec_len = torch.full_like(decoder_cont[:, 0, 0], dec, dtype=torch.long)
-            n_t = target_scale.shape[1]
-            scale = [target_scale[:, i, :] for i in range(n_t)] if n_t > 1 else target_scale[:, 0, :]
-            out = self.tft(
-                dict(
-                    encoder_cat=encoder_cat, encoder_cont=encoder_cont,
-                    decoder_cat=decoder_cat, decoder_cont=decoder_cont,
-                    encoder_lengths=enc_len, decoder_lengths=dec_len, target_scale=scale,
-                )
-            )["prediction"]
-            if isinstance(out, (list, tuple)):
-                return torch.stack([o[:, -1, :] for o in out], dim=1)
-            return out[:, -1:, :]
-except ImportError:  # pragma: no cover - inference-only installs
-    torch = None  # type: ignore[assignment]
-
-
 def export_onnx(trained, directory: Path | str, example_batch: int = 2) -> Path:
     """Write `model.onnx` + `preprocessing.json` into `directory`; returns the .onnx path."""
     import warnings
+
+    import torch
+
+    from awet_dagster.model.tft import FlatTFT
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)

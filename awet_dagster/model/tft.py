@@ -192,13 +192,40 @@ def train_tft(
     return TrainedModel(model, pre, tuple(history), n_train, n_val, seconds)
 
 
+class FlatTFT(torch.nn.Module):
+    """TFT over flat tensors -> (batch, n_horizons, n_quantiles) de-normalised
+    forward log-return quantiles (one decoder step, one target per horizon)."""
+
+    def __init__(self, tft: torch.nn.Module) -> None:
+        super().__init__()
+        self.tft = tft
+
+    def forward(self, encoder_cat, encoder_cont, decoder_cat, decoder_cont, target_scale):
+        b, enc, dec = encoder_cont.shape[0], encoder_cont.shape[1], decoder_cont.shape[1]
+        # Fixed lengths: every window is full (no padding).
+        enc_len = torch.full_like(encoder_cont[:, 0, 0], enc, dtype=torch.long)
+        dec_len = torch.full_like(decoder_cont[:, 0, 0], dec, dtype=torch.long)
+        n_t = target_scale.shape[1]
+        scale = [target_scale[:, i, :] for i in range(n_t)] if n_t > 1 else target_scale[:, 0, :]
+        out = self.tft(
+            dict(
+                encoder_cat=encoder_cat, encoder_cont=encoder_cont,
+                decoder_cat=decoder_cat, decoder_cont=decoder_cont,
+                encoder_lengths=enc_len, decoder_lengths=dec_len, target_scale=scale,
+            )
+        )["prediction"]
+        q = torch.stack([o[:, -1, :] for o in out], dim=1) if isinstance(out, (list, tuple)) else out[:, -1:, :]
+        # Quantile heads are trained jointly but not constrained to be ordered; the
+        # signal engine requires q10 <= q50 <= q90, so sort (monotone rearrangement,
+        # which never increases the pinball loss).
+        return torch.sort(q, dim=-1).values
+
+
 @torch.no_grad()
 def predict_quantiles(trained: TrainedModel, windows: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     """Torch prediction for raw feature windows (n, lookback, n_features) ->
     (n, n_horizons, n_quantiles) forward log-return quantiles, through the same
     flat-tensor path the ONNX graph uses."""
-    from awet_dagster.model.onnx_export import FlatTFT
-
     flat = FlatTFT(trained.model).eval()
     out = []
     for i in range(0, len(windows), batch_size):

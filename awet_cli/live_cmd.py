@@ -1,0 +1,222 @@
+"""`awet replay`, `awet live`, `awet ingest`: the live loop from the command line.
+
+Register with ``register(app)`` (or individually: ``app.command("replay")(replay_cmd)``,
+``app.command("live")(live_cmd)``, ``app.command("ingest")(ingest_cmd)``). Heavy imports
+(confluent_kafka, polars, psycopg, alpaca-py) happen inside the commands.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from datetime import date
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("replay")(replay_cmd)
+    app.command("live")(live_cmd)
+    app.command("ingest")(ingest_cmd)
+
+
+def _config():
+    from awet_dagster.config import ConfigError, load_config
+
+    try:
+        return load_config()
+    except ConfigError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _endpoints(cfg):
+    from awet_dagster.infra import InfraError, resolve_endpoints
+
+    try:
+        return resolve_endpoints(cfg)
+    except InfraError as exc:
+        console.print(f"[red]infrastructure not available:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _producer(cfg, bootstrap: str):
+    from live.bus import EventProducer
+    from live.kafka_settings import producer_config
+
+    client = dict(cfg.kafka.client)
+    if cfg.kafka.sasl_password is not None:
+        client.setdefault("sasl.password", cfg.kafka.sasl_password.get_secret_value())
+    return EventProducer(producer_config(bootstrap, client=client, producer=dict(cfg.kafka.producer),
+                                         client_id="awet-replay"))
+
+
+def _symbols(values: list[str] | None, default: tuple[str, ...]) -> list[str]:
+    out: list[str] = []
+    for v in values or default:
+        out.extend(s.strip().upper() for s in v.split(",") if s.strip())
+    return out
+
+
+def _date(value: str, what: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        console.print(f"[red]{what} must be a date YYYY-MM-DD, got {value!r}[/red]")
+        raise typer.Exit(2) from None
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event):
+    """SIGTERM/SIGINT set ``stop`` while inside the block; previous handlers restored after."""
+    import signal
+
+    def handler(signum, _frame):
+        console.print(f"[yellow]{signal.Signals(signum).name}: stopping…[/yellow]")
+        stop.set()
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield stop
+    finally:
+        for sig, prev in previous.items():
+            signal.signal(sig, prev)
+
+
+# --------------------------------------------------------------------------- replay
+def replay_cmd(
+    source: str = typer.Option("sample", help="Bar source (sample, synthetic, or any offline BarSource)."),
+    bar_type: str = typer.Option(None, "--bar-type", help="daily | minute (default: data.bar_type)."),
+    symbols: list[str] = typer.Option(None, "--symbols", "-s", help="Symbols (repeat or comma-separate)."),
+    start: str = typer.Option(None, help="First exchange date, YYYY-MM-DD (default: data.start)."),
+    end: str = typer.Option(None, help="Last exchange date, inclusive (default: data.end)."),
+    speed: float = typer.Option(0.0, help="0 = as fast as possible; N = N x real time between bars."),
+    max_gap_s: float = typer.Option(5.0, "--max-gap-s", help="Cap on any single wait between two bars."),
+    max_seconds: float = typer.Option(None, "--max-seconds", help="Stop after this many seconds."),
+    topic: str = typer.Option(None, help="Target topic (default: market.raw)."),
+) -> None:
+    """Publish historical bars to market.raw in time order (ids stable across runs)."""
+    cfg = _config()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from awet_dagster.contracts.topics import MARKET_RAW
+    from awet_dagster.sources import SourceError, get_source
+    from live.replay import replay_bars
+
+    bar_type = bar_type or cfg.data.bar_type
+    if bar_type not in ("daily", "minute"):
+        console.print(f"[red]--bar-type must be daily or minute, got {bar_type!r}[/red]")
+        raise typer.Exit(2)
+    syms = _symbols(symbols, cfg.data.symbols if bar_type == "daily" else cfg.data.minute_symbols)
+    first = _date(start or (cfg.data.start if bar_type == "daily" else cfg.data.minute_start), "--start")
+    last = _date(end or cfg.data.end, "--end")
+    try:
+        bars = get_source(source).fetch(syms, first, last, bar_type)
+    except (SourceError, ValueError) as exc:
+        console.print(f"[red]{source}: {exc}[/red]")
+        raise typer.Exit(2) from None
+    if bars.height == 0:
+        console.print(f"[yellow]no {bar_type} bars for {syms} in {first}..{last}[/yellow]")
+        raise typer.Exit(1)
+    ep = _endpoints(cfg)
+    stop = threading.Event()
+    topic = topic or MARKET_RAW
+    with _stop_on_signals(stop), Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task(f"replay → {topic}", total=bars.height)
+        stats = replay_bars(
+            _producer(cfg, ep.kafka_bootstrap), bars, topic=topic, speed=speed, max_gap_s=max_gap_s,
+            max_seconds=max_seconds, stop_event=stop,
+            on_progress=lambda done, _total: progress.update(task, completed=done),
+        )
+    console.print(f"published {stats.published}/{stats.total} {bar_type} bars of {len(syms)} symbol(s) "
+                  f"to {topic} in {stats.elapsed_s:.1f}s ({stats.stopped_by})")
+
+
+# --------------------------------------------------------------------------- live
+def live_cmd(
+    service: list[str] = typer.Option(None, "--service", help="Run only these services (repeatable)."),
+    max_seconds: float = typer.Option(None, "--max-seconds", help="Stop every service after this long."),
+    max_messages: int = typer.Option(None, "--max-messages", help="Stop each service after N messages."),
+    list_services: bool = typer.Option(False, "--list", help="List the registered services and exit."),
+) -> None:
+    """Run the live services (all registered ones by default) in this process until SIGTERM/Ctrl-C."""
+    from live.runner import _REGISTRY, available_services, run_services
+
+    if list_services:
+        for name in available_services():
+            console.print(f"[cyan]{name}[/cyan]  {_REGISTRY[name].description}")
+        return
+    names = [s for v in (service or []) for s in v.split(",") if s]
+    unknown = sorted(set(names) - set(available_services()))
+    if unknown:
+        console.print(f"[red]unknown service(s) {unknown}; available: {list(available_services())}[/red]")
+        raise typer.Exit(2)
+    cfg = _config()
+    ep = _endpoints(cfg)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(threadName)s %(name)s: %(message)s")
+    console.print(f"running {', '.join(names or available_services())} (Ctrl-C stops after the current batch)")
+    results = run_services(names, cfg, ep, max_messages=max_messages, timeout_s=max_seconds)
+    failed = False
+    for name, res in results.items():
+        status = f"[red]gave up: {res.error}[/red]" if res.error and not res.stats else "ok"
+        failed |= status != "ok"
+        console.print(f"{name}: processed {res.processed}, produced {res.produced}, "
+                      f"dead-lettered {res.dead_lettered}, restarts {res.restarts} — {status}")
+    raise typer.Exit(1 if failed else 0)
+
+
+# --------------------------------------------------------------------------- ingest
+def ingest_cmd(
+    source: str = typer.Option("alpaca", help="Streaming source (only alpaca streams; use `awet replay` "
+                                              "for historical bars)."),
+    symbols: list[str] = typer.Option(None, "--symbols", "-s", help="Symbols (default: data.symbols)."),
+    bar_type: str = typer.Option("minute", "--bar-type", help="minute | daily."),
+    feed: str = typer.Option("iex", help="Alpaca data feed (iex | sip)."),
+    max_seconds: float = typer.Option(None, "--max-seconds", help="Stop after this many seconds."),
+    topic: str = typer.Option(None, help="Target topic (default: market.raw)."),
+) -> None:
+    """Stream live bars from Alpaca's websocket to market.raw (reconnects with backoff)."""
+    if source != "alpaca":
+        console.print(f"[red]streaming ingest supports only --source alpaca (got {source!r}); "
+                      f"use `awet replay --source {source}` for historical bars[/red]")
+        raise typer.Exit(2)
+    cfg = _config()
+    from awet_dagster.contracts.topics import MARKET_RAW
+    from awet_dagster.sources import MissingCredentials
+    from live.ingest_alpaca import AlpacaBarIngestor, alpaca_stream_factory
+
+    try:
+        factory = alpaca_stream_factory(cfg.data.alpaca_api_key, cfg.data.alpaca_secret_key, feed=feed)
+    except MissingCredentials as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    ep = _endpoints(cfg)
+    producer = _producer(cfg, ep.kafka_bootstrap)
+    topic = topic or MARKET_RAW
+    flush_timeout = cfg.kafka.flush_timeout_s
+
+    def publish(event) -> None:
+        # A handful of bars per minute: flushing each one keeps "published" = acknowledged.
+        producer.send(topic, event)
+        producer.flush(flush_timeout)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    ingestor = AlpacaBarIngestor(_symbols(symbols, cfg.data.symbols), publish, factory, bar_type=bar_type)
+    stop = threading.Event()
+    watcher = threading.Thread(target=lambda: (stop.wait(), ingestor.stop()), daemon=True)
+    watcher.start()
+    with _stop_on_signals(stop):
+        try:
+            stats = ingestor.run(timeout_s=max_seconds)
+        finally:
+            stop.set()
+    console.print(f"alpaca: received {stats.received}, published {stats.published}, duplicates "
+                  f"{stats.duplicates}, rejected {stats.rejected}, reconnects {stats.reconnects} "
+                  f"({stats.stopped_by})")

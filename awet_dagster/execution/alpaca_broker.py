@@ -1,0 +1,215 @@
+"""Alpaca PAPER trading broker over alpaca-py's `TradingClient(paper=True)`.
+
+Transport: alpaca-py's REST session has no timeout and retries 429/504 itself with a fixed
+3 s sleep, blind to whether a timed-out POST created the order. We therefore
+- install `_TradingSession` (built on `sources.retry.RetryingSession`): every request gets
+  the timeout; GETs are retried with backoff there, but a POST /orders is tried ONCE;
+- switch alpaca-py's own retry off (`_retry = 0`);
+- retry submits here: before each resubmission the order is looked up by client_order_id
+  (a timed-out or 5xx'd POST may have reached Alpaca), and a 422 "client_order_id must be
+  unique" is answered by adopting the existing order. So a retry never duplicates an order.
+Entries with take-profit and stop-loss go out as `OrderClass.BRACKET` market orders.
+The paper-endpoint gate is enforced in the constructor: a non-paper URL cannot be used.
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import replace
+from typing import Any
+
+import requests
+
+from awet_dagster.execution.broker import BrokerRejected, BrokerUnavailable, UnsafeEndpoint
+from awet_dagster.execution.gates import paper_endpoint_gate
+from awet_dagster.execution.orders import BrokerOrder, BrokerPosition, OrderRequest
+from awet_dagster.sources.errors import RateLimited, SourceUnavailable
+from awet_dagster.sources.retry import RetryingSession, RetryPolicy, Sleep
+
+PAPER_URL = "https://paper-api.alpaca.markets"
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+# Alpaca order status -> contract OrderStatus.
+_STATUS = {
+    "new": "new", "accepted": "accepted", "pending_new": "accepted", "accepted_for_bidding": "accepted",
+    "held": "accepted", "calculated": "accepted", "pending_cancel": "accepted", "pending_replace": "accepted",
+    "partially_filled": "partially_filled", "filled": "filled", "done_for_day": "expired",
+    "expired": "expired", "canceled": "canceled", "replaced": "canceled", "stopped": "accepted",
+    "suspended": "accepted", "rejected": "rejected",
+}
+
+
+class _TradingSession(RetryingSession):
+    """Timeout on everything; retries only for reads (GET/HEAD)."""
+
+    def __init__(self, policy: RetryPolicy, sleep: Sleep) -> None:
+        super().__init__("alpaca-trading", policy, sleep)
+        self._once = RetryingSession("alpaca-trading", replace(policy, max_retries=0), sleep)
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        if str(method).upper() in ("GET", "HEAD"):
+            return super().request(method, url, *args, **kwargs)
+        return self._once.request(method, url, *args, **kwargs)
+
+    def close(self) -> None:
+        self._once.close()
+        super().close()
+
+
+def _f(value: Any) -> float | None:
+    return None if value in (None, "") else float(value)
+
+
+def parse_order(raw: dict[str, Any]) -> BrokerOrder:
+    return BrokerOrder(
+        client_order_id=raw["client_order_id"],
+        broker_order_id=str(raw["id"]),
+        symbol=raw["symbol"],
+        side=raw["side"],
+        qty=float(raw.get("qty") or 0.0),
+        filled_qty=float(raw.get("filled_qty") or 0.0),
+        avg_fill_price=_f(raw.get("filled_avg_price")),
+        status=_STATUS.get(raw["status"], "accepted"),
+        order_class=raw.get("order_class") or "simple",
+    )
+
+
+class AlpacaPaperBroker:
+    venue = "alpaca"
+
+    def __init__(
+        self,
+        api_key: str,
+        secret_key: str,
+        *,
+        base_url: str = PAPER_URL,
+        timeout_s: float = 10.0,
+        max_retries: int = 4,
+        backoff_base_s: float = 0.5,
+        sleep: Sleep = time.sleep,
+    ) -> None:
+        gate = paper_endpoint_gate(base_url)
+        if not gate.passed:
+            raise UnsafeEndpoint(gate.reason)
+        from alpaca.trading.client import TradingClient
+
+        self.base_url = base_url.rstrip("/")
+        self.policy = RetryPolicy(timeout_s=timeout_s, max_retries=max_retries, backoff_base_s=backoff_base_s)
+        self._sleep = sleep
+        client = TradingClient(api_key=api_key, secret_key=secret_key, paper=True, raw_data=True,
+                               url_override=None if self.base_url == PAPER_URL else self.base_url)
+        if not hasattr(client, "_session") or not hasattr(client, "_retry"):
+            # alpaca-py changed its internals: refuse to run without our timeout/retry policy.
+            raise BrokerUnavailable("alpaca-py TradingClient internals changed; cannot enforce timeouts")
+        client._session = _TradingSession(self.policy, sleep)
+        client._retry = 0
+        self._client = client
+        self.errors: Counter[str] = Counter()  # transient failures seen, by kind (metrics)
+
+    @classmethod
+    def from_config(cls, cfg, sleep: Sleep = time.sleep) -> AlpacaPaperBroker:
+        """From `ExecutionConfig` (keys must be set)."""
+        if cfg.alpaca_api_key is None or cfg.alpaca_secret_key is None:
+            raise BrokerRejected("execution.alpaca_api_key / alpaca_secret_key are not set")
+        return cls(cfg.alpaca_api_key.get_secret_value(), cfg.alpaca_secret_key.get_secret_value(),
+                   base_url=cfg.alpaca_base_url, timeout_s=cfg.request_timeout_s, max_retries=cfg.max_retries,
+                   sleep=sleep)
+
+    # ------------------------------------------------------------------ orders
+    def _order_request(self, order: OrderRequest):
+        from alpaca.trading.enums import OrderClass, OrderSide, TimeInForce
+        from alpaca.trading.requests import MarketOrderRequest, StopLossRequest, TakeProfitRequest
+
+        extra: dict[str, Any] = {}
+        if order.intent == "entry" and order.take_profit is not None and order.stop_loss is not None:
+            # Alpaca rejects sub-penny prices for stocks >= $1.
+            extra = dict(order_class=OrderClass.BRACKET,
+                         take_profit=TakeProfitRequest(limit_price=round(order.take_profit, 2)),
+                         stop_loss=StopLossRequest(stop_price=round(order.stop_loss, 2)))
+        return MarketOrderRequest(symbol=order.symbol, qty=order.qty,
+                                  side=OrderSide.BUY if order.side == "buy" else OrderSide.SELL,
+                                  time_in_force=TimeInForce.DAY, client_order_id=order.client_order_id, **extra)
+
+    def submit(self, order: OrderRequest) -> BrokerOrder:
+        from alpaca.common.exceptions import APIError
+
+        request = self._order_request(order)
+        last = ""
+        for attempt in range(1, self.policy.max_attempts + 1):
+            if attempt > 1:
+                self._sleep(self.policy.backoff(attempt - 1))
+                try:
+                    found = self.get_order_by_client_id(order.client_order_id)
+                except BrokerUnavailable as exc:
+                    self.errors["lookup_unavailable"] += 1
+                    last = str(exc)
+                    continue  # cannot tell whether it exists: do not resubmit blind
+                if found is not None:
+                    return found
+            try:
+                return parse_order(self._client.submit_order(request))
+            except RateLimited as exc:
+                self.errors["submit_rate_limited"] += 1
+                last = str(exc)
+            except SourceUnavailable as exc:  # timeout, connection error, 5xx (one try each)
+                self.errors["submit_unavailable"] += 1
+                last = str(exc)
+            except APIError as exc:
+                status = exc.status_code
+                if status == 422 and "client_order_id" in str(exc):
+                    found = self.get_order_by_client_id(order.client_order_id)
+                    if found is not None:
+                        return found  # already there: submit is idempotent
+                self.errors[f"submit_http_{status}"] += 1
+                raise BrokerRejected(f"alpaca refused {order.client_order_id}: HTTP {status} {exc}") from None
+        raise BrokerUnavailable(f"alpaca submit {order.client_order_id}: {last} "
+                                f"after {self.policy.max_attempts} attempt(s)")
+
+    def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
+        from alpaca.common.exceptions import APIError
+
+        try:
+            return parse_order(self._client.get_order_by_client_id(client_order_id))
+        except APIError as exc:
+            if exc.status_code == 404:
+                return None
+            raise BrokerRejected(f"alpaca order lookup {client_order_id}: HTTP {exc.status_code}") from None
+        except SourceUnavailable as exc:
+            raise BrokerUnavailable(str(exc)) from None
+
+    def list_open_orders(self) -> list[BrokerOrder]:
+        from alpaca.trading.enums import QueryOrderStatus
+        from alpaca.trading.requests import GetOrdersRequest
+
+        try:
+            raw = self._client.get_orders(GetOrdersRequest(status=QueryOrderStatus.OPEN, limit=500, nested=True))
+        except SourceUnavailable as exc:
+            raise BrokerUnavailable(str(exc)) from None
+        return [parse_order(o) for o in raw]
+
+    def list_positions(self) -> list[BrokerPosition]:
+        try:
+            raw = self._client.get_all_positions()
+        except SourceUnavailable as exc:
+            raise BrokerUnavailable(str(exc)) from None
+        out = []
+        for p in raw:
+            qty = abs(float(p["qty"])) * (-1 if p.get("side") == "short" else 1)
+            out.append(BrokerPosition(p["symbol"], qty, float(p["avg_entry_price"])))
+        return out
+
+    def cancel(self, client_order_id: str) -> BrokerOrder | None:
+        found = self.get_order_by_client_id(client_order_id)
+        if found is None or not found.is_open:
+            return found
+        try:
+            self._client.cancel_order_by_id(found.broker_order_id)
+        except SourceUnavailable as exc:
+            raise BrokerUnavailable(str(exc)) from None
+        return self.get_order_by_client_id(client_order_id)
+
+    def account(self) -> dict[str, Any]:
+        try:
+            return dict(self._client.get_account())
+        except SourceUnavailable as exc:
+            raise BrokerUnavailable(str(exc)) from None

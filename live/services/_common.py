@@ -1,0 +1,155 @@
+"""Wiring shared by the service factories: Kafka configs from ``cfg.kafka``, DB access."""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from awet_dagster.contracts import BaseEvent, model_for_topic
+from awet_dagster.storage.db import connect
+from awet_dagster.streaming import read_last_bars
+from live.bus import BusService, EventProducer, Handler, MessageContext, RetryLater
+from live.kafka_settings import consumer_config, group_id, producer_config
+
+log = logging.getLogger("awet.live.services")
+
+
+def kafka_setting(cfg: Any, name: str, default: Any) -> Any:
+    return getattr(getattr(cfg, "kafka", None), name, default)
+
+
+class LiveService(BusService):
+    """A BusService that also owns resources (DB connections) closed with it, and exposes
+    its domain object (``component``: writer / engine) for tests and metrics."""
+
+    def __init__(self, *args: Any, resources: Sequence[Any] = (), component: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.resources = list(resources)
+        self.component = component
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        try:
+            super().close(timeout_s)
+        finally:
+            for res in self.resources:
+                try:
+                    res.close()
+                except Exception:  # noqa: BLE001 - closing must not mask the service's error
+                    log.exception("%s: closing %r failed", self.name, res)
+
+
+def make_bus(
+    cfg: Any,
+    endpoints: Any,
+    *,
+    name: str,
+    topics: Mapping[str, type[BaseEvent]],
+    handler: Handler,
+    group: str | None = None,
+    before_commit: Callable[[Sequence[MessageContext]], None] | None = None,
+    resources: Sequence[Any] = (),
+    component: Any = None,
+    **bus_kwargs: Any,
+) -> LiveService:
+    """A BusService for ``name`` consuming ``topics`` ({topic: contract}) with cfg's Kafka settings.
+
+    ``topics`` carries the contract explicitly so tests (and deployments) can rename
+    topics: a topic name that is not in the registry still decodes as its contract.
+    """
+    kafka = getattr(cfg, "kafka", None)
+    client = dict(getattr(kafka, "client", {}) or {})
+    sasl = getattr(kafka, "sasl_password", None)
+    if sasl is not None:
+        client.setdefault("sasl.password", sasl.get_secret_value())
+    prefix = kafka_setting(cfg, "group_prefix", "awet")
+    cons = consumer_config(
+        endpoints.kafka_bootstrap,
+        group or group_id(prefix, name),
+        client=client,
+        consumer=dict(getattr(kafka, "consumer", {}) or {}),
+        client_id=f"awet-{name}",
+    )
+    prod = producer_config(
+        endpoints.kafka_bootstrap,
+        client=client,
+        producer=dict(getattr(kafka, "producer", {}) or {}),
+        client_id=f"awet-{name}",
+    )
+    bus_kwargs.setdefault("batch_size", kafka_setting(cfg, "batch_size", 500))
+    bus_kwargs.setdefault("poll_timeout_s", kafka_setting(cfg, "poll_timeout_s", 0.5))
+    bus_kwargs.setdefault("flush_timeout_s", kafka_setting(cfg, "flush_timeout_s", 10.0))
+    return LiveService(
+        name,
+        list(topics),
+        handler,
+        consumer_config=cons,
+        producer=EventProducer(prod),
+        topic_models=dict(topics),
+        before_commit=before_commit,
+        resources=resources,
+        component=component,
+        **bus_kwargs,
+    )
+
+
+def contract_of(topic: str, default: type[BaseEvent]) -> type[BaseEvent]:
+    """Registered contract of ``topic``, or ``default`` for an ad-hoc (test) topic name."""
+    try:
+        return model_for_topic(topic)
+    except KeyError:
+        return default
+
+
+def db_settings(cfg: Any) -> dict[str, Any]:
+    db = getattr(cfg, "database", None)
+    return {
+        "connect_timeout_s": getattr(db, "connect_timeout_s", 10),
+        "statement_timeout_ms": getattr(db, "statement_timeout_ms", None),
+    }
+
+
+class LazyConnection:
+    """One psycopg connection per service, opened on first use and reopened after a failure.
+
+    A DB outage must not dead-letter bars (they are fine; the DB is not): callers turn
+    ``psycopg.OperationalError`` into ``RetryLater`` so the batch is redelivered later.
+    Used from the service's own thread only; the lock just guards ``close`` from another.
+    """
+
+    def __init__(self, url: str, **settings: Any) -> None:
+        self._url = url
+        self._settings = settings
+        self._conn: Any = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        with self._lock:
+            if self._conn is None or self._conn.closed:
+                self._conn = connect(self._url, **self._settings)
+            return self._conn
+
+    def reset(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                finally:
+                    self._conn = None
+
+    close = reset
+
+
+def history_reader(conn: LazyConnection) -> Callable[[str, str, datetime, int], list[dict[str, Any]]]:
+    """A ``HistoryReader`` over the bars table; DB outages become ``RetryLater``."""
+    import psycopg
+
+    def read(symbol: str, bar_type: str, before: datetime, limit: int) -> list[dict[str, Any]]:
+        try:
+            return read_last_bars(conn.get(), symbol, bar_type, before, limit)
+        except psycopg.OperationalError as exc:
+            conn.reset()
+            raise RetryLater(f"bars table unavailable for warm-up: {exc}") from exc
+
+    return read

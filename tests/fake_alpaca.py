@@ -1,0 +1,207 @@
+"""A local fake of the Alpaca paper trading REST API, for tests (no network).
+
+Serves on 127.0.0.1:<ephemeral port> with a ThreadingHTTPServer and returns the JSON shapes
+Alpaca returns (orders with string quantities, nested bracket legs, positions, account).
+Behaviour that matters for safety is real: a duplicate client_order_id gets 422, unknown
+ids 404, missing keys 401. Tests script failures per route with `fail_next`:
+- an int status (500, 503, 429...): answered with that status, nothing created;
+- "timeout": the reply is delayed past the client's timeout, nothing created;
+- "create_then_timeout" / "create_then_500": the order IS created, then the reply is lost
+  (slow) or an error - what makes blind retries duplicate orders.
+`submissions[client_order_id]` counts orders actually created; `requests` logs every call.
+
+    with FakeAlpaca() as fake:
+        broker = AlpacaPaperBroker("key", "secret", base_url=fake.url, timeout_s=0.5)
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+OPEN = {"new", "accepted", "partially_filled", "pending_new"}
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _order_json(body: dict[str, Any], order_id: str, client_order_id: str, *, status: str = "accepted",
+                order_class: str = "simple", order_type: str = "market", side: str | None = None,
+                qty: Any = None, limit_price: Any = None, stop_price: Any = None) -> dict[str, Any]:
+    now = _now()
+    typ = order_type
+    return {
+        "id": order_id, "client_order_id": client_order_id, "created_at": now, "updated_at": now,
+        "submitted_at": now, "filled_at": None, "expired_at": None, "canceled_at": None, "failed_at": None,
+        "replaced_at": None, "replaced_by": None, "replaces": None,
+        "asset_id": "b0b6dd9d-8b9b-48a9-ba46-b9d54906e415", "symbol": body["symbol"], "asset_class": "us_equity",
+        "notional": None, "qty": str(qty if qty is not None else body.get("qty")), "filled_qty": "0",
+        "filled_avg_price": None, "order_class": order_class, "order_type": typ, "type": typ,
+        "side": side or body["side"], "position_intent": None, "time_in_force": body.get("time_in_force", "day"),
+        "limit_price": None if limit_price is None else str(limit_price),
+        "stop_price": None if stop_price is None else str(stop_price), "status": status,
+        "extended_hours": False, "legs": None, "trail_percent": None, "trail_price": None, "hwm": None,
+        "subtag": None, "source": None, "expires_at": None,
+    }
+
+
+class FakeAlpaca:
+    def __init__(self, api_key: str = "key", delay_s: float = 1.0) -> None:
+        self.api_key = api_key
+        self.delay_s = delay_s  # how long a "timeout" reply stalls (tests use a shorter client timeout)
+        self.orders: dict[str, dict[str, Any]] = {}  # id -> order json
+        self.by_client_id: dict[str, str] = {}
+        self.positions: list[dict[str, Any]] = []
+        self.submissions: Counter[str] = Counter()
+        self.requests: list[tuple[str, str]] = []
+        self._failures: dict[tuple[str, str], deque] = {}
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    # ------------------------------------------------------------------ control
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> FakeAlpaca:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def fail_next(self, method: str, path: str, *actions: int | str) -> None:
+        with self._lock:
+            self._failures.setdefault((method, path), deque()).extend(actions)
+
+    def set_position(self, symbol: str, qty: float, avg_entry_price: float) -> None:
+        side = "long" if qty >= 0 else "short"
+        self.positions.append({
+            "asset_id": str(uuid.uuid4()), "symbol": symbol, "exchange": "NASDAQ", "asset_class": "us_equity",
+            "asset_marginable": True, "avg_entry_price": str(avg_entry_price), "qty": str(abs(qty)) if side == "long"
+            else str(qty), "qty_available": str(abs(qty)), "side": side,
+            "market_value": str(abs(qty) * avg_entry_price), "cost_basis": str(abs(qty) * avg_entry_price),
+            "unrealized_pl": "0", "unrealized_plpc": "0", "unrealized_intraday_pl": "0",
+            "unrealized_intraday_plpc": "0", "current_price": str(avg_entry_price),
+            "lastday_price": str(avg_entry_price), "change_today": "0",
+        })
+
+    def count(self, method: str, path: str) -> int:
+        return sum(1 for m, p in self.requests if m == method and p == path)
+
+    # ------------------------------------------------------------------ server
+    def _next_failure(self, method: str, path: str) -> int | str | None:
+        with self._lock:
+            q = self._failures.get((method, path))
+            return q.popleft() if q else None
+
+    def _create(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        coid = body.get("client_order_id") or str(uuid.uuid4())
+        with self._lock:
+            if coid in self.by_client_id:
+                return 422, {"code": 40010001, "message": "client_order_id must be unique"}
+            oid = str(uuid.uuid4())
+            order_class = body.get("order_class", "simple")
+            order = _order_json(body, oid, coid, order_class=order_class)
+            if order_class == "bracket":
+                exit_side = "sell" if body["side"] == "buy" else "buy"
+                order["legs"] = [
+                    _order_json(body, str(uuid.uuid4()), str(uuid.uuid4()), status="held", order_type="limit",
+                                side=exit_side, limit_price=body["take_profit"]["limit_price"]),
+                    _order_json(body, str(uuid.uuid4()), str(uuid.uuid4()), status="held", order_type="stop",
+                                side=exit_side, stop_price=body["stop_loss"]["stop_price"]),
+                ]
+            self.orders[oid] = order
+            self.by_client_id[coid] = oid
+            self.submissions[coid] += 1
+            return 200, order
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:  # keep test output clean
+                pass
+
+            def _send(self, status: int, payload: Any = None) -> None:
+                data = b"" if payload is None else json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout test)
+
+            def _route(self, method: str) -> None:
+                parts = urlsplit(self.path)
+                path, query = parts.path, parse_qs(parts.query)
+                fake.requests.append((method, path))
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}") if length else {}
+                if self.headers.get("APCA-API-KEY-ID") != fake.api_key:
+                    return self._send(401, {"code": 40110000, "message": "request is not authorized"})
+                failure = fake._next_failure(method, path)
+                if isinstance(failure, int):
+                    return self._send(failure, {"code": failure * 100000, "message": "scripted failure"})
+                if failure == "timeout":
+                    time.sleep(fake.delay_s)
+                    return self._send(503, {"message": "too late"})
+                if method == "POST" and path == "/v2/orders":
+                    status, payload = fake._create(body)
+                    if failure == "create_then_timeout":
+                        time.sleep(fake.delay_s)
+                    if failure == "create_then_500":
+                        return self._send(500, {"code": 50000000, "message": "internal error"})
+                    return self._send(status, payload)
+                if method == "GET" and path == "/v2/orders:by_client_order_id":
+                    oid = fake.by_client_id.get((query.get("client_order_id") or [""])[0])
+                    if oid is None:
+                        return self._send(404, {"code": 40410000, "message": "order not found"})
+                    return self._send(200, fake.orders[oid])
+                if method == "GET" and path == "/v2/orders":
+                    status = (query.get("status") or ["open"])[0]
+                    orders = [o for o in fake.orders.values() if status == "all" or (o["status"] in OPEN) ==
+                              (status == "open")]
+                    return self._send(200, orders)
+                if method == "DELETE" and path.startswith("/v2/orders/"):
+                    oid = path.rsplit("/", 1)[1]
+                    if oid not in fake.orders:
+                        return self._send(404, {"code": 40410000, "message": "order not found"})
+                    fake.orders[oid]["status"] = "canceled"
+                    return self._send(204)
+                if method == "GET" and path == "/v2/positions":
+                    return self._send(200, fake.positions)
+                if method == "GET" and path == "/v2/account":
+                    return self._send(200, {
+                        "id": "11111111-2222-3333-4444-555555555555", "account_number": "PA3FAKE", "status": "ACTIVE",
+                        "currency": "USD", "cash": "100000", "portfolio_value": "100000", "equity": "100000",
+                        "last_equity": "100000", "buying_power": "200000", "pattern_day_trader": False,
+                        "trading_blocked": False, "transfers_blocked": False, "account_blocked": False,
+                        "shorting_enabled": True, "multiplier": "2", "created_at": "2024-01-02T14:30:00Z"})
+                return self._send(404, {"code": 40410000, "message": f"no route {method} {path}"})
+
+            def do_GET(self) -> None:
+                self._route("GET")
+
+            def do_POST(self) -> None:
+                self._route("POST")
+
+            def do_DELETE(self) -> None:
+                self._route("DELETE")
+
+        return Handler

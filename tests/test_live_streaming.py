@@ -1,0 +1,421 @@
+"""The streaming side: replay, persist_bars, features, lean_alpha, runner, Alpaca ingest.
+
+Kafka and PostgreSQL are the REAL session servers (tests/conftest.py). Isolation:
+unique topics (``make_topic``), unique consumer groups, and unique SYMBOLS per test
+(sample bars renamed), so the shared ``bars`` table never mixes two tests' histories
+(warm-up reads that table).
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from types import SimpleNamespace
+
+import polars as pl
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from awet_dagster.alphas import EmaCrossAlpha, MacdAlpha, RsiAlpha, alpha_signals
+from awet_dagster.contracts import AlphaSignal, DeadLetter, FeatureEvent, MarketRawEvent, dlq_topic
+from awet_dagster.features import FEATURE_COLUMNS, FEATURE_SET_VERSION, compute_features
+from awet_dagster.infra import Endpoints
+from awet_dagster.sources.sample import SampleSource
+from awet_dagster.storage.bars import copy_upsert_bars, read_bars
+from awet_dagster.storage.db import connect
+from awet_dagster.streaming import (
+    AlphaBank,
+    FeatureEngine,
+    ReplayPacer,
+    bar_event_id,
+    bars_to_events,
+    events_to_frame,
+)
+from awet_dagster.streaming.state import alpha_kind
+from live import runner
+from live.bus import DLQ_REASON_HEADER, EventProducer
+from live.ingest_alpaca import AlpacaBarIngestor, Backoff, alpaca_stream_factory
+from live.kafka_settings import FAST_DEV_PRODUCER_SETTINGS, producer_config
+from live.replay import replay_bars
+from live.services import features as features_svc
+from live.services import lean_alpha as alpha_svc
+from live.services import persist_bars as persist_svc
+
+DIRECTION = {1: "long", -1: "short", 0: "flat"}
+
+
+# --------------------------------------------------------------------------- helpers
+def _uid() -> str:
+    return uuid.uuid4().hex[:8].upper()
+
+
+def _sample_bars(symbols=("AAPL", "IBM"), start=date(2019, 1, 1), end=date(2020, 6, 30)) -> pl.DataFrame:
+    """Sample daily bars with the symbols renamed to names unique to this test."""
+    bars = SampleSource().fetch(list(symbols), start, end, "daily")
+    tag = _uid()
+    mapping = {s: f"{s}{tag}" for s in symbols}
+    return bars.with_columns(pl.col("symbol").replace_strict(mapping))
+
+
+@pytest.fixture
+def cfg(test_config_for, tmp_path):
+    return test_config_for(tmp_path / "home")
+
+
+@pytest.fixture
+def endpoints(database_url, kafka_bootstrap) -> Endpoints:
+    return Endpoints(database_url, kafka_bootstrap)
+
+
+def _producer(bootstrap: str) -> EventProducer:
+    return EventProducer(producer_config(bootstrap, producer=FAST_DEV_PRODUCER_SETTINGS))
+
+
+def _group() -> str:
+    return f"g-{uuid.uuid4().hex[:10]}"
+
+
+def _read_topic(bootstrap: str, topic: str, n: int, timeout_s: float = 30.0, partitions: int = 1):
+    """First ``n`` messages of a topic by assignment (no group join); fails if fewer arrive."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                  "enable.auto.commit": False, "fetch.wait.max.ms": 5})
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    out, deadline = [], time.monotonic() + timeout_s
+    try:
+        while len(out) < n and time.monotonic() < deadline:
+            m = c.poll(0.2)
+            if m is not None and m.error() is None:
+                out.append(m)
+    finally:
+        c.close()
+    assert len(out) >= n, f"only {len(out)}/{n} message(s) on {topic}"
+    return out
+
+
+def _persist_directly(database_url: str, bars: pl.DataFrame) -> None:
+    with connect(database_url) as conn, conn.transaction():
+        copy_upsert_bars(conn, bars)
+
+
+def _replay(bootstrap: str, bars: pl.DataFrame, topic: str) -> dict[tuple[str, datetime], str]:
+    """Replay ``bars``; returns {(symbol, ts): correlation_id} of what was published."""
+    stats = replay_bars(_producer(bootstrap), bars, topic=topic)
+    assert stats.published == bars.height and stats.stopped_by == "done"
+    msgs = _read_topic(bootstrap, topic, bars.height)
+    evs = [MarketRawEvent.model_validate_json(m.value()) for m in msgs[-bars.height:]]
+    return {(e.symbol, e.ts): e.correlation_id for e in evs}
+
+
+# --------------------------------------------------------------------------- core (no servers)
+def test_replay_events_are_time_ordered_with_stable_ids_and_fresh_correlation_ids():
+    bars = _sample_bars(start=date(2020, 1, 1), end=date(2020, 2, 1))
+    a, b = list(bars_to_events(bars)), list(bars_to_events(bars))
+    keys = [(e.ts, e.symbol) for e in a]
+    assert keys == sorted(keys) and len(a) == bars.height
+    assert [e.event_id for e in a] == [e.event_id for e in b]  # idempotent downstream
+    assert a[0].event_id == bar_event_id(a[0].symbol, "daily", a[0].ts)
+    assert len({e.correlation_id for e in a + b}) == 2 * len(a)  # a new one per published bar
+    # Round trip bar -> event -> bar keeps every value exactly.
+    back = events_to_frame(a).sort("symbol", "ts")
+    assert back.equals(bars.sort("symbol", "ts"))
+
+
+def test_replay_pacer_scales_gaps_caps_them_and_stops():
+    t0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
+    fast = ReplayPacer(0)
+    assert fast.wait(t0) and fast.delay_for(t0 + timedelta(days=3)) == 0.0
+    pacer = ReplayPacer(60, max_gap_s=2.0)
+    pacer.wait(t0)
+    assert pacer.delay_for(t0 + timedelta(minutes=1)) == pytest.approx(1.0)
+    assert pacer.delay_for(t0 + timedelta(days=3)) == 2.0  # weekend gap capped
+    stop = threading.Event()
+    slow = ReplayPacer(1, max_gap_s=30.0, stop_event=stop)
+    slow.wait(t0)
+    threading.Timer(0.2, stop.set).start()
+    started = time.monotonic()
+    assert slow.wait(t0 + timedelta(minutes=1)) is False  # interrupted, not a 30 s sleep
+    assert time.monotonic() - started < 5
+    with pytest.raises(ValueError):
+        ReplayPacer(-1)
+
+
+def test_feature_engine_warm_up_equals_uninterrupted_stream_and_skips_stale_bars():
+    bars = _sample_bars(symbols=("SPY",), start=date(2018, 1, 1), end=date(2020, 1, 1)).sort("ts")
+    events = list(bars_to_events(bars))
+    full = FeatureEngine()
+    expected = [full.on_bar(e) for e in events]
+    cut = 300
+    rows = list(bars.iter_rows(named=True))
+
+    def history(symbol, bar_type, before, limit):
+        return [r for r in rows if r["ts"] < before][-limit:]
+
+    restarted = FeatureEngine(history)
+    got = [restarted.on_bar(e) for e in events[cut:]]
+    assert restarted.counters.warmup_bars == cut
+    for a, b in zip(expected[cut:], got, strict=True):
+        assert a.features.keys() == b.features.keys()
+        assert all(math.isclose(a.features[k], b.features[k], rel_tol=1e-12, abs_tol=1e-12) for k in a.features)
+        assert a.event_id == b.event_id  # deterministic: a recomputation dedupes downstream
+    assert restarted.on_bar(events[-1]) is None  # duplicate
+    assert restarted.on_bar(events[cut]) is None  # out of order
+    assert restarted.counters.skipped_stale == 2
+
+
+def test_alpha_bank_matches_batch_alpha_signals_and_maps_to_contract():
+    bars = _sample_bars(start=date(2016, 1, 1), end=date(2020, 1, 1))
+    bank = AlphaBank()
+    got = {(s.symbol, s.ts, s.alpha, s.direction) for e in bars_to_events(bars) for s in bank.on_bar(e)}
+    expected = _batch_signals(bars)
+    assert got == expected and len(expected) > 10
+
+
+def _batch_signals(bars: pl.DataFrame) -> set[tuple]:
+    out = set()
+    for cls in (RsiAlpha, EmaCrossAlpha, MacdAlpha):
+        for r in alpha_signals(bars, cls).iter_rows(named=True):
+            out.add((r["symbol"], r["ts"], alpha_kind(r["alpha"]), DIRECTION[r["direction"]]))
+    return out
+
+
+# --------------------------------------------------------------------------- Alpaca ingest (fake stream)
+class _FakeStream:
+    """Stands in for alpaca-py's StockDataStream: ``run`` delivers a script, then ends."""
+
+    def __init__(self, script, fail: bool = False):
+        self.script, self.fail, self.handler, self.symbols, self.stopped = script, fail, None, (), False
+
+    def subscribe_bars(self, handler, *symbols):
+        self.handler, self.symbols = handler, symbols
+
+    def run(self):
+        for bar in self.script:
+            asyncio.run(self.handler(bar))
+        if self.fail:
+            raise ConnectionError("socket closed")
+
+    def stop(self):
+        self.stopped = True
+
+
+def _alpaca_bar(symbol: str, minute: int, close: float = 100.0):
+    ts = datetime(2024, 3, 1, 14, 30, tzinfo=UTC) + timedelta(minutes=minute)
+    return SimpleNamespace(symbol=symbol, timestamp=ts, open=close, high=close + 1, low=close - 1,
+                           close=close, volume=1000.0)
+
+
+def test_alpaca_ingest_reconnects_with_backoff_and_never_publishes_a_bar_twice(monkeypatch):
+    # Connection 1 drops after two bars; connection 2 re-sends the last bar (as Alpaca does
+    # after a reconnect) then a new one; connection 3 a bad bar and a new one.
+    scripts = [
+        ([_alpaca_bar("SPY", 0), _alpaca_bar("QQQ", 0)], True),
+        ([_alpaca_bar("QQQ", 0), _alpaca_bar("SPY", 1)], False),
+        ([SimpleNamespace(symbol="SPY"), _alpaca_bar("SPY", 2)], False),
+    ]
+    streams: list[_FakeStream] = []
+
+    def factory():
+        stream = _FakeStream(*scripts[len(streams)]) if len(streams) < len(scripts) else _FakeStream([], True)
+        streams.append(stream)
+        return stream
+
+    published: list[MarketRawEvent] = []
+    waits: list[float] = []
+    ing = AlpacaBarIngestor(["spy", "QQQ"], published.append, factory,
+                            backoff=Backoff(initial_s=0.01, factor=2.0, max_s=0.04), max_reconnects=5)
+    real_wait = ing._stop.wait
+    monkeypatch.setattr(ing._stop, "wait", lambda t=None: (waits.append(t), real_wait(0))[1])
+    stats = ing.run(timeout_s=20)
+    assert [(e.symbol, e.ts.minute) for e in published] == [("SPY", 30), ("QQQ", 30), ("SPY", 31), ("SPY", 32)]
+    assert stats.duplicates == 1 and stats.rejected == 1 and stats.published == 4
+    assert stats.stopped_by == "max_reconnects" and stats.reconnects == 5
+    assert streams[0].symbols == ("SPY", "QQQ")
+    # Backoff resets after a connection that delivered data, grows (capped) while none does.
+    assert waits == [0.01, 0.01, 0.01, 0.02, 0.04]
+    assert published[0].event_id == bar_event_id("SPY", "minute", published[0].ts)
+
+
+def test_alpaca_ingest_stops_promptly_and_needs_credentials():
+    class Blocking(_FakeStream):
+        def __init__(self):
+            super().__init__([])
+            self._ev = threading.Event()
+
+        def run(self):
+            self._ev.wait(30)
+
+        def stop(self):
+            self._ev.set()
+
+    ing = AlpacaBarIngestor(["SPY"], lambda e: None, Blocking)
+    started = time.monotonic()
+    stats = ing.run(timeout_s=0.3)
+    assert stats.stopped_by == "timeout" and time.monotonic() - started < 5
+    from awet_dagster.sources import MissingCredentials
+
+    with pytest.raises(MissingCredentials, match="alpaca_api_key"):
+        alpaca_stream_factory(None, "secret")
+
+
+# --------------------------------------------------------------------------- runner (fake services)
+def test_runner_rebuilds_a_failed_service_and_gives_up_after_max_restarts():
+    builds: list[str] = []
+
+    class Flaky:
+        def __init__(self, fail):
+            self.fail, self.stopped = fail, False
+
+        def run(self, max_messages=None, timeout_s=None):
+            if self.fail:
+                raise RuntimeError("db down")
+            return SimpleNamespace(consumed=3, processed=3, dead_lettered=0, produced=0, stopped_by="max_messages")
+
+        def stop(self):
+            self.stopped = True
+
+        def close(self):
+            pass
+
+    runner.register_service("flaky_test", lambda cfg, ep, **kw: builds.append("x") or Flaky(len(builds) < 3))
+    runner.register_service("broken_test", lambda cfg, ep, **kw: Flaky(True))
+    try:
+        res = runner.run_services(["flaky_test"], None, None, max_messages=3, timeout_s=20, backoff_s=0.01)
+        assert res["flaky_test"].restarts == 2 and res["flaky_test"].processed == 3
+        res = runner.run_services(["broken_test"], None, None, timeout_s=20, backoff_s=0.01, max_restarts=2)
+        assert res["broken_test"].error == "RuntimeError: db down" and not res["broken_test"].stats
+        with pytest.raises(KeyError, match="unknown service"):
+            runner.run_services(["nope"], None, None)
+    finally:
+        runner._REGISTRY.pop("flaky_test", None)
+        runner._REGISTRY.pop("broken_test", None)
+
+
+# --------------------------------------------------------------------------- against the servers
+@pytest.mark.timeout(180)
+def test_replay_then_persist_bars_stores_exactly_the_bars_idempotently(cfg, endpoints, make_topic, database_url):
+    bars = _sample_bars(start=date(2020, 1, 1), end=date(2020, 7, 1))
+    symbols = bars["symbol"].unique().to_list()
+    topic = make_topic()
+    for _ in range(2):  # replayed twice: same event ids, the upsert keeps one row per bar
+        assert replay_bars(_producer(endpoints.kafka_bootstrap), bars, topic=topic).published == bars.height
+    with persist_svc.build(cfg, endpoints, input_topic=topic, group=_group()) as svc:
+        stats = svc.run(max_messages=2 * bars.height, timeout_s=90)
+    assert stats.processed == 2 * bars.height and stats.dead_lettered == 0, stats
+    assert svc.component.batches_written >= 1
+    with connect(database_url) as conn:
+        stored = read_bars(conn, symbols, "daily")
+    assert stored.equals(bars.sort("symbol", "ts")), "stored bars differ from the replayed ones"
+
+
+@pytest.mark.timeout(240)
+def test_runner_runs_persist_bars_and_features_in_one_process(cfg, endpoints, make_topic, database_url):
+    bars = _sample_bars(start=date(2020, 1, 1), end=date(2020, 3, 1))
+    raw, out = make_topic(), make_topic()
+    replay_bars(_producer(endpoints.kafka_bootstrap), bars, topic=raw)
+    res = runner.run_services(
+        ["persist_bars", "features"], cfg, endpoints, max_messages=bars.height, timeout_s=90,
+        overrides={"persist_bars": {"input_topic": raw, "group": _group()},
+                   "features": {"input_topic": raw, "output_topic": out, "group": _group()}},
+    )
+    assert res["persist_bars"].processed == bars.height, res
+    assert res["features"].produced == bars.height, res
+    with connect(database_url) as conn:
+        assert read_bars(conn, bars["symbol"].unique().to_list(), "daily").height == bars.height
+
+
+@pytest.mark.timeout(240)
+def test_features_service_matches_batch_even_across_a_restart(cfg, endpoints, make_topic, database_url):
+    bars = _sample_bars(start=date(2019, 1, 1), end=date(2020, 6, 30))
+    n, cut = bars.height, 301  # odd: the two symbols are cut at different bars
+    _persist_directly(database_url, bars)  # what persist_bars did (covered above)
+    raw, out = make_topic(), make_topic()
+    corr = _replay(endpoints.kafka_bootstrap, bars, raw)
+    group = _group()
+    with features_svc.build(cfg, endpoints, input_topic=raw, output_topic=out, group=group) as first:
+        s1 = first.run(max_messages=cut, timeout_s=60)
+    assert s1.processed == cut, s1
+    with features_svc.build(cfg, endpoints, input_topic=raw, output_topic=out, group=group) as second:
+        s2 = second.run(max_messages=n - cut, timeout_s=60)
+    assert s2.processed == n - cut, s2  # resumed from the committed offset
+    assert second.component.counters.warmups == 2 and second.component.counters.warmup_bars > 0
+
+    events = [FeatureEvent.model_validate_json(m.value()) for m in _read_topic(endpoints.kafka_bootstrap, out, n)]
+    by_key = {(e.symbol, e.ts): e for e in events}
+    assert len(by_key) == n
+    batch = compute_features(bars)
+    for row in batch.iter_rows(named=True):
+        ev = by_key[(row["symbol"], row["ts"])]
+        assert ev.feature_set_version == FEATURE_SET_VERSION
+        assert ev.correlation_id == corr[(row["symbol"], row["ts"])]
+        for col in FEATURE_COLUMNS:
+            want = row[col]
+            if want is None:
+                assert col not in ev.features, (row["symbol"], row["ts"], col)
+            else:
+                assert math.isclose(ev.features[col], want, rel_tol=1e-9, abs_tol=1e-9), (row["ts"], col)
+
+
+@pytest.mark.timeout(240)
+def test_lean_alpha_service_emits_the_batch_signals_across_a_restart(cfg, endpoints, make_topic, database_url):
+    bars = _sample_bars(start=date(2017, 1, 1), end=date(2020, 1, 1))
+    _persist_directly(database_url, bars)
+    raw, out = make_topic(), make_topic()
+    corr = _replay(endpoints.kafka_bootstrap, bars, raw)
+    group, cut = _group(), 501
+    produced = 0
+    for limit in (cut, bars.height - cut):
+        with alpha_svc.build(cfg, endpoints, input_topic=raw, output_topic=out, group=group) as svc:
+            stats = svc.run(max_messages=limit, timeout_s=60)
+        assert stats.processed == limit, stats
+        produced += stats.produced
+    expected = _batch_signals(bars)
+    assert produced == len(expected) > 10
+    sigs = [AlphaSignal.model_validate_json(m.value()) for m in _read_topic(endpoints.kafka_bootstrap, out, produced)]
+    assert {(s.symbol, s.ts, s.alpha, s.direction) for s in sigs} == expected
+    assert all(s.correlation_id == corr[(s.symbol, s.ts)] for s in sigs)
+
+
+@pytest.mark.timeout(180)
+def test_poison_messages_go_to_the_dlq_with_a_reason_and_the_service_keeps_going(
+        cfg, endpoints, make_topic, database_url):
+    bars = _sample_bars(start=date(2020, 1, 1), end=date(2020, 1, 20))
+    raw, out = make_topic(), make_topic()
+    prod = _producer(endpoints.kafka_bootstrap)
+    prod.send_raw(raw, b"{not json", key=b"X")
+    prod.send_raw(raw, b'{"symbol": "X", "correlation_id": "c-1"}', key=b"X")
+    prod.flush(10)
+    replay_bars(prod, bars, topic=raw)
+    with features_svc.build(cfg, endpoints, input_topic=raw, output_topic=out, group=_group()) as svc:
+        stats = svc.run(max_messages=bars.height + 2, timeout_s=60)
+    assert stats.dead_lettered == 2 and stats.processed == bars.height and stats.produced == bars.height, stats
+    letters = _read_topic(endpoints.kafka_bootstrap, dlq_topic(raw), 2)
+    reasons = [dict(m.headers())[DLQ_REASON_HEADER].decode() for m in letters]
+    assert reasons == ["invalid_json", "schema_mismatch"]
+    assert DeadLetter.model_validate_json(letters[1].value()).correlation_id == "dlq:%s:0:1" % raw
+
+
+@pytest.mark.timeout(120)
+def test_replay_cli_publishes_sample_bars(monkeypatch, make_topic, database_url, kafka_bootstrap, tmp_path):
+    from typer.testing import CliRunner
+
+    import typer
+
+    from awet_cli.live_cmd import register
+
+    app = typer.Typer()
+    register(app)
+    topic = make_topic()
+    env = {"AWET_ENV": "test", "AWET_HOME": str(tmp_path / "home"), "DATABASE_URL": database_url,
+           "KAFKA_BOOTSTRAP": kafka_bootstrap}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    result = CliRunner().invoke(app, ["replay", "--source", "sample", "--bar-type", "daily", "--symbols",
+                                      "SPY,IBM", "--start", "2020-01-02", "--end", "2020-01-10",
+                                      "--speed", "0", "--max-seconds", "60", "--topic", topic])
+    assert result.exit_code == 0, result.output
+    assert "published 14/14" in result.output
+    evs = [MarketRawEvent.model_validate_json(m.value()) for m in _read_topic(kafka_bootstrap, topic, 14)]
+    assert [(e.ts, e.symbol) for e in evs] == sorted((e.ts, e.symbol) for e in evs)

@@ -1,0 +1,249 @@
+"""Risk engine and portfolio accounting."""
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from awet_dagster.config.schema import RiskConfig
+from awet_dagster.contracts import ComponentScores, FilterFailure, Quantiles, ScoredSignal
+from awet_dagster.risk import (
+    Fill,
+    InMemoryRiskStateStore,
+    Portfolio,
+    ReturnHistory,
+    RiskEngine,
+    historical_cvar,
+    sector_of,
+)
+
+T0 = datetime(2021, 1, 4, 14, 30, tzinfo=UTC)
+
+
+def _signal(symbol="AAPL", ts=T0, direction="long", price=100.0, regime_scale=1.0, failed=()) -> ScoredSignal:
+    return ScoredSignal(
+        correlation_id=f"c-{symbol}-{ts.isoformat()}", symbol=symbol, ts=ts, direction=direction,
+        score=0.8 if direction == "long" else -0.8, confidence=0.8, calibrated_prob=0.6, regime="bull",
+        regime_scale=regime_scale, components=ComponentScores(tft=0.8), ensemble_weights={"tft": 1.0},
+        horizon=1, model_version="m", quantiles=Quantiles(q10=-0.01, q50=0.01, q90=0.03),
+        filters_failed=tuple(FilterFailure(name=n, reason="x") for n in failed), price=price, reference_price=price)
+
+
+def _fill(symbol, side, qty, price, ts=T0, corr="c", fee=0.0, intent="entry"):
+    return Fill(f"id-{corr}-{side}", symbol, side, qty, price, fee, ts, corr, intent)
+
+
+def _engine(store=None, portfolio=None, **cfg) -> RiskEngine:
+    base = dict(max_orders_per_minute=100, max_orders_per_symbol_day=100, cooldown_s=0)
+    return RiskEngine(RiskConfig(**{**base, **cfg}), portfolio or Portfolio(100_000), store or InMemoryRiskStateStore())
+
+
+def _warm(engine: RiskEngine, symbols=("AAPL",), n=40, vol=0.01, seed=1, end=T0):
+    """Feed `n` past daily bars per symbol (random walk) ending just before `end`."""
+    rng = np.random.default_rng(seed)
+    for s in symbols:
+        price = 100.0
+        for i in range(n):
+            price *= 1 + rng.normal(0, vol)
+            engine.history.update(s, end - timedelta(days=n - i), price)
+        engine.portfolio.mark(s, 100.0)
+
+
+# ------------------------------------------------------------------ portfolio
+def test_portfolio_accounting_avg_price_realised_and_flip():
+    pf = Portfolio(10_000)
+    pf.apply_fill(_fill("A", "buy", 10, 100, fee=1))
+    pf.apply_fill(_fill("A", "buy", 10, 110, fee=1))
+    assert pf.position("A").avg_price == 105 and pf.position("A").qty == 20
+    assert pf.apply_fill(_fill("A", "sell", 5, 120, fee=1)) == pytest.approx(75)
+    pf.mark("A", 100)
+    assert pf.unrealised_pnl == pytest.approx(15 * -5)
+    assert pf.equity == pytest.approx(10_000 + 75 - 75 - 3)
+    realised = pf.apply_fill(_fill("A", "sell", 20, 90))  # close 15, open short 5
+    assert realised == pytest.approx(15 * -15)
+    assert pf.position("A").qty == -5 and pf.position("A").avg_price == 90
+    pf.mark("A", 80)
+    assert pf.position("A").peak_price == 80  # best price of a short is the lowest
+    assert pf.equity_hwm >= 10_000
+
+
+# ------------------------------------------------------------------ sizing and caps
+def test_size_is_two_percent_of_equity_times_regime_floored():
+    eng = _engine()
+    _warm(eng)
+    d = eng.evaluate(_signal(price=33.0, regime_scale=0.5)).decision
+    assert d.approved and d.qty == math.floor(100_000 * 0.02 * 0.5 / 33.0)
+    assert d.take_profit == pytest.approx(33 * 1.03) and d.stop_loss == pytest.approx(33 * 0.985)
+
+
+def test_symbol_override_and_symbol_cap_clip():
+    eng = _engine(symbol_overrides={"AAPL": 0.5})
+    _warm(eng)
+    out = eng.evaluate(_signal())
+    assert out.decision.approved and out.decision.notional == pytest.approx(10_000)  # clipped 50k -> 10k
+    assert out.audit["sizing"]["clipped_by"] == ["max_symbol_exposure"]
+
+
+def test_total_exposure_cap():
+    eng = _engine(max_total_exposure=50_000)
+    for i, s in enumerate(["SPY", "QQQ", "IWM", "EEM", "BAC"]):
+        eng.portfolio.apply_fill(_fill(s, "buy", 99, 100, corr=str(i)))  # $9.9k each = $49.5k
+    _warm(eng, ("AAPL", "SPY", "QQQ", "IWM", "EEM", "BAC"))
+    out = eng.evaluate(_signal())
+    assert out.decision.approved and out.decision.qty == 5  # $500 of room left
+    assert "max_total_exposure" in out.audit["sizing"]["clipped_by"]
+
+
+def test_sector_cap_20pct():
+    assert sector_of("GOOGL") == "tech" and sector_of("BAC") == "financials" and sector_of("ZZZZ") == "unknown"
+    eng = _engine(max_total_exposure=1e6, max_symbol_exposure=1e6)
+    eng.portfolio.apply_fill(_fill("IBM", "buy", 100, 100, corr="1"))
+    eng.portfolio.apply_fill(_fill("GOOG", "buy", 100, 100, corr="2"))  # $20k tech = 20% of equity
+    _warm(eng, ("AAPL", "IBM", "GOOG", "BAC"))
+    rej = eng.evaluate(_signal("AAPL"))
+    assert not rej.decision.approved and "sector_cap" in rej.audit["sizing"]["clipped_by"]
+    assert any("size below one share" in r for r in rej.decision.reasons)
+    assert eng.evaluate(_signal("BAC")).decision.approved  # another sector is fine
+
+
+# ------------------------------------------------------------------ kill switch and loss limits
+def test_kill_switch_trips_at_10pct_and_persists_until_operator_reset():
+    store = InMemoryRiskStateStore()
+    pf = Portfolio(100_000)
+    eng = _engine(store, pf, max_total_exposure=1e6)
+    eng.on_bar("SPY", T0, 100.0)  # session anchor = 100k
+    pf.apply_fill(_fill("SPY", "buy", 1000, 100.0))
+    assert not eng.on_bar("SPY", T0 + timedelta(minutes=1), 91.0).tripped  # -9%
+    assert eng.on_bar("SPY", T0 + timedelta(minutes=2), 89.9).tripped  # -10.1%
+    # recovers intraday, next sessions, and a restarted engine on the same store: still tripped
+    eng.on_bar("SPY", T0 + timedelta(minutes=3), 100.0)
+    restarted = _engine(store, pf, max_total_exposure=1e6)
+    _warm(restarted, ("AAPL", "SPY"), end=T0 + timedelta(days=3))
+    out = restarted.evaluate(_signal(ts=T0 + timedelta(days=3)))
+    assert not out.decision.approved and "kill switch tripped" in out.decision.reasons[0]
+    with pytest.raises(ValueError):
+        restarted.reset_kill_switch("", "oops", T0)
+    state = restarted.reset_kill_switch("alice", "reviewed the loss", T0 + timedelta(days=3))
+    assert not state.tripped and state.reset_by == "alice"
+    after = restarted.evaluate(_signal(ts=T0 + timedelta(days=3, minutes=5))).decision
+    assert after.approved, after.reasons
+
+
+def test_daily_loss_limit_from_fills_and_marks():
+    pf = Portfolio(100_000)
+    eng = _engine(portfolio=pf)
+    _warm(eng, ("AAPL", "SPY"))
+    eng.on_bar("SPY", T0, 100.0)  # anchor 100k
+    pf.apply_fill(_fill("SPY", "buy", 1000, 100.0, corr="s"))
+    pf.apply_fill(_fill("SPY", "sell", 500, 97.0, corr="s", intent="exit"))  # realised -1500
+    eng.on_bar("SPY", T0 + timedelta(minutes=1), 93.0)  # unrealised -3500: total -5%
+    out = eng.evaluate(_signal(ts=T0 + timedelta(minutes=2)))
+    assert not out.decision.approved
+    assert any(r.startswith("session loss 5.00%") for r in out.decision.reasons)
+    assert out.audit["portfolio"]["realised_pnl"] == pytest.approx(-1500)
+    # a new session re-anchors at the current equity: entries allowed again
+    nxt = T0 + timedelta(days=1)
+    eng.on_bar("SPY", nxt, 93.0)
+    assert eng.evaluate(_signal(ts=nxt + timedelta(minutes=1))).decision.approved
+
+
+def test_max_drawdown_blocks_entries():
+    pf = Portfolio(100_000)
+    eng = _engine(portfolio=pf, max_drawdown=0.03, daily_loss_limit=0.5, kill_switch_loss=0.9)
+    _warm(eng, ("AAPL", "SPY"))
+    pf.apply_fill(_fill("SPY", "buy", 1000, 100.0))
+    eng.on_bar("SPY", T0, 104.0)
+    eng.on_bar("SPY", T0 + timedelta(days=1), 100.0)  # 100k from a 104k high: -3.8%
+    out = eng.evaluate(_signal(ts=T0 + timedelta(days=1)))
+    assert not out.decision.approved and any(r.startswith("drawdown") for r in out.decision.reasons)
+
+
+# ------------------------------------------------------------------ CVaR
+def test_historical_cvar_matches_manual_and_moves_with_positions():
+    hist = ReturnHistory(250)
+    rng = np.random.default_rng(0)
+    calm, wild = 100.0, 100.0
+    for i in range(101):
+        ts = T0 + timedelta(days=i)
+        hist.update("CALM", ts, calm)
+        hist.update("WILD", ts, wild)
+        calm *= 1 + rng.normal(0, 0.005)
+        wild *= 1 + rng.normal(0, 0.04)
+    r_wild = np.array(list(hist.returns("WILD").values()))
+    manual = np.mean(np.sort(-(10_000 * r_wild) / 100_000)[::-1][:5])  # worst 5 of 100
+    res = historical_cvar({"WILD": 10_000}, hist, 100_000)
+    assert res.observations == 100 and res.cvar == pytest.approx(manual)
+    calm_only = historical_cvar({"CALM": 10_000}, hist, 100_000).cvar
+    both = historical_cvar({"CALM": 10_000, "WILD": 10_000}, hist, 100_000).cvar
+    hedged = historical_cvar({"CALM": 10_000, "WILD": -10_000}, hist, 100_000).cvar
+    assert calm_only < res.cvar and len({calm_only, res.cvar, both, hedged}) == 4
+    assert historical_cvar({}, hist, 100_000).cvar == 0.0
+
+
+def test_cvar_limit_and_insufficient_history_reject():
+    eng = _engine(cvar_limit=0.0005)
+    _warm(eng, ("AAPL",), vol=0.2)  # very volatile history
+    out = eng.evaluate(_signal())
+    assert not out.decision.approved and any(r.startswith("CVaR-95") for r in out.decision.reasons)
+    assert out.decision.metrics.cvar_95 > 0.0005
+    fresh = _engine()
+    out2 = fresh.evaluate(_signal())
+    assert not out2.decision.approved and "CVaR not computable" in out2.decision.reasons[-1]
+
+
+def test_cvar_of_decision_depends_on_held_positions():
+    eng = _engine()
+    _warm(eng, ("AAPL", "BAC"), vol=0.03)
+    before = eng.evaluate(_signal("AAPL")).decision.metrics.cvar_95
+    eng.portfolio.apply_fill(_fill("BAC", "buy", 90, 100.0, corr="b"))
+    after = eng.evaluate(_signal("AAPL", ts=T0 + timedelta(minutes=5))).decision.metrics.cvar_95
+    assert after > before
+
+
+# ------------------------------------------------------------------ throttles
+def test_orders_per_minute_throttle():
+    eng = _engine(max_orders_per_minute=2)
+    syms = ("AAPL", "BAC", "IBM", "SPY")
+    _warm(eng, syms)
+    res = [eng.evaluate(_signal(s, ts=T0 + timedelta(seconds=10 * i))).decision for i, s in enumerate(syms[:3])]
+    assert [d.approved for d in res] == [True, True, False]
+    assert "orders in the last minute" in res[2].reasons[0]
+    assert eng.evaluate(_signal("SPY", ts=T0 + timedelta(seconds=61))).decision.approved
+
+
+def test_per_symbol_day_and_cooldown_throttles():
+    eng = _engine(max_orders_per_symbol_day=2, cooldown_s=300)
+    _warm(eng)
+    assert eng.evaluate(_signal(ts=T0)).decision.approved
+    cool = eng.evaluate(_signal(ts=T0 + timedelta(seconds=100))).decision
+    assert not cool.approved and cool.reasons[0].startswith("cooldown")
+    assert eng.evaluate(_signal(ts=T0 + timedelta(seconds=400))).decision.approved
+    third = eng.evaluate(_signal(ts=T0 + timedelta(seconds=800))).decision
+    assert not third.approved and "orders on AAPL" in third.reasons[0]
+    assert eng.evaluate(_signal(ts=T0 + timedelta(days=1))).decision.approved
+
+
+# ------------------------------------------------------------------ decision content
+def test_rejections_carry_all_reasons_and_a_json_audit():
+    eng = _engine(allow_short=False)
+    _warm(eng)
+    eng.portfolio.apply_fill(_fill("AAPL", "buy", 1, 100.0))
+    out = eng.evaluate(_signal(direction="short"), has_pending_order=True)
+    d = out.decision
+    assert not d.approved and d.qty == 0 and d.notional == 0
+    assert any("short entries are disabled" in r for r in d.reasons)
+    assert any("already has an open position" in r for r in d.reasons)
+    audit = json.loads(json.dumps(out.audit))
+    assert audit["correlation_id"] == d.correlation_id and audit["approved"] is False
+    assert {c["name"] for c in audit["checks"]} >= {"kill_switch", "signal", "daily_loss", "max_drawdown",
+                                                    "throttle", "size", "cvar_95"}
+
+
+def test_untradable_signal_is_rejected():
+    eng = _engine()
+    _warm(eng)
+    d = eng.evaluate(_signal(direction="flat", failed=("spread",))).decision
+    assert not d.approved and "signal not tradable (spread: x)" in d.reasons
