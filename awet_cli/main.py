@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from awet_cli.infra_cmd import infra_app
+from awet_cli.kill_switch_cmd import kill_switch_app
 from awet_dagster.config import ConfigError, effective_values, load_config, load_config_with_sources
 
 console = Console()
@@ -26,6 +27,7 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(infra_app, name="infra")
+app.add_typer(kill_switch_app, name="kill-switch")
 
 
 def _config_or_exit():

@@ -7,7 +7,7 @@ from pydantic import PrivateAttr
 from sqlalchemy.engine import Engine
 
 from awet_dagster.config import load_config
-from awet_dagster.infra.endpoints import resolve_endpoints
+from awet_dagster.infra.endpoints import resolve_database_url
 from awet_dagster.storage.db import connect, make_engine
 
 
@@ -21,7 +21,7 @@ class DatabaseResource(ConfigurableResource):
     def resolved_url(self) -> str:
         if self.url:
             return self.url
-        return resolve_endpoints(load_config()).database_url
+        return resolve_database_url(load_config())
 
     def engine(self) -> Engine:
         if self._engine is None:

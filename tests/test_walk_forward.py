@@ -148,7 +148,7 @@ def _stand_in_buy_and_hold(bars, cfg):
 def _cfg(**wf) -> AwetConfig:
     return AwetConfig(
         model=ModelConfig(lookback=16, horizons=(1, 3), hidden_size=8, attention_heads=1, dropout=0.0,
-                          max_epochs=6, batch_size=16, learning_rate=0.02, early_stopping_patience=2,
+                          max_epochs=8, batch_size=16, learning_rate=0.03, early_stopping_patience=4,
                           max_train_windows=400),
         walk_forward=WalkForwardConfig(folds=6, min_folds=6, embargo_bars=5, **wf),
     )

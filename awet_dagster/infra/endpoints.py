@@ -60,16 +60,17 @@ def external_kafka_bootstrap(cfg: Any) -> str | None:
     return value or None
 
 
-def resolve_endpoints(cfg: Any) -> Endpoints:
+def resolve_endpoints(cfg: Any, need: tuple[str, ...] = ("postgres", "broker")) -> Endpoints:
     """External endpoints from config when set, else those recorded by `awet infra up`.
 
-    Raises InfraError with the command to run when an embedded endpoint is needed but
-    not recorded, or recorded but its server is no longer running.
+    Raises InfraError with the command to run when an embedded endpoint in `need` is not
+    recorded, or recorded but its server is no longer running. A component left out of
+    `need` is returned as recorded (or "") without being checked.
     """
     db = external_database_url(cfg)
     kafka = external_kafka_bootstrap(cfg)
-    if db and kafka:
-        return Endpoints(db, kafka, {})
+    if (db or "postgres" not in need) and (kafka or "broker" not in need):
+        return Endpoints(db or "", kafka or "", {})
 
     home = layout(cfg)
     recorded = read_endpoints(home.endpoints_file)
@@ -77,7 +78,7 @@ def resolve_endpoints(cfg: Any) -> Endpoints:
     if recorded is None:
         raise InfraError(f"No local infrastructure is recorded; {hint}.")
     started: dict[str, Any] = {}
-    for name, needed in (("postgres", not db), ("broker", not kafka)):
+    for name, needed in (("postgres", not db and "postgres" in need), ("broker", not kafka and "broker" in need)):
         if not needed:
             continue
         entry = recorded.started.get(name)
@@ -94,3 +95,8 @@ def resolve_endpoints(cfg: Any) -> Endpoints:
 def redact_url(url: str) -> str:
     """Hide the password of a URL (status output, logs)."""
     return re.sub(r"(://[^:/@]+):[^/]*@", r"\1:***@", url)
+
+
+def resolve_database_url(cfg: Any) -> str:
+    """The database URL alone (commands that need no broker)."""
+    return resolve_endpoints(cfg, need=("postgres",)).database_url

@@ -40,22 +40,133 @@ def _csv_bytes(df: pl.DataFrame) -> bytes:
     return buf.getvalue()
 
 
+# --------------------------------------------------------------------------- binary COPY
+# Why binary: parsing text timestamps and floats was most of the server's COPY time
+# (benchmarks/ingest_copy.py). PostgreSQL's binary COPY format is simple: a header, then
+# per row an int16 field count and per field an int32 length (-1 = NULL) + big-endian
+# value; timestamptz = int64 microseconds since 2000-01-01 UTC. Rows are encoded with
+# numpy structured arrays, one per "shape" of row (byte lengths of the text fields and
+# which quotes are null), so every field is a vectorised column copy, not a Python loop.
+_PG_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+_PG_TRAILER = b"\xff\xff"
+_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z in Unix microseconds
+_FLOATS = ("open", "high", "low", "close", "volume")
+_TEXTS = ("symbol", "bar_type", "source")
+
+
+def _fixed_bytes(series: pl.Series, width: int):
+    """(n, width) uint8 view of a Utf8 column whose values are all ``width`` bytes long."""
+    import numpy as np
+    import pyarrow as pa
+
+    arr = series.to_arrow()
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if not arr.type.equals(pa.large_string()):
+        arr = arr.cast(pa.large_string())  # e.g. string_view: get one offsets + data buffer
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=len(arr) + 1, offset=arr.offset * 8)
+    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)
+    return data[offsets[0]:offsets[0] + len(arr) * width].reshape(len(arr), width)
+
+
+def _binary_chunks(df: pl.DataFrame):
+    """Yield PostgreSQL binary COPY data for ``df`` (BAR_COLUMNS order); None if unsupported.
+
+    Unsupported (the caller falls back to CSV, which yields the server's own error): a
+    null in a NOT NULL column or an empty text value.
+    """
+    import numpy as np
+
+    frame = df.select(BAR_COLUMNS)
+    if frame.select(pl.any_horizontal(pl.col(*_TEXTS, "ts", *_FLOATS).is_null().any())).item():
+        return None
+    frame = frame.with_columns(
+        (pl.col("ts").dt.convert_time_zone("UTC").dt.epoch("us") - _PG_EPOCH_US).alias("ts"),
+        *(pl.col(c).cast(pl.Float64) for c in (*_FLOATS, "bid", "ask")),
+        *(pl.col(c).str.len_bytes().alias(f"_{c}_len") for c in _TEXTS),
+        pl.col("bid").is_null().alias("_bid_null"),
+        pl.col("ask").is_null().alias("_ask_null"),
+    )
+    if frame.select(pl.min_horizontal(pl.col("_symbol_len", "_bar_type_len", "_source_len").min())).item() == 0:
+        return None
+    keys = ["_symbol_len", "_bar_type_len", "_source_len", "_bid_null", "_ask_null"]
+
+    def chunks():
+        yield _PG_HEADER
+        for (sym_len, bt_len, src_len, bid_null, ask_null), g in frame.group_by(keys, maintain_order=True):
+            fields = [("n", ">i2"), ("l_symbol", ">i4"), ("symbol", f"V{sym_len}"),
+                      ("l_bar_type", ">i4"), ("bar_type", f"V{bt_len}"), ("l_ts", ">i4"), ("ts", ">i8")]
+            for c in _FLOATS:
+                fields += [(f"l_{c}", ">i4"), (c, ">f8")]
+            fields.append(("l_bid", ">i4"))
+            if not bid_null:
+                fields.append(("bid", ">f8"))
+            fields.append(("l_ask", ">i4"))
+            if not ask_null:
+                fields.append(("ask", ">f8"))
+            fields += [("l_source", ">i4"), ("source", f"V{src_len}")]
+            rows = np.empty(g.height, dtype=np.dtype(fields))
+            rows["n"] = len(BAR_COLUMNS)
+            for name, width in (("symbol", sym_len), ("bar_type", bt_len), ("source", src_len)):
+                rows[f"l_{name}"] = width
+                rows[name] = _fixed_bytes(g[name], width).view(f"V{width}").reshape(-1)
+            rows["l_ts"] = 8
+            rows["ts"] = g["ts"].to_numpy()
+            for c in _FLOATS:
+                rows[f"l_{c}"] = 8
+                rows[c] = g[c].to_numpy()
+            for c, null in (("bid", bid_null), ("ask", ask_null)):
+                rows[f"l_{c}"] = -1 if null else 8
+                if not null:
+                    rows[c] = g[c].to_numpy()
+            yield rows.tobytes()
+        yield _PG_TRAILER
+
+    return chunks()
+
+
+def _copy_rows(cur, table: str, bars: pl.DataFrame) -> None:
+    """COPY ``bars`` into ``table`` (binary when possible, else CSV)."""
+    cols = ", ".join(BAR_COLUMNS)
+    chunks = _binary_chunks(bars)
+    if chunks is None:
+        with cur.copy(f"COPY {table} ({cols}) FROM STDIN WITH (FORMAT csv)") as copy:
+            copy.write(_csv_bytes(bars))
+        return
+    with cur.copy(f"COPY {table} ({cols}) FROM STDIN WITH (FORMAT binary)") as copy:
+        for chunk in chunks:
+            copy.write(chunk)
+
+
 def copy_upsert_bars(conn, bars: pl.DataFrame) -> int:
-    """COPY `bars` into a temporary staging table and upsert them into `bars`.
+    """Insert or update `bars` in `bars` on (symbol, bar_type, ts); returns rows written.
+
+    Fast path: COPY straight into `bars` inside a savepoint: when none of the rows exists
+    yet (a first load, a replaced partition, new live bars) that is all there is to do.
+    If a row already exists (unique violation), the savepoint is rolled back and the rows
+    go through a temporary staging table and one INSERT ... ON CONFLICT DO UPDATE.
+    Either way the result is the same upsert. Measured in benchmarks/ingest_copy.py.
 
     `conn` is a psycopg 3 connection; the caller owns the transaction.
     """
+    import psycopg
+
     if bars.height == 0:
         return 0
     cols = ", ".join(BAR_COLUMNS)
     with conn.cursor() as cur:
+        try:
+            with conn.transaction():  # a savepoint inside the caller's transaction
+                _copy_rows(cur, "bars", bars)
+            return bars.height
+        except psycopg.errors.UniqueViolation:
+            pass  # some rows exist: upsert through the staging table below
         cur.execute(
             "CREATE TEMP TABLE IF NOT EXISTS stage_bars "
             "(LIKE bars INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
         cur.execute("TRUNCATE stage_bars")
-        with cur.copy(f"COPY stage_bars ({cols}) FROM STDIN WITH (FORMAT csv)") as copy:
-            copy.write(_csv_bytes(bars))
+        _copy_rows(cur, "stage_bars", bars)
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in BAR_COLUMNS[3:])
         cur.execute(
             f"INSERT INTO bars ({cols}) SELECT {cols} FROM stage_bars "

@@ -1,0 +1,70 @@
+"""PostgreSQL trading state: the kill switch survives a restart; orders are recorded once."""
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+
+import pytest
+from typer.testing import CliRunner
+
+from awet_dagster.risk.state import KillSwitchState
+from awet_dagster.storage.db import connect
+from awet_dagster.storage.trading import PostgresOrderStore, PostgresRiskStateStore, record_audit
+
+T = datetime(2024, 3, 1, 15, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def conn(database_url):
+    with connect(database_url) as c:
+        c.execute("DELETE FROM risk_state")
+        yield c
+
+
+def test_kill_switch_persists_across_connections(conn, database_url):
+    PostgresRiskStateStore(conn).set_kill_switch(KillSwitchState(True, "loss 10.2%", T))
+    with connect(database_url) as other:  # a restarted process
+        state = PostgresRiskStateStore(other).get_kill_switch()
+    assert state == KillSwitchState(True, "loss 10.2%", T)
+
+
+def test_daily_anchor_round_trip(conn):
+    store = PostgresRiskStateStore(conn)
+    assert store.get_daily_anchor(date(2024, 3, 1)) is None
+    store.set_daily_anchor(date(2024, 3, 1), 100_000.0)
+    store.set_daily_anchor(date(2024, 3, 1), 99_000.0)
+    assert store.get_daily_anchor(date(2024, 3, 1)) == 99_000.0
+
+
+def test_orders_are_recorded_once_and_reconcile_view(conn):
+    conn.execute("DELETE FROM fills; DELETE FROM orders; DELETE FROM positions")
+    store = PostgresOrderStore(conn)
+    kw = dict(client_order_id="awet-abc", correlation_id="c1", symbol="SPY", side="buy", qty=10, order_type="market",
+              broker_order_id=None, submitted_at=T, payload={"tp": 1})
+    assert store.record_order(status="submitted", **kw) is True
+    assert store.record_order(status="filled", **{**kw, "broker_order_id": "b-1"}) is False
+    assert store.open_client_order_ids() == set()
+    assert store.record_fill(fill_id="f1", client_order_id="awet-abc", symbol="SPY", qty=10, price=400, fee=1, ts=T)
+    assert not store.record_fill(fill_id="f1", client_order_id="awet-abc", symbol="SPY", qty=10, price=400, fee=1, ts=T)
+    store.upsert_position("SPY", 10, 400.0, T, 401.0)
+    assert store.positions() == {"SPY": 10.0}
+    record_audit(conn, actor="test", action="order.submit", subject="SPY", correlation_id="c1", details={"q": 10})
+    assert conn.execute("SELECT count(*) FROM audit_log WHERE correlation_id = 'c1'").fetchone()[0] >= 1
+
+
+def test_cli_kill_switch_trip_status_reset(conn, monkeypatch, database_url, tmp_path):
+    from awet_cli.main import app
+
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("AWET_HOME", str(tmp_path))
+    runner = CliRunner()
+    assert runner.invoke(app, ["kill-switch", "status"]).exit_code == 0
+    assert runner.invoke(app, ["kill-switch", "trip", "--reason", "drill"]).exit_code == 0
+    tripped = runner.invoke(app, ["kill-switch", "status"])
+    assert tripped.exit_code == 3 and "TRIPPED" in tripped.output and "drill" in tripped.output
+    assert runner.invoke(app, ["kill-switch", "reset"]).exit_code != 0  # a reason is mandatory
+    reset = runner.invoke(app, ["kill-switch", "reset", "--reason", "drill over", "--operator", "alice"])
+    assert reset.exit_code == 0
+    assert runner.invoke(app, ["kill-switch", "status"]).exit_code == 0
+    actions = [r[0] for r in conn.execute(
+        "SELECT action FROM audit_log WHERE subject = 'kill_switch' ORDER BY id DESC LIMIT 2").fetchall()]
+    assert actions == ["kill_switch.reset", "kill_switch.trip"]
