@@ -15,6 +15,7 @@ from rich.table import Table
 
 from awet_cli.infra_cmd import infra_app
 from awet_cli.kill_switch_cmd import kill_switch_app
+from awet_cli.live_cmd import register as register_live_commands
 from awet_dagster.config import ConfigError, effective_values, load_config, load_config_with_sources
 
 console = Console()
@@ -28,6 +29,7 @@ config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is
 app.add_typer(config_app, name="config")
 app.add_typer(infra_app, name="infra")
 app.add_typer(kill_switch_app, name="kill-switch")
+register_live_commands(app)  # replay, live, ingest
 
 
 def _config_or_exit():

@@ -1,13 +1,29 @@
 """The shared at-least-once Kafka loop every live service runs.
 
 Per batch: poll -> decode (contract of the topic) -> handle -> produce outputs
--> flush -> commit the batch's offsets (synchronously).
+-> flush -> store the batch's offsets -> commit them asynchronously. Whenever ``run``
+returns (stop, ``max_messages``, timeout) and on ``close``, a final synchronous commit
+makes sure everything acknowledged so far is committed.
 
 Guarantees and why:
-- Offsets are committed only after every output of the batch (and every dead letter) is
-  acknowledged by the broker. If a delivery fails, ``DeliveryError`` is raised and nothing is
-  committed, so after a restart the batch is consumed again: duplicates are possible, loss
-  is not. Downstream consumers must be idempotent on ``event_id`` / ``client_order_id``.
+- Offsets are stored/committed only after every output of the batch (and every dead letter)
+  is acknowledged by the broker. If a delivery fails, ``DeliveryError`` is raised and the
+  batch's offsets are neither stored nor committed, so after a restart the batch is consumed
+  again: duplicates are possible, loss is not. Downstream consumers must be idempotent on
+  ``event_id`` / ``client_order_id``.
+- Commit mode: the per-batch commit is asynchronous (``commit(asynchronous=True)`` of the
+  offsets stored with ``store_offsets``, after the flush succeeded), so the loop does not
+  wait a broker round trip per batch. This is still at-least-once: an async commit that
+  fails or is lost (crash before it lands) only moves the committed offset less far, i.e.
+  causes redelivery, never loss. Failures are reported by librdkafka's ``on_commit``
+  callback (served by the next poll) and counted in ``RunStats.commit_failures`` and the
+  ``commit_failures`` metric. ``run`` ends (normal return) and ``close`` end with a
+  synchronous commit of the stored offsets, so a stopped service (``stop()``, SIGTERM)
+  has committed everything it acknowledged before it exits. The offset store is
+  librdkafka's: it only holds offsets of partitions currently assigned (a revoked
+  partition's stored offset is dropped), so a commit never moves a partition this
+  consumer no longer owns. ``enable.auto.offset.store`` must therefore be false
+  (``live.kafka_settings`` forces it; ``BusService`` refuses true and sets it otherwise).
 - A message that cannot be decoded, or whose handler raises, is written to ``<topic>.dlq``
   (a ``DeadLetter`` envelope with the original bytes) and then committed like any other,
   so one poison message never blocks a partition. A handler that wants the message
@@ -17,14 +33,14 @@ Guarantees and why:
   the rest of the batch is taken from what librdkafka already fetched with
   ``consume(timeout=0)``. (``consume(n, timeout)`` alone waits for the whole timeout unless
   n messages arrive, which would add the timeout to every idle-time message's latency.)
-  ``batch_size`` (default 500) bounds how many messages share one flush + synchronous
-  commit: the commit is a broker round trip (~0.7 ms on tansu), which at 100 messages per
-  batch was the largest per-message cost of the loop; at 500 it is ~1.5 us/message, and a
-  crash re-delivers at most one batch.
+  ``batch_size`` (default 500) bounds how many messages share one flush + commit, and a
+  crash re-delivers at most the batches whose commit had not landed yet (normally the
+  current one and the previous one).
 - Every wait is bounded: poll by ``poll_timeout_s``, flush by ``flush_timeout_s``, the
-  synchronous commit and consumer close by librdkafka's ``socket.timeout.ms``.
+  final synchronous commit and consumer close by librdkafka's ``socket.timeout.ms``.
 - Graceful stop: ``stop()`` (or SIGTERM/SIGINT once ``install_signal_handlers()`` ran in the
-  main thread) lets the current batch finish, flush and commit, then ``run`` returns.
+  main thread) lets the current batch finish, flush and commit, then ``run`` commits
+  synchronously and returns.
 """
 
 from __future__ import annotations
@@ -65,8 +81,8 @@ class RetryLater(Exception):
 
 
 # --------------------------------------------------------------------------- small types
-# NamedTuples, not frozen dataclasses: immutable too, but several times cheaper to build,
-# and one of each is built per message on the hot path.
+# Output: a NamedTuple, not a frozen dataclass (immutable too, several times cheaper to
+# build). MessageContext: a slotted class (cheaper still, and its headers are lazy).
 class Output(NamedTuple):
     """One event a handler wants published. ``key`` defaults to the event's symbol."""
 
@@ -75,20 +91,67 @@ class Output(NamedTuple):
     key: bytes | None = None
 
 
-class MessageContext(NamedTuple):
-    """Where the event being handled came from."""
+class MessageContext:
+    """Where the event being handled came from (read-only: treat it as immutable).
 
-    service: str
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    headers: tuple[tuple[str, bytes | None], ...]
-    timestamp_ms: int | None
-    correlation_id: str
+    Fields: ``service topic partition offset key headers timestamp_ms correlation_id``.
+    ``headers`` is built lazily from the Kafka message on first access: converting librdkafka
+    headers to Python costs more per message than anything else the loop does besides
+    decoding, and most handlers never look at them.
+    """
+
+    __slots__ = ("service", "topic", "partition", "offset", "key", "_headers", "timestamp_ms", "correlation_id",
+                 "_message")
+
+    _fields = ("service", "topic", "partition", "offset", "key", "headers", "timestamp_ms", "correlation_id")
+
+    def __init__(
+        self,
+        service: str,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        headers: tuple[tuple[str, bytes | None], ...] | None,
+        timestamp_ms: int | None,
+        correlation_id: str,
+        message: Message | None = None,
+    ) -> None:
+        self.service = service
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.key = key
+        self._headers = headers  # None: take them from ``message`` when first asked
+        self.timestamp_ms = timestamp_ms
+        self.correlation_id = correlation_id
+        self._message = message
+
+    @property
+    def headers(self) -> tuple[tuple[str, bytes | None], ...]:
+        headers = self._headers
+        if headers is None:
+            raw = self._message.headers() if self._message is not None else None
+            headers = self._headers = tuple(raw) if raw else ()
+            self._message = None
+        return headers
 
     def header(self, name: str) -> bytes | None:
         return next((v for k, v in self.headers if k == name), None)
+
+    def _astuple(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, f) for f in self._fields)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MessageContext):
+            return NotImplemented
+        return self._astuple() == other._astuple()
+
+    def __hash__(self) -> int:
+        return hash(self._astuple())
+
+    def __repr__(self) -> str:
+        return "MessageContext(" + ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields) + ")"
 
 
 Handler = Callable[[BaseEvent, MessageContext], Iterable[Output] | None]
@@ -180,9 +243,22 @@ class EventProducer:
         """Queue ``event`` as JSON, keyed by symbol, with correlation/type headers."""
         if self._check_topics:
             self.check(topic, event)
-        value = event.model_dump_json().encode()
-        self.send_raw(topic, value, key=key if key is not None else event.kafka_key(),
-                      headers=[*event_headers(event), *headers], timeout_s=timeout_s)
+        self.send_checked(topic, event, key, headers, timeout_s)
+
+    def send_checked(
+        self,
+        topic: str,
+        event: BaseEvent,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+        timeout_s: float = 10.0,
+    ) -> None:
+        """``send`` without the topic/contract check (the caller already did ``check``)."""
+        hdrs = event_headers(event)
+        if headers:
+            hdrs.extend(headers)
+        self._produce(topic, event.model_dump_json().encode(), key if key is not None else event.kafka_key(),
+                      hdrs, timeout_s)
 
     def send_raw(
         self,
@@ -194,21 +270,36 @@ class EventProducer:
         timeout_s: float = 10.0,
     ) -> None:
         """Queue raw bytes (dead letters, tests). Waits up to ``timeout_s`` if the queue is full."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                self._producer.produce(topic, value=value, key=key, headers=list(headers),
-                                       on_delivery=self._on_delivery)
-                break
-            except BufferError:
-                # Local queue full: serve delivery reports to make room, bounded.
+        self._produce(topic, value, key, list(headers), timeout_s)
+
+    def _produce(self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]],
+                 timeout_s: float) -> None:
+        producer = self._producer
+        try:
+            producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)
+        except BufferError:
+            # Local queue full: serve delivery reports to make room, bounded.
+            deadline = time.monotonic() + timeout_s
+            while True:
                 if time.monotonic() >= deadline:
                     raise DeliveryError(f"producer queue still full after {timeout_s}s") from None
-                self._producer.poll(0.05)
-        self._producer.poll(0)
+                producer.poll(0.05)
+                try:
+                    producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)
+                    break
+                except BufferError:
+                    continue
+        producer.poll(0)
 
     def flush(self, timeout_s: float = 10.0) -> int:
-        """Wait for every queued message; return how many were acknowledged since last flush."""
+        """Wait for every queued message; return how many were acknowledged since last flush.
+
+        Nothing outstanding (``len(producer) == 0``: no message queued or in flight and no
+        delivery report left to serve) means every callback already ran: no flush call needed.
+        """
+        if self._producer.__len__() == 0 and not self._errors:
+            delivered, self._delivered = self._delivered, 0
+            return delivered
         remaining = self._producer.flush(timeout_s)
         errors, self._errors = self._errors, []
         delivered, self._delivered = self._delivered, 0
@@ -257,6 +348,9 @@ class BusService:
             raise ValueError("batch_size must be >= 1")
         if consumer_config.get("enable.auto.commit") not in (False, "false"):
             raise ValueError("consumer_config must set enable.auto.commit=false (use live.kafka_settings)")
+        if consumer_config.get("enable.auto.offset.store") in (True, "true"):
+            raise ValueError("consumer_config must not set enable.auto.offset.store=true: the bus stores "
+                             "offsets itself, after delivery (use live.kafka_settings)")
         overrides = dict(topic_models or {})
         # Resolve every contract now: an unknown topic is a wiring bug, fail at start-up.
         self._models = {t: overrides[t] if t in overrides else model_for_topic(t) for t in topics}
@@ -269,11 +363,21 @@ class BusService:
         self._on_metrics = on_metrics
         self._before_commit = before_commit
         self.producer = producer if isinstance(producer, EventProducer) else EventProducer(producer)
-        self._consumer = Consumer(dict(consumer_config))
+        conf = dict(consumer_config)
+        conf["enable.auto.offset.store"] = False  # offsets are stored by the loop, after delivery
+        self._user_on_commit = conf.pop("on_commit", None)
+        conf["on_commit"] = self._on_commit
+        self._consumer = Consumer(conf)
         self._consumer.subscribe(list(self.topics))
         self._stop = threading.Event()
         self._closed = False
         self._prev_handlers: dict[int, Any] = {}
+        #: RunStats of the run in progress (async commit results are counted into it).
+        self._active_stats: RunStats | None = None
+        #: Offsets were stored since the last synchronous commit (a final sync commit is due).
+        self._uncommitted = False
+        #: Async/sync commit failures over the service's lifetime.
+        self.commit_failures = 0
 
     # ----------------------------------------------------------------- control
     def stop(self) -> None:
@@ -312,6 +416,8 @@ class BusService:
             remaining = self.producer.raw.flush(timeout_s)
             if remaining:
                 log.warning("%s: %d message(s) undelivered at close", self.name, remaining)
+            # Only offsets of fully acknowledged batches are ever stored: commit them for good.
+            self._commit_sync(None)
         finally:
             self._consumer.close()
             self._restore_signal_handlers()
@@ -338,42 +444,53 @@ class BusService:
     def run(self, max_messages: int | None = None, timeout_s: float | None = None) -> RunStats:
         """Process until ``stop()``, ``max_messages`` consumed (incl. dead letters) or ``timeout_s``.
 
-        Returns within ``timeout_s`` + one poll/batch even when no message arrives.
+        Returns within ``timeout_s`` + one poll/batch (+ the final synchronous commit) even
+        when no message arrives. On a normal return every acknowledged batch is committed.
         """
         if self._closed:
             raise RuntimeError(f"{self.name}: service is closed")
         stats = RunStats()
+        self._active_stats = stats
         start = time.monotonic()
         deadline = start + timeout_s if timeout_s is not None else None
-        while True:
-            if self._stop.is_set():
-                stats.stopped_by = "stop"
-                break
-            if max_messages is not None and stats.consumed >= max_messages:
-                stats.stopped_by = "max_messages"
-                break
-            wait = self._poll_timeout_s
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    stats.stopped_by = "timeout"
+        consumer = self._consumer
+        try:
+            while True:
+                if self._stop.is_set():
+                    stats.stopped_by = "stop"
                     break
-                wait = min(wait, left)
-            first = self._consumer.poll(wait)
-            if first is None:
-                continue
-            limit = self._batch_size
-            if max_messages is not None:
-                limit = min(limit, max_messages - stats.consumed)
-            batch = [first]
-            if limit > 1:
-                batch.extend(self._consumer.consume(num_messages=limit - 1, timeout=0))
-            self._process_batch(batch, stats)
+                if max_messages is not None and stats.consumed >= max_messages:
+                    stats.stopped_by = "max_messages"
+                    break
+                wait = self._poll_timeout_s
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        stats.stopped_by = "timeout"
+                        break
+                    wait = min(wait, left)
+                first = consumer.poll(wait)
+                if first is None:
+                    continue
+                limit = self._batch_size
+                if max_messages is not None:
+                    limit = min(limit, max_messages - stats.consumed)
+                batch = [first]
+                if limit > 1:
+                    batch.extend(consumer.consume(num_messages=limit - 1, timeout=0))
+                self._process_batch(batch, stats)
+            # Leave nothing acknowledged-but-uncommitted behind (stop/SIGTERM, max_messages, timeout).
+            self._commit_sync(stats)
+        finally:
+            self._active_stats = None
         stats.elapsed_s = time.monotonic() - start
         return stats
 
     def _process_batch(self, batch: list[Message], stats: RunStats) -> None:
         t0 = time.monotonic()
+        on_metrics = self._on_metrics
+        keep_contexts = self._before_commit is not None
+        process_one = self._process_one
         contexts: list[MessageContext] = []
         offsets: dict[tuple[str, int], int] = {}
         produced = 0
@@ -389,30 +506,32 @@ class BusService:
                 continue
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
             # A batch holds each partition's messages in order: the last offset seen is the max.
-            offsets[(topic, partition)] = offset
-            if self._on_metrics is not None:
+            offsets[topic, partition] = offset
+            if on_metrics is not None:
                 self._metric("messages_in", topic, 1)
-            n_out, ctx = self._process_one(msg, topic, partition, offset, stats)
+            n_out, ctx = process_one(msg, topic, partition, offset, stats)
             produced += n_out
-            if ctx is not None:
+            if keep_contexts and ctx is not None:
                 contexts.append(ctx)
         # Everything this batch produced (outputs and dead letters) must be acknowledged
-        # before its offsets are committed; DeliveryError propagates and nothing is committed.
+        # before its offsets are stored/committed; DeliveryError propagates and nothing is.
+        # (A flush with nothing outstanding returns at once, see EventProducer.flush.)
         self.producer.flush(self._flush_timeout_s)
         stats.produced += produced
-        if self._before_commit is not None:
-            self._before_commit(contexts)
+        if keep_contexts:
+            self._before_commit(contexts)  # type: ignore[misc]
         if offsets:
             self._commit(offsets, stats)
         stats.batches += 1
-        if self._on_metrics is not None:
+        if on_metrics is not None:
             self._metric("batch_seconds", ",".join(self.topics), time.monotonic() - t0)
 
     def _process_one(
         self, msg: Message, topic: str, partition: int, offset: int, stats: RunStats
     ) -> tuple[int, MessageContext | None]:
         """Decode + handle + send outputs of one message; dead-letter it on failure."""
-        t0 = time.monotonic() if self._on_metrics is not None else 0.0
+        on_metrics = self._on_metrics
+        t0 = time.monotonic() if on_metrics is not None else 0.0
         value = msg.value()
         if value is None:
             self._dead_letter(msg, "empty_message", ValueError("message has no value (tombstone)"), None)
@@ -425,18 +544,22 @@ class BusService:
             self._dead_letter(msg, reason, exc, None)
             stats.dead_lettered += 1
             return 0, None
-        _, ts_ms = msg.timestamp()
-        if ts_ms is not None and ts_ms > 0 and self._on_metrics is not None:
+        ts_ms = msg.timestamp()[1]
+        if ts_ms is None or ts_ms <= 0:
+            ts_ms = None
+        elif on_metrics is not None:
             self._metric("event_age_seconds", topic, max(0.0, time.time() - ts_ms / 1000))
-        headers = msg.headers()
-        ctx = MessageContext(self.name, topic, partition, offset, msg.key(), tuple(headers) if headers else (),
-                             ts_ms if ts_ms and ts_ms > 0 else None, event.correlation_id)
+        ctx = MessageContext(self.name, topic, partition, offset, msg.key(), None, ts_ms, event.correlation_id, msg)
         try:
-            outputs = list(self._handler(event, ctx) or ())  # list(): generator errors surface here
-            for out in outputs:
-                if not isinstance(out, Output):
-                    raise TypeError(f"handler must yield Output, got {type(out).__name__}")
-                self.producer.check(out.topic, out.event)  # wrong contract for topic: DLQ, not crash
+            outputs = self._handler(event, ctx)
+            if outputs:
+                outputs = list(outputs)  # list(): generator errors surface here
+                for out in outputs:
+                    if not isinstance(out, Output):
+                        raise TypeError(f"handler must yield Output, got {type(out).__name__}")
+                    self.producer.check(out.topic, out.event)  # wrong contract for topic: DLQ, not crash
+            else:
+                outputs = ()
         except RetryLater:
             raise
         except Exception as exc:  # noqa: BLE001 - any handler bug goes to the DLQ, loop continues
@@ -444,10 +567,16 @@ class BusService:
             self._dead_letter(msg, "handler_error", exc, event.correlation_id)
             stats.dead_lettered += 1
             return 0, None
+        if not outputs:
+            stats.processed += 1
+            if on_metrics is not None:
+                self._metric("handle_seconds", topic, time.monotonic() - t0)
+            return 0, ctx
+        send = self.producer.send_checked
         for out in outputs:
-            self.producer.send(out.topic, out.event, key=out.key)
+            send(out.topic, out.event, out.key)
         stats.processed += 1
-        if self._on_metrics is not None:  # skip the bookkeeping entirely when nobody listens
+        if on_metrics is not None:  # skip the bookkeeping entirely when nobody listens
             for out in outputs:
                 self._metric("messages_out", out.topic, 1)
             self._metric("handle_seconds", topic, time.monotonic() - t0)
@@ -494,15 +623,59 @@ class BusService:
         self._metric("dead_letters", topic, 1)
 
     def _commit(self, offsets: dict[tuple[str, int], int], stats: RunStats) -> None:
+        """Store the acknowledged batch's offsets and commit them asynchronously.
+
+        Not waiting for the broker is safe: a failed or lost async commit leaves the committed
+        offset behind (redelivery, not loss), and ``run``/``close`` end with a synchronous
+        commit of the stored offsets. Failures arrive in ``_on_commit``.
+        """
         tps = [TopicPartition(t, p, o + 1) for (t, p), o in offsets.items()]
         try:
-            self._consumer.commit(offsets=tps, asynchronous=False)
+            # Partitions revoked meanwhile are not stored (librdkafka drops them): their new
+            # owner re-reads from the last commit. Duplicates, no loss.
+            self._consumer.store_offsets(offsets=tps)
+            self._uncommitted = True
+            self._consumer.commit(asynchronous=True)
         except KafkaException as exc:
-            # E.g. the partition was revoked by a rebalance meanwhile: the new owner
-            # re-reads from the last commit. Duplicates, no loss; keep going.
+            if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].code() == KafkaError._NO_OFFSET:
+                return
+            self._commit_failed(",".join(t for t, _ in offsets), exc, stats)
+
+    def _commit_sync(self, stats: RunStats | None) -> None:
+        """Synchronously commit every stored (= acknowledged) offset not committed yet."""
+        if not self._uncommitted:
+            return
+        try:
+            self._consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if err is None or err.code() != KafkaError._NO_OFFSET:  # _NO_OFFSET: async commits landed
+                self._commit_failed(",".join(self.topics), exc, stats)
+                return
+        self._uncommitted = False
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """librdkafka's commit callback (async commits), served by poll/consume/close."""
+        try:
+            if err is not None and err.code() != KafkaError._NO_OFFSET:
+                failed: object = err
+            else:
+                failed = next((tp for tp in partitions if tp.error is not None), None)
+            if failed is not None:
+                topics = ",".join(sorted({tp.topic for tp in partitions})) or ",".join(self.topics)
+                self._commit_failed(topics, failed, self._active_stats)
+        finally:
+            if self._user_on_commit is not None:
+                self._user_on_commit(err, partitions)
+
+    def _commit_failed(self, topics: str, error: object, stats: RunStats | None) -> None:
+        # E.g. the partition was revoked by a rebalance meanwhile: the new owner re-reads
+        # from the last commit. Duplicates, no loss; keep going.
+        self.commit_failures += 1
+        if stats is not None:
             stats.commit_failures += 1
-            self._metric("commit_failures", ",".join(t for t, _ in offsets), 1)
-            log.warning("%s: commit failed (batch will be redelivered): %s", self.name, exc)
+        self._metric("commit_failures", topics, 1)
+        log.warning("%s: commit failed (its messages may be redelivered): %s", self.name, error)
 
     def _metric(self, name: str, topic: str, value: float) -> None:
         if self._on_metrics is None:

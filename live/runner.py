@@ -177,7 +177,7 @@ class _Supervisor:
 def run_services(
     names: Sequence[str] | None,
     cfg: Any,
-    endpoints: Any,
+    endpoints: Any = None,
     *,
     max_messages: int | None = None,
     timeout_s: float | None = None,
@@ -190,12 +190,17 @@ def run_services(
 ) -> dict[str, ServiceResult]:
     """Run the named services (None/empty = all registered) until stopped or bounded.
 
+    ``endpoints`` (database_url, kafka_bootstrap) default to ``resolve_endpoints(cfg)``.
     ``max_messages`` and ``timeout_s`` apply to each service. ``overrides[name]`` are
     keyword arguments for that service's factory. Returns one ``ServiceResult`` per name;
     a service that gave up has ``error`` set (and stopped all the others).
     """
     names = list(names) if names else list(available_services())
     specs = [service_spec(n) for n in names]  # unknown names fail before anything starts
+    if endpoints is None:
+        from awet_dagster.infra import resolve_endpoints
+
+        endpoints = resolve_endpoints(cfg)  # InfraError names the command to run
     overrides = overrides or {}
     stop = stop_event or threading.Event()
     deadline = time.monotonic() + timeout_s if timeout_s is not None else None

@@ -282,12 +282,13 @@ def test_runner_rebuilds_a_failed_service_and_gives_up_after_max_restarts():
     runner.register_service("flaky_test", lambda cfg, ep, **kw: builds.append("x") or Flaky(len(builds) < 3))
     runner.register_service("broken_test", lambda cfg, ep, **kw: Flaky(True))
     try:
-        res = runner.run_services(["flaky_test"], None, None, max_messages=3, timeout_s=20, backoff_s=0.01)
+        ep = SimpleNamespace()
+        res = runner.run_services(["flaky_test"], None, ep, max_messages=3, timeout_s=20, backoff_s=0.01)
         assert res["flaky_test"].restarts == 2 and res["flaky_test"].processed == 3
-        res = runner.run_services(["broken_test"], None, None, timeout_s=20, backoff_s=0.01, max_restarts=2)
+        res = runner.run_services(["broken_test"], None, ep, timeout_s=20, backoff_s=0.01, max_restarts=2)
         assert res["broken_test"].error == "RuntimeError: db down" and not res["broken_test"].stats
         with pytest.raises(KeyError, match="unknown service"):
-            runner.run_services(["nope"], None, None)
+            runner.run_services(["nope"], None, ep)
     finally:
         runner._REGISTRY.pop("flaky_test", None)
         runner._REGISTRY.pop("broken_test", None)
@@ -399,9 +400,8 @@ def test_poison_messages_go_to_the_dlq_with_a_reason_and_the_service_keeps_going
 
 @pytest.mark.timeout(120)
 def test_replay_cli_publishes_sample_bars(monkeypatch, make_topic, database_url, kafka_bootstrap, tmp_path):
-    from typer.testing import CliRunner
-
     import typer
+    from typer.testing import CliRunner
 
     from awet_cli.live_cmd import register
 
@@ -419,3 +419,33 @@ def test_replay_cli_publishes_sample_bars(monkeypatch, make_topic, database_url,
     assert "published 14/14" in result.output
     evs = [MarketRawEvent.model_validate_json(m.value()) for m in _read_topic(kafka_bootstrap, topic, 14)]
     assert [(e.ts, e.symbol) for e in evs] == sorted((e.ts, e.symbol) for e in evs)
+
+
+@pytest.mark.timeout(60)
+def test_paced_replay_is_bounded_by_max_seconds(make_topic, kafka_bootstrap):
+    bars = _sample_bars(start=date(2020, 1, 1), end=date(2020, 3, 1))
+    started = time.monotonic()
+    stats = replay_bars(_producer(kafka_bootstrap), bars, topic=make_topic(), speed=1.0, max_gap_s=5.0,
+                        max_seconds=0.5)
+    assert stats.stopped_by == "max_seconds" and 1 <= stats.published < bars.height
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.timeout(120)
+def test_live_cli_runs_a_named_service_bounded(monkeypatch, database_url, kafka_bootstrap, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from awet_cli.live_cmd import register
+
+    app = typer.Typer()
+    register(app)
+    for k, v in {"AWET_ENV": "test", "AWET_HOME": str(tmp_path / "home"), "DATABASE_URL": database_url,
+                 "KAFKA_BOOTSTRAP": kafka_bootstrap}.items():
+        monkeypatch.setenv(k, v)
+    bad = CliRunner().invoke(app, ["live", "--service", "nope"])
+    assert bad.exit_code == 2 and "unknown service" in bad.output
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["live", "--service", "persist_bars", "--max-seconds", "2"])
+    assert result.exit_code == 0, result.output
+    assert "persist_bars: processed" in result.output and time.monotonic() - started < 60

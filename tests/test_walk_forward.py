@@ -148,8 +148,8 @@ def _stand_in_buy_and_hold(bars, cfg):
 def _cfg(**wf) -> AwetConfig:
     return AwetConfig(
         model=ModelConfig(lookback=16, horizons=(1, 3), hidden_size=8, attention_heads=1, dropout=0.0,
-                          max_epochs=8, batch_size=16, learning_rate=0.03, early_stopping_patience=4,
-                          max_train_windows=400),
+                          max_epochs=2, batch_size=32, learning_rate=0.03, early_stopping_patience=1,
+                          max_train_windows=200),
         walk_forward=WalkForwardConfig(folds=6, min_folds=6, embargo_bars=5, **wf),
     )
 
@@ -175,10 +175,12 @@ def test_walk_forward_trains_a_model_per_fold_and_reports_all_folds(wf_result):
         assert a.test_end < b.test_start
     for f in res.folds:
         assert f.train_end < f.test_start  # purged: training origins before the test window
-        assert f.n_test_windows == 3 * 30 and f.n_train_windows > 0
+        assert f.n_test_windows == 3 * 30 and f.n_train_windows == 200
         assert tuple(f.predictions.columns) == PREDICTION_COLUMNS
         assert f.predictions["ts"].min() >= f.test_start
-        print("FOLD", f.fold, f.metrics["hit_rate"], f.metrics["epochs"], f.n_train_windows)
+        assert 0.0 <= f.metrics["hit_rate"] <= 1.0 and f.metrics["epochs"] >= 1
+        # Learning the planted signal is test_model's job; folds here are too tiny to be
+        # reliable (measured: a 2-epoch TFT sometimes stays on its mean plateau).
     # Overall = median over ALL folds (no best-fold selection).
     sharpes = [f.metrics["sharpe"] for f in res.folds]
     assert res.overall["sharpe"] == pytest.approx(float(np.median(sharpes)))
@@ -193,12 +195,14 @@ def test_walk_forward_trains_a_model_per_fold_and_reports_all_folds(wf_result):
 
 
 def test_gate_checks(wf_result):
-    gate = GateConfig(min_median_oos_sharpe=0.5, min_oos_win_rate=0.45)
+    med = wf_result.overall["sharpe"]
+    gate = GateConfig(min_median_oos_sharpe=med, min_oos_win_rate=0.0)
     checks = {c.name: c for c in evaluate_gate(wf_result, gate)}
     assert set(checks) == {"median_oos_sharpe", "oos_win_rate", "min_folds", "not_worse_than_champion"}
-    assert checks["median_oos_sharpe"].passed and checks["min_folds"].passed
+    assert checks["median_oos_sharpe"].passed and checks["min_folds"].passed and checks["oos_win_rate"].passed
+    assert checks["median_oos_sharpe"].value == med and checks["median_oos_sharpe"].threshold == med
     assert checks["not_worse_than_champion"].passed  # no champion yet
-    strict = GateConfig(min_median_oos_sharpe=1e9)
+    strict = GateConfig(min_median_oos_sharpe=med + 1e-9)
     assert not {c.name: c for c in evaluate_gate(wf_result, strict)}["median_oos_sharpe"].passed
     assert not {c.name: c for c in evaluate_gate(wf_result, gate, min_folds=7)}["min_folds"].passed
     # Champion on the same folds: better champion -> fail, equal -> pass.

@@ -100,6 +100,7 @@ def log_training_run(cfg, result, onnx_dir: Path | str, *, gate_checks: Sequence
         info = mlflow.onnx.log_model(
             onnx.load(str(onnx_dir / MODEL_FILE)), name=MODEL_ARTIFACT,
             onnx_execution_providers=["CPUExecutionProvider"],
+            save_as_external_data=False,  # one self-contained model.onnx to download and serve
         )
         mlflow.log_artifact(str(onnx_dir / PREPROCESSING_FILE), artifact_path=PREPROCESSING_DIR)
         return run.info.run_id, info.model_uri

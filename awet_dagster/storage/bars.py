@@ -1,4 +1,8 @@
-"""Bulk load of bars: COPY into a staging table, then one upsert on (symbol, bar_type, ts).
+"""Bulk load of bars: an upsert on (symbol, bar_type, ts) through PostgreSQL COPY.
+
+`copy_upsert_bars` COPYs (binary format) straight into `bars` when none of the rows exists
+yet, else into a staging table followed by one INSERT ... ON CONFLICT (see its docstring;
+numbers in docs/benchmarks.md, section ingest_copy).
 
 A partition load first deletes exactly the rows of its (symbols, bar_type, [start, end))
 window, so re-materializing a partition replaces it and nothing else.
@@ -7,6 +11,9 @@ from __future__ import annotations
 
 import io
 import json
+import queue
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -52,6 +59,7 @@ _PG_TRAILER = b"\xff\xff"
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z in Unix microseconds
 _FLOATS = ("open", "high", "low", "close", "volume")
 _TEXTS = ("symbol", "bar_type", "source")
+_CHUNK_ROWS = 50_000
 
 
 def _fixed_bytes(series: pl.Series, width: int):
@@ -69,60 +77,109 @@ def _fixed_bytes(series: pl.Series, width: int):
     return data[offsets[0]:offsets[0] + len(arr) * width].reshape(len(arr), width)
 
 
-def _binary_chunks(df: pl.DataFrame):
-    """Yield PostgreSQL binary COPY data for ``df`` (BAR_COLUMNS order); None if unsupported.
+def _binary_chunks(df: pl.DataFrame) -> Iterator[bytes] | None:
+    """PostgreSQL binary COPY data for ``df`` (BAR_COLUMNS order) as chunks; None if unsupported.
 
     Unsupported (the caller falls back to CSV, which yields the server's own error): a
-    null in a NOT NULL column or an empty text value.
+    null in a NOT NULL column or an empty text value. Work and memory are per chunk of
+    ``_CHUNK_ROWS`` rows (zero-copy slices of ``df``), whatever the frame size.
     """
-    import numpy as np
-
     frame = df.select(BAR_COLUMNS)
-    if frame.select(pl.any_horizontal(pl.col(*_TEXTS, "ts", *_FLOATS).is_null().any())).item():
+    required = (*_TEXTS, "ts", *_FLOATS)
+    if frame.select(pl.any_horizontal(pl.col(*required).is_null().any())).item():
         return None
-    frame = frame.with_columns(
-        (pl.col("ts").dt.convert_time_zone("UTC").dt.epoch("us") - _PG_EPOCH_US).alias("ts"),
-        *(pl.col(c).cast(pl.Float64) for c in (*_FLOATS, "bid", "ask")),
-        *(pl.col(c).str.len_bytes().alias(f"_{c}_len") for c in _TEXTS),
-        pl.col("bid").is_null().alias("_bid_null"),
-        pl.col("ask").is_null().alias("_ask_null"),
-    )
-    if frame.select(pl.min_horizontal(pl.col("_symbol_len", "_bar_type_len", "_source_len").min())).item() == 0:
+    if frame.select(pl.min_horizontal(pl.col(*_TEXTS).str.len_bytes().min())).item() == 0:
         return None
     keys = ["_symbol_len", "_bar_type_len", "_source_len", "_bid_null", "_ask_null"]
 
-    def chunks():
+    def chunks() -> Iterator[bytes]:
         yield _PG_HEADER
-        for (sym_len, bt_len, src_len, bid_null, ask_null), g in frame.group_by(keys, maintain_order=True):
-            fields = [("n", ">i2"), ("l_symbol", ">i4"), ("symbol", f"V{sym_len}"),
-                      ("l_bar_type", ">i4"), ("bar_type", f"V{bt_len}"), ("l_ts", ">i4"), ("ts", ">i8")]
-            for c in _FLOATS:
-                fields += [(f"l_{c}", ">i4"), (c, ">f8")]
-            fields.append(("l_bid", ">i4"))
-            if not bid_null:
-                fields.append(("bid", ">f8"))
-            fields.append(("l_ask", ">i4"))
-            if not ask_null:
-                fields.append(("ask", ">f8"))
-            fields += [("l_source", ">i4"), ("source", f"V{src_len}")]
-            rows = np.empty(g.height, dtype=np.dtype(fields))
-            rows["n"] = len(BAR_COLUMNS)
-            for name, width in (("symbol", sym_len), ("bar_type", bt_len), ("source", src_len)):
-                rows[f"l_{name}"] = width
-                rows[name] = _fixed_bytes(g[name], width).view(f"V{width}").reshape(-1)
-            rows["l_ts"] = 8
-            rows["ts"] = g["ts"].to_numpy()
-            for c in _FLOATS:
-                rows[f"l_{c}"] = 8
-                rows[c] = g[c].to_numpy()
-            for c, null in (("bid", bid_null), ("ask", ask_null)):
-                rows[f"l_{c}"] = -1 if null else 8
-                if not null:
-                    rows[c] = g[c].to_numpy()
-            yield rows.tobytes()
+        for part in frame.iter_slices(_CHUNK_ROWS):
+            part = part.with_columns(
+                (pl.col("ts").dt.convert_time_zone("UTC").dt.epoch("us") - _PG_EPOCH_US).alias("ts"),
+                *(pl.col(c).cast(pl.Float64) for c in (*_FLOATS, "bid", "ask")),
+                *(pl.col(c).str.len_bytes().alias(f"_{c}_len") for c in _TEXTS),
+                pl.col("bid").is_null().alias("_bid_null"),
+                pl.col("ask").is_null().alias("_ask_null"),
+            )
+            bounds = part.select(*(pl.col(k).min().alias(f"lo{k}") for k in keys),
+                                 *(pl.col(k).max().alias(f"hi{k}") for k in keys)).row(0)
+            if bounds[:len(keys)] == bounds[len(keys):]:  # one shape (the usual case): no group_by
+                yield _encode_rows(part, *bounds[:len(keys)])
+            else:
+                for shape, group in part.group_by(keys, maintain_order=True):
+                    yield _encode_rows(group, *shape)
         yield _PG_TRAILER
 
     return chunks()
+
+
+def _prefetch(chunks: Iterator[bytes], depth: int = 2) -> Iterator[bytes]:
+    """Iterate ``chunks`` computed ``depth`` ahead in a thread: encoding (numpy/polars, GIL
+    released) overlaps the server's COPY work, with at most ``depth`` chunks in memory."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    cancelled = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                while not cancelled.is_set():
+                    try:
+                        q.put(chunk, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if cancelled.is_set():
+                    return
+            q.put(done)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            q.put(exc)
+
+    worker = threading.Thread(target=produce, name="bars-copy-encoder", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        cancelled.set()  # the consumer failed or stopped early: let the producer exit
+        worker.join(5)
+
+
+def _encode_rows(g: pl.DataFrame, sym_len: int, bt_len: int, src_len: int, bid_null: bool,
+                 ask_null: bool) -> bytes:
+    """Binary COPY rows of ``g``, all of one shape (text byte lengths, null quotes)."""
+    import numpy as np
+
+    fields = [("n", ">i2"), ("l_symbol", ">i4"), ("symbol", f"V{sym_len}"),
+              ("l_bar_type", ">i4"), ("bar_type", f"V{bt_len}"), ("l_ts", ">i4"), ("ts", ">i8")]
+    for c in _FLOATS:
+        fields += [(f"l_{c}", ">i4"), (c, ">f8")]
+    for c, null in (("bid", bid_null), ("ask", ask_null)):
+        fields.append((f"l_{c}", ">i4"))
+        if not null:
+            fields.append((c, ">f8"))
+    fields += [("l_source", ">i4"), ("source", f"V{src_len}")]
+    rows = np.empty(g.height, dtype=np.dtype(fields))
+    rows["n"] = len(BAR_COLUMNS)
+    for name, width in (("symbol", sym_len), ("bar_type", bt_len), ("source", src_len)):
+        rows[f"l_{name}"] = width
+        rows[name] = _fixed_bytes(g[name], width).view(f"V{width}").reshape(-1)
+    rows["l_ts"] = 8
+    rows["ts"] = g["ts"].to_numpy()
+    for c in _FLOATS:
+        rows[f"l_{c}"] = 8
+        rows[c] = g[c].to_numpy()
+    for c, null in (("bid", bid_null), ("ask", ask_null)):
+        rows[f"l_{c}"] = -1 if null else 8
+        if not null:
+            rows[c] = g[c].to_numpy()
+    return rows.tobytes()
 
 
 def _copy_rows(cur, table: str, bars: pl.DataFrame) -> None:
@@ -134,7 +191,7 @@ def _copy_rows(cur, table: str, bars: pl.DataFrame) -> None:
             copy.write(_csv_bytes(bars))
         return
     with cur.copy(f"COPY {table} ({cols}) FROM STDIN WITH (FORMAT binary)") as copy:
-        for chunk in chunks:
+        for chunk in _prefetch(chunks):
             copy.write(chunk)
 
 

@@ -1,0 +1,79 @@
+"""MLflow registry round trip in a temporary local store: log, register, alias,
+rollback, load the champion and serve it."""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from _model_data import BASE, planted
+from awet_dagster.config.schema import AwetConfig, PathsConfig
+from awet_dagster.evaluation.walk_forward import FoldResult, GateCheck, WalkForwardResult
+from awet_dagster.model import registry as R
+from awet_dagster.model.dataset import build_datasets, origin_windows, prepare_frame
+from awet_dagster.model.onnx_export import export_onnx
+from awet_dagster.model.tft import TrainSettings, predict_quantiles, train_tft
+
+
+def _result(n_folds: int = 2) -> WalkForwardResult:
+    folds = tuple(
+        FoldResult(
+            k, BASE, BASE + dt.timedelta(days=10 * k + 5), BASE + dt.timedelta(days=10 * k + 6),
+            BASE + dt.timedelta(days=10 * k + 9), 100, 30,
+            {"sharpe": 0.8 + k, "hit_rate": 0.6, "win_rate": 0.5, "dsr": float("nan")},
+            {"tft": np.random.default_rng(k).normal(0, 0.01, 30)},
+            pl.DataFrame(), 1.0, ({"epoch": 0, "train_loss": 0.1, "val_loss": 0.2},),
+        )
+        for k in range(n_folds)
+    )
+    return WalkForwardResult("daily", "candidate", "sha256:test", folds, {"sharpe": 1.3, "n_folds": 2.0},
+                             params={"lookback": 16, "horizons": [1, 3]})
+
+
+def test_register_alias_rollback_load(tmp_path):
+    cfg = AwetConfig(paths=PathsConfig(home=tmp_path / "awet"))
+    assert cfg.mlflow_tracking_uri.startswith("sqlite:///")
+    d = planted(n=160)
+    fr = prepare_frame(d.features, d.bars, d.spec)
+    data = build_datasets(fr, d.spec, val_start=BASE + dt.timedelta(days=120), end=BASE + dt.timedelta(days=150))
+    trained = train_tft(data, TrainSettings(hidden_size=8, attention_heads=1, max_epochs=1, max_train_windows=120))
+    export_onnx(trained, tmp_path / "export")
+    gates = [GateCheck("median_oos_sharpe", True, 1.3, 0.5, "median"), GateCheck("min_folds", False, 2, 6, "folds")]
+
+    run1, uri1 = R.log_training_run(cfg, _result(), tmp_path / "export", gate_checks=gates)
+    v1 = R.register_version(cfg, run1, uri1, gates)
+    run2, uri2 = R.log_training_run(cfg, _result(), tmp_path / "export", gate_checks=gates[:1])
+    v2 = R.register_version(cfg, run2, uri2, gates[:1])
+    assert (v1.version, v2.version) == ("1", "2")
+
+    c = R.client(cfg)
+    tags = c.get_model_version(cfg.mlflow.model_name, v1.version).tags
+    assert tags["gate_passed"] == "false" and tags["gate.min_folds"].startswith("fail")
+    assert c.get_model_version(cfg.mlflow.model_name, "2").tags["gate_passed"] == "true"
+    runs = c.search_runs([c.get_experiment_by_name(cfg.mlflow.experiment).experiment_id],
+                         filter_string=f"tags.mlflow.parentRunId = '{run1}'")
+    assert len(runs) == 2 and {r.data.params["fold"] for r in runs} == {"0", "1"}
+    parent = c.get_run(run1)
+    assert parent.data.tags["data_hash"] == "sha256:test" and parent.data.tags["code_version"]
+    assert parent.data.metrics["sharpe"] == pytest.approx(1.3)
+    # Artifacts live under the configured artifact root.
+    assert any(Path(cfg.mlflow_artifact_root).rglob("model.onnx"))
+
+    assert R.get_champion(cfg) is None
+    assert R.set_champion(cfg, v1.version).version == "1"
+    assert R.set_champion(cfg, v2.version).version == "2"
+    assert R.rollback_champion(cfg).version == "1"
+    with pytest.raises(LookupError):
+        R.rollback_champion(cfg)  # v1 replaced nothing
+    R.set_champion(cfg, v2.version)
+
+    predictor = R.load_champion(cfg, tmp_path / "served")
+    assert predictor.preprocessing == trained.preprocessing
+    _, w = origin_windows(fr, d.spec)
+    got = predictor.predict({"AAA": w[-1]})["AAA"]
+    want = predict_quantiles(trained, w[-1:])[0]
+    for j, h in enumerate(d.spec.horizons):
+        assert [got[h][q] for q in (0.1, 0.5, 0.9)] == pytest.approx(want[j].tolist(), abs=1e-5)
