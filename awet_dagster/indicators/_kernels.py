@@ -4,8 +4,10 @@ Every kernel runs the exact arithmetic of the streaming classes in
 `awet_dagster.indicators.streaming`, element by element and in the same order:
 seed = left-to-right sum of the first `period` inputs / period (leading NaN inputs
 skipped), then y = alpha * x + (1 - alpha) * y. So batch == streaming bit for bit,
-not just to a tolerance. numba's default (no fastmath) keeps IEEE semantics: no
-reassociation and no fused multiply-add contraction.
+not just to a tolerance. numba without fastmath keeps IEEE semantics: no
+reassociation and no fused multiply-add contraction; ``error_model="numpy"`` makes a
+division by zero give inf/NaN like numpy and the streaming floats (numba's default
+raises ZeroDivisionError).
 
 Outputs are allocated by the caller with numpy and passed in: numpy asks the kernel
 for transparent huge pages on large buffers, numba's own allocator does not, and at
@@ -23,7 +25,7 @@ from numba import njit
 _NAN = np.nan
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _seeded_step(x, alpha, decay, period, count, total, y):
     """One update of a seeded smoother: (output, count, total, y) after input x.
 
@@ -42,7 +44,7 @@ def _seeded_step(x, alpha, decay, period, count, total, y):
     return _NAN, count, total, y
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def seeded_smoothing(x, period, alpha, out):
     """Lean EMA (alpha = 2/(n+1)) / Wilder (alpha = 1/n) of x into out (same length)."""
     n = x.shape[0]
@@ -56,7 +58,7 @@ def seeded_smoothing(x, period, alpha, out):
     if p >= n:
         for i in range(s, n):
             out[i] = _NAN
-        return out
+        return
     total = 0.0
     for i in range(s, p):
         total += x[i]
@@ -67,15 +69,15 @@ def seeded_smoothing(x, period, alpha, out):
     for i in range(p + 1, n):
         y = alpha * x[i] + decay * y
         out[i] = y
-    return out
+    return
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def rsi(c, period, out):
     """Lean RSI (Wilder averages of gains/losses) of c into out; mirrors `RsiStream.update`."""
     n = c.shape[0]
     if n == 0:
-        return out
+        return
     out[0] = _NAN
     alpha = 1.0 / period
     decay = 1.0 - alpha
@@ -123,10 +125,10 @@ def rsi(c, period, out):
         al = alpha * lo + decay * al
         v = 100.0 - 100.0 / (1.0 + ag / al)
         out[j] = 100.0 if al == 0.0 else v
-    return out
+    return
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def macd(c, fast_alpha, fast, slow_alpha, slow, signal_alpha, signal, line, sig, hist):
     """Lean MACD of c in one pass into line/sig/hist; mirrors `MacdStream.update`."""
     n = c.shape[0]

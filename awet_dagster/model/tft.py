@@ -201,7 +201,7 @@ class FlatTFT(torch.nn.Module):
         self.tft = tft
 
     def forward(self, encoder_cat, encoder_cont, decoder_cat, decoder_cont, target_scale):
-        b, enc, dec = encoder_cont.shape[0], encoder_cont.shape[1], decoder_cont.shape[1]
+        enc, dec = encoder_cont.shape[1], decoder_cont.shape[1]
         # Fixed lengths: every window is full (no padding).
         enc_len = torch.full_like(encoder_cont[:, 0, 0], enc, dtype=torch.long)
         dec_len = torch.full_like(decoder_cont[:, 0, 0], dec, dtype=torch.long)
