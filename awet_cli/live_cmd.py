@@ -145,10 +145,24 @@ def live_cmd(
     max_seconds: float = typer.Option(None, "--max-seconds", help="Stop every service after this long."),
     max_messages: int = typer.Option(None, "--max-messages", help="Stop each service after N messages."),
     list_services: bool = typer.Option(False, "--list", help="List the registered services and exit."),
+    replay: str = typer.Option(None, "--replay", help="Replay bars of this source (e.g. sample) through every "
+                                                     "service, wait until the loop drained, print a summary."),
+    bar_type: str = typer.Option(None, "--bar-type", help="With --replay: daily | minute (default: data.bar_type)."),
+    start: str = typer.Option(None, help="With --replay: first date (default: data.replay_start)."),
+    end: str = typer.Option(None, help="With --replay: last date, inclusive (default: data.end)."),
+    symbols: list[str] = typer.Option(None, "--symbols", "-s", help="With --replay: symbols."),
+    lockstep: bool = typer.Option(False, "--lockstep", help="With --replay: one timestamp at a time, waiting for "
+                                                          "the loop to drain (backtest-identical sequencing)."),
+    preload_days: int = typer.Option(730, "--preload-days", help="With --replay: bars of this many days before "
+                                                                 "--start are loaded into the bars table first "
+                                                                 "(warm-up history; 0 = none)."),
 ) -> None:
     """Run the live services (all registered ones by default) in this process until SIGTERM/Ctrl-C."""
     from live.runner import _REGISTRY, available_services, run_services
 
+    if replay:
+        _live_replay(replay, bar_type, start, end, symbols, lockstep, preload_days, max_seconds)
+        return
     if list_services:
         for name in available_services():
             console.print(f"[cyan]{name}[/cyan]  {_REGISTRY[name].description}")
@@ -170,6 +184,73 @@ def live_cmd(
         console.print(f"{name}: processed {res.processed}, produced {res.produced}, "
                       f"dead-lettered {res.dead_lettered}, restarts {res.restarts} — {status}")
     raise typer.Exit(1 if failed else 0)
+
+
+def _live_replay(source: str, bar_type: str | None, start: str | None, end: str | None, symbols: list[str] | None,
+                 lockstep: bool, preload_days: int, max_seconds: float | None) -> None:
+    """`awet live --replay`: every service in this process, the bars replayed, a summary."""
+    import time as _time
+    from datetime import UTC, datetime, timedelta
+
+    cfg = _config()
+    from awet_dagster.live_summary import format_summary, loop_summary
+    from awet_dagster.sources import SourceError, get_source
+    from awet_dagster.storage.bars import copy_upsert_bars
+    from awet_dagster.storage.db import connect
+    from live.runner import LOOP_SERVICES, LoopTracker, replay_through_loop, start_loop
+    from live.topics import ensure_topics
+
+    bar_type = bar_type or cfg.data.bar_type
+    if bar_type not in ("daily", "minute"):
+        console.print(f"[red]--bar-type must be daily or minute, got {bar_type!r}[/red]")
+        raise typer.Exit(2)
+    syms = _symbols(symbols, cfg.data.symbols if bar_type == "daily" else cfg.data.minute_symbols)
+    first = _date(start or (cfg.data.replay_start if bar_type == "daily" else cfg.data.minute_start), "--start")
+    last = _date(end or cfg.data.end, "--end")
+    try:
+        src = get_source(source)
+        bars = src.fetch(syms, first, last, bar_type)
+        history = (src.fetch(syms, first - timedelta(days=preload_days), first - timedelta(days=1), bar_type)
+                   if preload_days > 0 else None)
+    except (SourceError, ValueError) as exc:
+        console.print(f"[red]{source}: {exc}[/red]")
+        raise typer.Exit(2) from None
+    if bars.height == 0:
+        console.print(f"[yellow]no {bar_type} bars for {syms} in {first}..{last}[/yellow]")
+        raise typer.Exit(1)
+    ep = _endpoints(cfg)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(threadName)s %(name)s: %(message)s")
+    wanted = {name: t.partitions for name, t in cfg.kafka.topics.items()}
+    ensure_topics(ep.kafka_bootstrap, wanted, dlq_suffix=cfg.kafka.dlq_suffix)
+    if history is not None and history.height:
+        with connect(ep.database_url) as conn, conn.transaction():
+            copy_upsert_bars(conn, history)
+        console.print(f"loaded {history.height} bars before {first} into the bars table (warm-up history)")
+    since = datetime.now(UTC)
+    tracker = LoopTracker()
+    loop = start_loop(cfg, ep, names=LOOP_SERVICES, tracker=tracker, timeout_s=max_seconds)
+    stop = threading.Event()
+    started = _time.monotonic()
+    budget = max_seconds if max_seconds is not None else 600.0
+    with _stop_on_signals(stop):
+        console.print(f"replaying {bars.height} {bar_type} bars of {len(syms)} symbol(s), {first}..{last}"
+                      f"{' in lockstep' if lockstep else ''} through {', '.join(LOOP_SERVICES)}")
+        published, drained = replay_through_loop(_producer(cfg, ep.kafka_bootstrap), bars, tracker,
+                                                 lockstep=lockstep, drain_timeout_s=budget, stop_event=stop)
+        loop.stop()
+        results = loop.join(60)
+    elapsed = _time.monotonic() - started
+    if not drained:
+        console.print(f"[yellow]not drained within {budget:.0f}s: {tracker.lagging()[:8]}[/yellow]")
+    with connect(ep.database_url) as conn:
+        summary = loop_summary(conn, since=since, initial_equity=cfg.risk.initial_equity, symbols=syms)
+    console.print(f"[bold]live loop summary[/bold] ({elapsed:.1f}s, {published / max(elapsed, 1e-9):,.0f} bars/s)")
+    for line in format_summary(summary, bars=published, predictions=tracker.produced.get("predictions", 0),
+                               dead_letters=tracker.dead_letters):
+        console.print("  " + line)
+    for name, res in results.items():
+        if res.error:
+            console.print(f"[yellow]{name}: {res.restarts} restart(s), last error {res.error}[/yellow]")
 
 
 # --------------------------------------------------------------------------- ingest

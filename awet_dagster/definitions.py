@@ -10,11 +10,13 @@ warnings.filterwarnings("ignore", category=PreviewWarning)
 
 from assets.features import build_features
 from assets.market_data import build_raw_bars
+from assets.model import build_model_assets
 from assets.platform import platform_preflight
 from jobs.main import build_jobs
 from jobs.maintenance import retention_job
 from resources.database import DatabaseResource
 from resources.market_data import MarketDataResource
+from sensors.promotion import approve_model_job, model_promotion_sensor, promote_model_job
 from sensors.schedules import build_schedules
 
 BAR_TYPES = ("daily", "minute")
@@ -25,8 +27,10 @@ defs = Definitions(
     assets=[
         platform_preflight,
         *(build(bar_type) for bar_type in BAR_TYPES for build in (build_raw_bars, build_features)),
+        *(a for bar_type in BAR_TYPES for a in build_model_assets(bar_type)),
     ],
-    jobs=[*_jobs, retention_job],
+    jobs=[*_jobs, retention_job, promote_model_job, approve_model_job],
+    sensors=[model_promotion_sensor],
     schedules=build_schedules(next(j for j in _jobs if j.name == "daily_pipeline")),
     resources={"database": DatabaseResource(), "market_data": MarketDataResource()},
 )

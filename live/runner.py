@@ -53,6 +53,13 @@ _REGISTRY: dict[str, ServiceSpec] = {
         ServiceSpec("persist_bars", "live.services.persist_bars:build", "market.raw -> bars table"),
         ServiceSpec("features", "live.services.features:build", "market.raw -> engineered"),
         ServiceSpec("lean_alpha", "live.services.lean_alpha:build", "market.raw -> alpha.signals"),
+        ServiceSpec("inference", "live.services.inference:build", "engineered -> predictions (champion model)"),
+        ServiceSpec("signal", "live.services.signal:build",
+                    "market.raw + predictions (+ alpha.signals) -> signals.scored, signals table"),
+        ServiceSpec("risk", "live.services.risk:build", "signals.scored (+ exec.done) -> risk.approved|rejected"),
+        ServiceSpec("execution", "live.services.execution:build",
+                    "risk.approved + exec.exits + market.raw -> exec.orders, exec.done"),
+        ServiceSpec("exit_monitor", "live.services.exit_monitor:build", "market.raw (+ exec.done) -> exec.exits"),
     )
 }
 
@@ -244,3 +251,216 @@ def run_services(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return {s.spec.name: s.result for s in sups}
+
+
+# --------------------------------------------------------------------------- drain tracking
+#: Input topics of each registered service (default names), for LoopTracker.
+SERVICE_INPUTS: dict[str, tuple[str, ...]] = {
+    "persist_bars": ("market.raw",),
+    "features": ("market.raw",),
+    "lean_alpha": ("market.raw",),
+    "inference": ("engineered",),
+    "signal": ("market.raw",),
+    "risk": ("signals.scored",),
+    "execution": ("market.raw", "risk.approved", "exec.exits"),
+    "exit_monitor": ("market.raw",),
+}
+
+
+class LoopTracker:
+    """Tells when an in-process loop has DRAINED: every consumer has consumed everything
+    produced to its topics (by the services, counted through the bus metrics hook, plus
+    what was published from outside, ``add_external``), no batch is in flight, and every
+    side reader (``TopicTail``) has read what was produced since ``start_ms``.
+
+    ``hook(service, topics)`` is the service's ``on_metrics``. Counting starts at
+    construction; side readers count messages with a Kafka timestamp >= ``start_ms``.
+    """
+
+    def __init__(self) -> None:
+        self.start_ms = int(time.time() * 1000)
+        self._lock = threading.Lock()
+        self.consumed: dict[tuple[str, str], int] = {}
+        self.produced: dict[str, int] = {}
+        self.dead_letters: dict[str, int] = {}
+        self.inflight: dict[str, int] = {}
+        self.tails: dict[str, Any] = {}
+
+    def hook(self, service: str, topics: Sequence[str] | None = None) -> Callable[[Any], None]:
+        with self._lock:
+            self.inflight.setdefault(service, 0)
+            for t in topics or ():
+                self.consumed.setdefault((service, t), 0)
+        lock, consumed, produced, inflight, dead = (self._lock, self.consumed, self.produced, self.inflight,
+                                                    self.dead_letters)
+
+        def on_metrics(sample: Any) -> None:
+            name = sample.name
+            if name == "messages_in":
+                with lock:
+                    key = (service, sample.topic)
+                    consumed[key] = consumed.get(key, 0) + 1
+                    inflight[service] += 1
+            elif name == "messages_out":
+                with lock:
+                    produced[sample.topic] = produced.get(sample.topic, 0) + 1
+            elif name == "batch_seconds":
+                with lock:
+                    inflight[service] = 0
+            elif name == "dead_letters":
+                with lock:
+                    dead[sample.topic] = dead.get(sample.topic, 0) + 1
+
+        return on_metrics
+
+    def add_external(self, topic: str, n: int) -> None:
+        with self._lock:
+            self.produced[topic] = self.produced.get(topic, 0) + n
+
+    def add_tail(self, name: str, tail: Any) -> None:
+        with self._lock:
+            self.tails[name] = tail
+
+    def lagging(self) -> list[str]:
+        """What is not drained yet (empty = drained)."""
+        out = []
+        with self._lock:
+            for svc, n in self.inflight.items():
+                if n:
+                    out.append(f"{svc}: batch in flight")
+            for (svc, topic), n in self.consumed.items():
+                want = self.produced.get(topic, 0)
+                if n < want:
+                    out.append(f"{svc}: {topic} {n}/{want}")
+            tails = list(self.tails.items())
+            produced = dict(self.produced)
+        for name, tail in tails:
+            for topic in tail.topics:
+                got, want = tail.consumed_since[topic], produced.get(topic, 0)
+                if got < want:
+                    out.append(f"{name} (side): {topic} {got}/{want}")
+        return out
+
+    def wait_drained(self, timeout_s: float, poll_s: float = 0.005, settle_s: float = 0.0) -> bool:
+        """True once drained (and still drained ``settle_s`` later); False after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.lagging():
+                if settle_s <= 0:
+                    return True
+                time.sleep(settle_s)
+                if not self.lagging():
+                    return True
+            time.sleep(poll_s)
+        return False
+
+
+_INPUT_KWARGS = {"execution": ("market_topic", "approved_topic", "exits_topic")}
+
+LOOP_SERVICES: tuple[str, ...] = ("persist_bars", "features", "lean_alpha", "inference", "signal", "risk",
+                                  "execution", "exit_monitor")
+
+
+class LoopHandle:
+    """Services running in a background thread (``start_loop``); ``stop()`` then ``join()``."""
+
+    def __init__(self, stop: threading.Event, thread: threading.Thread, box: dict[str, Any],
+                 tracker: LoopTracker) -> None:
+        self.stop_event, self.thread, self._box, self.tracker = stop, thread, box, tracker
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def join(self, timeout_s: float = 60.0) -> dict[str, ServiceResult]:
+        self.thread.join(timeout_s)
+        if "error" in self._box:
+            raise self._box["error"]
+        return self._box.get("results", {})
+
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+
+def start_loop(cfg: Any, endpoints: Any, *, names: Sequence[str] = LOOP_SERVICES,
+               overrides: Mapping[str, Mapping[str, Any]] | None = None, tracker: LoopTracker | None = None,
+               timeout_s: float | None = None, **run_kwargs: Any) -> LoopHandle:
+    """Run ``names`` with ``run_services`` in a background thread, each wired to ``tracker``.
+
+    My services take ``tracker=`` (they also register their side readers); the others get
+    ``on_metrics=tracker.hook(name, inputs)``. Topic/group overrides are merged in.
+    """
+    tracker = tracker or LoopTracker()
+    merged: dict[str, dict[str, Any]] = {}
+    for name in names:
+        kw = dict((overrides or {}).get(name, {}))
+        if name in ("persist_bars", "features", "lean_alpha"):
+            topic = kw.get("input_topic", SERVICE_INPUTS[name][0])
+            kw.setdefault("on_metrics", tracker.hook(name, [topic]))
+        else:
+            kw.setdefault("tracker", tracker)
+            keys = _INPUT_KWARGS.get(name, ("input_topic",))
+            tracker.hook(name, [kw.get(k, d) for k, d in zip(keys, SERVICE_INPUTS[name], strict=True)])
+        merged[name] = kw
+    stop = threading.Event()
+    box: dict[str, Any] = {}
+
+    def main() -> None:
+        try:
+            box["results"] = run_services(list(names), cfg, endpoints, overrides=merged, stop_event=stop,
+                                          install_signal_handlers=False, timeout_s=timeout_s, **run_kwargs)
+        except BaseException as exc:  # noqa: BLE001 - surfaced by join()
+            box["error"] = exc
+
+    thread = threading.Thread(target=main, name="live-loop", daemon=True)
+    thread.start()
+    return LoopHandle(stop, thread, box, tracker)
+
+
+def replay_through_loop(producer: Any, bars: Any, tracker: LoopTracker, *, topic: str = "market.raw",
+                        lockstep: bool = False, drain_timeout_s: float = 120.0,
+                        stop_event: threading.Event | None = None) -> tuple[int, bool]:
+    """Publish ``bars`` (replay order) to ``topic`` and wait until the loop has drained.
+
+    ``lockstep``: publish one timestamp's bars at a time and wait for the loop to drain
+    before the next one — every service then sees the bars of ts t only after everything
+    caused by earlier bars (orders, fills, exits) went through, which is the backtest's
+    sequencing (used for backtest/live parity). Otherwise everything is published at once.
+    Returns (bars published, drained).
+    """
+    from awet_dagster.streaming import bars_to_events
+
+    stop_event = stop_event or threading.Event()
+    deadline = time.monotonic() + drain_timeout_s
+    published = 0
+    if not lockstep:
+        tracker.add_external(topic, bars.height)
+        for ev in bars_to_events(bars):
+            producer.send(topic, ev)
+            published += 1
+        producer.flush(30)
+        return published, tracker.wait_drained(max(deadline - time.monotonic(), 0.0))
+    current, group = None, []
+
+    def publish(evs: list) -> bool:
+        tracker.add_external(topic, len(evs))
+        for ev in evs:
+            producer.send(topic, ev)
+        producer.flush(30)
+        return tracker.wait_drained(max(deadline - time.monotonic(), 0.0))
+
+    for ev in bars_to_events(bars):
+        if stop_event.is_set():
+            return published, False
+        if current is not None and ev.ts != current:
+            if not publish(group):
+                return published + len(group), False
+            published += len(group)
+            group = []
+        current = ev.ts
+        group.append(ev)
+    if group:
+        ok = publish(group)
+        published += len(group)
+        return published, ok
+    return published, True

@@ -49,7 +49,9 @@ def test_splits_layout_rolling_and_expanding():
     roll = walk_forward_splits(1000, 6, "rolling", train_size=200, test_size=100, horizon=5, embargo=180)
     assert len(roll) == 6
     assert [f.test_start for f in roll] == [400, 500, 600, 700, 800, 900]
-    assert all(len(f.train) == 195 and f.train[-1] == f.test_start - 6 for f in roll)
+    # purge (5) + embargo (180) bars separate the last training label from the test window
+    assert all(len(f.train) == 195 and f.train[-1] == f.test_start - 186 for f in roll)
+    assert all(f.train[-1] + 5 < f.test_start - 180 for f in roll)
     exp = walk_forward_splits(1000, 6, "expanding", test_size=100, horizon=5)
     assert [f.train[0] for f in exp] == [0] * 6 and len(exp[-1].train) == 900 - 5
     with pytest.raises(ValueError):

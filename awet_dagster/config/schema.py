@@ -93,6 +93,8 @@ class DataConfig(Section):
     symbols: tuple[str, ...] = ("SPY", "QQQ", "IWM", "AAPL", "IBM", "BAC", "AIG", "EEM")
     start: str = "2010-01-01"
     end: str = "2021-03-31"
+    # Research (walk-forward, training) uses bars before the cutoff; the demo replay after it.
+    cutoff: str = "2020-01-01"
     request_timeout_s: float = Field(10.0, gt=0)
     max_retries: int = Field(4, ge=0)
     polygon_api_key: SecretStr | None = None
@@ -104,6 +106,9 @@ class DataConfig(Section):
     # Minute bars are partitioned by exchange day × symbol (backfills from the Dagster UI).
     minute_symbols: tuple[str, ...] = ("SPY", "IBM", "BAC", "AIG")
     minute_start: str = "2013-10-04"
+    # `awet live --replay`: bars from this date to `end` are replayed through the live
+    # loop; earlier bars are loaded into the bars table first (warm-up history).
+    replay_start: str = "2020-07-01"
     # Allowed share of calendar bars missing between a symbol's first and last bar.
     max_missing_fraction: float = Field(0.002, ge=0, le=1)
 
@@ -202,6 +207,12 @@ class SignalsConfig(Section):
     max_spread_pct: float = Field(0.001, ge=0)
     enforce_market_hours: bool = True
     earnings_blackout: tuple[str, ...] = ()  # "SYMBOL:YYYY-MM-DD"
+    # Live signal service: how long a bar waits for its Prediction once the symbol's model
+    # is live (has predicted before); after that the TFT component is absent for the bar.
+    prediction_wait_s: float = Field(0.5, ge=0)
+    # Runtime ensemble weights: a JSON object {"tft": .., "rsi": ..} re-read when it changes
+    # (None: <paths.home>/signal_weights.json). Missing file = the configured weights.
+    weights_file: Path | None = None
 
 
 class RiskConfig(Section):
@@ -224,6 +235,9 @@ class RiskConfig(Section):
     cvar_lookback_bars: int = Field(250, ge=2)
     cvar_min_observations: int = Field(20, ge=2)
     allow_short: bool = True
+    # Live risk/exit services: how long a bar waits for a fill the simulator/broker is
+    # expected to report for it (an order decided on an earlier bar of the symbol).
+    fill_wait_s: float = Field(2.0, ge=0)
 
 
 class ExecutionConfig(Section):

@@ -6,9 +6,9 @@ training sample leaks when its label window reaches into the test window, so it 
 `horizon` bars past test_end, so train samples in (test_end, test_end + horizon] would
 overlap them too; together with serial correlation of features this is what the
 *embargo* after each test window covers: no train sample in [test_end, test_end +
-max(embargo, horizon)). In the forward schemes here training precedes testing, so the
-embargo only bites when a caller passes `train_after_test=True` (train on both sides,
-as in purged k-fold), but it is enforced - and tested - either way.
+max(embargo, horizon)). The embargo also separates training from the test window that
+follows it: a training label must end more than `embargo` bars before the test starts,
+so features with slowly decaying serial correlation cannot bridge the boundary.
 """
 from __future__ import annotations
 
@@ -70,29 +70,32 @@ def walk_forward_splits(
         raise ValueError("folds must be >= 1")
     if horizon < 0 or embargo < 0:
         raise ValueError("horizon and embargo must be >= 0")
-    test_size = int(test_size) if test_size else n // (folds + 2)
+    guard = max(embargo, horizon)
+    # Default: the first fold still trains on about two test windows, after the purge gap.
+    test_size = int(test_size) if test_size else (n - horizon - guard - 1) // (folds + 2)
     if test_size < 1:
         raise ValueError(f"{n} bars are too few for {folds} folds")
     if scheme == "rolling" and not train_size:
         train_size = 2 * test_size
     first_test = n - folds * test_size
     min_train = (train_size or 1) if scheme == "rolling" else 1
-    if first_test - horizon - 1 < min_train - 1 or first_test <= horizon:
+    if first_test - horizon - guard - 1 < min_train - 1 or first_test <= horizon + guard:
         raise ValueError(
             f"{n} bars cannot hold {folds} test windows of {test_size} bars after a training "
             f"window (train_size={train_size}, horizon={horizon})"
         )
     out = []
     idx = np.arange(n)
-    guard = max(embargo, horizon)
     for k in range(folds):
         ts, te = first_test + k * test_size, first_test + (k + 1) * test_size
-        lo = max(0, ts - train_size) if scheme == "rolling" else 0
+        lo = max(0, ts - guard - train_size) if scheme == "rolling" else 0
         cand = idx[lo:ts] if not train_after_test else np.concatenate([idx[lo:ts], idx[te:]])
         before = cand < ts
         # Purge: label window [t, t+h] must end before the test window starts; a sample
         # after the test window must start after the embargo.
-        keep = np.where(before, cand + horizon < ts, cand >= te + guard)
+        # Embargo on both sides: `embargo` bars separate the last training label from the test
+        # window, so slowly-decaying serial correlation cannot leak across the boundary.
+        keep = np.where(before, cand + horizon < ts - embargo, cand >= te + guard)
         if not keep[before].any():
             raise ValueError(
                 f"fold {k}: no training sample left before bar {ts} after purging {horizon} bars "

@@ -29,6 +29,21 @@ _MAX_H = max(S.RET_HORIZONS)
 _FLAT = S.FLAT_STD_REL
 
 
+def _coefficients(stream) -> tuple[float, float]:
+    # Taken from the stream objects themselves, so the inlined recursion below uses
+    # exactly the same alpha and 1 - alpha floats as the classes.
+    return stream.alpha, stream._decay
+
+
+_E5A, _E5D = _coefficients(EmaStream(5))
+_E20A, _E20D = _coefficients(EmaStream(20))
+_RSIA, _RSID = _coefficients(RsiStream(S.RSI_PERIOD)._gain)
+_MFA, _MFD = _coefficients(MacdStream(S.MACD_FAST, S.MACD_SLOW, S.MACD_SIGNAL)._fast)
+_MSA, _MSD = _coefficients(MacdStream(S.MACD_FAST, S.MACD_SLOW, S.MACD_SIGNAL)._slow)
+_MGA, _MGD = _coefficients(MacdStream(S.MACD_FAST, S.MACD_SLOW, S.MACD_SIGNAL)._signal)
+_ATRA, _ATRD = _coefficients(AtrStream(S.ATR_PERIOD)._avg)
+
+
 class FeatureState:
     """Feature state of one symbol. Feed bars in time order with `update`."""
 
@@ -50,6 +65,18 @@ class FeatureState:
         "_vol",
         "_cal_hour",
         "_cal_offset_min",
+        # Hot path: once every EMA/Wilder average is seeded, their state lives here as
+        # plain floats and _step runs the recursions inline (same arithmetic).
+        "_hot",
+        "_prev_close",
+        "_e5",
+        "_e20",
+        "_avg_gain",
+        "_avg_loss",
+        "_macd_fast",
+        "_macd_slow",
+        "_macd_signal",
+        "_atr_v",
     )
 
     def __init__(self, symbol: str = "") -> None:
@@ -74,6 +101,10 @@ class FeatureState:
         self._vol = RollingMomentsStream(S.VOLUME_Z_WINDOW)
         self._cal_hour = -1
         self._cal_offset_min = 0
+        self._hot = False
+        self._prev_close = NAN
+        self._e5 = self._e20 = self._avg_gain = self._avg_loss = NAN
+        self._macd_fast = self._macd_slow = self._macd_signal = self._atr_v = NAN
 
     @property
     def bars_seen(self) -> int:
@@ -139,11 +170,47 @@ class FeatureState:
         else:
             pct_b = (close - lower) / (upper - lower)  # NaN while not ready
 
-        ema5 = self._ema5.update(close)
-        ema20 = self._ema20.update(close)
-        rsi = self._rsi.update(close)
-        line, _, hist = self._macd.update(close)
-        atr = self._atr.update(high, low, close)
+        if self._hot:
+            # EmaStream / RsiStream / MacdStream / AtrStream steady state, inlined:
+            # the same products and sums in the same order as their update().
+            prev = self._prev_close
+            self._prev_close = close
+            ema5 = self._e5 = _E5A * close + _E5D * self._e5
+            ema20 = self._e20 = _E20A * close + _E20D * self._e20
+            d = close - prev
+            if d >= 0.0:
+                g, lo = d, 0.0
+            elif d < 0.0:
+                g, lo = 0.0, -d
+            else:  # NaN
+                g = lo = NAN
+            ag = self._avg_gain = _RSIA * g + _RSID * self._avg_gain
+            al = self._avg_loss = _RSIA * lo + _RSID * self._avg_loss
+            rsi = 100.0 if al == 0.0 else 100.0 - 100.0 / (1.0 + ag / al)
+            mf = self._macd_fast = _MFA * close + _MFD * self._macd_fast
+            ms = self._macd_slow = _MSA * close + _MSD * self._macd_slow
+            line = mf - ms
+            sig = self._macd_signal = _MGA * line + _MGD * self._macd_signal
+            hist = line - sig
+            tr = high - low
+            a = high - prev
+            if a < 0.0:
+                a = -a
+            b = low - prev
+            if b < 0.0:
+                b = -b
+            if a > tr:
+                tr = a
+            if b > tr:
+                tr = b
+            atr = self._atr_v = _ATRA * tr + _ATRD * self._atr_v
+        else:
+            ema5 = self._ema5.update(close)
+            ema20 = self._ema20.update(close)
+            rsi = self._rsi.update(close)
+            line, _, hist = self._macd.update(close)
+            atr = self._atr.update(high, low, close)
+            self._maybe_go_hot(close)
 
         vm = self._vol
         vmean = vm.update(volume)
@@ -187,6 +254,21 @@ class FeatureState:
             "reddit_mentions": NAN if mentions is None else float(mentions),
             "reddit_sentiment": NAN if sentiment is None else float(sentiment),
         }
+
+    def _maybe_go_hot(self, close: float) -> None:
+        """Switch to the inlined recursions once every average is seeded (only then is
+        each update() the plain recursion); a series that never gets there (NaNs)
+        simply stays on the stream objects."""
+        r, m = self._rsi, self._macd
+        if not (self._ema5.is_ready and self._ema20.is_ready and r._gain.is_ready and r._loss.is_ready
+                and m._fast.is_ready and m._slow.is_ready and m._signal.is_ready and self._atr._avg.is_ready):
+            return
+        self._prev_close = close  # == r._prev == self._atr._prev_close
+        self._e5, self._e20 = self._ema5.value, self._ema20.value
+        self._avg_gain, self._avg_loss = r._gain.value, r._loss.value
+        self._macd_fast, self._macd_slow, self._macd_signal = m._fast.value, m._slow.value, m._signal.value
+        self._atr_v = self._atr._avg.value
+        self._hot = True
 
     def _calendar(self, us: int) -> tuple[float, float]:
         # The New York UTC offset only changes on a whole UTC hour (02:00 local), so

@@ -99,39 +99,49 @@ class RollingMomentsStream:
 
     def update(self, x: float) -> float:
         """Push x; return the window mean (NaN until the window is full)."""
+        # State in locals, written back once (same operations in the same order as
+        # the attribute-by-attribute form: s1 - d_old + d_new, etc.).
         buf = self._buf
         pos = self._pos
         n = self.period
         shift = self._shift
-        if self._count == n:
+        s1 = self._s1
+        s2 = self._s2
+        nans = self._nans
+        count = self._count
+        if count == n:
             old = buf[pos]
             if old != old:
-                self._nans -= 1
+                nans -= 1
             else:
                 d = old - shift
-                self._s1 -= d
-                self._s2 -= d * d
+                s1 -= d
+                s2 -= d * d
         else:
-            self._count += 1
+            count = self._count = count + 1
             if shift != shift and x == x:
                 shift = self._shift = x
         buf[pos] = x
         if x != x:
-            self._nans += 1
+            nans += 1
         else:
             d = x - shift
-            self._s1 += d
-            self._s2 += d * d
+            s1 += d
+            s2 += d * d
         pos += 1
         if pos == n:
             pos = 0
-            if self._nans == 0:
-                self._recentre()
+            if nans == 0:
+                shift, s1, s2 = self._recentred()
+                self._shift = shift
         self._pos = pos
-        if self._count < n or self._nans:
+        self._s1 = s1
+        self._s2 = s2
+        self._nans = nans
+        if count < n or nans:
             self.mean = NAN
             return NAN
-        m = self._shift + self._s1 / n
+        m = shift + s1 / n
         self.mean = m
         return m
 
@@ -144,7 +154,8 @@ class RollingMomentsStream:
         var = self._s2 / n - m1 * m1
         return math.sqrt(var) if var > 0.0 else 0.0
 
-    def _recentre(self) -> None:
+    def _recentred(self) -> tuple[float, float, float]:
+        """(shift, s1, s2) recomputed exactly from the ring buffer, centred on its mean."""
         buf = self._buf
         n = self.period
         total = 0.0
@@ -157,9 +168,7 @@ class RollingMomentsStream:
             d = v - shift
             s1 += d
             s2 += d * d
-        self._shift = shift
-        self._s1 = s1
-        self._s2 = s2
+        return shift, s1, s2
 
 
 class SmaStream(RollingMomentsStream):

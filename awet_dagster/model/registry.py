@@ -18,6 +18,7 @@ from awet_dagster.model.onnx_export import MODEL_FILE, OnnxPredictor
 from awet_dagster.model.preprocessing import PREPROCESSING_FILE
 
 PREVIOUS_CHAMPION_TAG = "previous_champion"
+CALIBRATION_FILE = "calibration.json"
 PREPROCESSING_DIR = "preprocessing"
 MODEL_ARTIFACT = "model"
 
@@ -103,6 +104,8 @@ def log_training_run(cfg, result, onnx_dir: Path | str, *, gate_checks: Sequence
             save_as_external_data=False,  # one self-contained model.onnx to download and serve
         )
         mlflow.log_artifact(str(onnx_dir / PREPROCESSING_FILE), artifact_path=PREPROCESSING_DIR)
+        if (onnx_dir / CALIBRATION_FILE).exists():
+            mlflow.log_artifact(str(onnx_dir / CALIBRATION_FILE), artifact_path=PREPROCESSING_DIR)
         return run.info.run_id, info.model_uri
 
 
@@ -181,6 +184,13 @@ def download_model(cfg, ref: str | None = None, dest: Path | str | None = None) 
         run_id=run_id, artifact_path=f"{PREPROCESSING_DIR}/{PREPROCESSING_FILE}", dst_path=str(dest / "run")
     )
     (dest / PREPROCESSING_FILE).write_text(Path(pre).read_text())
+    try:  # optional: models registered before calibration existed have none
+        cal = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=f"{PREPROCESSING_DIR}/{CALIBRATION_FILE}", dst_path=str(dest / "run")
+        )
+        (dest / CALIBRATION_FILE).write_text(Path(cal).read_text())
+    except Exception:  # noqa: BLE001 - mlflow raises several types for a missing artifact
+        pass
     return dest
 
 
@@ -196,3 +206,28 @@ def load_champion_pyfunc(cfg):
 
     client(cfg)
     return mlflow.pyfunc.load_model(f"models:/{cfg.mlflow.model_name}@{cfg.mlflow.champion_alias}")
+
+
+def tag_version(cfg, version: str | int, tags: dict[str, str]) -> None:
+    c = client(cfg)
+    for k, v in tags.items():
+        c.set_model_version_tag(cfg.mlflow.model_name, str(version), k, str(v))
+
+
+def version_tags(cfg, version: str | int) -> dict[str, str]:
+    return dict(client(cfg).get_model_version(cfg.mlflow.model_name, str(version)).tags)
+
+
+def list_versions(cfg) -> list:
+    """Every registered version of the model, oldest first (empty if none is registered)."""
+    c = client(cfg)
+    found = c.search_model_versions(f"name = '{cfg.mlflow.model_name}'")
+    return sorted(found, key=lambda mv: int(mv.version))
+
+
+def champion_walk_forward_run(cfg) -> str | None:
+    """The walk-forward run behind the current champion (to compare a challenger fold by fold)."""
+    champ = get_champion(cfg)
+    if champ is None:
+        return None
+    return version_tags(cfg, champ.version).get("walk_forward_run_id")

@@ -206,14 +206,15 @@ class SignalEngine:
         results.append(volume_filter(st.volume.average(), st.volume.sessions, cfg.min_avg_volume_10d))
         results.append(spread_filter(bar.get("bid"), bar.get("ask"), cfg.max_spread_pct))
         results.append(earnings_filter(symbol, ts, self._blackout))
-        results.append(confidence_filter(confidence, cfg.min_confidence))
+        # min_confidence is a probability: the (calibrated) chance that the call is right.
+        prob = self.calibrator(confidence) if self.calibrator is not None else 0.5 + 0.5 * confidence
+        results.append(confidence_filter(prob, cfg.min_confidence))
         failed = tuple(FilterFailure(name=r.name, reason=r.reason or "failed") for r in results if not r.passed)
         passed = tuple(r.label for r in results if r.passed)
 
         direction = "flat"
         if not failed and score != 0:
             direction = "long" if score > 0 else "short"
-        prob = self.calibrator(confidence) if self.calibrator is not None else 0.5 + 0.5 * confidence
         return ScoredSignal(
             correlation_id=correlation_id,
             symbol=symbol,

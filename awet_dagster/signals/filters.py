@@ -137,6 +137,7 @@ def earnings_filter(symbol: str, ts: datetime, blackout: frozenset[tuple[str, da
     return FilterResult("earnings", True)
 
 
-def confidence_filter(confidence: float, minimum: float) -> FilterResult:
-    ok = confidence >= minimum
-    return FilterResult("confidence", ok, None if ok else f"confidence {confidence:.3f} < {minimum:.3f}")
+def confidence_filter(probability: float, minimum: float) -> FilterResult:
+    """`probability`: the calibrated chance that the signal's direction is right."""
+    ok = probability >= minimum
+    return FilterResult("confidence", ok, None if ok else f"calibrated probability {probability:.3f} < {minimum:.3f}")

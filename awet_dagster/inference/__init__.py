@@ -1,0 +1,197 @@
+"""Live inference core: where the serving model comes from, and per-symbol feature windows.
+
+Pure core (no Kafka, no Dagster). The live ``inference`` service (``live.services.inference``)
+wires these to the ``engineered`` and ``predictions`` topics.
+
+- ``PredictorSource.current() -> (version, predictor) | None``: the model to serve now.
+  ``MlflowChampionSource`` polls the registry's ``champion`` alias every ``poll_s`` seconds
+  and hot-swaps to a new version (download + load happen before the swap; a failure keeps
+  the previous model). ``StaticPredictorSource`` is the test double / fixed-model source.
+- ``FeatureWindows``: the last N feature rows per (symbol, bar_type), oldest first, turned
+  into the (lookback, n_features) window a predictor's preprocessing expects.
+- ``to_quantiles``: the predictor's per-horizon {quantile: forward log return} ->
+  contract q10/q50/q90 as simple returns (monotone map, so the order is kept; crossed
+  model quantiles are sorted, the contract requires q10 <= q50 <= q90).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+log = logging.getLogger("awet.inference")
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """What the live loop needs of a model (``awet_dagster.model.onnx_export.OnnxPredictor``)."""
+
+    preprocessing: Any  # .feature_columns, .encoder_length, .horizons, .quantiles
+
+    def predict(self, windows: Mapping[str, object]) -> dict[str, dict[int, dict[float, float]]]: ...
+
+
+@runtime_checkable
+class PredictorSource(Protocol):
+    def current(self) -> tuple[str, Predictor] | None:
+        """(model version, predictor) to serve now, or None when no model is registered."""
+        ...
+
+
+class StaticPredictorSource:
+    """A fixed (or test-controlled) model: ``set(version, predictor)`` / ``clear()``."""
+
+    def __init__(self, version: str | None = None, predictor: Predictor | None = None) -> None:
+        self._lock = threading.Lock()
+        self._current = (version, predictor) if version and predictor is not None else None
+
+    def set(self, version: str, predictor: Predictor) -> None:
+        with self._lock:
+            self._current = (version, predictor)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._current = None
+
+    def current(self) -> tuple[str, Predictor] | None:
+        with self._lock:
+            return self._current
+
+
+class MlflowChampionSource:
+    """The registry's champion, re-checked every ``poll_s`` seconds (no restart to swap).
+
+    ``lookup(cfg) -> ModelRef | None`` and ``load(cfg, ref) -> predictor`` are injectable
+    (defaults: ``awet_dagster.model.registry.get_champion`` / download + ``OnnxPredictor.load``).
+    """
+
+    def __init__(self, cfg: Any, *, poll_s: float = 30.0, lookup: Callable[[Any], Any] | None = None,
+                 load: Callable[[Any, Any], Predictor] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.cfg = cfg
+        self.poll_s = poll_s
+        self._lookup = lookup or _default_lookup
+        self._load = load or _default_load
+        self._clock = clock
+        self._next_check = 0.0
+        self._current: tuple[str, Predictor] | None = None
+        self.swaps = 0
+        self.errors = 0
+
+    def current(self) -> tuple[str, Predictor] | None:
+        now = self._clock()
+        if now >= self._next_check:
+            self._next_check = now + self.poll_s
+            self._refresh()
+        return self._current
+
+    def _refresh(self) -> None:
+        try:
+            ref = self._lookup(self.cfg)
+        except Exception as exc:  # noqa: BLE001 - registry down: keep serving what we have
+            self.errors += 1
+            log.warning("model registry lookup failed (keeping %s): %r",
+                        self._current[0] if self._current else "no model", exc)
+            return
+        if ref is None:
+            if self._current is not None:
+                log.warning("champion alias removed: inference idle (was %s)", self._current[0])
+            self._current = None
+            return
+        version = f"{ref.name}:{ref.version}"
+        if self._current is not None and self._current[0] == version:
+            return
+        try:
+            predictor = self._load(self.cfg, ref)
+        except Exception as exc:  # noqa: BLE001
+            self.errors += 1
+            log.error("could not load champion %s (keeping %s): %r", version,
+                      self._current[0] if self._current else "no model", exc)
+            return
+        log.info("serving model %s (was %s)", version, self._current[0] if self._current else "none")
+        self._current = (version, predictor)
+        self.swaps += 1
+
+
+def _default_lookup(cfg: Any) -> Any:
+    from awet_dagster.model.registry import get_champion
+
+    return get_champion(cfg)
+
+
+def _default_load(cfg: Any, ref: Any) -> Predictor:
+    from awet_dagster.model.onnx_export import OnnxPredictor
+    from awet_dagster.model.registry import download_model
+
+    # Pin the version (not the alias): the alias may move between lookup and download.
+    return OnnxPredictor.load(download_model(cfg, f"models:/{ref.name}/{ref.version}"))
+
+
+# --------------------------------------------------------------------------- windows
+@dataclass
+class _Rows:
+    ts: deque
+    rows: deque
+
+
+class FeatureWindows:
+    """Last ``maxlen`` feature rows per (symbol, bar_type); duplicates/out-of-order skipped."""
+
+    def __init__(self, maxlen: int) -> None:
+        if maxlen < 1:
+            raise ValueError("maxlen must be >= 1")
+        self.maxlen = maxlen
+        self._data: dict[tuple[str, str], _Rows] = {}
+        self.skipped_stale = 0
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self._data
+
+    def add(self, symbol: str, bar_type: str, ts: datetime, features: Mapping[str, float]) -> bool:
+        d = self._data.get((symbol, bar_type))
+        if d is None:
+            d = self._data[(symbol, bar_type)] = _Rows(deque(maxlen=self.maxlen), deque(maxlen=self.maxlen))
+        if d.ts and ts <= d.ts[-1]:
+            self.skipped_stale += 1
+            return False
+        d.ts.append(ts)
+        d.rows.append(features)
+        return True
+
+    def window(self, symbol: str, bar_type: str, columns: tuple[str, ...], length: int) -> np.ndarray | None:
+        """(length, len(columns)) float array, oldest first (NaN = missing), or None if short."""
+        d = self._data.get((symbol, bar_type))
+        if d is None or len(d.rows) < length:
+            return None
+        rows = list(d.rows)[-length:]
+        nan = math.nan
+        return np.array([[r.get(c, nan) for c in columns] for r in rows], dtype=np.float64)
+
+
+def _pick(qs: Mapping[float, float], target: float) -> float:
+    key = min(qs, key=lambda q: abs(float(q) - target))
+    return float(qs[key])
+
+
+def to_quantiles(per_quantile: Mapping[float, float]) -> tuple[float, float, float]:
+    """{quantile: forward log return} -> sorted (q10, q50, q90) simple returns."""
+    vals = sorted(math.expm1(_pick(per_quantile, q)) for q in (0.1, 0.5, 0.9))
+    return vals[0], vals[1], vals[2]
+
+
+__all__ = [
+    "FeatureWindows",
+    "MlflowChampionSource",
+    "Predictor",
+    "PredictorSource",
+    "StaticPredictorSource",
+    "to_quantiles",
+]

@@ -1,0 +1,76 @@
+"""Promotion policy: which registered versions may become the champion, and the act itself.
+
+A version is eligible when its gate passed (tag `gate_passed=true`, set at registration from
+the blocking checks), its ONNX parity passed, it is newer than the current champion, and —
+when `promotion.require_approval` — an operator approved it (tag `approved_by`). Every
+promotion, approval and rollback is written to the audit log.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from awet_dagster.config import AwetConfig
+from awet_dagster.model import registry
+from awet_dagster.storage.trading import record_audit
+
+APPROVED_TAG = "approved_by"
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    version: str
+    action: Literal["promote", "await_approval", "reject"]
+    reason: str
+
+
+def decide(cfg: AwetConfig, after_version: int = 0) -> list[PromotionDecision]:
+    """Decisions for every version newer than `after_version` (the sensor's cursor)."""
+    champion = registry.get_champion(cfg)
+    champ_v = int(champion.version) if champion else 0
+    out = []
+    for mv in registry.list_versions(cfg):
+        v = int(mv.version)
+        if v <= after_version:
+            continue
+        tags = dict(mv.tags)
+        if tags.get("gate_passed") != "true":
+            failed = sorted(k.removeprefix("gate.") for k, t in tags.items() if k.startswith("gate.") and t.startswith("fail"))
+            out.append(PromotionDecision(str(v), "reject", f"gate failed: {', '.join(failed) or 'unknown'}"))
+        elif tags.get("onnx_parity") != "pass":
+            out.append(PromotionDecision(str(v), "reject", "ONNX parity not verified"))
+        elif v <= champ_v:
+            out.append(PromotionDecision(str(v), "reject", f"not newer than champion v{champ_v}"))
+        elif cfg.promotion.require_approval and not tags.get(APPROVED_TAG):
+            out.append(PromotionDecision(str(v), "await_approval", "waiting for operator approval"))
+        else:
+            who = f" (approved by {tags[APPROVED_TAG]})" if tags.get(APPROVED_TAG) else ""
+            out.append(PromotionDecision(str(v), "promote", f"every check passed{who}"))
+    return out
+
+
+def promote(cfg: AwetConfig, conn, version: str, actor: str, reason: str) -> registry.ModelRef:
+    before = registry.get_champion(cfg)
+    ref = registry.set_champion(cfg, version)
+    record_audit(conn, actor=actor, action="model.promote", subject=f"{cfg.mlflow.model_name}:v{version}",
+                 details={"reason": reason, "previous_champion": before.version if before else None})
+    return ref
+
+
+def approve(cfg: AwetConfig, conn, version: str, operator: str, note: str = "") -> None:
+    if not operator:
+        raise ValueError("approval needs the operator's name")
+    tags = registry.version_tags(cfg, version)
+    if tags.get("gate_passed") != "true":
+        raise ValueError(f"version {version} did not pass the gate; it cannot be approved")
+    registry.tag_version(cfg, version, {APPROVED_TAG: operator})
+    record_audit(conn, actor=operator, action="model.approve", subject=f"{cfg.mlflow.model_name}:v{version}",
+                 details={"note": note})
+
+
+def rollback(cfg: AwetConfig, conn, actor: str, reason: str) -> registry.ModelRef:
+    before = registry.get_champion(cfg)
+    ref = registry.rollback_champion(cfg)
+    record_audit(conn, actor=actor, action="model.rollback", subject=cfg.mlflow.model_name,
+                 details={"reason": reason, "from": before.version if before else None, "to": ref.version})
+    return ref

@@ -1,0 +1,472 @@
+"""Every Prometheus metric the live side exports, in one place, and the HTTP endpoint serving them.
+
+- ``AwetMetrics``: the catalogue. Each instance owns its own ``CollectorRegistry`` (tests build
+  several side by side; a process normally has one). All names start with ``awet_``.
+- ``ServiceMetrics``: what one service uses. It is the bus's ``on_metrics`` hook (turns
+  ``live.bus.MetricSample`` into the pipeline metrics) and has small methods for the domain
+  metrics (orders, rejections, PnL, kill switch...).
+- ``start_metrics_server(port, metrics)``: ``/metrics`` (Prometheus text format) and
+  ``/healthz`` on 127.0.0.1 by default; ``service_port(cfg, service)`` gives each service its
+  port: ``cfg.observability.metrics_port_base`` + ``SERVICE_PORT_OFFSETS[service]``.
+- ``python -m live.metrics --textfile-dir .awet/metrics``: a tiny exporter serving the
+  ``*.prom`` files Dagster runs write (``awet_dagster.observability.textfile``).
+
+The alert rules (docker/prometheus/alerts.yml) and the Grafana dashboards (docker/grafana/)
+may only use names this module exports: tests/test_alerts.py and tests/test_dashboards.py
+check it against ``exported_names()``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from awet_dagster.observability import textfile as tf
+
+log = logging.getLogger("awet.live.metrics")
+
+#: Port of each process = ``cfg.observability.metrics_port_base`` + offset. ``runner`` is a
+#: process running several services (``awet live run``): one endpoint, ``service`` labels
+#: tell the services apart. Fixed numbers so docker/prometheus/prometheus.yml can list them.
+SERVICE_PORT_OFFSETS: Mapping[str, int] = {
+    "runner": 0,
+    "ingest_alpaca": 1,
+    "persist_bars": 2,
+    "features": 3,
+    "lean_alpha": 4,
+    "inference": 5,
+    "signal": 6,
+    "risk": 7,
+    "execution": 8,
+    "exits": 9,
+    "lag_monitor": 10,
+    "replay": 11,
+    "textfile_exporter": 19,
+}
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+AGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+BAR_TO_ORDER_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+SLIPPAGE_BPS_BUCKETS = (-50.0, -25.0, -10.0, -5.0, -2.0, 0.0, 2.0, 5.0, 10.0, 15.0, 25.0, 50.0, 100.0)
+
+
+def reason_code(reason: str, max_len: int = 40) -> str:
+    """Bounded label value for a free-text rejection reason: ``"throttle: 31 orders..."`` ->
+    ``"throttle"`` (text before the first ``:``, lower-case, ``[a-z0-9_]``)."""
+    head = reason.split(":", 1)[0].strip().lower()
+    code = re.sub(r"[^a-z0-9]+", "_", head).strip("_")[:max_len]
+    return code or "unknown"
+
+
+class _LastBarCollector:
+    """``awet_last_bar_age_seconds{symbol}``: computed at scrape time from the last bar's time."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._ts: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._clock = clock
+
+    def seen(self, symbol: str, ts_epoch_s: float) -> None:
+        with self._lock:
+            if ts_epoch_s > self._ts.get(symbol, float("-inf")):
+                self._ts[symbol] = ts_epoch_s
+
+    def _families(self, with_samples: bool) -> Iterable[GaugeMetricFamily]:
+        age = GaugeMetricFamily("awet_last_bar_age_seconds",
+                                "Seconds since the start of the newest bar seen, per symbol", labels=["symbol"])
+        stamp = GaugeMetricFamily("awet_last_bar_timestamp_seconds",
+                                  "Unix time of the newest bar seen (bar start), per symbol", labels=["symbol"])
+        if with_samples:
+            with self._lock:
+                items = sorted(self._ts.items())
+            now = self._clock()
+            for sym, ts in items:
+                age.add_metric([sym], max(0.0, now - ts))
+                stamp.add_metric([sym], ts)
+        return [age, stamp]
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return self._families(False)
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        return self._families(True)
+
+
+class _OwnedGauges:
+    """Label-less gauges that appear in the exposition only after their first ``set``."""
+
+    def __init__(self, helps: Mapping[str, str]) -> None:
+        self._helps = dict(helps)
+        self._values: dict[str, float] = {}
+
+    def set(self, name: str, value: float) -> None:
+        if name not in self._helps:
+            raise KeyError(f"unknown owned gauge {name!r}")
+        self._values[name] = float(value)
+
+    def get(self, name: str) -> float | None:
+        return self._values.get(name)
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return [GaugeMetricFamily(n, h) for n, h in self._helps.items()]
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        values = dict(self._values)
+        return [GaugeMetricFamily(n, self._helps[n], value=values[n]) for n in self._helps if n in values]
+
+
+class AwetMetrics:
+    """The catalogue of live metrics, registered in ``self.registry``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, process_metrics: bool = True,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.registry = r = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.clock = clock
+        if process_metrics:
+            ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes...
+
+        # ---- pipeline (fed by the bus's on_metrics hook through ServiceMetrics)
+        self.events_in = Counter("awet_events_in", "Messages consumed", ["service", "topic"], registry=r)
+        self.events_out = Counter("awet_events_out", "Messages produced", ["service", "topic"], registry=r)
+        self.dead_letters = Counter("awet_dead_letters", "Messages sent to <topic>.dlq (by input topic)",
+                                    ["service", "topic"], registry=r)
+        self.commit_failures = Counter("awet_commit_failures", "Failed asynchronous offset commits",
+                                       ["service"], registry=r)
+        self.handler_latency = Histogram("awet_handler_latency_seconds", "Decode + handle time of one message",
+                                         ["service"], buckets=LATENCY_BUCKETS, registry=r)
+        self.event_age = Histogram("awet_event_age_seconds", "Now minus the input message's Kafka timestamp",
+                                   ["service"], buckets=AGE_BUCKETS, registry=r)
+        self.batch_latency = Histogram("awet_batch_seconds", "Whole batch: handle + flush + commit",
+                                       ["service"], buckets=LATENCY_BUCKETS, registry=r)
+        self.pipeline_last_event = Gauge("awet_pipeline_last_event_timestamp_seconds",
+                                         "Unix time the service last consumed a message", ["service"], registry=r)
+        self.service_up = Gauge("awet_service_up", "1 while the service runs its loop, 0 once stopped or failed",
+                                ["service"], registry=r)
+        self.consumer_lag = Gauge("awet_consumer_lag", "Messages not yet committed by the group (clamped at 0)",
+                                  ["group", "topic", "partition"], registry=r)
+        self.lag_monitor_errors = Counter("awet_lag_monitor_errors", "Lag measurements that failed",
+                                          ["group"], registry=r)
+        self.bar_to_order = Histogram("awet_bar_to_order_latency_seconds",
+                                      "Bar close seen on market.raw -> order submitted to the venue",
+                                      buckets=BAR_TO_ORDER_BUCKETS, registry=r)
+        self.last_bar = _LastBarCollector(clock)
+        r.register(self.last_bar)
+
+        # ---- model
+        self.model_confidence = Histogram("awet_model_confidence", "Confidence of each scored signal (0..1)",
+                                          buckets=CONFIDENCE_BUCKETS, registry=r)
+        self.model_oos_sharpe = Gauge(tf.MODEL_OOS_SHARPE, tf.TEXTFILE_METRICS[tf.MODEL_OOS_SHARPE][0],
+                                      list(tf.TEXTFILE_METRICS[tf.MODEL_OOS_SHARPE][1]), registry=r)
+        self.champion_info = Gauge(tf.MODEL_CHAMPION_INFO, tf.TEXTFILE_METRICS[tf.MODEL_CHAMPION_INFO][0],
+                                   list(tf.TEXTFILE_METRICS[tf.MODEL_CHAMPION_INFO][1]), registry=r)
+        self.textfile_write_ts = Gauge(tf.TEXTFILE_WRITE_TS, tf.TEXTFILE_METRICS[tf.TEXTFILE_WRITE_TS][0],
+                                       list(tf.TEXTFILE_METRICS[tf.TEXTFILE_WRITE_TS][1]), registry=r)
+
+        # ---- trading
+        self.exposure = Gauge("awet_exposure_dollars", "Signed position value per symbol", ["symbol"], registry=r)
+        self.orders_submitted = Counter("awet_orders_submitted", "Orders sent to the venue",
+                                        ["side", "venue"], registry=r)
+        self.risk_rejections = Counter("awet_risk_rejections", "Signals rejected by the risk engine",
+                                       ["reason"], registry=r)
+        self.broker_api_errors = Counter("awet_broker_api_errors", "Failed broker API calls",
+                                         ["venue", "status"], registry=r)
+        self.slippage = Histogram("awet_slippage_bps", "Fill price vs decision price, bps (positive = worse)",
+                                  ["venue"], buckets=SLIPPAGE_BPS_BUCKETS, registry=r)
+        self.slippage_last = Gauge("awet_slippage_last_bps", "Slippage of the last fill, bps", ["symbol"],
+                                   registry=r)
+        # Label-less gauges owned by ONE service (risk/execution/inference): exported only once
+        # set, so the other processes do not report a misleading 0 (a 0 kill switch from the
+        # features service would hide nothing, but a 0 PnL would pollute sums and panels).
+        self.owned = _OwnedGauges({
+            "awet_pnl_realised_dollars": "Realised PnL since inception",
+            "awet_pnl_unrealised_dollars": "Unrealised PnL of open positions",
+            "awet_pnl_total_dollars": "Realised + unrealised PnL",
+            "awet_daily_pnl_dollars": "PnL of the current session vs its opening equity (negative when losing)",
+            "awet_exposure_total_dollars": "Gross exposure, sum of |position value|",
+            "awet_kill_switch_active": "1 while the kill switch is tripped",
+            "awet_model_prediction_drift": "Drift of recent predictions vs the training distribution (PSI)",
+        })
+        r.register(self.owned)
+
+    def service(self, name: str) -> ServiceMetrics:
+        return ServiceMetrics(self, name)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def exported_names(self) -> set[str]:
+        return exported_names(self.registry, (self.owned, self.last_bar))
+
+
+def exported_names(registry: CollectorRegistry, describe_collectors: Iterable[Any] = ()) -> set[str]:
+    """Every series name the registry can expose, with the suffixes a query may use
+    (``_total``/``_created`` of counters, ``_bucket``/``_sum``/``_count`` of histograms)."""
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "summary": ("_sum", "_count", "_created"),
+        "info": ("_info",),
+        "gaugehistogram": ("_bucket", "_gsum", "_gcount"),
+    }
+    names: set[str] = set()
+    families = list(registry.collect())
+    for collector in describe_collectors:  # custom collectors: names even when nothing is set yet
+        families.extend(collector.describe())
+    for family in families:
+        if family.type not in ("counter", "histogram", "summary", "info", "gaugehistogram"):
+            names.add(family.name)  # a counter/histogram has no series under its bare name
+        names.update(family.name + s for s in suffixes.get(family.type, ()))
+        names.update(s.name for s in family.samples)
+    return names
+
+
+class ServiceMetrics:
+    """Metrics of one service: call it with ``MetricSample``s (it is a bus ``MetricsHook``)."""
+
+    def __init__(self, metrics: AwetMetrics, service: str) -> None:
+        self.metrics = m = metrics
+        self.service = service
+        self._clock = m.clock
+        self._in: dict[str, Any] = {}
+        self._out: dict[str, Any] = {}
+        self._dlq: dict[str, Any] = {}
+        self._handle = m.handler_latency.labels(service)
+        self._age = m.event_age.labels(service)
+        self._batch = m.batch_latency.labels(service)
+        self._commit_fail = m.commit_failures.labels(service)
+        self._last_event = m.pipeline_last_event.labels(service)
+        self._up = m.service_up.labels(service)
+
+    # ------------------------------------------------------------ bus hook
+    def __call__(self, sample: Any) -> None:
+        name, topic, value = sample.name, sample.topic, sample.value
+        if name == "handle_seconds":
+            self._handle.observe(value)
+        elif name == "messages_in":
+            child = self._in.get(topic) or self._in.setdefault(topic, self.metrics.events_in.labels(self.service, topic))
+            child.inc(value)
+            self._last_event.set(self._clock())
+        elif name == "messages_out":
+            child = self._out.get(topic) or self._out.setdefault(topic,
+                                                                  self.metrics.events_out.labels(self.service, topic))
+            child.inc(value)
+        elif name == "event_age_seconds":
+            self._age.observe(value)
+        elif name == "batch_seconds":
+            self._batch.observe(value)
+        elif name == "dead_letters":
+            child = self._dlq.get(topic) or self._dlq.setdefault(topic,
+                                                                 self.metrics.dead_letters.labels(self.service, topic))
+            child.inc(value)
+        elif name == "commit_failures":
+            self._commit_fail.inc(value)
+        else:
+            log.debug("%s: unknown metric sample %r", self.service, name)
+
+    # ------------------------------------------------------------ lifecycle
+    def set_up(self, up: bool = True) -> None:
+        self._up.set(1 if up else 0)
+
+    # ------------------------------------------------------------ domain
+    def bar_seen(self, symbol: str, ts_epoch_s: float) -> None:
+        """A bar for ``symbol`` starting at ``ts_epoch_s`` arrived (feeds ``awet_last_bar_age_seconds``)."""
+        self.metrics.last_bar.seen(symbol, ts_epoch_s)
+
+    def bar_to_order(self, seconds: float) -> None:
+        self.metrics.bar_to_order.observe(max(0.0, seconds))
+
+    def prediction(self, confidence: float) -> None:
+        self.metrics.model_confidence.observe(confidence)
+
+    def set_drift(self, value: float) -> None:
+        self.metrics.owned.set("awet_model_prediction_drift", value)
+
+    def set_champion(self, model: str, version: str | int, oos_sharpe: float | None = None) -> None:
+        """The champion being served (replaces any previously reported version)."""
+        self.metrics.champion_info.clear()
+        self.metrics.champion_info.labels(model, str(version)).set(1)
+        if oos_sharpe is not None:
+            self.metrics.model_oos_sharpe.labels(model).set(oos_sharpe)
+
+    def order_submitted(self, side: str, venue: str) -> None:
+        self.metrics.orders_submitted.labels(side.lower(), venue).inc()
+
+    def risk_rejection(self, reason: str) -> None:
+        self.metrics.risk_rejections.labels(reason_code(reason)).inc()
+
+    def broker_error(self, venue: str, status: int | str) -> None:
+        self.metrics.broker_api_errors.labels(venue, str(status)).inc()
+
+    def slippage(self, symbol: str, venue: str, bps: float) -> None:
+        self.metrics.slippage.labels(venue).observe(bps)
+        self.metrics.slippage_last.labels(symbol).set(bps)
+
+    def set_pnl(self, realised: float, unrealised: float) -> None:
+        self.metrics.owned.set("awet_pnl_realised_dollars", realised)
+        self.metrics.owned.set("awet_pnl_unrealised_dollars", unrealised)
+        self.metrics.owned.set("awet_pnl_total_dollars", realised + unrealised)
+
+    def set_daily_pnl(self, dollars: float) -> None:
+        self.metrics.owned.set("awet_daily_pnl_dollars", dollars)
+
+    def set_exposure(self, per_symbol: Mapping[str, float]) -> None:
+        """Signed position values by symbol (symbols not listed are dropped)."""
+        self.metrics.exposure.clear()
+        for sym, value in per_symbol.items():
+            self.metrics.exposure.labels(sym).set(value)
+        self.metrics.owned.set("awet_exposure_total_dollars", sum(abs(v) for v in per_symbol.values()))
+
+    def set_kill_switch(self, tripped: bool) -> None:
+        self.metrics.owned.set("awet_kill_switch_active", 1 if tripped else 0)
+
+
+# --------------------------------------------------------------------------- HTTP endpoint
+def service_port(cfg: Any, service: str) -> int:
+    """``cfg.observability.metrics_port_base`` + the service's fixed offset."""
+    try:
+        offset = SERVICE_PORT_OFFSETS[service]
+    except KeyError:
+        raise KeyError(f"no metrics port offset for service {service!r}; known: {sorted(SERVICE_PORT_OFFSETS)}") \
+            from None
+    return int(cfg.observability.metrics_port_base) + offset
+
+
+HealthCheck = Callable[[], "bool | tuple[bool, str]"]
+
+
+class MetricsServer:
+    """A running ``/metrics`` + ``/healthz`` endpoint; ``close()`` stops it (bounded)."""
+
+    def __init__(self, httpd: ThreadingHTTPServer, thread: threading.Thread) -> None:
+        self._httpd = httpd
+        self._thread = thread
+        self.host, self.port = httpd.server_address[:2]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout_s)
+
+    def __enter__(self) -> MetricsServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _make_handler(registry: CollectorRegistry | None, textfile_dir: Path | None,
+                  health: HealthCheck | None) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        timeout = 10  # a stuck client cannot hold a handler thread forever
+
+        def _send(self, code: int, body: bytes, ctype: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server API
+            path = self.path.split("?", 1)[0]
+            try:
+                if path == "/metrics":
+                    body = generate_latest(registry) if registry is not None else b""
+                    if textfile_dir is not None:
+                        body += tf.read_textfiles(textfile_dir).encode()
+                    self._send(200, body, CONTENT_TYPE_LATEST)
+                elif path in ("/healthz", "/health"):
+                    ok, detail = True, "ok"
+                    if health is not None:
+                        res = health()
+                        ok, detail = res if isinstance(res, tuple) else (bool(res), "ok" if res else "unhealthy")
+                    self._send(200 if ok else 503, (detail + "\n").encode(), "text/plain; charset=utf-8")
+                elif path == "/":
+                    self._send(200, b'<a href="/metrics">/metrics</a> <a href="/healthz">/healthz</a>\n',
+                               "text/html; charset=utf-8")
+                else:
+                    self._send(404, b"not found\n", "text/plain; charset=utf-8")
+            except Exception as exc:  # noqa: BLE001 - a broken collector must not kill the server
+                log.exception("metrics endpoint failed")
+                self._send(500, f"error: {exc}\n".encode(), "text/plain; charset=utf-8")
+
+        do_HEAD = do_GET
+
+        def log_message(self, fmt: str, *args: Any) -> None:  # scrapes every 15 s: keep quiet
+            log.debug("metrics http: " + fmt, *args)
+
+    return Handler
+
+
+def start_metrics_server(
+    port: int,
+    metrics: AwetMetrics | CollectorRegistry | None = None,
+    *,
+    host: str = "127.0.0.1",
+    textfile_dir: Path | str | None = None,
+    health: HealthCheck | None = None,
+) -> MetricsServer:
+    """Serve ``metrics`` (and the ``*.prom`` files of ``textfile_dir``) on ``http://host:port``.
+
+    ``port=0`` picks a free port (``server.port``). Binds loopback unless told otherwise:
+    exposing it on other interfaces is a deployment decision (docker: ``host="0.0.0.0"``).
+    """
+    registry = metrics.registry if isinstance(metrics, AwetMetrics) else metrics
+    handler = _make_handler(registry, Path(textfile_dir) if textfile_dir is not None else None, health)
+    httpd = ThreadingHTTPServer((host, port), handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.5},
+                              name=f"metrics-http-{port}", daemon=True)
+    thread.start()
+    return MetricsServer(httpd, thread)
+
+
+# --------------------------------------------------------------------------- textfile exporter
+def main(argv: list[str] | None = None) -> int:  # pragma: no cover - exercised by hand / docker
+    """``python -m live.metrics``: serve ``.awet/metrics/*.prom`` (Dagster-run metrics)."""
+    parser = argparse.ArgumentParser(prog="python -m live.metrics", description=main.__doc__)
+    parser.add_argument("--textfile-dir", type=Path, default=None,
+                        help="directory of *.prom files (default: <AWET_HOME>/metrics)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=None,
+                        help="default: observability.metrics_port_base + %d" % SERVICE_PORT_OFFSETS["textfile_exporter"])
+    args = parser.parse_args(argv)
+    from awet_dagster.config import load_config
+
+    cfg = load_config()
+    directory = args.textfile_dir or tf.metrics_dir(cfg)
+    port = args.port if args.port is not None else service_port(cfg, "textfile_exporter")
+    registry = CollectorRegistry()
+    Gauge("awet_service_up", "1 while the service runs its loop", ["service"], registry=registry) \
+        .labels("textfile_exporter").set(1)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server = start_metrics_server(port, registry, host=args.host, textfile_dir=directory)
+    print(f"serving {directory}/*.prom on {server.url}/metrics", flush=True)
+    try:
+        stop.wait()
+    finally:
+        server.close()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""``FillLedger``: the event-time portfolio a live service keeps from ``exec.done``.
+
+Risk and exit_monitor each need the portfolio AS OF the bar they handle, exactly like
+``run_backtest`` (fills of bar t are booked before bar t's risk check and exit check).
+Fills arrive on their own topic, possibly late, so the ledger:
+- rebuilds the portfolio from the ``fills`` (+ ``orders``) tables on start;
+- turns each ExecutionReport (cumulative filled_qty / avg_price / fee) into the
+  incremental ``Fill`` it adds — idempotent: a report not beyond the known cumulative
+  quantity is a duplicate (redelivery, re-read after restart) and is ignored;
+- keeps those fills PENDING until the owner applies them in event order
+  (``apply_until(ts, symbol)``: every fill with (ts, symbol) <= the bar's);
+- tracks OUTSTANDING orders (working at the venue) so the owner knows which fills a bar
+  must bring: an order decided before bar t of its symbol fills at t (simulator: next
+  bar's open) — ``missing_fills(symbols, ts)`` lists those not reported yet.
+Not thread-safe by itself: callers hold the TopicTail's condition lock.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from awet_dagster.contracts import ExecutionReport, OrderEvent
+from awet_dagster.risk.portfolio import Fill, Portfolio
+
+log = logging.getLogger("awet.live.ledger")
+
+CLOSED = frozenset({"filled", "canceled", "rejected", "expired"})
+
+
+@dataclass
+class Outstanding:
+    symbol: str
+    decided_ts: datetime
+    intent: str
+    correlation_id: str
+    last_fill_ts: datetime | None = None
+
+
+class FillLedger:
+    def __init__(self, initial_equity: float) -> None:
+        self.portfolio = Portfolio(initial_equity)
+        self._cum: dict[str, tuple[float, float, float]] = {}  # coid -> (qty, notional, fees)
+        self._pending: list[Fill] = []
+        self.outstanding: dict[str, Outstanding] = {}
+        self._closed: set[str] = set()
+        self.applied = 0
+        self.duplicates = 0
+
+    # ------------------------------------------------------------------ start-up
+    def rebuild(self, conn: Any, namespace: str = "") -> int:
+        """Book every stored fill (orders.payload->>'ns' = namespace) and the open orders."""
+        rows = conn.execute(
+            "SELECT f.client_order_id, f.symbol, f.qty, f.price, f.fee, f.ts, o.side, o.correlation_id, "
+            "COALESCE(o.payload->>'intent', 'entry') FROM fills f JOIN orders o USING (client_order_id) "
+            "WHERE COALESCE(o.payload->>'ns', '') = %s ORDER BY f.ts, f.symbol, f.fill_id",
+            (namespace,),
+        ).fetchall()
+        for coid, symbol, qty, price, fee, ts, side, corr, intent in rows:
+            q, n, f = self._cum.get(coid, (0.0, 0.0, 0.0))
+            self._cum[coid] = (q + qty, n + qty * price, f + fee)
+            self.portfolio.apply_fill(Fill(coid, symbol, side, qty, price, fee, ts, corr or coid, intent))
+        for coid, symbol, status, corr, payload in conn.execute(
+            "SELECT client_order_id, symbol, status, correlation_id, payload FROM orders "
+            "WHERE COALESCE(payload->>'ns', '') = %s", (namespace,),
+        ).fetchall():
+            if status in CLOSED:
+                self._closed.add(coid)
+                continue
+            ts = datetime.fromisoformat(payload["ts"]) if payload and payload.get("ts") else None
+            if ts is not None:
+                self.outstanding[coid] = Outstanding(symbol, ts, (payload or {}).get("intent", "entry"),
+                                                     corr or coid)
+        return len(rows)
+
+    # ------------------------------------------------------------------ inputs
+    def expect(self, client_order_id: str, symbol: str, decided_ts: datetime, intent: str,
+               correlation_id: str) -> None:
+        """An order that will be working at the venue (own approval, or an OrderEvent)."""
+        if client_order_id in self._closed or client_order_id in self.outstanding:
+            return
+        self.outstanding[client_order_id] = Outstanding(symbol, decided_ts, intent, correlation_id)
+
+    def on_order(self, ev: OrderEvent) -> None:
+        if ev.status in CLOSED:
+            self._close(ev.client_order_id)
+        else:
+            self.expect(ev.client_order_id, ev.symbol, ev.ts, ev.intent, ev.correlation_id)
+
+    def on_report(self, rep: ExecutionReport) -> Fill | None:
+        """Pending incremental fill of ``rep`` (None: no new quantity)."""
+        coid = rep.client_order_id
+        fill = None
+        q, n, f = self._cum.get(coid, (0.0, 0.0, 0.0))
+        if rep.filled_qty > q + 1e-9 and rep.avg_price is not None:
+            inc = rep.filled_qty - q
+            notional = rep.avg_price * rep.filled_qty
+            price = (notional - n) / inc
+            fee = max(rep.fee - f, 0.0)
+            self._cum[coid] = (rep.filled_qty, notional, max(rep.fee, f))
+            fill = Fill(coid, rep.symbol, rep.side, inc, price, fee, rep.ts, rep.correlation_id, rep.intent)
+            self._pending.append(fill)
+            o = self.outstanding.get(coid)
+            if o is None and coid not in self._closed:
+                o = self.outstanding[coid] = Outstanding(rep.symbol, rep.ts, rep.intent, rep.correlation_id)
+            if o is not None:
+                o.last_fill_ts = rep.ts if o.last_fill_ts is None else max(o.last_fill_ts, rep.ts)
+        elif rep.filled_qty <= q + 1e-9 and rep.status not in CLOSED:
+            self.duplicates += 1
+        if rep.status in CLOSED:
+            self._close(coid)
+        return fill
+
+    def _close(self, coid: str) -> None:
+        self._closed.add(coid)
+        self.outstanding.pop(coid, None)
+
+    # ------------------------------------------------------------------ event time
+    def missing_fills(self, symbols: set[str] | frozenset[str], ts: datetime) -> list[str]:
+        """Outstanding orders of ``symbols`` decided before ``ts`` with no fill reported at ``ts``."""
+        return [coid for coid, o in self.outstanding.items()
+                if o.symbol in symbols and o.decided_ts < ts and (o.last_fill_ts is None or o.last_fill_ts < ts)]
+
+    def pending_order(self, symbol: str) -> bool:
+        return any(o.symbol == symbol for o in self.outstanding.values())
+
+    def apply_until(self, ts: datetime, symbol: str) -> list[tuple[Fill, float]]:
+        """Book pending fills with (ts, symbol) <= (ts, symbol), in that order; returns (fill, realised)."""
+        if not self._pending:
+            return []
+        due = [f for f in self._pending if (f.ts, f.symbol) <= (ts, symbol)]
+        if not due:
+            return []
+        self._pending = [f for f in self._pending if (f.ts, f.symbol) > (ts, symbol)]
+        due.sort(key=lambda f: (f.ts, f.symbol))
+        out = []
+        for f in due:
+            out.append((f, self.portfolio.apply_fill(f)))
+            self.applied += 1
+        return out

@@ -1,0 +1,160 @@
+"""``exit_monitor``: market.raw (+ exec.done / exec.orders) -> exec.exits.
+
+Runs the core ``ExitMonitor`` (take profit, stop loss, trailing stop, max hold) over the
+positions of an event-time portfolio (``_ledger.FillLedger``: rebuilt from the fills
+table on start, updated from exec.done by a side ``TopicTail``). Per bar, as in
+``run_backtest``: book the fills up to this bar (waiting, bounded by ``risk.fill_wait_s``,
+for the fill an order decided on an earlier bar of the symbol must bring), mark the close,
+check the symbol's position. An ExitEvent carries the ENTRY's correlation id (so the
+exit order id, ``client_order_id(correlation_id, "exit")``, is one per position and every
+event of the trade shares one id) and a deterministic event id. A rejected exit order
+(exec.done, status rejected) releases the position so the rules fire again.
+
+Restart: held-bar counts are rebuilt from the bars table (bars of the symbol since the
+position opened) and a position whose exit order is still working is not re-exited.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime
+from typing import Any
+
+from awet_dagster.contracts import ExecutionReport, ExitEvent, MarketRawEvent, OrderEvent
+from awet_dagster.contracts.topics import EXEC_DONE, EXEC_EXITS, EXEC_ORDERS, MARKET_RAW
+from awet_dagster.execution import client_order_id
+from awet_dagster.exits import ExitMonitor
+from awet_dagster.streaming import event_to_bar
+from live.bus import MessageContext, Output, RetryLater
+from live.services._common import LazyConnection, LiveService, contract_of, db_settings, make_bus
+from live.services._ledger import FillLedger
+from live.services._tail import TopicTail, tail_for
+
+log = logging.getLogger("awet.live.exit_monitor")
+
+NAME = "exit_monitor"
+_NS = uuid.UUID("9a4e2d17-3b6c-4f0a-8e21-7c5d9b3f1a08")
+
+
+class ExitService:
+    def __init__(self, cfg: Any, conn: LazyConnection, *, exits_topic: str, namespace: str = "",
+                 fill_wait_s: float | None = None) -> None:
+        self.cfg = cfg
+        self.conn = conn
+        self.exits_topic = exits_topic
+        self.ns = namespace
+        self.fill_wait_s = cfg.risk.fill_wait_s if fill_wait_s is None else fill_wait_s
+        self.ledger = FillLedger(cfg.risk.initial_equity)
+        self.monitor = ExitMonitor(cfg.exits)
+        self.tail: TopicTail | None = None
+        self._releases: list[tuple[str, str]] = []
+        self._last: dict[str, datetime] = {}
+        self._restored: set[str] = set()
+        self.counters = {"bars": 0, "exits": 0, "fill_wait_timeouts": 0, "released": 0}
+
+    def start(self) -> None:
+        self.ledger.rebuild(self.conn.get(), self.ns)
+        self._restored = set(self.ledger.portfolio.positions)
+
+    def on_side_event(self, topic: str, event: Any, ts_ms: int) -> None:  # tail thread, under the lock
+        if isinstance(event, ExecutionReport):
+            self.ledger.on_report(event)
+            if event.intent == "exit" and event.status == "rejected":
+                self._releases.append((event.symbol, event.correlation_id))
+        elif isinstance(event, OrderEvent):
+            self.ledger.on_order(event)
+
+    def handle(self, event: MarketRawEvent, ctx: MessageContext) -> list[Output]:
+        import psycopg
+
+        try:
+            return self._handle(event)
+        except psycopg.OperationalError as exc:
+            self.conn.reset()
+            raise RetryLater(f"database unavailable: {exc}") from exc
+
+    def _restore(self, symbol: str, ts: datetime, bar_type: str) -> None:
+        """After a restart: held-bar count and pending exit of a position opened before it."""
+        self._restored.discard(symbol)
+        pos = self.ledger.portfolio.position(symbol)
+        if pos is None:
+            return
+        row = self.conn.get().execute(
+            "SELECT count(*) FROM bars WHERE symbol = %s AND bar_type = %s AND ts >= %s AND ts < %s",
+            (symbol, bar_type, pos.opened_ts, ts)).fetchone()
+        key = (symbol, pos.correlation_id)
+        self.monitor._bars_held[key] = int(row[0])
+        exit_coid = client_order_id(pos.correlation_id, "exit")
+        if exit_coid in self.ledger.outstanding:
+            self.monitor._pending.add(key)
+
+    def _handle(self, ev: MarketRawEvent) -> list[Output]:
+        symbol, ts = ev.symbol, ev.ts
+        last = self._last.get(symbol)
+        if last is not None and ts <= last:
+            return []  # redelivered / out of order
+        self._last[symbol] = ts
+        self.counters["bars"] += 1
+        tail = self.tail
+        if tail is not None:
+            with tail.cond:
+                if self.ledger.missing_fills({symbol}, ts):
+                    if not tail.cond.wait_for(lambda: not self.ledger.missing_fills({symbol}, ts),
+                                              timeout=self.fill_wait_s):
+                        self.counters["fill_wait_timeouts"] += 1
+                        log.warning("exit_monitor: no fill report for %s at %s within %.1fs", symbol,
+                                    ts.isoformat(), self.fill_wait_s)
+                self.ledger.apply_until(ts, symbol)
+                releases, self._releases = self._releases, []
+        else:
+            self.ledger.apply_until(ts, symbol)
+            releases, self._releases = self._releases, []
+        for sym, corr in releases:
+            self.monitor.release(sym, corr)
+            self.counters["released"] += 1
+        if symbol in self._restored:
+            self._restore(symbol, ts, ev.bar_type)
+        pf = self.ledger.portfolio
+        pf.mark(symbol, ev.close)
+        out = []
+        for exit_ev in self.monitor.on_bar(event_to_bar(ev), pf):
+            e = exit_ev.model_copy(update={"event_id": str(uuid.uuid5(_NS, f"{exit_ev.correlation_id}|{ts.isoformat()}"))})
+            self.counters["exits"] += 1
+            out.append(Output(self.exits_topic, e))
+            # Its fill is due on the symbol's next bar: wait for it there like for any order.
+            args = (client_order_id(e.correlation_id, "exit"), symbol, ts, "exit", e.correlation_id)
+            if tail is not None:
+                with tail.cond:
+                    self.ledger.expect(*args)
+            else:
+                self.ledger.expect(*args)
+        return out
+
+
+def build(cfg: Any, endpoints: Any, *, input_topic: str = MARKET_RAW, output_topic: str = EXEC_EXITS,
+          done_topic: str = EXEC_DONE, orders_topic: str = EXEC_ORDERS, group: str | None = None,
+          name: str = NAME, namespace: str = "", fill_wait_s: float | None = None, tracker: Any = None,
+          **bus_kwargs: Any) -> LiveService:
+    conn = LazyConnection(endpoints.database_url, **db_settings(cfg))
+    state = ExitService(cfg, conn, exits_topic=output_topic, namespace=namespace, fill_wait_s=fill_wait_s)
+    if contract_of(output_topic, ExitEvent) is not ExitEvent:
+        raise ValueError(f"topic {output_topic!r} does not carry ExitEvent")
+    if tracker is not None:
+        bus_kwargs.setdefault("on_metrics", tracker.hook(name, [input_topic]))
+    tail = tail_for(cfg, endpoints, name, {done_topic: contract_of(done_topic, ExecutionReport),
+                                           orders_topic: contract_of(orders_topic, OrderEvent)},
+                    state.on_side_event)
+    try:
+        state.start()
+        tail.since_ms = tracker.start_ms if tracker is not None else 0
+        state.tail = tail.start()
+        if tracker is not None:
+            tracker.add_tail(name, tail)
+        return make_bus(
+            cfg, endpoints, name=name, topics={input_topic: contract_of(input_topic, MarketRawEvent)},
+            handler=state.handle, group=group, resources=[tail, conn], component=state, **bus_kwargs,
+        )
+    except Exception:
+        tail.close()
+        conn.close()
+        raise

@@ -1,0 +1,180 @@
+"""``inference``: engineered -> predictions, with the champion model, hot-swapped.
+
+- model: a ``PredictorSource`` (default ``MlflowChampionSource``: the registry's
+  ``champion`` alias, re-checked every ``poll_s`` seconds; a new version is downloaded and
+  loaded, then swapped in between two bus batches — no restart). With no champion the
+  service logs once "no champion model registered: inference idle", keeps its feature
+  windows current (so a model promoted later starts predicting at once) and emits nothing.
+- windows: the last rows of every (symbol, bar_type)'s FeatureEvents; the predictor's
+  preprocessing gives the lookback and the column order. On the first bar of a symbol
+  while a model is live, the window is warmed up from the ``bars`` table (features
+  recomputed by the same ``FeatureEngine`` the features service runs).
+- micro-batching: every window completed by one bus batch goes to ONE ``predict`` call
+  (all symbols stacked), before the batch's messages are handled one by one.
+- output: one ``Prediction`` per (symbol, ts) with q10/q50/q90 per horizon (simple
+  returns; the model's log-return quantiles mapped by expm1 and sorted), the model
+  version, a deterministic event id and the features' correlation id.
+A model that fails on a batch is logged and counted (``predict_errors``); the batch's
+features are not dead-lettered (they are fine, the model is not).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import Message
+from pydantic import ValidationError
+
+from awet_dagster.contracts import FeatureEvent, Prediction, Quantiles
+from awet_dagster.contracts.topics import ENGINEERED, PREDICTIONS
+from awet_dagster.inference import FeatureWindows, MlflowChampionSource, PredictorSource, to_quantiles
+from awet_dagster.streaming import DEFAULT_WARMUP_BARS, FeatureEngine, bar_to_event, derived_event_id, read_last_bars
+from live.bus import MessageContext, Output, RunStats
+from live.services._common import LazyConnection, LiveService, contract_of, db_settings, make_bus
+
+log = logging.getLogger("awet.live.inference")
+
+NAME = "inference"
+IDLE_MESSAGE = "no champion model registered: inference idle"
+
+
+class Inference:
+    def __init__(self, cfg: Any, source: PredictorSource, conn: LazyConnection | None, *, output_topic: str,
+                 input_model: type[FeatureEvent] = FeatureEvent, warmup_bars: int = DEFAULT_WARMUP_BARS) -> None:
+        self.cfg = cfg
+        self.source = source
+        self.conn = conn
+        self.output_topic = output_topic
+        self.input_model = input_model
+        self.warmup_bars = warmup_bars
+        self.windows = FeatureWindows(max(cfg.model.lookback, cfg.model.minute_lookback))
+        self.version: str | None = None
+        self._idle_logged = False
+        self._outputs: dict[tuple[str, int, int], list[Output]] = {}
+        self.counters = {"features": 0, "predictions": 0, "predict_calls": 0, "predict_errors": 0, "swaps": 0,
+                         "warmups": 0}
+
+    # ------------------------------------------------------------------ model
+    def _model(self) -> tuple[str, Any] | None:
+        cur = self.source.current()
+        if cur is None:
+            if not self._idle_logged:
+                log.warning(IDLE_MESSAGE)
+                self._idle_logged = True
+            if self.version is not None:
+                self.version = None
+            return None
+        version, predictor = cur
+        if version != self.version:
+            log.info("inference: serving %s (was %s)", version, self.version or "none")
+            if self.version is not None:
+                self.counters["swaps"] += 1
+            self.version = version
+            self._idle_logged = False
+            need = int(predictor.preprocessing.encoder_length)
+            if need > self.windows.maxlen:
+                self.windows = FeatureWindows(need)  # rows re-fill (warm-up on next bar)
+        return cur
+
+    def _warm_up(self, ev: FeatureEvent, length: int) -> None:
+        """Recompute the symbol's last ``length`` feature rows from the bars table."""
+        self.counters["warmups"] += 1
+        if self.conn is None:
+            return
+        bars = read_last_bars(self.conn.get(), ev.symbol, ev.bar_type, ev.ts, self.warmup_bars + length)
+        engine = FeatureEngine(None, warmup_bars=0)
+        for bar in bars:
+            fe = engine.on_bar(bar_to_event(bar, correlation_id="warmup"))
+            if fe is not None:
+                self.windows.add(fe.symbol, fe.bar_type, fe.ts, fe.features)
+
+    # ------------------------------------------------------------------ batch pre-pass
+    def prepare(self, batch: Sequence[Message]) -> None:
+        """Update the windows with the batch's features and predict every completed window at once."""
+        self._outputs.clear()
+        model = self._model()
+        due: list[tuple[tuple[str, int, int], FeatureEvent]] = []
+        for msg in batch:
+            if msg.error() is not None or msg.value() is None:
+                continue
+            try:
+                ev = self.input_model.model_validate_json(msg.value())
+            except ValidationError:
+                continue  # the bus dead-letters it when it handles the message
+            key = (ev.symbol, ev.bar_type)
+            if model is not None and key not in self.windows:
+                self._warm_up(ev, int(model[1].preprocessing.encoder_length))
+            if not self.windows.add(ev.symbol, ev.bar_type, ev.ts, ev.features):
+                continue
+            self.counters["features"] += 1
+            if model is not None:
+                due.append(((msg.topic(), msg.partition(), msg.offset()), ev))
+        if model is None or not due:
+            return
+        version, predictor = model
+        pre = predictor.preprocessing
+        cols, length = tuple(pre.feature_columns), int(pre.encoder_length)
+        windows: dict[str, Any] = {}
+        ids: dict[str, tuple[tuple[str, int, int], FeatureEvent]] = {}
+        for msg_key, ev in due:
+            w = self.windows.window(ev.symbol, ev.bar_type, cols, length)
+            if w is None:
+                continue
+            # One symbol may complete several windows in one batch: key by message.
+            name = f"{ev.symbol}|{ev.bar_type}|{ev.ts.isoformat()}"
+            windows[name] = w
+            ids[name] = (msg_key, ev)
+        if not windows:
+            return
+        try:
+            result = predictor.predict(windows)
+        except Exception:  # noqa: BLE001 - a broken model must not dead-letter good features
+            self.counters["predict_errors"] += 1
+            log.exception("inference: %s failed on %d window(s)", version, len(windows))
+            return
+        self.counters["predict_calls"] += 1
+        for name, per_h in result.items():
+            msg_key, ev = ids[name]
+            horizons = tuple(sorted(int(h) for h in per_h))
+            quantiles = {}
+            for h in horizons:
+                q10, q50, q90 = to_quantiles(per_h[h])
+                quantiles[h] = Quantiles(q10=q10, q50=q50, q90=q90)
+            pred = Prediction(
+                event_id=derived_event_id("prediction", ev.symbol, ev.bar_type, ev.ts, version),
+                correlation_id=ev.correlation_id, symbol=ev.symbol, ts=ev.ts, model_version=version,
+                horizons=horizons, quantiles=quantiles,
+            )
+            self._outputs[msg_key] = [Output(self.output_topic, pred)]
+            self.counters["predictions"] += 1
+
+    def handle(self, event: FeatureEvent, ctx: MessageContext) -> list[Output]:
+        return self._outputs.pop((ctx.topic, ctx.partition, ctx.offset), [])
+
+
+class InferenceService(LiveService):
+    """LiveService whose batches first go through ``Inference.prepare`` (micro-batching)."""
+
+    def _process_batch(self, batch: list[Message], stats: RunStats) -> None:  # type: ignore[override]
+        self.component.prepare(batch)
+        super()._process_batch(batch, stats)
+
+
+def build(cfg: Any, endpoints: Any, *, input_topic: str = ENGINEERED, output_topic: str = PREDICTIONS,
+          group: str | None = None, name: str = NAME, source: PredictorSource | None = None,
+          poll_s: float = 30.0, warmup_bars: int = DEFAULT_WARMUP_BARS, tracker: Any = None,
+          **bus_kwargs: Any) -> LiveService:
+    """``source``: where the model comes from (default: MLflow champion, polled every ``poll_s``)."""
+    conn = LazyConnection(endpoints.database_url, **db_settings(cfg))
+    src = source if source is not None else MlflowChampionSource(cfg, poll_s=poll_s)
+    if contract_of(output_topic, Prediction) is not Prediction:
+        raise ValueError(f"topic {output_topic!r} does not carry Prediction")
+    model = contract_of(input_topic, FeatureEvent)
+    inf = Inference(cfg, src, conn, output_topic=output_topic, input_model=model, warmup_bars=warmup_bars)
+    if tracker is not None:
+        bus_kwargs.setdefault("on_metrics", tracker.hook(name, [input_topic]))
+    svc = make_bus(cfg, endpoints, name=name, topics={input_topic: model}, handler=inf.handle, group=group,
+                   resources=[conn], component=inf, **bus_kwargs)
+    svc.__class__ = InferenceService  # same object, batch pre-pass added
+    return svc

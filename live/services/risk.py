@@ -1,0 +1,260 @@
+"""``risk``: signals.scored -> risk.approved | risk.rejected, every decision audited.
+
+One ``RiskEngine`` per process, as in ``run_backtest``:
+- state: kill switch and daily anchors in ``risk_state`` (``PostgresRiskStateStore``, so a
+  tripped kill switch survives restarts; read through a 1 s cache so an operator's
+  ``awet kill-switch trip`` is seen within a second without a query per bar);
+- portfolio: rebuilt from the ``fills``/``orders`` tables on start, then updated from
+  ``exec.done`` (read by a side ``TopicTail``, see ``_ledger.FillLedger``) — decided:
+  consume exec.done rather than share memory with the execution service, so the two can
+  run in different processes;
+- clock: EVERY scored signal (one per bar, passed or not) marks the bar
+  (``engine.on_bar``: return history for CVaR, marks, loss limits); only tradable ones are
+  evaluated (the backtest's rule). Before that, fills are booked in event order: when a
+  symbol that already has a bar at this ts has an order decided earlier, the bar waits
+  (``risk.fill_wait_s``, bounded) for that order's fill report — so sizing sees the same
+  equity, positions and pending orders as the backtest did at that bar;
+- idempotence: the decision of a signal is stored in its ``audit_log`` record; a
+  redelivered signal re-emits the stored decision instead of deciding again (a second
+  look would see its own order as "pending" and reject it).
+Decision event ids are deterministic (uuid5 of the signal's event id).
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import date, datetime
+from typing import Any
+
+from awet_dagster.contracts import ExecutionReport, OrderEvent, RiskDecision, ScoredSignal
+from awet_dagster.contracts.topics import EXEC_DONE, EXEC_ORDERS, RISK_APPROVED, RISK_REJECTED, SIGNALS_SCORED
+from awet_dagster.execution import client_order_id
+from awet_dagster.risk import RiskEngine
+from awet_dagster.risk.state import KillSwitchState
+from awet_dagster.signals import signal_passed
+from awet_dagster.storage.trading import KILL_SWITCH_KEY, PostgresRiskStateStore, record_audit
+from awet_dagster.streaming import read_last_bars
+from live.bus import MessageContext, Output, RetryLater
+from live.services._common import LazyConnection, LiveService, contract_of, db_settings, make_bus
+from live.services._ledger import FillLedger
+from live.services._tail import TopicTail, tail_for
+
+log = logging.getLogger("awet.live.risk")
+
+NAME = "risk"
+_NS = uuid.UUID("3c1b7a0e-5f7d-4d1e-8f55-1b2a9c0d4e61")
+
+
+class CachedRiskStateStore:
+    """``PostgresRiskStateStore`` with an optional key namespace (tests sharing one DB) and
+    a read cache: anchors are immutable once set; the kill switch is re-read after ``ttl_s``.
+    Writes go straight to the table. ``conn``: a LazyConnection."""
+
+    def __init__(self, conn: LazyConnection, namespace: str = "", ttl_s: float = 1.0) -> None:
+        self._conn = conn
+        self._prefix = f"{namespace}:" if namespace else ""
+        self._ttl = ttl_s
+        self._kill: tuple[float, KillSwitchState] | None = None
+        self._anchors: dict[date, float] = {}
+
+    def _store(self) -> PostgresRiskStateStore:
+        store = PostgresRiskStateStore(self._conn.get())
+        if self._prefix:
+            prefix = self._prefix
+
+            def get_kill() -> KillSwitchState:
+                row = store._conn.execute("SELECT value FROM risk_state WHERE key = %s",
+                                          (prefix + KILL_SWITCH_KEY,)).fetchone()
+                if row is None:
+                    return KillSwitchState()
+                v = row[0]
+                from awet_dagster.storage.trading import _dt
+
+                return KillSwitchState(bool(v.get("tripped")), v.get("reason"), _dt(v.get("tripped_at")),
+                                       v.get("reset_by"), _dt(v.get("reset_at")), v.get("reset_reason"))
+
+            put = store._put
+            store._put = lambda key, value: put(prefix + key, value)  # type: ignore[method-assign]
+            store.get_kill_switch = get_kill  # type: ignore[method-assign]
+            get_anchor = store._conn.execute
+
+            def anchor(session: date) -> float | None:
+                row = get_anchor("SELECT value FROM risk_state WHERE key = %s",
+                                 (f"{prefix}anchor:{session}",)).fetchone()
+                return float(row[0]["equity"]) if row else None
+
+            store.get_daily_anchor = anchor  # type: ignore[method-assign]
+        return store
+
+    def get_kill_switch(self) -> KillSwitchState:
+        now = time.monotonic()
+        if self._kill is None or now - self._kill[0] >= self._ttl:
+            self._kill = (now, self._store().get_kill_switch())
+        return self._kill[1]
+
+    def set_kill_switch(self, state: KillSwitchState) -> None:
+        self._store().set_kill_switch(state)
+        self._kill = (time.monotonic(), state)
+
+    def get_daily_anchor(self, session: date) -> float | None:
+        value = self._anchors.get(session)
+        if value is None:
+            value = self._store().get_daily_anchor(session)
+            if value is not None:
+                self._anchors[session] = value
+        return value
+
+    def set_daily_anchor(self, session: date, equity: float) -> None:
+        self._store().set_daily_anchor(session, equity)
+        self._anchors[session] = float(equity)
+
+
+class RiskService:
+    """State and handler of the risk service (the LiveService's ``component``)."""
+
+    def __init__(self, cfg: Any, conn: LazyConnection, *, approved_topic: str, rejected_topic: str,
+                 namespace: str = "", bar_type: str = "daily", fill_wait_s: float | None = None) -> None:
+        self.cfg = cfg
+        self.conn = conn
+        self.approved_topic, self.rejected_topic = approved_topic, rejected_topic
+        self.ns = namespace
+        self.bar_type = bar_type
+        self.fill_wait_s = cfg.risk.fill_wait_s if fill_wait_s is None else fill_wait_s
+        self.ledger = FillLedger(cfg.risk.initial_equity)
+        self.store = CachedRiskStateStore(conn, namespace)
+        self.engine = RiskEngine.from_config(cfg, self.ledger.portfolio, self.store)
+        self.tail: TopicTail | None = None
+        self._ts: datetime | None = None
+        self._seen: set[str] = set()
+        self._warm: set[str] = set()
+        self.counters = {"signals": 0, "evaluated": 0, "approved": 0, "rejected": 0, "replayed": 0,
+                         "fill_wait_timeouts": 0}
+
+    # ------------------------------------------------------------------ start-up
+    def start(self) -> None:
+        conn = self.conn.get()
+        self.ledger.rebuild(conn, self.ns)
+        rows = conn.execute(
+            "SELECT symbol, payload->>'ts' FROM orders WHERE COALESCE(payload->>'ns', '') = %s "
+            "AND payload->>'intent' = 'entry' AND updated_at > now() - interval '2 days' ORDER BY 2",
+            (self.ns,)).fetchall()
+        for symbol, ts in rows:  # the throttle counts orders per minute / symbol-day / cooldown
+            if ts:
+                self.engine.throttle.record(symbol, datetime.fromisoformat(ts))
+
+    def on_side_event(self, topic: str, event: Any, ts_ms: int) -> None:  # tail thread, under the lock
+        if isinstance(event, ExecutionReport):
+            self.ledger.on_report(event)
+        elif isinstance(event, OrderEvent):
+            self.ledger.on_order(event)
+
+    # ------------------------------------------------------------------ handler
+    def handle(self, signal: ScoredSignal, ctx: MessageContext) -> list[Output]:
+        import psycopg
+
+        try:
+            return self._handle(signal)
+        except psycopg.OperationalError as exc:
+            self.conn.reset()
+            raise RetryLater(f"database unavailable: {exc}") from exc
+
+    def _warm_up(self, symbol: str, ts: datetime) -> None:
+        if symbol in self._warm:
+            return
+        bars = read_last_bars(self.conn.get(), symbol, self.bar_type, ts, self.cfg.risk.cvar_lookback_bars + 1)
+        for b in bars:
+            self.engine.history.update(symbol, b["ts"], float(b["close"]))
+        self._warm.add(symbol)
+
+    def _book_until(self, symbol: str, ts: datetime) -> bool:
+        """Book fills up to (ts, symbol), waiting (bounded) for those this bar must bring."""
+        tail = self.tail
+        if self._ts != ts:
+            self._ts, self._seen = ts, set()
+        self._seen.add(symbol)
+        seen = frozenset(self._seen)
+        if tail is None:
+            self.ledger.apply_until(ts, symbol)
+            return self.ledger.pending_order(symbol)
+        with tail.cond:
+            if self.ledger.missing_fills(seen, ts):
+                ok = tail.cond.wait_for(lambda: not self.ledger.missing_fills(seen, ts), timeout=self.fill_wait_s)
+                if not ok:
+                    self.counters["fill_wait_timeouts"] += 1
+                    log.warning("risk: no fill report for %s at %s within %.1fs; deciding without it",
+                                self.ledger.missing_fills(seen, ts), ts.isoformat(), self.fill_wait_s)
+            self.ledger.apply_until(ts, symbol)
+            return self.ledger.pending_order(symbol)
+
+    def _handle(self, signal: ScoredSignal) -> list[Output]:
+        symbol, ts = signal.symbol, signal.ts
+        self.counters["signals"] += 1
+        self._warm_up(symbol, ts)
+        pending = self._book_until(symbol, ts)
+        self.engine.on_bar(symbol, ts, signal.price)
+        if not signal_passed(signal):
+            return []
+        conn = self.conn.get()
+        row = conn.execute(
+            "SELECT details->'decision' FROM audit_log WHERE correlation_id = %s AND actor = 'risk' "
+            "AND details->>'signal_event_id' = %s AND details ? 'decision' LIMIT 1",
+            (signal.correlation_id, signal.event_id)).fetchone()
+        if row is not None and row[0]:
+            decision = RiskDecision.model_validate(row[0])
+            self.counters["replayed"] += 1
+            if decision.approved:
+                self.engine.throttle.record(symbol, ts)
+                self._expect(decision)
+        else:
+            outcome = self.engine.evaluate(signal, has_pending_order=pending)
+            decision = outcome.decision.model_copy(update={"event_id": str(uuid.uuid5(_NS, signal.event_id))})
+            audit = dict(outcome.audit, event_id=decision.event_id, decision=decision.model_dump(mode="json"),
+                         ns=self.ns)
+            record_audit(conn, actor="risk", action="risk.approved" if decision.approved else "risk.rejected",
+                         subject=symbol, correlation_id=signal.correlation_id, details=audit)
+            self.counters["evaluated"] += 1
+            if decision.approved:
+                self._expect(decision)
+        self.counters["approved" if decision.approved else "rejected"] += 1
+        return [Output(self.approved_topic if decision.approved else self.rejected_topic, decision)]
+
+    def _expect(self, d: RiskDecision) -> None:
+        coid = client_order_id(d.correlation_id, "entry")
+        if self.tail is not None:
+            with self.tail.cond:
+                self.ledger.expect(coid, d.symbol, d.ts, "entry", d.correlation_id)
+        else:
+            self.ledger.expect(coid, d.symbol, d.ts, "entry", d.correlation_id)
+
+
+def build(cfg: Any, endpoints: Any, *, input_topic: str = SIGNALS_SCORED, approved_topic: str = RISK_APPROVED,
+          rejected_topic: str = RISK_REJECTED, done_topic: str = EXEC_DONE, orders_topic: str = EXEC_ORDERS,
+          group: str | None = None, name: str = NAME, namespace: str = "", bar_type: str | None = None,
+          fill_wait_s: float | None = None, tracker: Any = None, **bus_kwargs: Any) -> LiveService:
+    conn = LazyConnection(endpoints.database_url, **db_settings(cfg))
+    svc_state = RiskService(cfg, conn, approved_topic=approved_topic, rejected_topic=rejected_topic,
+                            namespace=namespace, bar_type=bar_type or cfg.data.bar_type, fill_wait_s=fill_wait_s)
+    for topic in (approved_topic, rejected_topic):
+        if contract_of(topic, RiskDecision) is not RiskDecision:
+            raise ValueError(f"topic {topic!r} does not carry RiskDecision")
+    if tracker is not None:
+        bus_kwargs.setdefault("on_metrics", tracker.hook(name, [input_topic]))
+    tail = tail_for(cfg, endpoints, name, {done_topic: contract_of(done_topic, ExecutionReport),
+                                           orders_topic: contract_of(orders_topic, OrderEvent)},
+                    svc_state.on_side_event)
+    try:
+        svc_state.start()
+        tail.since_ms = tracker.start_ms if tracker is not None else 0
+        svc_state.tail = tail.start()
+        if tracker is not None:
+            tracker.add_tail(name, tail)
+        return make_bus(
+            cfg, endpoints, name=name, topics={input_topic: contract_of(input_topic, ScoredSignal)},
+            handler=svc_state.handle, group=group, resources=[tail, conn], component=svc_state, **bus_kwargs,
+        )
+    except Exception:
+        tail.close()
+        conn.close()
+        raise
+

@@ -1,0 +1,253 @@
+"""``signal``: market.raw (+ predictions, alpha.signals) -> signals.scored, persisted in ``signals``.
+
+One ``SignalEngine`` per process, fed bar by bar like ``run_backtest`` (same code path):
+- clock: market.raw. EVERY bar yields one ScoredSignal (passed or not): the risk service
+  needs every bar (marks, CVaR history, loss limits), exactly as the backtest calls
+  ``risk.on_bar`` for every bar. Event id: deterministic per (symbol, bar_type, ts).
+- alphas: by default computed in-process by the engine's own streaming Lean models
+  (``alpha_source="internal"``: the same models the ``lean_alpha`` service runs, with no
+  cross-topic race, = ``run_backtest(alpha_signals=None)``). ``alpha_source="topic"``
+  reads ``alpha.signals`` instead (side TopicTail) and applies every insight with
+  ts <= the bar's ts — then an insight that arrives after its bar is used from the next bar.
+- model: predictions are read by a side TopicTail into a (symbol, ts) cache. A bar whose
+  symbol already got a prediction (its model is live) waits up to
+  ``signals.prediction_wait_s`` for its own; a bar of a symbol without one (no champion,
+  window still filling) does not wait and the TFT component is absent (weights
+  renormalised over the alphas, as in the backtest without a prediction for that bar).
+  The forecast used is the shortest horizon (the backtest's rule).
+- runtime weights: ``signals.weights_file`` (default ``<paths.home>/signal_weights.json``),
+  a JSON object such as ``{"tft": 0.4, "rsi": 0.3}`` (components not named keep their
+  weight); re-read when its mtime changes (checked at most once a second), applied from
+  the next bar; an invalid file is logged and ignored, a deleted file restores the
+  configured weights. Every ScoredSignal records the weights it used.
+- warm-up: the first bar of a symbol replays its last bars from the ``bars`` table
+  through the engine (outputs discarded), so a restart continues with the same SMAs,
+  volume average and alpha states.
+- persistence: the batch's signals are written to ``signals`` (idempotent on event_id)
+  in the bus's before-commit hook: DB commit before Kafka commit, like persist_bars.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from awet_dagster.alphas.signal import bar_duration
+from awet_dagster.contracts import AlphaSignal, MarketRawEvent, Prediction, ScoredSignal
+from awet_dagster.contracts.topics import ALPHA_SIGNALS, MARKET_RAW, PREDICTIONS, SIGNALS_SCORED
+from awet_dagster.signals import EnsembleWeights, QuantileForecast, SignalEngine
+from awet_dagster.streaming import DEFAULT_WARMUP_BARS, derived_event_id, event_to_bar, read_last_bars
+from live.bus import MessageContext, Output, RetryLater
+from live.services._common import LazyConnection, LiveService, contract_of, db_settings, make_bus
+from live.services._tail import TopicTail, tail_for
+
+log = logging.getLogger("awet.live.signal")
+
+NAME = "signal"
+_DIR = {"long": 1, "short": -1, "flat": 0}
+
+
+class WeightsFile:
+    """Watches a JSON weights file; ``poll(engine)`` applies a changed file (returns True)."""
+
+    def __init__(self, path: Path, defaults: EnsembleWeights, min_interval_s: float = 1.0) -> None:
+        self.path = Path(path)
+        self.defaults = defaults
+        self.min_interval_s = min_interval_s
+        self._next = 0.0
+        self._mtime: float | None = None
+        self.applied = 0
+        self.errors = 0
+
+    def poll(self, engine: SignalEngine, now: float) -> bool:
+        if now < self._next:
+            return False
+        self._next = now + self.min_interval_s
+        try:
+            mtime = os.stat(self.path).st_mtime_ns
+        except FileNotFoundError:
+            if self._mtime is not None:  # removed: back to the configured weights
+                self._mtime = None
+                engine.set_weights(self.defaults)
+                log.info("signal: %s removed, configured weights restored", self.path)
+                return True
+            return False
+        if mtime == self._mtime:
+            return False
+        self._mtime = mtime
+        try:
+            values = json.loads(self.path.read_text())
+            if not isinstance(values, dict):
+                raise ValueError("expected a JSON object {component: weight}")
+            new = engine.set_weights(EnsembleWeights.from_mapping({**self.defaults.as_dict(), **values}))
+        except (OSError, ValueError, TypeError) as exc:
+            self.errors += 1
+            log.error("signal: ignoring invalid weights file %s: %s", self.path, exc)
+            return False
+        self.applied += 1
+        log.info("signal: ensemble weights now %s (from %s)", new.as_dict(), self.path)
+        return True
+
+
+class SignalService:
+    def __init__(self, cfg: Any, conn: LazyConnection, *, output_topic: str, alpha_source: str = "internal",
+                 weights_file: Path | None = None, warmup_bars: int = DEFAULT_WARMUP_BARS,
+                 prediction_wait_s: float | None = None, persist: bool = True,
+                 clock: Any = None) -> None:
+        import time
+
+        if alpha_source not in ("internal", "topic"):
+            raise ValueError("alpha_source must be 'internal' or 'topic'")
+        self.cfg = cfg
+        self.conn = conn
+        self.output_topic = output_topic
+        self.alpha_source = alpha_source
+        self.engine = SignalEngine(cfg.signals, None, compute_alphas=alpha_source == "internal")
+        path = weights_file or cfg.signals.weights_file or Path(cfg.paths.home) / "signal_weights.json"
+        self.weights = WeightsFile(path, EnsembleWeights.from_config(cfg.signals.weights))
+        self.warmup_bars = warmup_bars
+        self.prediction_wait_s = cfg.signals.prediction_wait_s if prediction_wait_s is None else prediction_wait_s
+        self.persist = persist
+        self._clock = clock or time.monotonic
+        self.tail: TopicTail | None = None
+        self._forecasts: dict[tuple[str, datetime], QuantileForecast] = {}
+        self._model_live: set[str] = set()
+        self._alphas: dict[str, list[AlphaSignal]] = {}
+        self._last: dict[str, datetime] = {}
+        self._buffer: list[ScoredSignal] = []
+        self.counters = {"bars": 0, "with_forecast": 0, "prediction_wait_timeouts": 0, "warmup_bars": 0,
+                         "skipped_stale": 0, "persisted": 0}
+
+    # ------------------------------------------------------------------ side inputs (tail thread, locked)
+    def on_side_event(self, topic: str, event: Any, ts_ms: int) -> None:
+        if isinstance(event, Prediction):
+            h = min(event.horizons)
+            q = event.quantiles[h]
+            self._forecasts[(event.symbol, event.ts)] = QuantileForecast(event.model_version, h, q.q10, q.q50, q.q90)
+            self._model_live.add(event.symbol)
+        elif isinstance(event, AlphaSignal) and self.alpha_source == "topic":
+            self._alphas.setdefault(event.symbol, []).append(event)
+
+    # ------------------------------------------------------------------ handler
+    def handle(self, ev: MarketRawEvent, ctx: MessageContext) -> list[Output]:
+        import psycopg
+
+        try:
+            return self._handle(ev)
+        except psycopg.OperationalError as exc:
+            self.conn.reset()
+            raise RetryLater(f"bars table unavailable for warm-up: {exc}") from exc
+
+    def _warm_up(self, ev: MarketRawEvent) -> None:
+        bars = read_last_bars(self.conn.get(), ev.symbol, ev.bar_type, ev.ts, self.warmup_bars)
+        for bar in bars:
+            self.engine.on_bar(bar, correlation_id="warmup")
+            self.counters["warmup_bars"] += 1
+        if bars:
+            self._last[ev.symbol] = bars[-1]["ts"]
+
+    def _side_inputs(self, symbol: str, ts: datetime, bar_type: str) -> QuantileForecast | None:
+        key = (symbol, ts)
+        if symbol in self._model_live and key not in self._forecasts and self.prediction_wait_s > 0:
+            assert self.tail is not None
+            if not self.tail.cond.wait_for(lambda: key in self._forecasts, timeout=self.prediction_wait_s):
+                self.counters["prediction_wait_timeouts"] += 1
+        forecast = self._forecasts.pop(key, None)
+        if len(self._forecasts) > 10_000:  # forecasts of bars already scored (late arrivals)
+            for k in [k for k in self._forecasts if k[1] <= self._last.get(k[0], k[1])]:
+                del self._forecasts[k]
+        pending = self._alphas.get(symbol)
+        if pending:
+            due = [a for a in pending if a.ts <= ts]
+            self._alphas[symbol] = [a for a in pending if a.ts > ts]
+            for a in sorted(due, key=lambda a: a.ts):
+                self.engine.observe_alpha(symbol, a.alpha, _DIR[a.direction], a.ts, a.period * bar_duration(bar_type),
+                                          bar_type)
+        return forecast
+
+    def _handle(self, ev: MarketRawEvent) -> list[Output]:
+        symbol, ts = ev.symbol, ev.ts
+        if symbol not in self._last:
+            self._warm_up(ev)
+        last = self._last.get(symbol)
+        if last is not None and ts <= last:
+            self.counters["skipped_stale"] += 1
+            return []
+        self.weights.poll(self.engine, self._clock())
+        if self.tail is not None:
+            with self.tail.cond:
+                forecast = self._side_inputs(symbol, ts, ev.bar_type)
+        else:
+            forecast = None
+        sig = self.engine.on_bar(event_to_bar(ev), correlation_id=ev.correlation_id, forecast=forecast)
+        self._last[symbol] = ts
+        sig = sig.model_copy(update={"event_id": derived_event_id("signal", symbol, ev.bar_type, ts)})
+        self.counters["bars"] += 1
+        if forecast is not None:
+            self.counters["with_forecast"] += 1
+        if self.persist:
+            self._buffer.append(sig)
+        return [Output(self.output_topic, sig)]
+
+    def flush(self, contexts: Sequence[MessageContext] = ()) -> int:
+        """Write the batch's signals (before the Kafka commit); a DB outage is RetryLater."""
+        if not self._buffer:
+            return 0
+        import psycopg
+
+        rows, self._buffer = self._buffer, []
+        try:
+            conn = self.conn.get()
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO signals (event_id, correlation_id, symbol, ts, direction, score, confidence, payload)"
+                    " VALUES (%s,%s,%s,%s,%s,%s,%s,%s::jsonb) ON CONFLICT DO NOTHING",
+                    [(s.event_id, s.correlation_id, s.symbol, s.ts, s.direction, s.score, s.confidence,
+                      s.model_dump_json()) for s in rows])
+        except psycopg.OperationalError as exc:
+            self.conn.reset()
+            raise RetryLater(f"signals table unavailable: {exc}") from exc
+        self.counters["persisted"] += len(rows)
+        return len(rows)
+
+
+def build(cfg: Any, endpoints: Any, *, input_topic: str = MARKET_RAW, output_topic: str = SIGNALS_SCORED,
+          predictions_topic: str | None = PREDICTIONS, alpha_topic: str = ALPHA_SIGNALS,
+          alpha_source: str = "internal", group: str | None = None, name: str = NAME,
+          weights_file: Path | None = None, warmup_bars: int = DEFAULT_WARMUP_BARS,
+          prediction_wait_s: float | None = None, tracker: Any = None, **bus_kwargs: Any) -> LiveService:
+    """``predictions_topic=None``: no model input at all (alphas-only, no side reader)."""
+    conn = LazyConnection(endpoints.database_url, **db_settings(cfg))
+    state = SignalService(cfg, conn, output_topic=output_topic, alpha_source=alpha_source,
+                          weights_file=weights_file, warmup_bars=warmup_bars, prediction_wait_s=prediction_wait_s)
+    if contract_of(output_topic, ScoredSignal) is not ScoredSignal:
+        raise ValueError(f"topic {output_topic!r} does not carry ScoredSignal")
+    if tracker is not None:
+        bus_kwargs.setdefault("on_metrics", tracker.hook(name, [input_topic]))
+    side: dict[str, Any] = {}
+    if predictions_topic:
+        side[predictions_topic] = contract_of(predictions_topic, Prediction)
+    if alpha_source == "topic":
+        side[alpha_topic] = contract_of(alpha_topic, AlphaSignal)
+    tail = None
+    try:
+        if side:
+            tail = tail_for(cfg, endpoints, name, side, state.on_side_event)
+            tail.since_ms = tracker.start_ms if tracker is not None else 0
+            state.tail = tail.start()
+            if tracker is not None:
+                tracker.add_tail(name, tail)
+        return make_bus(
+            cfg, endpoints, name=name, topics={input_topic: contract_of(input_topic, MarketRawEvent)},
+            handler=state.handle, group=group, before_commit=state.flush,
+            resources=[r for r in (tail, conn) if r is not None], component=state, **bus_kwargs,
+        )
+    except Exception:
+        if tail is not None:
+            tail.close()
+        conn.close()
+        raise

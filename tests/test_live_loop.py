@@ -1,0 +1,351 @@
+"""The live paper-trading loop: inference, signal, risk, execution, exit_monitor.
+
+Against the REAL session broker and PostgreSQL (tests/conftest.py). Isolation per test:
+unique topics (``make_topic``) and consumer groups, unique symbols (sample bars
+renamed), and a unique state ``namespace`` for the trading tables (orders/fills/audit
+rows and risk_state keys), since every test shares one database.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from awet_dagster.backtest.runner import run_backtest
+from awet_dagster.contracts import (
+    ComponentScores,
+    ExitEvent,
+    MarketRawEvent,
+    Quantiles,
+    RiskDecision,
+    RiskSnapshot,
+    ScoredSignal,
+    dlq_topic,
+)
+from awet_dagster.execution import client_order_id
+from awet_dagster.infra import Endpoints
+from awet_dagster.inference import FeatureWindows, StaticPredictorSource, to_quantiles
+from awet_dagster.risk.state import KillSwitchState
+from awet_dagster.sources.sample import SampleSource
+from awet_dagster.storage.db import connect
+from live.bus import DLQ_REASON_HEADER, EventProducer
+from live.kafka_settings import FAST_DEV_PRODUCER_SETTINGS, producer_config
+from live.runner import LoopTracker, replay_through_loop, start_loop
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- helpers
+def _uid() -> str:
+    return uuid.uuid4().hex[:6].upper()
+
+
+def _sample_bars(symbols=("SPY", "AAPL", "IBM"), start=date(2019, 1, 1), end=date(2019, 12, 31)) -> pl.DataFrame:
+    bars = SampleSource().fetch(list(symbols), start, end, "daily")
+    tag = _uid()
+    return bars.with_columns(pl.col("symbol").replace_strict({s: f"{s}{tag}" for s in symbols}))
+
+
+@pytest.fixture
+def cfg(test_config_for, tmp_path):
+    return test_config_for(tmp_path / "home")
+
+
+@pytest.fixture
+def endpoints(database_url, kafka_bootstrap) -> Endpoints:
+    return Endpoints(database_url, kafka_bootstrap)
+
+
+def _producer(bootstrap: str) -> EventProducer:
+    return EventProducer(producer_config(bootstrap, producer=FAST_DEV_PRODUCER_SETTINGS))
+
+
+def _group() -> str:
+    return f"g-{uuid.uuid4().hex[:10]}"
+
+
+def _read_all(bootstrap: str, topic: str, min_n: int = 0, timeout_s: float = 20.0):
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                  "enable.auto.commit": False, "fetch.wait.max.ms": 5})
+    c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+    out, deadline, idle = [], time.monotonic() + timeout_s, 0
+    try:
+        while time.monotonic() < deadline:
+            m = c.poll(0.2)
+            if m is None:
+                idle += 1
+                if len(out) >= min_n and idle >= 3:
+                    break
+                continue
+            idle = 0
+            if m.error() is None:
+                out.append(m)
+    finally:
+        c.close()
+    assert len(out) >= min_n, f"only {len(out)}/{min_n} message(s) on {topic}"
+    return out
+
+
+def _topics(make_topic) -> dict[str, str]:
+    return {k: make_topic() for k in ("raw", "eng", "alpha", "pred", "scored", "approved", "rejected", "exits",
+                                      "orders", "done")}
+
+
+def _overrides(t: dict[str, str], ns: str, tmp: Path, source=None) -> dict[str, dict]:
+    return {
+        "persist_bars": {"input_topic": t["raw"], "group": _group()},
+        "features": {"input_topic": t["raw"], "output_topic": t["eng"], "group": _group()},
+        "lean_alpha": {"input_topic": t["raw"], "output_topic": t["alpha"], "group": _group()},
+        "inference": {"input_topic": t["eng"], "output_topic": t["pred"], "group": _group(),
+                      "source": source or StaticPredictorSource()},
+        "signal": {"input_topic": t["raw"], "output_topic": t["scored"], "predictions_topic": t["pred"],
+                   "alpha_topic": t["alpha"], "group": _group(), "weights_file": tmp / "weights.json"},
+        "risk": {"input_topic": t["scored"], "approved_topic": t["approved"], "rejected_topic": t["rejected"],
+                 "done_topic": t["done"], "orders_topic": t["orders"], "group": _group(), "namespace": ns},
+        "execution": {"market_topic": t["raw"], "approved_topic": t["approved"], "exits_topic": t["exits"],
+                      "orders_topic": t["orders"], "done_topic": t["done"], "group": _group(), "namespace": ns},
+        "exit_monitor": {"input_topic": t["raw"], "output_topic": t["exits"], "done_topic": t["done"],
+                         "orders_topic": t["orders"], "group": _group(), "namespace": ns},
+    }
+
+
+def _live_orders(database_url: str, ns: str) -> list[dict]:
+    with connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT client_order_id, correlation_id, symbol, side, qty, status, payload FROM orders "
+            "WHERE payload->>'ns' = %s ORDER BY payload->>'ts', symbol", (ns,)).fetchall()
+    return [{"coid": r[0], "corr": r[1], "symbol": r[2], "side": r[3], "qty": r[4], "status": r[5],
+             "ts": datetime.fromisoformat(r[6]["ts"]), "intent": r[6]["intent"]} for r in rows]
+
+
+# --------------------------------------------------------------------------- core pieces (no servers)
+def test_feature_windows_and_quantiles():
+    w = FeatureWindows(3)
+    t0 = datetime(2024, 1, 2, tzinfo=UTC)
+    for i in range(4):
+        assert w.add("X", "daily", t0 + timedelta(days=i), {"a": float(i), "b": 1.0})
+    assert not w.add("X", "daily", t0, {"a": 9.0})  # stale
+    arr = w.window("X", "daily", ("a", "b", "c"), 3)
+    assert arr.shape == (3, 3) and arr[:, 0].tolist() == [1.0, 2.0, 3.0] and all(v != v for v in arr[:, 2])
+    assert w.window("X", "daily", ("a",), 4) is None
+    q10, q50, q90 = to_quantiles({0.9: 0.01, 0.1: 0.02, 0.5: 0.0})  # crossed: sorted
+    assert (q10, q90) == (0.0, pytest.approx(0.0202013400)) and q50 == pytest.approx(0.0100501671)
+
+
+# --------------------------------------------------------------------------- (a) + (g)
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_lockstep_replay_trades_like_the_backtest_and_links_every_event_of_a_trade(
+        cfg, endpoints, make_topic, database_url, tmp_path):
+    bars = _sample_bars()
+    t, ns = _topics(make_topic), f"ns-{_uid()}"
+    tracker = LoopTracker()
+    loop = start_loop(cfg, endpoints, overrides=_overrides(t, ns, tmp_path), tracker=tracker, timeout_s=360,
+                      backoff_s=0.2)
+    try:
+        published, drained = replay_through_loop(_producer(endpoints.kafka_bootstrap), bars, tracker,
+                                                 topic=t["raw"], lockstep=True, drain_timeout_s=300)
+        assert drained, tracker.lagging()
+    finally:
+        loop.stop()
+        results = loop.join(60)
+    assert published == bars.height
+    assert all(r.error is None for r in results.values()), {n: r.error for n, r in results.items()}
+
+    # (g) parity: the same orders (symbol, side, qty, ts, intent) as run_backtest on these bars.
+    expected = run_backtest(bars, None, None, None, cfg)
+    want = sorted((r["ts"], r["symbol"], r["side"], r["qty"], r["intent"]) for r in expected.orders.iter_rows(named=True))
+    live = _live_orders(database_url, ns)
+    got = sorted((o["ts"], o["symbol"], o["side"], o["qty"], o["intent"]) for o in live)
+    assert len(want) >= 4, "the sample period should trade"
+    assert got == want
+    assert expected.fills.height == _count(database_url, "SELECT count(*) FROM fills f JOIN orders o USING "
+                                          "(client_order_id) WHERE o.payload->>'ns' = %s", ns)
+
+    # (a) one correlation id from bar to exit.
+    exit_orders = [o for o in live if o["intent"] == "exit"]
+    assert exit_orders, "some position should have been exited"
+    corr = exit_orders[0]["corr"]
+    entry = next(o for o in live if o["intent"] == "entry" and o["corr"] == corr)
+    raw = [MarketRawEvent.model_validate_json(m.value()) for m in _read_all(endpoints.kafka_bootstrap, t["raw"],
+                                                                               bars.height)]
+    bar = next(e for e in raw if e.correlation_id == corr)
+    assert (bar.symbol, bar.ts) == (entry["symbol"], entry["ts"])
+    assert _count(database_url, "SELECT count(*) FROM signals WHERE correlation_id = %s", corr) == 1
+    assert _count(database_url, "SELECT count(*) FROM audit_log WHERE correlation_id = %s AND "
+                                "action = 'risk.approved'", corr) == 1
+    assert _count(database_url, "SELECT count(*) FROM fills WHERE client_order_id = ANY(%s)",
+                  [client_order_id(corr, "entry"), client_order_id(corr, "exit")]) >= 2
+    exits = [ExitEvent.model_validate_json(m.value()) for m in _read_all(endpoints.kafka_bootstrap, t["exits"], 1)]
+    assert any(e.correlation_id == corr for e in exits)
+    for topic in ("scored", "approved", "orders", "done"):
+        msgs = _read_all(endpoints.kafka_bootstrap, t[topic], 1)
+        assert any(dict(m.headers())["correlation_id"].decode() == corr for m in msgs), topic
+
+
+def _count(database_url: str, sql: str, *args) -> int:
+    with connect(database_url) as conn:
+        return int(conn.execute(sql, args).fetchone()[0])
+
+
+# --------------------------------------------------------------------------- (b) crash of execution
+def _decision(symbol: str, ts: datetime, qty: float = 10.0, price: float = 100.0) -> RiskDecision:
+    return RiskDecision(correlation_id=f"c-{uuid.uuid4().hex[:10]}", symbol=symbol, ts=ts, approved=True, side="buy",
+                        qty=qty, notional=qty * price, take_profit=price * 1.03, stop_loss=price * 0.985,
+                        signal_event_id=f"s-{uuid.uuid4().hex[:8]}", metrics=RiskSnapshot(exposure=qty * price))
+
+
+def _bar(symbol: str, ts: datetime, price: float = 100.0) -> MarketRawEvent:
+    return MarketRawEvent(correlation_id=f"b-{uuid.uuid4().hex[:8]}", symbol=symbol, bar_type="daily", ts=ts,
+                          open=price, high=price * 1.01, low=price * 0.99, close=price, volume=1e6, source="test")
+
+
+def _child(args: list[str], timeout_s: float = 90.0) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "tests" / "live_child.py"), *args], capture_output=True,
+                          text=True, timeout=timeout_s, cwd=REPO)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_execution_killed_between_submission_and_commit_never_duplicates_an_order(
+        endpoints, make_topic, database_url, tmp_path):
+    t, ns, group = _topics(make_topic), f"ns-{_uid()}", _group()
+    t0 = datetime(2024, 3, 1, 14, 30, tzinfo=UTC)
+    syms = [f"K{_uid()}" for _ in range(3)]
+    decisions = [_decision(s, t0) for s in syms]
+    prod = _producer(endpoints.kafka_bootstrap)
+    for d in decisions:
+        prod.send(t["approved"], d)
+    prod.flush(10)
+    common = ["--home", str(tmp_path / "home"), "--database-url", database_url, "--bootstrap",
+              endpoints.kafka_bootstrap, "--approved", t["approved"], "--exits", t["exits"], "--market", t["raw"],
+              "--orders", t["orders"], "--done", t["done"], "--group", group, "--ns", ns]
+    first = _child(common + ["--mode", "crash_after_submit", "--seconds", "40"])
+    assert first.returncode == 17, first.stdout + first.stderr
+    # The crash came after the orders were sent and before the offsets were committed.
+    for s in syms:
+        prod.send(t["raw"], _bar(s, t0 + timedelta(days=1)))
+    prod.flush(10)
+    second = _child(common + ["--mode", "serve", "--seconds", "12"])
+    assert second.returncode == 0, second.stdout + second.stderr
+    submits = [line.split()[1] for out in (first.stdout, second.stdout) for line in out.splitlines()
+               if line.startswith("SUBMIT ")]
+    expected = sorted(client_order_id(d.correlation_id, "entry") for d in decisions)
+    assert sorted(submits) == expected, (first.stdout, second.stdout)  # each exactly once, across the crash
+    orders = _live_orders(database_url, ns)
+    assert sorted(o["coid"] for o in orders) == expected
+    assert {o["status"] for o in orders} == {"filled"}  # restored into the simulator, filled on the next bar
+    assert '"submitted": 0' in second.stdout and '"adopted": 3' in second.stdout, second.stdout
+
+
+# --------------------------------------------------------------------------- (c) poison messages
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_poison_messages_on_every_input_go_to_the_dlq_and_services_keep_going(
+        cfg, endpoints, make_topic, tmp_path):
+    from live.services import execution, exit_monitor, inference, risk, signal
+
+    t, ns = _topics(make_topic), f"ns-{_uid()}"
+    o = _overrides(t, ns, tmp_path)
+    cases = [
+        (signal.build, o["signal"], [t["raw"]]),
+        (inference.build, o["inference"], [t["eng"]]),
+        (risk.build, o["risk"], [t["scored"]]),
+        (execution.build, o["execution"], [t["raw"], t["approved"], t["exits"]]),
+        (exit_monitor.build, o["exit_monitor"], [t["raw"]]),
+    ]
+    prod = _producer(endpoints.kafka_bootstrap)
+    for topic in (t["raw"], t["eng"], t["scored"], t["approved"], t["exits"]):
+        prod.send_raw(topic, b"{not json", key=b"X")
+        prod.send_raw(topic, b'{"symbol": "X", "correlation_id": "c-1"}', key=b"X")
+    sym = f"P{_uid()}"
+    prod.send(t["raw"], _bar(sym, datetime(2024, 3, 1, 14, 30, tzinfo=UTC)))  # a good one after the poison
+    prod.flush(10)
+    for build, kw, inputs in cases:
+        n = 2 * len(inputs) + (1 if t["raw"] in inputs else 0)
+        with build(cfg, endpoints, **kw) as svc:
+            stats = svc.run(max_messages=n, timeout_s=60)
+        assert stats.dead_lettered == 2 * len(inputs), (build.__module__, stats)
+        assert stats.processed == n - 2 * len(inputs), (build.__module__, stats)
+    assert signal.NAME and True
+    for topic in (t["raw"], t["eng"], t["scored"], t["approved"], t["exits"]):
+        letters = _read_all(endpoints.kafka_bootstrap, dlq_topic(topic), 2)
+        reasons = {dict(m.headers())[DLQ_REASON_HEADER].decode() for m in letters}
+        assert reasons == {"invalid_json", "schema_mismatch"}, (topic, reasons)
+    # raw is consumed by signal, execution and exit_monitor: each dead-letters its own copy.
+    assert len(_read_all(endpoints.kafka_bootstrap, dlq_topic(t["raw"]), 6)) == 6
+
+
+# --------------------------------------------------------------------------- (d) Alpaca paper, failing
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_alpaca_errors_are_retried_counted_and_never_duplicate_an_order(
+        cfg, endpoints, make_topic, database_url, tmp_path):
+    from awet_dagster.execution import AlpacaPaperBroker, GatedBroker
+    from live.services import execution
+    from tests.fake_alpaca import FakeAlpaca
+
+    t, ns = _topics(make_topic), f"ns-{_uid()}"
+    approval = tmp_path / "APPROVE"
+    approval.write_text("ok")
+    with FakeAlpaca(delay_s=0.6) as fake:
+        ex_cfg = cfg.execution.model_copy(update={"dry_run": False, "approval_file": approval,
+                                                   "alpaca_base_url": fake.url})
+        live_cfg = cfg.model_copy(update={"execution": ex_cfg})
+        inner = AlpacaPaperBroker("key", "secret", base_url=fake.url, timeout_s=0.3, max_retries=4,
+                                  backoff_base_s=0.01, sleep=lambda s: None)
+        # 500, then 429, then a timeout, then "created but answered 500": the retry must find it.
+        fake.fail_next("POST", "/v2/orders", 500, 429, "timeout", "create_then_500")
+        t0 = datetime(2024, 3, 1, 14, 30, tzinfo=UTC)
+        decisions = [_decision(f"A{_uid()}", t0), _decision(f"A{_uid()}", t0)]
+        prod = _producer(endpoints.kafka_bootstrap)
+        for d in decisions + decisions[:1]:  # the first one redelivered as well
+            prod.send(t["approved"], d)
+        prod.flush(10)
+        kw = dict(_overrides(t, ns, tmp_path)["execution"], broker=GatedBroker(inner, ex_cfg))
+        with execution.build(live_cfg, endpoints, **kw) as svc:
+            stats = svc.run(max_messages=3, timeout_s=90)
+        assert stats.processed == 3 and stats.dead_lettered == 0, stats
+        coids = sorted(client_order_id(d.correlation_id, "entry") for d in decisions)
+        assert dict(fake.submissions) == {c: 1 for c in coids}
+        assert inner.errors["submit_unavailable"] >= 2 and inner.errors["submit_rate_limited"] == 1, inner.errors
+        orders = _live_orders(database_url, ns)
+        assert sorted(o["coid"] for o in orders) == coids and {o["status"] for o in orders} == {"accepted"}
+        assert svc.component.adopted == 1 and svc.component.submitted == 2
+
+
+# --------------------------------------------------------------------------- (e) kill switch
+def _tradable_signal(symbol: str, ts: datetime) -> ScoredSignal:
+    return ScoredSignal(correlation_id=f"c-{uuid.uuid4().hex[:8]}", symbol=symbol, ts=ts, direction="long",
+                        score=0.9, confidence=0.9, calibrated_prob=0.95, regime="bull", regime_scale=1.0,
+                        components=ComponentScores(ema=1.0), ensemble_weights={"ema": 1.0}, horizon=1,
+                        model_version="none", quantiles=Quantiles(q10=0.0, q50=0.0, q90=0.0), price=100.0,
+                        reference_price=100.0)
+
+
+@pytest.mark.timeout(120)
+def test_kill_switch_survives_a_restart_of_the_risk_service(cfg, endpoints, make_topic, tmp_path):
+    from live.services import risk
+
+    t, ns = _topics(make_topic), f"ns-{_uid()}"
+    kw = _overrides(t, ns, tmp_path)["risk"]
+    with risk.build(cfg, endpoints, **kw) as first:
+        assert not first.component.store.get_kill_switch().tripped
+        first.component.store.set_kill_switch(KillSwitchState(True, "test trip", datetime.now(UTC)))
+    with risk.build(cfg, endpoints, **kw) as second:
+        state = second.component.store.get_kill_switch()
+        assert state.tripped and state.reason == "test trip"
+        out = second.component._handle(_tradable_signal(f"R{_uid()}", datetime(2024, 3, 1, 14, 30, tzinfo=UTC)))
+    decision = out[0].event
+    assert out[0].topic == t["rejected"] and not decision.approved
+    assert any("kill switch tripped: test trip" in r for r in decision.reasons)
+    with risk.build(cfg, endpoints, **dict(kw, namespace=f"ns-{_uid()}")) as other:  # namespaced state
+        assert not other.component.store.get_kill_switch().tripped
