@@ -151,8 +151,10 @@ def live_cmd(
     start: str = typer.Option(None, help="With --replay: first date (default: data.replay_start)."),
     end: str = typer.Option(None, help="With --replay: last date, inclusive (default: data.end)."),
     symbols: list[str] = typer.Option(None, "--symbols", "-s", help="With --replay: symbols."),
-    lockstep: bool = typer.Option(False, "--lockstep", help="With --replay: one timestamp at a time, waiting for "
-                                                          "the loop to drain (backtest-identical sequencing)."),
+    lockstep: bool = typer.Option(True, "--lockstep/--free-run",
+                                  help="With --replay: one timestamp at a time, waiting for the loop to drain "
+                                       "(backtest-identical sequencing; default) or every bar at once (throughput; "
+                                       "exits can then lag the bars, see live/services/exit_monitor.py)."),
     preload_days: int = typer.Option(730, "--preload-days", help="With --replay: bars of this many days before "
                                                                  "--start are loaded into the bars table first "
                                                                  "(warm-up history; 0 = none)."),

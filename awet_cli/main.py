@@ -16,6 +16,8 @@ from rich.table import Table
 from awet_cli.infra_cmd import infra_app
 from awet_cli.kill_switch_cmd import kill_switch_app
 from awet_cli.live_cmd import register as register_live_commands
+from awet_cli.model_cmd import model_app
+from awet_cli.status_cmd import status_command
 from awet_dagster.config import ConfigError, effective_values, load_config, load_config_with_sources
 
 console = Console()
@@ -29,7 +31,9 @@ config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is
 app.add_typer(config_app, name="config")
 app.add_typer(infra_app, name="infra")
 app.add_typer(kill_switch_app, name="kill-switch")
+app.add_typer(model_app, name="model")
 register_live_commands(app)  # replay, live, ingest
+app.command("status")(status_command)
 
 
 def _config_or_exit():

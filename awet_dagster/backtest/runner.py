@@ -65,14 +65,27 @@ def _alpha_name(raw: str) -> str:
     raise ValueError(f"cannot map alpha {raw!r} to rsi / ema_cross / macd")
 
 
-def _forecasts(predictions: pl.DataFrame | None) -> dict[tuple[str, Any], QuantileForecast]:
+def trading_horizon(available, configured: int | None) -> int:
+    """The prediction horizon the TFT component trades on: `signals.horizon` when set (it
+    must be one the model predicts), else the shortest. Shared by backtest and live."""
+    hs = sorted({int(h) for h in available})
+    if configured is None:
+        return hs[0]
+    if configured not in hs:
+        raise ValueError(f"signals.horizon={configured} is not a predicted horizon {hs}")
+    return configured
+
+
+def _forecasts(predictions: pl.DataFrame | None, horizon: int | None = None) -> dict[tuple[str, Any], QuantileForecast]:
     if predictions is None:
         return {}
     missing = set(PREDICTION_COLUMNS) - set(predictions.columns)
     if missing:
         raise ValueError(f"predictions frame lacks columns {sorted(missing)}")
-    # One horizon per bar: the shortest, the one a next-bar entry acts on.
-    rows = predictions.sort("symbol", "ts", "horizon").unique(["symbol", "ts"], keep="first", maintain_order=True)
+    if predictions.height == 0:
+        return {}
+    h = trading_horizon(predictions["horizon"].unique().to_list(), horizon)
+    rows = predictions.filter(pl.col("horizon") == h).unique(["symbol", "ts"], keep="first", maintain_order=True)
     return {(r["symbol"], r["ts"]): QuantileForecast(r["model_version"], int(r["horizon"]), r["q10"], r["q50"],
                                                      r["q90"]) for r in rows.iter_rows(named=True)}
 
@@ -108,7 +121,7 @@ def run_backtest(
     if bars.is_empty():
         raise ValueError("bars is empty")
     ordered = bars.sort("ts", "symbol")
-    forecasts = _forecasts(predictions)
+    forecasts = _forecasts(predictions, cfg.signals.horizon)
     regimes = _regime_features(features)
     alpha_events = _alpha_events(alpha_signals)
 

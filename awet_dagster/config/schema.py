@@ -201,6 +201,8 @@ class RegimeScaling(Section):
 
 class SignalsConfig(Section):
     weights: SignalWeights = SignalWeights()
+    # Which predicted horizon (bars) the TFT component trades on; None = the shortest.
+    horizon: int | None = Field(None, ge=1)
     regime_scaling: RegimeScaling = RegimeScaling()
     min_confidence: float = Field(0.55, ge=0, le=1)
     min_avg_volume_10d: float = Field(500_000, ge=0)

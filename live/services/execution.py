@@ -65,7 +65,7 @@ from live.services._ledger import CLOSED, FillLedger
 log = logging.getLogger("awet.live.execution")
 
 NAME = "execution"
-BAR_BUFFER = 8  # bars kept per symbol for catch-up fills
+BAR_BUFFER = 64  # bars kept per symbol for catch-up fills (older ones: read from the bars table)
 _NS = uuid.UUID("0b7f3c52-6a55-4a8e-9d0c-5d2f1e7a9c40")
 
 
@@ -333,10 +333,26 @@ class Executor:
         sim = self.sim
         if sim is None:
             return []
-        late = [b for b in self._bars.get(req.symbol, ()) if b["ts"] > req.ts]
+        buf = self._bars.get(req.symbol)
+        if not buf or buf[-1]["ts"] <= req.ts:
+            return []  # the fill bar has not come yet: on_bar fills it
+        late = [b for b in buf if b["ts"] > req.ts]
+        if buf[0]["ts"] > req.ts:
+            # The bars right after the decision were evicted from the buffer: persist_bars
+            # stored them (market.raw is consumed by both; it may lag, hence the buffer first).
+            from awet_dagster.storage.bars import BAR_COLUMNS
+
+            rows = self._db().execute(
+                f"SELECT {', '.join(BAR_COLUMNS)} FROM bars WHERE symbol = %s AND bar_type = %s AND ts > %s "
+                "AND ts < %s ORDER BY ts LIMIT %s",
+                (req.symbol, buf[0]["bar_type"], req.ts, buf[0]["ts"], BAR_BUFFER)).fetchall()
+            late = [dict(zip(BAR_COLUMNS, r, strict=True)) for r in rows] + late
         fills: list[Fill] = []
         for bar in late:
             fills.extend(sim.fill_only(bar, {req.client_order_id}))
+            order = sim.get_order_by_client_id(req.client_order_id)
+            if order is None or not order.is_open:
+                break
         return self._book(fills)
 
     def _book(self, fills: Sequence[Fill]) -> list[Output]:

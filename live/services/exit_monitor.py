@@ -10,6 +10,14 @@ exit order id, ``client_order_id(correlation_id, "exit")``, is one per position 
 event of the trade shares one id) and a deterministic event id. A rejected exit order
 (exec.done, status rejected) releases the position so the rules fire again.
 
+Limitation (free-running replay only): this service is clocked by market.raw, one hop
+from the source, while orders reach it three hops later. When bars are published faster
+than the loop turns around (a replay at full speed), it can pass a symbol's bars before
+it learns of the order that opened the position, and the position is only checked from
+the symbol's next bar on. With live bars (a minute or a day apart) and with
+``awet live --replay`` in lockstep (its default) the order is known first; the
+backtest/live parity test runs in lockstep.
+
 Restart: held-bar counts are rebuilt from the bars table (bars of the symbol since the
 position opened) and a position whose exit order is still working is not re-exited.
 """
