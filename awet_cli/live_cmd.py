@@ -159,8 +159,13 @@ def live_cmd(
                                                                  "--start are loaded into the bars table first "
                                                                  "(warm-up history; 0 = none)."),
 ) -> None:
-    """Run the live services (all registered ones by default) in this process until SIGTERM/Ctrl-C."""
-    from live.runner import _REGISTRY, available_services, run_services
+    """Run the live services (all registered ones by default) in this process until SIGTERM/Ctrl-C.
+
+    Serves /metrics and /healthz on observability.metrics_host : metrics_port_base + the
+    service's offset (live/metrics.py SERVICE_PORT_OFFSETS; several services: the runner's).
+    """
+    from live.metrics import service_port
+    from live.runner import _REGISTRY, MetricsPortError, available_services, run_services
 
     if replay:
         _live_replay(replay, bar_type, start, end, symbols, lockstep, preload_days, max_seconds)
@@ -177,8 +182,18 @@ def live_cmd(
     cfg = _config()
     ep = _endpoints(cfg)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(threadName)s %(name)s: %(message)s")
-    console.print(f"running {', '.join(names or available_services())} (Ctrl-C stops after the current batch)")
-    results = run_services(names, cfg, ep, max_messages=max_messages, timeout_s=max_seconds)
+    running = names or list(available_services())
+    port = service_port(cfg, running[0] if len(running) == 1 else "runner")
+    host = cfg.observability.metrics_host
+    console.print(f"running {', '.join(running)} (Ctrl-C stops after the current batch); "
+                  f"metrics on http://{host}:{port}/metrics")
+    try:
+        results = run_services(names, cfg, ep, max_messages=max_messages, timeout_s=max_seconds,
+                               metrics_port=port, metrics_host=host)
+    except MetricsPortError as exc:
+        console.print(f"[red]{exc}[/red] (another process on that port? observability.metrics_port_base / "
+                      f"AWET__OBSERVABILITY__METRICS_PORT_BASE moves every port)")
+        raise typer.Exit(2) from None
     failed = False
     for name, res in results.items():
         status = f"[red]gave up: {res.error}[/red]" if res.error and not res.stats else "ok"
@@ -199,6 +214,7 @@ def _live_replay(source: str, bar_type: str | None, start: str | None, end: str 
     from awet_dagster.sources import SourceError, get_source
     from awet_dagster.storage.bars import copy_upsert_bars
     from awet_dagster.storage.db import connect
+    from live.metrics import service_port
     from live.runner import LOOP_SERVICES, LoopTracker, replay_through_loop, start_loop
     from live.topics import ensure_topics
 
@@ -230,7 +246,11 @@ def _live_replay(source: str, bar_type: str | None, start: str | None, end: str 
         console.print(f"loaded {history.height} bars before {first} into the bars table (warm-up history)")
     since = datetime.now(UTC)
     tracker = LoopTracker()
-    loop = start_loop(cfg, ep, names=LOOP_SERVICES, tracker=tracker, timeout_s=max_seconds)
+    # Metrics on the runner's port when it is free (a replay next to a running `awet live`
+    # still runs, without an endpoint).
+    loop = start_loop(cfg, ep, names=LOOP_SERVICES, tracker=tracker, timeout_s=max_seconds,
+                      metrics_port=service_port(cfg, "runner"), metrics_host=cfg.observability.metrics_host,
+                      metrics_required=False)
     stop = threading.Event()
     started = _time.monotonic()
     budget = max_seconds if max_seconds is not None else 600.0

@@ -96,12 +96,14 @@ def ui(
 @app.command("run")
 def run(
     skip_infra: bool = typer.Option(False, help="Do not start the embedded servers first."),
+    replay: bool = typer.Option(True, help="End with a live paper-trading replay of the bars after the cutoff."),
 ) -> None:
-    """Run the main job end to end on the configured defaults and print a summary."""
+    """Run the main job end to end (ingest → features → walk-forward gate → ONNX → MLflow →
+    promotion), then replay the later bars through the live loop and print a summary."""
     cfg = _config_or_exit()
     from awet_cli.main_job import run_main_job
 
-    raise typer.Exit(run_main_job(cfg, console, start_infra=not skip_infra))
+    raise typer.Exit(run_main_job(cfg, console, start_infra=not skip_infra, replay=replay))
 
 
 def main() -> None:  # pragma: no cover - console entry point

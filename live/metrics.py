@@ -49,7 +49,7 @@ SERVICE_PORT_OFFSETS: Mapping[str, int] = {
     "signal": 6,
     "risk": 7,
     "execution": 8,
-    "exits": 9,
+    "exit_monitor": 9,
     "lag_monitor": 10,
     "replay": 11,
     "textfile_exporter": 19,

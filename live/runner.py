@@ -12,9 +12,20 @@ factory's keyword arguments (topic names, group id...), passed per service name.
   moved past that batch), a fresh consumer resumes from the last committed offset.
   After ``max_restarts`` consecutive failures the whole process stops (fail loudly,
   let the process supervisor decide).
+
+Metrics (``metrics=`` / ``metrics_port=``): every bus service gets ``metrics.service(name)``
+as its bus ``on_metrics`` hook (chained after a tracker's or an override's hook), factories
+that take a ``metrics`` keyword (risk, execution, inference, lag_monitor) get it too for
+their domain metrics, ``awet_service_up{service}`` is 1 while a service's loop runs and 0
+while it is built, restarting, stopped or given up, and ``metrics_port`` serves ``/metrics``
++ ``/healthz`` (200 while every service is starting, running or restarting; 503 once one
+stopped or gave up, or the process is stopping). Services of kind ``thread`` (the lag
+monitor) are not bus services: no bus hook; they are stopped once every bus service of the
+run has finished.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import signal
 import threading
@@ -35,15 +46,30 @@ class ServiceSpec:
     name: str
     factory: ServiceFactory | str  # callable or lazy "module:attribute"
     description: str = ""
+    #: "bus": a BusService (gets the bus metrics hook); "thread": any object with
+    #: ``run(max_messages=, timeout_s=) -> RunStats``, ``stop()`` and ``close()`` (lag monitor).
+    kind: str = "bus"
 
-    def build(self, cfg: Any, endpoints: Any, **overrides: Any) -> BusService:
+    def resolve(self) -> ServiceFactory:
         factory = self.factory
         if isinstance(factory, str):
             import importlib
 
             module, _, attr = factory.partition(":")
             factory = getattr(importlib.import_module(module), attr)
-        return factory(cfg, endpoints, **overrides)
+        return factory
+
+    def accepts(self, keyword: str) -> bool:
+        """Whether the factory takes ``keyword`` explicitly (not through ``**kwargs``)."""
+        try:
+            params = inspect.signature(self.resolve()).parameters
+        except (TypeError, ValueError):
+            return False
+        p = params.get(keyword)
+        return p is not None and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+
+    def build(self, cfg: Any, endpoints: Any, **overrides: Any) -> BusService:
+        return self.resolve()(cfg, endpoints, **overrides)
 
 
 # Lazy paths: `awet live --help` must not import psycopg/polars for every service.
@@ -60,13 +86,15 @@ _REGISTRY: dict[str, ServiceSpec] = {
         ServiceSpec("execution", "live.services.execution:build",
                     "risk.approved + exec.exits + market.raw -> exec.orders, exec.done"),
         ServiceSpec("exit_monitor", "live.services.exit_monitor:build", "market.raw (+ exec.done) -> exec.exits"),
+        ServiceSpec("lag_monitor", "live.services.lag_monitor:build_service",
+                    "consumer lag of the live groups -> awet_consumer_lag (no bus)", kind="thread"),
     )
 }
 
 
-def register_service(name: str, factory: ServiceFactory | str, description: str = "") -> None:
+def register_service(name: str, factory: ServiceFactory | str, description: str = "", kind: str = "bus") -> None:
     """Add or replace a service (the lead adds inference, signal, risk, execution...)."""
-    _REGISTRY[name] = ServiceSpec(name, factory, description)
+    _REGISTRY[name] = ServiceSpec(name, factory, description, kind)
 
 
 def available_services() -> tuple[str, ...]:
@@ -101,12 +129,18 @@ class ServiceResult:
 
 
 class _Supervisor:
-    """Runs one service in a thread, rebuilding it after failures (bounded backoff)."""
+    """Runs one service in a thread, rebuilding it after failures (bounded backoff).
+
+    ``state``: starting -> running -> (restarting -> running)* -> stopped | failed.
+    ``on_up(bool)`` is told when a run starts (True) and ends (False)."""
 
     def __init__(self, spec: ServiceSpec, build: Callable[[], BusService], stop: threading.Event,
                  max_messages: int | None, deadline: float | None, max_restarts: int,
-                 backoff_s: float, max_backoff_s: float, on_give_up: Callable[[], None]) -> None:
+                 backoff_s: float, max_backoff_s: float, on_give_up: Callable[[], None],
+                 on_up: Callable[[bool], None] | None = None) -> None:
         self.spec = spec
+        self.state = "starting"
+        self._on_up = on_up
         self.result = ServiceResult(spec.name)
         self._build = build
         self._stop = stop
@@ -128,7 +162,22 @@ class _Supervisor:
     def _left(self) -> float | None:
         return None if self._deadline is None else self._deadline - time.monotonic()
 
+    def _up(self, up: bool) -> None:
+        if self._on_up is not None:
+            try:
+                self._on_up(up)
+            except Exception:  # noqa: BLE001 - metrics must never break supervision
+                log.exception("%s: service_up hook failed", self.spec.name)
+
     def _main(self) -> None:
+        try:
+            self._loop()
+        finally:
+            if self.state != "failed":
+                self.state = "stopped"
+            self._up(False)
+
+    def _loop(self) -> None:
         failures = 0
         while not self._stop.is_set():
             left = self._left()
@@ -152,6 +201,8 @@ class _Supervisor:
                 if self._stop.is_set():  # stop arrived while building
                     svc.stop()
                 try:
+                    self.state = "running"
+                    self._up(True)
                     stats = svc.run(max_messages=remaining, timeout_s=left)
                     self.result.stats.append(stats)
                     log.info("%s: stopped (%s) after %d message(s)", self.spec.name, stats.stopped_by,
@@ -161,6 +212,7 @@ class _Supervisor:
                     err = exc
                     log.warning("%s: run failed: %r", self.spec.name, exc)
                 finally:
+                    self._up(False)
                     with self._lock:
                         self._current = None
                     try:
@@ -171,8 +223,10 @@ class _Supervisor:
             self.result.error = f"{type(err).__name__}: {err}"
             if failures > self._max_restarts:
                 log.error("%s: giving up after %d failure(s): %s", self.spec.name, failures, self.result.error)
+                self.state = "failed"
                 self._on_give_up()
                 return
+            self.state = "restarting"
             self.result.restarts += 1
             delay = min(self._backoff_s * 2 ** (failures - 1), self._max_backoff_s)
             left = self._left()
@@ -194,6 +248,10 @@ def run_services(
     max_restarts: int = 5,
     backoff_s: float = 1.0,
     max_backoff_s: float = 30.0,
+    metrics: Any = None,
+    metrics_port: int | None = None,
+    metrics_host: str | None = None,
+    metrics_required: bool = True,
 ) -> dict[str, ServiceResult]:
     """Run the named services (None/empty = all registered) until stopped or bounded.
 
@@ -201,6 +259,12 @@ def run_services(
     ``max_messages`` and ``timeout_s`` apply to each service. ``overrides[name]`` are
     keyword arguments for that service's factory. Returns one ``ServiceResult`` per name;
     a service that gave up has ``error`` set (and stopped all the others).
+
+    ``metrics`` (a ``live.metrics.AwetMetrics``; created when only ``metrics_port`` is
+    given) wires every service's metrics (module docstring). ``metrics_port`` (0 = any
+    free port) serves them on ``metrics_host`` (default ``cfg.observability.metrics_host``)
+    for the duration of the run; a port that cannot be bound raises ``MetricsPortError``
+    before any service starts, or only logs a warning when ``metrics_required`` is False.
     """
     names = list(names) if names else list(available_services())
     specs = [service_spec(n) for n in names]  # unknown names fail before anything starts
@@ -218,12 +282,28 @@ def run_services(
         for s in sups:
             s.stop()
 
+    if metrics is None and metrics_port is not None:
+        from live.metrics import AwetMetrics
+
+        metrics = AwetMetrics()
     for spec in specs:
         kw = dict(overrides.get(spec.name, {}))
+        on_up = None
+        if metrics is not None:
+            svc_metrics = metrics.service(spec.name)
+            on_up = svc_metrics.set_up
+            _wire_metrics(spec, kw, svc_metrics)
         sups.append(_Supervisor(
             spec, lambda spec=spec, kw=kw: spec.build(cfg, endpoints, **kw), stop, max_messages, deadline,
-            max_restarts, backoff_s, max_backoff_s, stop_all,
+            max_restarts, backoff_s, max_backoff_s, stop_all, on_up,
         ))
+    bus_sups = [s for s in sups if s.spec.kind == "bus"]
+    aux_sups = [s for s in sups if s.spec.kind != "bus"]
+
+    server = None
+    if metrics_port is not None:
+        server = _serve_metrics(metrics, metrics_port, metrics_host or _metrics_host(cfg), sups, stop,
+                                required=metrics_required)
 
     previous: dict[int, Any] = {}
     if install_signal_handlers and threading.current_thread() is threading.main_thread():
@@ -242,6 +322,8 @@ def run_services(
             if stop.is_set():
                 for s in sups:
                     s.stop()
+            elif aux_sups and bus_sups and not any(s.thread.is_alive() for s in bus_sups):
+                stop_all()  # the services the lag monitor watches are done: so is it
             for s in sups:
                 s.thread.join(0.2)
     finally:
@@ -250,7 +332,57 @@ def run_services(
             s.thread.join(30)  # each run returns within a batch + close timeouts
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if server is not None:
+            server.close()
     return {s.spec.name: s.result for s in sups}
+
+
+class MetricsPortError(RuntimeError):
+    """The /metrics + /healthz endpoint could not bind its address (port taken...)."""
+
+
+def _metrics_host(cfg: Any) -> str:
+    return getattr(getattr(cfg, "observability", None), "metrics_host", None) or "127.0.0.1"
+
+
+def _chain(*hooks: Callable[[Any], None]) -> Callable[[Any], None]:
+    def on_metrics(sample: Any) -> None:
+        for hook in hooks:
+            hook(sample)
+
+    return on_metrics
+
+
+def _wire_metrics(spec: ServiceSpec, kw: dict[str, Any], svc_metrics: Any) -> None:
+    """Add ``svc_metrics`` to a service's factory keywords (in place)."""
+    if spec.kind == "bus":
+        prev = kw.get("on_metrics")
+        if prev is None and kw.get("tracker") is not None:
+            # The factory would set the tracker's hook itself (setdefault): chain it here.
+            prev = kw["tracker"].hook(spec.name)
+        kw["on_metrics"] = svc_metrics if prev is None else _chain(prev, svc_metrics)
+    if spec.accepts("metrics"):
+        kw.setdefault("metrics", svc_metrics)
+
+
+def _serve_metrics(metrics: Any, port: int, host: str, sups: Sequence[_Supervisor], stop: threading.Event, *,
+                   required: bool) -> Any:
+    from live.metrics import start_metrics_server
+
+    def health() -> tuple[bool, str]:
+        states = {s.spec.name: s.state for s in sups}
+        ok = not stop.is_set() and all(st in ("starting", "running", "restarting") for st in states.values())
+        return ok, ("ok " if ok else "unhealthy ") + " ".join(f"{n}={st}" for n, st in states.items())
+
+    try:
+        server = start_metrics_server(port, metrics, host=host, health=health)
+    except OSError as exc:
+        if required:
+            raise MetricsPortError(f"cannot serve /metrics on {host}:{port}: {exc}") from exc
+        log.warning("metrics endpoint disabled: cannot bind %s:%d: %s", host, port, exc)
+        return None
+    log.info("serving /metrics and /healthz on %s", server.url)
+    return server
 
 
 # --------------------------------------------------------------------------- drain tracking

@@ -46,8 +46,6 @@ HELM_TOOLS = ROOT / ".awet" / "tools"
 SECRET_KEY = re.compile(r"password|secret|token|key", re.IGNORECASE)
 INTERP_ONLY = re.compile(r"^(\$\{[A-Za-z_][A-Za-z0-9_]*(?:(?::?[-?])[^}]*)?\})+$")
 URL_PASSWORD = re.compile(r"://[^:/@\s]+:([^@\s]+)@")
-# live/metrics.py names exit_monitor's port offset "exits".
-PORT_OFFSET_NAME = {"exit_monitor": "exits"}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -275,7 +273,7 @@ def test_metrics_ports_agree_everywhere(compose):
     sd = {c["names"][0]: c["port"] for job in prom["scrape_configs"] for c in job.get("dns_sd_configs", [])}
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     for name, service in live_services(compose).items():
-        port = service_port(cfg, PORT_OFFSET_NAME.get(service, service))
+        port = service_port(cfg, service)
         hc = compose["services"][name]["healthcheck"]["test"]
         assert hc[-1] == f"http://127.0.0.1:{port}/healthz", name
         assert sd[name] == port, name
@@ -530,7 +528,7 @@ def test_one_deployment_per_live_service_with_probes(helm):
         d = deps[k8s]
         c = d["spec"]["template"]["spec"]["containers"][0]
         assert c["args"] == ["awet", "live", "--service", service]
-        port = service_port(cfg, PORT_OFFSET_NAME.get(service, service))
+        port = service_port(cfg, service)
         assert c["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
         for probe in ("livenessProbe", "readinessProbe"):
             assert c[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}, (service, probe)
@@ -715,9 +713,6 @@ def test_live_service_command_runs_locally(name, database_url, kafka_bootstrap, 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="`awet live` does not start the /metrics + /healthz endpoint yet "
-                                       "(live.metrics.start_metrics_server is never called); the compose "
-                                       "healthchecks and the Helm probes need it. Remove this marker once it does.")
 def test_live_service_serves_healthz_while_running(database_url, kafka_bootstrap, tmp_path):
     from awet_dagster.config import load_config
     from live.metrics import service_port

@@ -107,10 +107,18 @@ class DataConfig(Section):
     minute_symbols: tuple[str, ...] = ("SPY", "IBM", "BAC", "AIG")
     minute_start: str = "2013-10-04"
     # `awet live --replay`: bars from this date to `end` are replayed through the live
-    # loop; earlier bars are loaded into the bars table first (warm-up history).
+    # loop; earlier bars are loaded into the bars table first (warm-up history). It must
+    # not precede `cutoff`: the replay trades bars no model was trained or evaluated on.
     replay_start: str = "2020-07-01"
     # Allowed share of calendar bars missing between a symbol's first and last bar.
     max_missing_fraction: float = Field(0.002, ge=0, le=1)
+
+
+    @model_validator(mode="after")
+    def _replay_after_cutoff(self) -> "DataConfig":
+        if self.replay_start < self.cutoff:
+            raise ValueError(f"replay_start {self.replay_start} precedes cutoff {self.cutoff}")
+        return self
 
 
 class RetentionConfig(Section):
@@ -269,6 +277,9 @@ class ExitsConfig(Section):
 
 class ObservabilityConfig(Section):
     metrics_port_base: int = Field(9400, gt=0, lt=65536)
+    # Interface the live services' /metrics + /healthz endpoint binds (loopback by default;
+    # containers set 0.0.0.0 so Prometheus and the kubelet can reach it).
+    metrics_host: str = "127.0.0.1"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 

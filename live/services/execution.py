@@ -27,11 +27,20 @@ Timing: an order decided on bar t fills on the symbol's first bar after t. When 
 bar already went by (free-running replay: market.raw reaches this service before the
 decision made on the previous bar), the order is filled at once against the bars kept
 (``catch-up``), with the same price and timestamp it would have had.
+
+Metrics (``metrics``: the runner's ``ServiceMetrics``): orders submitted (side, venue),
+failed broker calls (venue, HTTP status when known, else ``unavailable``), slippage of every
+fill vs the order's decision (reference) price, the bars' age, and bar -> order latency:
+the WALL-CLOCK time between this service receiving the decision's bar on market.raw and the
+order's submission. Not bar ts -> submit: in a replay the bar ts is historical, and live the
+bar's ts is its start (a minute/day before it is published); receipt time measures the loop.
+An order whose bar this process did not see (restart, bar evicted) is not observed.
 """
 from __future__ import annotations
 
 import logging
 import math
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -71,6 +80,15 @@ _NS = uuid.UUID("0b7f3c52-6a55-4a8e-9d0c-5d2f1e7a9c40")
 
 def _eid(*parts: object) -> str:
     return str(uuid.uuid5(_NS, "|".join(str(p) for p in parts)))
+
+
+def _error_status(exc: BaseException) -> str:
+    """HTTP status of a failed broker call when the cause carries one, else ``unavailable``."""
+    for e in (exc, exc.__cause__, exc.__context__):
+        status = getattr(e, "status_code", None) or getattr(e, "status", None)
+        if isinstance(status, int):
+            return str(status)
+    return "unavailable"
 
 
 class RestorableSimulator(PaperSimulator):
@@ -116,8 +134,10 @@ class Executor:
 
     def __init__(self, cfg: Any, conn: LazyConnection, broker: Any, *, orders_topic: str, done_topic: str,
                  namespace: str = "", dry_run: bool = False,
-                 on_submit: Callable[[OrderRequest, BrokerOrder], None] | None = None) -> None:
+                 on_submit: Callable[[OrderRequest, BrokerOrder], None] | None = None, metrics: Any = None) -> None:
         self.cfg = cfg
+        self.metrics = metrics
+        self._received: dict[str, deque] = {}  # symbol -> (bar ts, wall-clock receipt), for bar_to_order
         self.conn = conn
         self.broker = broker
         self.router = OrderRouter(broker, dry_run=dry_run)
@@ -229,6 +249,12 @@ class Executor:
         if buf and ev.ts <= buf[-1]["ts"]:
             return []  # redelivered / out of order: its fills were booked when first seen
         buf.append(bar)
+        if self.metrics is not None:
+            rec = self._received.get(ev.symbol)
+            if rec is None:
+                rec = self._received[ev.symbol] = deque(maxlen=BAR_BUFFER)
+            rec.append((ev.ts, time.time()))
+            self.metrics.bar_seen(ev.symbol, ev.ts.timestamp())
         if self.sim is not None:
             return self._book(self.sim.on_bar(bar))
         return self._poll_broker(ev.symbol, ev.ts)
@@ -243,6 +269,7 @@ class Executor:
             order = self.broker.cancel(coid)
         except BrokerUnavailable as exc:
             self.errors += 1
+            self._broker_error(exc)
             log.warning("execution: cancel %s failed: %s", coid, exc)
             return []
         if order is None or order.status != "canceled":
@@ -288,6 +315,7 @@ class Executor:
             res = self.router.route(req)
         except BrokerUnavailable as exc:
             self.errors += 1
+            self._broker_error(exc)
             # Unknown outcome: redeliver later; the row (status new) makes the retry look it up first.
             raise RetryLater(f"broker unavailable for {coid}: {exc}") from exc
         if res.order is None:
@@ -296,12 +324,35 @@ class Executor:
             rep = res.report.model_copy(update={"event_id": _eid("report", coid, "rejected")})
             return out + [Output(self.done_topic, rep)]
         self.submitted += 1
+        self._submitted_metrics(req)
         if self.on_submit is not None:
             self.on_submit(req, res.order)
         self._after_submit(req, res.order)
         return [Output(self.orders_topic, self._order_event(req, res.order))] + self._catch_up(req)
 
     # ------------------------------------------------------------------ helpers
+    def _broker_error(self, exc: BaseException) -> None:
+        if self.metrics is not None:
+            self.metrics.broker_error(self.venue, _error_status(exc))
+
+    def _submitted_metrics(self, req: OrderRequest) -> None:
+        m = self.metrics
+        if m is None:
+            return
+        m.order_submitted(req.side, self.venue)
+        for ts, received in reversed(self._received.get(req.symbol, ())):
+            if ts == req.ts:
+                m.bar_to_order(time.time() - received)
+                break
+
+    def _slippage(self, req: OrderRequest, price: float) -> None:
+        """Fill vs decision price in bps, positive = worse (bought higher / sold lower)."""
+        ref = req.reference_price
+        if self.metrics is None or not ref or ref <= 0:
+            return
+        sign = 1.0 if req.side == "buy" else -1.0
+        self.metrics.slippage(req.symbol, self.venue, sign * (price - ref) / ref * 1e4)
+
     def _after_submit(self, req: OrderRequest, order: BrokerOrder) -> None:
         self.requests[req.client_order_id] = req
         self._db().execute(
@@ -390,6 +441,7 @@ class Executor:
                 self.conn.reset()
                 raise RetryLater(f"fills table unavailable: {exc}") from exc
             self.fills += 1
+            self._slippage(req, fill.price)
             if status == "filled":
                 self.requests.pop(coid, None)
             out.append(self._report_output(req, fill.ts, q, n / q, f, status, boid))
@@ -405,6 +457,7 @@ class Executor:
                 order = self.broker.get_order_by_client_id(coid)
             except Exception as exc:  # noqa: BLE001 - BrokerUnavailable/Rejected: try on the next bar
                 self.errors += 1
+                self._broker_error(exc)
                 log.warning("execution: status of %s unknown: %s", coid, exc)
                 continue
             if order is None:
@@ -420,6 +473,7 @@ class Executor:
                     "VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (fill_id) DO NOTHING",
                     (f"{coid}:{order.filled_qty}", coid, symbol, inc, price, 0.0, ts))
                 self._set_status(coid, order.status, order.broker_order_id)
+                self._slippage(req, price)
                 out.append(self._report_output(req, ts, order.filled_qty, order.avg_fill_price, f, order.status,
                                                order.broker_order_id))
             elif order.status in CLOSED:
@@ -445,15 +499,16 @@ def build(cfg: Any, endpoints: Any, *, approved_topic: str = RISK_APPROVED, exit
           market_topic: str = MARKET_RAW, orders_topic: str = EXEC_ORDERS, done_topic: str = EXEC_DONE,
           group: str | None = None, name: str = NAME, namespace: str = "", broker: Any = None,
           on_submit: Callable[[OrderRequest, BrokerOrder], None] | None = None, tracker: Any = None,
-          **bus_kwargs: Any) -> LiveService:
+          metrics: Any = None, **bus_kwargs: Any) -> LiveService:
     """``broker``: an instance (tests) or None (from ``execution.broker``). ``namespace``
-    scopes the rows this instance restores (tests sharing one database)."""
+    scopes the rows this instance restores (tests sharing one database). ``metrics``: a
+    ``live.metrics.ServiceMetrics`` for the trading metrics (the runner passes it)."""
     conn = LazyConnection(endpoints.database_url, **db_settings(cfg))
     b = broker if broker is not None and not isinstance(broker, str) else make_broker(cfg, broker)
     # The simulator is not a real venue: its orders are not "dry-run" orders.
     dry_run = bool(cfg.execution.dry_run) if b.venue == "alpaca" else False
     ex = Executor(cfg, conn, b, orders_topic=orders_topic, done_topic=done_topic, namespace=namespace,
-                  dry_run=dry_run, on_submit=on_submit)
+                  dry_run=dry_run, on_submit=on_submit, metrics=metrics)
     for topic, model in ((orders_topic, OrderEvent), (done_topic, ExecutionReport)):
         if contract_of(topic, model) is not model:
             raise ValueError(f"topic {topic!r} does not carry {model.__name__}")

@@ -16,6 +16,12 @@
   version, a deterministic event id and the features' correlation id.
 A model that fails on a batch is logged and counted (``predict_errors``); the batch's
 features are not dead-lettered (they are fine, the model is not).
+
+Metrics (``metrics``: the runner's ``ServiceMetrics``): ``awet_model_champion_info{model,
+version}`` = 1 for the version served (cleared while idle; ``model:version`` versions are
+split, others are reported under model ``champion``), and ``awet_model_confidence`` observes
+every prediction's TFT confidence at its shortest horizon (``signals.tft.tft_view``: |q50| /
+(|q50| + half the q10-q90 spread), the number the signal engine uses for the model component).
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ from pydantic import ValidationError
 from awet_dagster.contracts import FeatureEvent, Prediction, Quantiles
 from awet_dagster.contracts.topics import ENGINEERED, PREDICTIONS
 from awet_dagster.inference import FeatureWindows, MlflowChampionSource, PredictorSource, to_quantiles
+from awet_dagster.signals.tft import tft_view
 from awet_dagster.streaming import DEFAULT_WARMUP_BARS, FeatureEngine, bar_to_event, derived_event_id, read_last_bars
 from live.bus import MessageContext, Output, RunStats
 from live.services._common import LazyConnection, LiveService, contract_of, db_settings, make_bus
@@ -41,8 +48,10 @@ IDLE_MESSAGE = "no champion model registered: inference idle"
 
 class Inference:
     def __init__(self, cfg: Any, source: PredictorSource, conn: LazyConnection | None, *, output_topic: str,
-                 input_model: type[FeatureEvent] = FeatureEvent, warmup_bars: int = DEFAULT_WARMUP_BARS) -> None:
+                 input_model: type[FeatureEvent] = FeatureEvent, warmup_bars: int = DEFAULT_WARMUP_BARS,
+                 metrics: Any = None) -> None:
         self.cfg = cfg
+        self.metrics = metrics
         self.source = source
         self.conn = conn
         self.output_topic = output_topic
@@ -64,6 +73,8 @@ class Inference:
                 self._idle_logged = True
             if self.version is not None:
                 self.version = None
+                if self.metrics is not None:
+                    self.metrics.metrics.champion_info.clear()
             return None
         version, predictor = cur
         if version != self.version:
@@ -72,6 +83,9 @@ class Inference:
                 self.counters["swaps"] += 1
             self.version = version
             self._idle_logged = False
+            if self.metrics is not None:
+                model_name, _, model_version = version.rpartition(":")
+                self.metrics.set_champion(model_name or "champion", model_version)
             need = int(predictor.preprocessing.encoder_length)
             if need > self.windows.maxlen:
                 self.windows = FeatureWindows(need)  # rows re-fill (warm-up on next bar)
@@ -148,6 +162,12 @@ class Inference:
             )
             self._outputs[msg_key] = [Output(self.output_topic, pred)]
             self.counters["predictions"] += 1
+            if self.metrics is not None:
+                q = quantiles[horizons[0]]
+                try:
+                    self.metrics.prediction(tft_view(q.q10, q.q50, q.q90).confidence)
+                except ValueError:  # non-finite quantiles: nothing to observe
+                    pass
 
     def handle(self, event: FeatureEvent, ctx: MessageContext) -> list[Output]:
         return self._outputs.pop((ctx.topic, ctx.partition, ctx.offset), [])
@@ -164,14 +184,16 @@ class InferenceService(LiveService):
 def build(cfg: Any, endpoints: Any, *, input_topic: str = ENGINEERED, output_topic: str = PREDICTIONS,
           group: str | None = None, name: str = NAME, source: PredictorSource | None = None,
           poll_s: float = 30.0, warmup_bars: int = DEFAULT_WARMUP_BARS, tracker: Any = None,
-          **bus_kwargs: Any) -> LiveService:
-    """``source``: where the model comes from (default: MLflow champion, polled every ``poll_s``)."""
+          metrics: Any = None, **bus_kwargs: Any) -> LiveService:
+    """``source``: where the model comes from (default: MLflow champion, polled every ``poll_s``).
+    ``metrics``: a ``live.metrics.ServiceMetrics`` for the model metrics (the runner passes it)."""
     conn = LazyConnection(endpoints.database_url, **db_settings(cfg))
     src = source if source is not None else MlflowChampionSource(cfg, poll_s=poll_s)
     if contract_of(output_topic, Prediction) is not Prediction:
         raise ValueError(f"topic {output_topic!r} does not carry Prediction")
     model = contract_of(input_topic, FeatureEvent)
-    inf = Inference(cfg, src, conn, output_topic=output_topic, input_model=model, warmup_bars=warmup_bars)
+    inf = Inference(cfg, src, conn, output_topic=output_topic, input_model=model, warmup_bars=warmup_bars,
+                    metrics=metrics)
     if tracker is not None:
         bus_kwargs.setdefault("on_metrics", tracker.hook(name, [input_topic]))
     svc = make_bus(cfg, endpoints, name=name, topics={input_topic: model}, handler=inf.handle, group=group,

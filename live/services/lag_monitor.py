@@ -11,6 +11,9 @@ Every call is bounded by ``timeout_s``; a failing group is counted in
 ``awet_lag_monitor_errors_total{group}`` and its previous gauges are left as they were (a
 stale value is less misleading than a 0), the loop goes on with the next group.
 
+In ``awet live`` it is the ``lag_monitor`` service (``build_service``: a non-bus thread of
+the runner, ``awet live --service lag_monitor`` or part of the all-in-one run).
+
 Note: the embedded tansu broker reports a high watermark that can lag the true end offset
 (docs: shared notes on embedded infra), so lag can read low there; the clamp at 0 keeps it
 sane. Against a real Kafka it is exact.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -31,17 +35,22 @@ from live.metrics import AwetMetrics
 
 log = logging.getLogger("awet.live.lag_monitor")
 
-#: service -> topics its consumer group reads (the defaults of the service factories).
+NAME = "lag_monitor"
+
+#: service -> topics its consumer group reads (the defaults of the service factories: the
+#: topics each ``live.services.<name>.build`` hands to its BusService; group =
+#: ``<kafka.group_prefix>.<service>``). Side inputs read by a ``TopicTail`` (predictions for
+#: signal, exec.done/exec.orders for risk and exit_monitor) have no consumer group and no lag.
 #: Deployments that rename topics or groups pass ``groups`` explicitly.
 DEFAULT_SUBSCRIPTIONS: Mapping[str, tuple[str, ...]] = {
     "persist_bars": ("market.raw",),
     "features": ("market.raw",),
     "lean_alpha": ("market.raw",),
     "inference": ("engineered",),
-    "signal": ("predictions", "alpha.signals"),
+    "signal": ("market.raw",),
     "risk": ("signals.scored",),
-    "execution": ("risk.approved", "exec.exits"),
-    "exits": ("market.raw", "exec.done"),
+    "execution": ("market.raw", "risk.approved", "exec.exits"),
+    "exit_monitor": ("market.raw",),
 }
 
 
@@ -133,9 +142,12 @@ class LagMonitor:
         return out
 
     # ------------------------------------------------------------ loop
-    def run(self, stop: threading.Event | None = None, *, max_iterations: int | None = None) -> int:
-        """Measure every ``interval_s`` until ``stop`` (or ``self.stop_event``) is set."""
+    def run(self, stop: threading.Event | None = None, *, max_iterations: int | None = None,
+            timeout_s: float | None = None) -> int:
+        """Measure every ``interval_s`` until ``stop`` (or ``self.stop_event``) is set, or
+        ``max_iterations`` measurements, or ``timeout_s`` seconds."""
         stop = stop or self.stop_event
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         done = 0
         up = self.metrics.service_up.labels("lag_monitor")
         up.set(1)
@@ -145,7 +157,12 @@ class LagMonitor:
                 done += 1
                 if max_iterations is not None and done >= max_iterations:
                     break
-                stop.wait(self.interval_s)
+                wait = self.interval_s
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                    if wait <= 0:
+                        break
+                stop.wait(wait)
         finally:
             up.set(0)
         return done
@@ -167,6 +184,45 @@ class LagMonitor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class LagMonitorService:
+    """A ``LagMonitor`` as a runner service (kind ``thread``): ``run/stop/close`` like a BusService."""
+
+    def __init__(self, monitor: LagMonitor) -> None:
+        self.monitor = monitor
+        self.name = NAME
+
+    def run(self, max_messages: int | None = None, timeout_s: float | None = None) -> Any:
+        from live.bus import RunStats  # it consumes no messages: max_messages does not bound it
+
+        t0 = time.monotonic()
+        stats = RunStats()
+        stats.batches = self.monitor.run(timeout_s=timeout_s)
+        stats.stopped_by = "stop" if self.monitor.stop_event.is_set() else "timeout"
+        stats.elapsed_s = time.monotonic() - t0
+        return stats
+
+    def stop(self) -> None:
+        self.monitor.stop()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self.monitor.close()
+
+    def __enter__(self) -> LagMonitorService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def build_service(cfg: Any, endpoints: Any, *, metrics: Any = None, groups: Mapping[str, Sequence[str]] | None = None,
+                  interval_s: float = 15.0, timeout_s: float | None = None) -> LagMonitorService:
+    """The runner's ``lag_monitor`` service. ``metrics``: the runner's ``ServiceMetrics`` (its
+    ``AwetMetrics`` is used) or an ``AwetMetrics``."""
+    aw = getattr(metrics, "metrics", metrics)
+    return LagMonitorService(build(cfg, endpoints, metrics=aw, groups=groups, interval_s=interval_s,
+                                   timeout_s=timeout_s))
 
 
 def build(cfg: Any, endpoints: Any, *, metrics: AwetMetrics | None = None,

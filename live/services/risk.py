@@ -18,6 +18,13 @@ One ``RiskEngine`` per process, as in ``run_backtest``:
   redelivered signal re-emits the stored decision instead of deciding again (a second
   look would see its own order as "pending" and reject it).
 Decision event ids are deterministic (uuid5 of the signal's event id).
+
+Metrics (``metrics``: the runner's ``ServiceMetrics``): after every signal's bar is marked,
+the kill switch gauge (the cached store read the engine just made), realised/unrealised/
+total PnL, exposure per symbol and in total, and the session's PnL vs its anchor; fresh
+rejections by reason code. Set once at start as well (kill switch, PnL, exposure), so they
+are exported before the first signal. They only refresh when a signal arrives: a kill
+switch tripped by an operator between bars shows at the next bar (plus the 1 s cache).
 """
 from __future__ import annotations
 
@@ -114,8 +121,10 @@ class RiskService:
     """State and handler of the risk service (the LiveService's ``component``)."""
 
     def __init__(self, cfg: Any, conn: LazyConnection, *, approved_topic: str, rejected_topic: str,
-                 namespace: str = "", bar_type: str = "daily", fill_wait_s: float | None = None) -> None:
+                 namespace: str = "", bar_type: str = "daily", fill_wait_s: float | None = None,
+                 metrics: Any = None) -> None:
         self.cfg = cfg
+        self.metrics = metrics
         self.conn = conn
         self.approved_topic, self.rejected_topic = approved_topic, rejected_topic
         self.ns = namespace
@@ -142,6 +151,19 @@ class RiskService:
         for symbol, ts in rows:  # the throttle counts orders per minute / symbol-day / cooldown
             if ts:
                 self.engine.throttle.record(symbol, datetime.fromisoformat(ts))
+        self._publish(None)
+
+    def _publish(self, ts: datetime | None) -> None:
+        """Kill switch, PnL and exposure gauges from the store and the portfolio."""
+        m = self.metrics
+        if m is None:
+            return
+        pf = self.ledger.portfolio
+        m.set_kill_switch(self.store.get_kill_switch().tripped)
+        m.set_pnl(pf.realised_pnl, pf.unrealised_pnl)
+        m.set_exposure({sym: pos.market_value for sym, pos in pf.positions.items()})
+        if ts is not None:
+            m.set_daily_pnl(pf.equity - self.engine.anchor(ts))
 
     def on_side_event(self, topic: str, event: Any, ts_ms: int) -> None:  # tail thread, under the lock
         if isinstance(event, ExecutionReport):
@@ -193,6 +215,7 @@ class RiskService:
         self._warm_up(symbol, ts)
         pending = self._book_until(symbol, ts)
         self.engine.on_bar(symbol, ts, signal.price)
+        self._publish(ts)
         if not signal_passed(signal):
             return []
         conn = self.conn.get()
@@ -216,6 +239,10 @@ class RiskService:
             self.counters["evaluated"] += 1
             if decision.approved:
                 self._expect(decision)
+            elif self.metrics is not None:
+                for reason in decision.reasons:
+                    self.metrics.risk_rejection(reason)
+                self._publish(ts)  # evaluate may have tripped the kill switch
         self.counters["approved" if decision.approved else "rejected"] += 1
         return [Output(self.approved_topic if decision.approved else self.rejected_topic, decision)]
 
@@ -231,10 +258,13 @@ class RiskService:
 def build(cfg: Any, endpoints: Any, *, input_topic: str = SIGNALS_SCORED, approved_topic: str = RISK_APPROVED,
           rejected_topic: str = RISK_REJECTED, done_topic: str = EXEC_DONE, orders_topic: str = EXEC_ORDERS,
           group: str | None = None, name: str = NAME, namespace: str = "", bar_type: str | None = None,
-          fill_wait_s: float | None = None, tracker: Any = None, **bus_kwargs: Any) -> LiveService:
+          fill_wait_s: float | None = None, tracker: Any = None, metrics: Any = None,
+          **bus_kwargs: Any) -> LiveService:
+    """``metrics``: a ``live.metrics.ServiceMetrics`` for the trading gauges (the runner passes it)."""
     conn = LazyConnection(endpoints.database_url, **db_settings(cfg))
     svc_state = RiskService(cfg, conn, approved_topic=approved_topic, rejected_topic=rejected_topic,
-                            namespace=namespace, bar_type=bar_type or cfg.data.bar_type, fill_wait_s=fill_wait_s)
+                            namespace=namespace, bar_type=bar_type or cfg.data.bar_type, fill_wait_s=fill_wait_s,
+                            metrics=metrics)
     for topic in (approved_topic, rejected_topic):
         if contract_of(topic, RiskDecision) is not RiskDecision:
             raise ValueError(f"topic {topic!r} does not carry RiskDecision")
