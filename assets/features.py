@@ -14,6 +14,7 @@ from dagster import (
     asset,
 )
 
+from assets.market_data import bar_freshness
 from assets.partitions import bar_partitions, warmup_start, windows_for
 from awet_dagster.config import load_config
 from awet_dagster.features import FEATURE_COLUMNS, FEATURE_SET_VERSION, FEATURES, MAX_WARMUP, compute_features
@@ -38,6 +39,7 @@ def build_features(bar_type: str):
         partitions_def=bar_partitions(bar_type, cfg),
         backfill_policy=BackfillPolicy.single_run() if bar_type == "daily" else BackfillPolicy.multi_run(1),
         deps=[AssetKey([bar_type, "raw_bars"])],
+        freshness_policy=bar_freshness(bar_type),
         check_specs=[AssetCheckSpec(n, asset=key, description=d, blocking=True) for n, d in FEATURE_CHECKS.items()],
         description=(
             f"{len(FEATURE_COLUMNS)} point-in-time features per {bar_type} bar (returns, volatility, "

@@ -5,6 +5,7 @@ rejected rows in `rejected_bars` with their reason, and evaluates blocking data-
 checks, so a bad partition never feeds the feature tables.
 """
 from collections.abc import Iterator
+from datetime import timedelta
 
 import polars as pl
 from dagster import (
@@ -14,6 +15,7 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     BackfillPolicy,
+    FreshnessPolicy,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -42,6 +44,13 @@ def _rejected_frame(source_client, rejected: pl.DataFrame) -> pl.DataFrame:
     return pl.concat(frames, how="diagonal_relaxed") if frames else rejected
 
 
+def bar_freshness(bar_type: str) -> FreshnessPolicy:
+    """Daily bars should be refreshed every session; minute bars within the hour when live."""
+    if bar_type == "daily":
+        return FreshnessPolicy.time_window(fail_window=timedelta(days=4), warn_window=timedelta(days=1, hours=6))
+    return FreshnessPolicy.time_window(fail_window=timedelta(hours=2), warn_window=timedelta(minutes=30))
+
+
 def build_raw_bars(bar_type: str):
     cfg = load_config()
     key = AssetKey([bar_type, "raw_bars"])
@@ -55,6 +64,7 @@ def build_raw_bars(bar_type: str):
         check_specs=[AssetCheckSpec(name, asset=key, description=desc, blocking=True)
                      for name, desc in BAR_CHECKS.items()],
         deps=[AssetKey("platform_preflight")],
+        freshness_policy=bar_freshness(bar_type),
         description=(
             f"{bar_type.capitalize()} OHLCV bars (with quote bid/ask where the source has them) "
             "loaded into the `bars` table. Partition = "

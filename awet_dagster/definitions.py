@@ -17,6 +17,7 @@ from jobs.maintenance import retention_job
 from resources.database import DatabaseResource
 from resources.market_data import MarketDataResource
 from sensors.promotion import approve_model_job, model_promotion_sensor, promote_model_job
+from sensors.run_failure import run_failure_audit_sensor
 from sensors.schedules import build_schedules
 
 BAR_TYPES = ("daily", "minute")
@@ -30,7 +31,7 @@ defs = Definitions(
         *(a for bar_type in BAR_TYPES for a in build_model_assets(bar_type)),
     ],
     jobs=[*_jobs, retention_job, promote_model_job, approve_model_job],
-    sensors=[model_promotion_sensor],
+    sensors=[model_promotion_sensor, run_failure_audit_sensor],
     schedules=build_schedules(next(j for j in _jobs if j.name == "daily_pipeline")),
     resources={"database": DatabaseResource(), "market_data": MarketDataResource()},
 )

@@ -191,3 +191,42 @@ def test_retention_job_and_schedules_are_defined(platform_env):
         left = conn.execute("SELECT count(*) FROM bars WHERE symbol = 'OLDM'").fetchone()[0]
         conn.execute("DELETE FROM bars WHERE symbol = 'OLDM'")
     assert left == 1
+
+
+def test_run_failure_sensor_audits_failed_runs(platform_env):
+    from dagster import DagsterEventType, build_run_status_sensor_context, job, op
+
+    from sensors.run_failure import run_failure_audit_sensor
+
+    @op
+    def explode():
+        raise RuntimeError("vendor returned garbage")
+
+    @job
+    def doomed():
+        explode()
+
+    instance = DagsterInstance.ephemeral()
+    result = doomed.execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type == DagsterEventType.RUN_FAILURE)
+    context = build_run_status_sensor_context(
+        sensor_name="run_failure_audit_sensor", dagster_instance=instance,
+        dagster_run=result.dagster_run, dagster_event=failure,
+    ).for_run_failure()
+    run_failure_audit_sensor(context)
+    with connect(platform_env) as conn:
+        details = conn.execute(
+            "SELECT details FROM audit_log WHERE action = 'dagster.run_failure' AND details->>'run_id' = %s",
+            (result.run_id,),
+        ).fetchone()[0]
+    assert details["failed_steps"] == ["explode"]
+
+
+def test_bar_and_feature_assets_have_freshness_policies():
+    from awet_dagster.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    for bar_type in ("daily", "minute"):
+        for name in ("raw_bars", "features"):
+            assert graph.get(AssetKey([bar_type, name])).freshness_policy is not None
