@@ -371,6 +371,7 @@ class BusService:
         self._consumer.subscribe(list(self.topics))
         self._stop = threading.Event()
         self._closed = False
+        self._failed: str | None = None  # set when run() raised: the instance must be rebuilt
         self._prev_handlers: dict[int, Any] = {}
         #: RunStats of the run in progress (async commit results are counted into it).
         self._active_stats: RunStats | None = None
@@ -449,6 +450,10 @@ class BusService:
         """
         if self._closed:
             raise RuntimeError(f"{self.name}: service is closed")
+        if self._failed is not None:
+            # The consumer's position is past a batch that was never committed: running on
+            # would silently skip it. Only a fresh instance resumes from the committed offsets.
+            raise RuntimeError(f"{self.name}: a previous run failed ({self._failed}); rebuild the service")
         stats = RunStats()
         self._active_stats = stats
         start = time.monotonic()
@@ -481,6 +486,9 @@ class BusService:
                 self._process_batch(batch, stats)
             # Leave nothing acknowledged-but-uncommitted behind (stop/SIGTERM, max_messages, timeout).
             self._commit_sync(stats)
+        except BaseException as exc:
+            self._failed = f"{type(exc).__name__}: {exc}"
+            raise
         finally:
             self._active_stats = None
         stats.elapsed_s = time.monotonic() - start

@@ -305,6 +305,9 @@ def test_retry_later_stops_without_commit_or_dead_letter(kafka_bootstrap, make_t
     with _service(kafka_bootstrap, [topic], handle, group=group, models={topic: MarketRawEvent}) as svc:
         with pytest.raises(RetryLater):
             svc.run(max_messages=1, timeout_s=30)
+        # Its position is past the uncommitted message: this instance must not go on.
+        with pytest.raises(RuntimeError, match="rebuild the service"):
+            svc.run(max_messages=1, timeout_s=1)
     assert _committed(kafka_bootstrap, group, topic) < 0
     assert _read_all(kafka_bootstrap, dlq_topic(topic), 1, timeout_s=2) == []
 
