@@ -1,5 +1,6 @@
 """`features`: the point-in-time feature table, partitioned like `raw_bars`."""
 from collections.abc import Iterator
+from datetime import timedelta
 
 import polars as pl
 from dagster import (
@@ -21,6 +22,7 @@ from awet_dagster.features import FEATURE_COLUMNS, FEATURE_SET_VERSION, FEATURES
 from awet_dagster.quality.features import no_missing_after_warmup, values_in_range
 from awet_dagster.storage.bars import read_bars
 from awet_dagster.storage.features import replace_features
+from awet_dagster.storage.reddit import join_mentions, read_mentions
 from resources.database import DatabaseResource
 
 FEATURE_CHECKS = {
@@ -58,6 +60,11 @@ def build_features(bar_type: str):
                 # Read enough history before the window that indicators are warm at its start.
                 history = read_bars(conn, window.symbols, bar_type, warmup_start(window, bar_type, MAX_WARMUP),
                                     window.end)
+                # Reddit mentions/sentiment where stored, joined point-in-time (closed buckets only).
+                mentions = read_mentions(conn, window.symbols, history["ts"].min() - timedelta(days=2), window.end) \
+                    if history.height else None
+                if mentions is not None and mentions.height:
+                    history = join_mentions(history, mentions, "1d")
                 feats = compute_features(history)
                 # Index of each row within its symbol's history: warm once past MAX_WARMUP.
                 feats = feats.with_columns(pl.int_range(pl.len()).over("symbol").alias("_bar_index"))

@@ -8,6 +8,7 @@ warnings.filterwarnings("ignore", category=BetaWarning)
 warnings.filterwarnings("ignore", category=PreviewWarning)
 
 
+from assets.alt_data import reddit_mentions
 from assets.features import build_features
 from assets.market_data import build_raw_bars
 from assets.model import build_model_assets
@@ -27,6 +28,7 @@ _jobs = build_jobs(BAR_TYPES)
 defs = Definitions(
     assets=[
         platform_preflight,
+        reddit_mentions,
         *(build(bar_type) for bar_type in BAR_TYPES for build in (build_raw_bars, build_features)),
         *(a for bar_type in BAR_TYPES for a in build_model_assets(bar_type)),
     ],

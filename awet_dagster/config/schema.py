@@ -102,6 +102,7 @@ class DataConfig(Section):
     alpaca_secret_key: SecretStr | None = None
     reddit_client_id: SecretStr | None = None
     reddit_client_secret: SecretStr | None = None
+    reddit_days: int = Field(7, ge=1)  # Reddit's listings reach back only so far
     staleness_max_days: int = Field(5, ge=1)
     # Minute bars are partitioned by exchange day × symbol (backfills from the Dagster UI).
     minute_symbols: tuple[str, ...] = ("SPY", "IBM", "BAC", "AIG")
