@@ -671,6 +671,9 @@ def _local_env(database_url: str, kafka_bootstrap: str, home: Path) -> dict[str,
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWET", "VAULT_", "DAGSTER_", "MLFLOW_"))}
     env.update({"AWET_ENV": "test", "AWET_HOME": str(home), "DATABASE_URL": database_url,
                 "KAFKA_BOOTSTRAP": kafka_bootstrap, "PYTHONUNBUFFERED": "1",
+                # Own consumer groups: a smoke run stopped after 3 s must not leave a half-joined
+                # member in the groups other tests use (the embedded broker is shared by the session).
+                "AWET__KAFKA__GROUP_PREFIX": f"smoke-{home.parent.name[-16:]}",
                 "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"})
     return env
 

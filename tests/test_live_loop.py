@@ -363,7 +363,9 @@ def test_live_replay_cli_runs_every_service_and_prints_a_summary(monkeypatch, da
     app = typer.Typer()
     register(app)
     for k, v in {"AWET_ENV": "test", "AWET_HOME": str(tmp_path / "home"), "DATABASE_URL": database_url,
-                 "KAFKA_BOOTSTRAP": kafka_bootstrap}.items():
+                 "KAFKA_BOOTSTRAP": kafka_bootstrap,
+                 # Groups of its own: earlier tests' members of the default groups must not matter.
+                 "AWET__KAFKA__GROUP_PREFIX": f"cli-{uuid.uuid4().hex[:8]}"}.items():
         monkeypatch.setenv(k, v)
     result = CliRunner().invoke(app, ["live", "--replay", "sample", "--bar-type", "daily", "--symbols", "BAC",
                                       "--start", "2021-01-04", "--end", "2021-03-31", "--preload-days", "120",
