@@ -35,6 +35,7 @@ from pydantic import ValidationError
 from awet_dagster.contracts import FeatureEvent, Prediction, Quantiles
 from awet_dagster.contracts.topics import ENGINEERED, PREDICTIONS
 from awet_dagster.inference import FeatureWindows, MlflowChampionSource, PredictorSource, to_quantiles
+from awet_dagster.observability.drift import PredictionDrift
 from awet_dagster.signals.tft import tft_view
 from awet_dagster.streaming import DEFAULT_WARMUP_BARS, FeatureEngine, bar_to_event, derived_event_id, read_last_bars
 from live.bus import MessageContext, Output, RunStats
@@ -59,6 +60,7 @@ class Inference:
         self.warmup_bars = warmup_bars
         self.windows = FeatureWindows(max(cfg.model.lookback, cfg.model.minute_lookback))
         self.version: str | None = None
+        self.drift = PredictionDrift()
         self._idle_logged = False
         self._outputs: dict[tuple[str, int, int], list[Output]] = {}
         self.counters = {"features": 0, "predictions": 0, "predict_calls": 0, "predict_errors": 0, "swaps": 0,
@@ -82,6 +84,7 @@ class Inference:
             if self.version is not None:
                 self.counters["swaps"] += 1
             self.version = version
+            self.drift.reset()  # a new model gets a new reference window
             self._idle_logged = False
             if self.metrics is not None:
                 model_name, _, model_version = version.rpartition(":")
@@ -168,6 +171,9 @@ class Inference:
                     self.metrics.prediction(tft_view(q.q10, q.q50, q.q90).confidence)
                 except ValueError:  # non-finite quantiles: nothing to observe
                     pass
+                drift = self.drift.update(q.q50)
+                if drift is not None:
+                    self.metrics.set_drift(drift)
 
     def handle(self, event: FeatureEvent, ctx: MessageContext) -> list[Output]:
         return self._outputs.pop((ctx.topic, ctx.partition, ctx.offset), [])
