@@ -4,8 +4,6 @@ from datetime import timedelta
 
 import polars as pl
 from dagster import (
-    AssetCheckResult,
-    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
@@ -15,6 +13,7 @@ from dagster import (
     asset,
 )
 
+from assets._checks import check_results
 from assets.market_data import bar_freshness
 from assets.partitions import bar_partitions, warmup_start, windows_for
 from awet_dagster.config import load_config
@@ -87,12 +86,6 @@ def build_features(bar_type: str):
                 "n_features": len(FEATURE_COLUMNS),
             }
         )
-        for check in checks:
-            yield AssetCheckResult(
-                asset_key=key, check_name=check.name, passed=check.passed, severity=AssetCheckSeverity.ERROR,
-                description=check.description,
-                metadata={k: (MetadataValue.json(v) if isinstance(v, (dict, list)) else v)
-                          for k, v in check.metadata.items()},
-            )
+        yield from check_results(key, checks)
 
     return features

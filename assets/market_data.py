@@ -9,8 +9,6 @@ from datetime import timedelta
 
 import polars as pl
 from dagster import (
-    AssetCheckResult,
-    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
@@ -21,6 +19,7 @@ from dagster import (
     asset,
 )
 
+from assets._checks import check_results
 from assets.partitions import bar_partitions, windows_for
 from awet_dagster.config import load_config
 from awet_dagster.quality import calendar_gaps, duplicate_rows, ohlc_violations, staleness
@@ -114,21 +113,9 @@ def build_raw_bars(bar_type: str):
                 "preview": MetadataValue.md(_preview(stored)),
             }
         )
-        for check in checks:
-            yield AssetCheckResult(
-                asset_key=key,
-                check_name=check.name,
-                passed=check.passed,
-                severity=AssetCheckSeverity.ERROR,
-                description=check.description,
-                metadata={k: _meta(v) for k, v in check.metadata.items()},
-            )
+        yield from check_results(key, checks)
 
     return raw_bars
-
-
-def _meta(value):
-    return MetadataValue.json(value) if isinstance(value, (dict, list)) else value
 
 
 def _preview(stored: pl.DataFrame) -> str:

@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from awet_cli._common import config_or_exit as _config
+
 console = Console()
 infra_app = typer.Typer(
     help=(
@@ -18,16 +20,6 @@ infra_app = typer.Typer(
     ),
     no_args_is_help=True,
 )
-
-
-def _config():
-    from awet_dagster.config import ConfigError, load_config
-
-    try:
-        return load_config()
-    except ConfigError as exc:
-        console.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(2) from None
 
 
 def _topic_partitions(cfg) -> dict[str, int]:

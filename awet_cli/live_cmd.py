@@ -14,6 +14,8 @@ from datetime import date
 import typer
 from rich.console import Console
 
+from awet_cli._common import config_or_exit as _config
+
 console = Console()
 
 
@@ -21,16 +23,6 @@ def register(app: typer.Typer) -> None:
     app.command("replay")(replay_cmd)
     app.command("live")(live_cmd)
     app.command("ingest")(ingest_cmd)
-
-
-def _config():
-    from awet_dagster.config import ConfigError, load_config
-
-    try:
-        return load_config()
-    except ConfigError as exc:
-        console.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(2) from None
 
 
 def _endpoints(cfg):

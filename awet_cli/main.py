@@ -13,12 +13,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from awet_cli._common import config_or_exit as _config_or_exit
 from awet_cli.infra_cmd import infra_app
 from awet_cli.kill_switch_cmd import kill_switch_app
 from awet_cli.live_cmd import register as register_live_commands
 from awet_cli.model_cmd import model_app
 from awet_cli.status_cmd import status_command
-from awet_dagster.config import ConfigError, effective_values, load_config, load_config_with_sources
+from awet_dagster.config import ConfigError, effective_values, load_config_with_sources
 
 console = Console()
 app = typer.Typer(
@@ -36,12 +37,6 @@ register_live_commands(app)  # replay, live, ingest
 app.command("status")(status_command)
 
 
-def _config_or_exit():
-    try:
-        return load_config()
-    except ConfigError as exc:
-        console.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(2) from None
 
 
 @config_app.command("show")
