@@ -18,6 +18,12 @@ def conn(database_url):
     with connect(database_url) as c:
         c.execute("DELETE FROM risk_state")
         yield c
+        # Leave no kill switch, order or position behind: the live-loop tests share this database
+        # and rebuild their portfolio from it.
+        c.execute("DELETE FROM risk_state")
+        c.execute("DELETE FROM fills WHERE client_order_id = 'awet-abc'")
+        c.execute("DELETE FROM orders WHERE client_order_id = 'awet-abc'")
+        c.execute("DELETE FROM positions WHERE symbol = 'SPY' AND avg_price = 400.0")
 
 
 def test_kill_switch_persists_across_connections(conn, database_url):
