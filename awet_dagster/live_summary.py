@@ -16,9 +16,12 @@ from typing import Any
 from awet_dagster.risk.portfolio import Fill, Portfolio
 
 
-def _reason_key(reason: str) -> str:
-    """'session loss 5.2% >= daily limit' -> 'daily_loss'-like short keys for grouping."""
+def _reason_key(reason: str, symbols: Sequence[str] | None = None) -> str:
+    """Group reasons: 'session loss 5.2% >= daily limit' -> 'session loss #% >= daily limit',
+    'BAC already has an open position' -> '<symbol> already has an open position'."""
     head = re.split(r"[:(]", reason, maxsplit=1)[0].strip()
+    if symbols:
+        head = re.sub(r"\b(" + "|".join(map(re.escape, symbols)) + r")\b", "<symbol>", head)
     return re.sub(r"[\d.,%$]+", "#", head)[:60]
 
 
@@ -41,7 +44,7 @@ def loop_summary(conn: Any, *, since: datetime, initial_equity: float, symbols: 
             approved += 1
         else:
             for r in reasons or ["unknown"]:
-                rejected[_reason_key(r)] += 1
+                rejected[_reason_key(r, syms)] += 1
     out["approved"], out["rejected_by_reason"] = approved, dict(rejected.most_common())
     orders = conn.execute(
         "SELECT client_order_id, symbol, side, qty, status, COALESCE(payload->>'intent', 'entry'), correlation_id "

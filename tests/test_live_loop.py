@@ -376,3 +376,11 @@ def test_live_replay_cli_runs_every_service_and_prints_a_summary(monkeypatch, da
     assert "exits           0" not in out and "orders          0" not in out, out
     for key in ("predictions", "signals", "risk", "orders", "fills", "exits", "pnl", "dead letters"):
         assert key in out, out
+
+
+def test_summary_groups_rejection_reasons_across_symbols():
+    from awet_dagster.live_summary import _reason_key
+
+    keys = {_reason_key(f"{s} already has an open position or pending order", ["BAC", "SPY"]) for s in ("BAC", "SPY")}
+    assert keys == {"<symbol> already has an open position or pending order"}
+    assert _reason_key("session loss 5.20% >= daily limit 5%") == "session loss # >= daily limit #"
