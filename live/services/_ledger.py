@@ -23,6 +23,8 @@ from typing import Any
 
 from awet_dagster.contracts import ExecutionReport, OrderEvent
 from awet_dagster.risk.portfolio import Fill, Portfolio
+from live.services._common import contract_of, make_bus
+from live.services._tail import tail_for
 
 log = logging.getLogger("awet.live.ledger")
 
@@ -139,3 +141,30 @@ class FillLedger:
             out.append((f, self.portfolio.apply_fill(f)))
             self.applied += 1
         return out
+
+
+def build_with_fill_tail(cfg: Any, endpoints: Any, *, name: str, state: Any, conn: Any, input_topic: str,
+                         input_contract: type, done_topic: str, orders_topic: str, group: str | None,
+                         tracker: Any, bus_kwargs: dict[str, Any]) -> Any:
+    """The bus of a service that books fills in bar order (risk, exit monitor): start `state`,
+    start its side reader of `exec.done` + `exec.orders`, then the bus on `input_topic`;
+    on any failure close what was opened."""
+    if tracker is not None:
+        bus_kwargs.setdefault("on_metrics", tracker.hook(name, [input_topic]))
+    tail = tail_for(cfg, endpoints, name, {done_topic: contract_of(done_topic, ExecutionReport),
+                                           orders_topic: contract_of(orders_topic, OrderEvent)},
+                    state.on_side_event)
+    try:
+        state.start()
+        tail.since_ms = tracker.start_ms if tracker is not None else 0
+        state.tail = tail.start()
+        if tracker is not None:
+            tracker.add_tail(name, tail)
+        return make_bus(
+            cfg, endpoints, name=name, topics={input_topic: contract_of(input_topic, input_contract)},
+            handler=state.handle, group=group, resources=[tail, conn], component=state, **bus_kwargs,
+        )
+    except Exception:
+        tail.close()
+        conn.close()
+        raise

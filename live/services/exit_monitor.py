@@ -34,9 +34,9 @@ from awet_dagster.execution import client_order_id
 from awet_dagster.exits import ExitMonitor
 from awet_dagster.streaming import event_to_bar
 from live.bus import MessageContext, Output, RetryLater
-from live.services._common import LazyConnection, LiveService, contract_of, db_settings, make_bus
-from live.services._ledger import FillLedger
-from live.services._tail import TopicTail, tail_for
+from live.services._common import LazyConnection, LiveService, contract_of, db_settings
+from live.services._ledger import FillLedger, build_with_fill_tail
+from live.services._tail import TopicTail
 
 log = logging.getLogger("awet.live.exit_monitor")
 
@@ -147,22 +147,6 @@ def build(cfg: Any, endpoints: Any, *, input_topic: str = MARKET_RAW, output_top
     state = ExitService(cfg, conn, exits_topic=output_topic, namespace=namespace, fill_wait_s=fill_wait_s)
     if contract_of(output_topic, ExitEvent) is not ExitEvent:
         raise ValueError(f"topic {output_topic!r} does not carry ExitEvent")
-    if tracker is not None:
-        bus_kwargs.setdefault("on_metrics", tracker.hook(name, [input_topic]))
-    tail = tail_for(cfg, endpoints, name, {done_topic: contract_of(done_topic, ExecutionReport),
-                                           orders_topic: contract_of(orders_topic, OrderEvent)},
-                    state.on_side_event)
-    try:
-        state.start()
-        tail.since_ms = tracker.start_ms if tracker is not None else 0
-        state.tail = tail.start()
-        if tracker is not None:
-            tracker.add_tail(name, tail)
-        return make_bus(
-            cfg, endpoints, name=name, topics={input_topic: contract_of(input_topic, MarketRawEvent)},
-            handler=state.handle, group=group, resources=[tail, conn], component=state, **bus_kwargs,
-        )
-    except Exception:
-        tail.close()
-        conn.close()
-        raise
+    return build_with_fill_tail(cfg, endpoints, name=name, state=state, conn=conn, input_topic=input_topic,
+                                input_contract=MarketRawEvent, done_topic=done_topic, orders_topic=orders_topic,
+                                group=group, tracker=tracker, bus_kwargs=bus_kwargs)

@@ -43,9 +43,9 @@ from awet_dagster.signals import signal_passed
 from awet_dagster.storage.trading import KILL_SWITCH_KEY, PostgresRiskStateStore, record_audit
 from awet_dagster.streaming import read_last_bars
 from live.bus import MessageContext, Output, RetryLater
-from live.services._common import LazyConnection, LiveService, contract_of, db_settings, make_bus
-from live.services._ledger import FillLedger
-from live.services._tail import TopicTail, tail_for
+from live.services._common import LazyConnection, LiveService, contract_of, db_settings
+from live.services._ledger import FillLedger, build_with_fill_tail
+from live.services._tail import TopicTail
 
 log = logging.getLogger("awet.live.risk")
 
@@ -268,23 +268,7 @@ def build(cfg: Any, endpoints: Any, *, input_topic: str = SIGNALS_SCORED, approv
     for topic in (approved_topic, rejected_topic):
         if contract_of(topic, RiskDecision) is not RiskDecision:
             raise ValueError(f"topic {topic!r} does not carry RiskDecision")
-    if tracker is not None:
-        bus_kwargs.setdefault("on_metrics", tracker.hook(name, [input_topic]))
-    tail = tail_for(cfg, endpoints, name, {done_topic: contract_of(done_topic, ExecutionReport),
-                                           orders_topic: contract_of(orders_topic, OrderEvent)},
-                    svc_state.on_side_event)
-    try:
-        svc_state.start()
-        tail.since_ms = tracker.start_ms if tracker is not None else 0
-        svc_state.tail = tail.start()
-        if tracker is not None:
-            tracker.add_tail(name, tail)
-        return make_bus(
-            cfg, endpoints, name=name, topics={input_topic: contract_of(input_topic, ScoredSignal)},
-            handler=svc_state.handle, group=group, resources=[tail, conn], component=svc_state, **bus_kwargs,
-        )
-    except Exception:
-        tail.close()
-        conn.close()
-        raise
+    return build_with_fill_tail(cfg, endpoints, name=name, state=svc_state, conn=conn, input_topic=input_topic,
+                                input_contract=ScoredSignal, done_topic=done_topic, orders_topic=orders_topic,
+                                group=group, tracker=tracker, bus_kwargs=bus_kwargs)
 
