@@ -61,6 +61,18 @@ def _date(value: str, what: str) -> date:
         raise typer.Exit(2) from None
 
 
+def _window(cfg, bar_type: str | None, symbols: list[str] | None, start: str | None, end: str | None,
+            daily_start: str) -> tuple[str, list[str], date, date]:
+    """Bar type, symbols and [first, last] dates of a replay, config defaults filled in."""
+    bar_type = bar_type or cfg.data.bar_type
+    if bar_type not in ("daily", "minute"):
+        console.print(f"[red]--bar-type must be daily or minute, got {bar_type!r}[/red]")
+        raise typer.Exit(2)
+    syms = _symbols(symbols, cfg.data.symbols if bar_type == "daily" else cfg.data.minute_symbols)
+    first = _date(start or (daily_start if bar_type == "daily" else cfg.data.minute_start), "--start")
+    return bar_type, syms, first, _date(end or cfg.data.end, "--end")
+
+
 @contextlib.contextmanager
 def _stop_on_signals(stop: threading.Event):
     """SIGTERM/SIGINT set ``stop`` while inside the block; previous handlers restored after."""
@@ -101,13 +113,7 @@ def replay_cmd(
     from awet_dagster.sources import SourceError, get_source
     from live.replay import replay_bars
 
-    bar_type = bar_type or cfg.data.bar_type
-    if bar_type not in ("daily", "minute"):
-        console.print(f"[red]--bar-type must be daily or minute, got {bar_type!r}[/red]")
-        raise typer.Exit(2)
-    syms = _symbols(symbols, cfg.data.symbols if bar_type == "daily" else cfg.data.minute_symbols)
-    first = _date(start or (cfg.data.start if bar_type == "daily" else cfg.data.minute_start), "--start")
-    last = _date(end or cfg.data.end, "--end")
+    bar_type, syms, first, last = _window(cfg, bar_type, symbols, start, end, cfg.data.start)
     try:
         bars = get_source(source).fetch(syms, first, last, bar_type)
     except (SourceError, ValueError) as exc:
@@ -210,13 +216,7 @@ def _live_replay(source: str, bar_type: str | None, start: str | None, end: str 
     from live.runner import LOOP_SERVICES, LoopTracker, replay_through_loop, start_loop
     from live.topics import ensure_topics
 
-    bar_type = bar_type or cfg.data.bar_type
-    if bar_type not in ("daily", "minute"):
-        console.print(f"[red]--bar-type must be daily or minute, got {bar_type!r}[/red]")
-        raise typer.Exit(2)
-    syms = _symbols(symbols, cfg.data.symbols if bar_type == "daily" else cfg.data.minute_symbols)
-    first = _date(start or (cfg.data.replay_start if bar_type == "daily" else cfg.data.minute_start), "--start")
-    last = _date(end or cfg.data.end, "--end")
+    bar_type, syms, first, last = _window(cfg, bar_type, symbols, start, end, cfg.data.replay_start)
     try:
         src = get_source(source)
         bars = src.fetch(syms, first, last, bar_type)
