@@ -1,21 +1,19 @@
 """Vendor clients against local fake servers (loopback only) and injected fakes.
 
+Polygon and Alpaca run against `fake_http.FakeServer`; yfinance and Reddit get injected
+fakes here (their real libraries against fake servers: test_sources_http_fakes.py).
 Each client: success, pagination, 429 then success (Retry-After honoured), a reply
 slower than the client timeout (retried, then a clear error), missing credentials.
-Sleeps between retries are recorded, not slept, so the file runs in about a second.
+Sleeps between retries are recorded, not slept.
 """
 from __future__ import annotations
 
 import json
-import threading
 import time
-from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
-from urllib.parse import parse_qs, urlsplit
+from typing import Any
 
 import pandas as pd
 import polars as pl
@@ -33,6 +31,7 @@ from awet_dagster.sources.reddit import RedditMentions, RedditSettings, extract_
 from awet_dagster.sources.retry import RetryPolicy, parse_retry_after
 from awet_dagster.sources.schema import BAR_SCHEMA
 from awet_dagster.sources.yfinance_source import YFinanceSource
+from fake_http import FakeServer, Reply  # tests/ is on sys.path (rootdir conftest, no package)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 UTC = timezone.utc
@@ -49,66 +48,6 @@ def fixture(name: str) -> dict:
 
 
 # ---------------------------------------------------------------- fake HTTP server
-
-@dataclass
-class Reply:
-    status: int = 200
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-    delay_s: float = 0.0
-
-
-@dataclass
-class Seen:
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-
-
-class FakeServer:
-    """ThreadingHTTPServer on 127.0.0.1:0 answering with a test-supplied function."""
-
-    def __init__(self) -> None:
-        self.requests: list[Seen] = []
-        self.respond: Callable[[Seen, int], Reply] = lambda seen, n: Reply(404, {"error": "no route"})
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                parts = urlsplit(self.path)
-                seen = Seen(parts.path, parse_qs(parts.query), {k.lower(): v for k, v in self.headers.items()})
-                server.requests.append(seen)
-                reply = server.respond(seen, len(server.requests))
-                time.sleep(reply.delay_s)
-                payload = reply.body if isinstance(reply.body, (bytes, str)) else json.dumps(reply.body)
-                data = payload.encode() if isinstance(payload, str) else payload
-                try:
-                    self.send_response(reply.status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    for k, v in reply.headers.items():
-                        self.send_header(k, v)
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout test)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def __enter__(self) -> FakeServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
 
 @pytest.fixture
 def server():
@@ -281,21 +220,23 @@ def test_alpaca_credentials(server, sleeps):
 # ---------------------------------------------------------------- yfinance
 
 def yf_frame(index: pd.DatetimeIndex, closes: list[float]) -> pd.DataFrame:
-    """The shape yfinance.download(..., multi_level_index=False, auto_adjust=False) returns."""
+    """The shape yfinance.Ticker.history(..., auto_adjust=False, actions=False) returns."""
     return pd.DataFrame(
-        {"Adj Close": closes, "Close": closes, "High": [c + 1 for c in closes],
-         "Low": [c - 1 for c in closes], "Open": closes, "Volume": [1_000_000] * len(closes)},
+        {"Open": closes, "High": [c + 1 for c in closes], "Low": [c - 1 for c in closes],
+         "Close": closes, "Adj Close": closes, "Volume": [1_000_000] * len(closes)},
         index=index,
     )
 
 
-class FakeDownload:
+class FakeHistory:
+    """Stands in for yfinance.Ticker(symbol).history; outcomes are frames or exceptions."""
+
     def __init__(self, *outcomes: Any) -> None:
         self.outcomes = list(outcomes)
         self.calls: list[dict[str, Any]] = []
 
-    def __call__(self, **kwargs: Any) -> pd.DataFrame:
-        self.calls.append(kwargs)
+    def __call__(self, symbol: str, **kwargs: Any) -> pd.DataFrame:
+        self.calls.append({"symbol": symbol, **kwargs})
         outcome = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
         if isinstance(outcome, BaseException):
             raise outcome
@@ -304,53 +245,79 @@ class FakeDownload:
 
 def test_yfinance_daily_success():
     idx = pd.DatetimeIndex(["2013-11-01", "2013-11-04"], name="Date").tz_localize("America/New_York")
-    fake = FakeDownload(yf_frame(idx, [176.14, 176.86]))
-    df = YFinanceSource(download=fake, policy=FAST).fetch(["spy"], date(2013, 11, 1), date(2013, 11, 4), "daily")
+    fake = FakeHistory(yf_frame(idx, [176.14, 176.86]))
+    df = YFinanceSource(history=fake, policy=FAST).fetch(["spy"], date(2013, 11, 1), date(2013, 11, 4), "daily")
     assert df["ts"].to_list() == [utc(2013, 11, 1, 13, 30), utc(2013, 11, 4, 14, 30)]
     assert df["close"].to_list() == [176.14, 176.86] and df["symbol"].unique().to_list() == ["SPY"]
     call = fake.calls[0]
-    assert (call["tickers"], call["start"], call["end"], call["interval"]) == ("SPY", "2013-11-01", "2013-11-05", "1d")
-    assert call["timeout"] == 0.2 and call["progress"] is False
+    assert (call["symbol"], call["start"], call["end"], call["interval"]) == ("SPY", "2013-11-01", "2013-11-05", "1d")
+    assert call["timeout"] == 0.2 and call["actions"] is False and call["auto_adjust"] is False
 
 
 def test_yfinance_minute_index_in_exchange_time_becomes_utc():
     idx = pd.DatetimeIndex(["2013-11-04 09:30", "2013-11-04 09:31"], name="Datetime").tz_localize("America/New_York")
-    fake = FakeDownload(yf_frame(idx, [176.0, 176.1]))
-    df = YFinanceSource(download=fake, policy=FAST).fetch(["SPY"], date(2013, 11, 4), date(2013, 11, 4), "minute")
+    fake = FakeHistory(yf_frame(idx, [176.0, 176.1]))
+    df = YFinanceSource(history=fake, policy=FAST).fetch(["SPY"], date(2013, 11, 4), date(2013, 11, 4), "minute")
     assert df["ts"].to_list() == [utc(2013, 11, 4, 14, 30), utc(2013, 11, 4, 14, 31)]
 
 
+def test_yfinance_minute_ranges_are_cut_into_7_day_windows():
+    from awet_dagster.sources.yfinance_source import minute_windows
+
+    assert minute_windows(date(2024, 3, 4), date(2024, 3, 19)) == [
+        (date(2024, 3, 4), date(2024, 3, 11)), (date(2024, 3, 11), date(2024, 3, 18)),
+        (date(2024, 3, 18), date(2024, 3, 19))]
+    assert minute_windows(date(2024, 3, 4), date(2024, 3, 4)) == []
+    fake = FakeHistory(pd.DataFrame())
+    with pytest.raises(SourceUnavailable):
+        YFinanceSource(history=fake, policy=FAST).fetch(["SPY"], date(2024, 3, 4), date(2024, 3, 18), "minute")
+    assert [(c["start"], c["end"]) for c in fake.calls] == [
+        ("2024-03-04", "2024-03-11"), ("2024-03-11", "2024-03-18"), ("2024-03-18", "2024-03-19")]
+
+
 def test_yfinance_silent_empty_frame_raises_naming_symbol_and_range():
-    fake = FakeDownload(pd.DataFrame())
+    fake = FakeHistory(pd.DataFrame())
     with pytest.raises(SourceUnavailable, match=r"yfinance SPY daily 2013-11-01\.\.2013-11-04: .*no rows"):
-        YFinanceSource(download=fake, policy=FAST).fetch(["SPY"], date(2013, 11, 1), date(2013, 11, 4), "daily")
+        YFinanceSource(history=fake, policy=FAST).fetch(["SPY"], date(2013, 11, 1), date(2013, 11, 4), "daily")
+
+
+def test_yfinance_no_data_errors_name_symbol_range_and_yahoos_reason():
+    from yfinance.exceptions import YFPricesMissingError, YFTzMissingError
+
+    missing = FakeHistory(YFPricesMissingError("SPY", "", yahoo_reason="Data doesn't exist for startDate"))
+    with pytest.raises(SourceUnavailable, match=r"yfinance SPY daily 2013-11-02\.\.2013-11-03: .*Data doesn't exist"):
+        YFinanceSource(history=missing, policy=FAST).fetch(["SPY"], date(2013, 11, 2), date(2013, 11, 3), "daily")
+    assert len(missing.calls) == 1  # not retried
+    unknown = FakeHistory(YFTzMissingError("NOPE"))
+    with pytest.raises(SourceUnavailable, match=r"yfinance NOPE daily .*no timezone found"):
+        YFinanceSource(history=unknown, policy=FAST).fetch(["NOPE"], date(2013, 11, 1), date(2013, 11, 4), "daily")
 
 
 def test_yfinance_rate_limit_retried_then_success_and_persistent_timeouts_fail(sleeps):
     from yfinance.exceptions import YFRateLimitError
 
     idx = pd.DatetimeIndex(["2013-11-04"]).tz_localize("America/New_York")
-    fake = FakeDownload(YFRateLimitError(), yf_frame(idx, [176.86]))
-    df = YFinanceSource(download=fake, policy=FAST, sleep=sleeps.append).fetch(
+    fake = FakeHistory(YFRateLimitError(), yf_frame(idx, [176.86]))
+    df = YFinanceSource(history=fake, policy=FAST, sleep=sleeps.append).fetch(
         ["SPY"], date(2013, 11, 4), date(2013, 11, 4), "daily")
     assert df.height == 1 and len(fake.calls) == 2 and sleeps == [0.01]
 
-    always_slow = FakeDownload(TimeoutError("read timed out"))
+    always_slow = FakeHistory(TimeoutError("read timed out"))
     with pytest.raises(SourceUnavailable, match="TimeoutError after 3 attempt"):
-        YFinanceSource(download=always_slow, policy=FAST, sleep=sleeps.append).fetch(
+        YFinanceSource(history=always_slow, policy=FAST, sleep=sleeps.append).fetch(
             ["SPY"], date(2013, 11, 4), date(2013, 11, 4), "daily")
     assert len(always_slow.calls) == 3
 
-    limited = FakeDownload(YFRateLimitError())
+    limited = FakeHistory(YFRateLimitError())
     with pytest.raises(RateLimited):
-        YFinanceSource(download=limited, policy=FAST, sleep=sleeps.append).fetch(
+        YFinanceSource(history=limited, policy=FAST, sleep=sleeps.append).fetch(
             ["SPY"], date(2013, 11, 4), date(2013, 11, 4), "daily")
 
 
 def test_yfinance_programming_errors_are_not_retried():
-    fake = FakeDownload(KeyError("Close"))
+    fake = FakeHistory(KeyError("Close"))
     with pytest.raises(KeyError):
-        YFinanceSource(download=fake, policy=FAST).fetch(["SPY"], date(2013, 11, 4), date(2013, 11, 4), "daily")
+        YFinanceSource(history=fake, policy=FAST).fetch(["SPY"], date(2013, 11, 4), date(2013, 11, 4), "daily")
     assert len(fake.calls) == 1
 
 
@@ -463,8 +430,12 @@ def test_reddit_bad_credentials_are_not_retried(sleeps):
     assert sleeps == []
 
 
-def test_reddit_missing_credentials_and_real_praw_gets_the_timeout():
+def test_reddit_missing_credentials_and_real_praw_defaults_to_reddit_hosts():
     with pytest.raises(MissingCredentials, match="reddit_client_secret"):
         RedditMentions(reddit_client_id="id")
     src = RedditMentions(reddit_client_id="id", reddit_client_secret=SECRET, policy=FAST)  # no network yet
-    assert src._reddit.config.timeout == 1 and src._reddit.read_only
+    assert src._reddit.read_only
+    assert (src._reddit.config.oauth_url, src._reddit.config.reddit_url) == (
+        "https://oauth.reddit.com", "https://www.reddit.com")
+    # The policy's timeout reaching real requests is checked against a fake server in
+    # test_sources_http_fakes.py (praw 8 ignores its own `timeout` setting).

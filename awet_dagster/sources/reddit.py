@@ -3,7 +3,18 @@
 Counts, per symbol and time bucket, the submissions and comments in a window that
 mention the symbol (`$TSLA` cashtags, or the bare upper-case ticker for tickers of 2+
 letters: a bare "A" is mostly the article), with the mean VADER compound score of those
-texts. The praw `Reddit` object is injectable so tests run offline on fakes.
+texts.
+
+Retries: `RetryPolicy` is the one retry layer. prawcore would otherwise retry timeouts,
+dropped connections and 5xx itself (twice, with its own un-injectable 0-4 s sleeps)
+underneath ours; the requestor installed here hands those straight up instead, and
+gives every request the policy's timeout (praw 8 ignores its own `timeout` setting).
+A listing that fails mid-pagination is re-read from its first page.
+
+Tested two ways: unit tests inject a fake praw `Reddit` (tests/test_sources_clients.py);
+tests/test_sources_http_fakes.py runs the real praw/prawcore client (OAuth token, listing
+pagination via `after`, 429, timeouts, rejected credentials) against a local fake HTTP
+server, reached through `RedditSettings.oauth_url` / `reddit_url`.
 
 Known limits: Reddit listings return at most ~1000 newest items per subreddit, so a
 window far in the past yields nothing; comments are read from the subreddit comment
@@ -11,7 +22,6 @@ stream (newest first), not from each submission's tree.
 """
 from __future__ import annotations
 
-import math
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -39,6 +49,8 @@ class RedditSettings:
     include_comments: bool = True
     bucket: Literal["1h", "1d"] = "1h"
     user_agent: str = "awet:market-sentiment:0.1 (research)"
+    oauth_url: str = "https://oauth.reddit.com"  # API host (tests: a local fake)
+    reddit_url: str = "https://www.reddit.com"  # OAuth token host
 
 
 def extract_mentions(text: str, symbols: Iterable[str]) -> set[str]:
@@ -63,6 +75,39 @@ def classify(exc: BaseException) -> str | None:
     if name in {"ServerError", "RequestException"} or isinstance(exc, (TimeoutError, ConnectionError)):
         return "unavailable"
     return None
+
+
+def _requestor_class() -> type:
+    """A prawcore `Requestor` that leaves retrying network errors and 5xx to our policy.
+
+    prawcore's `Session` retries a request whose error wraps a requests Timeout /
+    ConnectionError, and 5xx replies, sleeping 0-4 s with `time.sleep` each time. Here a
+    network error is re-wrapped around a builtin `TimeoutError` / `ConnectionError`
+    (which prawcore does not retry) and a 5xx raises `ServerError` before prawcore sees
+    the status; both still classify as transient for `call_with_retries`.
+    """
+    import prawcore
+    import requests
+
+    class PolicyRetriedRequestor(prawcore.Requestor):
+        def request(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+            # prawcore's Session passes its own 16 s default on every API call: ours wins.
+            try:
+                response = super().request(*args, timeout=self.timeout, **kwargs)
+            except prawcore.RequestException as exc:
+                cause = exc.original_exception
+                if isinstance(cause, requests.Timeout):
+                    plain: Exception = TimeoutError(f"no reply within {self.timeout} s")
+                elif isinstance(cause, requests.ConnectionError):
+                    plain = ConnectionError(f"connection failed ({type(cause).__name__})")
+                else:
+                    raise
+                raise prawcore.RequestException(plain, exc.request_args, exc.request_kwargs) from None
+            if response.status_code >= 500:
+                raise prawcore.ServerError(response)
+            return response
+
+    return PolicyRetriedRequestor
 
 
 @dataclass(frozen=True)
@@ -97,7 +142,8 @@ class RedditMentions:
             reddit = praw.Reddit(
                 client_id=keys["reddit_client_id"], client_secret=keys["reddit_client_secret"],
                 user_agent=self.settings.user_agent, check_for_updates=False,
-                timeout=max(1, math.ceil(self.policy.timeout_s)),  # praw wants whole seconds
+                oauth_url=self.settings.oauth_url, reddit_url=self.settings.reddit_url,
+                requestor_class=_requestor_class(), requestor_kwargs={"timeout": self.policy.timeout_s},
             )
             reddit.read_only = True
         self._reddit = reddit

@@ -7,6 +7,7 @@ in messages are stripped of their query string: it may carry an API key.
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +50,15 @@ class RetryPolicy:
 def redact_url(url: str) -> str:
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+_URL_QUERY = re.compile(r"(https?://[^\s?#]+)[?#]\S*")
+
+
+def describe_error(exc: BaseException, limit: int = 200) -> str:
+    """An exception's text for a message: URL query strings (keys, tokens) cut, length capped."""
+    text = _URL_QUERY.sub(r"\1", str(exc)).strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -144,6 +154,8 @@ def call_with_retries(
         if attempt < policy.max_attempts:
             sleep(policy.backoff(attempt, retry_after))
     message = f"{what}: {type(last).__name__} after {policy.max_attempts} attempt(s)"
+    if last is not None and describe_error(last):
+        message += f" ({describe_error(last)})"
     if kind == "rate_limited":
         raise RateLimited(message, retry_after_s=retry_after) from last
     raise SourceUnavailable(message) from last

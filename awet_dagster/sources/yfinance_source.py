@@ -1,15 +1,35 @@
 """Yahoo Finance bars via yfinance (no key; best effort, unofficial API).
 
-yfinance swallows per-ticker failures (no network, unknown symbol, throttling) and
-returns an EMPTY frame, printing to stderr. We treat an empty reply as
-`SourceUnavailable` naming the symbol and range, and retry what does raise (rate limits,
-timeouts). The download callable is injectable so tests need neither network nor
-curl_cffi.
+One `yfinance.Ticker(symbol).history(...)` call per symbol and window, with yfinance's
+errors raised rather than hidden: `yfinance.download` turns every per-ticker failure
+(throttling, timeouts, unknown symbol) into an empty frame plus a line on stderr, so
+nothing could be retried and every failure read "no rows". Now:
+
+- throttling (`YFRateLimitError`) and curl timeouts / connection errors are retried
+  under `RetryPolicy` (its `timeout_s` is the chart request's timeout);
+- Yahoo's "no data" answers (no prices for the range, unknown symbol) and empty
+  replies become `SourceUnavailable` naming the symbol, range and Yahoo's reason;
+- anything else (a bug, a changed reply shape) propagates at once, unretried.
+
+Yahoo serves at most ~8 days of 1-minute bars per request, so minute ranges are
+fetched in windows of `MINUTE_WINDOW_DAYS` and concatenated.
+
+Known limits (yfinance's, not configurable per call): the cookie/crumb requests use a
+30 s timeout and the symbol-timezone lookup a 10 s one; yfinance keeps one process-wide
+`YfData` (session, cookie, crumb) and caches cookies and ticker time zones in sqlite
+under the user cache dir (`yfinance.set_tz_cache_location` moves it).
+
+Tested two ways: unit tests inject the `history` callable (tests/test_sources_clients.py);
+tests/test_sources_http_fakes.py runs the real yfinance code (cookie, crumb, timezone
+lookup, chart JSON parsing) against a local TLS fake of Yahoo, reached by giving
+`session=` a curl_cffi session whose https proxy is the fake.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -24,8 +44,11 @@ from awet_dagster.sources.schema import BAR_TYPES
 from awet_dagster.sources.vendor_bars import to_bars
 
 INTERVALS = {"minute": "1m", "daily": "1d"}
+MINUTE_WINDOW_DAYS = 7  # Yahoo refuses 1m requests spanning more than ~8 days
 _NY = ZoneInfo(EXCHANGE_TZ)
-Download = Callable[..., Any]  # yfinance.download-compatible: returns a pandas DataFrame
+# (symbol, **Ticker.history kwargs) -> pandas DataFrame; raises yfinance's exceptions.
+History = Callable[..., Any]
+_config_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -34,59 +57,137 @@ class YFinanceSettings:
     prepost: bool = False  # regular-session minutes only (Yahoo's extended hours are sparse)
 
 
-def _default_download() -> Download:
-    import yfinance
+def _names(exc: BaseException) -> set[str]:
+    """Class names along the MRO: lets us match yfinance/curl_cffi errors without importing them."""
+    return {cls.__name__ for cls in type(exc).__mro__}
 
-    return yfinance.download
+
+def _http_status(exc: BaseException) -> int | None:
+    """Status of a curl_cffi HTTPError (yfinance raises one from `raise_for_status`)."""
+    return getattr(getattr(exc, "response", None), "status_code", None)
 
 
 def classify(exc: BaseException) -> str | None:
     """Transient yfinance/curl errors are retried; anything else propagates."""
-    name = type(exc).__name__
-    if name == "YFRateLimitError":
+    names = _names(exc)
+    status = _http_status(exc) if "HTTPError" in names else None
+    if "YFRateLimitError" in names or status == 429:
         return "rate_limited"
-    if isinstance(exc, (TimeoutError, ConnectionError)) or "Timeout" in name or "Connection" in name:
+    if isinstance(exc, (TimeoutError, ConnectionError)) or names & {"Timeout", "ConnectionError"}:
+        return "unavailable"  # curl_cffi's Timeout/ConnectionError are not the builtins
+    if status is not None and status >= 500:
         return "unavailable"
     return None
 
 
+def _is_unknown_symbol(exc: BaseException) -> bool:
+    """Yahoo knows no such symbol: no timezone for it, or (on yfinance's fallback to the
+    quote endpoint, tried for the first two such symbols in a process) an HTTP 404."""
+    names = _names(exc)
+    return "YFTzMissingError" in names or ("HTTPError" in names and _http_status(exc) == 404)
+
+
+@contextlib.contextmanager
+def _yfinance_raises() -> Iterator[None]:
+    """Make yfinance raise instead of logging and returning an empty frame.
+
+    `history(raise_errors=True)` is deprecated in yfinance 1.x and does not cover the
+    timezone lookup (a timeout there would surface as "no timezone found, possibly
+    delisted"); the process-wide `config.debug.hide_exceptions` covers both. It is set
+    only for the call and restored, under a lock so concurrent callers cannot restore it
+    under one another (yfinance calls from several threads thus run one at a time, which
+    Yahoo's throttling would enforce anyway).
+    """
+    import yfinance
+
+    with _config_lock:
+        previous = yfinance.config.debug.hide_exceptions
+        yfinance.config.debug.hide_exceptions = False
+        try:
+            yield
+        finally:
+            yfinance.config.debug.hide_exceptions = previous
+
+
+def minute_windows(first: date, last_exclusive: date, days: int = MINUTE_WINDOW_DAYS) -> list[tuple[date, date]]:
+    """[first, last_exclusive) cut into consecutive [lo, hi) windows of at most `days`."""
+    windows = []
+    lo = first
+    while lo < last_exclusive:
+        hi = min(lo + timedelta(days=days), last_exclusive)
+        windows.append((lo, hi))
+        lo = hi
+    return windows
+
+
 class YFinanceSource:
-    """`BarSource` over yfinance.download, one symbol per call (empty replies are per symbol)."""
+    """`BarSource` over yfinance.Ticker.history, one symbol (and minute window) per call.
+
+    `session`: a curl_cffi `requests.Session` for yfinance (None: yfinance's own). Note
+    yfinance installs it in its process-wide `YfData`, so it serves later calls too.
+    `history`: replaces the yfinance call entirely (unit tests).
+    """
 
     name = "yfinance"
 
     def __init__(
         self,
-        download: Download | None = None,
+        history: History | None = None,
         settings: YFinanceSettings | None = None,
         policy: RetryPolicy | None = None,
         sleep: Sleep = time.sleep,
+        session: Any = None,
     ) -> None:
-        self._download = download
+        self._history = history or self._yahoo_history
         self.settings = settings or YFinanceSettings()
         self.policy = policy or RetryPolicy()
         self._sleep = sleep
+        self._session = session
         self.last_rejected = pl.DataFrame()
 
-    def _fetch_symbol(self, symbol: str, first: date, last_exclusive: date, timeframe: str) -> pl.DataFrame:
-        download = self._download or _default_download()
-        what = f"yfinance {symbol} {timeframe} {first}..{last_exclusive - timedelta(days=1)}"
+    def _yahoo_history(self, symbol: str, **kwargs: Any) -> Any:
+        import yfinance
+
+        with _yfinance_raises():
+            return yfinance.Ticker(symbol, session=self._session).history(**kwargs)
+
+    def _fetch_window(self, symbol: str, lo: date, hi: date, timeframe: str) -> tuple[Any, str | None]:
+        """(pandas frame or None, Yahoo's no-data reason or None) for [lo, hi)."""
+        what = f"yfinance {symbol} {timeframe} {lo}..{hi - timedelta(days=1)}"
 
         def call() -> Any:
-            return download(
-                tickers=symbol, start=first.isoformat(), end=last_exclusive.isoformat(),
-                interval=INTERVALS[timeframe], auto_adjust=self.settings.auto_adjust,
-                prepost=self.settings.prepost, actions=False, progress=False, threads=False,
-                multi_level_index=False, timeout=self.policy.timeout_s,
+            return self._history(
+                symbol, start=lo.isoformat(), end=hi.isoformat(), interval=INTERVALS[timeframe],
+                auto_adjust=self.settings.auto_adjust, prepost=self.settings.prepost,
+                actions=False, timeout=self.policy.timeout_s,
             )
 
-        pdf = call_with_retries(call, what=what, policy=self.policy, classify=classify, sleep=self._sleep)
-        if pdf is None or len(pdf) == 0:
+        try:
+            return call_with_retries(call, what=what, policy=self.policy, classify=classify, sleep=self._sleep), None
+        except Exception as exc:
+            if "YFPricesMissingError" in _names(exc):
+                # A window without sessions (a weekend tail of a minute range) is not an
+                # error by itself; the symbol fails only if every window is empty.
+                return None, str(exc)
+            if _is_unknown_symbol(exc):
+                raise SourceUnavailable(f"{what}: Yahoo has no data (unknown or delisted symbol?): {exc}") from None
+            raise
+
+    def _fetch_symbol(self, symbol: str, first: date, last_exclusive: date, timeframe: str) -> pl.DataFrame:
+        windows = minute_windows(first, last_exclusive) if timeframe == "minute" else [(first, last_exclusive)]
+        frames, reasons = [], []
+        for lo, hi in windows:
+            pdf, reason = self._fetch_window(symbol, lo, hi, timeframe)
+            if pdf is not None and len(pdf):
+                frames.append(pandas_to_vendor(pdf, symbol))
+            else:
+                reasons.append(reason or "empty reply")
+        if not frames:
+            what = f"yfinance {symbol} {timeframe} {first}..{last_exclusive - timedelta(days=1)}"
             raise SourceUnavailable(
-                f"{what}: yfinance returned no rows (no network, unknown symbol, or no "
-                "sessions in range; yfinance hides the cause)"
+                f"{what}: Yahoo returned no rows ({'; '.join(dict.fromkeys(reasons))})"
             )
-        return pandas_to_vendor(pdf, symbol)
+        return pl.concat(frames)
 
     def fetch(self, symbols: Sequence[str], start: date | datetime, end: date | datetime,
               timeframe: str) -> pl.DataFrame:
