@@ -226,6 +226,6 @@ def build_model_assets(bar_type: str):
         })
         context.log.info("registered %s version %s (run %s)", ref.name, ref.version, run_id)
         return Output(ref.version, metadata={"model": ref.name, "version": ref.version, "mlflow_run_id": run_id,
-                                             "uri": ref.uri})
+                                             "uri": ref.model_uri})
 
     return [walk_forward, tft_candidate, onnx_model, registered_model]

@@ -65,11 +65,14 @@ def model_env(monkeypatch, database_url, kafka_bootstrap, tmp_path):
         "KAFKA_BOOTSTRAP": kafka_bootstrap, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "AWET__DATA__SYMBOLS": "[AAA, BBB, CCC]", "AWET__DATA__START": "2012-01-03",
         "AWET__DATA__END": "2017-12-29", "AWET__DATA__CUTOFF": "2017-06-01",
-        # A tiny but real TFT: enough to learn a planted AR(1) signal in seconds per fold.
-        "AWET__MODEL__HIDDEN_SIZE": "8", "AWET__MODEL__ATTENTION_HEADS": "1", "AWET__MODEL__LOOKBACK": "20",
-        "AWET__MODEL__MAX_EPOCHS": "8", "AWET__MODEL__MAX_TRAIN_WINDOWS": "800", "AWET__MODEL__MAX_VAL_WINDOWS": "200",
-        "AWET__MODEL__LEARNING_RATE": "0.03", "AWET__MODEL__DROPOUT": "0.0",
-        "AWET__MODEL__EARLY_STOPPING_PATIENCE": "4",
+        # A small but real TFT: ~660 training windows per fold learn the planted signal in
+        # ~15 s (measured OOS corr of q50 with the next return 0.73-0.93 on every fold, 3 seeds).
+        # The TFT sits on the constant-predictor plateau for several epochs before it finds
+        # the signal: patience = max epochs, the best validation epoch is kept.
+        "AWET__MODEL__HIDDEN_SIZE": "16", "AWET__MODEL__ATTENTION_HEADS": "2", "AWET__MODEL__LOOKBACK": "20",
+        "AWET__MODEL__MAX_EPOCHS": "20", "AWET__MODEL__MAX_TRAIN_WINDOWS": "800", "AWET__MODEL__MAX_VAL_WINDOWS": "200",
+        "AWET__MODEL__LEARNING_RATE": "0.005", "AWET__MODEL__BATCH_SIZE": "32", "AWET__MODEL__DROPOUT": "0.0",
+        "AWET__MODEL__EARLY_STOPPING_PATIENCE": "20",
         # The planted edge lasts one bar: hold one bar, like the signal's horizon.
         "AWET__EXITS__MAX_HOLD_BARS_DAILY": "1",
         "AWET__MLFLOW__MODEL_NAME": f"awet-test-{tmp_path.name[-12:]}",
@@ -123,12 +126,6 @@ def _promote_via_sensor(instance):
     return sensor_result
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect: with the fold-sized training windows the TFT collapses to the mean "
-           "(q50 std ~1e-7) although the full-window model learns the planted signal (OOS hit 0.89); "
-           "see the model issue notes. strict: this test must start passing once training is fixed.",
-)
 def test_planted_signal_passes_the_gate_and_is_promoted(model_env, database_url):
     from awet_dagster.config import load_config
     from awet_dagster.model import registry
@@ -145,6 +142,12 @@ def test_planted_signal_passes_the_gate_and_is_promoted(model_env, database_url)
     assert len(sensor_result.run_requests) == 1
     assert registry.get_champion(cfg).version == "1"
     assert registry.load_champion(cfg).preprocessing.horizons
+    with connect(database_url) as conn:
+        hit_rates = [r[0] for r in conn.execute(
+            "SELECT (metrics->>'hit_rate')::float FROM walk_forward_results WHERE fold >= 0 AND model_name = %s "
+            "ORDER BY fold", (cfg.mlflow.model_name,)).fetchall()]
+    # Every fold's fresh model learned the signal out of sample, not just the median one.
+    assert len(hit_rates) >= 6 and min(hit_rates) > 0.6, hit_rates
 
 
 def test_uninformative_targets_fail_the_gate_and_nothing_downstream_runs(model_env, database_url):

@@ -127,6 +127,28 @@ def _callbacks(patience: int, has_val: bool, progress: ProgressFn | None, histor
     return cbs
 
 
+def horizon_loss_weights(pre: Preprocessing) -> list[float]:
+    """1 / (training std of each horizon's target).
+
+    pytorch-forecasting scores quantiles on the de-normalised scale, where a 10-bar return
+    has ~3x the spread of a 1-bar one: unweighted, the (mostly unpredictable) long horizons
+    dominate the loss and the shared network fits their noise before the short horizon's
+    signal (measured on the planted-signal folds: 3 of 6 folds stayed at the constant
+    predictor; weighted, all 6 learned it, OOS corr 0.73-0.93). Weighting by 1/std puts
+    every horizon's pinball loss in standard units, so each counts the same."""
+    return [1.0 / s if s > 0 else 1.0 for s in pre.target_scales]
+
+
+def quantile_loss(pre: Preprocessing):
+    """QuantileLoss per horizon (MultiLoss, weighted by `horizon_loss_weights`)."""
+    from pytorch_forecasting.metrics import MultiLoss, QuantileLoss
+
+    q = list(pre.quantiles)
+    if len(pre.target_names) == 1:
+        return QuantileLoss(q)
+    return MultiLoss([QuantileLoss(q) for _ in pre.target_names], weights=horizon_loss_weights(pre))
+
+
 def train_tft(
     data: FoldData,
     settings: TrainSettings,
@@ -138,14 +160,11 @@ def train_tft(
     trained on `data.train`, early-stopped on `data.val`."""
     import lightning.pytorch as lpl
     from pytorch_forecasting import TemporalFusionTransformer
-    from pytorch_forecasting.metrics import MultiLoss, QuantileLoss
 
     pre = data.preprocessing
     lpl.seed_everything(settings.seed, workers=True, verbose=False)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    n_targets = len(pre.target_names)
-    q = list(pre.quantiles)
-    loss = MultiLoss([QuantileLoss(q) for _ in range(n_targets)]) if n_targets > 1 else QuantileLoss(q)
+    loss = quantile_loss(pre)
     train_loader, n_train = _subset_loader(data.train, settings.max_train_windows, settings.batch_size, True, settings.seed)
     val_loader, n_val = (None, 0)
     if data.val is not None:
