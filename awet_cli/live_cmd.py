@@ -213,7 +213,7 @@ def _live_replay(source: str, bar_type: str | None, start: str | None, end: str 
     from awet_dagster.storage.bars import copy_upsert_bars
     from awet_dagster.storage.db import connect
     from live.metrics import service_port
-    from live.runner import LOOP_SERVICES, LoopTracker, replay_through_loop, start_loop
+    from live.runner import REPLAY_SERVICES, LoopTracker, replay_through_loop, start_loop
     from live.topics import ensure_topics
 
     bar_type, syms, first, last = _window(cfg, bar_type, symbols, start, end, cfg.data.replay_start)
@@ -240,7 +240,7 @@ def _live_replay(source: str, bar_type: str | None, start: str | None, end: str 
     tracker = LoopTracker()
     # Metrics on the runner's port when it is free (a replay next to a running `awet live`
     # still runs, without an endpoint).
-    loop = start_loop(cfg, ep, names=LOOP_SERVICES, tracker=tracker, timeout_s=max_seconds,
+    loop = start_loop(cfg, ep, names=REPLAY_SERVICES, tracker=tracker, timeout_s=max_seconds,
                       metrics_port=service_port(cfg, "runner"), metrics_host=cfg.observability.metrics_host,
                       metrics_required=False)
     stop = threading.Event()
@@ -248,7 +248,7 @@ def _live_replay(source: str, bar_type: str | None, start: str | None, end: str 
     budget = max_seconds if max_seconds is not None else 600.0
     with _stop_on_signals(stop):
         console.print(f"replaying {bars.height} {bar_type} bars of {len(syms)} symbol(s), {first}..{last}"
-                      f"{' in lockstep' if lockstep else ''} through {', '.join(LOOP_SERVICES)}")
+                      f"{' in lockstep' if lockstep else ''} through {', '.join(REPLAY_SERVICES)}")
         published, drained = replay_through_loop(_producer(cfg, ep.kafka_bootstrap), bars, tracker,
                                                  lockstep=lockstep, drain_timeout_s=budget, stop_event=stop)
         loop.stop()

@@ -58,7 +58,11 @@ SERVICE_PORT_OFFSETS: Mapping[str, int] = {
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 AGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 BAR_TO_ORDER_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
-CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+# The TFT confidence |q50| / (|q50| + half the q10-q90 spread) sits mostly well below 0.3 for
+# daily forecasts (median forecast small against its own spread): finer buckets down there.
+CONFIDENCE_BUCKETS = (0.01, 0.02, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
+# Signed (negative = price improvement). A histogram with negative buckets exports no _sum
+# (prometheus_client follows OpenMetrics: a signed sum is no counter): use the buckets (median).
 SLIPPAGE_BPS_BUCKETS = (-50.0, -25.0, -10.0, -5.0, -2.0, 0.0, 2.0, 5.0, 10.0, 15.0, 25.0, 50.0, 100.0)
 
 
@@ -207,7 +211,11 @@ class AwetMetrics:
         return generate_latest(self.registry)
 
     def exported_names(self) -> set[str]:
-        return exported_names(self.registry, (self.owned, self.last_bar))
+        names = exported_names(self.registry, (self.owned, self.last_bar))
+        for h in vars(self).values():  # no _sum for a histogram with negative buckets (see above)
+            if isinstance(h, Histogram) and h._upper_bounds[0] < 0:  # noqa: SLF001
+                names.discard(h._name + "_sum")  # noqa: SLF001
+        return names
 
 
 def exported_names(registry: CollectorRegistry, describe_collectors: Iterable[Any] = ()) -> set[str]:
@@ -255,7 +263,11 @@ class ServiceMetrics:
         if name == "handle_seconds":
             self._handle.observe(value)
         elif name == "messages_in":
-            child = self._in.get(topic) or self._in.setdefault(topic, self.metrics.events_in.labels(self.service, topic))
+            child = self._in.get(topic)
+            if child is None:
+                child = self._in.setdefault(topic, self.metrics.events_in.labels(self.service, topic))
+                # A consumed topic's dead-letter count exists (at 0) before its first dead letter.
+                self._dlq.setdefault(topic, self.metrics.dead_letters.labels(self.service, topic))
             child.inc(value)
             self._last_event.set(self._clock())
         elif name == "messages_out":
@@ -294,11 +306,26 @@ class ServiceMetrics:
         self.metrics.owned.set("awet_model_prediction_drift", value)
 
     def set_champion(self, model: str, version: str | int, oos_sharpe: float | None = None) -> None:
-        """The champion being served (replaces any previously reported version)."""
-        self.metrics.champion_info.clear()
+        """The champion being served (replaces any previously reported version and its Sharpe)."""
+        self.clear_champion()
         self.metrics.champion_info.labels(model, str(version)).set(1)
         if oos_sharpe is not None:
             self.metrics.model_oos_sharpe.labels(model).set(oos_sharpe)
+
+    def clear_champion(self) -> None:
+        """No model served (idle inference): no champion series, no OOS Sharpe."""
+        self.metrics.champion_info.clear()
+        self.metrics.model_oos_sharpe.clear()
+
+    def venue_ready(self, venue: str) -> None:
+        """An execution venue is in use: its order, error and slippage series exist from now on (at
+        0), so ``increase()``/``rate()`` see the first order or error instead of a missing series.
+        Errors are pre-declared under ``status="unavailable"`` (no HTTP status: network, timeout),
+        the one status every venue can report; HTTP statuses appear when they happen."""
+        for side in ("buy", "sell"):
+            self.metrics.orders_submitted.labels(side, venue)
+        self.metrics.broker_api_errors.labels(venue, "unavailable")
+        self.metrics.slippage.labels(venue)
 
     def order_submitted(self, side: str, venue: str) -> None:
         self.metrics.orders_submitted.labels(side.lower(), venue).inc()
@@ -403,6 +430,8 @@ def _make_handler(registry: CollectorRegistry | None, textfile_dir: Path | None,
                                "text/html; charset=utf-8")
                 else:
                     self._send(404, b"not found\n", "text/plain; charset=utf-8")
+            except (BrokenPipeError, ConnectionResetError):
+                log.debug("metrics http: client went away before the answer (scrape timeout?)")
             except Exception as exc:  # noqa: BLE001 - a broken collector must not kill the server
                 log.exception("metrics endpoint failed")
                 self._send(500, f"error: {exc}\n".encode(), "text/plain; charset=utf-8")

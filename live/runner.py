@@ -491,6 +491,9 @@ _INPUT_KWARGS = {"execution": ("market_topic", "approved_topic", "exits_topic")}
 
 LOOP_SERVICES: tuple[str, ...] = ("persist_bars", "features", "lean_alpha", "inference", "signal", "risk",
                                   "execution", "exit_monitor")
+#: What ``awet live --replay`` runs: the loop and the lag monitor watching its groups (the same
+#: services as the all-in-one ``awet live``), so a replay exports every metric ``awet live`` does.
+REPLAY_SERVICES: tuple[str, ...] = (*LOOP_SERVICES, "lag_monitor")
 
 
 class LoopHandle:
@@ -520,12 +523,16 @@ def start_loop(cfg: Any, endpoints: Any, *, names: Sequence[str] = LOOP_SERVICES
     """Run ``names`` with ``run_services`` in a background thread, each wired to ``tracker``.
 
     My services take ``tracker=`` (they also register their side readers); the others get
-    ``on_metrics=tracker.hook(name, inputs)``. Topic/group overrides are merged in.
+    ``on_metrics=tracker.hook(name, inputs)``. Topic/group overrides are merged in. Services of
+    kind ``thread`` (the lag monitor) consume nothing: not tracked, stopped with the loop.
     """
     tracker = tracker or LoopTracker()
     merged: dict[str, dict[str, Any]] = {}
     for name in names:
         kw = dict((overrides or {}).get(name, {}))
+        if service_spec(name).kind != "bus":
+            merged[name] = kw  # nothing consumed, nothing to track
+            continue
         if name in ("persist_bars", "features", "lean_alpha"):
             topic = kw.get("input_topic", SERVICE_INPUTS[name][0])
             kw.setdefault("on_metrics", tracker.hook(name, [topic]))

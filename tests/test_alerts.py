@@ -57,11 +57,14 @@ def test_thresholds_match_the_documented_defaults():
         "DailyLossWarning": ("< -3000", None), "DailyLossCritical": ("< -5000", None),
         "SlippageAbnormal": ("> 15", None), "ModelOOSSharpeLow": ("< 0", None),
         "KillSwitchActivated": ("== 1", None), "AgentDown": ("== 0", None),
+        # relative to its own baseline (docs/runbook.md#modelconfidencedrop), >= 20 forecasts an hour
+        "ModelConfidenceDrop": ("< 0.5 * (", "15m"),
     }
     for name, (cmp, dur) in expect.items():
         assert cmp in " ".join(rules[name]["expr"].split()), name
         if dur:
             assert rules[name]["for"] == dur, name
+    assert ">= 20" in rules["ModelConfidenceDrop"]["expr"] and "offset 1h" in rules["ModelConfidenceDrop"]["expr"]
 
 
 def test_rules_use_only_exported_metrics():

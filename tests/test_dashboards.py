@@ -3,7 +3,6 @@ references metrics the code exports (and, when promtool is there, really parses)
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from awet_dagster.observability.promql import metric_names, tokenize
+from awet_dagster.observability.promql import dashboard_queries, expand_grafana_variables, metric_names, tokenize
 from live.metrics import AwetMetrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,15 +23,7 @@ def _dashboard(name: str) -> dict:
     return json.loads((GRAFANA / "dashboards" / f"{name}.json").read_text())
 
 
-def _exprs(d: dict) -> list[tuple[str, str]]:
-    out = [(p["title"], t["expr"]) for p in d["panels"] for t in p.get("targets", [])]
-    for v in d.get("templating", {}).get("list", []):
-        q = v.get("query")
-        q = q.get("query") if isinstance(q, dict) else q
-        m = re.fullmatch(r"label_values\((.+),\s*\w+\)", q or "")
-        if m:
-            out.append((f"variable {v['name']}", m.group(1)))
-    return out
+_exprs = dashboard_queries
 
 
 def test_provisioning_files():
@@ -62,7 +53,7 @@ def test_dashboards_cover_the_required_topics():
     assert {"awet_events_in_total", "awet_consumer_lag", "awet_dead_letters_total",
             "awet_handler_latency_seconds_bucket"} <= used["pipeline"]
     assert {"awet_pnl_total_dollars", "awet_daily_pnl_dollars", "awet_exposure_dollars", "awet_orders_submitted_total",
-            "awet_risk_rejections_total", "awet_slippage_bps_sum", "awet_kill_switch_active"} <= used["trading"]
+            "awet_risk_rejections_total", "awet_slippage_bps_bucket", "awet_kill_switch_active"} <= used["trading"]
     assert {"awet_model_confidence_sum", "awet_model_prediction_drift", "awet_model_oos_sharpe",
             "awet_model_champion_info"} <= used["model"]
 
@@ -96,14 +87,10 @@ def test_tokenizer_rejects_unbalanced():
 @pytest.mark.skipif(shutil.which("promtool") is None,
                     reason="promtool not installed (Debian package `prometheus`; scripts/ci_system_deps.sh)")
 def test_dashboard_queries_parse_with_promtool(tmp_path):
-    subst = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h", "$service": ".*"}
     rules = []
     for name in DASHBOARDS:
         for i, (_title, expr) in enumerate(_exprs(_dashboard(name))):
-            for k, v in subst.items():
-                expr = expr.replace(k, v)
-            assert "$" not in expr, expr
-            rules.append({"record": f"awet:dash_{name}_{i}", "expr": expr})
+            rules.append({"record": f"awet:dash_{name}_{i}", "expr": expand_grafana_variables(expr)})
     (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": [{"name": "dash", "rules": rules}]}))
     res = subprocess.run([shutil.which("promtool"), "check", "rules", str(tmp_path / "rules.yml")],
                          capture_output=True, text=True, timeout=60)

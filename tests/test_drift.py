@@ -23,3 +23,13 @@ def test_prediction_drift_uses_the_first_window_as_reference_and_resets():
     assert values[-1] is not None and values[-1] > 0.25
     d.reset()
     assert d.update(0.0) is None and d.reference == [0.0]
+
+
+def test_prediction_drift_window_sizes_are_configurable():
+    d = PredictionDrift(window=20, min_recent=5)
+    assert all(d.update(float(v)) is None for v in range(20))  # the reference
+    assert [d.update(100.0) is None for _ in range(5)] == [True] * 4 + [False]  # 5 recent values: a PSI
+    assert d.update(100.0) > 0.25  # every recent value above the reference's range: drift
+    assert PredictionDrift().min_recent == 50 and PredictionDrift(window=1000).min_recent == 100  # defaults
+    with pytest.raises(ValueError):
+        PredictionDrift(window=5)

@@ -97,6 +97,63 @@ def test_domain_metrics():
     assert v("awet_model_oos_sharpe", {"model": "awet-tft"}) == 1.1
 
 
+def test_zero_series_exist_before_the_first_event():
+    # Counters that are legitimately 0 are exported at 0 (increase() then sees the first event).
+    m = AwetMetrics()
+    s = m.service("execution")
+    v = m.registry.get_sample_value
+    s(MetricSample("messages_in", "market.raw", 1))
+    assert v("awet_dead_letters_total", {"service": "execution", "topic": "market.raw"}) == 0
+    assert v("awet_commit_failures_total", {"service": "execution"}) == 0
+    s.venue_ready("paper")
+    assert v("awet_broker_api_errors_total", {"venue": "paper", "status": "unavailable"}) == 0
+    assert v("awet_orders_submitted_total", {"side": "buy", "venue": "paper"}) == 0
+    assert v("awet_orders_submitted_total", {"side": "sell", "venue": "paper"}) == 0
+    assert v("awet_slippage_bps_count", {"venue": "paper"}) == 0
+
+
+def test_no_sum_is_claimed_for_the_signed_slippage_histogram():
+    # A histogram with negative buckets exports no _sum (prometheus_client, as OpenMetrics
+    # requires): the catalogue must not offer one to alert rules and dashboards.
+    m = AwetMetrics()
+    m.service("execution").slippage("SPY", "paper", -3.0)
+    text = m.exposition().decode()
+    assert 'awet_slippage_bps_count{venue="paper"} 1.0' in text and "awet_slippage_bps_sum" not in text
+    assert "awet_slippage_bps_sum" not in m.exported_names()
+    assert "awet_slippage_bps_bucket" in m.exported_names() and "awet_model_confidence_sum" in m.exported_names()
+
+
+def test_champion_series_follow_the_served_model():
+    m = AwetMetrics()
+    s = m.service("inference")
+    v = m.registry.get_sample_value
+    s.set_champion("awet-tft", 3, -0.2)
+    s.set_champion("other", 1)  # no Sharpe known for it: the previous model's must not linger
+    assert v("awet_model_oos_sharpe", {"model": "awet-tft"}) is None
+    assert v("awet_model_champion_info", {"model": "other", "version": "1"}) == 1
+    s.set_champion("awet-tft", 4, 0.7)
+    s.clear_champion()  # idle: nothing served
+    assert v("awet_model_champion_info", {"model": "awet-tft", "version": "4"}) is None
+    assert v("awet_model_oos_sharpe", {"model": "awet-tft"}) is None
+
+
+def test_champion_source_reports_the_served_versions_oos_sharpe():
+    from awet_dagster.inference import MlflowChampionSource
+    from awet_dagster.model.registry import ModelRef
+
+    refs = iter([ModelRef("m", "1", "r1", "u"), ModelRef("m", "2", "r2", "u"), None])
+    sharpe = {"1": 0.8}
+
+    def read(cfg, ref):
+        return sharpe[ref.version]  # v2: KeyError, like an unreadable run
+
+    src = MlflowChampionSource(None, poll_s=0.0, lookup=lambda cfg: next(refs), load=lambda cfg, ref: object(),
+                               sharpe=read)
+    assert src.current()[0] == "m:1" and src.oos_sharpe == 0.8
+    assert src.current()[0] == "m:2" and src.oos_sharpe is None  # served all the same
+    assert src.current() is None and src.oos_sharpe is None
+
+
 @pytest.mark.parametrize(("text", "code"), [
     ("throttle: 31 orders", "throttle"), ("Max Exposure exceeded", "max_exposure_exceeded"),
     ("", "unknown"), ("   :x", "unknown"), ("x" * 100, "x" * 40),

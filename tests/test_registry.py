@@ -5,32 +5,15 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-import numpy as np
-import polars as pl
 import pytest
 
-from _model_data import BASE, planted
+from _model_data import BASE, planted, walk_forward_result
 from awet_dagster.config.schema import AwetConfig, PathsConfig
-from awet_dagster.evaluation.walk_forward import FoldResult, GateCheck, WalkForwardResult
+from awet_dagster.evaluation.walk_forward import GateCheck
 from awet_dagster.model import registry as R
 from awet_dagster.model.dataset import build_datasets, origin_windows, prepare_frame
 from awet_dagster.model.onnx_export import export_onnx
 from awet_dagster.model.tft import TrainSettings, predict_quantiles, train_tft
-
-
-def _result(n_folds: int = 2) -> WalkForwardResult:
-    folds = tuple(
-        FoldResult(
-            k, BASE, BASE + dt.timedelta(days=10 * k + 5), BASE + dt.timedelta(days=10 * k + 6),
-            BASE + dt.timedelta(days=10 * k + 9), 100, 30,
-            {"sharpe": 0.8 + k, "hit_rate": 0.6, "win_rate": 0.5, "dsr": float("nan")},
-            {"tft": np.random.default_rng(k).normal(0, 0.01, 30)},
-            pl.DataFrame(), 1.0, ({"epoch": 0, "train_loss": 0.1, "val_loss": 0.2},),
-        )
-        for k in range(n_folds)
-    )
-    return WalkForwardResult("daily", "candidate", "sha256:test", folds, {"sharpe": 1.3, "n_folds": 2.0},
-                             params={"lookback": 16, "horizons": [1, 3]})
 
 
 def test_register_alias_rollback_load(tmp_path):
@@ -43,9 +26,9 @@ def test_register_alias_rollback_load(tmp_path):
     export_onnx(trained, tmp_path / "export")
     gates = [GateCheck("median_oos_sharpe", True, 1.3, 0.5, "median"), GateCheck("min_folds", False, 2, 6, "folds")]
 
-    run1, uri1 = R.log_training_run(cfg, _result(), tmp_path / "export", gate_checks=gates)
+    run1, uri1 = R.log_training_run(cfg, walk_forward_result(), tmp_path / "export", gate_checks=gates)
     v1 = R.register_version(cfg, run1, uri1, gates)
-    run2, uri2 = R.log_training_run(cfg, _result(), tmp_path / "export", gate_checks=gates[:1])
+    run2, uri2 = R.log_training_run(cfg, walk_forward_result(), tmp_path / "export", gate_checks=gates[:1])
     v2 = R.register_version(cfg, run2, uri2, gates[:1])
     assert (v1.version, v2.version) == ("1", "2")
 
@@ -59,6 +42,7 @@ def test_register_alias_rollback_load(tmp_path):
     parent = c.get_run(run1)
     assert parent.data.tags["data_hash"] == "sha256:test" and parent.data.tags["code_version"]
     assert parent.data.metrics["sharpe"] == pytest.approx(1.3)
+    assert R.version_oos_sharpe(cfg, v1.version) == pytest.approx(1.3)  # what the live side reports
     # Artifacts live under the configured artifact root.
     assert any(Path(cfg.mlflow_artifact_root).rglob("model.onnx"))
 

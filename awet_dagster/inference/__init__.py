@@ -6,7 +6,8 @@ wires these to the ``engineered`` and ``predictions`` topics.
 - ``PredictorSource.current() -> (version, predictor) | None``: the model to serve now.
   ``MlflowChampionSource`` polls the registry's ``champion`` alias every ``poll_s`` seconds
   and hot-swaps to a new version (download + load happen before the swap; a failure keeps
-  the previous model). ``StaticPredictorSource`` is the test double / fixed-model source.
+  the previous model); its ``oos_sharpe`` is the served version's walk-forward median OOS
+  Sharpe (None when unknown). ``StaticPredictorSource`` is the test double / fixed-model source.
 - ``FeatureWindows``: the last N feature rows per (symbol, bar_type), oldest first, turned
   into the (lookback, n_features) window a predictor's preprocessing expects.
 - ``to_quantiles``: the predictor's per-horizon {quantile: forward log return} ->
@@ -69,17 +70,23 @@ class StaticPredictorSource:
 class MlflowChampionSource:
     """The registry's champion, re-checked every ``poll_s`` seconds (no restart to swap).
 
-    ``lookup(cfg) -> ModelRef | None`` and ``load(cfg, ref) -> predictor`` are injectable
-    (defaults: ``awet_dagster.model.registry.get_champion`` / download + ``OnnxPredictor.load``).
+    ``lookup(cfg) -> ModelRef | None``, ``load(cfg, ref) -> predictor`` and
+    ``sharpe(cfg, ref) -> float | None`` are injectable (defaults:
+    ``awet_dagster.model.registry.get_champion`` / download + ``OnnxPredictor.load`` /
+    ``registry.version_oos_sharpe``). ``oos_sharpe``: that number for the version served (None
+    while idle, or when it cannot be read: the model is served all the same).
     """
 
     def __init__(self, cfg: Any, *, poll_s: float = 30.0, lookup: Callable[[Any], Any] | None = None,
                  load: Callable[[Any, Any], Predictor] | None = None,
+                 sharpe: Callable[[Any, Any], float | None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
         self.poll_s = poll_s
         self._lookup = lookup or _default_lookup
         self._load = load or _default_load
+        self._sharpe = sharpe or _default_sharpe
+        self.oos_sharpe: float | None = None
         self._clock = clock
         self._next_check = 0.0
         self._current: tuple[str, Predictor] | None = None
@@ -105,6 +112,7 @@ class MlflowChampionSource:
             if self._current is not None:
                 log.warning("champion alias removed: inference idle (was %s)", self._current[0])
             self._current = None
+            self.oos_sharpe = None
             return
         version = f"{ref.name}:{ref.version}"
         if self._current is not None and self._current[0] == version:
@@ -116,7 +124,13 @@ class MlflowChampionSource:
             log.error("could not load champion %s (keeping %s): %r", version,
                       self._current[0] if self._current else "no model", exc)
             return
+        try:
+            sharpe = self._sharpe(self.cfg, ref)
+        except Exception as exc:  # noqa: BLE001 - a metric, not a reason to refuse the model
+            log.warning("could not read the OOS Sharpe of %s: %r", version, exc)
+            sharpe = None
         log.info("serving model %s (was %s)", version, self._current[0] if self._current else "none")
+        self.oos_sharpe = sharpe
         self._current = (version, predictor)
         self.swaps += 1
 
@@ -125,6 +139,12 @@ def _default_lookup(cfg: Any) -> Any:
     from awet_dagster.model.registry import get_champion
 
     return get_champion(cfg)
+
+
+def _default_sharpe(cfg: Any, ref: Any) -> float | None:
+    from awet_dagster.model.registry import version_oos_sharpe
+
+    return version_oos_sharpe(cfg, ref.version)
 
 
 def _default_load(cfg: Any, ref: Any) -> Predictor:

@@ -3,16 +3,22 @@
 A version is eligible when its gate passed (tag `gate_passed=true`, set at registration from
 the blocking checks), its ONNX parity passed, it is newer than the current champion, and —
 when `promotion.require_approval` — an operator approved it (tag `approved_by`). Every
-promotion, approval and rollback is written to the audit log.
+promotion, approval and rollback is written to the audit log; promotions and rollbacks also
+rewrite the champion metrics textfile (`<AWET_HOME>/metrics/champion.prom`: champion version,
+its walk-forward OOS Sharpe, write time) that `python -m live.metrics` serves to Prometheus.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
 from awet_dagster.config import AwetConfig
 from awet_dagster.model import registry
+from awet_dagster.observability.textfile import metrics_dir, write_champion_metrics
 from awet_dagster.storage.trading import record_audit
+
+log = logging.getLogger("awet.model.promotion")
 
 APPROVED_TAG = "approved_by"
 
@@ -54,7 +60,17 @@ def promote(cfg: AwetConfig, conn, version: str, actor: str, reason: str) -> reg
     ref = registry.set_champion(cfg, version)
     record_audit(conn, actor=actor, action="model.promote", subject=f"{cfg.mlflow.model_name}:v{version}",
                  details={"reason": reason, "previous_champion": before.version if before else None})
+    write_champion_textfile(cfg, ref)
     return ref
+
+
+def write_champion_textfile(cfg: AwetConfig, ref: registry.ModelRef) -> None:
+    """Best effort: the champion metrics for Prometheus (a failure is logged, never raised: the
+    alias has moved already, and the textfile's age panel shows it went stale)."""
+    try:
+        write_champion_metrics(metrics_dir(cfg), ref.name, ref.version, registry.version_oos_sharpe(cfg, ref.version))
+    except Exception:  # noqa: BLE001
+        log.exception("could not write the champion metrics textfile for %s v%s", ref.name, ref.version)
 
 
 def approve(cfg: AwetConfig, conn, version: str, operator: str, note: str = "") -> None:
@@ -73,4 +89,5 @@ def rollback(cfg: AwetConfig, conn, actor: str, reason: str) -> registry.ModelRe
     ref = registry.rollback_champion(cfg)
     record_audit(conn, actor=actor, action="model.rollback", subject=cfg.mlflow.model_name,
                  details={"reason": reason, "from": before.version if before else None, "to": ref.version})
+    write_champion_textfile(cfg, ref)
     return ref

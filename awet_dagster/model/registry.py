@@ -208,6 +208,20 @@ def load_champion_pyfunc(cfg):
     return mlflow.pyfunc.load_model(f"models:/{cfg.mlflow.model_name}@{cfg.mlflow.champion_alias}")
 
 
+def version_oos_sharpe(cfg, version: str | int) -> float | None:
+    """The walk-forward median OOS Sharpe of `version`: metric `sharpe` of the training run it
+    was registered from (`log_training_run` logs the walk-forward's overall metrics), or None."""
+    import math
+
+    c = client(cfg)
+    mv = c.get_model_version(cfg.mlflow.model_name, str(version))
+    run_id = mv.run_id or mv.tags.get("run_id")
+    if not run_id:
+        return None
+    value = c.get_run(run_id).data.metrics.get("sharpe")
+    return float(value) if value is not None and math.isfinite(float(value)) else None
+
+
 def tag_version(cfg, version: str | int, tags: dict[str, str]) -> None:
     c = client(cfg)
     for k, v in tags.items():

@@ -27,10 +27,14 @@ def psi(reference: np.ndarray, recent: np.ndarray, bins: int = 10) -> float:
 
 class PredictionDrift:
     """Collects a model's first `window` forecasts as the reference, then reports the PSI of
-    the latest `window` forecasts; `reset()` when a new model is served."""
+    the latest `window` forecasts once at least `min_recent` of them arrived (default
+    ``max(50, window // 10)``); `reset()` when a new model is served."""
 
-    def __init__(self, window: int = 500) -> None:
+    def __init__(self, window: int = 500, min_recent: int | None = None) -> None:
+        if window < 10:
+            raise ValueError("window must be >= 10 (the PSI uses 10 reference quantile bins)")
         self.window = window
+        self.min_recent = max(50, window // 10) if min_recent is None else max(1, min(min_recent, window))
         self.reset()
 
     def reset(self) -> None:
@@ -44,6 +48,6 @@ class PredictionDrift:
             self.reference.append(value)
             return None
         self.recent.append(value)
-        if len(self.recent) < max(50, self.window // 10):
+        if len(self.recent) < self.min_recent:
             return None
         return psi(np.asarray(self.reference), np.asarray(self.recent))

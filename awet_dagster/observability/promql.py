@@ -12,6 +12,8 @@ the binary set operators are not names. Everything else is a metric name.
 """
 from __future__ import annotations
 
+import re
+
 _IDENT_START = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_:")
 _IDENT = _IDENT_START | set("0123456789")
 _LABEL_LIST_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right"}
@@ -123,3 +125,34 @@ def metric_names(expr: str) -> set[str]:
             names.add(t)
         i += 1
     return names
+
+
+# --------------------------------------------------------------------------- Grafana dashboards
+#: Values for Grafana's built-in variables and the dashboards' own when a panel's query runs
+#: outside Grafana (promtool, Prometheus' HTTP API): a plain PromQL expression.
+GRAFANA_VARIABLES: dict[str, str] = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h",
+                                     "$service": ".*"}
+
+
+def dashboard_queries(dashboard: dict) -> list[tuple[str, str]]:
+    """``(where, expr)`` of every PromQL query of a Grafana dashboard (JSON model): each
+    panel target (``where`` = the panel's title) and the metric selector of each
+    ``label_values(<selector>, <label>)`` variable (``where`` = ``variable <name>``)."""
+    out = [(p["title"], t["expr"]) for p in dashboard.get("panels", []) for t in p.get("targets", [])]
+    for v in dashboard.get("templating", {}).get("list", []):
+        q = v.get("query")
+        q = q.get("query") if isinstance(q, dict) else q
+        m = re.fullmatch(r"label_values\((.+),\s*\w+\)", q or "")
+        if m:
+            out.append((f"variable {v['name']}", m.group(1)))
+    return out
+
+
+def expand_grafana_variables(expr: str, values: dict[str, str] | None = None) -> str:
+    """``expr`` with the Grafana variables of ``values`` (default ``GRAFANA_VARIABLES``)
+    replaced; raises ``ValueError`` if a ``$`` variable is left."""
+    for k, v in sorted((values or GRAFANA_VARIABLES).items(), key=lambda kv: -len(kv[0])):
+        expr = expr.replace(k, v)
+    if "$" in expr:
+        raise ValueError(f"unexpanded Grafana variable in {expr!r}")
+    return expr

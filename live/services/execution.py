@@ -142,6 +142,8 @@ class Executor:
         self.broker = broker
         self.router = OrderRouter(broker, dry_run=dry_run)
         self.venue = broker.venue
+        if metrics is not None:
+            metrics.venue_ready(self.venue)  # order/error/slippage series at 0 from the start
         self.dry_run = dry_run
         self.orders_topic, self.done_topic = orders_topic, done_topic
         self.ns = namespace

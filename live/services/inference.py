@@ -19,7 +19,10 @@ features are not dead-lettered (they are fine, the model is not).
 
 Metrics (``metrics``: the runner's ``ServiceMetrics``): ``awet_model_champion_info{model,
 version}`` = 1 for the version served (cleared while idle; ``model:version`` versions are
-split, others are reported under model ``champion``), and ``awet_model_confidence`` observes
+split, others are reported under model ``champion``), ``awet_model_oos_sharpe{model}`` = the
+served version's walk-forward median OOS Sharpe when the source knows it (``oos_sharpe`` of
+``MlflowChampionSource``), ``awet_model_prediction_drift`` = ``PredictionDrift`` of the median
+forecasts (``drift_window``), and ``awet_model_confidence`` observes
 every prediction's TFT confidence at its shortest horizon (``signals.tft.tft_view``: |q50| /
 (|q50| + half the q10-q90 spread), the number the signal engine uses for the model component).
 """
@@ -50,7 +53,7 @@ IDLE_MESSAGE = "no champion model registered: inference idle"
 class Inference:
     def __init__(self, cfg: Any, source: PredictorSource, conn: LazyConnection | None, *, output_topic: str,
                  input_model: type[FeatureEvent] = FeatureEvent, warmup_bars: int = DEFAULT_WARMUP_BARS,
-                 metrics: Any = None) -> None:
+                 metrics: Any = None, drift: PredictionDrift | None = None) -> None:
         self.cfg = cfg
         self.metrics = metrics
         self.source = source
@@ -60,7 +63,7 @@ class Inference:
         self.warmup_bars = warmup_bars
         self.windows = FeatureWindows(max(cfg.model.lookback, cfg.model.minute_lookback))
         self.version: str | None = None
-        self.drift = PredictionDrift()
+        self.drift = drift if drift is not None else PredictionDrift()
         self._idle_logged = False
         self._outputs: dict[tuple[str, int, int], list[Output]] = {}
         self.counters = {"features": 0, "predictions": 0, "predict_calls": 0, "predict_errors": 0, "swaps": 0,
@@ -76,7 +79,7 @@ class Inference:
             if self.version is not None:
                 self.version = None
                 if self.metrics is not None:
-                    self.metrics.metrics.champion_info.clear()
+                    self.metrics.clear_champion()
             return None
         version, predictor = cur
         if version != self.version:
@@ -88,7 +91,9 @@ class Inference:
             self._idle_logged = False
             if self.metrics is not None:
                 model_name, _, model_version = version.rpartition(":")
-                self.metrics.set_champion(model_name or "champion", model_version)
+                sharpe = getattr(self.source, "oos_sharpe", None)  # MlflowChampionSource: the run's metric
+                self.metrics.set_champion(model_name or "champion", model_version,
+                                          sharpe if isinstance(sharpe, (int, float)) else None)
             need = int(predictor.preprocessing.encoder_length)
             if need > self.windows.maxlen:
                 self.windows = FeatureWindows(need)  # rows re-fill (warm-up on next bar)
@@ -190,16 +195,20 @@ class InferenceService(LiveService):
 def build(cfg: Any, endpoints: Any, *, input_topic: str = ENGINEERED, output_topic: str = PREDICTIONS,
           group: str | None = None, name: str = NAME, source: PredictorSource | None = None,
           poll_s: float = 30.0, warmup_bars: int = DEFAULT_WARMUP_BARS, tracker: Any = None,
-          metrics: Any = None, **bus_kwargs: Any) -> LiveService:
+          metrics: Any = None, drift_window: int = 500, drift_min_recent: int | None = None,
+          **bus_kwargs: Any) -> LiveService:
     """``source``: where the model comes from (default: MLflow champion, polled every ``poll_s``).
-    ``metrics``: a ``live.metrics.ServiceMetrics`` for the model metrics (the runner passes it)."""
+    ``metrics``: a ``live.metrics.ServiceMetrics`` for the model metrics (the runner passes it).
+    ``drift_window`` / ``drift_min_recent``: ``PredictionDrift`` sizes (reference = the served
+    model's first ``drift_window`` median forecasts; PSI of the latest ones once ``drift_min_recent``
+    arrived, default ``max(50, drift_window // 10)``)."""
     conn = LazyConnection(endpoints.database_url, **db_settings(cfg))
     src = source if source is not None else MlflowChampionSource(cfg, poll_s=poll_s)
     if contract_of(output_topic, Prediction) is not Prediction:
         raise ValueError(f"topic {output_topic!r} does not carry Prediction")
     model = contract_of(input_topic, FeatureEvent)
     inf = Inference(cfg, src, conn, output_topic=output_topic, input_model=model, warmup_bars=warmup_bars,
-                    metrics=metrics)
+                    metrics=metrics, drift=PredictionDrift(drift_window, drift_min_recent))
     if tracker is not None:
         bus_kwargs.setdefault("on_metrics", tracker.hook(name, [input_topic]))
     svc = make_bus(cfg, endpoints, name=name, topics={input_topic: model}, handler=inf.handle, group=group,
