@@ -20,6 +20,7 @@ the run (as ``awet infra up``). No model is registered: inference idles (alphas 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -48,11 +49,17 @@ SECTION = "live_loop"
 TOPIC_KEYS = ("raw", "eng", "alpha", "pred", "scored", "approved", "rejected", "exits", "orders", "done")
 
 
-def synthetic_bars(symbols: list[str], start: datetime, n: int, seed: int = 7) -> pl.DataFrame:
-    """``n`` daily bars per symbol (random walk; consecutive days), replay order (ts, symbol)."""
+def synthetic_bars(symbols: list[str], start: datetime, n: int, seed: int = 7, swing: float = 0.0,
+                   period: float = 10.0) -> pl.DataFrame:
+    """``n`` daily bars per symbol (random walk; consecutive days), replay order (ts, symbol).
+
+    ``swing`` adds a price cycle of that log amplitude and ``period`` bars (random phase per
+    symbol): the Lean alphas (EMA cross, MACD, RSI) then fire every few bars, so a short
+    run still sends many bars all the way to an order."""
     rng = np.random.default_rng(seed)
     rets = rng.normal(0, 0.02, size=(n, len(symbols)))
-    close = 100 * np.exp(np.cumsum(rets, axis=0))
+    cycle = swing * np.sin(2 * np.pi * np.arange(n)[:, None] / period + rng.uniform(0, 2 * np.pi, len(symbols)))
+    close = 100 * np.exp(np.cumsum(rets, axis=0) + cycle)
     open_ = np.vstack([close[:1], close[:-1]])
     rows = {k: [] for k in BAR_SCHEMA.names()}
     for i in range(n):
@@ -117,6 +124,15 @@ class _Recv:
                     cid = dict(m.headers() or ()).get("correlation_id", b"").decode()
                     self.first.setdefault(cid, now)
 
+    def wait_for(self, n: int, timeout_s: float) -> bool:
+        """Until ``n`` distinct correlation ids were received (the reader is live)."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.first) < n:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
     def close(self) -> None:
         self._stop.set()
         self._t.join(5)
@@ -150,6 +166,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--seconds", type=float, default=None, help="latency phase length")
     ap.add_argument("--replay-bars", type=int, default=None)
+    ap.add_argument("--dump", type=Path, default=None,
+                    help="write the latency phase's per-bar (send time s, bar->signal ms, bar->order ms) as JSON")
     args = ap.parse_args()
     seconds = args.seconds or (12.0 if args.quick else 60.0)
     replay_n = args.replay_bars or (10_000 if args.quick else 50_000)
@@ -171,7 +189,7 @@ def main() -> int:
                                                  "max_orders_per_minute": 1_000_000,
                                                  "max_orders_per_symbol_day": 1_000_000,
                                                  "max_total_exposure": 1e12, "sector_cap_pct": 1.0,
-                                                 "position_size_pct": 0.001, "daily_loss_limit": 1.0,
+                                                 "position_size_pct": 0.005, "daily_loss_limit": 1.0,
                                                  "kill_switch_loss": 1.0, "max_drawdown": 1.0}),
         })
         rt = raw_round_trip(ep.kafka_bootstrap, 300 if args.quick else 1000, args.rate)
@@ -184,7 +202,7 @@ def main() -> int:
             warm = 40  # history in the bars table: SMAs, alphas, CVaR warm up from it
             n_live = max(2, int(seconds * args.rate / len(syms)) + 1) if phase == "latency" else \
                 max(2, replay_n // len(syms))
-            bars = synthetic_bars(syms, t0, warm + n_live, seed=11)
+            bars = synthetic_bars(syms, t0, warm + n_live, seed=11, swing=0.1)
             hist = bars.filter(pl.col("ts") < t0 + timedelta(days=warm))
             live = bars.filter(pl.col("ts") >= t0 + timedelta(days=warm))
             with connect(ep.database_url) as conn, conn.transaction():
@@ -197,11 +215,16 @@ def main() -> int:
                 # Let every consumer group join and warm-up happen before measuring.
                 from awet_dagster.contracts import MarketRawEvent  # noqa: F401
 
+                if phase == "latency":
+                    # Readers first: they must be fetching before the first measured bar is sent
+                    # (a reader still connecting would add its own start-up to the latencies).
+                    orders, signals = _Recv(ep.kafka_bootstrap, t["orders"]), _Recv(ep.kafka_bootstrap, t["scored"])
                 first = live.head(len(syms))
                 replay_through_loop(prod, first, tracker, topic=t["raw"], drain_timeout_s=120)
                 rest = live.slice(len(syms))
                 if phase == "latency":
-                    orders, signals = _Recv(ep.kafka_bootstrap, t["orders"]), _Recv(ep.kafka_bootstrap, t["scored"])
+                    if not signals.wait_for(len(syms), 30):
+                        raise RuntimeError("the signal reader did not catch up with the warm-up bars")
                     sent: dict[str, float] = {}
                     tracker.add_external(t["raw"], rest.height)
                     due = time.perf_counter()
@@ -223,6 +246,13 @@ def main() -> int:
                     results["latency"] = {"bars": rest.height, "orders": tracker.produced.get(t["orders"], 0),
                                           "order": lat_o,
                                           "signal": lat_s, "drained": drained}
+                    if args.dump:
+                        t_first = min(sent.values())
+                        args.dump.write_text(json.dumps([
+                            [round(s0 - t_first, 4),
+                             round((signals.first[c] - s0) * 1000, 2) if c in signals.first else None,
+                             round((orders.first[c] - s0) * 1000, 2) if c in orders.first else None]
+                            for c, s0 in sent.items()]))
                 else:
                     start = time.perf_counter()
                     n, drained = replay_through_loop(prod, rest, tracker, topic=t["raw"], drain_timeout_s=300)

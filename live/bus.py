@@ -36,6 +36,12 @@ Guarantees and why:
   ``batch_size`` (default 500) bounds how many messages share one flush + commit, and a
   crash re-delivers at most the batches whose commit had not landed yet (normally the
   current one and the previous one).
+- Batch hooks (optional): ``before_batch(messages)`` runs once per polled batch before any
+  message is handled (prefetch what the whole batch needs in one query, micro-batch model
+  calls); ``before_produce(contexts)`` makes the loop HOLD the batch's outputs until it has
+  run, then publish them (a service stores what it decided, e.g. the risk audit, in one
+  transaction per batch and still before anything is published). Either may raise
+  ``RetryLater``: nothing of the batch is published or committed.
 - Every wait is bounded: poll by ``poll_timeout_s``, flush by ``flush_timeout_s``, the
   final synchronous commit and consumer close by librdkafka's ``socket.timeout.ms``.
 - Graceful stop: ``stop()`` (or SIGTERM/SIGINT once ``install_signal_handlers()`` ran in the
@@ -324,7 +330,8 @@ class BusService:
 
     ``topic_models`` overrides the registry (``awet_dagster.contracts.topics``) for ad-hoc
     topic names. ``before_commit`` is called after a batch's flush succeeded and before its
-    commit (a test hook: crash there to prove redelivery).
+    commit (persist what the batch consumed; a test hook: crash there to prove redelivery).
+    ``before_batch`` / ``before_produce``: see the module doc.
     """
 
     def __init__(
@@ -341,6 +348,8 @@ class BusService:
         flush_timeout_s: float = 10.0,
         on_metrics: MetricsHook | None = None,
         before_commit: Callable[[Sequence[MessageContext]], None] | None = None,
+        before_batch: Callable[[Sequence[Message]], None] | None = None,
+        before_produce: Callable[[Sequence[MessageContext]], None] | None = None,
     ) -> None:
         if not topics:
             raise ValueError("at least one topic is required")
@@ -362,6 +371,8 @@ class BusService:
         self._flush_timeout_s = flush_timeout_s
         self._on_metrics = on_metrics
         self._before_commit = before_commit
+        self._before_batch = before_batch
+        self._before_produce = before_produce
         self.producer = producer if isinstance(producer, EventProducer) else EventProducer(producer)
         conf = dict(consumer_config)
         conf["enable.auto.offset.store"] = False  # offsets are stored by the loop, after delivery
@@ -497,11 +508,15 @@ class BusService:
     def _process_batch(self, batch: list[Message], stats: RunStats) -> None:
         t0 = time.monotonic()
         on_metrics = self._on_metrics
-        keep_contexts = self._before_commit is not None
+        keep_contexts = self._before_commit is not None or self._before_produce is not None
+        # Outputs held back until before_produce ran (None: published as they are made).
+        held: list[Output] | None = [] if self._before_produce is not None else None
         process_one = self._process_one
         contexts: list[MessageContext] = []
         offsets: dict[tuple[str, int], int] = {}
         produced = 0
+        if self._before_batch is not None:
+            self._before_batch(batch)
         for msg in batch:
             err = msg.error()
             if err is not None:
@@ -517,17 +532,22 @@ class BusService:
             offsets[topic, partition] = offset
             if on_metrics is not None:
                 self._metric("messages_in", topic, 1)
-            n_out, ctx = process_one(msg, topic, partition, offset, stats)
+            n_out, ctx = process_one(msg, topic, partition, offset, stats, held)
             produced += n_out
             if keep_contexts and ctx is not None:
                 contexts.append(ctx)
+        if held is not None:
+            self._before_produce(contexts)  # type: ignore[misc]
+            send = self.producer.send_checked
+            for out in held:
+                send(out.topic, out.event, out.key)
         # Everything this batch produced (outputs and dead letters) must be acknowledged
         # before its offsets are stored/committed; DeliveryError propagates and nothing is.
         # (A flush with nothing outstanding returns at once, see EventProducer.flush.)
         self.producer.flush(self._flush_timeout_s)
         stats.produced += produced
-        if keep_contexts:
-            self._before_commit(contexts)  # type: ignore[misc]
+        if self._before_commit is not None:
+            self._before_commit(contexts)
         if offsets:
             self._commit(offsets, stats)
         stats.batches += 1
@@ -535,9 +555,11 @@ class BusService:
             self._metric("batch_seconds", ",".join(self.topics), time.monotonic() - t0)
 
     def _process_one(
-        self, msg: Message, topic: str, partition: int, offset: int, stats: RunStats
+        self, msg: Message, topic: str, partition: int, offset: int, stats: RunStats,
+        held: list[Output] | None = None,
     ) -> tuple[int, MessageContext | None]:
-        """Decode + handle + send outputs of one message; dead-letter it on failure."""
+        """Decode + handle + send outputs of one message (or append them to ``held``);
+        dead-letter it on failure."""
         on_metrics = self._on_metrics
         t0 = time.monotonic() if on_metrics is not None else 0.0
         value = msg.value()
@@ -580,9 +602,12 @@ class BusService:
             if on_metrics is not None:
                 self._metric("handle_seconds", topic, time.monotonic() - t0)
             return 0, ctx
-        send = self.producer.send_checked
-        for out in outputs:
-            send(out.topic, out.event, out.key)
+        if held is not None:
+            held.extend(outputs)
+        else:
+            send = self.producer.send_checked
+            for out in outputs:
+                send(out.topic, out.event, out.key)
         stats.processed += 1
         if on_metrics is not None:  # skip the bookkeeping entirely when nobody listens
             for out in outputs:

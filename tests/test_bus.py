@@ -312,6 +312,60 @@ def test_retry_later_stops_without_commit_or_dead_letter(kafka_bootstrap, make_t
     assert _read_all(kafka_bootstrap, dlq_topic(topic), 1, timeout_s=2) == []
 
 
+# --------------------------------------------------------------------------- batch hooks
+@pytest.mark.timeout(90)
+def test_batch_hooks_run_once_per_batch_and_outputs_wait_for_before_produce(kafka_bootstrap, make_topic):
+    topic, out = make_topic(), make_topic()
+    p = _producer(kafka_bootstrap)
+    sent = [_bar(f"S{i}") for i in range(5)]
+    for ev in sent:
+        p.send(topic, ev)
+    p.flush(10)
+    calls: list[tuple] = []
+
+    def before_batch(batch):
+        calls.append(("batch", len(batch)))
+
+    def handle(event, ctx):
+        calls.append(("handle", event.symbol))
+        return [Output(out, event)]
+
+    def before_produce(contexts):
+        # Nothing of this batch may be on the output topic yet.
+        calls.append(("produce", len(contexts), len(_read_all(kafka_bootstrap, out, 1, timeout_s=0.5))))
+
+    with _service(kafka_bootstrap, [topic], handle, models={topic: MarketRawEvent, out: MarketRawEvent},
+                  before_batch=before_batch, before_produce=before_produce) as svc:
+        # Let librdkafka fetch all five first, so they form one batch.
+        time.sleep(1.0)
+        stats = svc.run(max_messages=5, timeout_s=30)
+    assert stats.processed == 5 and stats.produced == 5
+    batches = [c for c in calls if c[0] == "batch"]
+    produces = [c for c in calls if c[0] == "produce"]
+    assert sum(n for _, n in batches) == 5 and len(produces) == len(batches)
+    assert calls[0][0] == "batch" and all(c[2] == 0 for c in produces[:1])  # held until before_produce
+    assert [m.key() for m in _read_all(kafka_bootstrap, out, 5)] == [e.kafka_key() for e in sent]
+
+
+@pytest.mark.timeout(90)
+def test_before_produce_retry_later_publishes_and_commits_nothing(kafka_bootstrap, make_topic):
+    topic, out = make_topic(), make_topic()
+    group = f"g-hold-{uuid.uuid4().hex[:8]}"
+    p = _producer(kafka_bootstrap)
+    p.send(topic, _bar())
+    p.flush(10)
+
+    def before_produce(contexts):
+        raise RetryLater("audit table down")
+
+    with _service(kafka_bootstrap, [topic], lambda ev, ctx: [Output(out, ev)], group=group,
+                  models={topic: MarketRawEvent, out: MarketRawEvent}, before_produce=before_produce) as svc:
+        with pytest.raises(RetryLater):
+            svc.run(max_messages=1, timeout_s=30)
+    assert _read_all(kafka_bootstrap, out, 1, timeout_s=2) == []
+    assert _committed(kafka_bootstrap, group, topic) < 0
+
+
 # --------------------------------------------------------------------------- unit-level
 def test_consumer_config_forces_manual_commit_and_layers_settings():
     conf = consumer_config("h:1", "p.svc", client={"client.rack": "a", "session.timeout.ms": 1},

@@ -33,6 +33,8 @@ from awet_dagster.streaming import (
     bar_event_id,
     bars_to_events,
     events_to_frame,
+    read_last_bars,
+    read_last_bars_many,
 )
 from awet_dagster.streaming.state import alpha_kind
 from live import runner
@@ -309,6 +311,23 @@ def test_replay_then_persist_bars_stores_exactly_the_bars_idempotently(cfg, endp
     with connect(database_url) as conn:
         stored = read_bars(conn, symbols, "daily")
     assert stored.equals(bars.sort("symbol", "ts")), "stored bars differ from the replayed ones"
+
+
+@pytest.mark.timeout(60)
+def test_read_last_bars_many_equals_one_query_per_symbol(database_url):
+    bars = _sample_bars(start=date(2020, 1, 1), end=date(2020, 4, 1))
+    with connect(database_url) as conn, conn.transaction():
+        copy_upsert_bars(conn, bars)
+    symbols = sorted(bars["symbol"].unique().to_list())
+    cut = {s: datetime(2020, 2, 3 + i, 14, 30, tzinfo=UTC) for i, s in enumerate(symbols)}  # own cut-off each
+    cut["NOHISTORY"] = datetime(2020, 3, 2, tzinfo=UTC)
+    with connect(database_url) as conn:
+        many = read_last_bars_many(conn, cut, "daily", 15)
+        one = {s: read_last_bars(conn, s, "daily", ts, 15) for s, ts in cut.items()}
+        assert read_last_bars_many(conn, {}, "daily", 15) == {}
+    assert many == one
+    assert many["NOHISTORY"] == [] and all(len(many[s]) == 15 for s in symbols)
+    assert all(b["ts"] < cut[s] for s in symbols for b in many[s])
 
 
 @pytest.mark.timeout(240)

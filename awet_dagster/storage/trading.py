@@ -6,8 +6,8 @@ state across restarts; the backtest uses the in-memory twins.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import asdict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from datetime import date, datetime
 from typing import Any
 
@@ -111,11 +111,45 @@ class PostgresOrderStore:
         )
 
 
+_AUDIT_INSERT = ("INSERT INTO audit_log (ts, actor, action, subject, correlation_id, details) "
+                 "VALUES (COALESCE(%s, now()), %s, %s, %s, %s, %s::jsonb)")
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    actor: str
+    action: str
+    subject: str | None = None
+    correlation_id: str | None = None
+    details: Mapping[str, Any] | None = None
+    ts: datetime | None = None  # None: the time of the write
+
+    def params(self) -> tuple:
+        return (self.ts, self.actor, self.action, self.subject, self.correlation_id,
+                json.dumps(dict(self.details or {}), default=str))
+
+
 def record_audit(conn, *, actor: str, action: str, subject: str | None = None, correlation_id: str | None = None,
                  details: Mapping[str, Any] | None = None, ts: datetime | None = None) -> None:
     """Append one audit record (who/what/why); never updated or deleted except by retention."""
-    conn.execute(
-        "INSERT INTO audit_log (ts, actor, action, subject, correlation_id, details) "
-        "VALUES (COALESCE(%s, now()), %s, %s, %s, %s, %s::jsonb)",
-        (ts, actor, action, subject, correlation_id, json.dumps(dict(details or {}), default=str)),
-    )
+    conn.execute(_AUDIT_INSERT, AuditRecord(actor, action, subject, correlation_id, details, ts).params())
+
+
+def record_audits(conn, records: Sequence[AuditRecord]) -> int:
+    """Append many audit records in one transaction (one pipelined round trip, not one per row)."""
+    if not records:
+        return 0
+    with conn.transaction(), conn.cursor() as cur:
+        cur.executemany(_AUDIT_INSERT, [r.params() for r in records])
+    return len(records)
+
+
+def audit_details_by_correlation(conn, actor: str, correlation_ids: Sequence[str], key: str) -> list[dict]:
+    """``details`` of ``actor``'s audit records for ``correlation_ids`` that carry ``key``
+    (one query for a whole batch; uses the correlation_id index)."""
+    if not correlation_ids:
+        return []
+    rows = conn.execute(
+        "SELECT details FROM audit_log WHERE correlation_id = ANY(%s) AND actor = %s AND details ? %s",
+        (list(correlation_ids), actor, key)).fetchall()
+    return [r[0] for r in rows]

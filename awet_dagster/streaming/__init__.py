@@ -19,7 +19,7 @@ from awet_dagster.streaming.state import (
     StreamCounters,
     to_contract_signal,
 )
-from awet_dagster.streaming.warmup import read_last_bars
+from awet_dagster.streaming.warmup import read_last_bars, read_last_bars_many
 
 __all__ = [
     "DEFAULT_WARMUP_BARS",
@@ -35,6 +35,7 @@ __all__ = [
     "event_to_bar",
     "events_to_frame",
     "read_last_bars",
+    "read_last_bars_many",
     "replay_order",
     "to_contract_signal",
 ]

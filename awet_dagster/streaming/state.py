@@ -16,7 +16,7 @@ that saw the whole history to float precision (the live/batch parity tests need 
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -41,6 +41,13 @@ def no_history(symbol: str, bar_type: str, before: datetime, limit: int) -> list
     return []
 
 
+class ManyHistoryReader(Protocol):
+    """``({symbol: before}, bar_type, limit) -> {symbol: bars oldest first}``: many symbols'
+    history in one read (e.g. ``read_last_bars_many``)."""
+
+    def __call__(self, wanted: Mapping[str, datetime], bar_type: str, limit: int) -> Mapping[str, list[Mapping[str, Any]]]: ...
+
+
 @dataclass
 class StreamCounters:
     """What a streaming engine did (exposed for logs, metrics and tests)."""
@@ -60,23 +67,48 @@ class _Keyed:
         self._history = history or no_history
         self._warmup_bars = warmup_bars
         self._last_ts: dict[tuple[str, str], datetime] = {}
+        self._warm: set[tuple[str, str]] = set()
         self.counters = StreamCounters()
+
+    def knows(self, key: tuple[str, str]) -> bool:
+        """Whether (symbol, bar_type) has state (warmed up or seen)."""
+        return key in self._warm
+
+    def _warm_up(self, key: tuple[str, str], ts: datetime, history: Sequence[Mapping[str, Any]]) -> None:
+        self._create(key)
+        self._warm.add(key)
+        self.counters.warmups += 1
+        for bar in history:
+            if bar["ts"] < ts:  # defensive: the reader promised "before ts"
+                self._feed(key, bar)
+                self._last_ts[key] = bar["ts"]
+                self.counters.warmup_bars += 1
+
+    def warm_up_many(self, first: Mapping[tuple[str, str], datetime], read_many: ManyHistoryReader) -> int:
+        """Warm up every unknown (symbol, bar_type) of ``first`` ({key: ts of its first bar})
+        with one ``read_many`` call per bar type instead of one read per symbol (a live
+        batch bringing 500 new symbols). The same warm-up as the one ``_accept`` does for a
+        single new key. Returns how many keys were warmed up."""
+        by_type: dict[str, dict[str, datetime]] = {}
+        for (symbol, bar_type), ts in first.items():
+            if (symbol, bar_type) not in self._warm:
+                by_type.setdefault(bar_type, {})[symbol] = ts
+        n = 0
+        for bar_type, wanted in by_type.items():
+            # Read first, create after: if the read fails (DB down) no half-made state stays.
+            history = read_many(wanted, bar_type, self._warmup_bars)
+            for symbol, ts in wanted.items():
+                self._warm_up((symbol, bar_type), ts, history.get(symbol, ()))
+                n += 1
+        return n
 
     def _accept(self, symbol: str, bar_type: str, ts: datetime) -> bool:
         """Warm the state up if new; True if the bar is new (strictly after the last)."""
         key = (symbol, bar_type)
-        last = self._last_ts.get(key)
-        if last is None:
+        if key not in self._warm:
             # Read first, create after: if the read fails (DB down) no half-made state stays.
-            history = self._history(symbol, bar_type, ts, self._warmup_bars)
-            self._create(key)
-            self.counters.warmups += 1
-            for bar in history:
-                if bar["ts"] < ts:  # defensive: the reader promised "before ts"
-                    self._feed(key, bar)
-                    self._last_ts[key] = bar["ts"]
-                    self.counters.warmup_bars += 1
-            last = self._last_ts.get(key)
+            self._warm_up(key, ts, self._history(symbol, bar_type, ts, self._warmup_bars))
+        last = self._last_ts.get(key)
         if last is not None and ts <= last:
             self.counters.skipped_stale += 1
             return False

@@ -9,7 +9,7 @@ from typing import Any
 
 from awet_dagster.contracts import BaseEvent, model_for_topic
 from awet_dagster.storage.db import connect
-from awet_dagster.streaming import read_last_bars
+from awet_dagster.streaming import read_last_bars, read_last_bars_many
 from live.bus import BusService, EventProducer, Handler, MessageContext, RetryLater
 from live.kafka_settings import consumer_config, group_id, producer_config
 
@@ -49,6 +49,8 @@ def make_bus(
     handler: Handler,
     group: str | None = None,
     before_commit: Callable[[Sequence[MessageContext]], None] | None = None,
+    before_batch: Callable[[Sequence[Any]], None] | None = None,
+    before_produce: Callable[[Sequence[MessageContext]], None] | None = None,
     resources: Sequence[Any] = (),
     component: Any = None,
     **bus_kwargs: Any,
@@ -88,6 +90,8 @@ def make_bus(
         producer=EventProducer(prod),
         topic_models=dict(topics),
         before_commit=before_commit,
+        before_batch=before_batch,
+        before_produce=before_produce,
         resources=resources,
         component=component,
         **bus_kwargs,
@@ -139,6 +143,51 @@ class LazyConnection:
                     self._conn = None
 
     close = reset
+
+
+def unseen_first(batch: Sequence[Any], model: type[BaseEvent], known: Callable[[tuple[str, str]], bool],
+                 known_symbol: Callable[[str], bool] | None = None) -> dict[tuple[str, str], datetime]:
+    """{(symbol, bar_type): ts of its first message in ``batch``} for the keys ``known`` says
+    are new: what a batch pre-pass warms up in one query. Messages keyed by a symbol that
+    ``known_symbol`` already knows are not decoded (the common case once running)."""
+    first: dict[tuple[str, str], datetime] = {}
+    for msg in batch:
+        if msg.error() is not None or msg.value() is None:
+            continue
+        key = msg.key()
+        if known_symbol is not None and key is not None and known_symbol(key.decode(errors="replace")):
+            continue
+        try:
+            ev = model.model_validate_json(msg.value())
+        except ValueError:  # pydantic's ValidationError: dead-lettered when the bus handles it
+            continue
+        k = (ev.symbol, ev.bar_type)
+        if k not in first and not known(k):
+            first[k] = ev.ts
+    return first
+
+
+def batch_warm_up(engine: Any, conn: LazyConnection, model: type[BaseEvent]) -> Callable[[Sequence[Any]], None]:
+    """A bus ``before_batch`` hook warming a keyed streaming engine (``FeatureEngine``,
+    ``AlphaBank``) up for every new symbol of the batch with ONE bars query; a DB outage is
+    RetryLater. Keys it misses (none in practice) still warm up one by one in ``_accept``."""
+    import psycopg
+
+    symbols: set[str] = set()
+
+    def before_batch(batch: Sequence[Any]) -> None:
+        first = unseen_first(batch, model, engine.knows, symbols.__contains__)
+        if not first:
+            return
+        try:
+            engine.warm_up_many(first, lambda wanted, bar_type, limit: read_last_bars_many(
+                conn.get(), wanted, bar_type, limit))
+        except psycopg.OperationalError as exc:
+            conn.reset()
+            raise RetryLater(f"bars table unavailable for warm-up: {exc}") from exc
+        symbols.update(s for s, _ in first)
+
+    return before_batch
 
 
 def history_reader(conn: LazyConnection) -> Callable[[str, str, datetime, int], list[dict[str, Any]]]:

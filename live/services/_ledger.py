@@ -160,9 +160,12 @@ def build_with_fill_tail(cfg: Any, endpoints: Any, *, name: str, state: Any, con
         state.tail = tail.start()
         if tracker is not None:
             tracker.add_tail(name, tail)
+        # Optional batch hooks of the state (risk: warm-up/lookup pre-pass, audit before publish).
+        hooks = {k: getattr(state, m) for k, m in (("before_batch", "prepare"), ("before_produce", "write_audit"))
+                 if callable(getattr(state, m, None))}
         return make_bus(
             cfg, endpoints, name=name, topics={input_topic: contract_of(input_topic, input_contract)},
-            handler=state.handle, group=group, resources=[tail, conn], component=state, **bus_kwargs,
+            handler=state.handle, group=group, resources=[tail, conn], component=state, **hooks, **bus_kwargs,
         )
     except Exception:
         tail.close()

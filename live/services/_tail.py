@@ -71,7 +71,11 @@ class TopicTail:
         consumer = self._consumer
         while not self._stop.is_set():
             try:
-                msgs = consumer.consume(num_messages=500, timeout=0.1)
+                # poll() returns as soon as one message is there; the rest of what was fetched
+                # is taken without waiting. (consume(500, 0.1) would hold a lone fill or
+                # prediction - one a handler is waiting for - up to 100 ms.)
+                first = consumer.poll(0.1)
+                msgs = [first, *consumer.consume(num_messages=499, timeout=0)] if first is not None else []
             except Exception:  # noqa: BLE001 - a closed consumer at shutdown
                 if self._stop.is_set():
                     return

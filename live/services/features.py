@@ -18,7 +18,15 @@ from awet_dagster.contracts import FeatureEvent, MarketRawEvent
 from awet_dagster.contracts.topics import ENGINEERED, MARKET_RAW
 from awet_dagster.streaming import DEFAULT_WARMUP_BARS, FeatureEngine
 from live.bus import MessageContext, Output
-from live.services._common import LazyConnection, LiveService, contract_of, db_settings, history_reader, make_bus
+from live.services._common import (
+    LazyConnection,
+    LiveService,
+    batch_warm_up,
+    contract_of,
+    db_settings,
+    history_reader,
+    make_bus,
+)
 
 NAME = "features"
 
@@ -36,8 +44,8 @@ def build(cfg: Any, endpoints: Any, *, input_topic: str = MARKET_RAW, output_top
     # Validate the output wiring at start-up: a registered topic must carry FeatureEvent.
     if contract_of(output_topic, FeatureEvent) is not FeatureEvent:
         raise ValueError(f"topic {output_topic!r} does not carry FeatureEvent")
+    model = contract_of(input_topic, MarketRawEvent)
     return make_bus(
-        cfg, endpoints, name=name,
-        topics={input_topic: contract_of(input_topic, MarketRawEvent)},
-        handler=handle, group=group, resources=[conn], component=engine, **bus_kwargs,
+        cfg, endpoints, name=name, topics={input_topic: model}, handler=handle, group=group,
+        before_batch=batch_warm_up(engine, conn, model), resources=[conn], component=engine, **bus_kwargs,
     )

@@ -14,7 +14,15 @@ from awet_dagster.contracts.topics import ALPHA_SIGNALS, MARKET_RAW
 from awet_dagster.streaming import DEFAULT_WARMUP_BARS, AlphaBank
 from awet_dagster.streaming.state import ALPHA_MODELS
 from live.bus import MessageContext, Output
-from live.services._common import LazyConnection, LiveService, contract_of, db_settings, history_reader, make_bus
+from live.services._common import (
+    LazyConnection,
+    LiveService,
+    batch_warm_up,
+    contract_of,
+    db_settings,
+    history_reader,
+    make_bus,
+)
 
 NAME = "lean_alpha"
 
@@ -30,8 +38,8 @@ def build(cfg: Any, endpoints: Any, *, input_topic: str = MARKET_RAW, output_top
 
     if contract_of(output_topic, AlphaSignal) is not AlphaSignal:
         raise ValueError(f"topic {output_topic!r} does not carry AlphaSignal")
+    model = contract_of(input_topic, MarketRawEvent)
     return make_bus(
-        cfg, endpoints, name=name,
-        topics={input_topic: contract_of(input_topic, MarketRawEvent)},
-        handler=handle, group=group, resources=[conn], component=bank, **bus_kwargs,
+        cfg, endpoints, name=name, topics={input_topic: model}, handler=handle, group=group,
+        before_batch=batch_warm_up(bank, conn, model), resources=[conn], component=bank, **bus_kwargs,
     )

@@ -17,6 +17,11 @@ One ``RiskEngine`` per process, as in ``run_backtest``:
 - idempotence: the decision of a signal is stored in its ``audit_log`` record; a
   redelivered signal re-emits the stored decision instead of deciding again (a second
   look would see its own order as "pending" and reject it).
+- batching: a bus batch costs two round trips, not two per signal. The pre-pass
+  (``prepare``, the bus's ``before_batch``) warms up every new symbol of the batch and
+  loads the stored decisions of its tradable signals, one query each; the batch's audit
+  records are written in one transaction by ``write_audit`` (``before_produce``), i.e.
+  still BEFORE any of the batch's decisions is published.
 Decision event ids are deterministic (uuid5 of the signal's event id).
 
 Metrics (``metrics``: the runner's ``ServiceMetrics``): after every signal's bar is marked,
@@ -31,8 +36,12 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from datetime import date, datetime
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
 from typing import Any
+
+from confluent_kafka import Message
+from pydantic import ValidationError
 
 from awet_dagster.contracts import ExecutionReport, OrderEvent, RiskDecision, ScoredSignal
 from awet_dagster.contracts.topics import EXEC_DONE, EXEC_ORDERS, RISK_APPROVED, RISK_REJECTED, SIGNALS_SCORED
@@ -40,8 +49,14 @@ from awet_dagster.execution import client_order_id
 from awet_dagster.risk import RiskEngine
 from awet_dagster.risk.state import KillSwitchState
 from awet_dagster.signals import signal_passed
-from awet_dagster.storage.trading import KILL_SWITCH_KEY, PostgresRiskStateStore, record_audit
-from awet_dagster.streaming import read_last_bars
+from awet_dagster.storage.trading import (
+    KILL_SWITCH_KEY,
+    AuditRecord,
+    PostgresRiskStateStore,
+    audit_details_by_correlation,
+    record_audits,
+)
+from awet_dagster.streaming import read_last_bars, read_last_bars_many
 from live.bus import MessageContext, Output, RetryLater
 from live.services._common import LazyConnection, LiveService, contract_of, db_settings
 from live.services._ledger import FillLedger, build_with_fill_tail
@@ -122,8 +137,9 @@ class RiskService:
 
     def __init__(self, cfg: Any, conn: LazyConnection, *, approved_topic: str, rejected_topic: str,
                  namespace: str = "", bar_type: str = "daily", fill_wait_s: float | None = None,
-                 metrics: Any = None) -> None:
+                 metrics: Any = None, input_model: type[ScoredSignal] = ScoredSignal) -> None:
         self.cfg = cfg
+        self.input_model = input_model
         self.metrics = metrics
         self.conn = conn
         self.approved_topic, self.rejected_topic = approved_topic, rejected_topic
@@ -137,6 +153,12 @@ class RiskService:
         self._ts: datetime | None = None
         self._seen: set[str] = set()
         self._warm: set[str] = set()
+        # Batch state: decisions stored for the batch's signals (looked up by the pre-pass),
+        # decisions made in this batch, audit records to write before publishing.
+        self._looked_up: set[str] = set()
+        self._stored: dict[str, dict] = {}
+        self._audit: list[AuditRecord] = []
+        self._in_batch = False
         self.counters = {"signals": 0, "evaluated": 0, "approved": 0, "rejected": 0, "replayed": 0,
                          "fill_wait_timeouts": 0}
 
@@ -171,15 +193,59 @@ class RiskService:
         elif isinstance(event, OrderEvent):
             self.ledger.on_order(event)
 
-    # ------------------------------------------------------------------ handler
-    def handle(self, signal: ScoredSignal, ctx: MessageContext) -> list[Output]:
+    # ------------------------------------------------------------------ batch pre-pass / audit
+    def _db(self, fn, *args: Any) -> Any:
+        """Run a DB step; an outage becomes RetryLater (the batch is redelivered, not lost)."""
         import psycopg
 
         try:
-            return self._handle(signal)
+            return fn(*args)
         except psycopg.OperationalError as exc:
             self.conn.reset()
             raise RetryLater(f"database unavailable: {exc}") from exc
+
+    def prepare(self, batch: Sequence[Message]) -> None:
+        """One query for the history of the batch's new symbols, one for the stored
+        decisions of its tradable signals (redeliveries)."""
+        self._in_batch = True
+        self._audit.clear()
+        self._looked_up.clear()
+        self._stored.clear()
+        new: dict[str, datetime] = {}
+        tradable: dict[str, str] = {}  # signal event id -> correlation id
+        for msg in batch:
+            if msg.error() is not None or msg.value() is None:
+                continue
+            try:
+                sig = self.input_model.model_validate_json(msg.value())
+            except ValidationError:
+                continue  # the bus dead-letters it when it handles the message
+            if sig.symbol not in self._warm:
+                new.setdefault(sig.symbol, sig.ts)
+            if signal_passed(sig):
+                tradable[sig.event_id] = sig.correlation_id
+        if new:
+            self._db(self._warm_up_many, new)
+        if tradable:
+            found = self._db(audit_details_by_correlation, self.conn.get(), "risk", sorted(set(tradable.values())),
+                             "decision")
+            for details in found:
+                if details.get("signal_event_id") in tradable and details.get("decision"):
+                    self._stored[details["signal_event_id"]] = details["decision"]
+            self._looked_up.update(tradable)
+
+    def write_audit(self, contexts: Sequence[MessageContext] = ()) -> int:
+        """The batch's audit records, in one transaction, before its decisions are published."""
+        self._in_batch = False
+        rows, self._audit = self._audit, []
+        return self._db(record_audits, self.conn.get(), rows) if rows else 0
+
+    def _warm_up_many(self, first_ts: dict[str, datetime]) -> None:
+        history = read_last_bars_many(self.conn.get(), first_ts, self.bar_type, self.cfg.risk.cvar_lookback_bars + 1)
+        for symbol, bars in history.items():
+            for b in bars:
+                self.engine.history.update(symbol, b["ts"], float(b["close"]))
+            self._warm.add(symbol)
 
     def _warm_up(self, symbol: str, ts: datetime) -> None:
         if symbol in self._warm:
@@ -188,6 +254,26 @@ class RiskService:
         for b in bars:
             self.engine.history.update(symbol, b["ts"], float(b["close"]))
         self._warm.add(symbol)
+
+    def _stored_decision(self, signal: ScoredSignal) -> dict | None:
+        if signal.event_id in self._stored:
+            return self._stored[signal.event_id]
+        if signal.event_id in self._looked_up:
+            return None  # the pre-pass looked: not decided before
+        if self._in_batch:
+            log.warning("risk: signal %s was not seen by the batch pre-pass", signal.event_id)
+        row = self.conn.get().execute(  # handled outside a bus batch (tests, tools)
+            "SELECT details->'decision' FROM audit_log WHERE correlation_id = %s AND actor = 'risk' "
+            "AND details->>'signal_event_id' = %s AND details ? 'decision' LIMIT 1",
+            (signal.correlation_id, signal.event_id)).fetchone()
+        return row[0] if row is not None and row[0] else None
+
+    # ------------------------------------------------------------------ handler
+    def handle(self, signal: ScoredSignal, ctx: MessageContext) -> list[Output]:
+        outputs = self._db(self._handle, signal)
+        if not self._in_batch:  # called without the bus's batch hooks: store before publishing
+            self.write_audit()
+        return outputs
 
     def _book_until(self, symbol: str, ts: datetime) -> bool:
         """Book fills up to (ts, symbol), waiting (bounded) for those this bar must bring."""
@@ -218,13 +304,9 @@ class RiskService:
         self._publish(ts)
         if not signal_passed(signal):
             return []
-        conn = self.conn.get()
-        row = conn.execute(
-            "SELECT details->'decision' FROM audit_log WHERE correlation_id = %s AND actor = 'risk' "
-            "AND details->>'signal_event_id' = %s AND details ? 'decision' LIMIT 1",
-            (signal.correlation_id, signal.event_id)).fetchone()
-        if row is not None and row[0]:
-            decision = RiskDecision.model_validate(row[0])
+        stored = self._stored_decision(signal)
+        if stored is not None:
+            decision = RiskDecision.model_validate(stored)
             self.counters["replayed"] += 1
             if decision.approved:
                 self.engine.throttle.record(symbol, ts)
@@ -232,10 +314,11 @@ class RiskService:
         else:
             outcome = self.engine.evaluate(signal, has_pending_order=pending)
             decision = outcome.decision.model_copy(update={"event_id": str(uuid.uuid5(_NS, signal.event_id))})
-            audit = dict(outcome.audit, event_id=decision.event_id, decision=decision.model_dump(mode="json"),
-                         ns=self.ns)
-            record_audit(conn, actor="risk", action="risk.approved" if decision.approved else "risk.rejected",
-                         subject=symbol, correlation_id=signal.correlation_id, details=audit)
+            stored = decision.model_dump(mode="json")
+            audit = dict(outcome.audit, event_id=decision.event_id, decision=stored, ns=self.ns)
+            self._audit.append(AuditRecord("risk", "risk.approved" if decision.approved else "risk.rejected",
+                                           symbol, signal.correlation_id, audit, datetime.now(UTC)))
+            self._stored[signal.event_id] = stored  # a duplicate later in this batch replays it
             self.counters["evaluated"] += 1
             if decision.approved:
                 self._expect(decision)
@@ -264,7 +347,7 @@ def build(cfg: Any, endpoints: Any, *, input_topic: str = SIGNALS_SCORED, approv
     conn = LazyConnection(endpoints.database_url, **db_settings(cfg))
     svc_state = RiskService(cfg, conn, approved_topic=approved_topic, rejected_topic=rejected_topic,
                             namespace=namespace, bar_type=bar_type or cfg.data.bar_type, fill_wait_s=fill_wait_s,
-                            metrics=metrics)
+                            metrics=metrics, input_model=contract_of(input_topic, ScoredSignal))
     for topic in (approved_topic, rejected_topic):
         if contract_of(topic, RiskDecision) is not RiskDecision:
             raise ValueError(f"topic {topic!r} does not carry RiskDecision")
