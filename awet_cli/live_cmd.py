@@ -259,8 +259,7 @@ def _live_replay(source: str, bar_type: str | None, start: str | None, end: str 
     with connect(ep.database_url) as conn:
         summary = loop_summary(conn, since=since, initial_equity=cfg.risk.initial_equity, symbols=syms)
     console.print(f"[bold]live loop summary[/bold] ({elapsed:.1f}s, {published / max(elapsed, 1e-9):,.0f} bars/s)")
-    for line in format_summary(summary, bars=published, predictions=tracker.produced.get("predictions", 0),
-                               dead_letters=tracker.dead_letters):
+    for line in format_summary(summary, bars=published, dead_letters=tracker.dead_letters):
         console.print("  " + line)
     for name, res in results.items():
         if res.error:

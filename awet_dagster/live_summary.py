@@ -1,7 +1,7 @@
 """What a live-loop session did, read back from the trading tables (``awet live --replay``).
 
-Pure core: SQL over a psycopg connection, no Kafka. Topic-side counts (predictions, dead
-letters) come from the caller (the loop's tracker) and are merged by ``format_summary``.
+Pure core: SQL over a psycopg connection, no Kafka. Dead-letter counts come from the caller
+(the loop's tracker) and are merged by ``format_summary``.
 Scope: rows written since ``since`` (wall clock), optionally only ``symbols`` and one
 state ``namespace`` (``orders.payload->>'ns'``, ``audit_log.details->>'ns'``).
 """
@@ -35,6 +35,10 @@ def loop_summary(conn: Any, *, since: datetime, initial_equity: float, symbols: 
         "SELECT count(*), count(*) FILTER (WHERE direction <> 'flat') FROM signals WHERE created_at >= %s" + sym_sql,
         (since, *sym_arg)).fetchone()
     out["signals"], out["signals_directional"] = int(row[0]), int(row[1])
+    # Forecasts the served model made (the inference service stores one row per horizon).
+    out["predictions"] = int(conn.execute(
+        "SELECT count(DISTINCT event_id) FROM predictions WHERE created_at >= %s" + sym_sql,
+        (since, *sym_arg)).fetchone()[0])
     approved, rejected = 0, Counter()
     for action, reasons in conn.execute(
             "SELECT action, details->'reasons' FROM audit_log WHERE actor = 'risk' AND ts >= %s "
@@ -75,14 +79,13 @@ def loop_summary(conn: Any, *, since: datetime, initial_equity: float, symbols: 
     return out
 
 
-def format_summary(summary: Mapping[str, Any], *, bars: int, predictions: int,
-                   dead_letters: Mapping[str, int]) -> list[str]:
+def format_summary(summary: Mapping[str, Any], *, bars: int, dead_letters: Mapping[str, int]) -> list[str]:
     s = summary
     rej = ", ".join(f"{k}: {v}" for k, v in s["rejected_by_reason"].items()) or "none"
     dlq = ", ".join(f"{k}: {v}" for k, v in sorted(dead_letters.items())) or "none"
     return [
         f"bars            {bars}",
-        f"predictions     {predictions}",
+        f"predictions     {s['predictions']}",
         f"signals         {s['signals']} ({s['signals_directional']} with a direction)",
         f"risk            approved {s['approved']}, rejected {sum(s['rejected_by_reason'].values())} ({rej})",
         f"orders          {s['orders']} ({s['entries']} entries, {s['exits']} exits) {s['orders_by_status']}",

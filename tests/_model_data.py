@@ -71,12 +71,14 @@ def walk_forward_result(n_folds: int = 2, sharpe: float = 1.3):
 
 
 def register_sample_champion(cfg, conn, bars: pl.DataFrame, workdir: Path, *, lookback: int = 8,
-                             horizons: Sequence[int] = (1,), oos_sharpe: float = 1.3, val_days: int = 120):
+                             horizons: Sequence[int] = (1,), oos_sharpe: float = 1.3, val_days: int = 120,
+                             calibrator=None):
     """Train a tiny TFT on ``bars`` (daily, schema columns) with the real feature set, export it
     to ONNX, log + register it in ``cfg``'s MLflow store and promote it with
     ``promotion.promote`` (audited through ``conn``; writes the champion metrics textfile).
-    ``oos_sharpe`` is logged as the run's walk-forward Sharpe. Returns the champion ModelRef.
-    About 15 s on 2 cores (mostly imports and the MLflow store's creation)."""
+    ``oos_sharpe`` is logged as the run's walk-forward Sharpe; ``calibrator`` (a
+    PlattCalibrator) is saved beside the model as its calibration. Returns the champion
+    ModelRef. About 15 s on 2 cores (mostly imports and the MLflow store's creation)."""
     from awet_dagster.features.batch import compute_features
     from awet_dagster.model import promotion, registry
     from awet_dagster.model.dataset import build_datasets, prepare_frame
@@ -89,6 +91,10 @@ def register_sample_champion(cfg, conn, bars: pl.DataFrame, workdir: Path, *, lo
     data = build_datasets(frame, spec, val_start=end - dt.timedelta(days=val_days), end=end)
     trained = train_tft(data, TrainSettings(hidden_size=8, attention_heads=1, max_epochs=1, max_train_windows=200))
     export_onnx(trained, workdir / "export")
+    if calibrator is not None:
+        from awet_dagster.model.pipeline import save_calibration
+
+        save_calibration(workdir / "export", calibrator)
     run_id, uri = registry.log_training_run(cfg, walk_forward_result(1, oos_sharpe), workdir / "export")
     version = registry.register_version(cfg, run_id, uri)
     return promotion.promote(cfg, conn, version.version, actor="test", reason="live test champion")

@@ -133,6 +133,16 @@ def test_domain_rules_of_other_contracts():
     pred = EXAMPLES[Prediction].model_dump()
     with pytest.raises(ValidationError, match="quantiles keys"):
         Prediction(**{**pred, "horizons": (1, 5)})
+    with pytest.raises(ValidationError, match="at least one horizon"):
+        Prediction(**{**pred, "horizons": (), "quantiles": {}})
+    # "No forecast" is an explicit answer: a reason, nothing else.
+    none = {**pred, "status": "no_forecast", "reason": "window_incomplete", "horizons": (), "quantiles": {}}
+    assert Prediction(**none).status == "no_forecast"
+    for bad in ({"reason": None}, {"horizons": (1,), "quantiles": {1: pred["quantiles"][1]}}):
+        with pytest.raises(ValidationError, match="no_forecast"):
+            Prediction(**{**none, **bad})
+    with pytest.raises(ValidationError, match="reason is for no_forecast"):
+        Prediction(**{**pred, "reason": "x"})
     risk = EXAMPLES[RiskDecision].model_dump(exclude={"event_id", "produced_at"})
     with pytest.raises(ValidationError, match="at least one reason"):
         RiskDecision(**{**risk, "approved": False, "reasons": ()})

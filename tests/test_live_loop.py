@@ -7,6 +7,7 @@ rows and risk_state keys), since every test shares one database.
 """
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -189,6 +190,140 @@ def test_lockstep_replay_trades_like_the_backtest_and_links_every_event_of_a_tra
     for topic in ("scored", "approved", "orders", "done"):
         msgs = _read_all(endpoints.kafka_bootstrap, t[topic], 1)
         assert any(dict(m.headers())["correlation_id"].decode() == corr for m in msgs), topic
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_lockstep_replay_with_the_champion_trades_like_the_backtest_with_that_model(
+        test_config_for, endpoints, make_topic, database_url, tmp_path):
+    """Parity WITH a model: the live loop serves the registry's champion (ONNX, hot path of the
+    inference service, its Platt calibrator looked up by the signal service); the backtest
+    gets the same model's forecasts for the same bars, computed offline through
+    origin_windows + predictions_frame (the walk-forward's path), and the same calibrator.
+    Both must place exactly the same orders."""
+    from _model_data import register_sample_champion
+
+    from awet_dagster.evaluation.walk_forward import predictions_frame
+    from awet_dagster.features import compute_features
+    from awet_dagster.inference import MlflowChampionSource
+    from awet_dagster.model.dataset import DatasetSpec, origin_windows, prepare_frame
+    from awet_dagster.model.registry import load_champion
+    from awet_dagster.signals import PlattCalibrator
+
+    cfg = test_config_for(tmp_path / "home", MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                          AWET__MLFLOW__MODEL_NAME=f"awet-parity-{_uid().lower()}")
+    bars = _sample_bars(start=date(2019, 1, 1), end=date(2019, 12, 31))
+    # Stricter than the uncalibrated 0.5 + c/2 (p >= 0.55 needs c >= 0.3, not 0.1): if live
+    # skipped the calibrator it would pass signals the backtest filters out.
+    cal = PlattCalibrator(4.0, -1.0)
+    with connect(database_url) as conn:
+        ref = register_sample_champion(cfg, conn, bars, tmp_path, lookback=8, horizons=(1, 3), calibrator=cal)
+    version = f"{ref.name}:{ref.version}"
+
+    t, ns = _topics(make_topic), f"ns-{_uid()}"
+    overrides = _overrides(t, ns, tmp_path, source=MlflowChampionSource(cfg, poll_s=3600))
+    overrides["signal"]["prediction_wait_s"] = 20.0  # lockstep: a late answer is a slow CI, not a miss
+    tracker = LoopTracker()
+    loop = start_loop(cfg, endpoints, overrides=overrides, tracker=tracker, timeout_s=500, backoff_s=0.2)
+    try:
+        published, drained = replay_through_loop(_producer(endpoints.kafka_bootstrap), bars, tracker,
+                                                 topic=t["raw"], lockstep=True, drain_timeout_s=450)
+        assert drained, tracker.lagging()
+    finally:
+        loop.stop()
+        results = loop.join(60)
+    assert published == bars.height
+    assert all(r.error is None for r in results.values()), {n: r.error for n, r in results.items()}
+
+    predictor = load_champion(cfg)
+    pre = predictor.preprocessing
+    spec = DatasetSpec("daily", pre.encoder_length, pre.horizons, feature_columns=pre.feature_columns)
+    keys, windows = origin_windows(prepare_frame(compute_features(bars), bars, spec), spec)
+    preds = predictions_frame(keys, predictor.predict_array(windows), pre.horizons, version)
+    expected = run_backtest(bars, None, preds, None, cfg, calibrator=cal)
+    want = sorted((r["ts"], r["symbol"], r["side"], r["qty"], r["intent"]) for r in expected.orders.iter_rows(named=True))
+    got = sorted((o["ts"], o["symbol"], o["side"], o["qty"], o["intent"]) for o in _live_orders(database_url, ns))
+    assert len(want) >= 4, "the model should trade"
+    assert got == want
+
+    syms = bars["symbol"].unique().to_list()
+    with connect(database_url) as conn:
+        # Live forecast every bar the offline path forecasts (same first origin per symbol), stored once.
+        stored = conn.execute("SELECT count(DISTINCT (symbol, ts)), count(*) FROM predictions WHERE symbol = ANY(%s)",
+                              (syms,)).fetchone()
+        scored = conn.execute(
+            "SELECT confidence, (payload->>'calibrated_prob')::float, payload->>'model_version' FROM signals "
+            "WHERE symbol = ANY(%s) AND payload->'components'->>'tft' IS NOT NULL", (syms,)).fetchall()
+    assert stored == (keys.height, keys.height * len(pre.horizons))
+    assert len(scored) == keys.height and {v for _, _, v in scored} == {version}
+    assert all(p == pytest.approx(cal(c)) for c, p, _ in scored)  # the model's own calibrator, live
+
+
+class _ConstantModel:
+    """A predictor that forecasts ``q50`` (log return) for every window, shaped like OnnxPredictor."""
+
+    def __init__(self, q50: float, lookback: int = 5) -> None:
+        from types import SimpleNamespace
+
+        from awet_dagster.features import FEATURE_COLUMNS
+
+        self.q50 = q50
+        self.preprocessing = SimpleNamespace(feature_columns=FEATURE_COLUMNS, encoder_length=lookback)
+        self.seen: list[int] = []
+
+    def predict(self, windows):
+        self.seen.append(len(windows))
+        return {k: {1: {0.1: self.q50 - 0.01, 0.5: self.q50, 0.9: self.q50 + 0.01}} for k in windows}
+
+
+@pytest.mark.timeout(180)
+def test_inference_idles_without_a_champion_then_hot_swaps_without_a_restart(cfg, endpoints, make_topic, caplog):
+    from awet_dagster.contracts import Prediction
+    from awet_dagster.streaming import FeatureEngine, bars_to_events
+    from live.services import inference
+
+    bars = _sample_bars(symbols=("SPY",), start=date(2019, 1, 1), end=date(2019, 6, 30))
+    engine = FeatureEngine(None, warmup_bars=0)
+    feats = [f for f in (engine.on_bar(e) for e in bars_to_events(bars)) if f is not None]
+    eng, pred = make_topic(), make_topic()
+    prod = _producer(endpoints.kafka_bootstrap)
+    source = StaticPredictorSource()
+
+    def publish(events) -> None:
+        for ev in events:
+            prod.send(eng, ev)
+        prod.flush(10)
+
+    def answers(n_before: int) -> list[Prediction]:
+        msgs = _read_all(endpoints.kafka_bootstrap, pred, n_before, timeout_s=3)
+        return [Prediction.model_validate_json(m.value()) for m in msgs][n_before:]
+
+    with inference.build(cfg, endpoints, input_topic=eng, output_topic=pred, group=_group(), source=source) as svc:
+        # No champion: nothing emitted, said once, the windows are kept current.
+        publish(feats[:60])
+        assert svc.run(max_messages=60, timeout_s=60).processed == 60
+        assert answers(0) == [] and caplog.text.count(inference.IDLE_MESSAGE) == 1
+        # A champion appears: the very next bar is forecast (no warm-up wait), by v1.
+        v1, v2 = _ConstantModel(0.01), _ConstantModel(-0.02)
+        source.set("m:1", v1)
+        publish(feats[60:70])
+        svc.run(max_messages=10, timeout_s=60)
+        first = answers(0)
+        assert len(first) == 10 and {(p.model_version, p.status) for p in first} == {("m:1", "forecast")}
+        assert first[0].quantiles[1].q50 == pytest.approx(math.expm1(0.01))
+        # A new champion: swapped between two batches, no restart.
+        source.set("m:2", v2)
+        publish(feats[70:75])
+        svc.run(max_messages=5, timeout_s=60)
+        second = answers(10)
+        assert [p.model_version for p in second] == ["m:2"] * 5 and second[0].quantiles[1].q50 < 0
+        assert svc.component.counters["swaps"] == 1
+        # The alias is withdrawn: idle again, nothing emitted.
+        source.clear()
+        publish(feats[75:80])
+        svc.run(max_messages=5, timeout_s=60)
+        assert answers(15) == []
+    assert sum(v1.seen) == 10 and sum(v2.seen) == 5  # micro-batched: one call per bus batch
 
 
 def _count(database_url: str, sql: str, *args) -> int:

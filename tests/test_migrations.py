@@ -56,7 +56,7 @@ def _tables(url: str) -> set[str]:
 def test_upgrade_downgrade_upgrade(fresh_db):
     assert db.current_revision(fresh_db) is None
     db.upgrade(fresh_db)
-    assert db.current_revision(fresh_db) == db.head_revision() == "0001_initial"
+    assert db.current_revision(fresh_db) == db.head_revision() == "0002_predictions_per_horizon"
     assert _tables(fresh_db) == TABLES
     db.upgrade(fresh_db)  # at head: no-op
     db.downgrade(fresh_db, "base")
@@ -160,5 +160,5 @@ def test_alembic_cli_with_repo_ini(fresh_db):
     up = run("upgrade", "head")
     assert up.returncode == 0, up.stderr
     cur = run("current")
-    assert "0001_initial (head)" in cur.stdout, cur.stdout + cur.stderr
-    assert db.current_revision(fresh_db) == "0001_initial"
+    assert "0002_predictions_per_horizon (head)" in cur.stdout, cur.stdout + cur.stderr
+    assert db.current_revision(fresh_db) == "0002_predictions_per_horizon"

@@ -208,10 +208,55 @@ def test_calibrator_sets_calibrated_prob():
 
     cal = PlattCalibrator(a=2.0, b=-1.0)
     engine = SignalEngine(_cfg(min_confidence=0.0), calibrator=cal, compute_alphas=False)
-    bar = _daily_bars([100.0])[0]
-    engine.observe_alpha("AAPL", "ema_cross", 1, bar["ts"], timedelta(days=5))
-    s = engine.on_bar(bar, correlation_id="c")
-    assert s.calibrated_prob == pytest.approx(1 / (1 + math.exp(-(2.0 * 1.0 - 1.0))))
+    bars = _daily_bars([100.0, 101.0])
+    engine.observe_alpha("AAPL", "ema_cross", 1, bars[0]["ts"], timedelta(days=5))
+    s = engine.on_bar(bars[0], correlation_id="c", forecast=QuantileForecast("m", 1, 0.01, 0.02, 0.03))
+    assert s.calibrated_prob == pytest.approx(1 / (1 + math.exp(-(2.0 * s.confidence - 1.0))))
+    # The calibrator describes the model's calls: an alphas-only bar is not mapped by it.
+    s = engine.on_bar(bars[1], correlation_id="d")
+    assert s.confidence == 1.0 and s.calibrated_prob == pytest.approx(1.0)
+
+
+def test_a_model_calibrator_applies_only_to_bars_scored_with_that_model():
+    from awet_dagster.signals import PlattCalibrator
+
+    engine = SignalEngine(_cfg(min_confidence=0.0), compute_alphas=False)
+    engine.set_calibrator(PlattCalibrator(a=2.0, b=-1.0), "awet-tft:3")
+    bars = _daily_bars([100.0, 101.0, 102.0])
+    mine = QuantileForecast("awet-tft:3", 1, -0.01, 0.02, 0.05)
+    other = QuantileForecast("awet-tft:2", 1, -0.01, 0.02, 0.05)
+    calibrated = engine.on_bar(bars[0], correlation_id="a", forecast=mine)
+    conf = calibrated.confidence
+    assert calibrated.calibrated_prob == pytest.approx(1 / (1 + math.exp(-(2.0 * conf - 1.0))))
+    # Another model's forecast, or no forecast at all: the uncalibrated mapping.
+    for bar, fc in ((bars[1], other), (bars[2], None)):
+        s = engine.on_bar(bar, correlation_id="b", forecast=fc)
+        assert s.calibrated_prob == pytest.approx(0.5 + 0.5 * s.confidence)
+
+
+def test_model_calibrations_load_once_per_version_and_retry_after_a_failure():
+    from awet_dagster.inference import ModelCalibrations
+    from awet_dagster.signals import PlattCalibrator
+
+    now = [0.0]
+    calls: list[tuple[str, str]] = []
+    fail = [True]
+
+    def load(cfg, name, version):
+        calls.append((name, version))
+        if fail[0]:
+            raise ConnectionError("registry down")
+        return PlattCalibrator(1.5, 0.0) if version == "3" else None
+
+    cals = ModelCalibrations(None, load=load, retry_s=30, clock=lambda: now[0])
+    assert cals.get("awet-tft:3") is None and cals.errors == 1  # failed: uncalibrated for now
+    assert cals.get("awet-tft:3") is None and len(calls) == 1  # not retried before retry_s
+    fail[0] = False
+    now[0] = 31.0
+    assert cals.get("awet-tft:3") == PlattCalibrator(1.5, 0.0)
+    assert cals.get("awet-tft:3") == PlattCalibrator(1.5, 0.0) and len(calls) == 2  # cached
+    assert cals.get("awet-tft:4") is None and len(calls) == 3  # a version without calibration
+    assert cals.get("candidate") is None and len(calls) == 3  # not a registry version: not looked up
 
 
 # ------------------------------------------------------------------ filters

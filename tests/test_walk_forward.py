@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 import polars as pl
@@ -215,3 +216,17 @@ def test_gate_checks(wf_result):
     )
     assert not {c.name: c for c in evaluate_gate(wf_result, gate, better)}["not_worse_than_champion"].passed
     assert {c.name: c for c in evaluate_gate(wf_result, gate, wf_result)}["not_worse_than_champion"].passed
+
+
+def test_predictions_frame_carries_the_simple_returns_live_inference_publishes():
+    """Backtest and live must score the same numbers: the frame holds exactly what
+    `to_quantiles` (the live inference service's mapping) makes of the model's log returns."""
+    from awet_dagster.evaluation.walk_forward import predictions_frame
+    from awet_dagster.inference import to_quantiles
+
+    keys = pl.DataFrame({"symbol": ["A", "B"], "ts": [datetime(2024, 1, 2, tzinfo=UTC)] * 2})
+    log_q = np.array([[[-0.02, 0.01, 0.05]], [[0.03, -0.01, 0.02]]])  # B's heads are crossed
+    frame = predictions_frame(keys, log_q, [1], "v1")
+    for row, q in zip(frame.iter_rows(named=True), log_q):
+        assert (row["q10"], row["q50"], row["q90"]) == to_quantiles(dict(zip((0.1, 0.5, 0.9), q[0])))
+    assert frame["q50"][0] == pytest.approx(np.expm1(0.01)) and frame["q10"][1] == pytest.approx(np.expm1(-0.01))

@@ -105,19 +105,34 @@ class Quantiles(ContractModel):
 
 
 class Prediction(BaseEvent):
-    """Quantile forecast of the model for several horizons."""
+    """The served model's answer for one bar: a quantile forecast for several horizons, or
+    (``status="no_forecast"``, empty horizons/quantiles, ``reason`` set) the explicit news
+    that this bar gets none - its feature window is not complete yet, or the model failed.
+    Answering every bar lets the signal service wait for exactly the bars a forecast will
+    come for, instead of guessing (which raced on a symbol's first forecast)."""
 
     event_type: ClassVar[str] = "prediction"
 
     symbol: Symbol
     ts: UtcDatetime = Field(description="start of the last bar the model saw, UTC")
     model_version: NonEmptyStr
-    horizons: tuple[Horizon, ...] = Field(min_length=1)
+    status: Literal["forecast", "no_forecast"] = "forecast"
+    reason: str | None = Field(None, description="why there is no forecast (no_forecast only)")
+    horizons: tuple[Horizon, ...] = Field(default=())
     # JSON object keys are strings; pydantic turns them back into ints when decoding.
-    quantiles: dict[Horizon, Quantiles] = Field(description="horizon -> quantiles, one entry per horizon")
+    quantiles: dict[Horizon, Quantiles] = Field(default_factory=dict,
+                                                description="horizon -> quantiles, one entry per horizon")
 
     @model_validator(mode="after")
     def _horizons_match(self) -> Prediction:
+        if self.status == "no_forecast":
+            if self.horizons or self.quantiles or not self.reason:
+                raise ValueError("a no_forecast prediction has a reason and no horizons or quantiles")
+            return self
+        if self.reason is not None:
+            raise ValueError("reason is for no_forecast predictions only")
+        if not self.horizons:
+            raise ValueError("a forecast needs at least one horizon")
         if len(set(self.horizons)) != len(self.horizons):
             raise ValueError(f"duplicate horizons: {self.horizons}")
         if set(self.quantiles) != set(self.horizons):

@@ -197,7 +197,12 @@ def _bar_type(features: pl.DataFrame, cfg) -> str:
 
 
 def predictions_frame(keys: pl.DataFrame, q: np.ndarray, horizons: Sequence[int], model_version: str) -> pl.DataFrame:
-    """(n, n_h, 3) quantiles at origins `keys` -> long predictions frame."""
+    """(n, n_h, 3) forward LOG-return quantiles at origins `keys` -> long predictions frame of
+    SIMPLE-return quantiles, exactly what the live inference service publishes for the same
+    windows (`simple_return_quantiles`), so the backtest trades the numbers live trades."""
+    from awet_dagster.inference import simple_return_quantiles
+
+    q = simple_return_quantiles(q)
     parts = []
     for j, h in enumerate(horizons):
         parts.append(

@@ -120,6 +120,14 @@ FEATURES: tuple[FeatureSpec, ...] = (
 
 FEATURE_COLUMNS: tuple[str, ...] = tuple(f.name for f in FEATURES)
 FEATURES_BY_NAME: dict[str, FeatureSpec] = {f.name: f for f in FEATURES}
+def is_required(column: str) -> bool:
+    """A model input that must be present in a window (training windows and live ones alike):
+    every feature except the nullable ones (optional inputs: quotes, Reddit); an unknown
+    column is required."""
+    spec = FEATURES_BY_NAME.get(column)
+    return spec is None or not spec.nullable
+
+
 # Bars a symbol needs before every non-nullable feature is present.
 MAX_WARMUP: int = max(f.warmup for f in FEATURES)
 # Optional input columns a caller may join onto the bars.

@@ -155,6 +155,50 @@ def _default_load(cfg: Any, ref: Any) -> Predictor:
     return OnnxPredictor.load(download_model(cfg, f"models:/{ref.name}/{ref.version}"))
 
 
+class ModelCalibrations:
+    """The Platt calibrator of each served model version (``"name:version"``, as on
+    ``Prediction.model_version``), loaded once from the version's training run; None for a
+    version without one. A failed load (registry down) is retried after ``retry_s``,
+    meanwhile the version scores uncalibrated. ``load(cfg, name, version)`` is injectable
+    (default: ``registry.version_calibration``)."""
+
+    def __init__(self, cfg: Any, *, load: Callable[[Any, str, str], Any] | None = None, retry_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.cfg = cfg
+        self._load = load or _default_calibration
+        self.retry_s = retry_s
+        self._clock = clock
+        self._known: dict[str, Any] = {}
+        self._retry_at: dict[str, float] = {}
+        self.errors = 0
+
+    def get(self, model_version: str) -> Any:
+        if model_version in self._known:
+            return self._known[model_version]
+        if self._clock() < self._retry_at.get(model_version, 0.0):
+            return None
+        name, _, version = model_version.rpartition(":")
+        if not name:
+            self._known[model_version] = None  # not a registry version (tests, tools): uncalibrated
+            return None
+        try:
+            cal = self._load(self.cfg, name, version)
+        except Exception as exc:  # noqa: BLE001 - registry down: uncalibrated until the retry
+            self.errors += 1
+            self._retry_at[model_version] = self._clock() + self.retry_s
+            log.warning("calibration of %s not loaded (retry in %.0fs): %r", model_version, self.retry_s, exc)
+            return None
+        log.info("calibration of %s: %s", model_version, "Platt a=%.3f b=%.3f" % (cal.a, cal.b) if cal else "none")
+        self._known[model_version] = cal
+        return cal
+
+
+def _default_calibration(cfg: Any, name: str, version: str) -> Any:
+    from awet_dagster.model.registry import version_calibration
+
+    return version_calibration(cfg, name, version)
+
+
 # --------------------------------------------------------------------------- windows
 @dataclass
 class _Rows:
@@ -201,17 +245,27 @@ def _pick(qs: Mapping[float, float], target: float) -> float:
     return float(qs[key])
 
 
+def simple_return_quantiles(log_quantiles: Any) -> np.ndarray:
+    """(..., n_quantiles) forward LOG-return quantiles -> simple-return quantiles, sorted on
+    the last axis: the numbers every consumer trades on (live ``Prediction`` events, the
+    backtest and the calibration fit of the walk-forward), so both paths score alike.
+    expm1 is monotone, so it only rescales; the sort repairs crossed quantile heads."""
+    return np.sort(np.expm1(np.asarray(log_quantiles, dtype=np.float64)), axis=-1)
+
+
 def to_quantiles(per_quantile: Mapping[float, float]) -> tuple[float, float, float]:
     """{quantile: forward log return} -> sorted (q10, q50, q90) simple returns."""
-    vals = sorted(math.expm1(_pick(per_quantile, q)) for q in (0.1, 0.5, 0.9))
-    return vals[0], vals[1], vals[2]
+    q10, q50, q90 = simple_return_quantiles([_pick(per_quantile, q) for q in (0.1, 0.5, 0.9)]).tolist()
+    return q10, q50, q90
 
 
 __all__ = [
     "FeatureWindows",
     "MlflowChampionSource",
+    "ModelCalibrations",
     "Predictor",
     "PredictorSource",
     "StaticPredictorSource",
+    "simple_return_quantiles",
     "to_quantiles",
 ]

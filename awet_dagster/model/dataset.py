@@ -31,7 +31,7 @@ import pandas as pd
 import polars as pl
 
 from awet_dagster.features import FEATURE_COLUMNS, FEATURE_SET_VERSION, Scaler, fit_scaler
-from awet_dagster.features.spec import FEATURES_BY_NAME
+from awet_dagster.features.spec import is_required
 from awet_dagster.model.preprocessing import RELATIVE_TIME_IDX, Preprocessing
 
 TIME_IDX = "time_idx"
@@ -86,11 +86,6 @@ def spec_from_config(cfg, bar_type: str, feature_columns: Sequence[str] = FEATUR
     return DatasetSpec(bar_type, lookback, tuple(horizons), tuple(cfg.model.quantiles), tuple(feature_columns))
 
 
-def _required(col: str) -> bool:
-    spec = FEATURES_BY_NAME.get(col)
-    return spec is None or not spec.nullable
-
-
 def prepare_frame(features: pl.DataFrame, bars: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
     """One frame for every later slice: `symbol, ts, close, time_idx, <features>`,
     `fwd_ret_h` (origin-aligned forward log returns), `y_h` (the same, shifted onto the
@@ -109,7 +104,7 @@ def prepare_frame(features: pl.DataFrame, bars: pl.DataFrame, spec: DatasetSpec)
         pl.col("ts").shift(1).over(GROUP).alias("origin_ts"),
         pl.col("ts").shift(-(spec.max_horizon - 1)).over(GROUP).alias("label_end_ts"),
     )
-    required = [c for c in spec.feature_columns if _required(c)]
+    required = [c for c in spec.feature_columns if is_required(c)]
     if required:
         ok = pl.all_horizontal([pl.col(c).is_not_null() & pl.col(c).is_not_nan() for c in required])
         # Drop leading rows until every required feature is present (cum_max keeps

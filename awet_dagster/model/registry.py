@@ -194,6 +194,24 @@ def download_model(cfg, ref: str | None = None, dest: Path | str | None = None) 
     return dest
 
 
+def version_calibration(cfg, name: str, version: str | int):
+    """The Platt calibrator logged with ``name`` ``version``'s training run (fitted on its
+    walk-forward OOS calls), or None when it has none. Fetches only calibration.json."""
+    import mlflow
+
+    from awet_dagster.model.pipeline import load_calibration
+
+    mv = client(cfg).get_model_version(name, str(version))
+    run_id = mv.run_id or mv.tags.get("run_id")
+    with tempfile.TemporaryDirectory(prefix="awet-cal-") as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=f"{PREPROCESSING_DIR}/{CALIBRATION_FILE}", dst_path=tmp)
+        except Exception:  # noqa: BLE001 - mlflow raises several types for a missing artifact
+            return None
+        return load_calibration(Path(path).parent)
+
+
 def load_champion(cfg, dest: Path | str | None = None) -> OnnxPredictor:
     """`OnnxPredictor` for `models:/<name>@champion` (ONNX Runtime, CPUExecutionProvider)."""
     return OnnxPredictor.load(download_model(cfg, None, dest))

@@ -8,7 +8,8 @@ backtest and the live scoring service (same code path). Per bar it:
    components with no view are inactive (None) and the weights are renormalised over
    the active ones (`EnsembleWeights.renormalised`);
 3. score = weighted mean, confidence = |score|; calibrated_prob = calibrator(confidence)
-   (uncalibrated fallback 0.5 + confidence / 2);
+   on bars with a TFT forecast (the calibrator is fitted on the model's OOS calls), else
+   the uncalibrated 0.5 + confidence / 2;
 4. classifies the regime (scale only, see `regime.py`) and runs every filter.
 Decision on failures: the signal is ALWAYS produced (auditable); when any filter fails
 its direction is "flat" and `filters_failed` says why; the raw score stays in `score`.
@@ -105,6 +106,7 @@ class SignalEngine:
         streaming Lean alphas."""
         self.cfg = cfg
         self.calibrator = calibrator
+        self.calibrator_version: str | None = None
         self.compute_alphas = compute_alphas
         self._weights = EnsembleWeights.from_config(cfg.weights)
         self._blackout = parse_earnings_blackout(cfg.earnings_blackout)
@@ -127,8 +129,11 @@ class SignalEngine:
             self._weights = weights
         return weights
 
-    def set_calibrator(self, calibrator: PlattCalibrator | None) -> None:
+    def set_calibrator(self, calibrator: PlattCalibrator | None, model_version: str | None = None) -> None:
+        """Replace the calibrator (fitted on a model's walk-forward OOS calls). It applies to
+        bars scored with a forecast; with ``model_version``, only with that version's."""
         self.calibrator = calibrator
+        self.calibrator_version = model_version
 
     # ------------------------------------------------------------------ inputs
     def _state(self, symbol: str, bar_type: str) -> _SymbolState:
@@ -207,7 +212,13 @@ class SignalEngine:
         results.append(spread_filter(bar.get("bid"), bar.get("ask"), cfg.max_spread_pct))
         results.append(earnings_filter(symbol, ts, self._blackout))
         # min_confidence is a probability: the (calibrated) chance that the call is right.
-        prob = self.calibrator(confidence) if self.calibrator is not None else 0.5 + 0.5 * confidence
+        # A calibrator is fitted on a model's OOS calls: it maps bars scored WITH a forecast
+        # (of that model version, when it names one); others get the uncalibrated mapping.
+        calibrator = self.calibrator
+        if forecast is None or (self.calibrator_version is not None
+                                and forecast.model_version != self.calibrator_version):
+            calibrator = None
+        prob = calibrator(confidence) if calibrator is not None else 0.5 + 0.5 * confidence
         results.append(confidence_filter(prob, cfg.min_confidence))
         failed = tuple(FilterFailure(name=r.name, reason=r.reason or "failed") for r in results if not r.passed)
         passed = tuple(r.label for r in results if r.passed)

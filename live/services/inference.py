@@ -11,9 +11,14 @@
   recomputed by the same ``FeatureEngine`` the features service runs).
 - micro-batching: every window completed by one bus batch goes to ONE ``predict`` call
   (all symbols stacked), before the batch's messages are handled one by one.
-- output: one ``Prediction`` per (symbol, ts) with q10/q50/q90 per horizon (simple
-  returns; the model's log-return quantiles mapped by expm1 and sorted), the model
-  version, a deterministic event id and the features' correlation id.
+- output: while a model is served, one ``Prediction`` per (symbol, ts): a forecast with
+  q10/q50/q90 per horizon (simple returns; the model's log-return quantiles mapped by expm1
+  and sorted), or ``status="no_forecast"`` with the reason (``window_incomplete``: fewer than
+  lookback rows with every required feature, the rule training windows follow;
+  ``model_error``), so the signal service knows for every bar whether to wait. Each carries
+  the model version, a deterministic event id and the features' correlation id.
+- persistence: the batch's forecasts are written to the ``predictions`` table (one row per
+  horizon, idempotent on (event id, horizon)) before the Kafka commit.
 A model that fails on a batch is logged and counted (``predict_errors``); the batch's
 features are not dead-lettered (they are fine, the model is not).
 
@@ -32,19 +37,31 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from confluent_kafka import Message
 from pydantic import ValidationError
 
 from awet_dagster.contracts import FeatureEvent, Prediction, Quantiles
 from awet_dagster.contracts.topics import ENGINEERED, PREDICTIONS
+from awet_dagster.features.spec import is_required
 from awet_dagster.inference import FeatureWindows, MlflowChampionSource, PredictorSource, to_quantiles
 from awet_dagster.observability.drift import PredictionDrift
 from awet_dagster.signals.tft import tft_view
-from awet_dagster.streaming import DEFAULT_WARMUP_BARS, FeatureEngine, bar_to_event, derived_event_id, read_last_bars
-from live.bus import MessageContext, Output, RunStats
+from awet_dagster.streaming import (
+    DEFAULT_WARMUP_BARS,
+    FeatureEngine,
+    bar_to_event,
+    derived_event_id,
+    read_last_bars_many,
+)
+from live.bus import MessageContext, Output, RetryLater
 from live.services._common import LazyConnection, LiveService, contract_of, db_settings, make_bus
 
 log = logging.getLogger("awet.live.inference")
+
+# ``Prediction.reason`` of a no_forecast answer.
+NO_WINDOW = "window_incomplete"  # fewer than lookback complete feature rows yet
+MODEL_ERROR = "model_error"
 
 NAME = "inference"
 IDLE_MESSAGE = "no champion model registered: inference idle"
@@ -66,8 +83,9 @@ class Inference:
         self.drift = drift if drift is not None else PredictionDrift()
         self._idle_logged = False
         self._outputs: dict[tuple[str, int, int], list[Output]] = {}
-        self.counters = {"features": 0, "predictions": 0, "predict_calls": 0, "predict_errors": 0, "swaps": 0,
-                         "warmups": 0}
+        self._to_store: list[Prediction] = []
+        self.counters = {"features": 0, "predictions": 0, "no_forecast": 0, "predict_calls": 0, "predict_errors": 0,
+                         "swaps": 0, "warmups": 0, "stored": 0}
 
     # ------------------------------------------------------------------ model
     def _model(self) -> tuple[str, Any] | None:
@@ -99,17 +117,23 @@ class Inference:
                 self.windows = FeatureWindows(need)  # rows re-fill (warm-up on next bar)
         return cur
 
-    def _warm_up(self, ev: FeatureEvent, length: int) -> None:
-        """Recompute the symbol's last ``length`` feature rows from the bars table."""
-        self.counters["warmups"] += 1
+    def _warm_up(self, first: list[FeatureEvent], length: int) -> None:
+        """Recompute the last ``length`` feature rows of each (symbol, bar_type) from the bars
+        table, before its first event in this batch: one query per bar type."""
+        self.counters["warmups"] += len(first)
         if self.conn is None:
             return
-        bars = read_last_bars(self.conn.get(), ev.symbol, ev.bar_type, ev.ts, self.warmup_bars + length)
-        engine = FeatureEngine(None, warmup_bars=0)
-        for bar in bars:
-            fe = engine.on_bar(bar_to_event(bar, correlation_id="warmup"))
-            if fe is not None:
-                self.windows.add(fe.symbol, fe.bar_type, fe.ts, fe.features)
+        by_type: dict[str, dict[str, Any]] = {}
+        for ev in first:
+            by_type.setdefault(ev.bar_type, {})[ev.symbol] = ev.ts
+        for bar_type, wanted in by_type.items():
+            history = read_last_bars_many(self.conn.get(), wanted, bar_type, self.warmup_bars + length)
+            for bars in history.values():
+                engine = FeatureEngine(None, warmup_bars=0)
+                for bar in bars:
+                    fe = engine.on_bar(bar_to_event(bar, correlation_id="warmup"))
+                    if fe is not None:
+                        self.windows.add(fe.symbol, fe.bar_type, fe.ts, fe.features)
 
     # ------------------------------------------------------------------ batch pre-pass
     def prepare(self, batch: Sequence[Message]) -> None:
@@ -117,6 +141,8 @@ class Inference:
         self._outputs.clear()
         model = self._model()
         due: list[tuple[tuple[str, int, int], FeatureEvent]] = []
+        events: list[tuple[Message, FeatureEvent]] = []
+        cold: dict[tuple[str, str], FeatureEvent] = {}  # first event of each symbol without a window
         for msg in batch:
             if msg.error() is not None or msg.value() is None:
                 continue
@@ -124,9 +150,13 @@ class Inference:
                 ev = self.input_model.model_validate_json(msg.value())
             except ValidationError:
                 continue  # the bus dead-letters it when it handles the message
+            events.append((msg, ev))
             key = (ev.symbol, ev.bar_type)
             if model is not None and key not in self.windows:
-                self._warm_up(ev, int(model[1].preprocessing.encoder_length))
+                cold.setdefault(key, ev)
+        if cold:
+            self._warm_up(list(cold.values()), int(model[1].preprocessing.encoder_length))
+        for msg, ev in events:
             if not self.windows.add(ev.symbol, ev.bar_type, ev.ts, ev.features):
                 continue
             self.counters["features"] += 1
@@ -137,11 +167,15 @@ class Inference:
         version, predictor = model
         pre = predictor.preprocessing
         cols, length = tuple(pre.feature_columns), int(pre.encoder_length)
+        required = [i for i, c in enumerate(cols) if is_required(c)]
         windows: dict[str, Any] = {}
         ids: dict[str, tuple[tuple[str, int, int], FeatureEvent]] = {}
         for msg_key, ev in due:
             w = self.windows.window(ev.symbol, ev.bar_type, cols, length)
-            if w is None:
+            # Only complete windows, as in training (prepare_frame drops warm-up rows): a
+            # window with a missing required feature would be scaled to made-up zeros.
+            if w is None or np.isnan(w[:, required]).any():
+                self._answer(msg_key, ev, version, NO_WINDOW)
                 continue
             # One symbol may complete several windows in one batch: key by message.
             name = f"{ev.symbol}|{ev.bar_type}|{ev.ts.isoformat()}"
@@ -154,6 +188,8 @@ class Inference:
         except Exception:  # noqa: BLE001 - a broken model must not dead-letter good features
             self.counters["predict_errors"] += 1
             log.exception("inference: %s failed on %d window(s)", version, len(windows))
+            for msg_key, ev in ids.values():
+                self._answer(msg_key, ev, version, MODEL_ERROR)
             return
         self.counters["predict_calls"] += 1
         for name, per_h in result.items():
@@ -169,6 +205,7 @@ class Inference:
                 horizons=horizons, quantiles=quantiles,
             )
             self._outputs[msg_key] = [Output(self.output_topic, pred)]
+            self._to_store.append(pred)
             self.counters["predictions"] += 1
             if self.metrics is not None:
                 q = quantiles[horizons[0]]
@@ -180,16 +217,40 @@ class Inference:
                 if drift is not None:
                     self.metrics.set_drift(drift)
 
+    def store(self, contexts: Sequence[MessageContext] = ()) -> int:
+        """Write the batch's forecasts to ``predictions`` (before the Kafka commit; idempotent
+        on (event id, horizon), so a redelivered batch writes nothing twice). A DB outage is
+        RetryLater: the batch is redelivered, its predictions published again (same ids)."""
+        rows, self._to_store = self._to_store, []
+        if not rows or self.conn is None:
+            return 0
+        import psycopg
+
+        try:
+            conn = self.conn.get()
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO predictions (event_id, correlation_id, symbol, ts, horizon, q10, q50, q90, "
+                    "model_version) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
+                    [(p.event_id, p.correlation_id, p.symbol, p.ts, h, q.q10, q.q50, q.q90, p.model_version)
+                     for p in rows for h, q in p.quantiles.items()])
+        except psycopg.OperationalError as exc:
+            self.conn.reset()
+            raise RetryLater(f"predictions table unavailable: {exc}") from exc
+        self.counters["stored"] += len(rows)
+        return len(rows)
+
+    def _answer(self, msg_key: tuple[str, int, int], ev: FeatureEvent, version: str, reason: str) -> None:
+        """A ``no_forecast`` Prediction: the signal service then scores the bar without the
+        model at once instead of waiting for a forecast that will not come."""
+        self._outputs[msg_key] = [Output(self.output_topic, Prediction(
+            event_id=derived_event_id("prediction", ev.symbol, ev.bar_type, ev.ts, version),
+            correlation_id=ev.correlation_id, symbol=ev.symbol, ts=ev.ts, model_version=version,
+            status="no_forecast", reason=reason))]
+        self.counters["no_forecast"] += 1
+
     def handle(self, event: FeatureEvent, ctx: MessageContext) -> list[Output]:
         return self._outputs.pop((ctx.topic, ctx.partition, ctx.offset), [])
-
-
-class InferenceService(LiveService):
-    """LiveService whose batches first go through ``Inference.prepare`` (micro-batching)."""
-
-    def _process_batch(self, batch: list[Message], stats: RunStats) -> None:  # type: ignore[override]
-        self.component.prepare(batch)
-        super()._process_batch(batch, stats)
 
 
 def build(cfg: Any, endpoints: Any, *, input_topic: str = ENGINEERED, output_topic: str = PREDICTIONS,
@@ -211,7 +272,7 @@ def build(cfg: Any, endpoints: Any, *, input_topic: str = ENGINEERED, output_top
                     metrics=metrics, drift=PredictionDrift(drift_window, drift_min_recent))
     if tracker is not None:
         bus_kwargs.setdefault("on_metrics", tracker.hook(name, [input_topic]))
-    svc = make_bus(cfg, endpoints, name=name, topics={input_topic: model}, handler=inf.handle, group=group,
-                   resources=[conn], component=inf, **bus_kwargs)
-    svc.__class__ = InferenceService  # same object, batch pre-pass added
-    return svc
+    # prepare() is the batch pre-pass: one predict call for every window the batch completes.
+    return make_bus(cfg, endpoints, name=name, topics={input_topic: model}, handler=inf.handle, group=group,
+                    before_batch=inf.prepare, before_commit=inf.store, resources=[conn], component=inf,
+                    **bus_kwargs)

@@ -9,12 +9,17 @@ One ``SignalEngine`` per process, fed bar by bar like ``run_backtest`` (same cod
   cross-topic race, = ``run_backtest(alpha_signals=None)``). ``alpha_source="topic"``
   reads ``alpha.signals`` instead (side TopicTail) and applies every insight with
   ts <= the bar's ts — then an insight that arrives after its bar is used from the next bar.
-- model: predictions are read by a side TopicTail into a (symbol, ts) cache. A bar whose
-  symbol already got a prediction (its model is live) waits up to
-  ``signals.prediction_wait_s`` for its own; a bar of a symbol without one (no champion,
-  window still filling) does not wait and the TFT component is absent (weights
-  renormalised over the alphas, as in the backtest without a prediction for that bar).
-  The forecast used is the shortest horizon (the backtest's rule).
+- model: predictions are read by a side TopicTail into a (symbol, ts) cache. While a model
+  is served, inference answers EVERY bar (a forecast, or ``no_forecast`` while the symbol's
+  window fills or when the model failed), so a bar whose symbol has had an answer waits up
+  to ``signals.prediction_wait_s`` for its own: no race on the first forecast, no wait for
+  one that will not come. Without an answer for the symbol yet (no champion) the bar does
+  not wait; a wait that times out stops the waiting for that symbol until answers resume.
+  No forecast: the TFT component is absent (weights renormalised over the alphas, as in
+  the backtest without a prediction for that bar). The horizon traded is
+  ``backtest.trading_horizon`` (``signals.horizon``, else the shortest), as in the backtest.
+- calibration: the forecast's model version selects that model's Platt calibrator
+  (``ModelCalibrations``: fitted on its walk-forward OOS calls, logged with its run).
 - runtime weights: ``signals.weights_file`` (default ``<paths.home>/signal_weights.json``),
   a JSON object such as ``{"tft": 0.4, "rsi": 0.3}`` (components not named keep their
   weight); re-read when its mtime changes (checked at most once a second), applied from
@@ -37,12 +42,20 @@ from pathlib import Path
 from typing import Any
 
 from awet_dagster.alphas.signal import bar_duration
+from awet_dagster.backtest.runner import trading_horizon
 from awet_dagster.contracts import AlphaSignal, MarketRawEvent, Prediction, ScoredSignal
 from awet_dagster.contracts.topics import ALPHA_SIGNALS, MARKET_RAW, PREDICTIONS, SIGNALS_SCORED
+from awet_dagster.inference import ModelCalibrations
 from awet_dagster.signals import EnsembleWeights, QuantileForecast, SignalEngine
-from awet_dagster.streaming import DEFAULT_WARMUP_BARS, derived_event_id, event_to_bar, read_last_bars
+from awet_dagster.streaming import (
+    DEFAULT_WARMUP_BARS,
+    derived_event_id,
+    event_to_bar,
+    read_last_bars,
+    read_last_bars_many,
+)
 from live.bus import MessageContext, Output, RetryLater
-from live.services._common import LazyConnection, LiveService, contract_of, db_settings, make_bus
+from live.services._common import LazyConnection, LiveService, contract_of, db_settings, make_bus, unseen_first
 from live.services._tail import TopicTail, tail_for
 
 log = logging.getLogger("awet.live.signal")
@@ -97,7 +110,7 @@ class SignalService:
     def __init__(self, cfg: Any, conn: LazyConnection, *, output_topic: str, alpha_source: str = "internal",
                  weights_file: Path | None = None, warmup_bars: int = DEFAULT_WARMUP_BARS,
                  prediction_wait_s: float | None = None, persist: bool = True,
-                 clock: Any = None) -> None:
+                 clock: Any = None, calibrations: ModelCalibrations | None = None) -> None:
         import time
 
         if alpha_source not in ("internal", "topic"):
@@ -107,6 +120,9 @@ class SignalService:
         self.output_topic = output_topic
         self.alpha_source = alpha_source
         self.engine = SignalEngine(cfg.signals, None, compute_alphas=alpha_source == "internal")
+        # The served model's own Platt calibrator (fitted on its walk-forward OOS calls),
+        # looked up by the model version each prediction carries.
+        self.calibrations = calibrations
         path = weights_file or cfg.signals.weights_file or Path(cfg.paths.home) / "signal_weights.json"
         self.weights = WeightsFile(path, EnsembleWeights.from_config(cfg.signals.weights))
         self.warmup_bars = warmup_bars
@@ -114,10 +130,13 @@ class SignalService:
         self.persist = persist
         self._clock = clock or time.monotonic
         self.tail: TopicTail | None = None
-        self._forecasts: dict[tuple[str, datetime], QuantileForecast] = {}
+        # (symbol, ts) -> the model's answer: a forecast, or None for "no forecast".
+        self._forecasts: dict[tuple[str, datetime], QuantileForecast | None] = {}
         self._model_live: set[str] = set()
         self._alphas: dict[str, list[AlphaSignal]] = {}
         self._last: dict[str, datetime] = {}
+        self._warmed: set[str] = set()
+        self.input_model: type[MarketRawEvent] = MarketRawEvent
         self._buffer: list[ScoredSignal] = []
         self.counters = {"bars": 0, "with_forecast": 0, "prediction_wait_timeouts": 0, "warmup_bars": 0,
                          "skipped_stale": 0, "persisted": 0}
@@ -125,9 +144,13 @@ class SignalService:
     # ------------------------------------------------------------------ side inputs (tail thread, locked)
     def on_side_event(self, topic: str, event: Any, ts_ms: int) -> None:
         if isinstance(event, Prediction):
-            h = min(event.horizons)
-            q = event.quantiles[h]
-            self._forecasts[(event.symbol, event.ts)] = QuantileForecast(event.model_version, h, q.q10, q.q50, q.q90)
+            key = (event.symbol, event.ts)
+            if event.status == "forecast":
+                h = trading_horizon(event.horizons, self.cfg.signals.horizon)  # the backtest's rule
+                q = event.quantiles[h]
+                self._forecasts[key] = QuantileForecast(event.model_version, h, q.q10, q.q50, q.q90)
+            else:
+                self._forecasts[key] = None  # answered: the model has no forecast for this bar
             self._model_live.add(event.symbol)
         elif isinstance(event, AlphaSignal) and self.alpha_source == "topic":
             self._alphas.setdefault(event.symbol, []).append(event)
@@ -143,12 +166,32 @@ class SignalService:
             raise RetryLater(f"bars table unavailable for warm-up: {exc}") from exc
 
     def _warm_up(self, ev: MarketRawEvent) -> None:
-        bars = read_last_bars(self.conn.get(), ev.symbol, ev.bar_type, ev.ts, self.warmup_bars)
+        self._replay_history(ev.symbol, read_last_bars(self.conn.get(), ev.symbol, ev.bar_type, ev.ts,
+                                                       self.warmup_bars))
+
+    def _replay_history(self, symbol: str, bars: list[dict]) -> None:
         for bar in bars:
             self.engine.on_bar(bar, correlation_id="warmup")
             self.counters["warmup_bars"] += 1
         if bars:
-            self._last[ev.symbol] = bars[-1]["ts"]
+            self._last[symbol] = bars[-1]["ts"]
+        self._warmed.add(symbol)
+
+    def prepare(self, batch: Sequence[Any]) -> None:
+        """Batch pre-pass: warm up every new symbol of the batch with ONE bars query."""
+        import psycopg
+
+        first: dict[str, dict[str, datetime]] = {}  # bar_type -> symbol -> first ts in the batch
+        warmed = self._warmed.__contains__
+        for (symbol, bar_type), ts in unseen_first(batch, self.input_model, lambda k: warmed(k[0]), warmed).items():
+            first.setdefault(bar_type, {})[symbol] = ts
+        try:
+            for bar_type, wanted in first.items():
+                for symbol, bars in read_last_bars_many(self.conn.get(), wanted, bar_type, self.warmup_bars).items():
+                    self._replay_history(symbol, bars)
+        except psycopg.OperationalError as exc:
+            self.conn.reset()
+            raise RetryLater(f"bars table unavailable for warm-up: {exc}") from exc
 
     def _side_inputs(self, symbol: str, ts: datetime, bar_type: str) -> QuantileForecast | None:
         key = (symbol, ts)
@@ -156,6 +199,9 @@ class SignalService:
             assert self.tail is not None
             if not self.tail.cond.wait_for(lambda: key in self._forecasts, timeout=self.prediction_wait_s):
                 self.counters["prediction_wait_timeouts"] += 1
+                # The model stopped answering (champion withdrawn, inference down): score
+                # without it and stop waiting on every bar until its answers come back.
+                self._model_live.discard(symbol)
         forecast = self._forecasts.pop(key, None)
         if len(self._forecasts) > 10_000:  # forecasts of bars already scored (late arrivals)
             for k in [k for k in self._forecasts if k[1] <= self._last.get(k[0], k[1])]:
@@ -171,7 +217,7 @@ class SignalService:
 
     def _handle(self, ev: MarketRawEvent) -> list[Output]:
         symbol, ts = ev.symbol, ev.ts
-        if symbol not in self._last:
+        if symbol not in self._warmed:  # not seen by a batch pre-pass (handled directly)
             self._warm_up(ev)
         last = self._last.get(symbol)
         if last is not None and ts <= last:
@@ -183,6 +229,10 @@ class SignalService:
                 forecast = self._side_inputs(symbol, ts, ev.bar_type)
         else:
             forecast = None
+        if forecast is not None and self.calibrations is not None:
+            cal = self.calibrations.get(forecast.model_version)
+            if cal is not self.engine.calibrator or forecast.model_version != self.engine.calibrator_version:
+                self.engine.set_calibrator(cal, forecast.model_version)
         sig = self.engine.on_bar(event_to_bar(ev), correlation_id=ev.correlation_id, forecast=forecast)
         self._last[symbol] = ts
         sig = sig.model_copy(update={"event_id": derived_event_id("signal", symbol, ev.bar_type, ts)})
@@ -219,11 +269,14 @@ def build(cfg: Any, endpoints: Any, *, input_topic: str = MARKET_RAW, output_top
           predictions_topic: str | None = PREDICTIONS, alpha_topic: str = ALPHA_SIGNALS,
           alpha_source: str = "internal", group: str | None = None, name: str = NAME,
           weights_file: Path | None = None, warmup_bars: int = DEFAULT_WARMUP_BARS,
-          prediction_wait_s: float | None = None, tracker: Any = None, **bus_kwargs: Any) -> LiveService:
-    """``predictions_topic=None``: no model input at all (alphas-only, no side reader)."""
+          prediction_wait_s: float | None = None, tracker: Any = None,
+          calibrations: ModelCalibrations | None = None, **bus_kwargs: Any) -> LiveService:
+    """``predictions_topic=None``: no model input at all (alphas-only, no side reader).
+    ``calibrations``: where model calibrators come from (default: the MLflow registry)."""
     conn = LazyConnection(endpoints.database_url, **db_settings(cfg))
     state = SignalService(cfg, conn, output_topic=output_topic, alpha_source=alpha_source,
-                          weights_file=weights_file, warmup_bars=warmup_bars, prediction_wait_s=prediction_wait_s)
+                          weights_file=weights_file, warmup_bars=warmup_bars, prediction_wait_s=prediction_wait_s,
+                          calibrations=calibrations if calibrations is not None else ModelCalibrations(cfg))
     if contract_of(output_topic, ScoredSignal) is not ScoredSignal:
         raise ValueError(f"topic {output_topic!r} does not carry ScoredSignal")
     if tracker is not None:
@@ -241,9 +294,10 @@ def build(cfg: Any, endpoints: Any, *, input_topic: str = MARKET_RAW, output_top
             state.tail = tail.start()
             if tracker is not None:
                 tracker.add_tail(name, tail)
+        state.input_model = contract_of(input_topic, MarketRawEvent)
         return make_bus(
-            cfg, endpoints, name=name, topics={input_topic: contract_of(input_topic, MarketRawEvent)},
-            handler=state.handle, group=group, before_commit=state.flush,
+            cfg, endpoints, name=name, topics={input_topic: state.input_model},
+            handler=state.handle, group=group, before_batch=state.prepare, before_commit=state.flush,
             resources=[r for r in (tail, conn) if r is not None], component=state, **bus_kwargs,
         )
     except Exception:
