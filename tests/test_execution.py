@@ -294,3 +294,104 @@ def test_reconcile_in_sync():
     sim.submit(_req("x"))
     report = reconcile(sim, InMemoryOrderStore(open_ids={client_order_id("x", "entry")}))
     assert report.in_sync and len(report.known_open) == 1
+
+
+# ------------------------------------------------------------------ bracket legs (issue #7)
+def _exit(corr: str = "corr-1", qty: float = 10.0) -> OrderRequest:
+    return _req(corr, "exit", qty=qty, side="sell", tp=None, sl=None)
+
+
+def test_bracket_legs_are_parsed_with_ids_types_and_exit_reasons():
+    with FakeAlpaca() as fake:
+        broker = _broker(fake)
+        placed = broker.submit(_req())
+        tp, sl = placed.legs
+        assert (tp.order_type, tp.exit_reason, sl.order_type, sl.exit_reason) == (
+            "limit", "take_profit", "stop", "stop_loss")
+        assert {tp.broker_order_id, sl.broker_order_id} == {leg["id"] for leg in fake.legs(placed.client_order_id)}
+        assert (tp.side, tp.qty, tp.is_open) == ("sell", 10.0, True) and placed.exit_reason is None
+        got = broker.get_bracket(placed.client_order_id, placed.broker_order_id)
+        assert got.legs == placed.legs and fake.count("GET", f"/v2/orders/{placed.broker_order_id}") == 1
+
+
+def test_fake_alpaca_refuses_a_sell_while_the_legs_hold_the_shares():
+    """The defect of issue #7 at the venue: a filled bracket's working legs reserve the shares."""
+    with FakeAlpaca() as fake:
+        broker = _broker(fake)
+        placed = broker.submit(_req())
+        fake.fill(placed.client_order_id, 185.0)
+        assert [p["qty_available"] for p in broker._client.get_all_positions()] == ["0"]
+        with pytest.raises(BrokerRejected, match="403"):
+            broker.submit(_exit())
+        assert broker.errors["submit_http_403"] == 1
+        after = broker.cancel_bracket(placed.client_order_id, placed.broker_order_id)
+        assert after.status == "filled" and [leg.status for leg in after.legs] == ["canceled", "canceled"]
+        assert broker.submit(_exit()).status == "accepted"
+
+
+def test_cancel_bracket_cancels_an_open_parent_with_its_legs():
+    with FakeAlpaca() as fake:
+        broker = _broker(fake)
+        placed = broker.submit(_req())
+        after = broker.cancel_bracket(placed.client_order_id)
+        assert after.status == "canceled" and {leg.status for leg in after.legs} == {"canceled"}
+        assert fake.count("DELETE", f"/v2/orders/{placed.broker_order_id}") == 1
+
+
+def test_cancel_bracket_reports_a_leg_that_already_filled_and_sends_no_cancel_for_it():
+    with FakeAlpaca() as fake:
+        broker = _broker(fake)
+        placed = broker.submit(_req())
+        fake.fill(placed.client_order_id, 185.0)
+        tp, sl = fake.legs(placed.client_order_id)
+        fake.fill(tp["id"], 190.0)  # take profit hit: the stop leg is canceled by the venue (OCO)
+        after = broker.cancel_bracket(placed.client_order_id)
+        [filled] = [leg for leg in after.legs if leg.filled_qty > 0]
+        assert (filled.exit_reason, filled.avg_fill_price, filled.status) == ("take_profit", 190.0, "filled")
+        assert not any(m == "DELETE" for m, _ in fake.requests) and fake.position_qty("AAPL") == 0
+
+
+def test_cancel_bracket_retries_a_lost_cancel_after_looking_the_leg_up():
+    with FakeAlpaca() as fake:
+        broker = _broker(fake)
+        placed = broker.submit(_req())
+        fake.fill(placed.client_order_id, 185.0)
+        tp, sl = fake.legs(placed.client_order_id)
+        fake.fail_next("DELETE", f"/v2/orders/{tp['id']}", 503)
+        after = broker.cancel_bracket(placed.client_order_id, placed.broker_order_id)
+        assert [leg.status for leg in after.legs] == ["canceled", "canceled"]
+        assert fake.count("DELETE", f"/v2/orders/{tp['id']}") == 2 and broker.errors["cancel_unavailable"] == 1
+
+
+def test_cancel_bracket_unreachable_venue_raises_unavailable():
+    with FakeAlpaca() as fake:
+        broker = _broker(fake, max_retries=1)
+        placed = broker.submit(_req())
+        fake.fill(placed.client_order_id, 185.0)
+        tp, _ = fake.legs(placed.client_order_id)
+        fake.fail_next("DELETE", f"/v2/orders/{tp['id']}", 503, 503)
+        with pytest.raises(BrokerUnavailable):
+            broker.cancel_bracket(placed.client_order_id, placed.broker_order_id)
+        assert fake.order(tp["id"])["status"] == "new"  # still working: the caller must not sell
+
+
+def test_cancel_bracket_waits_for_an_asynchronous_cancel_to_be_confirmed():
+    with FakeAlpaca(cancel_reads=2) as fake:  # pending_cancel for one more read, like Alpaca
+        broker = _broker(fake)
+        placed = broker.submit(_req())
+        fake.fill(placed.client_order_id, 185.0)
+        after = broker.cancel_bracket(placed.client_order_id, placed.broker_order_id)
+        assert [leg.status for leg in after.legs] == ["canceled", "canceled"] and len(broker.sleeps) == 1
+        assert broker.submit(_exit()).status == "accepted"
+
+
+def test_cancel_bracket_not_confirmed_raises_unavailable_and_the_shares_stay_held():
+    with FakeAlpaca(cancel_reads=50) as fake:
+        broker = _broker(fake, max_retries=2)
+        placed = broker.submit(_req())
+        fake.fill(placed.client_order_id, 185.0)
+        with pytest.raises(BrokerUnavailable, match="not confirmed"):
+            broker.cancel_bracket(placed.client_order_id, placed.broker_order_id)
+        assert broker.errors["cancel_unconfirmed"] == 1
+        with pytest.raises(BrokerRejected, match="403"):  # why the caller must not sell now
+            broker.submit(_exit())

@@ -37,7 +37,7 @@ from awet_dagster.inference import FeatureWindows, StaticPredictorSource, to_qua
 from awet_dagster.risk.state import KillSwitchState
 from awet_dagster.sources.sample import SampleSource
 from awet_dagster.storage.db import connect
-from live.bus import DLQ_REASON_HEADER, EventProducer
+from live.bus import DLQ_REASON_HEADER, EventProducer, RetryLater
 from live.kafka_settings import FAST_DEV_PRODUCER_SETTINGS, producer_config
 from live.runner import LoopTracker, replay_through_loop, start_loop
 
@@ -454,6 +454,208 @@ def test_alpaca_errors_are_retried_counted_and_never_duplicate_an_order(
         orders = _live_orders(database_url, ns)
         assert sorted(o["coid"] for o in orders) == coids and {o["status"] for o in orders} == {"accepted"}
         assert svc.component.adopted == 1 and svc.component.submitted == 2
+
+
+# --------------------------------------------------------------------------- (d2) Alpaca brackets (issue #7)
+def _alpaca_setup(cfg, fake, tmp_path: Path):
+    from awet_dagster.execution import AlpacaPaperBroker, GatedBroker
+
+    approval = tmp_path / "APPROVE"
+    approval.write_text("ok")
+    ex_cfg = cfg.execution.model_copy(update={"dry_run": False, "approval_file": approval,
+                                               "alpaca_base_url": fake.url})
+    inner = AlpacaPaperBroker("key", "secret", base_url=fake.url, timeout_s=2.0, max_retries=2,
+                              backoff_base_s=0.01, sleep=lambda s: None)
+    return cfg.model_copy(update={"execution": ex_cfg}), GatedBroker(inner, ex_cfg)
+
+
+def _step(svc, prod: EventProducer, topic: str, event) -> None:
+    """Publish one event to the service's input and let it handle exactly that one."""
+    prod.send(topic, event)
+    prod.flush(10)
+    stats = svc.run(max_messages=1, timeout_s=30)
+    assert stats.processed == 1 and stats.dead_lettered == 0, stats
+
+
+def _exit_event(d: RiskDecision, ts: datetime, reason: str = "max_hold", price: float = 100.0) -> ExitEvent:
+    return ExitEvent(correlation_id=d.correlation_id, symbol=d.symbol, ts=ts, reason=reason, position_side="long",
+                     qty=d.qty, trigger_price=price, entry_price=100.0, entry_ts=ts,
+                     entry_client_order_id=client_order_id(d.correlation_id, "entry"))
+
+
+def _order_row(database_url: str, coid: str) -> dict | None:
+    with connect(database_url) as conn:
+        r = conn.execute("SELECT status, broker_order_id, type, payload, qty FROM orders WHERE client_order_id = %s",
+                         (coid,)).fetchone()
+        fills = conn.execute("SELECT qty, price FROM fills WHERE client_order_id = %s ORDER BY ts",
+                             (coid,)).fetchall()
+    if r is None:
+        return None
+    return {"status": r[0], "broker_order_id": r[1], "type": r[2], "payload": r[3], "qty": r[4],
+            "fills": [(float(q), float(p)) for q, p in fills]}
+
+
+def _position(database_url: str, symbol: str) -> float | None:
+    with connect(database_url) as conn:
+        row = conn.execute("SELECT qty FROM positions WHERE symbol = %s", (symbol,)).fetchone()
+    return None if row is None else float(row[0])
+
+
+def _reports(bootstrap: str, topic: str, coid: str, min_n: int = 1) -> list:
+    from awet_dagster.contracts import ExecutionReport
+
+    deadline, reps = time.monotonic() + 20, []
+    while time.monotonic() < deadline:
+        reps = [ExecutionReport.model_validate_json(m.value()) for m in _read_all(bootstrap, topic, 0, 5)]
+        reps = [r for r in reps if r.client_order_id == coid]
+        if len(reps) >= min_n:
+            break
+    return reps
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_alpaca_exit_of_a_filled_bracket_cancels_its_legs_before_selling(
+        cfg, endpoints, make_topic, database_url, tmp_path):
+    """Issue #7 (1): before the fix the legs kept the shares and the market exit got 403
+    "insufficient qty available"; now the legs are canceled first and the exit goes through."""
+    from live.services import execution
+    from tests.fake_alpaca import FakeAlpaca
+
+    t, ns = _topics(make_topic), f"ns-{_uid()}"
+    t0, sym = datetime(2024, 3, 1, 14, 30, tzinfo=UTC), f"BX{_uid()}"
+    d = _decision(sym, t0)
+    entry, exit_ = client_order_id(d.correlation_id, "entry"), client_order_id(d.correlation_id, "exit")
+    prod = _producer(endpoints.kafka_bootstrap)
+    with FakeAlpaca() as fake:
+        live_cfg, broker = _alpaca_setup(cfg, fake, tmp_path)
+        kw = dict(_overrides(t, ns, tmp_path)["execution"], broker=broker)
+        with execution.build(live_cfg, endpoints, **kw) as svc:
+            _step(svc, prod, t["approved"], d)
+            fake.fill(entry, 100.0)
+            _step(svc, prod, t["raw"], _bar(sym, t0 + timedelta(days=1)))
+            assert _position(database_url, sym) == 10.0
+            # The venue cannot be reached for the cancel: nothing is sold, the exit is redelivered.
+            tp, _ = fake.legs(entry)
+            fake.fail_next("DELETE", f"/v2/orders/{tp['id']}", 503, 503, 503)
+            prod.send(t["exits"], _exit_event(d, t0 + timedelta(days=1), "max_hold"))
+            prod.flush(10)
+            with pytest.raises(RetryLater):
+                svc.run(max_messages=1, timeout_s=30)
+            assert fake.count("POST", "/v2/orders") == 1 and svc.component.errors == 1
+        with execution.build(live_cfg, endpoints, **kw) as svc:  # restart: the bracket is followed again
+            assert svc.run(max_messages=1, timeout_s=30).processed == 1  # the redelivered exit
+            assert fake.submissions[exit_] == 1, fake.requests  # refused (403) before the fix
+            assert [leg["status"] for leg in fake.legs(entry)] == ["canceled", "canceled"]
+            assert float(fake.order(exit_)["qty"]) == 10.0
+            fake.fill(exit_, 101.0)
+            _step(svc, prod, t["raw"], _bar(sym, t0 + timedelta(days=2)))
+            assert svc.component.errors == 0
+        assert fake.position_qty(sym) == 0 and fake.count("POST", "/v2/orders") == 2
+        assert sorted(fake.submissions.values()) == [1, 1]
+    ex = _order_row(database_url, exit_)
+    assert ex["status"] == "filled" and ex["fills"] == [(10.0, 101.0)]
+    assert (ex["payload"]["intent"], ex["payload"]["reason"], ex["type"]) == ("exit", "max_hold", "market")
+    assert _order_row(database_url, entry)["status"] == "filled"
+    assert _position(database_url, sym) == 0.0
+    [rep] = [r for r in _reports(endpoints.kafka_bootstrap, t["done"], exit_) if r.status == "filled"]
+    assert (rep.filled_qty, rep.avg_price, rep.intent) == (10.0, 101.0, "exit")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_alpaca_bracket_leg_fills_are_booked_as_the_exit_and_never_exited_again(
+        cfg, endpoints, make_topic, database_url, tmp_path):
+    """Issue #7 (2): a take-profit leg that fills at the broker is booked as the trade's exit
+    on the symbol's next bar; a stop-loss leg that filled before the exit monitor's exit
+    arrives is booked by the exit path, which then sends nothing."""
+    from live.services import execution
+    from tests.fake_alpaca import FakeAlpaca
+
+    t, ns = _topics(make_topic), f"ns-{_uid()}"
+    t0 = datetime(2024, 3, 1, 14, 30, tzinfo=UTC)
+    a, b = _decision(f"TP{_uid()}", t0), _decision(f"SL{_uid()}", t0)
+    prod = _producer(endpoints.kafka_bootstrap)
+    with FakeAlpaca() as fake:
+        live_cfg, broker = _alpaca_setup(cfg, fake, tmp_path)
+        kw = dict(_overrides(t, ns, tmp_path)["execution"], broker=broker)
+        with execution.build(live_cfg, endpoints, **kw) as svc:
+            for d in (a, b):
+                _step(svc, prod, t["approved"], d)
+                fake.fill(client_order_id(d.correlation_id, "entry"), 100.0)
+                _step(svc, prod, t["raw"], _bar(d.symbol, t0 + timedelta(days=1)))
+            # (a) take profit hit intraday: the next bar books it
+            tp, sl = fake.legs(client_order_id(a.correlation_id, "entry"))
+            fake.fill(tp["id"], 103.0)
+            _step(svc, prod, t["raw"], _bar(a.symbol, t0 + timedelta(days=2), 103.0))
+            assert _order_row(database_url, client_order_id(a.correlation_id, "exit"))["status"] == "filled"
+            _step(svc, prod, t["raw"], _bar(a.symbol, t0 + timedelta(days=3), 103.0))  # polled again: no dup
+            # the exit monitor, not knowing yet, asks for an exit of the same trade: nothing is sent
+            _step(svc, prod, t["exits"], _exit_event(a, t0 + timedelta(days=2), "tp", 103.0))
+            # (b) stop loss hit, the exit monitor's exit arrives before the symbol's next bar
+            _, sl_b = fake.legs(client_order_id(b.correlation_id, "entry"))
+            fake.fill(sl_b["id"], 98.5)
+            assert _order_row(database_url, client_order_id(b.correlation_id, "exit")) is None
+            _step(svc, prod, t["exits"], _exit_event(b, t0 + timedelta(days=2), "sl", 98.5))
+            assert _order_row(database_url, client_order_id(b.correlation_id, "exit"))["fills"] == [(10.0, 98.5)]
+            _step(svc, prod, t["exits"], _exit_event(b, t0 + timedelta(days=2), "sl", 98.5))  # redelivered
+            _step(svc, prod, t["raw"], _bar(b.symbol, t0 + timedelta(days=3), 98.0))
+            assert svc.component.errors == 0
+        assert fake.count("POST", "/v2/orders") == 2  # the two entries, nothing else
+        assert not any(m == "DELETE" for m, _ in fake.requests)
+        assert fake.position_qty(a.symbol) == 0 and fake.position_qty(b.symbol) == 0
+        legs = {a.symbol: tp["id"], b.symbol: sl_b["id"]}
+    for d, reason, price in ((a, "take_profit", 103.0), (b, "stop_loss", 98.5)):
+        coid = client_order_id(d.correlation_id, "exit")
+        row = _order_row(database_url, coid)
+        assert row["status"] == "filled" and row["broker_order_id"] == legs[d.symbol], row
+        assert (row["payload"]["intent"], row["payload"]["reason"]) == ("exit", reason)
+        assert row["fills"] == [(10.0, price)]
+        assert _position(database_url, d.symbol) == 0.0
+        reps = _reports(endpoints.kafka_bootstrap, t["done"], coid)
+        assert {(r.status, r.filled_qty, r.avg_price, r.intent, r.broker_order_id) for r in reps} == {
+            ("filled", 10.0, price, "exit", legs[d.symbol])}
+        assert len({r.event_id for r in reps}) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_alpaca_stop_loss_leg_filled_while_execution_was_down_is_booked_on_restart(
+        cfg, endpoints, make_topic, database_url, tmp_path):
+    """Issue #7 (3): reconcile on start books a leg that filled while the service was down."""
+    from live.services import execution
+    from tests.fake_alpaca import FakeAlpaca
+
+    t, ns = _topics(make_topic), f"ns-{_uid()}"
+    t0, sym = datetime(2024, 3, 1, 14, 30, tzinfo=UTC), f"RS{_uid()}"
+    d = _decision(sym, t0)
+    entry, exit_ = client_order_id(d.correlation_id, "entry"), client_order_id(d.correlation_id, "exit")
+    prod = _producer(endpoints.kafka_bootstrap)
+    with FakeAlpaca() as fake:
+        live_cfg, broker = _alpaca_setup(cfg, fake, tmp_path)
+        kw = dict(_overrides(t, ns, tmp_path)["execution"], broker=broker)
+        with execution.build(live_cfg, endpoints, **kw) as svc:
+            _step(svc, prod, t["approved"], d)
+            fake.fill(entry, 100.0)
+            _step(svc, prod, t["raw"], _bar(sym, t0 + timedelta(days=1)))
+        # down: the stop loss fires at the broker
+        _, sl = fake.legs(entry)
+        fake.fill(sl["id"], 98.5)
+        assert _order_row(database_url, exit_) is None
+        with execution.build(live_cfg, endpoints, **kw) as svc:  # start(): reconcile books it
+            row = _order_row(database_url, exit_)
+            assert row is not None and row["status"] == "filled" and row["broker_order_id"] == sl["id"]
+            assert row["payload"]["reason"] == "stop_loss" and row["fills"] == [(10.0, 98.5)]
+            assert _position(database_url, sym) == 0.0
+            _step(svc, prod, t["exits"], _exit_event(d, t0 + timedelta(days=2), "sl", 98.5))
+            _step(svc, prod, t["raw"], _bar(sym, t0 + timedelta(days=2), 98.0))
+        with execution.build(live_cfg, endpoints, **kw):  # a second restart books nothing new
+            pass
+        assert fake.count("POST", "/v2/orders") == 1 and not any(m == "DELETE" for m, _ in fake.requests)
+    assert _order_row(database_url, exit_)["fills"] == [(10.0, 98.5)]
+    reps = _reports(endpoints.kafka_bootstrap, t["done"], exit_)
+    assert {(r.status, r.filled_qty, r.avg_price, r.broker_order_id) for r in reps} == {
+        ("filled", 10.0, 98.5, sl["id"])}
 
 
 # --------------------------------------------------------------------------- (e) kill switch

@@ -2,12 +2,14 @@
 broker behind three safety gates, start-up reconciliation (pure core)."""
 from awet_dagster.execution.alpaca_broker import PAPER_URL, AlpacaPaperBroker, parse_order
 from awet_dagster.execution.broker import (
+    BracketBroker,
     Broker,
     BrokerError,
     BrokerRejected,
     BrokerUnavailable,
     OrderBlocked,
     UnsafeEndpoint,
+    works_brackets,
 )
 from awet_dagster.execution.gates import (
     GatedBroker,
@@ -35,6 +37,7 @@ from awet_dagster.execution.simulator import PaperSimulator
 __all__ = [
     "PAPER_URL",
     "AlpacaPaperBroker",
+    "BracketBroker",
     "Broker",
     "BrokerError",
     "BrokerOrder",
@@ -65,4 +68,5 @@ __all__ = [
     "paper_endpoint_gate",
     "parse_order",
     "reconcile",
+    "works_brackets",
 ]

@@ -8,8 +8,25 @@ Transport: alpaca-py's REST session has no timeout and retries 429/504 itself wi
 - retry submits here: before each resubmission the order is looked up by client_order_id
   (a timed-out or 5xx'd POST may have reached Alpaca), and a 422 "client_order_id must be
   unique" is answered by adopting the existing order. So a retry never duplicates an order.
-Entries with take-profit and stop-loss go out as `OrderClass.BRACKET` market orders.
 The paper-endpoint gate is enforced in the constructor: a non-paper URL cannot be used.
+
+Bracket lifecycle. Entries with take-profit and stop-loss go out as `OrderClass.BRACKET`
+market orders: Alpaca creates two legs (a `limit` take-profit and a `stop` stop-loss,
+each with its own order id), `held` until the parent fills, then working as one-cancels-
+other. While they work they RESERVE the position's shares: a market exit for those shares
+is refused (403, "insufficient qty available") and, if it went through, a leg firing later
+would open the opposite position. Hence
+- `get_bracket` reads an order WITH its legs (`GET /v2/orders/{id}?nested=true`), parsed
+  into `BrokerOrder.legs` (`order_type` / `exit_reason` name the leg);
+- `cancel_bracket` cancels the parent if still open (its legs go with it) and every open
+  leg, then re-reads until none is open any more (a cancel is asynchronous at Alpaca:
+  `pending_cancel` still holds the shares). A leg that filled meanwhile is returned
+  filled: the caller books it as the exit instead of selling again.
+Cancels are DELETEs tried once per call (like a POST): on a timeout/5xx/429 the order is
+looked up before the next try, so a cancel that did land is not repeated; 404/422 (gone,
+no longer cancelable: filled, already canceled) end the cancel and the re-read tells the
+state. Errors are classified like submits: `BrokerUnavailable` (no answer after every
+try: state unknown, do not sell), `BrokerRejected` (any other 4xx).
 """
 from __future__ import annotations
 
@@ -61,6 +78,7 @@ def _f(value: Any) -> float | None:
 
 
 def parse_order(raw: dict[str, Any]) -> BrokerOrder:
+    """Alpaca order JSON (legs, when present, parsed recursively)."""
     return BrokerOrder(
         client_order_id=raw["client_order_id"],
         broker_order_id=str(raw["id"]),
@@ -71,6 +89,8 @@ def parse_order(raw: dict[str, Any]) -> BrokerOrder:
         avg_fill_price=_f(raw.get("filled_avg_price")),
         status=_STATUS.get(raw["status"], "accepted"),
         order_class=raw.get("order_class") or "simple",
+        order_type=raw.get("order_type") or raw.get("type") or "market",
+        legs=tuple(parse_order(leg) for leg in raw.get("legs") or ()),
     )
 
 
@@ -202,11 +222,87 @@ class AlpacaPaperBroker:
         found = self.get_order_by_client_id(client_order_id)
         if found is None or not found.is_open:
             return found
+        self._cancel_id(found.broker_order_id, client_order_id)
+        return self.get_order_by_client_id(client_order_id)
+
+    # ------------------------------------------------------------------ brackets
+    def get_order(self, broker_order_id: str, *, nested: bool = True) -> BrokerOrder | None:
+        """By Alpaca order id; ``nested``: with its legs (a leg's id works too)."""
+        from alpaca.common.exceptions import APIError
+        from alpaca.trading.requests import GetOrderByIdRequest
+
         try:
-            self._client.cancel_order_by_id(found.broker_order_id)
+            return parse_order(self._client.get_order_by_id(broker_order_id,
+                                                            filter=GetOrderByIdRequest(nested=nested)))
+        except APIError as exc:
+            if exc.status_code == 404:
+                return None
+            raise BrokerRejected(f"alpaca order lookup {broker_order_id}: HTTP {exc.status_code}") from None
         except SourceUnavailable as exc:
             raise BrokerUnavailable(str(exc)) from None
-        return self.get_order_by_client_id(client_order_id)
+
+    def get_bracket(self, client_order_id: str, broker_order_id: str | None = None) -> BrokerOrder | None:
+        """Our order with its legs; ``broker_order_id`` (when known) saves the lookup by client id."""
+        if broker_order_id is None:
+            found = self.get_order_by_client_id(client_order_id)
+            if found is None:
+                return None
+            broker_order_id = found.broker_order_id
+        return self.get_order(broker_order_id, nested=True)
+
+    def cancel_bracket(self, client_order_id: str, broker_order_id: str | None = None) -> BrokerOrder | None:
+        """Cancel the order if still open (its legs go with it) and every open leg; return
+        the order with its legs once nothing of it is open any more. Raises
+        ``BrokerUnavailable`` when the venue cannot be reached or the cancels are not
+        confirmed after every re-read (the legs may still hold the shares)."""
+        order = self.get_bracket(client_order_id, broker_order_id)
+        if order is None or not any(o.is_open for o in (order, *order.legs)):
+            return order
+        if order.is_open:
+            self._cancel_id(order.broker_order_id, client_order_id)
+            order = self.get_order(order.broker_order_id, nested=True) or order
+        for leg in order.legs:  # legs of a filled parent (or ones the parent's cancel left)
+            if leg.is_open:
+                self._cancel_id(leg.broker_order_id, f"{client_order_id} {leg.order_type} leg")
+        for attempt in range(1, self.policy.max_attempts + 1):  # a cancel is asynchronous: confirm it
+            order = self.get_order(order.broker_order_id, nested=True) or order
+            if not any(o.is_open for o in (order, *order.legs)):
+                return order
+            if attempt < self.policy.max_attempts:
+                self._sleep(self.policy.backoff(attempt))
+        self.errors["cancel_unconfirmed"] += 1
+        raise BrokerUnavailable(f"alpaca cancel of {client_order_id} and its legs not confirmed after "
+                                f"{self.policy.max_attempts} look-up(s)")
+
+    def _cancel_id(self, broker_order_id: str, what: str) -> None:
+        """DELETE one order, retried only after a look-up shows it still open; 404/422
+        (gone / not cancelable any more: filled, canceled) end it quietly."""
+        from alpaca.common.exceptions import APIError
+
+        last = ""
+        for attempt in range(1, self.policy.max_attempts + 1):
+            if attempt > 1:
+                self._sleep(self.policy.backoff(attempt - 1))
+                try:
+                    found = self.get_order(broker_order_id, nested=False)
+                except BrokerUnavailable as exc:
+                    self.errors["lookup_unavailable"] += 1
+                    last = str(exc)
+                    continue
+                if found is None or not found.is_open:
+                    return
+            try:
+                self._client.cancel_order_by_id(broker_order_id)
+                return
+            except SourceUnavailable as exc:  # timeout, connection error, 5xx, 429 (one try each)
+                self.errors["cancel_unavailable"] += 1
+                last = str(exc)
+            except APIError as exc:
+                if exc.status_code in (404, 422):
+                    return
+                self.errors[f"cancel_http_{exc.status_code}"] += 1
+                raise BrokerRejected(f"alpaca refused to cancel {what}: HTTP {exc.status_code} {exc}") from None
+        raise BrokerUnavailable(f"alpaca cancel {what}: {last} after {self.policy.max_attempts} attempt(s)")
 
     def account(self) -> dict[str, Any]:
         try:

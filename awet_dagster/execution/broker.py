@@ -46,3 +46,22 @@ class Broker(Protocol):
     def list_positions(self) -> list[BrokerPosition]: ...
 
     def cancel(self, client_order_id: str) -> BrokerOrder | None: ...
+
+
+@runtime_checkable
+class BracketBroker(Protocol):
+    """A venue that works bracket legs itself (Alpaca): the execution service must follow them."""
+
+    def get_bracket(self, client_order_id: str, broker_order_id: str | None = None) -> BrokerOrder | None:
+        """The order with its legs (``BrokerOrder.legs``)."""
+        ...
+
+    def cancel_bracket(self, client_order_id: str, broker_order_id: str | None = None) -> BrokerOrder | None:
+        """Cancel the order if still open and every open leg; the order with its legs after."""
+        ...
+
+
+def works_brackets(broker: object) -> bool:
+    """Whether the venue behind ``broker`` (a ``GatedBroker``'s inner broker) works bracket
+    legs itself, so the caller must follow them (``BracketBroker``)."""
+    return isinstance(getattr(broker, "inner", broker), BracketBroker)

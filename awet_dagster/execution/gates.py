@@ -110,3 +110,10 @@ class GatedBroker:
 
     def cancel(self, client_order_id: str) -> BrokerOrder | None:
         return self.inner.cancel(client_order_id)
+
+    # Bracket legs (inner brokers that work them, e.g. Alpaca: see `works_brackets`).
+    def get_bracket(self, client_order_id: str, broker_order_id: str | None = None) -> BrokerOrder | None:
+        return self.inner.get_bracket(client_order_id, broker_order_id)  # type: ignore[attr-defined]
+
+    def cancel_bracket(self, client_order_id: str, broker_order_id: str | None = None) -> BrokerOrder | None:
+        return self.inner.cancel_bracket(client_order_id, broker_order_id)  # type: ignore[attr-defined]

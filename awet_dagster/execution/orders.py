@@ -9,6 +9,8 @@ from awet_dagster.contracts.base import Side
 from awet_dagster.execution.ids import client_order_id
 
 OPEN_STATUSES = frozenset({"new", "accepted", "partially_filled"})
+# Order type of a bracket leg -> the exit it makes (Alpaca: take-profit leg = limit, stop-loss leg = stop).
+LEG_EXIT_REASONS = {"limit": "take_profit", "stop": "stop_loss", "stop_limit": "stop_loss"}
 
 
 @dataclass(frozen=True)
@@ -43,10 +45,17 @@ class BrokerOrder:
     avg_fill_price: float | None
     status: str  # contract OrderStatus
     order_class: str = "simple"
+    order_type: str = "market"  # market | limit | stop | stop_limit | trailing_stop
+    legs: tuple[BrokerOrder, ...] = ()  # a bracket's take-profit and stop-loss legs (when read nested)
 
     @property
     def is_open(self) -> bool:
         return self.status in OPEN_STATUSES
+
+    @property
+    def exit_reason(self) -> str | None:
+        """As a bracket leg: ``take_profit`` (limit leg) or ``stop_loss`` (stop leg)."""
+        return LEG_EXIT_REASONS.get(self.order_type)
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,38 @@ then reported on exec.done as a CUMULATIVE ExecutionReport (filled_qty / avg_pri
 so far; consumers derive the increment, idempotently). Event ids are deterministic.
 
 Restart: ``reconcile`` against the broker (logged; our open orders the broker lost are
-marked ``expired``); the simulator (an in-process venue) is restored from the orders and
-fills tables (orders that reached it: broker id set), and the state of recently updated
-orders is re-announced on exec.done (a crash may have hit between a fill's DB write and
-its report). So a restart neither duplicates nor loses an order or a fill.
+marked ``expired``, and at Alpaca fills they got while we were down are booked); the
+simulator (an in-process venue) is restored from the orders and fills tables (orders that
+reached it: broker id set), and the state of recently updated orders is re-announced on
+exec.done (a crash may have hit between a fill's DB write and its report). So a restart
+neither duplicates nor loses an order or a fill.
+
+Bracket lifecycle (Alpaca only; the simulator path is the backtest's and unchanged). An
+entry with take profit and stop loss is a bracket: Alpaca works its two legs (take-profit
+limit, stop-loss stop) once the parent fills, and they hold the position's shares. So:
+- watch: after submission the entry is tracked in ``brackets`` until its exit is known;
+  on each bar of its symbol it is read WITH its legs (``get_bracket``). A leg that fills is
+  booked as the trade's EXIT: client order id ``client_order_id(correlation_id, "exit")``
+  (what ``exit_request`` derives), an ``orders`` row (intent exit, ``reason`` take_profit /
+  stop_loss, type limit/stop, broker id = the leg's id) written in the fill's transaction
+  (fill keyed ``<coid>:<cumulative qty>``, order status, ``positions``), an OrderEvent and
+  the cumulative ExecutionReport on exec.done like any exit fill, so risk, the exit
+  monitor and the ledgers see the position closed. The watch ends when a leg filled, when
+  the legs are canceled/expired, or when the parent closed without a fill.
+- exit: an ExitEvent for a watched bracket first cancels the parent if still open and
+  every open leg (``cancel_bracket``, confirmed by re-reading). If a leg had ALREADY
+  filled, the broker exited the position: that fill is booked (as above) and nothing is
+  sent. Otherwise the market exit is placed for the quantity the broker filled on the
+  parent. A cancel the venue cannot confirm (unreachable) is retried later (RetryLater),
+  never followed by a sell; a refused cancel answers a rejected exit report (the exit
+  monitor fires again). A redelivered ExitEvent finds the exit id in ``orders`` and
+  sends nothing.
+- restart: brackets whose exit is unknown are tracked again from the orders table and
+  read with their legs right after ``reconcile``: legs that filled while we were down are
+  booked then (at the latest event time known for the symbol: its last stored bar or the
+  entry's fill), and re-announced with the other recent states.
+Not handled: a leg that fills only PARTIALLY and is then canceled by an exit leaves the
+rest of the position open (the one exit id of the position is taken by the leg): logged.
 
 Timing: an order decided on bar t fills on the symbol's first bar after t. When that
 bar already went by (free-running replay: market.raw reaches this service before the
@@ -53,6 +81,7 @@ from awet_dagster.contracts.topics import EXEC_DONE, EXEC_EXITS, EXEC_ORDERS, MA
 from awet_dagster.execution import (
     AlpacaPaperBroker,
     BrokerOrder,
+    BrokerRejected,
     BrokerUnavailable,
     GatedBroker,
     OrderRequest,
@@ -63,6 +92,7 @@ from awet_dagster.execution import (
     execution_report,
     exit_request,
     reconcile,
+    works_brackets,
 )
 from awet_dagster.risk.portfolio import Fill
 from awet_dagster.storage.trading import PostgresOrderStore
@@ -150,6 +180,11 @@ class Executor:
         self.on_submit = on_submit
         self.ledger = FillLedger(cfg.risk.initial_equity)  # our positions (positions table)
         self.requests: dict[str, OrderRequest] = {}  # open orders we track
+        # Alpaca brackets whose exit is not known yet: entry coid -> entry request / broker id.
+        self.brackets: dict[str, OrderRequest] = {}
+        self._boid: dict[str, str] = {}
+        self.bracket_venue = not isinstance(broker, RestorableSimulator) and works_brackets(broker)
+        self._last_fill: dict[str, datetime] = {}  # coid -> ts of its last stored fill (restart)
         self._cum: dict[str, tuple[float, float, float]] = {}  # coid -> qty, notional, fees reported
         self._bars: dict[str, deque] = {}
         self.submitted = 0
@@ -183,13 +218,22 @@ class Executor:
             self.conn.reset()
             raise RetryLater(f"orders table unavailable: {exc}") from exc
         recent = datetime.now(UTC) - timedelta(days=1)
+        entries: list[tuple[OrderRequest, str, str | None, float]] = []
+        exits: dict[str, tuple[str, dict]] = {}
         for coid, symbol, side, qty, status, boid, payload, fq, fn, ff, last_ts, updated in rows:
             if not payload or "ts" not in payload:
                 continue
             req = _request_from_row(coid, symbol, side, qty, payload)
             if fq > 0:
                 self._cum[coid] = (fq, fn, ff)
-            if status not in CLOSED and boid is not None:
+                self._last_fill[coid] = last_ts
+            if req.intent == "exit":
+                exits[coid] = (status, payload)
+            elif req.take_profit is not None and req.stop_loss is not None:
+                entries.append((req, status, boid, fq))
+            if payload.get("bracket_leg"):
+                pass  # an exit made by a bracket leg: followed through its entry (below)
+            elif status not in CLOSED and boid is not None:
                 self.requests[coid] = req
                 if self.sim is not None:
                     self.sim.restore(req, boid, fq, fn / fq if fq else None, ff,
@@ -212,11 +256,57 @@ class Executor:
                     final = self.broker.get_order_by_client_id(coid)
                 except BrokerUnavailable:
                     continue
-                status = final.status if final is not None else "expired"
-                self._set_status(coid, status, final.broker_order_id if final else None)
+                req = self.requests.get(coid)
+                if (self.sim is None and final is not None and req is not None
+                        and final.filled_qty > self._cum.get(coid, (0.0, 0.0, 0.0))[0] + 1e-9):
+                    outputs += self._sync_order(req, final, self._restart_ts(req))  # filled while we were down
+                else:
+                    status = final.status if final is not None else "expired"
+                    self._set_status(coid, status, final.broker_order_id if final else None)
                 if final is None or final.status in CLOSED:
                     self.requests.pop(coid, None)
+        if self.bracket_venue:
+            outputs += self._restore_brackets(entries, exits)
         return outputs
+
+    def _restore_brackets(self, entries: list[tuple[OrderRequest, str, str | None, float]],
+                          exits: dict[str, tuple[str, dict]]) -> list[Output]:
+        """Track again the brackets whose exit is not known; book legs that filled while down."""
+        for req, status, boid, fq in entries:
+            if boid is None or (status in CLOSED and fq <= 0):
+                continue  # never reached the venue / closed without a fill: no legs worked
+            ex = exits.get(client_order_id(req.correlation_id, "exit"))
+            if ex is not None and not (ex[1].get("bracket_leg") and ex[0] not in CLOSED):
+                continue  # exited (market exit after the legs were canceled, or a leg filled)
+            self.brackets[req.client_order_id] = req
+            self._boid[req.client_order_id] = boid
+        outputs: list[Output] = []
+        for coid, entry in list(self.brackets.items()):
+            try:
+                parent = self.broker.get_bracket(coid, self._boid.get(coid))
+            except (BrokerUnavailable, BrokerRejected) as exc:
+                self.errors += 1
+                self._broker_error(exc)
+                log.warning("execution: bracket %s not checked on start (next bar will): %s", coid, exc)
+                continue
+            if parent is None:
+                continue
+            ts = self._restart_ts(entry)
+            outputs += self._sync_order(entry, parent, ts, announce_close=False)
+            if not parent.is_open:
+                self.requests.pop(coid, None)
+            outputs += self._sync_legs(coid, entry, parent, ts)
+        if self.brackets:
+            log.info("execution: following the legs of %d bracket entr(y/ies)", len(self.brackets))
+        return outputs
+
+    def _restart_ts(self, req: OrderRequest) -> datetime:
+        """Event time for what the venue did while we were down: the latest we know for the
+        symbol (its last stored bar, the order's last fill, its decision). Not the wall clock:
+        in a replay that would lie ahead of every bar and the ledgers would never book it."""
+        row = self._db().execute("SELECT max(ts) FROM bars WHERE symbol = %s", (req.symbol,)).fetchone()
+        known = [t for t in (req.ts, self._last_fill.get(req.client_order_id), row[0] if row else None) if t]
+        return max(known)
 
     # ------------------------------------------------------------------ handlers
     def handle(self, event: Any, ctx: MessageContext) -> list[Output]:
@@ -239,6 +329,8 @@ class Executor:
                 event.limit_price or event.take_profit or 1.0)
             return self.place(entry_request(event, price))
         if isinstance(event, ExitEvent):
+            if client_order_id(event.correlation_id, "entry") in self.brackets:
+                return self.exit_bracket(event)
             out = self.cancel_entry(event)
             return out + self.place(exit_request(event))
         raise TypeError(f"unexpected event {type(event).__name__}")
@@ -281,7 +373,53 @@ class Executor:
         q, n, f = self._cum.get(coid, (0.0, 0.0, 0.0))
         return [self._report_output(req, event.ts, q, n / q if q else None, f, "canceled", order.broker_order_id)]
 
-    def place(self, req: OrderRequest) -> list[Output]:
+    def exit_bracket(self, event: ExitEvent) -> list[Output]:
+        """Alpaca bracket: cancel the parent if open and the legs, THEN sell what is held;
+        a leg that already filled is the exit (booked, nothing sent)."""
+        coid = client_order_id(event.correlation_id, "entry")
+        entry = self.brackets[coid]
+        try:
+            parent = self.broker.cancel_bracket(coid, self._boid.get(coid))
+        except BrokerUnavailable as exc:
+            self.errors += 1
+            self._broker_error(exc)
+            # The legs may still hold the shares (or fill): never sell on top of them.
+            raise RetryLater(f"cannot cancel the bracket legs of {coid}: {exc}") from exc
+        except BrokerRejected as exc:
+            self.errors += 1
+            self._broker_error(exc)
+            log.error("execution: cancel of bracket %s refused, exit not sent: %s", coid, exc)
+            req = exit_request(event)
+            rep = execution_report(req, ts=event.ts, filled_qty=0.0, avg_price=None, fee=0.0, status="rejected",
+                                   venue=self.venue, dry_run=self.dry_run,
+                                   message=f"bracket legs not canceled: {exc}")
+            return [Output(self.done_topic, rep.model_copy(update={
+                "event_id": _eid("report", req.client_order_id, "rejected", event.event_id)}))]
+        if parent is None:  # the venue does not know the entry: nothing of it works there
+            log.warning("execution: bracket entry %s unknown at the broker", coid)
+            self._untrack(coid)
+            return self.cancel_entry(event) + self.place(exit_request(event))
+        was_open = coid in self.requests
+        out = self._sync_order(entry, parent, event.ts, announce_close=was_open)
+        if not parent.is_open:
+            self.requests.pop(coid, None)
+        out += self._sync_legs(coid, entry, parent, event.ts)
+        sold = sum(leg.filled_qty for leg in parent.legs)
+        held = parent.filled_qty - sold
+        self._untrack(coid)
+        if sold > 0:  # the broker exited (part of) the position through a leg
+            if held > 1e-9:
+                log.error("execution: %s: its bracket legs filled %.6g of %.6g; the remaining %.6g stay open "
+                          "(the position's one exit id is taken by the leg)", coid, sold, parent.filled_qty, held)
+            return out
+        if held <= 1e-9:
+            return out  # the entry never filled: canceled, nothing to sell
+        req = exit_request(event)
+        if not math.isclose(req.qty, held):
+            req = replace(req, qty=held)  # what the broker filled, not what a ledger believed
+        return out + self.place(req, reason=event.reason)
+
+    def place(self, req: OrderRequest, reason: str | None = None) -> list[Output]:
         import psycopg
 
         coid = req.client_order_id
@@ -290,10 +428,12 @@ class Executor:
             row = self._db().execute("SELECT status, broker_order_id FROM orders WHERE client_order_id = %s",
                                      (coid,)).fetchone()
             if row is None:
+                payload = _request_payload(req, self.ns)
+                if reason is not None:
+                    payload["reason"] = reason
                 store.record_order(client_order_id=coid, correlation_id=req.correlation_id, symbol=req.symbol,
                                    side=req.side, qty=req.qty, order_type="market", status="new",
-                                   broker_order_id=None, submitted_at=None,
-                                   payload=_request_payload(req, self.ns))
+                                   broker_order_id=None, submitted_at=None, payload=payload)
         except psycopg.OperationalError as exc:
             self.conn.reset()
             raise RetryLater(f"orders table unavailable: {exc}") from exc
@@ -357,6 +497,10 @@ class Executor:
 
     def _after_submit(self, req: OrderRequest, order: BrokerOrder) -> None:
         self.requests[req.client_order_id] = req
+        if (self.bracket_venue and req.intent == "entry" and req.take_profit is not None
+                and req.stop_loss is not None):
+            self.brackets[req.client_order_id] = req
+            self._boid[req.client_order_id] = order.broker_order_id
         self._db().execute(
             "UPDATE orders SET status = %s, broker_order_id = %s, submitted_at = COALESCE(submitted_at, now()), "
             "updated_at = now() WHERE client_order_id = %s",
@@ -375,10 +519,10 @@ class Executor:
         return ev.model_copy(update={"event_id": _eid("order", req.client_order_id, ev.status)})
 
     def _report_output(self, req: OrderRequest, ts: datetime, cum_qty: float, avg: float | None, fees: float,
-                       status: str, broker_order_id: str | None) -> Output:
+                       status: str, broker_order_id: str | None, message: str | None = None) -> Output:
         rep = execution_report(req, ts=ts, filled_qty=min(cum_qty, req.qty), avg_price=avg, fee=fees,
                                status=status, venue=self.venue, dry_run=self.dry_run,
-                               broker_order_id=broker_order_id)
+                               broker_order_id=broker_order_id, message=message)
         return Output(self.done_topic, rep.model_copy(update={"event_id": _eid("report", req.client_order_id,
                                                                                 status, cum_qty)}))
 
@@ -409,8 +553,6 @@ class Executor:
         return self._book(fills)
 
     def _book(self, fills: Sequence[Fill]) -> list[Output]:
-        import psycopg
-
         out: list[Output] = []
         for fill in fills:
             coid = fill.client_order_id
@@ -423,25 +565,8 @@ class Executor:
             status = "filled" if math.isclose(q, req.qty) else "partially_filled"
             order = self.broker.get_order_by_client_id(coid)
             boid = order.broker_order_id if order else None
-            try:
-                conn = self._db()
-                with conn.transaction():
-                    conn.execute(
-                        "INSERT INTO fills (fill_id, client_order_id, symbol, qty, price, fee, ts) "
-                        "VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (fill_id) DO NOTHING",
-                        (f"{coid}:{fill.ts.isoformat()}", coid, fill.symbol, fill.qty, fill.price, fill.fee, fill.ts))
-                    conn.execute("UPDATE orders SET status = %s, updated_at = now() WHERE client_order_id = %s",
-                                 (status, coid))
-                    self.ledger.on_report(execution_report(req, ts=fill.ts, filled_qty=q, avg_price=n / q, fee=f,
-                                                           status=status, venue=self.venue, dry_run=self.dry_run))
-                    self.ledger.apply_until(fill.ts, fill.symbol)
-                    pos = self.ledger.portfolio.position(fill.symbol)
-                    PostgresOrderStore(conn).upsert_position(
-                        fill.symbol, pos.qty if pos else 0.0, pos.avg_price if pos else 0.0,
-                        pos.opened_ts if pos else None, pos.peak_price if pos else None)
-            except psycopg.OperationalError as exc:
-                self.conn.reset()
-                raise RetryLater(f"fills table unavailable: {exc}") from exc
+            self._write_fill(req, f"{coid}:{fill.ts.isoformat()}", fill.qty, fill.price, fill.fee, fill.ts,
+                             (q, n, f), status)
             self.fills += 1
             self._slippage(req, fill.price)
             if status == "filled":
@@ -449,42 +574,154 @@ class Executor:
             out.append(self._report_output(req, fill.ts, q, n / q, f, status, boid))
         return out
 
+    def _write_fill(self, req: OrderRequest, fill_id: str, qty: float, price: float, fee: float, ts: datetime,
+                    cum: tuple[float, float, float], status: str, broker_order_id: str | None = None,
+                    new_order: dict[str, Any] | None = None) -> None:
+        """One transaction: (the order row, when ``new_order``) the fill, the order's status,
+        the position (``positions``, from this service's ledger)."""
+        import psycopg
+
+        q, n, f = cum
+        try:
+            conn = self._db()
+            with conn.transaction():
+                if new_order is not None:
+                    PostgresOrderStore(conn).record_order(**new_order)
+                conn.execute(
+                    "INSERT INTO fills (fill_id, client_order_id, symbol, qty, price, fee, ts) "
+                    "VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (fill_id) DO NOTHING",
+                    (fill_id, req.client_order_id, req.symbol, qty, price, fee, ts))
+                conn.execute("UPDATE orders SET status = %s, broker_order_id = COALESCE(%s, broker_order_id), "
+                             "updated_at = now() WHERE client_order_id = %s",
+                             (status, broker_order_id, req.client_order_id))
+                self.ledger.on_report(execution_report(req, ts=ts, filled_qty=q, avg_price=n / q, fee=f,
+                                                       status=status, venue=self.venue, dry_run=self.dry_run))
+                self.ledger.apply_until(ts, req.symbol)
+                pos = self.ledger.portfolio.position(req.symbol)
+                PostgresOrderStore(conn).upsert_position(
+                    req.symbol, pos.qty if pos else 0.0, pos.avg_price if pos else 0.0,
+                    pos.opened_ts if pos else None, pos.peak_price if pos else None)
+        except psycopg.OperationalError as exc:
+            self.conn.reset()
+            raise RetryLater(f"fills table unavailable: {exc}") from exc
+
     def _poll_broker(self, symbol: str, ts: datetime) -> list[Output]:
-        """Alpaca: look up our open orders of ``symbol`` on each of its bars; report new fills."""
+        """Alpaca: look up our open orders of ``symbol`` on each of its bars (bracket entries
+        with their legs, also once the parent filled); report new fills."""
         out: list[Output] = []
+        seen: set[str] = set()
         for coid, req in list(self.requests.items()):
             if req.symbol != symbol:
                 continue
-            try:
-                order = self.broker.get_order_by_client_id(coid)
-            except Exception as exc:  # noqa: BLE001 - BrokerUnavailable/Rejected: try on the next bar
-                self.errors += 1
-                self._broker_error(exc)
-                log.warning("execution: status of %s unknown: %s", coid, exc)
-                continue
+            bracket = coid in self.brackets
+            order = self._read(coid, bracket)
             if order is None:
                 continue
-            q, n, f = self._cum.get(coid, (0.0, 0.0, 0.0))
-            if order.filled_qty > q + 1e-9 and order.avg_fill_price is not None:
-                inc = order.filled_qty - q
-                new_n = order.avg_fill_price * order.filled_qty
-                price = (new_n - n) / inc
-                self._cum[coid] = (order.filled_qty, new_n, f)
-                self._db().execute(
-                    "INSERT INTO fills (fill_id, client_order_id, symbol, qty, price, fee, ts) "
-                    "VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (fill_id) DO NOTHING",
-                    (f"{coid}:{order.filled_qty}", coid, symbol, inc, price, 0.0, ts))
-                self._set_status(coid, order.status, order.broker_order_id)
-                self._slippage(req, price)
-                out.append(self._report_output(req, ts, order.filled_qty, order.avg_fill_price, f, order.status,
-                                               order.broker_order_id))
-            elif order.status in CLOSED:
-                self._set_status(coid, order.status, order.broker_order_id)
-                out.append(self._report_output(req, ts, q, n / q if q else None, f, order.status,
-                                               order.broker_order_id))
+            out += self._sync_order(req, order, ts)
             if order.status in CLOSED:
                 self.requests.pop(coid, None)
+            if bracket:
+                seen.add(coid)
+                out += self._sync_legs(coid, req, order, ts)
+        for coid, entry in list(self.brackets.items()):
+            if entry.symbol != symbol or coid in seen:
+                continue
+            order = self._read(coid, True)
+            if order is not None:
+                out += self._sync_order(entry, order, ts, announce_close=False)
+                out += self._sync_legs(coid, entry, order, ts)
         return out
+
+    def _read(self, coid: str, bracket: bool) -> BrokerOrder | None:
+        try:
+            if bracket:
+                return self.broker.get_bracket(coid, self._boid.get(coid))
+            return self.broker.get_order_by_client_id(coid)
+        except Exception as exc:  # noqa: BLE001 - BrokerUnavailable/Rejected: try on the next bar
+            self.errors += 1
+            self._broker_error(exc)
+            log.warning("execution: status of %s unknown: %s", coid, exc)
+            return None
+
+    def _sync_order(self, req: OrderRequest, order: BrokerOrder, ts: datetime,
+                    announce_close: bool = True) -> list[Output]:
+        """Book the venue's cumulative fill of ``order`` beyond what we booked (one
+        transaction) and report it; a close without a new fill is reported when ``announce_close``."""
+        coid = req.client_order_id
+        q, n, f = self._cum.get(coid, (0.0, 0.0, 0.0))
+        if order.filled_qty > q + 1e-9 and order.avg_fill_price is not None:
+            inc = order.filled_qty - q
+            new_n = order.avg_fill_price * order.filled_qty
+            price = (new_n - n) / inc
+            self._cum[coid] = (order.filled_qty, new_n, f)
+            self._write_fill(req, f"{coid}:{order.filled_qty}", inc, price, 0.0, ts, (order.filled_qty, new_n, f),
+                             order.status, order.broker_order_id)
+            self.fills += 1
+            self._slippage(req, price)
+            return [self._report_output(req, ts, order.filled_qty, order.avg_fill_price, f, order.status,
+                                        order.broker_order_id)]
+        if order.status in CLOSED and announce_close:
+            self._set_status(coid, order.status, order.broker_order_id)
+            return [self._report_output(req, ts, q, n / q if q else None, f, order.status, order.broker_order_id)]
+        return []
+
+    def _untrack(self, coid: str) -> None:
+        self.brackets.pop(coid, None)
+        self._boid.pop(coid, None)
+
+    def _sync_legs(self, coid: str, entry: OrderRequest, parent: BrokerOrder, ts: datetime) -> list[Output]:
+        """Book a bracket leg that filled as the trade's exit; stop watching once the legs are done."""
+        filled = [leg for leg in parent.legs if leg.filled_qty > 0]
+        if filled:
+            if len(filled) > 1:
+                log.error("execution: %s: more than one bracket leg filled (%s); booking the first", coid,
+                          [leg.broker_order_id for leg in filled])
+            out = self._book_leg(entry, filled[0], ts)
+            if not filled[0].is_open:
+                self._untrack(coid)
+            return out
+        if not parent.is_open and (parent.filled_qty <= 0
+                                   or (parent.legs and not any(leg.is_open for leg in parent.legs))):
+            self._untrack(coid)  # closed without a fill, or the legs were canceled / expired
+        return []
+
+    def _book_leg(self, entry: OrderRequest, leg: BrokerOrder, ts: datetime) -> list[Output]:
+        exit_coid = client_order_id(entry.correlation_id, "exit")
+        q, n, f = self._cum.get(exit_coid, (0.0, 0.0, 0.0))
+        if leg.filled_qty <= q + 1e-9 or leg.avg_fill_price is None:
+            return []  # booked already (a later poll, a restart)
+        reason = leg.exit_reason or f"{leg.order_type}_leg"
+        row = self._db().execute("SELECT qty, payload FROM orders WHERE client_order_id = %s",
+                                 (exit_coid,)).fetchone()
+        new_order = None
+        if row is not None:
+            if not (row[1] or {}).get("bracket_leg"):
+                log.error("execution: %s leg of %s filled but exit %s was sent as an order; not booked twice",
+                          reason, entry.client_order_id, exit_coid)
+                return []
+            req = _request_from_row(exit_coid, entry.symbol, leg.side, float(row[0]), row[1])
+        else:
+            ref = entry.take_profit if reason == "take_profit" else entry.stop_loss if reason == "stop_loss" else None
+            req = OrderRequest(exit_coid, entry.correlation_id, entry.symbol, leg.side, leg.qty, "exit",
+                               leg.broker_order_id, ts, float(ref or leg.avg_fill_price))
+            payload = {**_request_payload(req, self.ns), "reason": reason, "bracket_leg": leg.broker_order_id,
+                       "entry_client_order_id": entry.client_order_id}
+            new_order = dict(client_order_id=exit_coid, correlation_id=entry.correlation_id, symbol=entry.symbol,
+                             side=leg.side, qty=leg.qty, order_type=leg.order_type, status=leg.status,
+                             broker_order_id=leg.broker_order_id, submitted_at=datetime.now(UTC), payload=payload)
+        inc = leg.filled_qty - q
+        new_n = leg.avg_fill_price * leg.filled_qty
+        price = (new_n - n) / inc
+        self._cum[exit_coid] = (leg.filled_qty, new_n, f)
+        self._write_fill(req, f"{exit_coid}:{leg.filled_qty}", inc, price, 0.0, ts, (leg.filled_qty, new_n, f),
+                         leg.status, leg.broker_order_id, new_order)
+        self.fills += 1
+        self._slippage(req, price)
+        log.info("execution: %s leg of %s filled at the broker (%.6g @ %.6g): booked as exit %s", reason,
+                 entry.client_order_id, leg.filled_qty, leg.avg_fill_price, exit_coid)
+        out = [Output(self.orders_topic, self._order_event(req, leg))] if new_order is not None else []
+        return out + [self._report_output(req, ts, leg.filled_qty, leg.avg_fill_price, f, leg.status,
+                                          leg.broker_order_id, message=f"bracket {reason} leg filled at the broker")]
 
 
 def make_broker(cfg: Any, broker: str | None = None) -> Any:
