@@ -182,15 +182,20 @@ def main() -> int:
     ep = infra_up(base)
     try:
         upgrade(ep.database_url)
+        # Production risk limits (2% positions, $50k total / $10k per symbol exposure, CVaR
+        # computed on every entry) so the number of open positions - what CVaR and the
+        # books cost - is what a live account carries. Loosened only where synthetic bars
+        # replayed at thousands per second would trip a wall-clock or loss rule at once:
+        # order throttles per minute/day and cooldown, loss limits, the CVaR cap itself
+        # (still computed), and the signal filters that need real volume/hours/confidence.
         cfg = base.model_copy(update={
             "signals": base.signals.model_copy(update={"min_confidence": 0.0, "min_avg_volume_10d": 0.0,
                                                        "enforce_market_hours": False}),
-            "risk": base.risk.model_copy(update={"cvar_limit": 1.0, "cvar_min_observations": 2, "cooldown_s": 0,
+            "risk": base.risk.model_copy(update={"cvar_limit": 1.0, "cooldown_s": 0,
                                                  "max_orders_per_minute": 1_000_000,
-                                                 "max_orders_per_symbol_day": 1_000_000,
-                                                 "max_total_exposure": 1e12, "sector_cap_pct": 1.0,
-                                                 "position_size_pct": 0.005, "daily_loss_limit": 1.0,
-                                                 "kill_switch_loss": 1.0, "max_drawdown": 1.0}),
+                                                 "max_orders_per_symbol_day": 1_000_000, "sector_cap_pct": 1.0,
+                                                 "daily_loss_limit": 1.0, "kill_switch_loss": 1.0,
+                                                 "max_drawdown": 1.0}),
         })
         rt = raw_round_trip(ep.kafka_bootstrap, 300 if args.quick else 1000, args.rate)
         results = {}
@@ -219,6 +224,7 @@ def main() -> int:
                     # Readers first: they must be fetching before the first measured bar is sent
                     # (a reader still connecting would add its own start-up to the latencies).
                     orders, signals = _Recv(ep.kafka_bootstrap, t["orders"]), _Recv(ep.kafka_bootstrap, t["scored"])
+                    approved = _Recv(ep.kafka_bootstrap, t["approved"])
                 first = live.head(len(syms))
                 replay_through_loop(prod, first, tracker, topic=t["raw"], drain_timeout_s=120)
                 rest = live.slice(len(syms))
@@ -241,10 +247,12 @@ def main() -> int:
                     time.sleep(0.5)
                     orders.close()
                     signals.close()
+                    approved.close()
                     lat_o = [(orders.first[c] - s) * 1000 for c, s in sent.items() if c in orders.first]
+                    lat_a = [(approved.first[c] - s) * 1000 for c, s in sent.items() if c in approved.first]
                     lat_s = [(signals.first[c] - s) * 1000 for c, s in sent.items() if c in signals.first]
                     results["latency"] = {"bars": rest.height, "orders": tracker.produced.get(t["orders"], 0),
-                                          "order": lat_o,
+                                          "order": lat_o, "approved": lat_a,
                                           "signal": lat_s, "drained": drained}
                     if args.dump:
                         t_first = min(sent.values())
@@ -261,7 +269,13 @@ def main() -> int:
                                              "orders": tracker.produced.get(t["orders"], 0)}
             finally:
                 loop.stop()
-                loop.join(60)
+                joined = loop.join(60)
+            # A service that failed or restarted would make the figures meaningless: say so.
+            trouble = {n: f"{r.restarts} restart(s), last error: {r.error}" for n, r in joined.items()
+                       if r.restarts or r.error}
+            results.setdefault("trouble", {})[phase] = trouble
+            for name, what in trouble.items():
+                print(f"WARNING {phase}: {name}: {what}", file=sys.stderr)
     finally:
         infra_down(base)
         shutil.rmtree(home.parent, ignore_errors=True)
@@ -272,7 +286,9 @@ def main() -> int:
         ["raw broker round trip (produce -> consume)", len(rt), f"{p(rt, 50):.1f}", f"{p(rt, 99):.1f}"],
         ["bar -> ScoredSignal (1 hop + signal)", len(lat["signal"]), f"{p(lat['signal'], 50):.1f}",
          f"{p(lat['signal'], 99):.1f}"],
-        ["bar -> OrderEvent (4 hops: signal, risk, execution)", len(lat["order"]), f"{p(lat['order'], 50):.1f}",
+        ["bar -> approved RiskDecision (2 hops + signal, risk)", len(lat["approved"]),
+         f"{p(lat['approved'], 50):.1f}", f"{p(lat['approved'], 99):.1f}"],
+        ["bar -> OrderEvent (3 hops + signal, risk, execution)", len(lat["order"]), f"{p(lat['order'], 50):.1f}",
          f"{p(lat['order'], 99):.1f}"],
     ]
     body = "\n".join([
@@ -288,6 +304,9 @@ def main() -> int:
         f"**{thr['bars_per_s']:,.0f} bars/s** (orders emitted: {thr['orders']}; drained: {thr['drained']}).",
         "",
         "Goals: bar-to-order p99 <= 50 ms at 200 bars/s; replay >= 5,000 bars/s.",
+        "",
+        "Service restarts/errors during the run: " + (
+            "; ".join(f"{ph}: {n}: {w}" for ph, t in results["trouble"].items() for n, w in t.items()) or "none") + ".",
         "",
         machine_table(machine_info(["confluent-kafka", "psycopg", "polars"])),
     ])

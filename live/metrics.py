@@ -152,7 +152,7 @@ class AwetMetrics:
                                          ["service"], buckets=LATENCY_BUCKETS, registry=r)
         self.event_age = Histogram("awet_event_age_seconds", "Now minus the input message's Kafka timestamp",
                                    ["service"], buckets=AGE_BUCKETS, registry=r)
-        self.batch_latency = Histogram("awet_batch_seconds", "Whole batch: handle + flush + commit",
+        self.batch_latency = Histogram("awet_batch_seconds", "A polled batch: decode + handle + publish (commits are checkpointed apart)",
                                        ["service"], buckets=LATENCY_BUCKETS, registry=r)
         self.pipeline_last_event = Gauge("awet_pipeline_last_event_timestamp_seconds",
                                          "Unix time the service last consumed a message", ["service"], registry=r)

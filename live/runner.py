@@ -210,7 +210,10 @@ class _Supervisor:
                     return
                 except Exception as exc:  # noqa: BLE001 - supervised: rebuild below
                     err = exc
-                    log.warning("%s: run failed: %r", self.spec.name, exc)
+                    # The cause matters: a fatal Kafka error raised inside a callback surfaces
+                    # as a SystemError whose __cause__ is the KafkaException.
+                    log.warning("%s: run failed: %r%s", self.spec.name, exc,
+                                f" (caused by {exc.__cause__!r})" if exc.__cause__ is not None else "")
                 finally:
                     self._up(False)
                     with self._lock:
@@ -407,6 +410,12 @@ class LoopTracker:
 
     ``hook(service, topics)`` is the service's ``on_metrics``. Counting starts at
     construction; side readers count messages with a Kafka timestamp >= ``start_ms``.
+
+    A service's consumed and produced messages are counted when its bus CHECKPOINTS them
+    (outputs acknowledged, offsets committed) and dropped when its run fails
+    (``run_failures``): the supervisor's rebuilt service consumes that input again and
+    produces its outputs again, so counting the failed attempt too would double the
+    outputs expected downstream (never drained) and the input seen (drained too early).
     """
 
     def __init__(self) -> None:
@@ -417,6 +426,8 @@ class LoopTracker:
         self.dead_letters: dict[str, int] = {}
         self.inflight: dict[str, int] = {}
         self.tails: dict[str, Any] = {}
+        #: Per side reader, per topic: read by earlier readers from logs that no longer exist.
+        self._tail_gone: dict[str, dict[str, int]] = {}
 
     def hook(self, service: str, topics: Sequence[str] | None = None) -> Callable[[Any], None]:
         with self._lock:
@@ -426,17 +437,31 @@ class LoopTracker:
         lock, consumed, produced, inflight, dead = (self._lock, self.consumed, self.produced, self.inflight,
                                                     self.dead_letters)
 
+        # Since the service's last checkpoint (only its own thread calls the hook: no lock).
+        pending_in: dict[str, int] = {}
+        pending_out: dict[str, int] = {}
+
         def on_metrics(sample: Any) -> None:
             name = sample.name
             if name == "messages_in":
-                with lock:
-                    key = (service, sample.topic)
-                    consumed[key] = consumed.get(key, 0) + 1
-                    inflight[service] += 1
+                topic = sample.topic
+                pending_in[topic] = pending_in.get(topic, 0) + 1
+                inflight[service] = 1  # an existing key: safe next to lagging()'s locked read
             elif name == "messages_out":
+                topic = sample.topic
+                pending_out[topic] = pending_out.get(topic, 0) + 1
+            elif name == "checkpoint_seconds":  # everything consumed is handled, stored, committed
                 with lock:
-                    produced[sample.topic] = produced.get(sample.topic, 0) + 1
-            elif name == "batch_seconds":
+                    for topic, n in pending_in.items():
+                        consumed[service, topic] = consumed.get((service, topic), 0) + n
+                    for topic, n in pending_out.items():
+                        produced[topic] = produced.get(topic, 0) + n
+                    inflight[service] = 0
+                pending_in.clear()
+                pending_out.clear()
+            elif name == "run_failures":  # consumed again (and re-produced) by the rebuilt service
+                pending_in.clear()
+                pending_out.clear()
                 with lock:
                     inflight[service] = 0
             elif name == "dead_letters":
@@ -450,7 +475,21 @@ class LoopTracker:
             self.produced[topic] = self.produced.get(topic, 0) + n
 
     def add_tail(self, name: str, tail: Any) -> None:
+        """Track ``tail`` as the side reader ``name`` (replacing the one of a rebuilt service).
+
+        A replacement re-reads its topics from the beginning, but only the logs that still
+        exist: what the previous reader counted from a log that is gone (the topic was
+        recreated: different topic id, or found recreated by the old reader) stays counted.
+        """
         with self._lock:
+            prev = self.tails.get(name)
+            if prev is not None and prev is not tail:
+                gone = self._tail_gone.setdefault(name, {})
+                for topic in prev.topics:
+                    counted = prev.consumed_since[topic]
+                    if prev.topic_ids.get(topic) == getattr(tail, "topic_ids", {}).get(topic):
+                        counted -= prev.log_consumed_since[topic]  # that log is read again
+                    gone[topic] = gone.get(topic, 0) + counted
             self.tails[name] = tail
 
     def lagging(self) -> list[str]:
@@ -466,9 +505,11 @@ class LoopTracker:
                     out.append(f"{svc}: {topic} {n}/{want}")
             tails = list(self.tails.items())
             produced = dict(self.produced)
+            gone = {name: dict(g) for name, g in self._tail_gone.items()}
         for name, tail in tails:
             for topic in tail.topics:
-                got, want = tail.consumed_since[topic], produced.get(topic, 0)
+                got = tail.consumed_since[topic] + gone.get(name, {}).get(topic, 0)
+                want = produced.get(topic, 0)
                 if got < want:
                     out.append(f"{name} (side): {topic} {got}/{want}")
         return out
@@ -556,38 +597,138 @@ def start_loop(cfg: Any, endpoints: Any, *, names: Sequence[str] = LOOP_SERVICES
     return LoopHandle(stop, thread, box, tracker)
 
 
+#: Longest wait for the broker to acknowledge one round of replayed bars before the
+#: unacknowledged ones are sent again (longer for big rounds: len/2000 s).
+_DELIVERY_ROUND_S = 10.0
+
+
+def publish_acknowledged(producer: Any, topic: str, events: Sequence[Any], *, timeout_s: float = 60.0,
+                         renew: Callable[[], Any] | None = None) -> Any:
+    """Publish ``events`` to ``topic`` and return once the broker acknowledged every one.
+
+    Survives a broker outage or restart in the middle: every message has its own delivery
+    callback, so after a round that did not fully land (broker down, restarted, a delivery
+    timed out) exactly the unacknowledged events are sent again — none dropped, none that
+    was acknowledged duplicated. A round waits at most ``_DELIVERY_ROUND_S``; then what the
+    producer still holds is purged (reported as failed, so it is re-sent rather than
+    delivered late as a duplicate; one purged while in flight may have landed: at least
+    once) and, with ``renew``, the producer is replaced by ``renew()``: an idempotent producer
+    whose broker lost its producer-id state (tansu with memory storage restarted) gets
+    UNKNOWN_PRODUCER_ID forever — librdkafka keeps bumping the epoch of an id the broker
+    does not know until ``message.timeout.ms`` — and only a new instance (a new
+    InitProducerId) delivers again. Without ``renew`` the same producer retries.
+
+    ``producer``: an ``EventProducer``. Returns the producer in use at the end (``renew``'s
+    when it was replaced). Raises ``DeliveryError`` after ``timeout_s``.
+    """
+    from confluent_kafka import KafkaException
+
+    from live.bus import DeliveryError, event_headers
+
+    deadline = time.monotonic() + timeout_s
+    pending = list(events)
+    for ev in pending:
+        producer.check(topic, ev)
+    rounds = 0
+    while pending:
+        raw = producer.raw
+        failed: set[int] = set()
+        fatal: BaseException | None = None
+        try:
+            for i, ev in enumerate(pending):
+                value, key, headers = ev.model_dump_json().encode(), ev.kafka_key(), event_headers(ev)
+
+                def on_delivery(err: Any, _msg: Any, i: int = i) -> None:
+                    if err is not None:
+                        failed.add(i)
+
+                while True:
+                    try:
+                        raw.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+                        break
+                    except BufferError:  # local queue full: serve delivery reports, bounded
+                        if time.monotonic() >= deadline:
+                            raise DeliveryError(f"{topic}: producer queue still full after {timeout_s}s") from None
+                        raw.poll(0.05)
+                    except KafkaException:  # fatal producer: this one and the rest were not sent
+                        failed.update(range(i, len(pending)))
+                        raise
+            round_s = max(_DELIVERY_ROUND_S, len(pending) / 2000)
+            remaining = raw.flush(max(0.0, min(round_s, deadline - time.monotonic())))
+        except (KafkaException, SystemError) as exc:
+            # A fatal producer error (e.g. an idempotent producer fenced by a broker that lost
+            # its producer ids) is raised from produce/flush/poll, in the middle of serving the
+            # delivery reports (a callback running then raises SystemError); the rest is served
+            # below. (librdkafka fails every message of a fatal producer.)
+            fatal, remaining = exc, 1
+        if remaining:
+            remaining = _drain_reports(raw)  # purge: the rest reports _PURGE_QUEUE / _PURGE_INFLIGHT
+        if remaining:  # not accounted for: send all again (duplicates possible, no loss)
+            failed = set(range(len(pending)))
+        pending = [ev for i, ev in enumerate(pending) if i in failed]
+        if not pending:
+            break
+        rounds += 1
+        if time.monotonic() >= deadline:
+            raise DeliveryError(f"{topic}: {len(pending)} event(s) not acknowledged within {timeout_s}s "
+                                f"({rounds} round(s))")
+        log.warning("%s: %d event(s) not acknowledged (round %d%s); sending them again%s", topic, len(pending),
+                    rounds, f", producer failed: {fatal!r} caused by {fatal.__cause__!r}" if fatal else "",
+                    " with a new producer" if renew is not None else "")
+        if renew is not None:
+            producer = renew()
+        else:
+            time.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
+    return producer
+
+
+def _drain_reports(raw: Any, timeout_s: float = 5.0) -> int:
+    """Purge what ``raw`` still holds and serve every delivery report left (bounded);
+    returns how many messages are still unaccounted for."""
+    from confluent_kafka import KafkaException
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            raw.purge()
+            remaining = raw.flush(max(0.0, min(1.0, deadline - time.monotonic())))
+        except (KafkaException, SystemError):  # a fatal error raised while serving: go on serving
+            remaining = len(raw)
+        if not remaining or time.monotonic() >= deadline:
+            return remaining
+
+
 def replay_through_loop(producer: Any, bars: Any, tracker: LoopTracker, *, topic: str = "market.raw",
                         lockstep: bool = False, drain_timeout_s: float = 120.0,
-                        stop_event: threading.Event | None = None) -> tuple[int, bool]:
+                        stop_event: threading.Event | None = None,
+                        renew_producer: Callable[[], Any] | None = None) -> tuple[int, bool]:
     """Publish ``bars`` (replay order) to ``topic`` and wait until the loop has drained.
 
     ``lockstep``: publish one timestamp's bars at a time and wait for the loop to drain
     before the next one — every service then sees the bars of ts t only after everything
     caused by earlier bars (orders, fills, exits) went through, which is the backtest's
     sequencing (used for backtest/live parity). Otherwise everything is published at once.
+    Every bar is published until the broker acknowledged it (``publish_acknowledged``:
+    across a broker outage or restart, nothing dropped, nothing acknowledged sent twice);
+    ``renew_producer`` makes a fresh producer when the one in use stopped delivering.
     Returns (bars published, drained).
     """
     from awet_dagster.streaming import bars_to_events
 
     stop_event = stop_event or threading.Event()
     deadline = time.monotonic() + drain_timeout_s
-    published = 0
-    if not lockstep:
-        tracker.add_external(topic, bars.height)
-        for ev in bars_to_events(bars):
-            producer.send(topic, ev)
-            published += 1
-        producer.flush(30)
-        return published, tracker.wait_drained(max(deadline - time.monotonic(), 0.0))
-    current, group = None, []
+    box = [producer]
 
     def publish(evs: list) -> bool:
         tracker.add_external(topic, len(evs))
-        for ev in evs:
-            producer.send(topic, ev)
-        producer.flush(30)
+        box[0] = publish_acknowledged(box[0], topic, evs, timeout_s=max(deadline - time.monotonic(), 1.0),
+                                      renew=renew_producer)
         return tracker.wait_drained(max(deadline - time.monotonic(), 0.0))
 
+    if not lockstep:
+        events = list(bars_to_events(bars))
+        return len(events), publish(events)
+    published, current, group = 0, None, []
     for ev in bars_to_events(bars):
         if stop_event.is_set():
             return published, False

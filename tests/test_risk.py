@@ -247,3 +247,23 @@ def test_untradable_signal_is_rejected():
     _warm(eng)
     d = eng.evaluate(_signal(direction="flat", failed=("spread",))).decision
     assert not d.approved and "signal not tradable (spread: x)" in d.reasons
+
+
+def test_aligned_history_follows_every_update():
+    """The (cached, vectorised) scenario matrix equals a fresh alignment after any mix of updates."""
+    from datetime import timedelta
+
+    rng = np.random.default_rng(3)
+    hist = ReturnHistory(30)
+    t0 = datetime(2024, 1, 2, tzinfo=UTC)
+    symbols = ("AAA", "BBB", "CCC")
+    for step in range(300):
+        sym = symbols[rng.integers(3)]
+        hist.update(sym, t0 + timedelta(days=int(rng.integers(0, 3)) + step // 3), float(rng.uniform(50, 150)))
+        held = tuple(sorted(set(rng.choice(symbols, size=int(rng.integers(1, 4)), replace=False))))
+        stamps, matrix = hist.aligned(held)
+        series = [hist.returns(s) for s in held]
+        want = sorted(set.intersection(*(set(r) for r in series)))
+        assert stamps.tolist() == [(t - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) for t in want]
+        assert matrix.shape == (len(want), len(held))
+        assert np.array_equal(matrix, np.array([[r[t] for r in series] for t in want]).reshape(len(want), len(held)))

@@ -55,6 +55,10 @@ class KafkaConfig(Section):
     poll_timeout_s: float = Field(0.5, gt=0)
     flush_timeout_s: float = Field(10.0, gt=0)
     batch_size: int = Field(500, ge=1)
+    # Live services commit (flush, persist, store offsets) at most this often, at once when
+    # their input is idle, and after this many uncommitted messages (live.bus checkpoints).
+    commit_interval_s: float = Field(0.1, ge=0)
+    commit_max_messages: int = Field(5000, ge=1)
 
     @field_validator("topics", mode="before")
     @classmethod

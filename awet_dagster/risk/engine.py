@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 from awet_dagster.config.schema import AwetConfig, RiskConfig
 from awet_dagster.contracts import RiskDecision, RiskSnapshot, ScoredSignal
-from awet_dagster.risk.cvar import ReturnHistory, historical_cvar
+from awet_dagster.risk.cvar import CvarResult, ReturnHistory, historical_cvar
 from awet_dagster.risk.portfolio import Portfolio
 from awet_dagster.risk.sectors import SECTOR_MAP, sector_of
 from awet_dagster.risk.state import KillSwitchState, RiskStateStore
@@ -167,16 +167,24 @@ class RiskEngine:
         check("size", qty >= 1, f"size below one share after caps ({', '.join(sizing['clipped_by']) or 'target'}: "
               f"${notional:,.2f} at ${price:,.2f})", qty, 1)
 
-        # --- CVaR of the portfolio after the order
-        exposures = {s: p.market_value for s, p in pf.positions.items()}
-        signed = qty * price * (1 if side == "buy" else -1)
-        exposures[symbol] = exposures.get(symbol, 0.0) + signed
-        cv = historical_cvar(exposures, self.history, equity, min_observations=cfg.cvar_min_observations)
-        if cv.cvar is None:
-            check("cvar_95", False, f"CVaR not computable: {cv.reason}", None, cfg.cvar_limit)
+        # --- CVaR of the portfolio after the order: the one costly check, so only for an entry
+        # every other check approved (most signals of a live account meet an open position or
+        # a cap); a rejected entry's audit records it as not evaluated, and why.
+        if reasons:
+            rejected_by = ", ".join(c["name"] for c in checks if not c["passed"])
+            cv = CvarResult(None, None, 0, f"not evaluated: already rejected by {rejected_by}")
+            checks.append({"name": "cvar_95", "passed": None, "value": None, "limit": cfg.cvar_limit,
+                           "skipped": cv.reason})
         else:
-            check("cvar_95", cv.cvar <= cfg.cvar_limit,
-                  f"CVaR-95 {cv.cvar:.2%} > limit {cfg.cvar_limit:.2%}", cv.cvar, cfg.cvar_limit)
+            exposures = {s: p.market_value for s, p in pf.positions.items()}
+            signed = qty * price * (1 if side == "buy" else -1)
+            exposures[symbol] = exposures.get(symbol, 0.0) + signed
+            cv = historical_cvar(exposures, self.history, equity, min_observations=cfg.cvar_min_observations)
+            if cv.cvar is None:
+                check("cvar_95", False, f"CVaR not computable: {cv.reason}", None, cfg.cvar_limit)
+            else:
+                check("cvar_95", cv.cvar <= cfg.cvar_limit,
+                      f"CVaR-95 {cv.cvar:.2%} > limit {cfg.cvar_limit:.2%}", cv.cvar, cfg.cvar_limit)
 
         approved = not reasons
         notional_out = qty * price if approved else 0.0

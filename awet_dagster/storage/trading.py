@@ -91,6 +91,19 @@ class PostgresOrderStore:
         ).fetchone()
         return bool(row[0])
 
+    def insert_order_if_new(self, *, client_order_id: str, correlation_id: str, symbol: str, side: str,
+                            qty: float, order_type: str, status: str, payload: Mapping[str, Any]) -> tuple | None:
+        """Insert the order row unless ``client_order_id`` has one, in ONE round trip: None when
+        inserted now, else the existing row's (status, broker_order_id). (The SELECT does not see
+        the CTE's insert - same snapshot - so it returns a row only when one existed before.)"""
+        return self._conn.execute(
+            "WITH ins AS (INSERT INTO orders (client_order_id, correlation_id, symbol, side, qty, type, status, "
+            "payload) VALUES (%s,%s,%s,%s,%s,%s,%s,%s::jsonb) ON CONFLICT (client_order_id) DO NOTHING RETURNING 1) "
+            "SELECT status, broker_order_id FROM orders WHERE client_order_id = %s",
+            (client_order_id, correlation_id, symbol, side, qty, order_type, status, json.dumps(payload, default=str),
+             client_order_id),
+        ).fetchone()
+
     def record_fill(self, *, fill_id: str, client_order_id: str, symbol: str, qty: float, price: float,
                     fee: float, ts: datetime) -> bool:
         row = self._conn.execute(

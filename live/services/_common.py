@@ -82,6 +82,8 @@ def make_bus(
     bus_kwargs.setdefault("batch_size", kafka_setting(cfg, "batch_size", 500))
     bus_kwargs.setdefault("poll_timeout_s", kafka_setting(cfg, "poll_timeout_s", 0.5))
     bus_kwargs.setdefault("flush_timeout_s", kafka_setting(cfg, "flush_timeout_s", 10.0))
+    bus_kwargs.setdefault("commit_interval_s", kafka_setting(cfg, "commit_interval_s", 0.1))
+    bus_kwargs.setdefault("commit_max_messages", kafka_setting(cfg, "commit_max_messages", 5000))
     return LiveService(
         name,
         list(topics),

@@ -424,16 +424,13 @@ class Executor:
 
         coid = req.client_order_id
         try:
-            store = PostgresOrderStore(self._db())
-            row = self._db().execute("SELECT status, broker_order_id FROM orders WHERE client_order_id = %s",
-                                     (coid,)).fetchone()
-            if row is None:
-                payload = _request_payload(req, self.ns)
-                if reason is not None:
-                    payload["reason"] = reason
-                store.record_order(client_order_id=coid, correlation_id=req.correlation_id, symbol=req.symbol,
-                                   side=req.side, qty=req.qty, order_type="market", status="new",
-                                   broker_order_id=None, submitted_at=None, payload=payload)
+            payload = _request_payload(req, self.ns)
+            if reason is not None:
+                payload["reason"] = reason
+            # The row (status new) exists BEFORE anything is sent; an existing row is returned.
+            row = PostgresOrderStore(self._db()).insert_order_if_new(
+                client_order_id=coid, correlation_id=req.correlation_id, symbol=req.symbol, side=req.side,
+                qty=req.qty, order_type="market", status="new", payload=payload)
         except psycopg.OperationalError as exc:
             self.conn.reset()
             raise RetryLater(f"orders table unavailable: {exc}") from exc
@@ -584,7 +581,8 @@ class Executor:
         q, n, f = cum
         try:
             conn = self._db()
-            with conn.transaction():
+            # Pipeline mode: the transaction's statements go out together, one round trip.
+            with conn.pipeline(), conn.transaction():
                 if new_order is not None:
                     PostgresOrderStore(conn).record_order(**new_order)
                 conn.execute(
