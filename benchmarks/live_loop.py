@@ -104,6 +104,7 @@ class _Recv:
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.first: dict[str, float] = {}
+        self.errors: list[str] = []
         self._c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"r-{uuid.uuid4().hex[:8]}",
                             "enable.auto.commit": False, "fetch.wait.max.ms": 5})
         self._c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
@@ -115,14 +116,20 @@ class _Recv:
         # poll() returns as soon as one message is there; consume(n, timeout>0) would wait
         # for n messages or the whole timeout and add up to that timeout to every latency.
         while not self._stop.is_set():
-            first = self._c.poll(0.05)
-            if first is None:
-                continue
-            now = time.perf_counter()
-            for m in [first, *self._c.consume(500, 0)]:
-                if m.error() is None:
-                    cid = dict(m.headers() or ()).get("correlation_id", b"").decode()
-                    self.first.setdefault(cid, now)
+            try:
+                first = self._c.poll(0.05)
+                if first is None:
+                    continue
+                now = time.perf_counter()
+                for m in [first, *self._c.consume(500, 0)]:
+                    if m.error() is None:
+                        cid = dict(m.headers() or ()).get("correlation_id", b"").decode()
+                        self.first.setdefault(cid, now)
+                    else:
+                        self.errors.append(str(m.error()))
+            except Exception as exc:  # noqa: BLE001 - a dead reader would report "no orders"
+                self.errors.append(repr(exc))
+                time.sleep(0.05)
 
     def wait_for(self, n: int, timeout_s: float) -> bool:
         """Until ``n`` distinct correlation ids were received (the reader is live)."""
@@ -213,7 +220,9 @@ def main() -> int:
             with connect(ep.database_url) as conn, conn.transaction():
                 copy_upsert_bars(conn, hist)
             tracker = LoopTracker()
-            loop = start_loop(cfg, ep, overrides=_overrides(t, f"bench-{uuid.uuid4().hex[:6]}"), tracker=tracker,
+            ns = f"bench-{uuid.uuid4().hex[:6]}"
+            since = datetime.now(UTC)
+            loop = start_loop(cfg, ep, overrides=_overrides(t, ns), tracker=tracker,
                               timeout_s=600)
             prod = EventProducer(producer_config(ep.kafka_bootstrap, producer=FAST_DEV_PRODUCER_SETTINGS))
             try:
@@ -250,6 +259,10 @@ def main() -> int:
                     approved.close()
                     lat_o = [(orders.first[c] - s) * 1000 for c, s in sent.items() if c in orders.first]
                     lat_a = [(approved.first[c] - s) * 1000 for c, s in sent.items() if c in approved.first]
+                    for name, r in (("orders", orders), ("approved", approved), ("signals", signals)):
+                        if r.errors:
+                            print(f"WARNING reader {name}: {len(r.errors)} error(s), first: {r.errors[:3]}",
+                                  file=sys.stderr)
                     lat_s = [(signals.first[c] - s) * 1000 for c, s in sent.items() if c in signals.first]
                     results["latency"] = {"bars": rest.height, "orders": tracker.produced.get(t["orders"], 0),
                                           "order": lat_o, "approved": lat_a,
@@ -270,6 +283,15 @@ def main() -> int:
             finally:
                 loop.stop()
                 joined = loop.join(60)
+            from awet_dagster.live_summary import loop_summary
+
+            with connect(ep.database_url) as conn:
+                summ = loop_summary(conn, since=since, initial_equity=cfg.risk.initial_equity, symbols=syms,
+                                    namespace=ns)
+            results.setdefault("risk", {})[phase] = summ
+            print(f"{phase}: signals {summ['signals']} ({summ['signals_directional']} directional), approved "
+                  f"{summ['approved']}, rejected {dict(list(summ['rejected_by_reason'].items())[:4])}, "
+                  f"orders {summ['orders']}", file=sys.stderr)
             # A service that failed or restarted would make the figures meaningless: say so.
             trouble = {n: f"{r.restarts} restart(s), last error: {r.error}" for n, r in joined.items()
                        if r.restarts or r.error}
