@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -147,22 +147,35 @@ class LazyConnection:
     close = reset
 
 
+def decoded(batch: Sequence[Any], model: type[BaseEvent],
+            skip: Callable[[Any], bool] | None = None) -> Iterator[tuple[Any, Any]]:
+    """(message, event) for the messages of a polled batch that decode as ``model``, for a
+    batch pre-pass; the others are left to the bus, which dead-letters them when it handles
+    them. ``skip(message)`` True: not decoded (cheap pre-filters, e.g. on the key)."""
+    for msg in batch:
+        if msg.error() is not None or msg.value() is None:
+            continue
+        if skip is not None and skip(msg):
+            continue
+        try:
+            ev = model.model_validate_json(msg.value())
+        except ValueError:  # pydantic's ValidationError
+            continue
+        yield msg, ev
+
+
 def unseen_first(batch: Sequence[Any], model: type[BaseEvent], known: Callable[[tuple[str, str]], bool],
                  known_symbol: Callable[[str], bool] | None = None) -> dict[tuple[str, str], datetime]:
     """{(symbol, bar_type): ts of its first message in ``batch``} for the keys ``known`` says
     are new: what a batch pre-pass warms up in one query. Messages keyed by a symbol that
     ``known_symbol`` already knows are not decoded (the common case once running)."""
-    first: dict[tuple[str, str], datetime] = {}
-    for msg in batch:
-        if msg.error() is not None or msg.value() is None:
-            continue
+
+    def skip(msg: Any) -> bool:
         key = msg.key()
-        if known_symbol is not None and key is not None and known_symbol(key.decode(errors="replace")):
-            continue
-        try:
-            ev = model.model_validate_json(msg.value())
-        except ValueError:  # pydantic's ValidationError: dead-lettered when the bus handles it
-            continue
+        return known_symbol is not None and key is not None and known_symbol(key.decode(errors="replace"))
+
+    first: dict[tuple[str, str], datetime] = {}
+    for _, ev in decoded(batch, model, skip):
         k = (ev.symbol, ev.bar_type)
         if k not in first and not known(k):
             first[k] = ev.ts

@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 from confluent_kafka import Message
-from pydantic import ValidationError
 
 from awet_dagster.contracts import FeatureEvent, Prediction, Quantiles
 from awet_dagster.contracts.topics import ENGINEERED, PREDICTIONS
@@ -55,7 +54,7 @@ from awet_dagster.streaming import (
     read_last_bars_many,
 )
 from live.bus import MessageContext, Output, RetryLater
-from live.services._common import LazyConnection, LiveService, contract_of, db_settings, make_bus
+from live.services._common import LazyConnection, LiveService, contract_of, db_settings, decoded, make_bus
 
 log = logging.getLogger("awet.live.inference")
 
@@ -143,13 +142,7 @@ class Inference:
         due: list[tuple[tuple[str, int, int], FeatureEvent]] = []
         events: list[tuple[Message, FeatureEvent]] = []
         cold: dict[tuple[str, str], FeatureEvent] = {}  # first event of each symbol without a window
-        for msg in batch:
-            if msg.error() is not None or msg.value() is None:
-                continue
-            try:
-                ev = self.input_model.model_validate_json(msg.value())
-            except ValidationError:
-                continue  # the bus dead-letters it when it handles the message
+        for msg, ev in decoded(batch, self.input_model):
             events.append((msg, ev))
             key = (ev.symbol, ev.bar_type)
             if model is not None and key not in self.windows:

@@ -41,7 +41,6 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from confluent_kafka import Message
-from pydantic import ValidationError
 
 from awet_dagster.contracts import ExecutionReport, OrderEvent, RiskDecision, ScoredSignal
 from awet_dagster.contracts.topics import EXEC_DONE, EXEC_ORDERS, RISK_APPROVED, RISK_REJECTED, SIGNALS_SCORED
@@ -58,7 +57,7 @@ from awet_dagster.storage.trading import (
 )
 from awet_dagster.streaming import read_last_bars, read_last_bars_many
 from live.bus import MessageContext, Output, RetryLater
-from live.services._common import LazyConnection, LiveService, contract_of, db_settings
+from live.services._common import LazyConnection, LiveService, contract_of, db_settings, decoded
 from live.services._ledger import FillLedger, build_with_fill_tail
 from live.services._tail import TopicTail
 
@@ -213,13 +212,7 @@ class RiskService:
         self._stored.clear()
         new: dict[str, datetime] = {}
         tradable: dict[str, str] = {}  # signal event id -> correlation id
-        for msg in batch:
-            if msg.error() is not None or msg.value() is None:
-                continue
-            try:
-                sig = self.input_model.model_validate_json(msg.value())
-            except ValidationError:
-                continue  # the bus dead-letters it when it handles the message
+        for _, sig in decoded(batch, self.input_model):
             if sig.symbol not in self._warm:
                 new.setdefault(sig.symbol, sig.ts)
             if signal_passed(sig):
