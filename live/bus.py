@@ -179,7 +179,8 @@ class MetricSample:
 
     Counters (value = increment): ``messages_in``, ``messages_out``, ``dead_letters``,
     ``commit_failures``, ``run_failures`` (``run`` raised: the service must be rebuilt, and
-    its replacement consumes again what was consumed since the last checkpoint). Latencies (value = seconds): ``handle_seconds`` (decode+handle of
+    its replacement consumes again what was consumed since the last checkpoint).
+    Latencies (value = seconds): ``handle_seconds`` (decode+handle of
     one message), ``event_age_seconds`` (now - Kafka timestamp of the input when decoded),
     ``batch_seconds`` (a polled batch: decode, handle, publish), ``checkpoint_seconds``
     (flush + before_commit + commit of everything since the previous checkpoint; after it,

@@ -598,7 +598,7 @@ def start_loop(cfg: Any, endpoints: Any, *, names: Sequence[str] = LOOP_SERVICES
 
 
 #: Longest wait for the broker to acknowledge one round of replayed bars before the
-#: unacknowledged ones are sent again (longer for big rounds: len/2000 s).
+#: unacknowledged ones are sent again (longer for big rounds: len/500 s).
 _DELIVERY_ROUND_S = 10.0
 
 
@@ -653,7 +653,7 @@ def publish_acknowledged(producer: Any, topic: str, events: Sequence[Any], *, ti
                     except KafkaException:  # fatal producer: this one and the rest were not sent
                         failed.update(range(i, len(pending)))
                         raise
-            round_s = max(_DELIVERY_ROUND_S, len(pending) / 2000)
+            round_s = max(_DELIVERY_ROUND_S, len(pending) / 500)
             remaining = raw.flush(max(0.0, min(round_s, deadline - time.monotonic())))
         except (KafkaException, SystemError) as exc:
             # A fatal producer error (e.g. an idempotent producer fenced by a broker that lost

@@ -90,8 +90,14 @@ def start_broker(
     *,
     timeout_s: float = 30.0,
     host: str = HOST,
+    port: int | None = None,
 ) -> tuple[BrokerInfo, bool]:
-    """Start (or reuse) the broker; returns (info, started_now)."""
+    """Start (or reuse) the broker; returns (info, started_now).
+
+    ``port``: listen on that port instead of a free one, e.g. to bring a stopped broker
+    back where its clients still look for it (the broker-restart fault test). It must be
+    free; each attempt retries the same port.
+    """
     existing = running_broker(pid_file)
     if existing is not None:
         return existing, False
@@ -100,17 +106,17 @@ def start_broker(
     binary = broker_binary()
     last_error: Exception | None = None
     for _ in range(_START_ATTEMPTS):
-        port = free_port(host)
+        listen = port if port is not None else free_port(host)
         rec = start_detached(
-            broker_command(binary, host, port),
+            broker_command(binary, host, listen),
             log_path=log_path,
             # tansu logs through RUST_LOG; keep it quiet unless the user asked otherwise.
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
         )
-        info = BrokerInfo(rec.pid, rec.create_time, host, port)
+        info = BrokerInfo(rec.pid, rec.create_time, host, listen)
         write_pid_file(pid_file, info.record())  # record before waiting: `down` can stop it
         try:
-            wait_for_tcp(host, port, timeout_s=timeout_s, pid=rec.pid, what="tansu broker", log_path=log_path)
+            wait_for_tcp(host, listen, timeout_s=timeout_s, pid=rec.pid, what="tansu broker", log_path=log_path)
             return info, True
         except InfraError as exc:
             last_error = exc

@@ -18,8 +18,9 @@ the symbol's next bar on. With live bars (a minute or a day apart) and with
 ``awet live --replay`` in lockstep (its default) the order is known first; the
 backtest/live parity test runs in lockstep.
 
-Restart: held-bar counts are rebuilt from the bars table (bars of the symbol since the
-position opened) and a position whose exit order is still working is not re-exited.
+Restart: held-bar counts and the trailing stop's peak are rebuilt from the bars table (the
+bars of the symbol since the position opened, marked again in order) and a position whose
+exit order is still working is not re-exited.
 """
 from __future__ import annotations
 
@@ -82,16 +83,23 @@ class ExitService:
             raise RetryLater(f"database unavailable: {exc}") from exc
 
     def _restore(self, symbol: str, ts: datetime, bar_type: str) -> None:
-        """After a restart: held-bar count and pending exit of a position opened before it."""
+        """After a restart: held-bar count, marks and pending exit of a position opened before it.
+
+        The ledger rebuilt the position from its fills, so its peak (best close since entry,
+        the trailing stop's reference) and last price are the fill price: the closes of the
+        bars held so far are marked again, in order, as the running service marked them."""
         self._restored.discard(symbol)
-        pos = self.ledger.portfolio.position(symbol)
+        pf = self.ledger.portfolio
+        pos = pf.position(symbol)
         if pos is None:
             return
-        row = self.conn.get().execute(
-            "SELECT count(*) FROM bars WHERE symbol = %s AND bar_type = %s AND ts >= %s AND ts < %s",
-            (symbol, bar_type, pos.opened_ts, ts)).fetchone()
+        closes = self.conn.get().execute(
+            "SELECT close FROM bars WHERE symbol = %s AND bar_type = %s AND ts >= %s AND ts < %s ORDER BY ts",
+            (symbol, bar_type, pos.opened_ts, ts)).fetchall()
+        for (close,) in closes:
+            pf.mark(symbol, float(close))
         key = (symbol, pos.correlation_id)
-        self.monitor._bars_held[key] = int(row[0])
+        self.monitor._bars_held[key] = len(closes)
         exit_coid = client_order_id(pos.correlation_id, "exit")
         if exit_coid in self.ledger.outstanding:
             self.monitor._pending.add(key)
