@@ -294,6 +294,9 @@ def replay(tmp_path_factory, test_config_for, database_url, kafka_bootstrap):
         tag = uuid.uuid4().hex[:5].upper()
         bars = SampleSource().fetch(list(SYMBOLS), HISTORY[0], REPLAY[1], "daily").with_columns(
             pl.col("symbol").replace_strict({s: f"{s}{tag}" for s in SYMBOLS}))
+        # Un-namespaced trading state is shared with every other un-namespaced run (the
+        # `awet live --replay` CLI test rebuilds its book from it): forget this run's at the end.
+        cleanup.callback(_forget_trading_state, database_url, [f"{s}{tag}" for s in SYMBOLS])
         history = bars.filter(pl.col("ts").dt.date() < REPLAY[0])
         to_replay = bars.filter(pl.col("ts").dt.date() >= REPLAY[0]).sort("ts", "symbol")
         days = deque(frame for _, frame in to_replay.group_by("ts", maintain_order=True))
@@ -378,6 +381,17 @@ def replay(tmp_path_factory, test_config_for, database_url, kafka_bootstrap):
         results = _stop_loop(loop)
         assert all(res.error is None for res in results.values()), {n: res.error for n, res in results.items()}
         assert _get(r.metrics_url + "/healthz", timeout_s=2)[0] == 0  # the endpoint is gone with the run
+
+
+def _forget_trading_state(database_url: str, symbols: list[str]) -> None:
+    """Delete the orders, fills and positions of ``symbols`` (this module's own)."""
+    from awet_dagster.storage.db import connect
+
+    with connect(database_url) as conn, conn.transaction():
+        conn.execute("DELETE FROM fills WHERE client_order_id IN "
+                     "(SELECT client_order_id FROM orders WHERE symbol = ANY(%s))", (symbols,))
+        conn.execute("DELETE FROM orders WHERE symbol = ANY(%s)", (symbols,))
+        conn.execute("DELETE FROM positions WHERE symbol = ANY(%s)", (symbols,))
 
 
 def _stop_process(proc: subprocess.Popen) -> None:
