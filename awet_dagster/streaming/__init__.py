@@ -19,7 +19,7 @@ from awet_dagster.streaming.state import (
     StreamCounters,
     to_contract_signal,
 )
-from awet_dagster.streaming.warmup import read_last_bars, read_last_bars_many
+from awet_dagster.streaming.warmup import histories_by_key, read_last_bars, read_last_bars_many
 
 __all__ = [
     "DEFAULT_WARMUP_BARS",
@@ -34,6 +34,7 @@ __all__ = [
     "derived_event_id",
     "event_to_bar",
     "events_to_frame",
+    "histories_by_key",
     "read_last_bars",
     "read_last_bars_many",
     "replay_order",

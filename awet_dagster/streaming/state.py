@@ -89,18 +89,14 @@ class _Keyed:
         with one ``read_many`` call per bar type instead of one read per symbol (a live
         batch bringing 500 new symbols). The same warm-up as the one ``_accept`` does for a
         single new key. Returns how many keys were warmed up."""
-        by_type: dict[str, dict[str, datetime]] = {}
-        for (symbol, bar_type), ts in first.items():
-            if (symbol, bar_type) not in self._warm:
-                by_type.setdefault(bar_type, {})[symbol] = ts
-        n = 0
-        for bar_type, wanted in by_type.items():
-            # Read first, create after: if the read fails (DB down) no half-made state stays.
-            history = read_many(wanted, bar_type, self._warmup_bars)
-            for symbol, ts in wanted.items():
-                self._warm_up((symbol, bar_type), ts, history.get(symbol, ()))
-                n += 1
-        return n
+        from awet_dagster.streaming.warmup import histories_by_key
+
+        new = {key: ts for key, ts in first.items() if key not in self._warm}
+        # Read first, create after: if the read fails (DB down) no half-made state stays.
+        histories = histories_by_key(new, read_many, self._warmup_bars)
+        for key, ts in new.items():
+            self._warm_up(key, ts, histories[key])
+        return len(new)
 
     def _accept(self, symbol: str, bar_type: str, ts: datetime) -> bool:
         """Warm the state up if new; True if the bar is new (strictly after the last)."""

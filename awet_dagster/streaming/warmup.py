@@ -1,7 +1,7 @@
 """Reading a symbol's recent history from the ``bars`` table to warm up streaming state."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -53,4 +53,20 @@ def read_last_bars_many(conn: Any, wanted: Mapping[str, datetime], bar_type: str
         out[r[0]].append(dict(zip(BAR_COLUMNS, r, strict=True)))
     for bars in out.values():
         bars.sort(key=lambda b: b["ts"])
+    return out
+
+
+def histories_by_key(first: Mapping[tuple[str, str], datetime],
+                     read_many: Callable[[Mapping[str, datetime], str, int], Mapping[str, list]],
+                     limit: int) -> dict[tuple[str, str], list]:
+    """{(symbol, bar_type): the history before its ts} for ``first`` ({(symbol, bar_type):
+    ts}), with ONE ``read_many(wanted, bar_type, limit)`` call per bar type (e.g.
+    ``read_last_bars_many`` over a connection). What every live batch pre-pass warms up with."""
+    by_type: dict[str, dict[str, datetime]] = {}
+    for (symbol, bar_type), ts in first.items():
+        by_type.setdefault(bar_type, {})[symbol] = ts
+    out: dict[tuple[str, str], list] = {}
+    for bar_type, wanted in by_type.items():
+        history = read_many(wanted, bar_type, limit)
+        out.update({(symbol, bar_type): list(history.get(symbol, ())) for symbol in wanted})
     return out

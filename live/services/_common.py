@@ -1,6 +1,7 @@
 """Wiring shared by the service factories: Kafka configs from ``cfg.kafka``, DB access."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -186,34 +187,42 @@ def batch_warm_up(engine: Any, conn: LazyConnection, model: type[BaseEvent]) -> 
     """A bus ``before_batch`` hook warming a keyed streaming engine (``FeatureEngine``,
     ``AlphaBank``) up for every new symbol of the batch with ONE bars query; a DB outage is
     RetryLater. Keys it misses (none in practice) still warm up one by one in ``_accept``."""
-    import psycopg
-
     symbols: set[str] = set()
 
     def before_batch(batch: Sequence[Any]) -> None:
         first = unseen_first(batch, model, engine.knows, symbols.__contains__)
         if not first:
             return
-        try:
-            engine.warm_up_many(first, lambda wanted, bar_type, limit: read_last_bars_many(
-                conn.get(), wanted, bar_type, limit))
-        except psycopg.OperationalError as exc:
-            conn.reset()
-            raise RetryLater(f"bars table unavailable for warm-up: {exc}") from exc
+        with db_outage_is_retry(conn, "bars table unavailable for warm-up"):
+            engine.warm_up_many(first, read_many_from(conn))
         symbols.update(s for s, _ in first)
 
     return before_batch
 
 
-def history_reader(conn: LazyConnection) -> Callable[[str, str, datetime, int], list[dict[str, Any]]]:
-    """A ``HistoryReader`` over the bars table; DB outages become ``RetryLater``."""
+@contextlib.contextmanager
+def db_outage_is_retry(conn: LazyConnection, what: str) -> Iterator[None]:
+    """A PostgreSQL outage inside the block resets ``conn`` and becomes ``RetryLater("<what>:
+    <error>")``: the batch is redelivered once the database is back, never dead-lettered."""
     import psycopg
 
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        conn.reset()
+        raise RetryLater(f"{what}: {exc}") from exc
+
+
+def read_many_from(conn: LazyConnection) -> Callable[[Mapping[str, datetime], str, int], dict[str, list[dict[str, Any]]]]:
+    """``read_last_bars_many`` over ``conn`` (a ``ManyHistoryReader``)."""
+    return lambda wanted, bar_type, limit: read_last_bars_many(conn.get(), wanted, bar_type, limit)
+
+
+def history_reader(conn: LazyConnection) -> Callable[[str, str, datetime, int], list[dict[str, Any]]]:
+    """A ``HistoryReader`` over the bars table; DB outages become ``RetryLater``."""
+
     def read(symbol: str, bar_type: str, before: datetime, limit: int) -> list[dict[str, Any]]:
-        try:
+        with db_outage_is_retry(conn, "bars table unavailable for warm-up"):
             return read_last_bars(conn.get(), symbol, bar_type, before, limit)
-        except psycopg.OperationalError as exc:
-            conn.reset()
-            raise RetryLater(f"bars table unavailable for warm-up: {exc}") from exc
 
     return read

@@ -51,10 +51,19 @@ from awet_dagster.streaming import (
     FeatureEngine,
     bar_to_event,
     derived_event_id,
-    read_last_bars_many,
+    histories_by_key,
 )
-from live.bus import MessageContext, Output, RetryLater
-from live.services._common import LazyConnection, LiveService, contract_of, db_settings, decoded, make_bus
+from live.bus import MessageContext, Output
+from live.services._common import (
+    LazyConnection,
+    LiveService,
+    contract_of,
+    db_outage_is_retry,
+    db_settings,
+    decoded,
+    make_bus,
+    read_many_from,
+)
 
 log = logging.getLogger("awet.live.inference")
 
@@ -122,17 +131,13 @@ class Inference:
         self.counters["warmups"] += len(first)
         if self.conn is None:
             return
-        by_type: dict[str, dict[str, Any]] = {}
-        for ev in first:
-            by_type.setdefault(ev.bar_type, {})[ev.symbol] = ev.ts
-        for bar_type, wanted in by_type.items():
-            history = read_last_bars_many(self.conn.get(), wanted, bar_type, self.warmup_bars + length)
-            for bars in history.values():
-                engine = FeatureEngine(None, warmup_bars=0)
-                for bar in bars:
-                    fe = engine.on_bar(bar_to_event(bar, correlation_id="warmup"))
-                    if fe is not None:
-                        self.windows.add(fe.symbol, fe.bar_type, fe.ts, fe.features)
+        wanted = {(ev.symbol, ev.bar_type): ev.ts for ev in first}
+        for bars in histories_by_key(wanted, read_many_from(self.conn), self.warmup_bars + length).values():
+            engine = FeatureEngine(None, warmup_bars=0)
+            for bar in bars:
+                fe = engine.on_bar(bar_to_event(bar, correlation_id="warmup"))
+                if fe is not None:
+                    self.windows.add(fe.symbol, fe.bar_type, fe.ts, fe.features)
 
     # ------------------------------------------------------------------ batch pre-pass
     def prepare(self, batch: Sequence[Message]) -> None:
@@ -217,9 +222,7 @@ class Inference:
         rows, self._to_store = self._to_store, []
         if not rows or self.conn is None:
             return 0
-        import psycopg
-
-        try:
+        with db_outage_is_retry(self.conn, "predictions table unavailable"):
             conn = self.conn.get()
             with conn.transaction(), conn.cursor() as cur:
                 cur.executemany(
@@ -227,9 +230,6 @@ class Inference:
                     "model_version) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
                     [(p.event_id, p.correlation_id, p.symbol, p.ts, h, q.q10, q.q50, q.q90, p.model_version)
                      for p in rows for h, q in p.quantiles.items()])
-        except psycopg.OperationalError as exc:
-            self.conn.reset()
-            raise RetryLater(f"predictions table unavailable: {exc}") from exc
         self.counters["stored"] += len(rows)
         return len(rows)
 

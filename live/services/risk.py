@@ -55,9 +55,16 @@ from awet_dagster.storage.trading import (
     audit_details_by_correlation,
     record_audits,
 )
-from awet_dagster.streaming import read_last_bars, read_last_bars_many
-from live.bus import MessageContext, Output, RetryLater
-from live.services._common import LazyConnection, LiveService, contract_of, db_settings, decoded
+from awet_dagster.streaming import read_last_bars_many
+from live.bus import MessageContext, Output
+from live.services._common import (
+    LazyConnection,
+    LiveService,
+    contract_of,
+    db_outage_is_retry,
+    db_settings,
+    decoded,
+)
 from live.services._ledger import FillLedger, build_with_fill_tail
 from live.services._tail import TopicTail
 
@@ -195,13 +202,8 @@ class RiskService:
     # ------------------------------------------------------------------ batch pre-pass / audit
     def _db(self, fn, *args: Any) -> Any:
         """Run a DB step; an outage becomes RetryLater (the batch is redelivered, not lost)."""
-        import psycopg
-
-        try:
+        with db_outage_is_retry(self.conn, "database unavailable"):
             return fn(*args)
-        except psycopg.OperationalError as exc:
-            self.conn.reset()
-            raise RetryLater(f"database unavailable: {exc}") from exc
 
     def prepare(self, batch: Sequence[Message]) -> None:
         """One query for the history of the batch's new symbols, one for the stored
@@ -236,14 +238,13 @@ class RiskService:
     def _warm_up_many(self, first_ts: dict[str, datetime]) -> None:
         history = read_last_bars_many(self.conn.get(), first_ts, self.bar_type, self.cfg.risk.cvar_lookback_bars + 1)
         for symbol, bars in history.items():
-            for b in bars:
-                self.engine.history.update(symbol, b["ts"], float(b["close"]))
-            self._warm.add(symbol)
+            self._feed_history(symbol, bars)
 
     def _warm_up(self, symbol: str, ts: datetime) -> None:
-        if symbol in self._warm:
-            return
-        bars = read_last_bars(self.conn.get(), symbol, self.bar_type, ts, self.cfg.risk.cvar_lookback_bars + 1)
+        if symbol not in self._warm:
+            self._warm_up_many({symbol: ts})
+
+    def _feed_history(self, symbol: str, bars: list[dict]) -> None:
         for b in bars:
             self.engine.history.update(symbol, b["ts"], float(b["close"]))
         self._warm.add(symbol)
@@ -255,11 +256,11 @@ class RiskService:
             return None  # the pre-pass looked: not decided before
         if self._in_batch:
             log.warning("risk: signal %s was not seen by the batch pre-pass", signal.event_id)
-        row = self.conn.get().execute(  # handled outside a bus batch (tests, tools)
-            "SELECT details->'decision' FROM audit_log WHERE correlation_id = %s AND actor = 'risk' "
-            "AND details->>'signal_event_id' = %s AND details ? 'decision' LIMIT 1",
-            (signal.correlation_id, signal.event_id)).fetchone()
-        return row[0] if row is not None and row[0] else None
+        # Handled outside a bus batch (tests, tools): the pre-pass's lookup for this one signal.
+        for details in audit_details_by_correlation(self.conn.get(), "risk", [signal.correlation_id], "decision"):
+            if details.get("signal_event_id") == signal.event_id and details.get("decision"):
+                return details["decision"]
+        return None
 
     # ------------------------------------------------------------------ handler
     def handle(self, signal: ScoredSignal, ctx: MessageContext) -> list[Output]:

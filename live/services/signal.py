@@ -47,15 +47,18 @@ from awet_dagster.contracts import AlphaSignal, MarketRawEvent, Prediction, Scor
 from awet_dagster.contracts.topics import ALPHA_SIGNALS, MARKET_RAW, PREDICTIONS, SIGNALS_SCORED
 from awet_dagster.inference import ModelCalibrations
 from awet_dagster.signals import EnsembleWeights, QuantileForecast, SignalEngine
-from awet_dagster.streaming import (
-    DEFAULT_WARMUP_BARS,
-    derived_event_id,
-    event_to_bar,
-    read_last_bars,
-    read_last_bars_many,
+from awet_dagster.streaming import DEFAULT_WARMUP_BARS, derived_event_id, event_to_bar, histories_by_key
+from live.bus import MessageContext, Output
+from live.services._common import (
+    LazyConnection,
+    LiveService,
+    contract_of,
+    db_outage_is_retry,
+    db_settings,
+    make_bus,
+    read_many_from,
+    unseen_first,
 )
-from live.bus import MessageContext, Output, RetryLater
-from live.services._common import LazyConnection, LiveService, contract_of, db_settings, make_bus, unseen_first
 from live.services._tail import TopicTail, tail_for
 
 log = logging.getLogger("awet.live.signal")
@@ -110,7 +113,8 @@ class SignalService:
     def __init__(self, cfg: Any, conn: LazyConnection, *, output_topic: str, alpha_source: str = "internal",
                  weights_file: Path | None = None, warmup_bars: int = DEFAULT_WARMUP_BARS,
                  prediction_wait_s: float | None = None, persist: bool = True,
-                 clock: Any = None, calibrations: ModelCalibrations | None = None) -> None:
+                 clock: Any = None, calibrations: ModelCalibrations | None = None,
+                 input_model: type[MarketRawEvent] = MarketRawEvent) -> None:
         import time
 
         if alpha_source not in ("internal", "topic"):
@@ -136,7 +140,7 @@ class SignalService:
         self._alphas: dict[str, list[AlphaSignal]] = {}
         self._last: dict[str, datetime] = {}
         self._warmed: set[str] = set()
-        self.input_model: type[MarketRawEvent] = MarketRawEvent
+        self.input_model = input_model
         self._buffer: list[ScoredSignal] = []
         self.counters = {"bars": 0, "with_forecast": 0, "prediction_wait_timeouts": 0, "warmup_bars": 0,
                          "skipped_stale": 0, "persisted": 0}
@@ -157,17 +161,13 @@ class SignalService:
 
     # ------------------------------------------------------------------ handler
     def handle(self, ev: MarketRawEvent, ctx: MessageContext) -> list[Output]:
-        import psycopg
-
-        try:
+        with db_outage_is_retry(self.conn, "bars table unavailable for warm-up"):
             return self._handle(ev)
-        except psycopg.OperationalError as exc:
-            self.conn.reset()
-            raise RetryLater(f"bars table unavailable for warm-up: {exc}") from exc
 
-    def _warm_up(self, ev: MarketRawEvent) -> None:
-        self._replay_history(ev.symbol, read_last_bars(self.conn.get(), ev.symbol, ev.bar_type, ev.ts,
-                                                       self.warmup_bars))
+    def _warm_up(self, first: dict[tuple[str, str], datetime]) -> None:
+        """Replay the history before each (symbol, bar_type)'s first bar: one read per bar type."""
+        for (symbol, _), bars in histories_by_key(first, read_many_from(self.conn), self.warmup_bars).items():
+            self._replay_history(symbol, bars)
 
     def _replay_history(self, symbol: str, bars: list[dict]) -> None:
         for bar in bars:
@@ -179,19 +179,11 @@ class SignalService:
 
     def prepare(self, batch: Sequence[Any]) -> None:
         """Batch pre-pass: warm up every new symbol of the batch with ONE bars query."""
-        import psycopg
-
-        first: dict[str, dict[str, datetime]] = {}  # bar_type -> symbol -> first ts in the batch
         warmed = self._warmed.__contains__
-        for (symbol, bar_type), ts in unseen_first(batch, self.input_model, lambda k: warmed(k[0]), warmed).items():
-            first.setdefault(bar_type, {})[symbol] = ts
-        try:
-            for bar_type, wanted in first.items():
-                for symbol, bars in read_last_bars_many(self.conn.get(), wanted, bar_type, self.warmup_bars).items():
-                    self._replay_history(symbol, bars)
-        except psycopg.OperationalError as exc:
-            self.conn.reset()
-            raise RetryLater(f"bars table unavailable for warm-up: {exc}") from exc
+        first = unseen_first(batch, self.input_model, lambda k: warmed(k[0]), warmed)
+        if first:
+            with db_outage_is_retry(self.conn, "bars table unavailable for warm-up"):
+                self._warm_up(first)
 
     def _side_inputs(self, symbol: str, ts: datetime, bar_type: str) -> QuantileForecast | None:
         key = (symbol, ts)
@@ -218,7 +210,7 @@ class SignalService:
     def _handle(self, ev: MarketRawEvent) -> list[Output]:
         symbol, ts = ev.symbol, ev.ts
         if symbol not in self._warmed:  # not seen by a batch pre-pass (handled directly)
-            self._warm_up(ev)
+            self._warm_up({(symbol, ev.bar_type): ts})
         last = self._last.get(symbol)
         if last is not None and ts <= last:
             self.counters["skipped_stale"] += 1
@@ -247,10 +239,8 @@ class SignalService:
         """Write the batch's signals (before the Kafka commit); a DB outage is RetryLater."""
         if not self._buffer:
             return 0
-        import psycopg
-
         rows, self._buffer = self._buffer, []
-        try:
+        with db_outage_is_retry(self.conn, "signals table unavailable"):
             conn = self.conn.get()
             with conn.transaction(), conn.cursor() as cur:
                 cur.executemany(
@@ -258,9 +248,6 @@ class SignalService:
                     " VALUES (%s,%s,%s,%s,%s,%s,%s,%s::jsonb) ON CONFLICT DO NOTHING",
                     [(s.event_id, s.correlation_id, s.symbol, s.ts, s.direction, s.score, s.confidence,
                       s.model_dump_json()) for s in rows])
-        except psycopg.OperationalError as exc:
-            self.conn.reset()
-            raise RetryLater(f"signals table unavailable: {exc}") from exc
         self.counters["persisted"] += len(rows)
         return len(rows)
 
@@ -276,7 +263,8 @@ def build(cfg: Any, endpoints: Any, *, input_topic: str = MARKET_RAW, output_top
     conn = LazyConnection(endpoints.database_url, **db_settings(cfg))
     state = SignalService(cfg, conn, output_topic=output_topic, alpha_source=alpha_source,
                           weights_file=weights_file, warmup_bars=warmup_bars, prediction_wait_s=prediction_wait_s,
-                          calibrations=calibrations if calibrations is not None else ModelCalibrations(cfg))
+                          calibrations=calibrations if calibrations is not None else ModelCalibrations(cfg),
+                          input_model=contract_of(input_topic, MarketRawEvent))
     if contract_of(output_topic, ScoredSignal) is not ScoredSignal:
         raise ValueError(f"topic {output_topic!r} does not carry ScoredSignal")
     if tracker is not None:
@@ -294,7 +282,6 @@ def build(cfg: Any, endpoints: Any, *, input_topic: str = MARKET_RAW, output_top
             state.tail = tail.start()
             if tracker is not None:
                 tracker.add_tail(name, tail)
-        state.input_model = contract_of(input_topic, MarketRawEvent)
         return make_bus(
             cfg, endpoints, name=name, topics={input_topic: state.input_model},
             handler=state.handle, group=group, before_batch=state.prepare, before_commit=state.flush,
