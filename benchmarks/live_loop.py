@@ -6,12 +6,18 @@ execution, exit_monitor in one process) on the real broker and PostgreSQL.
 Measured in one run, on the same servers:
 - raw broker round trip: produce -> consume of one small message at a time (the floor
   every hop of the loop pays), p50/p99;
-- bar-to-order latency: synthetic minute bars of ``--symbols`` symbols published at
-  ``--rate`` bars/s; latency = the OrderEvent for a bar's correlation id on exec.orders
-  (read by this process) - the bar's publish time. Also bar-to-signal (signals.scored).
-  The config is loosened (no confidence/volume/hours filters, no CVaR cap, no throttle)
-  so that many bars become orders; the path is the production one (4 Kafka hops,
-  Postgres writes for signals, the order row BEFORE submission, the fill);
+- bar-to-order latency: synthetic daily bars of ``--symbols`` symbols published at
+  ``--rate`` bars/s; latency = the CreateTime of the OrderEvent for a bar's correlation id
+  on exec.orders (stamped by the execution service's producer when it emits the order,
+  after the submission) - the bar's publish time (same wall clock). Also bar-to-signal
+  (signals.scored) and bar-to-approval (risk.approved). The topics are read AFTER the
+  phase: live readers would compete with the loop for the 2 cores (on tansu each
+  consumer of a topic costs broker CPU per record batch); a reader would add one broker
+  hop (the raw round trip below). Risk limits are production ones except the
+  wall-clock/loss rules synthetic bars would trip; signal filters are loosened so that
+  many bars become orders; the path is the production one (Kafka hops, the risk audit
+  before publishing, the order row BEFORE submission, the fill); the CPU each part used
+  meanwhile is reported (this process's Python vs librdkafka threads, broker, PostgreSQL);
 - replay throughput: ``--replay-bars`` bars published at once, bars/s = bars / time until
   the loop has drained (every service consumed everything, LoopTracker).
 Servers: ``$DATABASE_URL`` / ``$KAFKA_BOOTSTRAP`` if set, else embedded ones started for
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -46,7 +53,10 @@ from live.runner import LoopTracker, replay_through_loop, start_loop  # noqa: E4
 from live.topics import ensure_topics  # noqa: E402
 
 SECTION = "live_loop"
-TOPIC_KEYS = ("raw", "eng", "alpha", "pred", "scored", "approved", "rejected", "exits", "orders", "done")
+#: Benchmark topic key -> the production topic whose partition count (``cfg.kafka.topics``) it gets.
+TOPIC_KEYS = {"raw": "market.raw", "eng": "engineered", "alpha": "alpha.signals", "pred": "predictions",
+              "scored": "signals.scored", "approved": "risk.approved", "rejected": "risk.rejected",
+              "exits": "exec.exits", "orders": "exec.orders", "done": "exec.done"}
 
 
 def synthetic_bars(symbols: list[str], start: datetime, n: int, seed: int = 7, swing: float = 0.0,
@@ -146,6 +156,77 @@ class _Recv:
         self._c.close()
 
 
+class CpuMeter:
+    """CPU seconds used by this process (Python threads vs librdkafka's own threads), the
+    embedded broker and PostgreSQL (its processes) between ``start`` and ``stop``: where a
+    saturated 2-core machine spends its time."""
+
+    def __init__(self, started: dict) -> None:
+        import psutil
+
+        self._ps = psutil
+        self._broker = started.get("broker", {}).get("pid")
+        self._pg = started.get("postgres", {}).get("pid")
+        self._t0 = self._snap()
+        self._w0 = time.monotonic()
+
+    def _proc(self, pid: int | None, children: bool = False) -> float:
+        if not pid:
+            return float("nan")
+        try:
+            procs = [self._ps.Process(pid)]
+            if children:
+                procs += procs[0].children(recursive=True)
+            return sum(sum(p.cpu_times()[:2]) for p in procs)
+        except self._ps.Error:
+            return float("nan")
+
+    def _snap(self) -> dict[str, float]:
+        rdk = py = 0.0
+        tck = os.sysconf("SC_CLK_TCK")
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                stat = open(f"/proc/self/task/{tid}/stat").read()  # noqa: SIM115 - procfs, tiny
+            except OSError:
+                continue
+            name = stat[stat.index("(") + 1:stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2:].split()
+            cpu = (int(fields[11]) + int(fields[12])) / tck
+            if name.startswith("rdk:"):
+                rdk += cpu
+            else:
+                py += cpu
+        return {"python threads": py, "librdkafka threads": rdk, "broker (tansu)": self._proc(self._broker),
+                "postgres": self._proc(self._pg, children=True)}
+
+    def stop(self) -> dict[str, float]:
+        """{what: % of one core} over the metered interval."""
+        t1, wall = self._snap(), time.monotonic() - self._w0
+        return {k: 100 * (t1[k] - v) / wall for k, v in self._t0.items()}
+
+
+def create_times(bootstrap: str, topic: str, idle_s: float = 1.0, timeout_s: float = 60.0) -> dict[str, float]:
+    """{correlation id: first CreateTime (s since the epoch)} of a whole topic, read from the
+    beginning until ``idle_s`` without a message (tansu's high watermark is not to be trusted)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4().hex[:8]}",
+                  "enable.auto.commit": False, "fetch.wait.max.ms": 5})
+    parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+    first: dict[str, float] = {}
+    deadline, last = time.monotonic() + timeout_s, time.monotonic()
+    try:
+        while time.monotonic() < deadline and time.monotonic() - last < idle_s:
+            for m in c.consume(1000, 0.1):
+                if m.error() is not None:
+                    continue
+                last = time.monotonic()
+                cid = dict(m.headers() or ()).get("correlation_id", b"").decode()
+                first.setdefault(cid, m.timestamp()[1] / 1000)
+    finally:
+        c.close()
+    return first
+
+
 def raw_round_trip(bootstrap: str, n: int, rate: float) -> list[float]:
     topic = f"bench-rt-{uuid.uuid4().hex[:8]}"
     ensure_topics(bootstrap, {topic: 1})
@@ -208,7 +289,14 @@ def main() -> int:
         results = {}
         for phase in ("latency", "throughput"):
             t = {k: f"bench-{k}-{uuid.uuid4().hex[:6]}" for k in TOPIC_KEYS}
-            ensure_topics(ep.kafka_bootstrap, {name: 1 for name in t.values()})
+            # Latency: partitioned as in production (configs/base.yaml): on tansu a fetch costs
+            # CPU in proportion to the record batches of its partition, so partitions matter
+            # (benchmarks/broker_fetch_cost.py). Throughput: one partition per topic. With all
+            # bars published at once, signals.scored's 3 partitions drift apart in time and the
+            # risk service's per-bar wait for earlier fills (risk.fill_wait_s, 2 s) runs out
+            # again and again (measured: 165 bars/s, not drained in 300 s).
+            ensure_topics(ep.kafka_bootstrap, {name: cfg.kafka.topics[TOPIC_KEYS[k]].partitions
+                                               if phase == "latency" else 1 for k, name in t.items()})
             syms = [f"S{phase[0].upper()}{i:03d}" for i in range(args.symbols)]
             t0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
             warm = 40  # history in the bars table: SMAs, alphas, CVaR warm up from it
@@ -229,50 +317,40 @@ def main() -> int:
                 # Let every consumer group join and warm-up happen before measuring.
                 from awet_dagster.contracts import MarketRawEvent  # noqa: F401
 
-                if phase == "latency":
-                    # Readers first: they must be fetching before the first measured bar is sent
-                    # (a reader still connecting would add its own start-up to the latencies).
-                    orders, signals = _Recv(ep.kafka_bootstrap, t["orders"]), _Recv(ep.kafka_bootstrap, t["scored"])
-                    approved = _Recv(ep.kafka_bootstrap, t["approved"])
                 first = live.head(len(syms))
                 replay_through_loop(prod, first, tracker, topic=t["raw"], drain_timeout_s=120)
                 rest = live.slice(len(syms))
                 if phase == "latency":
-                    if not signals.wait_for(len(syms), 30):
-                        raise RuntimeError("the signal reader did not catch up with the warm-up bars")
                     sent: dict[str, float] = {}
                     tracker.add_external(t["raw"], rest.height)
+                    meter = CpuMeter(ep.started)
                     due = time.perf_counter()
                     for ev in bars_to_events(rest):
                         due += 1.0 / args.rate
                         wait = due - time.perf_counter()
                         if wait > 0:
                             time.sleep(wait)
-                        sent[ev.correlation_id] = time.perf_counter()
+                        sent[ev.correlation_id] = time.time()  # the clock of the brokers' CreateTime
                         prod.send(t["raw"], ev)
                         prod.raw.poll(0)
                     prod.flush(30)
                     drained = tracker.wait_drained(120)
-                    time.sleep(0.5)
-                    orders.close()
-                    signals.close()
-                    approved.close()
-                    lat_o = [(orders.first[c] - s) * 1000 for c, s in sent.items() if c in orders.first]
-                    lat_a = [(approved.first[c] - s) * 1000 for c, s in sent.items() if c in approved.first]
-                    for name, r in (("orders", orders), ("approved", approved), ("signals", signals)):
-                        if r.errors:
-                            print(f"WARNING reader {name}: {len(r.errors)} error(s), first: {r.errors[:3]}",
-                                  file=sys.stderr)
-                    lat_s = [(signals.first[c] - s) * 1000 for c, s in sent.items() if c in signals.first]
+                    cpu = meter.stop()
+                    # Read after the phase: a live reader of each topic would compete with the
+                    # loop for the 2 cores (on tansu every consumer of a topic costs broker CPU).
+                    # When = the output's CreateTime, stamped by the emitting service's producer.
+                    out = {k: create_times(ep.kafka_bootstrap, t[k]) for k in ("orders", "approved", "scored")}
+                    lat = {k: [(got[c] - s0) * 1000 for c, s0 in sent.items() if c in got] for k, got in out.items()}
+                    lat_o, lat_a, lat_s = lat["orders"], lat["approved"], lat["scored"]
                     results["latency"] = {"bars": rest.height, "orders": tracker.produced.get(t["orders"], 0),
                                           "order": lat_o, "approved": lat_a,
-                                          "signal": lat_s, "drained": drained}
+                                          "signal": lat_s, "drained": drained, "cpu": cpu}
                     if args.dump:
                         t_first = min(sent.values())
                         args.dump.write_text(json.dumps([
                             [round(s0 - t_first, 4),
-                             round((signals.first[c] - s0) * 1000, 2) if c in signals.first else None,
-                             round((orders.first[c] - s0) * 1000, 2) if c in orders.first else None]
+                             round((out["scored"][c] - s0) * 1000, 2) if c in out["scored"] else None,
+                             round((out["orders"][c] - s0) * 1000, 2) if c in out["orders"] else None]
                             for c, s0 in sent.items()]))
                 else:
                     start = time.perf_counter()
@@ -316,14 +394,25 @@ def main() -> int:
     body = "\n".join([
         "## Live loop (`benchmarks/live_loop.py`)",
         "",
-        f"All 8 services in one process; {args.symbols} synthetic symbols, daily bars, published at "
+        f"All 8 services in one process (`awet live`; the 5 readers of the bars share one fetch of them, "
+        f"`kafka.shared_fetch`); {args.symbols} synthetic symbols, daily bars, published at "
         f"{args.rate:.0f} bars/s for {lat['bars']} bars ({lat['orders']} orders); no model (alphas only); filters loosened so bars "
-        f"become orders. Embedded tansu (memory) + embedded PostgreSQL. {'`--quick`' if args.quick else 'full'} run.",
+        f"become orders. Latency: the output's CreateTime (stamped by the emitting service) - the bar's "
+        f"publish time, topics read after the phase. Embedded tansu (memory) + embedded PostgreSQL. "
+        f"{'`--quick`' if args.quick else 'full'} run.",
         "",
         md_table(["path", "n", "p50 ms", "p99 ms"], rows),
         "",
+        "Topics: the latency phase uses the production partitioning (configs/base.yaml: 3 partitions for "
+        "market.raw, engineered, signals.scored...); the throughput phase one partition per topic (with all "
+        "bars at once, signals.scored's partitions drift apart in time and the risk service's bounded wait "
+        "for earlier fills, risk.fill_wait_s, runs out again and again: 165 bars/s measured, an open issue).",
+        "",
         f"Replay throughput (all bars at once, until drained): {thr['bars']} bars in {thr['seconds']:.1f} s = "
         f"**{thr['bars_per_s']:,.0f} bars/s** (orders emitted: {thr['orders']}; drained: {thr['drained']}).",
+        "",
+        "CPU while the latency phase ran (% of one core; the machine has "
+        f"{os.cpu_count()}): " + ", ".join(f"{k} {v:.0f}%" for k, v in lat["cpu"].items()) + ".",
         "",
         "Goals: bar-to-order p99 <= 50 ms at 200 bars/s; replay >= 5,000 bars/s.",
         "",

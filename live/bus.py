@@ -375,6 +375,7 @@ class BusService:
         before_produce: Callable[[Sequence[MessageContext]], None] | None = None,
         commit_interval_s: float = 0.1,
         commit_max_messages: int = 5000,
+        shared_fetch: Any = None,
     ) -> None:
         if not topics:
             raise ValueError("at least one topic is required")
@@ -414,7 +415,21 @@ class BusService:
         self._user_on_commit = conf.pop("on_commit", None)
         conf["on_commit"] = self._on_commit
         self._consumer = Consumer(conf)
-        self._consumer.subscribe(list(self.topics))
+        # Messages come from ``_source``: the consumer itself, or this process's shared fetch
+        # of the topics (live.shared_fetch; the consumer then only looks up and commits the
+        # group's offsets).
+        self._source: Any = None
+        if shared_fetch is not None:
+            try:
+                self._source = shared_fetch.attach(name, self._consumer, self.topics, conf)
+            except KafkaException as exc:  # metadata/offsets unavailable: consume the usual way
+                log.warning("%s: shared fetch unavailable (%s): consuming on its own", name, exc)
+            if self._source is None:  # attach may have assigned it: a group member starts clean
+                self._consumer.close()
+                self._consumer = Consumer(conf)
+        if self._source is None:
+            self._consumer.subscribe(list(self.topics))
+            self._source = self._consumer
         self._stop = threading.Event()
         self._closed = False
         self._failed: str | None = None  # set when run() raised: the instance must be rebuilt
@@ -488,6 +503,8 @@ class BusService:
             # Only offsets of fully acknowledged batches are ever stored: commit them for good.
             self._commit_sync(None)
         finally:
+            if self._source is not self._consumer:
+                self._source.close()
             self._consumer.close()
             self._restore_signal_handlers()
 
@@ -526,7 +543,7 @@ class BusService:
         self._active_stats = stats
         start = time.monotonic()
         deadline = start + timeout_s if timeout_s is not None else None
-        consumer = self._consumer
+        consumer = self._source
         try:
             while True:
                 if self._stop.is_set():
@@ -758,6 +775,8 @@ class BusService:
             self._consumer.store_offsets(offsets=tps)
             self._uncommitted = True
             self._consumer.commit(asynchronous=True)
+            if self._source is not self._consumer:
+                self._consumer.poll(0)  # nobody else polls it: serve the commit callbacks
         except KafkaException as exc:
             if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].code() == KafkaError._NO_OFFSET:
                 return

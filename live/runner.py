@@ -255,6 +255,7 @@ def run_services(
     metrics_port: int | None = None,
     metrics_host: str | None = None,
     metrics_required: bool = True,
+    shared_fetch: bool | None = None,
 ) -> dict[str, ServiceResult]:
     """Run the named services (None/empty = all registered) until stopped or bounded.
 
@@ -268,9 +269,17 @@ def run_services(
     free port) serves them on ``metrics_host`` (default ``cfg.observability.metrics_host``)
     for the duration of the run; a port that cannot be bound raises ``MetricsPortError``
     before any service starts, or only logs a warning when ``metrics_required`` is False.
+
+    ``shared_fetch`` (default ``cfg.kafka.shared_fetch``): services of this run consuming the
+    same input topics read one shared fetch of them (``live.shared_fetch``).
     """
     names = list(names) if names else list(available_services())
     specs = [service_spec(n) for n in names]  # unknown names fail before anything starts
+    for spec in specs:
+        # Import every factory here, in one thread: services importing the same modules
+        # lazily in their own threads can hit Python's import deadlock detection
+        # (measured: _DeadlockError on awet_dagster.execution.ids, a lost start).
+        spec.resolve()
     if endpoints is None:
         from awet_dagster.infra import resolve_endpoints
 
@@ -289,8 +298,13 @@ def run_services(
         from live.metrics import AwetMetrics
 
         metrics = AwetMetrics()
+    if shared_fetch is None:
+        shared_fetch = bool(getattr(getattr(cfg, "kafka", None), "shared_fetch", False))
+    fetches = _shared_fetches(specs, overrides) if shared_fetch else None
     for spec in specs:
         kw = dict(overrides.get(spec.name, {}))
+        if fetches is not None and spec.kind == "bus" and fetches.shares(_inputs_of(spec.name, kw)):
+            kw.setdefault("shared_fetch", fetches)
         on_up = None
         if metrics is not None:
             svc_metrics = metrics.service(spec.name)
@@ -337,7 +351,29 @@ def run_services(
             signal.signal(sig, handler)
         if server is not None:
             server.close()
+        if fetches is not None:
+            fetches.close()
     return {s.spec.name: s.result for s in sups}
+
+
+def _inputs_of(name: str, kw: Mapping[str, Any]) -> tuple[str, ...]:
+    """Input topics of service ``name`` built with factory keywords ``kw`` (() if unknown)."""
+    defaults = SERVICE_INPUTS.get(name)
+    if defaults is None:
+        return ()
+    keys = _INPUT_KWARGS.get(name, ("input_topic",))
+    return tuple(kw.get(k, d) for k, d in zip(keys, defaults, strict=True))
+
+
+def _shared_fetches(specs: Sequence[ServiceSpec], overrides: Mapping[str, Mapping[str, Any]]) -> Any:
+    """A SharedFetches for the input topic sets that two or more bus services consume, or None."""
+    from collections import Counter
+
+    from live.shared_fetch import SharedFetches
+
+    counts = Counter(frozenset(_inputs_of(s.name, overrides.get(s.name, {}))) for s in specs if s.kind == "bus")
+    shared = {k: n for k, n in counts.items() if k and n >= 2}
+    return SharedFetches(shared) if shared else None
 
 
 class MetricsPortError(RuntimeError):

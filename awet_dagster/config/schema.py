@@ -59,6 +59,10 @@ class KafkaConfig(Section):
     # their input is idle, and after this many uncommitted messages (live.bus checkpoints).
     commit_interval_s: float = Field(0.1, ge=0)
     commit_max_messages: int = Field(5000, ge=1)
+    # One process running several services that consume the same topics (``awet live``):
+    # fetch them once and let each service read that (live.shared_fetch); each keeps its
+    # own group offsets. Off: one fetching consumer per service, as with --service.
+    shared_fetch: bool = True
 
     @field_validator("topics", mode="before")
     @classmethod

@@ -25,7 +25,12 @@ class OrderThrottle:
     def check(self, symbol: str, ts: datetime) -> list[str]:
         """Reasons the next order on `symbol` at `ts` would break a throttle ([] = ok)."""
         reasons = []
-        recent = sum(1 for t in self._recent if ts - t < _MINUTE)
+        window = self._recent
+        while window and ts - window[0] >= _MINUTE:  # time moves forward: older ones never count again
+            window.popleft()
+        # Recorded in time order, so after pruning all count, unless ts is older than some
+        # (a late signal): then count the window exactly.
+        recent = len(window) if not window or window[-1] <= ts else sum(1 for t in window if ts - t < _MINUTE)
         if recent >= self.max_per_minute:
             reasons.append(f"throttle: {recent} orders in the last minute (max {self.max_per_minute})")
         day = ts.astimezone(_NY).date()

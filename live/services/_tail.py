@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicCollection, TopicPartition
@@ -50,6 +50,20 @@ log = logging.getLogger("awet.live.tail")
 
 #: Seconds between two attempts to check the topic ids after a broker outage.
 _RECHECK_INTERVAL_S = 0.5
+
+
+def describe_topic_ids(admin_conf: Mapping[str, Any], topics: Sequence[str],
+                       timeout_s: float) -> dict[str, tuple[str | None, list[int]]]:
+    """{topic: (topic id or None, partitions)} from the broker; raises if one is missing."""
+    admin = AdminClient({**admin_conf, "socket.timeout.ms": max(int(timeout_s * 1000), 10),
+                         "socket.connection.setup.timeout.ms": max(int(timeout_s * 1000), 1000)})
+    futures = admin.describe_topics(TopicCollection(list(topics)), request_timeout=timeout_s)
+    out = {}
+    for topic, fut in futures.items():
+        d = fut.result(timeout=timeout_s)
+        tid = str(d.topic_id) if d.topic_id is not None else None
+        out[topic] = (tid if tid and tid.strip("A=") else None, sorted(p.id for p in d.partitions))
+    return out
 
 
 class TopicTail:
@@ -116,16 +130,7 @@ class TopicTail:
         return self
 
     def _describe(self, timeout_s: float) -> dict[str, tuple[str | None, list[int]]]:
-        """{topic: (topic id or None, partitions)} from the broker; raises if one is missing."""
-        admin = AdminClient({**self._admin_conf, "socket.timeout.ms": max(int(timeout_s * 1000), 10),
-                             "socket.connection.setup.timeout.ms": max(int(timeout_s * 1000), 1000)})
-        futures = admin.describe_topics(TopicCollection(list(self.topics)), request_timeout=timeout_s)
-        out = {}
-        for topic, fut in futures.items():
-            d = fut.result(timeout=timeout_s)
-            tid = str(d.topic_id) if d.topic_id is not None else None
-            out[topic] = (tid if tid and tid.strip("A=") else None, sorted(p.id for p in d.partitions))
-        return out
+        return describe_topic_ids(self._admin_conf, list(self.topics), timeout_s)
 
     def _check_topics(self) -> None:
         """After a broker outage: re-read from the beginning every topic whose id changed.

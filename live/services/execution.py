@@ -127,23 +127,13 @@ class RestorableSimulator(PaperSimulator):
 
     def restore(self, req: OrderRequest, broker_order_id: str, filled_qty: float, avg: float | None,
                 fees: float, status: str) -> None:
-        from awet_dagster.execution.simulator import _Working
-
         order = BrokerOrder(req.client_order_id, broker_order_id, req.symbol, req.side, req.qty, filled_qty, avg,
                             status, "bracket" if req.take_profit else "simple")
-        self._orders[req.client_order_id] = _Working(req, order, fees)
+        self.put(req, order, fees)
 
     def fill_only(self, bar: dict, coids: set[str]) -> list[Fill]:
         """``on_bar`` restricted to ``coids`` (the other orders already saw this bar)."""
-        saved = self._orders
-        self._orders = {k: v for k, v in saved.items() if k in coids}
-        try:
-            fills = self.on_bar(bar)
-            updated = self._orders
-        finally:
-            self._orders = saved
-        self._orders.update(updated)
-        return fills
+        return self.on_bar(bar, only=coids)
 
 
 def _request_payload(req: OrderRequest, ns: str) -> dict[str, Any]:
