@@ -242,7 +242,7 @@ class SharedFetch:
                         # others for good (a wedged service): after overrun_s it is cut loose.
                         now = time.monotonic()
                         full_since = full_since or now
-                        if now - full_since >= self._overrun_s:
+                        if self._subs and now - full_since >= self._overrun_s:  # none: wait for one
                             self._cut_slowest()
                             full_since = None
                         else:
