@@ -141,15 +141,6 @@ class _Recv:
                 self.errors.append(repr(exc))
                 time.sleep(0.05)
 
-    def wait_for(self, n: int, timeout_s: float) -> bool:
-        """Until ``n`` distinct correlation ids were received (the reader is live)."""
-        deadline = time.monotonic() + timeout_s
-        while len(self.first) < n:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.01)
-        return True
-
     def close(self) -> None:
         self._stop.set()
         self._t.join(5)
@@ -314,9 +305,8 @@ def main() -> int:
                               timeout_s=600)
             prod = EventProducer(producer_config(ep.kafka_bootstrap, producer=FAST_DEV_PRODUCER_SETTINGS))
             try:
-                # Let every consumer group join and warm-up happen before measuring.
-                from awet_dagster.contracts import MarketRawEvent  # noqa: F401
-
+                # The first day of bars warms every service up (and waits for the groups to
+                # join) before anything is measured.
                 first = live.head(len(syms))
                 replay_through_loop(prod, first, tracker, topic=t["raw"], drain_timeout_s=120)
                 rest = live.slice(len(syms))

@@ -611,12 +611,10 @@ def start_loop(cfg: Any, endpoints: Any, *, names: Sequence[str] = LOOP_SERVICES
             merged[name] = kw  # nothing consumed, nothing to track
             continue
         if name in ("persist_bars", "features", "lean_alpha"):
-            topic = kw.get("input_topic", SERVICE_INPUTS[name][0])
-            kw.setdefault("on_metrics", tracker.hook(name, [topic]))
+            kw.setdefault("on_metrics", tracker.hook(name, list(_inputs_of(name, kw))))
         else:
             kw.setdefault("tracker", tracker)
-            keys = _INPUT_KWARGS.get(name, ("input_topic",))
-            tracker.hook(name, [kw.get(k, d) for k, d in zip(keys, SERVICE_INPUTS[name], strict=True)])
+            tracker.hook(name, list(_inputs_of(name, kw)))
         merged[name] = kw
     stop = threading.Event()
     box: dict[str, Any] = {}

@@ -51,8 +51,7 @@ class PaperSimulator:
         self.submissions += 1
         placed = BrokerOrder(order.client_order_id, f"sim-{self._seq}", order.symbol, order.side, order.qty,
                              0.0, None, "accepted", "bracket" if order.take_profit else "simple")
-        self._orders[order.client_order_id] = _Working(order, placed)
-        self._open.setdefault(order.symbol, {})[order.client_order_id] = None
+        self.put(order, placed)
         return placed
 
     def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:

@@ -120,7 +120,8 @@ class TopicTail:
                                    f"{tmd.error if tmd is not None else 'missing'}")
             parts.extend(TopicPartition(topic, p, OFFSET_BEGINNING) for p in tmd.partitions)
         try:
-            self.topic_ids = {t: i for t, (i, _) in self._describe(timeout_s).items()}
+            found = describe_topic_ids(self._admin_conf, list(self.topics), timeout_s)
+            self.topic_ids = {t: i for t, (i, _) in found.items()}
         except Exception as exc:  # noqa: BLE001 - the check is a safety net, not a start requirement
             log.warning("%s: topic ids unavailable (a recreated side topic will not be detected): %s",
                         self.name, exc)
@@ -129,9 +130,6 @@ class TopicTail:
         self._thread.start()
         return self
 
-    def _describe(self, timeout_s: float) -> dict[str, tuple[str | None, list[int]]]:
-        return describe_topic_ids(self._admin_conf, list(self.topics), timeout_s)
-
     def _check_topics(self) -> None:
         """After a broker outage: re-read from the beginning every topic whose id changed.
 
@@ -139,7 +137,7 @@ class TopicTail:
         answers and every topic exists again (it may come back before ``awet infra up`` /
         ``ensure_topics`` recreated them)."""
         try:
-            now = self._describe(2.0)
+            now = describe_topic_ids(self._admin_conf, list(self.topics), 2.0)
         except Exception as exc:  # noqa: BLE001 - broker still down / topic not recreated yet
             self._recheck_at = time.monotonic() + _RECHECK_INTERVAL_S
             log.debug("%s: topic-id check deferred: %s", self.name, exc)
