@@ -57,6 +57,29 @@ def test_orders_are_recorded_once_and_reconcile_view(conn):
     assert conn.execute("SELECT count(*) FROM audit_log WHERE correlation_id = 'c1'").fetchone()[0] >= 1
 
 
+def test_insert_orders_if_new_writes_a_batch_in_one_statement_and_reports_the_rows_that_existed(conn):
+    ids = ["awet-batch-1", "awet-batch-2", "awet-batch-3"]
+    try:
+        store = PostgresOrderStore(conn)
+        row = dict(correlation_id="cb", symbol="SPY", side="buy", qty=3, order_type="market", status="new",
+                   payload={"ns": "t", "reference_price": 400.0})
+        assert store.insert_order_if_new(client_order_id=ids[0], **row) is None
+        conn.execute("UPDATE orders SET status = 'accepted', broker_order_id = 'b-9' WHERE client_order_id = %s",
+                     (ids[0],))
+        # ids[0] existed (its row is reported, not overwritten); ids[1] twice in one call: written once.
+        got = store.insert_orders_if_new([dict(client_order_id=c, **row) for c in (ids[0], ids[1], ids[1], ids[2])])
+        assert got == {ids[0]: ("accepted", "b-9")}
+        rows = conn.execute("SELECT client_order_id, status, qty, payload FROM orders WHERE client_order_id = ANY(%s) "
+                            "ORDER BY client_order_id", (ids,)).fetchall()
+        assert [(r[0], r[1], float(r[2]), r[3]) for r in rows] == [
+            (ids[0], "accepted", 3.0, row["payload"]), (ids[1], "new", 3.0, row["payload"]),
+            (ids[2], "new", 3.0, row["payload"])]
+        assert store.insert_orders_if_new([dict(client_order_id=ids[2], **row)]) == {ids[2]: ("new", None)}
+        assert store.insert_orders_if_new([]) == {}
+    finally:
+        conn.execute("DELETE FROM orders WHERE client_order_id = ANY(%s)", (ids,))
+
+
 def test_cli_kill_switch_trip_status_reset(conn, monkeypatch, database_url, tmp_path):
     from awet_cli.main import app
 

@@ -104,6 +104,28 @@ class PostgresOrderStore:
              client_order_id),
         ).fetchone()
 
+    def insert_orders_if_new(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, tuple]:
+        """``insert_order_if_new`` for many rows in ONE statement (keys: its keyword
+        arguments): {client_order_id: (status, broker_order_id)} of the ids that had a row
+        before; the others were inserted now."""
+        if not rows:
+            return {}
+        cols = ("client_order_id", "correlation_id", "symbol", "side", "qty", "order_type", "status")
+        values = ", ".join(["(%s,%s,%s,%s,%s::double precision,%s,%s,%s::jsonb)"] * len(rows))
+        params: list[Any] = []
+        for r in rows:
+            params.extend(r[c] for c in cols)
+            params.append(json.dumps(r["payload"], default=str))
+        ids = [r["client_order_id"] for r in rows]
+        found = self._conn.execute(
+            f"WITH v (client_order_id, correlation_id, symbol, side, qty, type, status, payload) AS (VALUES {values}), "
+            "ins AS (INSERT INTO orders (client_order_id, correlation_id, symbol, side, qty, type, status, payload) "
+            "SELECT * FROM v ON CONFLICT (client_order_id) DO NOTHING RETURNING 1) "
+            "SELECT client_order_id, status, broker_order_id FROM orders WHERE client_order_id = ANY(%s)",
+            (*params, ids),
+        ).fetchall()
+        return {r[0]: (r[1], r[2]) for r in found}
+
     def record_fill(self, *, fill_id: str, client_order_id: str, symbol: str, qty: float, price: float,
                     fee: float, ts: datetime) -> bool:
         row = self._conn.execute(

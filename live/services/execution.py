@@ -13,9 +13,19 @@ Order path (entries and exits, through ``OrderRouter`` exactly like the backtest
    hit between send and update) and only an unknown id is submitted;
 4. submit, update the row (status, broker id), then emit the OrderEvent (exec.orders) and,
    when blocked/refused, a rejected ExecutionReport (exec.done).
-Fills: every fill is written (``fills``, order status, ``positions``) in one transaction,
-then reported on exec.done as a CUMULATIVE ExecutionReport (filled_qty / avg_price / fee
-so far; consumers derive the increment, idempotently). Event ids are deterministic.
+Fills: every fill is written (``fills``, order status, ``positions``), then reported on
+exec.done as a CUMULATIVE ExecutionReport (filled_qty / avg_price / fee so far; consumers
+derive the increment, idempotently). Event ids are deterministic.
+
+Writes per bus batch: only step 2 (the order row before sending) is written at once. The
+rest of a batch's writes (status after submission, fills, positions) are queued and
+applied in ONE transaction by ``flush_writes``, the bus's ``before_produce`` hook: before
+any output of the batch leaves and before its offsets can be committed, so a crash in
+between loses nothing that was reported (the batch is consumed again; a sent order's row
+still says ``new`` and is looked up at the broker, step 3). A read of the tables, and the
+next order row, applies the queue first (same transaction). Why: one commit per order and
+per fill made the database round trips the service's bottleneck (a burst of 100 orders
+took a second, and risk waited for those fills).
 
 Restart: ``reconcile`` against the broker (logged; our open orders the broker lost are
 marked ``expired``, and at Alpaca fills they got while we were down are booked); the
@@ -71,7 +81,7 @@ import math
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -154,8 +164,11 @@ class Executor:
 
     def __init__(self, cfg: Any, conn: LazyConnection, broker: Any, *, orders_topic: str, done_topic: str,
                  namespace: str = "", dry_run: bool = False,
-                 on_submit: Callable[[OrderRequest, BrokerOrder], None] | None = None, metrics: Any = None) -> None:
+                 on_submit: Callable[[OrderRequest, BrokerOrder], None] | None = None, metrics: Any = None,
+                 order_topics: Mapping[str, type] | None = None) -> None:
         self.cfg = cfg
+        #: Topics whose messages become orders -> their contract (read ahead by ``prepare``).
+        self._order_topics = dict(order_topics or {})
         self.metrics = metrics
         self._received: dict[str, deque] = {}  # symbol -> (bar ts, wall-clock receipt), for bar_to_order
         self.conn = conn
@@ -182,13 +195,56 @@ class Executor:
         self.fills = 0
         self.errors = 0
         self.reconcile_report = None
+        #: Writes queued for the batch's transaction (``flush_writes``), in order; each is
+        #: idempotent (upserts, ON CONFLICT), so a retried transaction may replay them.
+        self._writes: list[Callable[[Any], None]] = []
+        #: Order rows written by ``prepare`` for this batch: coid -> (payload written, the
+        #: row that existed before (status, broker id) or None when inserted then).
+        self._prepared: dict[str, tuple[dict[str, Any], tuple | None]] = {}
 
     @property
     def sim(self) -> RestorableSimulator | None:
         return self.broker if isinstance(self.broker, RestorableSimulator) else None
 
     def _db(self) -> Any:
+        """The connection for a read: the queued writes are applied first, so it sees them."""
+        if self._writes:
+            self.flush_writes()
         return self.conn.get()
+
+    def _queue(self, write: Callable[[Any], None]) -> None:
+        self._writes.append(write)
+
+    def flush_writes(self, contexts: Sequence[Any] = ()) -> None:
+        """Apply the queued writes in one transaction (the bus's ``before_produce``: the
+        batch's outputs wait for it). A database error raises RetryLater: nothing of the
+        batch is produced or committed, and the rebuilt service restores from the tables
+        and consumes the batch again."""
+        import psycopg
+
+        if not self._writes:
+            return
+        try:
+            self._apply(self._writes)
+        except psycopg.OperationalError as exc:
+            raise RetryLater(f"could not record the batch's order states and fills: {exc}") from exc
+
+    def _apply(self, writes: list[Callable[[Any], None]], then: Callable[[Any], Any] | None = None) -> Any:
+        """``writes`` (then ``then(conn)``, whose result is returned) in one pipelined
+        transaction; ``writes`` is emptied only once it committed."""
+        import psycopg
+
+        try:
+            conn = self.conn.get()
+            with conn.pipeline(), conn.transaction():
+                for write in writes:
+                    write(conn)
+                result = then(conn) if then is not None else None
+        except psycopg.OperationalError:
+            self.conn.reset()
+            raise
+        writes.clear()
+        return result
 
     # ------------------------------------------------------------------ start-up
     def start(self) -> list[Output]:
@@ -238,8 +294,11 @@ class Executor:
         else:
             self.reconcile_report = rep
             if not rep.in_sync:
-                log.warning("execution: reconcile: adopt %d order(s), %d not open at broker, positions %s",
-                            len(rep.adopt_orders), len(rep.not_open_at_broker), dict(rep.position_mismatches))
+                mism = dict(rep.position_mismatches)
+                shown = dict(list(mism.items())[:5])  # a log line, not a dump of every symbol
+                log.warning("execution: reconcile: adopt %d order(s), %d not open at broker, %d position "
+                            "mismatch(es) %s%s", len(rep.adopt_orders), len(rep.not_open_at_broker), len(mism),
+                            shown, " ..." if len(mism) > len(shown) else "")
             mine = {c for c in rep.not_open_at_broker if c in self.requests or self.sim is None}
             for coid in sorted(mine):
                 try:
@@ -257,6 +316,7 @@ class Executor:
                     self.requests.pop(coid, None)
         if self.bracket_venue:
             outputs += self._restore_brackets(entries, exits)
+        self.flush_writes()  # stored before the re-announcements are sent
         return outputs
 
     def _restore_brackets(self, entries: list[tuple[OrderRequest, str, str | None, float]],
@@ -315,15 +375,53 @@ class Executor:
         if isinstance(event, RiskDecision):
             if not event.approved:
                 return []
-            price = event.notional / event.qty if event.qty > 0 and event.notional > 0 else (
-                event.limit_price or event.take_profit or 1.0)
-            return self.place(entry_request(event, price))
+            return self.place(_entry_of(event))
         if isinstance(event, ExitEvent):
             if client_order_id(event.correlation_id, "entry") in self.brackets:
                 return self.exit_bracket(event)
             out = self.cancel_entry(event)
             return out + self.place(exit_request(event))
         raise TypeError(f"unexpected event {type(event).__name__}")
+
+    def prepare(self, batch: Sequence[Any]) -> None:
+        """The bus's ``before_batch``: write the order rows of the batch's approved entries
+        and exits (paper simulator) in one transaction, with the writes still queued, instead
+        of one per order; ``place`` then finds them written. A message that cannot be read
+        here is left to the bus (dead letter); a row written for an order that is then not
+        sent stays ``new`` like after a crash between step 2 and sending (module doc)."""
+        import psycopg
+
+        self._prepared = {}
+        if self.sim is None:
+            return  # Alpaca: a bracket's exit row is written differently (exit_bracket); one by one
+        rows: dict[str, dict[str, Any]] = {}
+        for msg in batch:
+            if msg.error() is not None or msg.topic() not in self._order_topics:
+                continue
+            try:
+                ev = self._order_topics[msg.topic()].model_validate_json(msg.value() or b"")
+            except Exception:  # noqa: BLE001 - the bus dead-letters it with the reason
+                continue
+            if isinstance(ev, RiskDecision):
+                if not ev.approved:
+                    continue
+                req = _entry_of(ev)
+            elif client_order_id(ev.correlation_id, "entry") in self.brackets:
+                continue
+            else:
+                req = exit_request(ev)
+            rows.setdefault(req.client_order_id, dict(
+                client_order_id=req.client_order_id, correlation_id=req.correlation_id, symbol=req.symbol,
+                side=req.side, qty=req.qty, order_type="market", status="new",
+                payload=_request_payload(req, self.ns)))
+        if not rows:
+            return
+        try:
+            existed = self._apply(self._writes,
+                                  lambda conn: PostgresOrderStore(conn).insert_orders_if_new(list(rows.values())))
+        except psycopg.OperationalError as exc:
+            raise RetryLater(f"orders table unavailable: {exc}") from exc
+        self._prepared = {c: (r["payload"], existed.get(c)) for c, r in rows.items()}
 
     def on_bar(self, ev: MarketRawEvent) -> list[Output]:
         bar = event_to_bar(ev)
@@ -418,11 +516,15 @@ class Executor:
             if reason is not None:
                 payload["reason"] = reason
             # The row (status new) exists BEFORE anything is sent; an existing row is returned.
-            row = PostgresOrderStore(self._db()).insert_order_if_new(
-                client_order_id=coid, correlation_id=req.correlation_id, symbol=req.symbol, side=req.side,
-                qty=req.qty, order_type="market", status="new", payload=payload)
+            # Written by ``prepare`` for the batch, or now with the writes queued so far.
+            prepared = self._prepared.pop(coid, None)
+            if prepared is not None and prepared[0] == payload:
+                row = prepared[1]
+            else:
+                row = self._apply(self._writes, lambda conn: PostgresOrderStore(conn).insert_order_if_new(
+                    client_order_id=coid, correlation_id=req.correlation_id, symbol=req.symbol, side=req.side,
+                    qty=req.qty, order_type="market", status="new", payload=payload))
         except psycopg.OperationalError as exc:
-            self.conn.reset()
             raise RetryLater(f"orders table unavailable: {exc}") from exc
         if row is not None:
             status, boid = row
@@ -488,16 +590,17 @@ class Executor:
                 and req.stop_loss is not None):
             self.brackets[req.client_order_id] = req
             self._boid[req.client_order_id] = order.broker_order_id
-        self._db().execute(
+        args = (order.status, order.broker_order_id, req.client_order_id)
+        self._queue(lambda conn: conn.execute(
             "UPDATE orders SET status = %s, broker_order_id = %s, submitted_at = COALESCE(submitted_at, now()), "
-            "updated_at = now() WHERE client_order_id = %s",
-            (order.status, order.broker_order_id, req.client_order_id))
+            "updated_at = now() WHERE client_order_id = %s", args))
         self.ledger.expect(req.client_order_id, req.symbol, req.ts, req.intent, req.correlation_id)
 
     def _set_status(self, coid: str, status: str, broker_order_id: str | None) -> None:
-        self._db().execute(
+        args = (status, broker_order_id, coid)
+        self._queue(lambda conn: conn.execute(
             "UPDATE orders SET status = %s, broker_order_id = COALESCE(%s, broker_order_id), updated_at = now() "
-            "WHERE client_order_id = %s", (status, broker_order_id, coid))
+            "WHERE client_order_id = %s", args))
 
     def _order_event(self, req: OrderRequest, order: BrokerOrder | None, status: str | None = None) -> OrderEvent:
         from awet_dagster.execution import order_event
@@ -564,34 +667,29 @@ class Executor:
     def _write_fill(self, req: OrderRequest, fill_id: str, qty: float, price: float, fee: float, ts: datetime,
                     cum: tuple[float, float, float], status: str, broker_order_id: str | None = None,
                     new_order: dict[str, Any] | None = None) -> None:
-        """One transaction: (the order row, when ``new_order``) the fill, the order's status,
-        the position (``positions``, from this service's ledger)."""
-        import psycopg
-
+        """Queue for the batch's transaction: (the order row, when ``new_order``) the fill,
+        the order's status, the position (``positions``, from this service's ledger, as of
+        this fill)."""
         q, n, f = cum
-        try:
-            conn = self._db()
-            # Pipeline mode: the transaction's statements go out together, one round trip.
-            with conn.pipeline(), conn.transaction():
-                if new_order is not None:
-                    PostgresOrderStore(conn).record_order(**new_order)
-                conn.execute(
-                    "INSERT INTO fills (fill_id, client_order_id, symbol, qty, price, fee, ts) "
-                    "VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (fill_id) DO NOTHING",
-                    (fill_id, req.client_order_id, req.symbol, qty, price, fee, ts))
-                conn.execute("UPDATE orders SET status = %s, broker_order_id = COALESCE(%s, broker_order_id), "
-                             "updated_at = now() WHERE client_order_id = %s",
-                             (status, broker_order_id, req.client_order_id))
-                self.ledger.on_report(execution_report(req, ts=ts, filled_qty=q, avg_price=n / q, fee=f,
-                                                       status=status, venue=self.venue, dry_run=self.dry_run))
-                self.ledger.apply_until(ts, req.symbol)
-                pos = self.ledger.portfolio.position(req.symbol)
-                PostgresOrderStore(conn).upsert_position(
-                    req.symbol, pos.qty if pos else 0.0, pos.avg_price if pos else 0.0,
+        self.ledger.on_report(execution_report(req, ts=ts, filled_qty=q, avg_price=n / q, fee=f,
+                                               status=status, venue=self.venue, dry_run=self.dry_run))
+        self.ledger.apply_until(ts, req.symbol)
+        pos = self.ledger.portfolio.position(req.symbol)
+        position = (req.symbol, pos.qty if pos else 0.0, pos.avg_price if pos else 0.0,
                     pos.opened_ts if pos else None, pos.peak_price if pos else None)
-        except psycopg.OperationalError as exc:
-            self.conn.reset()
-            raise RetryLater(f"fills table unavailable: {exc}") from exc
+        fill = (fill_id, req.client_order_id, req.symbol, qty, price, fee, ts)
+        update = (status, broker_order_id, req.client_order_id)
+
+        def write(conn: Any) -> None:
+            if new_order is not None:
+                PostgresOrderStore(conn).record_order(**new_order)
+            conn.execute("INSERT INTO fills (fill_id, client_order_id, symbol, qty, price, fee, ts) "
+                         "VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (fill_id) DO NOTHING", fill)
+            conn.execute("UPDATE orders SET status = %s, broker_order_id = COALESCE(%s, broker_order_id), "
+                         "updated_at = now() WHERE client_order_id = %s", update)
+            PostgresOrderStore(conn).upsert_position(*position)
+
+        self._queue(write)
 
     def _poll_broker(self, symbol: str, ts: datetime) -> list[Output]:
         """Alpaca: look up our open orders of ``symbol`` on each of its bars (bracket entries
@@ -712,6 +810,12 @@ class Executor:
                                           leg.broker_order_id, message=f"bracket {reason} leg filled at the broker")]
 
 
+def _entry_of(decision: RiskDecision) -> OrderRequest:
+    price = decision.notional / decision.qty if decision.qty > 0 and decision.notional > 0 else (
+        decision.limit_price or decision.take_profit or 1.0)
+    return entry_request(decision, price)
+
+
 def make_broker(cfg: Any, broker: str | None = None) -> Any:
     kind = broker or cfg.execution.broker
     ex = cfg.execution
@@ -735,7 +839,9 @@ def build(cfg: Any, endpoints: Any, *, approved_topic: str = RISK_APPROVED, exit
     # The simulator is not a real venue: its orders are not "dry-run" orders.
     dry_run = bool(cfg.execution.dry_run) if b.venue == "alpaca" else False
     ex = Executor(cfg, conn, b, orders_topic=orders_topic, done_topic=done_topic, namespace=namespace,
-                  dry_run=dry_run, on_submit=on_submit, metrics=metrics)
+                  dry_run=dry_run, on_submit=on_submit, metrics=metrics,
+                  order_topics={approved_topic: contract_of(approved_topic, RiskDecision),
+                                exits_topic: contract_of(exits_topic, ExitEvent)})
     for topic, model in ((orders_topic, OrderEvent), (done_topic, ExecutionReport)):
         if contract_of(topic, model) is not model:
             raise ValueError(f"topic {topic!r} does not carry {model.__name__}")
@@ -746,7 +852,9 @@ def build(cfg: Any, endpoints: Any, *, approved_topic: str = RISK_APPROVED, exit
         topics={market_topic: contract_of(market_topic, MarketRawEvent),
                 approved_topic: contract_of(approved_topic, RiskDecision),
                 exits_topic: contract_of(exits_topic, ExitEvent)},
-        handler=ex.handle, group=group, resources=[conn], component=ex, **bus_kwargs,
+        handler=ex.handle, group=group, resources=[conn], component=ex, before_batch=ex.prepare,
+        before_produce=ex.flush_writes,
+        **bus_kwargs,
     )
     try:
         recovered = ex.start()
