@@ -2,9 +2,8 @@
 
 Per batch: poll -> decode (contract of the topic) -> handle -> produce outputs (sent at
 once). Per CHECKPOINT - when ``commit_interval_s`` has passed since the first uncommitted
-batch, when ``commit_max_messages`` are uncommitted, as soon as the input is idle and the
-outputs so far are acknowledged (an idle loop keeps polling meanwhile), and before ``run``
-returns: flush -> ``before_commit`` (everything consumed since the last
+batch, when ``commit_max_messages`` are uncommitted, as soon as the input is idle, and
+before ``run`` returns: flush -> ``before_commit`` (everything consumed since the last
 checkpoint) -> store those offsets -> commit them asynchronously. Whenever ``run`` returns
 (stop, ``max_messages``, timeout) and on ``close``, a final synchronous commit makes sure
 everything acknowledged so far is committed.
@@ -91,10 +90,6 @@ _MAX_ERROR_CHARS = 4000
 
 class DeliveryError(RuntimeError):
     """Some produced messages were not acknowledged; offsets must not be committed."""
-
-
-#: How long an idle loop waits for input at a time while its outputs are still in flight.
-_SETTLE_POLL_S = 0.001
 
 
 class RetryLater(Exception):
@@ -344,12 +339,6 @@ class EventProducer:
             raise DeliveryError(f"{len(errors)} delivery failure(s): {errors[:5]}")
         return delivered
 
-    def settled(self) -> bool:
-        """Non-blocking: serve delivery reports; True when nothing sent waits for its
-        acknowledgement any more, or a failure waits to be raised by ``flush``."""
-        self._producer.poll(0)
-        return self._producer.__len__() == 0 or bool(self._errors)
-
     def __len__(self) -> int:
         return len(self._producer)
 
@@ -571,17 +560,11 @@ class BusService:
                         break
                     wait = min(wait, left)
                 if self._pending_messages:
+                    # Idle input: checkpoint now rather than after a long poll.
                     first = consumer.poll(0)
                     if first is None:
-                        # Idle input: checkpoint now rather than after a long poll - once the
-                        # outputs are acknowledged. Until then keep taking input (short
-                        # polls): a flush here would block the next message for a broker
-                        # round trip, and at live rates a hop is idle after every message.
-                        while first is None and not self._settled(deadline):
-                            first = consumer.poll(_SETTLE_POLL_S)
-                        if first is None:
-                            self._checkpoint(stats)
-                            first = consumer.poll(wait)
+                        self._checkpoint(stats)
+                        first = consumer.poll(wait)
                 else:
                     first = consumer.poll(wait)
                 if first is None:
@@ -656,15 +639,6 @@ class BusService:
         stats.batches += 1
         if on_metrics is not None:
             self._metric("batch_seconds", ",".join(self.topics), time.monotonic() - t0)
-
-    def _settled(self, deadline: float | None) -> bool:
-        """True when the checkpoint would not wait: every output acknowledged (or a failure
-        to report), the commit interval is over, or ``run``'s deadline / a stop is due."""
-        if self._stop.is_set() or (deadline is not None and time.monotonic() >= deadline):
-            return True
-        if time.monotonic() - self._pending_since >= self._commit_interval_s:
-            return True
-        return self.producer.settled()
 
     def _checkpoint(self, stats: RunStats) -> None:
         """Flush -> before_commit -> store + commit (async) everything consumed since the last

@@ -17,15 +17,18 @@ Fills: every fill is written (``fills``, order status, ``positions``), then repo
 exec.done as a CUMULATIVE ExecutionReport (filled_qty / avg_price / fee so far; consumers
 derive the increment, idempotently). Event ids are deterministic.
 
-Writes per bus batch: only step 2 (the order row before sending) is written at once. The
-rest of a batch's writes (status after submission, fills, positions) are queued and
-applied in ONE transaction by ``flush_writes``, the bus's ``before_produce`` hook: before
-any output of the batch leaves and before its offsets can be committed, so a crash in
-between loses nothing that was reported (the batch is consumed again; a sent order's row
-still says ``new`` and is looked up at the broker, step 3). A read of the tables, and the
-next order row, applies the queue first (same transaction). Why: one commit per order and
-per fill made the database round trips the service's bottleneck (a burst of 100 orders
-took a second, and risk waited for those fills).
+Writes per batch, not per order: the order rows of a bus batch's approved entries and exits
+are written in ONE statement before any is sent (``prepare``, the bus's ``before_batch``;
+step 2 still holds). The other writes (status after submission, fills, positions) are
+queued and applied in one transaction by ``flush_writes``, the bus's ``before_commit``:
+after the outputs went out, before the offsets that produced them are committed. A crash
+in between re-consumes those messages: a sent order's row still says ``new`` and is looked
+up at the broker (step 3), the simulator is restored without the unwritten fills and fills
+again from the same bars, with the same fill ids and report event ids (consumers are
+idempotent on them). A read of the tables, and an order row written on its own, apply the
+queue first (same transaction). Why: one to three commits per order and per fill made the
+database round trips the service's bottleneck (py-spy: a burst of 200 orders/s kept the
+thread waiting on commits for a second, and risk waited on those fills).
 
 Restart: ``reconcile`` against the broker (logged; our open orders the broker lost are
 marked ``expired``, and at Alpaca fills they got while we were down are booked); the
@@ -216,10 +219,10 @@ class Executor:
         self._writes.append(write)
 
     def flush_writes(self, contexts: Sequence[Any] = ()) -> None:
-        """Apply the queued writes in one transaction (the bus's ``before_produce``: the
-        batch's outputs wait for it). A database error raises RetryLater: nothing of the
-        batch is produced or committed, and the rebuilt service restores from the tables
-        and consumes the batch again."""
+        """Apply the queued writes in one transaction (the bus's ``before_commit``: the
+        offsets wait for it). A database error raises RetryLater: nothing since the last
+        checkpoint is committed, and the rebuilt service restores from the tables and
+        consumes those messages again."""
         import psycopg
 
         if not self._writes:
@@ -847,13 +850,20 @@ def build(cfg: Any, endpoints: Any, *, approved_topic: str = RISK_APPROVED, exit
             raise ValueError(f"topic {topic!r} does not carry {model.__name__}")
     if tracker is not None:
         bus_kwargs.setdefault("on_metrics", tracker.hook(name, [market_topic, approved_topic, exits_topic]))
+    also = bus_kwargs.pop("before_commit", None)  # a caller's hook (tests) runs after our writes
+
+    def before_commit(contexts: Sequence[MessageContext]) -> None:
+        ex.flush_writes(contexts)
+        if also is not None:
+            also(contexts)
+
     svc = make_bus(
         cfg, endpoints, name=name,
         topics={market_topic: contract_of(market_topic, MarketRawEvent),
                 approved_topic: contract_of(approved_topic, RiskDecision),
                 exits_topic: contract_of(exits_topic, ExitEvent)},
         handler=ex.handle, group=group, resources=[conn], component=ex, before_batch=ex.prepare,
-        before_produce=ex.flush_writes,
+        before_commit=before_commit,
         **bus_kwargs,
     )
     try:
