@@ -63,7 +63,7 @@ def test_insert_orders_if_new_writes_a_batch_in_one_statement_and_reports_the_ro
         store = PostgresOrderStore(conn)
         row = dict(correlation_id="cb", symbol="SPY", side="buy", qty=3, order_type="market", status="new",
                    payload={"ns": "t", "reference_price": 400.0})
-        assert store.insert_order_if_new(client_order_id=ids[0], **row) is None
+        assert store.insert_orders_if_new([dict(client_order_id=ids[0], **row)]) == {}  # inserted now
         conn.execute("UPDATE orders SET status = 'accepted', broker_order_id = 'b-9' WHERE client_order_id = %s",
                      (ids[0],))
         # ids[0] existed (its row is reported, not overwritten); ids[1] twice in one call: written once.

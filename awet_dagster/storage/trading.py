@@ -91,23 +91,12 @@ class PostgresOrderStore:
         ).fetchone()
         return bool(row[0])
 
-    def insert_order_if_new(self, *, client_order_id: str, correlation_id: str, symbol: str, side: str,
-                            qty: float, order_type: str, status: str, payload: Mapping[str, Any]) -> tuple | None:
-        """Insert the order row unless ``client_order_id`` has one, in ONE round trip: None when
-        inserted now, else the existing row's (status, broker_order_id). (The SELECT does not see
-        the CTE's insert - same snapshot - so it returns a row only when one existed before.)"""
-        return self._conn.execute(
-            "WITH ins AS (INSERT INTO orders (client_order_id, correlation_id, symbol, side, qty, type, status, "
-            "payload) VALUES (%s,%s,%s,%s,%s,%s,%s,%s::jsonb) ON CONFLICT (client_order_id) DO NOTHING RETURNING 1) "
-            "SELECT status, broker_order_id FROM orders WHERE client_order_id = %s",
-            (client_order_id, correlation_id, symbol, side, qty, order_type, status, json.dumps(payload, default=str),
-             client_order_id),
-        ).fetchone()
-
     def insert_orders_if_new(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, tuple]:
-        """``insert_order_if_new`` for many rows in ONE statement (keys: its keyword
-        arguments): {client_order_id: (status, broker_order_id)} of the ids that had a row
-        before; the others were inserted now."""
+        """Insert each order row (keys: client_order_id, correlation_id, symbol, side, qty,
+        order_type, status, payload) unless its client_order_id has one, all in ONE statement:
+        {client_order_id: (status, broker_order_id)} of the ids that had a row before; the
+        others were inserted now. (The SELECT does not see the CTE's insert - same snapshot -
+        so it returns only rows that existed before.)"""
         if not rows:
             return {}
         cols = ("client_order_id", "correlation_id", "symbol", "side", "qty", "order_type", "status")

@@ -111,7 +111,15 @@ from awet_dagster.risk.portfolio import Fill
 from awet_dagster.storage.trading import PostgresOrderStore
 from awet_dagster.streaming import event_to_bar
 from live.bus import MessageContext, Output, RetryLater
-from live.services._common import LazyConnection, LiveService, contract_of, db_settings, make_bus
+from live.services._common import (
+    LazyConnection,
+    LiveService,
+    contract_of,
+    db_outage_is_retry,
+    db_settings,
+    decoded,
+    make_bus,
+)
 from live.services._ledger import CLOSED, FillLedger
 
 log = logging.getLogger("awet.live.execution")
@@ -223,39 +231,28 @@ class Executor:
         offsets wait for it). A database error raises RetryLater: nothing since the last
         checkpoint is committed, and the rebuilt service restores from the tables and
         consumes those messages again."""
-        import psycopg
-
         if not self._writes:
             return
-        try:
+        with db_outage_is_retry(self.conn, "could not record the batch's order states and fills"):
             self._apply(self._writes)
-        except psycopg.OperationalError as exc:
-            raise RetryLater(f"could not record the batch's order states and fills: {exc}") from exc
 
     def _apply(self, writes: list[Callable[[Any], None]], then: Callable[[Any], Any] | None = None) -> Any:
         """``writes`` (then ``then(conn)``, whose result is returned) in one pipelined
-        transaction; ``writes`` is emptied only once it committed."""
-        import psycopg
-
-        try:
-            conn = self.conn.get()
-            with conn.pipeline(), conn.transaction():
-                for write in writes:
-                    write(conn)
-                result = then(conn) if then is not None else None
-        except psycopg.OperationalError:
-            self.conn.reset()
-            raise
+        transaction; ``writes`` is emptied only once it committed. Callers turn an outage
+        into RetryLater (``db_outage_is_retry``)."""
+        conn = self.conn.get()
+        with conn.pipeline(), conn.transaction():
+            for write in writes:
+                write(conn)
+            result = then(conn) if then is not None else None
         writes.clear()
         return result
 
     # ------------------------------------------------------------------ start-up
     def start(self) -> list[Output]:
         """Restore state from the DB, reconcile with the broker, re-announce recent states."""
-        import psycopg
-
         outputs: list[Output] = []
-        try:
+        with db_outage_is_retry(self.conn, "orders table unavailable"):
             conn = self._db()
             self.ledger.rebuild(conn, self.ns)
             rows = conn.execute(
@@ -263,9 +260,6 @@ class Executor:
                 "COALESCE(SUM(f.qty), 0), COALESCE(SUM(f.qty * f.price), 0), COALESCE(SUM(f.fee), 0), MAX(f.ts), "
                 "o.updated_at FROM orders o LEFT JOIN fills f USING (client_order_id) "
                 "WHERE COALESCE(o.payload->>'ns', '') = %s GROUP BY o.client_order_id", (self.ns,)).fetchall()
-        except psycopg.OperationalError as exc:
-            self.conn.reset()
-            raise RetryLater(f"orders table unavailable: {exc}") from exc
         recent = datetime.now(UTC) - timedelta(days=1)
         entries: list[tuple[OrderRequest, str, str | None, float]] = []
         exits: dict[str, tuple[str, dict]] = {}
@@ -363,14 +357,9 @@ class Executor:
 
     # ------------------------------------------------------------------ handlers
     def handle(self, event: Any, ctx: MessageContext) -> list[Output]:
-        import psycopg
-
-        try:
+        # A DB outage must not dead-letter an order: redeliver once the DB is back.
+        with db_outage_is_retry(self.conn, "database unavailable"):
             return self._handle(event)
-        except psycopg.OperationalError as exc:
-            # A DB outage must not dead-letter an order: redeliver once the DB is back.
-            self.conn.reset()
-            raise RetryLater(f"database unavailable: {exc}") from exc
 
     def _handle(self, event: Any) -> list[Output]:
         if isinstance(event, MarketRawEvent):
@@ -392,38 +381,26 @@ class Executor:
         of one per order; ``place`` then finds them written. A message that cannot be read
         here is left to the bus (dead letter); a row written for an order that is then not
         sent stays ``new`` like after a crash between step 2 and sending (module doc)."""
-        import psycopg
-
         self._prepared = {}
         if self.sim is None:
             return  # Alpaca: a bracket's exit row is written differently (exit_bracket); one by one
         rows: dict[str, dict[str, Any]] = {}
-        for msg in batch:
-            if msg.error() is not None or msg.topic() not in self._order_topics:
-                continue
-            try:
-                ev = self._order_topics[msg.topic()].model_validate_json(msg.value() or b"")
-            except Exception:  # noqa: BLE001 - the bus dead-letters it with the reason
-                continue
-            if isinstance(ev, RiskDecision):
-                if not ev.approved:
+        for topic, model in self._order_topics.items():
+            for _, ev in decoded(batch, model, skip=lambda m, t=topic: m.topic() != t):
+                if isinstance(ev, RiskDecision):
+                    if not ev.approved:
+                        continue
+                    req = _entry_of(ev)
+                elif client_order_id(ev.correlation_id, "entry") in self.brackets:
                     continue
-                req = _entry_of(ev)
-            elif client_order_id(ev.correlation_id, "entry") in self.brackets:
-                continue
-            else:
-                req = exit_request(ev)
-            rows.setdefault(req.client_order_id, dict(
-                client_order_id=req.client_order_id, correlation_id=req.correlation_id, symbol=req.symbol,
-                side=req.side, qty=req.qty, order_type="market", status="new",
-                payload=_request_payload(req, self.ns)))
+                else:
+                    req = exit_request(ev)
+                rows.setdefault(req.client_order_id, _order_row(req, _request_payload(req, self.ns)))
         if not rows:
             return
-        try:
+        with db_outage_is_retry(self.conn, "orders table unavailable"):
             existed = self._apply(self._writes,
                                   lambda conn: PostgresOrderStore(conn).insert_orders_if_new(list(rows.values())))
-        except psycopg.OperationalError as exc:
-            raise RetryLater(f"orders table unavailable: {exc}") from exc
         self._prepared = {c: (r["payload"], existed.get(c)) for c, r in rows.items()}
 
     def on_bar(self, ev: MarketRawEvent) -> list[Output]:
@@ -511,10 +488,8 @@ class Executor:
         return out + self.place(req, reason=event.reason)
 
     def place(self, req: OrderRequest, reason: str | None = None) -> list[Output]:
-        import psycopg
-
         coid = req.client_order_id
-        try:
+        with db_outage_is_retry(self.conn, "orders table unavailable"):
             payload = _request_payload(req, self.ns)
             if reason is not None:
                 payload["reason"] = reason
@@ -524,11 +499,8 @@ class Executor:
             if prepared is not None and prepared[0] == payload:
                 row = prepared[1]
             else:
-                row = self._apply(self._writes, lambda conn: PostgresOrderStore(conn).insert_order_if_new(
-                    client_order_id=coid, correlation_id=req.correlation_id, symbol=req.symbol, side=req.side,
-                    qty=req.qty, order_type="market", status="new", payload=payload))
-        except psycopg.OperationalError as exc:
-            raise RetryLater(f"orders table unavailable: {exc}") from exc
+                row = self._apply(self._writes, lambda conn: PostgresOrderStore(conn).insert_orders_if_new(
+                    [_order_row(req, payload)]).get(coid))
         if row is not None:
             status, boid = row
             known = None
@@ -811,6 +783,12 @@ class Executor:
         out = [Output(self.orders_topic, self._order_event(req, leg))] if new_order is not None else []
         return out + [self._report_output(req, ts, leg.filled_qty, leg.avg_fill_price, f, leg.status,
                                           leg.broker_order_id, message=f"bracket {reason} leg filled at the broker")]
+
+
+def _order_row(req: OrderRequest, payload: dict[str, Any]) -> dict[str, Any]:
+    """The ``orders`` row (status new) written before ``req`` is sent."""
+    return dict(client_order_id=req.client_order_id, correlation_id=req.correlation_id, symbol=req.symbol,
+                side=req.side, qty=req.qty, order_type="market", status="new", payload=payload)
 
 
 def _entry_of(decision: RiskDecision) -> OrderRequest:
