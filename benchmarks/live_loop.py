@@ -53,6 +53,7 @@ from live.runner import LoopTracker, replay_through_loop, start_loop  # noqa: E4
 from live.topics import ensure_topics  # noqa: E402
 
 SECTION = "live_loop"
+WINDOWS_PNG = Path(__file__).resolve().parents[1] / "docs" / "img" / "live_loop_windows.png"
 #: Benchmark topic key -> the production topic whose partition count (``cfg.kafka.topics``) it gets.
 TOPIC_KEYS = {"raw": "market.raw", "eng": "engineered", "alpha": "alpha.signals", "pred": "predictions",
               "scored": "signals.scored", "approved": "risk.approved", "rejected": "risk.rejected",
@@ -160,6 +161,7 @@ class CpuMeter:
         self._pg = started.get("postgres", {}).get("pid")
         self._t0 = self._snap()
         self._w0 = time.monotonic()
+        self._lap = (self._t0, self._w0)
 
     def _proc(self, pid: int | None, children: bool = False) -> float:
         if not pid:
@@ -190,10 +192,64 @@ class CpuMeter:
         return {"python threads": py, "librdkafka threads": rdk, "broker (tansu)": self._proc(self._broker),
                 "postgres": self._proc(self._pg, children=True)}
 
+        self._lap = (self._t0, self._w0)
+
+    def lap(self) -> dict[str, float]:
+        """{what: % of one core} since the previous ``lap`` (or the start)."""
+        (t0, w0), t1, w1 = self._lap, self._snap(), time.monotonic()
+        self._lap = (t1, w1)
+        return {k: 100 * (t1[k] - v) / max(w1 - w0, 1e-9) for k, v in t0.items()}
+
     def stop(self) -> dict[str, float]:
         """{what: % of one core} over the metered interval."""
         t1, wall = self._snap(), time.monotonic() - self._w0
         return {k: 100 * (t1[k] - v) / wall for k, v in self._t0.items()}
+
+
+def window_rows(sent: dict[str, float], out: dict[str, dict[str, float]], laps: list[tuple[float, dict]],
+                t_first: float) -> list[dict]:
+    """Per metering window of the latency phase: the bars SENT in it, their bar->signal and
+    bar->order latency, and the CPU the broker and this process used meanwhile. On tansu
+    (memory storage) a fetch costs CPU in proportion to the record batches already in the
+    partition (benchmarks/broker_fetch_cost.py): at a constant rate the windows show whether
+    latency follows the broker's growing cost rather than the load."""
+    rows, start = [], 0.0
+    for end, cpu in laps:
+        cids = [c for c, s0 in sent.items() if start <= s0 - t_first < end]
+        sig = [(out["scored"][c] - sent[c]) * 1000 for c in cids if c in out["scored"]]
+        order = [(out["orders"][c] - sent[c]) * 1000 for c in cids if c in out["orders"]]
+        rows.append({"start": start, "end": end, "bars": len(cids), "signal": sig, "order": order, "cpu": cpu})
+        start = end
+    return rows
+
+
+def plot_windows(rows: list[dict], path: Path, title: str) -> None:
+    """Latency per window (p50/p99) above the broker's and Python's CPU per window."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mid = [(r["start"] + r["end"]) / 2 for r in rows]
+    q = lambda xs, k: percentile(xs, k) if xs else float("nan")  # noqa: E731
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    for key, colour in (("signal", "tab:blue"), ("order", "tab:red")):
+        ax1.plot(mid, [q(r[key], 50) for r in rows], "o-", color=colour, label=f"bar->{key} p50")
+        ax1.plot(mid, [q(r[key], 99) for r in rows], "s--", color=colour, label=f"bar->{key} p99")
+    ax1.axhline(50, color="grey", lw=0.8, ls=":", label="goal p99 50 ms")
+    ax1.set_ylabel("latency ms")
+    ax1.legend(fontsize=8, ncol=2)
+    ax1.set_title(title, fontsize=9)
+    for key, colour in (("broker (tansu)", "tab:purple"), ("python threads", "tab:green"),
+                        ("librdkafka threads", "tab:orange"), ("postgres", "tab:brown")):
+        ax2.plot(mid, [r["cpu"].get(key, float("nan")) for r in rows], "o-", color=colour, label=key)
+    ax2.set_ylabel("% of one core")
+    ax2.set_xlabel("seconds into the latency phase (constant bar rate)")
+    ax2.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def create_times(bootstrap: str, topic: str, idle_s: float = 1.0, timeout_s: float = 60.0) -> dict[str, float]:
@@ -246,7 +302,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=None, help="latency phase length")
     ap.add_argument("--replay-bars", type=int, default=None)
     ap.add_argument("--dump", type=Path, default=None,
-                    help="write the latency phase's per-bar (send time s, bar->signal ms, bar->order ms) as JSON")
+                    help="write the latency phase's per-bar (send time s, bar->signal, bar->order, bar->approved ms) as JSON")
     args = ap.parse_args()
     seconds = args.seconds or (12.0 if args.quick else 60.0)
     replay_n = args.replay_bars or (10_000 if args.quick else 50_000)
@@ -314,16 +370,25 @@ def main() -> int:
                     sent: dict[str, float] = {}
                     tracker.add_external(t["raw"], rest.height)
                     meter = CpuMeter(ep.started)
+                    laps: list[tuple[float, dict]] = []  # (end s into the phase, CPU % in the window)
+                    t_first = time.time()
                     due = time.perf_counter()
+                    # Six windows of equal length; the last one ends when the last bar is sent.
+                    window_s = rest.height / args.rate / 6
+                    next_lap = due + window_s
                     for ev in bars_to_events(rest):
                         due += 1.0 / args.rate
                         wait = due - time.perf_counter()
                         if wait > 0:
                             time.sleep(wait)
+                        if time.perf_counter() >= next_lap and len(laps) < 5:
+                            laps.append((time.time() - t_first, meter.lap()))
+                            next_lap += window_s
                         sent[ev.correlation_id] = time.time()  # the clock of the brokers' CreateTime
                         prod.send(t["raw"], ev)
                         prod.raw.poll(0)
                     prod.flush(30)
+                    laps.append((time.time() - t_first, meter.lap()))
                     drained = tracker.wait_drained(120)
                     cpu = meter.stop()
                     # Read after the phase: a live reader of each topic would compete with the
@@ -334,13 +399,14 @@ def main() -> int:
                     lat_o, lat_a, lat_s = lat["orders"], lat["approved"], lat["scored"]
                     results["latency"] = {"bars": rest.height, "orders": tracker.produced.get(t["orders"], 0),
                                           "order": lat_o, "approved": lat_a,
-                                          "signal": lat_s, "drained": drained, "cpu": cpu}
+                                          "signal": lat_s, "drained": drained, "cpu": cpu,
+                                          "windows": window_rows(sent, out, laps, t_first)}
                     if args.dump:
-                        t_first = min(sent.values())
                         args.dump.write_text(json.dumps([
                             [round(s0 - t_first, 4),
                              round((out["scored"][c] - s0) * 1000, 2) if c in out["scored"] else None,
-                             round((out["orders"][c] - s0) * 1000, 2) if c in out["orders"] else None]
+                             round((out["orders"][c] - s0) * 1000, 2) if c in out["orders"] else None,
+                             round((out["approved"][c] - s0) * 1000, 2) if c in out["approved"] else None]
                             for c, s0 in sent.items()]))
                 else:
                     start = time.perf_counter()
@@ -401,6 +467,20 @@ def main() -> int:
         f"Replay throughput (all bars at once, until drained): {thr['bars']} bars in {thr['seconds']:.1f} s = "
         f"**{thr['bars_per_s']:,.0f} bars/s** (orders emitted: {thr['orders']}; drained: {thr['drained']}).",
         "",
+        f"Over the latency phase, window by window (bars sent in the window at the same constant rate; CPU "
+        f"while it ran, % of one core). On tansu with memory storage a fetch costs the broker CPU in "
+        f"proportion to the record batches already in the partition (`benchmarks/broker_fetch_cost.py`), "
+        f"and its logs cannot be trimmed (DeleteRecords is not implemented in tansu 0.6), so at a constant "
+        f"load the broker's CPU and the latency grow with the time the topics have been written; plot: "
+        f"`docs/img/{WINDOWS_PNG.name}`.",
+        "",
+        md_table(["window s", "bars", "bar->signal p50 / p99 ms", "bar->order n", "bar->order p50 / p99 ms",
+                  "broker CPU", "python CPU"],
+                 [[f"{w['start']:.0f}-{w['end']:.0f}", w["bars"], f"{p(w['signal'], 50):.0f} / {p(w['signal'], 99):.0f}",
+                   len(w["order"]), f"{p(w['order'], 50):.0f} / {p(w['order'], 99):.0f}" if w["order"] else "-",
+                   f"{w['cpu'].get('broker (tansu)', float('nan')):.0f}%",
+                   f"{w['cpu'].get('python threads', float('nan')):.0f}%"] for w in lat["windows"]]),
+        "",
         "CPU while the latency phase ran (% of one core; the machine has "
         f"{os.cpu_count()}): " + ", ".join(f"{k} {v:.0f}%" for k, v in lat["cpu"].items()) + ".",
         "",
@@ -413,6 +493,9 @@ def main() -> int:
     ])
     if not args.no_doc:
         update_markdown_section(SECTION, body)
+        plot_windows(lat["windows"], WINDOWS_PNG,
+                     f"live loop, {args.rate:.0f} bars/s over {args.symbols} symbols, embedded tansu + PostgreSQL "
+                     f"({'--quick' if args.quick else 'full'} run)")
     print(body)
     print(f"total {time.monotonic() - wall0:.1f}s")
     print(f"bar->order p99 {p(lat['order'], 99):.1f} ms; replay {thr['bars_per_s']:,.0f} bars/s")
