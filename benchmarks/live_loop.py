@@ -301,6 +301,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--seconds", type=float, default=None, help="latency phase length")
     ap.add_argument("--replay-bars", type=int, default=None)
+    ap.add_argument("--fetch-wait-ms", type=int, default=None,
+                    help="the services' fetch.wait.max.ms (default: the test profile's, configs/test.yaml)")
     ap.add_argument("--dump", type=Path, default=None,
                     help="write the latency phase's per-bar (send time s, bar->signal, bar->order, bar->approved ms) as JSON")
     args = ap.parse_args()
@@ -323,6 +325,9 @@ def main() -> int:
         # replayed at thousands per second would trip a wall-clock or loss rule at once:
         # order throttles per minute/day and cooldown, loss limits, the CVaR cap itself
         # (still computed), and the signal filters that need real volume/hours/confidence.
+        if args.fetch_wait_ms is not None:
+            base = base.model_copy(update={"kafka": base.kafka.model_copy(update={
+                "consumer": {**base.kafka.consumer, "fetch.wait.max.ms": args.fetch_wait_ms}})})
         cfg = base.model_copy(update={
             "signals": base.signals.model_copy(update={"min_confidence": 0.0, "min_avg_volume_10d": 0.0,
                                                        "enforce_market_hours": False}),

@@ -70,6 +70,31 @@ def test_portfolio_accounting_avg_price_realised_and_flip():
     assert pf.equity_hwm >= 10_000
 
 
+def test_portfolio_equity_and_exposure_follow_every_fill_and_mark():
+    """Equity and gross exposure are summed once per change, not per read: every fill, mark
+    and cash change shows in the next read, equal to the sum done from scratch."""
+    rng = np.random.default_rng(3)
+    pf = Portfolio(100_000)
+
+    def from_scratch() -> tuple[float, float]:
+        mv = [p.qty * p.last_price for p in pf.positions.values()]
+        return pf.cash + sum(mv), sum(abs(v) for v in mv)
+
+    symbols = [f"S{i}" for i in range(12)]
+    for step in range(400):
+        sym = symbols[int(rng.integers(len(symbols)))]
+        if rng.random() < 0.4:
+            side = "buy" if rng.random() < 0.5 else "sell"
+            pf.apply_fill(_fill(sym, side, float(rng.integers(1, 20)), float(rng.uniform(50, 150)),
+                                corr=f"c{step}", fee=1.0))
+        else:
+            pf.mark(sym, float(rng.uniform(50, 150)))
+        assert (pf.equity, pf.gross_exposure) == from_scratch()  # exact: same sums, same order
+    pf.cash += 1_000.0  # the attribute is public: a direct change is seen too
+    assert pf.equity == from_scratch()[0]
+    assert pf.drawdown == max(0.0, 1.0 - pf.equity / pf.equity_hwm)
+
+
 # ------------------------------------------------------------------ sizing and caps
 def test_size_is_two_percent_of_equity_times_regime_floored():
     eng = _engine()

@@ -64,6 +64,10 @@ class Portfolio:
         self.fees_paid = 0.0
         self.positions: dict[str, Position] = {}
         self.marks: dict[str, float] = {}
+        # equity / gross exposure, summed over the positions once after each change (a fill
+        # or a mark) instead of at every read: risk reads them several times per bar and an
+        # account holds dozens of positions. Keyed by cash too, the public attribute.
+        self._sums: tuple[float, float, float] | None = None  # (cash, equity, gross exposure)
         self.equity_hwm = float(initial_cash)
 
     # ---------------------------------------------------------------- updates
@@ -98,6 +102,7 @@ class Portfolio:
                     fill.price, fill.price,
                 )
         self.realised_pnl += realised
+        self._sums = None
         self._update_hwm()
         return realised
 
@@ -109,15 +114,23 @@ class Portfolio:
         if pos is not None:
             peak = max(pos.peak_price, price) if pos.qty > 0 else min(pos.peak_price, price)
             self.positions[symbol] = replace(pos, last_price=price, peak_price=peak)
+            self._sums = None
         self._update_hwm()
 
     def _update_hwm(self) -> None:
         self.equity_hwm = max(self.equity_hwm, self.equity)
 
     # ---------------------------------------------------------------- views
+    def _current_sums(self) -> tuple[float, float, float]:
+        sums = self._sums
+        if sums is None or sums[0] != self.cash:
+            values = [p.market_value for p in self.positions.values()]
+            sums = self._sums = (self.cash, self.cash + sum(values), sum(abs(v) for v in values))
+        return sums
+
     @property
     def equity(self) -> float:
-        return self.cash + sum(p.market_value for p in self.positions.values())
+        return self._current_sums()[1]
 
     @property
     def unrealised_pnl(self) -> float:
@@ -125,7 +138,7 @@ class Portfolio:
 
     @property
     def gross_exposure(self) -> float:
-        return sum(abs(p.market_value) for p in self.positions.values())
+        return self._current_sums()[2]
 
     def exposure(self, symbol: str) -> float:
         pos = self.positions.get(symbol)
