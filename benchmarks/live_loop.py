@@ -19,7 +19,9 @@ Measured in one run, on the same servers:
   before publishing, the order row BEFORE submission, the fill); the CPU each part used
   meanwhile is reported (this process's Python vs librdkafka threads, broker, PostgreSQL);
 - replay throughput: ``--replay-bars`` bars published at once, bars/s = bars / time until
-  the loop has drained (every service consumed everything, LoopTracker).
+  the loop has drained (every service consumed everything, LoopTracker); then the same
+  replay with the loop split over two processes (``SplitLoop``: the trading half in a
+  spawned child, its counts merged with ``live.runner.lagging_of``; ``--no-split`` skips it).
 Servers: ``$DATABASE_URL`` / ``$KAFKA_BOOTSTRAP`` if set, else embedded ones started for
 the run (as ``awet infra up``). No model is registered: inference idles (alphas only).
 """
@@ -36,6 +38,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -49,7 +52,7 @@ from awet_dagster.streaming import bars_to_events  # noqa: E402
 from benchmarks._common import machine_info, machine_table, md_table, percentile, update_markdown_section  # noqa: E402
 from live.bus import EventProducer  # noqa: E402
 from live.kafka_settings import FAST_DEV_PRODUCER_SETTINGS, producer_config  # noqa: E402
-from live.runner import LoopTracker, replay_through_loop, start_loop  # noqa: E402
+from live.runner import LOOP_SERVICES, LoopTracker, lagging_of, replay_through_loop, start_loop  # noqa: E402
 from live.topics import ensure_topics  # noqa: E402
 
 SECTION = "live_loop"
@@ -153,12 +156,13 @@ class CpuMeter:
     embedded broker and PostgreSQL (its processes) between ``start`` and ``stop``: where a
     saturated 2-core machine spends its time."""
 
-    def __init__(self, started: dict) -> None:
+    def __init__(self, started: dict, second_process: int | None = None) -> None:
         import psutil
 
         self._ps = psutil
         self._broker = started.get("broker", {}).get("pid")
         self._pg = started.get("postgres", {}).get("pid")
+        self._second = second_process  # the split variant's other loop process
         self._t0 = self._snap()
         self._w0 = time.monotonic()
         self._lap = (self._t0, self._w0)
@@ -189,8 +193,11 @@ class CpuMeter:
                 rdk += cpu
             else:
                 py += cpu
-        return {"python threads": py, "librdkafka threads": rdk, "broker (tansu)": self._proc(self._broker),
+        snap = {"python threads": py, "librdkafka threads": rdk, "broker (tansu)": self._proc(self._broker),
                 "postgres": self._proc(self._pg, children=True)}
+        if self._second:
+            snap["2nd loop process (all threads)"] = self._proc(self._second)
+        return snap
 
         self._lap = (self._t0, self._w0)
 
@@ -204,6 +211,101 @@ class CpuMeter:
         """{what: % of one core} over the metered interval."""
         t1, wall = self._snap(), time.monotonic() - self._w0
         return {k: 100 * (t1[k] - v) / wall for k, v in self._t0.items()}
+
+
+#: The split variant's second process runs the trading half of the loop; the first keeps the
+#: readers of the bars (persist_bars, features, lean_alpha, signal: one shared fetch) and
+#: inference. As with ``awet live --service``, each process has its own GIL.
+SPLIT_CHILD = ("risk", "execution", "exit_monitor")
+
+
+def _child_main(conn: Any, cfg: Any, ep: Any, overrides: dict, names: tuple[str, ...], start_ms: int) -> None:
+    """The second process of the split variant: runs ``names`` and answers "snap" (its
+    tracker's counts) until "stop"; then sends what went wrong, if anything."""
+    tracker = LoopTracker()
+    tracker.start_ms = start_ms  # side readers count what was produced since the parent's start
+    loop = start_loop(cfg, ep, names=names, overrides=overrides, tracker=tracker, timeout_s=600)
+    try:
+        while loop.alive:
+            if conn.poll(0.5):
+                msg = conn.recv()
+                if msg == "stop":
+                    break
+                conn.send(tracker.snapshot())
+    finally:
+        loop.stop()
+        joined = loop.join(60)
+        conn.send({"trouble": {n: f"{r.restarts} restart(s), last error: {r.error}" for n, r in joined.items()
+                               if r.restarts or r.error}})
+
+
+class SplitLoop:
+    """The loop over two processes: this one runs every service but ``SPLIT_CHILD``, a spawned
+    child runs those. ``tracker`` (add_external / wait_drained / produced) merges the two
+    trackers' counts (``live.runner.lagging_of``)."""
+
+    def __init__(self, cfg: Any, ep: Any, overrides: dict) -> None:
+        import multiprocessing as mp
+
+        self.local = LoopTracker()
+        self._conn, child_conn = mp.Pipe()
+        self.process = mp.get_context("spawn").Process(
+            target=_child_main, args=(child_conn, cfg, ep, overrides, SPLIT_CHILD, self.local.start_ms),
+            name="awet-loop-2", daemon=True)
+        self.process.start()
+        names = tuple(n for n in LOOP_SERVICES if n not in SPLIT_CHILD)
+        self.loop = start_loop(cfg, ep, names=names, overrides=overrides, tracker=self.local, timeout_s=600)
+        self.tracker = self
+        self._last: dict = {"inflight": {}, "consumed": {}, "produced": {}, "tails": {}}
+        self._child_trouble: dict[str, str] = {}
+
+    # -- the tracker interface replay_through_loop uses
+    def add_external(self, topic: str, n: int) -> None:
+        self.local.add_external(topic, n)
+
+    def _snapshots(self) -> list[dict]:
+        if self.process.is_alive():
+            self._conn.send("snap")
+            if self._conn.poll(30):
+                got = self._conn.recv()
+                if "trouble" in got:
+                    self._child_trouble = got["trouble"]
+                else:
+                    self._last = got
+        return [self.local.snapshot(), self._last]
+
+    def wait_drained(self, timeout_s: float, poll_s: float = 0.005) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.process.is_alive():
+                return False
+            if not lagging_of(self._snapshots()):
+                return True
+            time.sleep(poll_s)
+        return False
+
+    @property
+    def produced(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for snap in self._snapshots():
+            for topic, n in snap["produced"].items():
+                out[topic] = out.get(topic, 0) + n
+        return out
+
+    def stop(self) -> dict[str, Any]:
+        """Stop both halves; {service: result} of this one plus the child's troubles."""
+        self.loop.stop()
+        if self.process.is_alive():
+            self._conn.send("stop")
+            while self._conn.poll(60):
+                got = self._conn.recv()
+                if "trouble" in got:
+                    self._child_trouble = got["trouble"]
+                    break
+        self.process.join(30)
+        if self.process.is_alive():
+            self.process.kill()
+        return self.loop.join(60)
 
 
 def window_rows(sent: dict[str, float], out: dict[str, dict[str, float]], laps: list[tuple[float, dict]],
@@ -301,6 +403,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--seconds", type=float, default=None, help="latency phase length")
     ap.add_argument("--replay-bars", type=int, default=None)
+    ap.add_argument("--no-split", action="store_true",
+                    help="skip the replay with the loop split over two processes")
     ap.add_argument("--fetch-wait-ms", type=int, default=None,
                     help="the services' fetch.wait.max.ms (default: the test profile's, configs/test.yaml)")
     ap.add_argument("--dump", type=Path, default=None,
@@ -339,7 +443,7 @@ def main() -> int:
         })
         rt = raw_round_trip(ep.kafka_bootstrap, 300 if args.quick else 1000, args.rate)
         results = {}
-        for phase in ("latency", "throughput"):
+        for phase in ("latency", "throughput") + (() if args.no_split else ("split",)):
             t = {k: f"bench-{k}-{uuid.uuid4().hex[:6]}" for k in TOPIC_KEYS}
             # Latency: partitioned as in production (configs/base.yaml): on tansu a fetch costs
             # CPU in proportion to the record batches of its partition, so partitions matter
@@ -359,11 +463,14 @@ def main() -> int:
             live = bars.filter(pl.col("ts") >= t0 + timedelta(days=warm))
             with connect(ep.database_url) as conn, conn.transaction():
                 copy_upsert_bars(conn, hist)
-            tracker = LoopTracker()
             ns = f"bench-{uuid.uuid4().hex[:6]}"
             since = datetime.now(UTC)
-            loop = start_loop(cfg, ep, overrides=_overrides(t, ns), tracker=tracker,
-                              timeout_s=600)
+            split = SplitLoop(cfg, ep, _overrides(t, ns)) if phase == "split" else None
+            if split is not None:
+                tracker: Any = split.tracker
+            else:
+                tracker = LoopTracker()
+                loop = start_loop(cfg, ep, overrides=_overrides(t, ns), tracker=tracker, timeout_s=600)
             prod = EventProducer(producer_config(ep.kafka_bootstrap, producer=FAST_DEV_PRODUCER_SETTINGS))
             try:
                 # The first day of bars warms every service up (and waits for the groups to
@@ -414,14 +521,18 @@ def main() -> int:
                              round((out["approved"][c] - s0) * 1000, 2) if c in out["approved"] else None]
                             for c, s0 in sent.items()]))
                 else:
+                    meter = CpuMeter(ep.started, split.process.pid if split is not None else None)
                     start = time.perf_counter()
                     n, drained = replay_through_loop(prod, rest, tracker, topic=t["raw"], drain_timeout_s=300)
                     el = time.perf_counter() - start
-                    results["throughput"] = {"bars": n, "seconds": el, "bars_per_s": n / el, "drained": drained,
-                                             "orders": tracker.produced.get(t["orders"], 0)}
+                    results[phase] = {"bars": n, "seconds": el, "bars_per_s": n / el, "drained": drained,
+                                      "orders": tracker.produced.get(t["orders"], 0), "cpu": meter.stop()}
             finally:
-                loop.stop()
-                joined = loop.join(60)
+                if split is not None:
+                    joined = split.stop()
+                else:
+                    loop.stop()
+                    joined = loop.join(60)
             from awet_dagster.live_summary import loop_summary
 
             with connect(ep.database_url) as conn:
@@ -434,6 +545,8 @@ def main() -> int:
             # A service that failed or restarted would make the figures meaningless: say so.
             trouble = {n: f"{r.restarts} restart(s), last error: {r.error}" for n, r in joined.items()
                        if r.restarts or r.error}
+            if split is not None:
+                trouble.update(split._child_trouble)
             results.setdefault("trouble", {})[phase] = trouble
             for name, what in trouble.items():
                 print(f"WARNING {phase}: {name}: {what}", file=sys.stderr)
@@ -470,8 +583,16 @@ def main() -> int:
         "for earlier fills, risk.fill_wait_s, runs out again and again: 165 bars/s measured, an open issue).",
         "",
         f"Replay throughput (all bars at once, until drained): {thr['bars']} bars in {thr['seconds']:.1f} s = "
-        f"**{thr['bars_per_s']:,.0f} bars/s** (orders emitted: {thr['orders']}; drained: {thr['drained']}).",
+        f"**{thr['bars_per_s']:,.0f} bars/s** (orders emitted: {thr['orders']}; drained: {thr['drained']}). CPU "
+        f"meanwhile (% of one core): " + ", ".join(f"{k} {v:.0f}%" for k, v in thr["cpu"].items()) + ".",
         "",
+        *([f"The same replay with the loop split over two processes (each with its own GIL, as `awet live "
+           f"--service` deployments are; this process: {', '.join(n for n in LOOP_SERVICES if n not in SPLIT_CHILD)}; "
+           f"a second one: {', '.join(SPLIT_CHILD)}): {sp['bars']} bars in {sp['seconds']:.1f} s = "
+           f"**{sp['bars_per_s']:,.0f} bars/s**, {sp['bars_per_s'] / thr['bars_per_s']:.2f}x one process (orders "
+           f"emitted: {sp['orders']}; drained: {sp['drained']}). CPU meanwhile (% of one core): "
+           + ", ".join(f"{k} {v:.0f}%" for k, v in sp["cpu"].items()) + ".", ""]
+          if (sp := results.get("split")) else []),
         f"Over the latency phase, window by window (bars sent in the window at the same constant rate; CPU "
         f"while it ran, % of one core). On tansu with memory storage a fetch costs the broker CPU in "
         f"proportion to the record batches already in the partition (`benchmarks/broker_fetch_cost.py`), "
@@ -503,7 +624,10 @@ def main() -> int:
                      f"({'--quick' if args.quick else 'full'} run)")
     print(body)
     print(f"total {time.monotonic() - wall0:.1f}s")
-    print(f"bar->order p99 {p(lat['order'], 99):.1f} ms; replay {thr['bars_per_s']:,.0f} bars/s")
+    best = max(thr["bars_per_s"], results.get("split", {}).get("bars_per_s", 0.0))
+    print(f"bar->order p99 {p(lat['order'], 99):.1f} ms; replay {thr['bars_per_s']:,.0f} bars/s"
+          + (f" (one process), {results['split']['bars_per_s']:,.0f} bars/s (two processes)" if "split" in results
+             else "") + f"; best {best:,.0f} bars/s")
     return 0
 
 

@@ -528,27 +528,21 @@ class LoopTracker:
                     gone[topic] = gone.get(topic, 0) + counted
             self.tails[name] = tail
 
+    def snapshot(self) -> dict[str, Any]:
+        """The counts ``lagging`` compares, as plain data (picklable: a loop split over
+        processes merges the snapshots of its parts, see ``lagging_of``)."""
+        with self._lock:
+            snap: dict[str, Any] = {"inflight": dict(self.inflight), "consumed": dict(self.consumed),
+                                    "produced": dict(self.produced)}
+            tails = list(self.tails.items())
+            gone = {name: dict(g) for name, g in self._tail_gone.items()}
+        snap["tails"] = {name: {topic: tail.consumed_since[topic] + gone.get(name, {}).get(topic, 0)
+                                for topic in tail.topics} for name, tail in tails}
+        return snap
+
     def lagging(self) -> list[str]:
         """What is not drained yet (empty = drained)."""
-        out = []
-        with self._lock:
-            for svc, n in self.inflight.items():
-                if n:
-                    out.append(f"{svc}: batch in flight")
-            for (svc, topic), n in self.consumed.items():
-                want = self.produced.get(topic, 0)
-                if n < want:
-                    out.append(f"{svc}: {topic} {n}/{want}")
-            tails = list(self.tails.items())
-            produced = dict(self.produced)
-            gone = {name: dict(g) for name, g in self._tail_gone.items()}
-        for name, tail in tails:
-            for topic in tail.topics:
-                got = tail.consumed_since[topic] + gone.get(name, {}).get(topic, 0)
-                want = produced.get(topic, 0)
-                if got < want:
-                    out.append(f"{name} (side): {topic} {got}/{want}")
-        return out
+        return lagging_of([self.snapshot()])
 
     def wait_drained(self, timeout_s: float, poll_s: float = 0.005, settle_s: float = 0.0) -> bool:
         """True once drained (and still drained ``settle_s`` later); False after ``timeout_s``."""
@@ -562,6 +556,29 @@ class LoopTracker:
                     return True
             time.sleep(poll_s)
         return False
+
+
+def lagging_of(snapshots: Sequence[Mapping[str, Any]]) -> list[str]:
+    """What is not drained yet (empty = drained) in a loop whose services report through the
+    ``LoopTracker.snapshot`` of each part (one per process): a topic's messages are those
+    produced by every part plus those published from outside, whoever counted them."""
+    produced: dict[str, int] = {}
+    for snap in snapshots:
+        for topic, n in snap["produced"].items():
+            produced[topic] = produced.get(topic, 0) + n
+    out = []
+    for snap in snapshots:
+        out.extend(f"{svc}: batch in flight" for svc, n in snap["inflight"].items() if n)
+        for (svc, topic), n in snap["consumed"].items():
+            want = produced.get(topic, 0)
+            if n < want:
+                out.append(f"{svc}: {topic} {n}/{want}")
+        for name, counts in snap["tails"].items():
+            for topic, got in counts.items():
+                want = produced.get(topic, 0)
+                if got < want:
+                    out.append(f"{name} (side): {topic} {got}/{want}")
+    return out
 
 
 _INPUT_KWARGS = {"execution": ("market_topic", "approved_topic", "exits_topic")}

@@ -140,6 +140,35 @@ def test_tracker_drops_what_a_failed_run_counted_and_counts_at_checkpoints():
     assert tr.lagging() == [] and tr.wait_drained(0.1)
 
 
+def test_loop_split_over_processes_drains_on_the_merged_counts():
+    """Two trackers (one per process of a split loop): a topic's messages are what every part
+    produced plus what was published from outside, so neither part alone can tell."""
+    from live.runner import lagging_of
+
+    up, down = LoopTracker(), LoopTracker()
+    up.add_external("raw", 3)  # the replay publishes through the first part
+    feed = up.hook("features", ["raw"])
+    risk = down.hook("risk", ["scored"])
+    for _ in range(3):
+        feed(MetricSample("messages_in", "raw", 1))
+        feed(MetricSample("messages_out", "scored", 1))
+    feed(MetricSample("checkpoint_seconds", "raw", 0.001))
+    # The second part alone sees nothing to do; merged, risk owes the 3 signals.
+    assert down.lagging() == [] and up.lagging() == []
+    assert lagging_of([up.snapshot(), down.snapshot()]) == ["risk: scored 0/3"]
+    for _ in range(2):
+        risk(MetricSample("messages_in", "scored", 1))
+    risk(MetricSample("checkpoint_seconds", "scored", 0.001))
+    risk(MetricSample("messages_in", "scored", 1))  # read, not checkpointed yet
+    snaps = [up.snapshot(), down.snapshot()]
+    assert lagging_of(snaps) == ["risk: batch in flight", "risk: scored 2/3"]
+    import pickle
+
+    assert pickle.loads(pickle.dumps(snaps)) == snaps  # what the second process sends over a pipe
+    risk(MetricSample("checkpoint_seconds", "scored", 0.001))
+    assert lagging_of([up.snapshot(), down.snapshot()]) == []
+
+
 class _FakeRaw:
     """librdkafka producer stand-in: ``fail`` = values whose delivery fails once (reported at
     flush), ``hold`` = values left undelivered at flush (purge reports them failed)."""

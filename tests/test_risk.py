@@ -71,14 +71,23 @@ def test_portfolio_accounting_avg_price_realised_and_flip():
 
 
 def test_portfolio_equity_and_exposure_follow_every_fill_and_mark():
-    """Equity and gross exposure are summed once per change, not per read: every fill, mark
-    and cash change shows in the next read, equal to the sum done from scratch."""
+    """Equity, gross exposure, unrealised PnL and exposure per group (sector) are summed once
+    per change, not per read: every fill, mark and cash change shows in the next read, equal
+    to the sum done from scratch."""
     rng = np.random.default_rng(3)
     pf = Portfolio(100_000)
 
-    def from_scratch() -> tuple[float, float]:
+    def from_scratch() -> tuple[float, float, float, dict[str, float]]:
         mv = [p.qty * p.last_price for p in pf.positions.values()]
-        return pf.cash + sum(mv), sum(abs(v) for v in mv)
+        by_group: dict[str, list[float]] = {}
+        for s, p in pf.positions.items():
+            by_group.setdefault(group(s), []).append(abs(p.qty * p.last_price))
+        return (pf.cash + sum(mv), sum(abs(v) for v in mv),
+                sum(p.qty * (p.last_price - p.avg_price) for p in pf.positions.values()),
+                {g: sum(v) for g, v in by_group.items()})
+
+    def group(symbol: str) -> str:
+        return "even" if int(symbol[1:]) % 2 == 0 else "odd"
 
     symbols = [f"S{i}" for i in range(12)]
     for step in range(400):
@@ -89,7 +98,8 @@ def test_portfolio_equity_and_exposure_follow_every_fill_and_mark():
                                 corr=f"c{step}", fee=1.0))
         else:
             pf.mark(sym, float(rng.uniform(50, 150)))
-        assert (pf.equity, pf.gross_exposure) == from_scratch()  # exact: same sums, same order
+        # exact: the same sums in the same order
+        assert (pf.equity, pf.gross_exposure, pf.unrealised_pnl, pf.exposure_by(group)) == from_scratch()
     pf.cash += 1_000.0  # the attribute is public: a direct change is seen too
     assert pf.equity == from_scratch()[0]
     assert pf.drawdown == max(0.0, 1.0 - pf.equity / pf.equity_hwm)

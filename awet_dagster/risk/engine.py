@@ -61,6 +61,7 @@ class RiskEngine:
         self.take_profit_pct = take_profit_pct
         self.stop_loss_pct = stop_loss_pct
         self.sector_map = sector_map
+        self._sectors: dict[str, str] = {}
         self.history = ReturnHistory(cfg.cvar_lookback_bars)
         self.throttle = OrderThrottle(cfg.max_orders_per_minute, cfg.max_orders_per_symbol_day, cfg.cooldown_s)
 
@@ -233,7 +234,12 @@ class RiskEngine:
         }
         return RiskOutcome(decision, audit)
 
+    def _sector(self, symbol: str) -> str:
+        sector = self._sectors.get(symbol)
+        if sector is None:
+            sector = self._sectors[symbol] = sector_of(symbol, self.sector_map)
+        return sector
+
     def _sector_exposure(self, symbol: str) -> float:
-        sector = sector_of(symbol, self.sector_map)
-        return sum(abs(p.market_value) for s, p in self.portfolio.positions.items()
-                   if sector_of(s, self.sector_map) == sector)
+        # Per sector, summed once per change of the portfolio (Portfolio.exposure_by).
+        return self.portfolio.exposure_by(self._sector).get(self._sector(symbol), 0.0)

@@ -7,6 +7,7 @@ and fees; `realised_pnl` is gross of fees and `fees_paid` is kept apart for repo
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -67,7 +68,9 @@ class Portfolio:
         # equity / gross exposure, summed over the positions once after each change (a fill
         # or a mark) instead of at every read: risk reads them several times per bar and an
         # account holds dozens of positions. Keyed by cash too, the public attribute.
-        self._sums: tuple[float, float, float] | None = None  # (cash, equity, gross exposure)
+        self._sums: tuple[float, float, float, float] | None = None  # (cash, equity, gross, unrealised)
+        self._version = 0  # bumped by every change of a position (fill, mark)
+        self._groups: dict[Callable[[str], str], tuple[tuple[int, float], dict[str, float]]] = {}
         self.equity_hwm = float(initial_cash)
 
     # ---------------------------------------------------------------- updates
@@ -102,7 +105,7 @@ class Portfolio:
                     fill.price, fill.price,
                 )
         self.realised_pnl += realised
-        self._sums = None
+        self._changed()
         self._update_hwm()
         return realised
 
@@ -114,19 +117,37 @@ class Portfolio:
         if pos is not None:
             peak = max(pos.peak_price, price) if pos.qty > 0 else min(pos.peak_price, price)
             self.positions[symbol] = replace(pos, last_price=price, peak_price=peak)
-            self._sums = None
+            self._changed()
         self._update_hwm()
 
     def _update_hwm(self) -> None:
         self.equity_hwm = max(self.equity_hwm, self.equity)
 
     # ---------------------------------------------------------------- views
-    def _current_sums(self) -> tuple[float, float, float]:
+    def _changed(self) -> None:
+        self._sums = None
+        self._version += 1
+
+    def _current_sums(self) -> tuple[float, float, float, float]:
         sums = self._sums
         if sums is None or sums[0] != self.cash:
-            values = [p.market_value for p in self.positions.values()]
-            sums = self._sums = (self.cash, self.cash + sum(values), sum(abs(v) for v in values))
+            positions = self.positions.values()
+            values = [p.market_value for p in positions]
+            sums = self._sums = (self.cash, self.cash + sum(values), sum(abs(v) for v in values),
+                                 sum(p.unrealised_pnl for p in positions))
         return sums
+
+    def exposure_by(self, group: Callable[[str], str]) -> dict[str, float]:
+        """Gross exposure per group of symbols (``group``: symbol -> name, e.g. its sector),
+        summed once per change of the positions for a given ``group`` function."""
+        key = (self._version, self.cash)
+        hit = self._groups.get(group)
+        if hit is None or hit[0] != key:
+            parts: dict[str, list[float]] = {}
+            for symbol, p in self.positions.items():
+                parts.setdefault(group(symbol), []).append(abs(p.market_value))
+            hit = self._groups[group] = (key, {g: sum(v) for g, v in parts.items()})
+        return hit[1]
 
     @property
     def equity(self) -> float:
@@ -134,7 +155,7 @@ class Portfolio:
 
     @property
     def unrealised_pnl(self) -> float:
-        return sum(p.unrealised_pnl for p in self.positions.values())
+        return self._current_sums()[3]
 
     @property
     def gross_exposure(self) -> float:
