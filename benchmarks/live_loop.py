@@ -411,7 +411,7 @@ def main() -> int:
                     help="write the latency phase's per-bar (send time s, bar->signal, bar->order, bar->approved ms) as JSON")
     args = ap.parse_args()
     seconds = args.seconds or (12.0 if args.quick else 60.0)
-    replay_n = args.replay_bars or (10_000 if args.quick else 50_000)
+    replay_n = args.replay_bars or (6_000 if args.quick else 50_000)
 
     from awet_dagster.infra import infra_down, infra_up
     from awet_dagster.storage.bars import copy_upsert_bars
