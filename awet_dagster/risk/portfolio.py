@@ -65,12 +65,15 @@ class Portfolio:
         self.fees_paid = 0.0
         self.positions: dict[str, Position] = {}
         self.marks: dict[str, float] = {}
-        # equity / gross exposure, summed over the positions once after each change (a fill
-        # or a mark) instead of at every read: risk reads them several times per bar and an
-        # account holds dozens of positions. Keyed by cash too, the public attribute.
-        self._sums: tuple[float, float, float, float] | None = None  # (cash, equity, gross, unrealised)
-        self._version = 0  # bumped by every change of a position (fill, mark)
-        self._groups: dict[Callable[[str], str], tuple[tuple[int, float], dict[str, float]]] = {}
+        # Totals over the positions (market value, gross exposure, unrealised PnL, gross exposure
+        # per group of ``exposure_by``), kept up to date by each mark in O(1) instead of summed
+        # at every read: risk reads them several times per bar and an account can hold
+        # hundreds of positions (the replay benchmark holds ~330). Summed again from scratch
+        # after every fill and every RESYNC_EVERY marks, so rounding cannot accumulate.
+        self._dirty = True
+        self._marks_since_sync = 0
+        self._mv = self._gross = self._unrealised = 0.0
+        self._groups: dict[Callable[[str], str], dict[str, float]] = {}
         self.equity_hwm = float(initial_cash)
 
     # ---------------------------------------------------------------- updates
@@ -105,7 +108,7 @@ class Portfolio:
                     fill.price, fill.price,
                 )
         self.realised_pnl += realised
-        self._changed()
+        self._dirty = True
         self._update_hwm()
         return realised
 
@@ -116,50 +119,72 @@ class Portfolio:
         pos = self.positions.get(symbol)
         if pos is not None:
             peak = max(pos.peak_price, price) if pos.qty > 0 else min(pos.peak_price, price)
-            self.positions[symbol] = replace(pos, last_price=price, peak_price=peak)
-            self._changed()
+            new = self.positions[symbol] = replace(pos, last_price=price, peak_price=peak)
+            self._marks_since_sync += 1
+            if self._marks_since_sync >= self.RESYNC_EVERY:
+                self._dirty = True
+            if not self._dirty:
+                old_mv, new_mv = pos.qty * pos.last_price, new.qty * new.last_price
+                self._mv += new_mv - old_mv
+                d_gross = abs(new_mv) - abs(old_mv)
+                self._gross += d_gross
+                self._unrealised += new.unrealised_pnl - pos.unrealised_pnl
+                for group, totals in self._groups.items():
+                    g = group(symbol)
+                    totals[g] = totals.get(g, 0.0) + d_gross
         self._update_hwm()
 
     def _update_hwm(self) -> None:
         self.equity_hwm = max(self.equity_hwm, self.equity)
 
     # ---------------------------------------------------------------- views
-    def _changed(self) -> None:
-        self._sums = None
-        self._version += 1
+    RESYNC_EVERY = 1000
 
-    def _current_sums(self) -> tuple[float, float, float, float]:
-        sums = self._sums
-        if sums is None or sums[0] != self.cash:
-            positions = self.positions.values()
-            values = [p.market_value for p in positions]
-            sums = self._sums = (self.cash, self.cash + sum(values), sum(abs(v) for v in values),
-                                 sum(p.unrealised_pnl for p in positions))
-        return sums
+    def _sync(self) -> None:
+        """Sum the totals from scratch (after a fill, or every RESYNC_EVERY marks)."""
+        positions = self.positions
+        values = [p.qty * p.last_price for p in positions.values()]
+        self._mv = sum(values)
+        self._gross = sum(abs(v) for v in values)
+        self._unrealised = sum(p.unrealised_pnl for p in positions.values())
+        for group in self._groups:
+            self._groups[group] = self._group_totals(group)
+        self._dirty = False
+        self._marks_since_sync = 0
+
+    def _group_totals(self, group: Callable[[str], str]) -> dict[str, float]:
+        parts: dict[str, list[float]] = {}
+        for symbol, p in self.positions.items():
+            parts.setdefault(group(symbol), []).append(abs(p.qty * p.last_price))
+        return {g: sum(v) for g, v in parts.items()}
 
     def exposure_by(self, group: Callable[[str], str]) -> dict[str, float]:
-        """Gross exposure per group of symbols (``group``: symbol -> name, e.g. its sector),
-        summed once per change of the positions for a given ``group`` function."""
-        key = (self._version, self.cash)
-        hit = self._groups.get(group)
-        if hit is None or hit[0] != key:
-            parts: dict[str, list[float]] = {}
-            for symbol, p in self.positions.items():
-                parts.setdefault(group(symbol), []).append(abs(p.market_value))
-            hit = self._groups[group] = (key, {g: sum(v) for g, v in parts.items()})
-        return hit[1]
+        """Gross exposure per group of symbols (``group``: symbol -> name, e.g. its sector; a
+        pure function). Kept up to date from its first use on; read-only for the caller."""
+        if self._dirty:
+            self._sync()
+        totals = self._groups.get(group)
+        if totals is None:
+            totals = self._groups[group] = self._group_totals(group)
+        return totals
 
     @property
     def equity(self) -> float:
-        return self._current_sums()[1]
+        if self._dirty:
+            self._sync()
+        return self.cash + self._mv
 
     @property
     def unrealised_pnl(self) -> float:
-        return self._current_sums()[3]
+        if self._dirty:
+            self._sync()
+        return self._unrealised
 
     @property
     def gross_exposure(self) -> float:
-        return self._current_sums()[2]
+        if self._dirty:
+            self._sync()
+        return self._gross
 
     def exposure(self, symbol: str) -> float:
         pos = self.positions.get(symbol)
