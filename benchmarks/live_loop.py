@@ -164,6 +164,7 @@ class CpuMeter:
         self._pg = started.get("postgres", {}).get("pid")
         self._second = second_process  # the split variant's other loop process
         self._t0 = self._snap()
+        self._threads0 = dict(self._threads)
         self._w0 = time.monotonic()
         self._lap = (self._t0, self._w0)
 
@@ -181,6 +182,7 @@ class CpuMeter:
     def _snap(self) -> dict[str, float]:
         rdk = py = 0.0
         tck = os.sysconf("SC_CLK_TCK")
+        self._threads: dict[int, float] = {}  # Python threads' CPU seconds by native id
         for tid in os.listdir("/proc/self/task"):
             try:
                 stat = open(f"/proc/self/task/{tid}/stat").read()  # noqa: SIM115 - procfs, tiny
@@ -193,13 +195,12 @@ class CpuMeter:
                 rdk += cpu
             else:
                 py += cpu
+                self._threads[int(tid)] = cpu
         snap = {"python threads": py, "librdkafka threads": rdk, "broker (tansu)": self._proc(self._broker),
                 "postgres": self._proc(self._pg, children=True)}
         if self._second:
             snap["2nd loop process (all threads)"] = self._proc(self._second)
         return snap
-
-        self._lap = (self._t0, self._w0)
 
     def lap(self) -> dict[str, float]:
         """{what: % of one core} since the previous ``lap`` (or the start)."""
@@ -210,7 +211,19 @@ class CpuMeter:
     def stop(self) -> dict[str, float]:
         """{what: % of one core} over the metered interval."""
         t1, wall = self._snap(), time.monotonic() - self._w0
+        self.threads = self._by_thread(wall)
         return {k: 100 * (t1[k] - v) / wall for k, v in self._t0.items()}
+
+    def _by_thread(self, wall: float) -> dict[str, float]:
+        """This process's Python threads (named by the runner: svc-<service>, tail-<service>,
+        shared-fetch-...) -> % of one core over the interval; threads gone by then: "other"."""
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        out: dict[str, float] = {}
+        for tid, cpu in self._threads.items():
+            name = names.get(tid, "other")
+            name = "shared fetch" if name.startswith("shared-fetch") else name
+            out[name] = out.get(name, 0.0) + 100 * (cpu - self._threads0.get(tid, 0.0)) / wall
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 #: The split variant's second process runs the trading half of the loop; the first keeps the
@@ -526,7 +539,8 @@ def main() -> int:
                     n, drained = replay_through_loop(prod, rest, tracker, topic=t["raw"], drain_timeout_s=300)
                     el = time.perf_counter() - start
                     results[phase] = {"bars": n, "seconds": el, "bars_per_s": n / el, "drained": drained,
-                                      "orders": tracker.produced.get(t["orders"], 0), "cpu": meter.stop()}
+                                      "orders": tracker.produced.get(t["orders"], 0), "cpu": meter.stop(),
+                                      "threads": meter.threads}
             finally:
                 if split is not None:
                     joined = split.stop()
@@ -584,7 +598,9 @@ def main() -> int:
         "",
         f"Replay throughput (all bars at once, until drained): {thr['bars']} bars in {thr['seconds']:.1f} s = "
         f"**{thr['bars_per_s']:,.0f} bars/s** (orders emitted: {thr['orders']}; drained: {thr['drained']}). CPU "
-        f"meanwhile (% of one core): " + ", ".join(f"{k} {v:.0f}%" for k, v in thr["cpu"].items()) + ".",
+        f"meanwhile (% of one core): " + ", ".join(f"{k} {v:.0f}%" for k, v in thr["cpu"].items()) + "; the "
+        f"Python threads by service: " + ", ".join(f"{k} {v:.0f}%" for k, v in thr["threads"].items() if v >= 0.5)
+        + ".",
         "",
         *([f"The same replay with the loop split over two processes (each with its own GIL, as `awet live "
            f"--service` deployments are; this process: {', '.join(n for n in LOOP_SERVICES if n not in SPLIT_CHILD)}; "
