@@ -52,7 +52,14 @@ from awet_dagster.streaming import bars_to_events  # noqa: E402
 from benchmarks._common import machine_info, machine_table, md_table, percentile, update_markdown_section  # noqa: E402
 from live.bus import EventProducer  # noqa: E402
 from live.kafka_settings import FAST_DEV_PRODUCER_SETTINGS, producer_config  # noqa: E402
-from live.runner import LOOP_SERVICES, LoopTracker, lagging_of, replay_through_loop, start_loop  # noqa: E402
+from live.runner import (  # noqa: E402
+    LOOP_SERVICES,
+    LoopTracker,
+    lagging_of,
+    produced_of,
+    replay_through_loop,
+    start_loop,
+)
 from live.topics import ensure_topics  # noqa: E402
 
 SECTION = "live_loop"
@@ -254,8 +261,8 @@ def _child_main(conn: Any, cfg: Any, ep: Any, overrides: dict, names: tuple[str,
 
 class SplitLoop:
     """The loop over two processes: this one runs every service but ``SPLIT_CHILD``, a spawned
-    child runs those. ``tracker`` (add_external / wait_drained / produced) merges the two
-    trackers' counts (``live.runner.lagging_of``)."""
+    child runs those. It is the loop's tracker too (add_external / wait_drained / produced,
+    what replay_through_loop uses), over both processes' counts (``live.runner.lagging_of``)."""
 
     def __init__(self, cfg: Any, ep: Any, overrides: dict) -> None:
         import multiprocessing as mp
@@ -268,7 +275,6 @@ class SplitLoop:
         self.process.start()
         names = tuple(n for n in LOOP_SERVICES if n not in SPLIT_CHILD)
         self.loop = start_loop(cfg, ep, names=names, overrides=overrides, tracker=self.local, timeout_s=600)
-        self.tracker = self
         self._last: dict = {"inflight": {}, "consumed": {}, "produced": {}, "tails": {}}
         self._child_trouble: dict[str, str] = {}
 
@@ -276,15 +282,20 @@ class SplitLoop:
     def add_external(self, topic: str, n: int) -> None:
         self.local.add_external(topic, n)
 
+    def _receive(self) -> bool:
+        """Take the child's next message; True when it was its last one (what went wrong)."""
+        got = self._conn.recv()
+        if "trouble" in got:
+            self._child_trouble = got["trouble"]
+            return True
+        self._last = got
+        return False
+
     def _snapshots(self) -> list[dict]:
         if self.process.is_alive():
             self._conn.send("snap")
             if self._conn.poll(30):
-                got = self._conn.recv()
-                if "trouble" in got:
-                    self._child_trouble = got["trouble"]
-                else:
-                    self._last = got
+                self._receive()
         return [self.local.snapshot(), self._last]
 
     def wait_drained(self, timeout_s: float, poll_s: float = 0.005) -> bool:
@@ -299,22 +310,15 @@ class SplitLoop:
 
     @property
     def produced(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for snap in self._snapshots():
-            for topic, n in snap["produced"].items():
-                out[topic] = out.get(topic, 0) + n
-        return out
+        return produced_of(self._snapshots())
 
     def stop(self) -> dict[str, Any]:
         """Stop both halves; {service: result} of this one plus the child's troubles."""
         self.loop.stop()
         if self.process.is_alive():
             self._conn.send("stop")
-            while self._conn.poll(60):
-                got = self._conn.recv()
-                if "trouble" in got:
-                    self._child_trouble = got["trouble"]
-                    break
+            while self._conn.poll(60) and not self._receive():
+                pass
         self.process.join(30)
         if self.process.is_alive():
             self.process.kill()
@@ -480,7 +484,7 @@ def main() -> int:
             since = datetime.now(UTC)
             split = SplitLoop(cfg, ep, _overrides(t, ns)) if phase == "split" else None
             if split is not None:
-                tracker: Any = split.tracker
+                tracker: Any = split  # the tracker interface over both processes
             else:
                 tracker = LoopTracker()
                 loop = start_loop(cfg, ep, overrides=_overrides(t, ns), tracker=tracker, timeout_s=600)

@@ -558,14 +558,20 @@ class LoopTracker:
         return False
 
 
-def lagging_of(snapshots: Sequence[Mapping[str, Any]]) -> list[str]:
-    """What is not drained yet (empty = drained) in a loop whose services report through the
-    ``LoopTracker.snapshot`` of each part (one per process): a topic's messages are those
-    produced by every part plus those published from outside, whoever counted them."""
+def produced_of(snapshots: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Messages per topic over the ``LoopTracker.snapshot`` of each part of a loop: produced
+    by every part plus those published from outside, whoever counted them."""
     produced: dict[str, int] = {}
     for snap in snapshots:
         for topic, n in snap["produced"].items():
             produced[topic] = produced.get(topic, 0) + n
+    return produced
+
+
+def lagging_of(snapshots: Sequence[Mapping[str, Any]]) -> list[str]:
+    """What is not drained yet (empty = drained) in a loop whose services report through the
+    ``LoopTracker.snapshot`` of each part (one per process), against ``produced_of`` them."""
+    produced = produced_of(snapshots)
     out = []
     for snap in snapshots:
         out.extend(f"{svc}: batch in flight" for svc, n in snap["inflight"].items() if n)
