@@ -15,15 +15,12 @@ from awet_cli._common import config_or_exit as _config
 console = Console()
 infra_app = typer.Typer(
     help=(
-        "Local infrastructure: embedded PostgreSQL and the tansu Kafka-protocol broker under "
-        ".awet/ (or the external DATABASE_URL / KAFKA_BOOTSTRAP when set)."
+        "Local infrastructure: embedded PostgreSQL and an embedded broker (Apache Kafka when "
+        "Java 17+ is present, else tansu; infra.broker) under .awet/, or the external "
+        "DATABASE_URL / KAFKA_BOOTSTRAP when set. The servers stay up until `awet infra down`."
     ),
     no_args_is_help=True,
 )
-
-
-def _topic_partitions(cfg) -> dict[str, int]:
-    return {name: t.partitions for name, t in cfg.kafka.topics.items()}
 
 
 def _fail(what: str, exc: Exception) -> None:
@@ -38,14 +35,17 @@ def bring_up(cfg, out: Console, *, migrate: bool = True, topics: bool = True):
     """
     from awet_dagster.infra import infra_up
     from awet_dagster.infra.endpoints import redact_url
+    from live.topics import admin_ready
 
-    ep = infra_up(cfg)
+    ep = infra_up(cfg, broker_ready=admin_ready, progress=out.print)
+    for notice in ep.notices:
+        out.print(f"[yellow]{notice}[/yellow]")
     table = Table(title="AWET infrastructure")
     table.add_column("component", style="cyan")
     table.add_column("endpoint", overflow="fold")
     table.add_column("state", style="magenta")
-    for name, endpoint in (("postgres", redact_url(ep.database_url)), ("broker", ep.kafka_bootstrap)):
-        entry = ep.started.get(name)
+    for name, endpoint in (("postgres", redact_url(ep.database_url)), (f"broker ({ep.broker_kind})", ep.kafka_bootstrap)):
+        entry = ep.started.get(name.split(" ")[0])
         if entry is None:
             state = "external"
         else:
@@ -61,19 +61,22 @@ def bring_up(cfg, out: Console, *, migrate: bool = True, topics: bool = True):
             raise RuntimeError(f"database migration failed: {exc}") from exc
         out.print(f"schema at revision [green]{current_revision(ep.database_url)}[/green]")
     if topics:
-        from live.topics import ensure_topics
+        from live.topics import ensure_configured_topics
 
         try:
-            outcome = ensure_topics(
-                ep.kafka_bootstrap,
-                _topic_partitions(cfg),
-                dlq_suffix=cfg.kafka.dlq_suffix,
-                timeout_s=float(cfg.infra.broker_start_timeout_s),
+            outcome = ensure_configured_topics(
+                ep.kafka_bootstrap, cfg.kafka, timeout_s=float(cfg.infra.broker_start_timeout_s)
             )
         except Exception as exc:
             raise RuntimeError(f"topic creation failed: {exc}") from exc
         created = sorted(n for n, o in outcome.items() if o == "created")
-        out.print(f"topics: {len(outcome)} ensured, {len(created)} created")
+        updated = sorted(n for n, o in outcome.items() if o.startswith("updated"))
+        out.print(f"topics: {len(outcome)} ensured, {len(created)} created, {len(updated)} updated")
+        for name in updated:
+            out.print(f"  {name}: {outcome[name]}")
+        for name, what in sorted(outcome.items()):
+            if "not changed" in what:
+                out.print(f"  [yellow]{name}: {what}[/yellow]")
     return ep
 
 
@@ -81,9 +84,17 @@ def bring_up(cfg, out: Console, *, migrate: bool = True, topics: bool = True):
 def up(
     migrate: bool = typer.Option(True, help="Apply database migrations up to head."),
     topics: bool = typer.Option(True, help="Create the configured topics and their DLQ twins."),
+    broker: str = typer.Option(
+        None, "--broker", help="auto | kafka | tansu (default: infra.broker from the config)."
+    ),
 ) -> None:
     """Start (or reuse) the servers, migrate the schema, create the topics."""
     cfg = _config()
+    if broker is not None:
+        if broker not in ("auto", "kafka", "tansu"):
+            console.print(f"[red]--broker must be auto, kafka or tansu, not {broker!r}[/red]")
+            raise typer.Exit(2)
+        cfg = cfg.model_copy(update={"infra": cfg.infra.model_copy(update={"broker": broker})})
     try:
         bring_up(cfg, console, migrate=migrate, topics=topics)
     except Exception as exc:  # noqa: BLE001 - any failure is reported and exits non-zero
@@ -106,7 +117,8 @@ def status() -> None:
     pg, br = st["postgres"], st["broker"]
     alive = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "-"}
     table.add_row("postgres", pg["mode"], pg.get("url") or "-", str(pg.get("pid") or "-"), alive[pg["alive"]])
-    table.add_row("broker", br["mode"], br.get("bootstrap") or "-", str(br.get("pid") or "-"), alive[br["alive"]])
+    kind = br.get("kind") or "-"
+    table.add_row(f"broker ({kind})", br["mode"], br.get("bootstrap") or "-", str(br.get("pid") or "-"), alive[br["alive"]])
     console.print(table)
 
     timeout = cfg.database.connect_timeout_s

@@ -214,7 +214,7 @@ def _live_replay(source: str, bar_type: str | None, start: str | None, end: str 
     from awet_dagster.storage.db import connect
     from live.metrics import service_port
     from live.runner import REPLAY_SERVICES, LoopTracker, replay_through_loop, start_loop
-    from live.topics import ensure_topics
+    from live.topics import ensure_configured_topics
 
     bar_type, syms, first, last = _window(cfg, bar_type, symbols, start, end, cfg.data.replay_start)
     try:
@@ -230,8 +230,7 @@ def _live_replay(source: str, bar_type: str | None, start: str | None, end: str 
         raise typer.Exit(1)
     ep = _endpoints(cfg)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(threadName)s %(name)s: %(message)s")
-    wanted = {name: t.partitions for name, t in cfg.kafka.topics.items()}
-    ensure_topics(ep.kafka_bootstrap, wanted, dlq_suffix=cfg.kafka.dlq_suffix)
+    ensure_configured_topics(ep.kafka_bootstrap, cfg.kafka)
     if history is not None and history.height:
         with connect(ep.database_url) as conn, conn.transaction():
             copy_upsert_bars(conn, history)

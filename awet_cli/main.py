@@ -51,6 +51,9 @@ def config_show(
         console.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(2) from None
     rows = [r for r in effective_values(loaded) if not key or r[0].startswith(key)]
+    running = _running_broker(loaded.config)
+    if not key or "infra.broker".startswith(key) or key.startswith("infra.broker"):
+        rows.append(("infra.broker (running)", running, "awet infra status"))
     if as_json:
         import json
 
@@ -63,6 +66,21 @@ def config_show(
     for k, v, s in rows:
         table.add_row(k, v, s)
     console.print(table)
+
+
+def _running_broker(cfg) -> str:
+    """Which broker the loop would talk to now: external, the embedded one running, or none."""
+    from awet_dagster.infra import infra_status
+
+    try:
+        br = infra_status(cfg)["broker"]
+    except Exception as exc:  # noqa: BLE001 - a status line must not break `config show`
+        return f"unknown ({exc})"
+    if br["mode"] == "external":
+        return f"external Kafka at {br['bootstrap']}"
+    if br["alive"]:
+        return f"{br['kind']} at {br['bootstrap']} (pid {br['pid']})"
+    return "none running (awet infra up starts one)"
 
 
 @app.command("ui")

@@ -184,12 +184,15 @@ class MetricSample:
     one message), ``event_age_seconds`` (now - Kafka timestamp of the input when decoded),
     ``batch_seconds`` (a polled batch: decode, handle, publish), ``checkpoint_seconds``
     (flush + before_commit + commit of everything since the previous checkpoint; after it,
-    nothing consumed so far is in flight).
+    nothing consumed so far is in flight). ``messages_in`` carries the message's partition
+    and offset (else -1), so a reader can tell a redelivery from a new message.
     """
 
     name: str
     topic: str
     value: float
+    partition: int = -1
+    offset: int = -1
 
 
 MetricsHook = Callable[[MetricSample], None]
@@ -618,7 +621,7 @@ class BusService:
             # A batch holds each partition's messages in order: the last offset seen is the max.
             offsets[topic, partition] = offset
             if on_metrics is not None:
-                self._metric("messages_in", topic, 1)
+                on_metrics(MetricSample("messages_in", topic, 1, partition, offset))
             n_out, ctx = process_one(msg, topic, partition, offset, stats, held)
             produced += n_out
             if keep_contexts and ctx is not None:

@@ -452,6 +452,11 @@ class LoopTracker:
     (``run_failures``): the supervisor's rebuilt service consumes that input again and
     produces its outputs again, so counting the failed attempt too would double the
     outputs expected downstream (never drained) and the input seen (drained too early).
+    A message consumed again after a checkpoint whose commit failed (the group rebalanced,
+    e.g. a broker restart: UNKNOWN_MEMBER_ID) is recognised by its offset (at or below the
+    highest one counted for its partition) and not counted twice: counted twice, the loop
+    would look drained while a new message is still unread (measured: a lockstep replay on
+    a Kafka SIGKILLed mid-run then published the next bars early and traded differently).
     """
 
     def __init__(self) -> None:
@@ -464,6 +469,7 @@ class LoopTracker:
         self.tails: dict[str, Any] = {}
         #: Per side reader, per topic: read by earlier readers from logs that no longer exist.
         self._tail_gone: dict[str, dict[str, int]] = {}
+        self._counted_max: dict[str, dict[tuple[str, int], int]] = {}
 
     def hook(self, service: str, topics: Sequence[str] | None = None) -> Callable[[Any], None]:
         with self._lock:
@@ -476,13 +482,22 @@ class LoopTracker:
         # Since the service's last checkpoint (only its own thread calls the hook: no lock).
         pending_in: dict[str, int] = {}
         pending_out: dict[str, int] = {}
+        # (topic, partition) -> highest offset checkpointed; kept across a rebuilt service's new hook.
+        counted_max = self._counted_max.setdefault(service, {})
+        pending_max: dict[tuple[str, int], int] = {}  # ... consumed since the last checkpoint
 
         def on_metrics(sample: Any) -> None:
             name = sample.name
             if name == "messages_in":
                 topic = sample.topic
-                pending_in[topic] = pending_in.get(topic, 0) + 1
                 inflight[service] = 1  # an existing key: safe next to lagging()'s locked read
+                offset = getattr(sample, "offset", -1)
+                if offset >= 0:
+                    key = (topic, sample.partition)
+                    if offset <= max(counted_max.get(key, -1), pending_max.get(key, -1)):
+                        return  # a redelivery of a message already counted
+                    pending_max[key] = offset
+                pending_in[topic] = pending_in.get(topic, 0) + 1
             elif name == "messages_out":
                 topic = sample.topic
                 pending_out[topic] = pending_out.get(topic, 0) + 1
@@ -493,11 +508,14 @@ class LoopTracker:
                     for topic, n in pending_out.items():
                         produced[topic] = produced.get(topic, 0) + n
                     inflight[service] = 0
+                counted_max.update(pending_max)
                 pending_in.clear()
                 pending_out.clear()
+                pending_max.clear()
             elif name == "run_failures":  # consumed again (and re-produced) by the rebuilt service
                 pending_in.clear()
                 pending_out.clear()
+                pending_max.clear()
                 with lock:
                     inflight[service] = 0
             elif name == "dead_letters":
@@ -654,9 +672,8 @@ def start_loop(cfg: Any, endpoints: Any, *, names: Sequence[str] = LOOP_SERVICES
     return LoopHandle(stop, thread, box, tracker)
 
 
-#: Longest wait for the broker to acknowledge one round of replayed bars before the
-#: unacknowledged ones are sent again (longer for big rounds: len/500 s).
-_DELIVERY_ROUND_S = 10.0
+#: publish_acknowledged flushes in slices of this length to notice a failed message early.
+_FLUSH_SLICE_S = 0.5
 
 
 def publish_acknowledged(producer: Any, topic: str, events: Sequence[Any], *, timeout_s: float = 60.0,
@@ -664,19 +681,21 @@ def publish_acknowledged(producer: Any, topic: str, events: Sequence[Any], *, ti
     """Publish ``events`` to ``topic`` and return once the broker acknowledged every one.
 
     Survives a broker outage or restart in the middle: every message has its own delivery
-    callback, so after a round that did not fully land (broker down, restarted, a delivery
-    timed out) exactly the unacknowledged events are sent again — none dropped, none that
-    was acknowledged duplicated. A round waits at most ``_DELIVERY_ROUND_S``; then what the
-    producer still holds is purged (reported as failed, so it is re-sent rather than
-    delivered late as a duplicate; one purged while in flight may have landed: at least
-    once) and, with ``renew``, the producer is replaced by ``renew()``: an idempotent producer
-    whose broker lost its producer-id state (tansu with memory storage restarted) gets
-    UNKNOWN_PRODUCER_ID forever — librdkafka keeps bumping the epoch of an id the broker
-    does not know until ``message.timeout.ms`` — and only a new instance (a new
-    InitProducerId) delivers again. Without ``renew`` the same producer retries.
+    callback, so after a round in which some were reported failed (their
+    ``message.timeout.ms`` ran out, the producer died) exactly those are sent again — none
+    dropped, none that was acknowledged duplicated. A round in which messages are still in
+    flight with no verdict keeps waiting for it: the idempotent producer retries them itself
+    and a durable broker (Kafka) de-duplicates the retries, whereas purging them and sending
+    them again would duplicate every one that lands meanwhile (measured: a Kafka SIGKILLed
+    mid-replay then held each in-flight bar twice). With ``renew``, a producer whose messages
+    failed is replaced by ``renew()``: an idempotent producer whose broker lost its
+    producer-id state (tansu with memory storage restarted) gets UNKNOWN_PRODUCER_ID until
+    ``message.timeout.ms`` and only a new instance (a new InitProducerId) delivers again.
+    Without ``renew`` the same producer retries.
 
     ``producer``: an ``EventProducer``. Returns the producer in use at the end (``renew``'s
-    when it was replaced). Raises ``DeliveryError`` after ``timeout_s``.
+    when it was replaced). Raises ``DeliveryError`` after ``timeout_s`` (what is still in
+    flight then is purged: it may land, at least once).
     """
     from confluent_kafka import KafkaException
 
@@ -710,14 +729,19 @@ def publish_acknowledged(producer: Any, topic: str, events: Sequence[Any], *, ti
                     except KafkaException:  # fatal producer: this one and the rest were not sent
                         failed.update(range(i, len(pending)))
                         raise
-            round_s = max(_DELIVERY_ROUND_S, len(pending) / 500)
-            remaining = raw.flush(max(0.0, min(round_s, deadline - time.monotonic())))
+            # Until every message has a verdict (or one failed), bounded by the deadline.
+            remaining = len(pending)
+            while remaining and not failed and time.monotonic() < deadline:
+                remaining = raw.flush(max(0.0, min(_FLUSH_SLICE_S, deadline - time.monotonic())))
         except (KafkaException, SystemError) as exc:
             # A fatal producer error (e.g. an idempotent producer fenced by a broker that lost
             # its producer ids) is raised from produce/flush/poll, in the middle of serving the
             # delivery reports (a callback running then raises SystemError); the rest is served
             # below. (librdkafka fails every message of a fatal producer.)
             fatal, remaining = exc, 1
+        if remaining and fatal is None and not failed:  # the deadline passed with messages in flight
+            _drain_reports(raw)
+            raise DeliveryError(f"{topic}: {remaining} event(s) not acknowledged within {timeout_s}s")
         if remaining:
             remaining = _drain_reports(raw)  # purge: the rest reports _PURGE_QUEUE / _PURGE_INFLIGHT
         if remaining:  # not accounted for: send all again (duplicates possible, no loss)

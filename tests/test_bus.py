@@ -1,4 +1,5 @@
-"""The shared Kafka loop (live/bus.py) against the real embedded tansu broker."""
+"""The shared Kafka loop (live/bus.py) against real brokers: every test runs on the session's
+Kafka and again on the embedded fallback, tansu (the smoke subset that keeps it honest)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,27 @@ from live.kafka_settings import (
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD = REPO / "tests" / "bus_child.py"
+
+
+# --------------------------------------------------------------------------- brokers
+@pytest.fixture(params=["kafka", "tansu"])
+def kafka_bootstrap(request: pytest.FixtureRequest, infra_endpoints) -> str:
+    """This module's broker: the session's (Kafka) and the tansu fallback, each test on both."""
+    if request.param == "tansu":
+        return request.getfixturevalue("tansu_bootstrap")
+    return infra_endpoints.kafka_bootstrap
+
+
+@pytest.fixture
+def make_topic(kafka_bootstrap: str):
+    from live.topics import ensure_topics
+
+    def _make(partitions: int = 1) -> str:
+        name = f"t-{uuid.uuid4().hex[:12]}"
+        ensure_topics(kafka_bootstrap, {name: partitions}, timeout_s=30)
+        return name
+
+    return _make
 
 
 # --------------------------------------------------------------------------- helpers

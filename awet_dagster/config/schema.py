@@ -31,9 +31,23 @@ class DatabaseConfig(Section):
     statement_timeout_ms: int = Field(60_000, gt=0)
 
 
+_DAY_MS = 86_400_000
+
+
 class TopicConfig(Section):
     partitions: int = Field(3, ge=1)
     replication_factor: int = Field(1, ge=1)
+    # Kafka topic configs applied by `awet infra up` (and updated when they drift).
+    # -1 keeps messages forever.
+    retention_ms: int = Field(7 * _DAY_MS, ge=-1)
+    cleanup_policy: Literal["delete", "compact", "compact,delete"] = "delete"
+
+    @field_validator("retention_ms")
+    @classmethod
+    def _retention_not_zero(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("retention_ms 0 would delete every message at once; use -1 for forever")
+        return v
 
 
 def _default_topics() -> dict[str, TopicConfig]:
@@ -41,9 +55,14 @@ def _default_topics() -> dict[str, TopicConfig]:
 
 
 class KafkaConfig(Section):
-    bootstrap: str | None = None  # external Kafka; None = embedded tansu
+    bootstrap: str | None = None  # external Kafka; None = the embedded broker (infra.broker)
     group_prefix: str = "awet"
     dlq_suffix: str = ".dlq"
+    # Dead letters are kept longer than their sources: an operator reads them after the
+    # fact, and a replay of the source may be needed to reproduce one. Each DLQ keeps
+    # max(dlq_retention_ms, dlq_retention_factor x its source topic's retention_ms).
+    dlq_retention_ms: int = Field(30 * _DAY_MS, ge=-1)
+    dlq_retention_factor: float = Field(4.0, ge=1.0)
     topics: dict[str, TopicConfig] = Field(default_factory=_default_topics)
     # Extra librdkafka settings for every client (e.g. security.protocol). Kept out of repr:
     # it may carry sasl.password.
@@ -53,7 +72,11 @@ class KafkaConfig(Section):
     producer: dict[str, str | int | float | bool] = Field(default_factory=dict)
     sasl_password: SecretStr | None = None
     poll_timeout_s: float = Field(0.5, gt=0)
-    flush_timeout_s: float = Field(10.0, gt=0)
+    # A service's checkpoint waits this long for its outputs' verdicts. Longer than the
+    # producers' message.timeout.ms (30 s; live/kafka_settings.py): a broker that restarts
+    # meanwhile (a Kafka starts in 5-10 s) then costs a pause, not a failed run whose purged
+    # outputs would be produced again as duplicates.
+    flush_timeout_s: float = Field(40.0, gt=0)
     batch_size: int = Field(500, ge=1)
     # Live services commit (flush, persist, store offsets) at most this often, at once when
     # their input is idle, and after this many uncommitted messages (live.bus checkpoints).
@@ -63,6 +86,29 @@ class KafkaConfig(Section):
     # fetch them once and let each service read that (live.shared_fetch); each keeps its
     # own group offsets. Off: one fetching consumer per service, as with --service.
     shared_fetch: bool = True
+
+    @model_validator(mode="after")
+    def _flush_outlasts_message_timeout(self) -> "KafkaConfig":
+        timeout_ms = float(self.producer.get("message.timeout.ms", 30_000))
+        if self.flush_timeout_s * 1000 <= timeout_ms:
+            raise ValueError(
+                f"flush_timeout_s ({self.flush_timeout_s}) must exceed the producer's message.timeout.ms "
+                f"({timeout_ms:.0f} ms): a checkpoint must see each output acknowledged or failed"
+            )
+        return self
+
+    def topic_configs(self) -> dict[str, dict[str, str]]:
+        """Kafka configs of every configured topic and of its dead-letter twin."""
+        out: dict[str, dict[str, str]] = {}
+        for name, t in self.topics.items():
+            out[name] = {"retention.ms": str(t.retention_ms), "cleanup.policy": t.cleanup_policy}
+            if t.retention_ms == -1 or self.dlq_retention_ms == -1:
+                dlq_ms = -1
+            else:
+                dlq_ms = max(self.dlq_retention_ms, int(t.retention_ms * self.dlq_retention_factor))
+            # A DLQ is an audit trail of individual failures: never compacted by key.
+            out[f"{name}{self.dlq_suffix}"] = {"retention.ms": str(dlq_ms), "cleanup.policy": "delete"}
+        return out
 
     @field_validator("topics", mode="before")
     @classmethod
@@ -76,9 +122,18 @@ class KafkaConfig(Section):
 
 
 class InfraConfig(Section):
+    # Embedded broker: single-node Apache Kafka (KRaft, needs Java 17+; jars by Maven),
+    # tansu (memory only: development and smoke tests), or auto = Kafka when it can run.
+    broker: Literal["auto", "kafka", "tansu"] = "auto"
     postgres_start_timeout_s: int = Field(60, gt=0)
-    broker_start_timeout_s: int = Field(20, gt=0)
-    stop_timeout_s: int = Field(15, gt=0)
+    # A JVM on a loaded 2-core machine takes 5-15 s to serve; tansu well under 1 s.
+    broker_start_timeout_s: int = Field(90, gt=0)
+    stop_timeout_s: int = Field(20, gt=0)
+    # Where the Kafka jars are cached (default <paths.home>/kafka/libs/<version>).
+    kafka_libs_dir: Path | None = None
+    kafka_heap_mb: int = Field(512, ge=128)
+    # Extra server.properties entries of the embedded Kafka (override the one-node defaults).
+    kafka_settings: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
 
 class DagsterConfig(Section):

@@ -23,12 +23,22 @@ class Endpoints:
     # What `awet infra up` started and owns: {"postgres": {"pid", "create_time", ...},
     # "broker": {...}}. Empty when both endpoints are external.
     started: dict[str, Any] = field(default_factory=dict)
+    # Lines the caller should show (why the broker is not the one asked for); not recorded.
+    notices: tuple[str, ...] = ()
+
+    @property
+    def broker_kind(self) -> str:
+        """"kafka" or "tansu" for an embedded broker, "external" for KAFKA_BOOTSTRAP."""
+        entry = self.started.get("broker")
+        return str(entry.get("name", "")) if entry else "external"
 
 
 def write_endpoints(path: Path, ep: Endpoints) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(asdict(ep), indent=2))
+    data = asdict(ep)
+    data.pop("notices", None)
+    tmp.write_text(json.dumps(data, indent=2))
     tmp.replace(path)
 
 

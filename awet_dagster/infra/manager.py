@@ -16,7 +16,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from awet_dagster.infra.broker import running_broker, start_broker, stop_broker
+from awet_dagster.infra.broker import (
+    ReadyProbe,
+    choose_broker,
+    options_from,
+    running_broker,
+    start_broker,
+    stop_broker,
+)
 from awet_dagster.infra.endpoints import (
     Endpoints,
     external_database_url,
@@ -44,11 +51,14 @@ def _timeout(cfg: Any, name: str, default: float) -> float:
     return float(value) if value else default
 
 
-def infra_up(cfg: Any) -> Endpoints:
+def infra_up(cfg: Any, *, broker_ready: ReadyProbe | None = None, progress=None) -> Endpoints:
     """Ensure PostgreSQL and the broker are reachable; returns the effective endpoints.
 
     ``started`` in the result has one entry per embedded server, with ``reused`` telling
-    whether it was already running.
+    whether it was already running; ``notices`` says why the broker is not the one asked
+    for (``infra.broker: auto`` falling back to tansu). ``broker_ready``: a readiness probe
+    ``(bootstrap, timeout_s) -> bool`` for Kafka (default: a MetadataRequest in plain sockets);
+    ``progress``: called with a line before long steps (the first fetch of the Kafka jars).
     """
     ext_db = external_database_url(cfg)
     ext_kafka = external_kafka_bootstrap(cfg)
@@ -57,7 +67,10 @@ def infra_up(cfg: Any) -> Endpoints:
 
     home = layout(cfg).ensure()
     pg_timeout = _timeout(cfg, "postgres_start_timeout_s", 60.0)
-    broker_timeout = _timeout(cfg, "broker_start_timeout_s", 30.0)
+    broker_timeout = _timeout(cfg, "broker_start_timeout_s", 90.0)
+    choice = getattr(getattr(cfg, "infra", None), "broker", "auto")
+    opts = options_from(cfg)
+    notices: list[str] = []
     with file_lock(home.lock_file, timeout_s=_LOCK_TIMEOUT_S):
         recorded = read_endpoints(home.endpoints_file) or Endpoints("", "", {})
         file_started: dict[str, Any] = {}
@@ -71,8 +84,11 @@ def infra_up(cfg: Any) -> Endpoints:
                 reused["postgres"] = not new
                 db_url = pg.url
             if not ext_kafka:
+                kind, notice = choose_broker(choice, home, opts, progress=progress)
+                if notice:
+                    notices.append(notice)
                 br, new = start_broker(
-                    home.broker_pid_file, home.logs_dir / "broker.log", timeout_s=broker_timeout
+                    home, kind=kind, timeout_s=broker_timeout, opts=opts, ready=broker_ready
                 )
                 file_started["broker"] = br.record().to_json()
                 reused["broker"] = not new
@@ -99,6 +115,7 @@ def infra_up(cfg: Any) -> Endpoints:
         database_url=ext_db or db_url,
         kafka_bootstrap=ext_kafka or bootstrap,
         started=result_started,
+        notices=tuple(notices),
     )
 
 
@@ -111,7 +128,9 @@ def infra_down(cfg: Any) -> dict[str, str]:
     outcome: dict[str, str] = {}
     with file_lock(home.lock_file, timeout_s=_LOCK_TIMEOUT_S):
         had_broker = live_record(home.broker_pid_file) is not None
-        if not stop_broker(home.broker_pid_file, timeout_s=timeout):
+        # With `home`: also any Kafka JVM of this home whose pid file was lost (its start
+        # was killed before the record was written, or the file was removed).
+        if not stop_broker(home.broker_pid_file, timeout_s=timeout, home=home):
             raise InfraError(f"Could not stop the broker recorded in {home.broker_pid_file}.")
         outcome["broker"] = "stopped" if had_broker else "not running"
 
@@ -144,10 +163,12 @@ def _embedded_status(home: HomeLayout) -> dict[str, dict[str, Any]]:
         },
         "broker": {
             "mode": "embedded",
+            "kind": br.kind if br else br_entry.get("name", ""),
             "bootstrap": br.bootstrap if br else (recorded.kafka_bootstrap if recorded else ""),
             "pid": br.pid if br else br_entry.get("pid"),
             "alive": br is not None,
             "log": str(home.logs_dir / "broker.log"),
+            **({"data_dir": br.extra.get("data_dir")} if br and br.kind == "kafka" else {}),
         },
     }
 
@@ -165,7 +186,7 @@ def infra_status(cfg: Any) -> dict[str, Any]:
         else embedded["postgres"]
     )
     status["broker"] = (
-        {"mode": "external", "bootstrap": ext_kafka, "pid": None, "alive": None}
+        {"mode": "external", "kind": "external kafka", "bootstrap": ext_kafka, "pid": None, "alive": None}
         if ext_kafka
         else embedded["broker"]
     )

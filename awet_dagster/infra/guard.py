@@ -1,0 +1,120 @@
+"""Servers owned by one process (a test session, a benchmark) die with it.
+
+``awet infra up`` leaves its servers running on purpose (``awet ui`` and ``awet status`` use
+them afterwards). A test session or a benchmark starts its own in a temporary home instead,
+and those must not outlive it, however it ends:
+
+* a normal end or an exception: the ``finally`` of ``owned_home`` stops them;
+* SIGTERM / SIGINT: ``terminate_on_signals`` turns them into ``SystemExit`` /
+  ``KeyboardInterrupt`` in the main thread, so the same ``finally`` runs;
+* SIGKILL (or a hang killed by ``timeout -s KILL``): a guard process, started in its own
+  session, polls the owner's pid and runs ``infra_down`` on the home once it is gone, then
+  removes the temporary directory. ``infra_down`` also finds a Kafka JVM of that home whose
+  pid file was never written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+_GUARD = """
+import os, shutil, sys, time
+from pathlib import Path
+import psutil
+owner, home, remove = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1"
+def alive(pid):
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+while alive(owner):
+    time.sleep(0.5)
+from awet_dagster.config import load_config
+from awet_dagster.infra import infra_down
+try:
+    infra_down(load_config(environ={"AWET_ENV": "test", "AWET_HOME": str(home)}))
+finally:
+    if remove:
+        shutil.rmtree(home.parent, ignore_errors=True)
+"""
+
+
+def start_guard(home: Path, *, owner_pid: int | None = None, remove_parent: bool = True) -> subprocess.Popen:
+    """Start the guard of ``home`` (see module doc); kill it once the owner cleaned up itself."""
+    home.mkdir(parents=True, exist_ok=True)
+    root = Path(__file__).resolve().parents[2]  # the checkout, for a non-installed tree
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)}
+    log = open(home / "guard.log", "ab")  # noqa: SIM115 - handed to the child
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-c", _GUARD, str(owner_pid or os.getpid()), str(home), "1" if remove_parent else "0"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, env=env,
+        )
+    finally:
+        log.close()
+
+
+def stop_guard(guard: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        guard.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        guard.wait(10)
+
+
+@contextlib.contextmanager
+def terminate_on_signals() -> Iterator[None]:
+    """Within the block, SIGTERM raises SystemExit(143) and SIGINT KeyboardInterrupt in the main
+    thread, so ``finally`` blocks stop what was started. A no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _term(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    old_term = signal.signal(signal.SIGTERM, _term)
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
+
+
+def scratch_home(prefix: str = "awet-") -> Path:
+    """A fresh AWET home path (not created) in a new directory directly under the temp dir.
+
+    Not under pytest's tmp_path: when tests run as root the embedded PostgreSQL runs as an
+    unprivileged user, and each pytest session re-tightens /tmp/pytest-of-<user> to 0700,
+    cutting a concurrent session's server off its data directory.
+    """
+    return Path(tempfile.mkdtemp(prefix=prefix)) / "awet"
+
+
+@contextlib.contextmanager
+def owned_home(prefix: str = "awet-") -> Iterator[Path]:
+    """A temporary AWET home whose servers are stopped when the block ends, on SIGTERM/SIGINT,
+    or (by the guard) when this process is killed; the directory is removed afterwards."""
+    from awet_dagster.config import load_config
+    from awet_dagster.infra.manager import infra_down
+
+    home = scratch_home(prefix)
+    guard = start_guard(home)
+    try:
+        with terminate_on_signals():
+            yield home
+    finally:
+        try:
+            infra_down(load_config(environ={"AWET_ENV": "test", "AWET_HOME": str(home)}))
+        finally:
+            stop_guard(guard)
+            shutil.rmtree(home.parent, ignore_errors=True)
