@@ -404,6 +404,25 @@ def create_times(bootstrap: str, topic: str, idle_s: float = 1.0, timeout_s: flo
     return first
 
 
+def all_create_times(bootstrap: str, topic: str, idle_s: float = 1.0, timeout_s: float = 60.0) -> list[float]:
+    """CreateTime (s since the epoch) of every message of a whole topic."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4().hex[:8]}",
+                  "enable.auto.commit": False, "fetch.wait.max.ms": 5})
+    parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+    out: list[float] = []
+    deadline, last = time.monotonic() + timeout_s, time.monotonic()
+    try:
+        while time.monotonic() < deadline and time.monotonic() - last < idle_s:
+            for m in c.consume(1000, 0.1):
+                if m.error() is None:
+                    last = time.monotonic()
+                    out.append(m.timestamp()[1] / 1000)
+    finally:
+        c.close()
+    return sorted(out)
+
+
 def raw_round_trip(bootstrap: str, n: int, rate: float) -> list[float]:
     topic = f"bench-rt-{uuid.uuid4().hex[:8]}"
     ensure_topics(bootstrap, {topic: 1})
@@ -510,6 +529,10 @@ class Phase:
                    if r.restarts or r.error}
         if self.split is not None:
             trouble.update(self.split._child_trouble)
+        print(f"  {self.syms[0][:-4]}: signals {summ['signals']} ({summ['signals_directional']} directional), "
+              f"approved {summ['approved']}, rejected {dict(list(summ['rejected_by_reason'].items())[:4])}, "
+              f"orders {summ['orders']}" + "".join(f"; WARNING {n}: {w}" for n, w in trouble.items()),
+              file=sys.stderr, flush=True)
         return summ, trouble
 
 
@@ -559,9 +582,11 @@ def sustained_phase(cfg: Any, ep: Any, args: Any) -> dict:
 
 def burst_phase(cfg: Any, ep: Any, size: int, n_bursts: int) -> dict:
     """``n_bursts`` minute closes of ``size`` symbols: all their bars published at once, the
-    loop drained before the next; per burst, first bar sent -> last order's CreateTime."""
+    loop drained before the next; per burst, first bar sent -> the last order it caused
+    (entries carry the bar's correlation id, exits the position's: so every order created
+    between this burst and the next is counted, the loop being drained in between)."""
     ph = Phase(cfg, ep, f"B{size}x", size, n_bursts + 1, production_partitions=True)
-    sent: list[tuple[float, list[str], float]] = []
+    sent: list[tuple[float, float]] = []  # (first bar sent, loop drained) epoch seconds
     try:
         ph.warm_up()
         meter = CpuMeter(ep.started)
@@ -575,20 +600,23 @@ def burst_phase(cfg: Any, ep: Any, size: int, n_bursts: int) -> dict:
             ph.prod.flush(30)
             if not ph.tracker.wait_drained(300):
                 raise RuntimeError(f"burst of {size}: not drained in 300 s: {ph.tracker.lagging()[:5]}")
-            sent.append((t0, [e.correlation_id for e in events], time.time() - t0))
+            sent.append((t0, time.time()))
         cpu = meter.stop()
-        orders = create_times(ep.kafka_bootstrap, ph.t["orders"])
+        threads = meter.threads
+        orders = all_create_times(ep.kafka_bootstrap, ph.t["orders"])
     finally:
         summ, trouble = ph.finish()
+    print(f"  burst {size}: drain ms {[round((d - t) * 1000) for t, d in sent]}; threads "
+          + ", ".join(f"{k} {v:.0f}%" for k, v in threads.items() if v >= 1), file=sys.stderr, flush=True)
     per = []
-    for t0, cids, drain_s in sent:
-        times = [orders[c] for c in cids if c in orders]
+    for t0, t_drained in sent:
+        times = [o for o in orders if t0 <= o <= t_drained]
         per.append({"orders": len(times), "last_order_ms": (max(times) - t0) * 1000 if times else None,
-                    "drain_ms": drain_s * 1000})
+                    "drain_ms": (t_drained - t0) * 1000})
     with_orders = [b["last_order_ms"] for b in per if b["last_order_ms"] is not None]
     return {"size": size, "bursts": len(per), "bars": size * len(per), "orders": sum(b["orders"] for b in per),
-            "last_order": with_orders, "drain": [b["drain_ms"] for b in per], "cpu": cpu, "risk": summ,
-            "trouble": trouble}
+            "last_order": with_orders, "drain": [b["drain_ms"] for b in per], "cpu": cpu, "threads": threads,
+            "risk": summ, "trouble": trouble}
 
 
 def replay_phase(cfg: Any, ep: Any, n_bars: int, symbols: int, split: bool) -> dict:
@@ -623,7 +651,7 @@ def run_broker(kind: str, args: Any, say) -> dict:
         res["sustained"] = sustained_phase(cfg, ep, args)
         res["bursts"] = {}
         for size in args.burst_sizes:
-            n = args.bursts if size <= 1000 or not args.quick else max(2, args.bursts // 3)
+            n = args.bursts
             say(f"[{kind}] bursts: {n} x {size} symbols")
             res["bursts"][size] = burst_phase(cfg, ep, size, n)
         say(f"[{kind}] replay: {args.replay_bars} bars at once")
@@ -755,7 +783,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=None, help="sustained phase length (full 600, quick 12)")
     ap.add_argument("--window-s", type=float, default=None, help="latency window (full 60, quick 3)")
     ap.add_argument("--bursts", type=int, default=None, help="bursts per size (full 20, quick 4)")
-    ap.add_argument("--burst-sizes", default="500,3000")
+    ap.add_argument("--burst-sizes", default=None, help="symbols per burst (full 500,3000; quick 500)")
     ap.add_argument("--replay-bars", type=int, default=None)
     ap.add_argument("--no-split", action="store_true",
                     help="skip the replay with the loop split over two processes (always skipped by --quick)")
@@ -767,7 +795,7 @@ def main() -> int:
     args.seconds = args.seconds or (12.0 if args.quick else 600.0)
     args.window_s = args.window_s or (3.0 if args.quick else 60.0)
     args.bursts = args.bursts or (4 if args.quick else 20)
-    args.burst_sizes = [int(x) for x in args.burst_sizes.split(",") if x]
+    args.burst_sizes = [int(x) for x in (args.burst_sizes or ("500" if args.quick else "500,3000")).split(",") if x]
     args.replay_bars = args.replay_bars or (4_000 if args.quick else 50_000)
     args.no_split = args.no_split or args.quick
     brokers = ("kafka", "tansu") if args.broker == "tansu" else ("kafka",)
