@@ -2,7 +2,8 @@
 
     python tests/service_child.py SPEC.json [--crash-at N] [--crash-topic TOPIC]
 
-SPEC (JSON): {"home", "database_url", "bootstrap", "service", "overrides": {service: {...}}}.
+SPEC (JSON): {"home", "database_url", "bootstrap", "service", "overrides": {service: {...}},
+"env": {...}} (extra configuration environment, e.g. the MLflow store of the champion).
 Runs that one loop service as `awet live --service` does (its own process, its own group)
 until SIGTERM. With ``--crash-at N`` the process SIGKILLs itself in the N-th checkpoint that
 produced outputs (to ``--crash-topic`` when given, e.g. risk's approvals; persist_bars,
@@ -38,15 +39,15 @@ def main() -> int:
     args = ap.parse_args()
     spec = json.loads(args.spec.read_text())
     service = spec["service"]
-    cfg = load_config(environ={"AWET_ENV": "test", "AWET_HOME": spec["home"]})
+    cfg = load_config(environ={"AWET_ENV": "test", "AWET_HOME": spec["home"], **spec.get("env", {})})
     ep = Endpoints(spec["database_url"], spec["bootstrap"])
     overrides = {service: dict(spec["overrides"][service])}
     if service == "execution":  # every order really sent to the (paper) venue, for the test to count
         overrides[service]["on_submit"] = lambda req, _order: print(f"SUBMIT {req.client_order_id}", flush=True)
-    if service == "inference":
-        from awet_dagster.inference import StaticPredictorSource
+    if service == "inference":  # the champion of the configured MLflow store
+        from awet_dagster.inference import MlflowChampionSource
 
-        overrides[service]["source"] = StaticPredictorSource()
+        overrides[service]["source"] = MlflowChampionSource(cfg, poll_s=3600)
     if args.crash_at:
         from live.bus import EventProducer
 

@@ -721,3 +721,56 @@ def test_summary_groups_rejection_reasons_across_symbols():
     keys = {_reason_key(f"{s} already has an open position or pending order", ["BAC", "SPY"]) for s in ("BAC", "SPY")}
     assert keys == {"<symbol> already has an open position or pending order"}
     assert _reason_key("session loss 5.20% >= daily limit 5%") == "session loss # >= daily limit #"
+
+
+def test_inference_forecasts_each_bar_of_a_batch_from_its_own_window(test_config_for, tmp_path):
+    """A batch with several bars of one symbol (a free-running replay, a redelivery after a
+    restart): each forecast must see the window as of ITS bar. The window used to be read
+    after the whole batch was added, so every forecast of the batch saw its last bar."""
+    from live.bus import MessageContext
+    from live.services.inference import Inference
+
+    class Msg:
+        def __init__(self, ev, offset):
+            self.ev, self.off = ev, offset
+
+        def error(self):
+            return None
+
+        def value(self):
+            return self.ev.model_dump_json().encode()
+
+        def topic(self):
+            return "eng"
+
+        def partition(self):
+            return 0
+
+        def offset(self):
+            return self.off
+
+    class Pre:
+        feature_columns, encoder_length, horizons, quantiles = ("x",), 2, (1,), (0.1, 0.5, 0.9)
+
+    class LastValue:  # q50 = the last row's x of the window it was given (a log return)
+        preprocessing = Pre()
+
+        def predict(self, windows):
+            return {name: {1: {0.1: w[-1, 0] - 0.01, 0.5: w[-1, 0], 0.9: w[-1, 0] + 0.01}}
+                    for name, w in windows.items()}
+
+    cfg = test_config_for(tmp_path / "home")
+    inf = Inference(cfg, StaticPredictorSource("v1", LastValue()), None, output_topic="pred")
+    t0 = datetime(2024, 3, 1, tzinfo=UTC)
+    from awet_dagster.contracts import FeatureEvent
+
+    evs = [FeatureEvent(correlation_id=f"c{i}", symbol="LA", bar_type="daily", ts=t0 + timedelta(days=i),
+                        feature_set_version="t", features={"x": 0.001 * (i + 1)}) for i in range(5)]
+    batch = [Msg(e, i) for i, e in enumerate(evs)]
+    inf.prepare(batch)
+    outs = [inf.handle(e, MessageContext("inference", "eng", 0, i, None, None, None, e.correlation_id))
+            for i, e in enumerate(evs)]
+    preds = [o[0].event for o in outs]
+    assert [p.status for p in preds] == ["no_forecast"] + ["forecast"] * 4  # the first window is short
+    q50 = [round(p.quantiles[1].q50, 9) for p in preds[1:]]
+    assert q50 == [round(math.expm1(0.001 * (i + 1)), 9) for i in range(1, 5)]  # each bar's own x

@@ -105,7 +105,8 @@ def _unique(events: list) -> list:
     for e in events:
         body = e.model_dump(exclude={"produced_at"})
         seen = first.setdefault(e.event_id, body)
-        assert seen == body, f"{type(e).__name__} {e.event_id} emitted twice with different content"
+        assert seen == body, (f"{type(e).__name__} {e.event_id} ({getattr(e, 'symbol', '')} {getattr(e, 'ts', '')}) "
+                              "emitted twice with different content")
     by_id = {e.event_id: e for e in events}
     return list(by_id.values())
 
@@ -135,14 +136,19 @@ def _settled(database_url: str, symbols: list[str], n_bars: int, ns: str, corr: 
                          f"{n_bars} bars")
 
 
-def _run(victim: str | None, cfg, endpoints: Endpoints, make_topic, database_url: str, tmp_path: Path) -> dict:
+def _run(victim: str | None, champion: dict, endpoints: Endpoints, make_topic, database_url: str,
+         tmp_path: Path) -> dict:
+    from awet_dagster.inference import MlflowChampionSource
+    from tests.conftest import config_for
+
+    cfg = config_for(tmp_path / "home", **champion)
     bars = _sample_bars(start=date(2019, 1, 1), end=date(2019, 5, 31))
     symbols = bars["symbol"].unique().to_list()
     times = bars["ts"].unique().sort()
     cut = times[len(times) // 2]
     first, rest = bars.filter(bars["ts"] < cut), bars.filter(bars["ts"] >= cut)
     t, ns = _topics(make_topic), f"ns-{_uid()}"
-    ov = _overrides(t, ns, tmp_path)
+    ov = _overrides(t, ns, tmp_path, source=MlflowChampionSource(cfg, poll_s=3600))
     for name in ("risk", "exit_monitor"):
         # Free-running: a risk batch holds its approvals until the batch ends, so a wait for
         # their fills inside the batch can only time out; waiting would only slow the run.
@@ -161,7 +167,7 @@ def _run(victim: str | None, cfg, endpoints: Endpoints, make_topic, database_url
                                  if k != "source"}}
             spec.write_text(json.dumps({"home": str(tmp_path / "child-home"), "database_url": database_url,
                                         "bootstrap": endpoints.kafka_bootstrap, "service": victim,
-                                        "overrides": child_ov}))
+                                        "overrides": child_ov, "env": champion}))
             child = _Child(spec, crash_at=1, crash_topic=t[CRASH_ON[victim]] if CRASH_ON.get(victim) else "")
         def paced(part) -> None:
             # A day at a time, as a trading day would come: the loop keeps up, so orders are
@@ -218,7 +224,25 @@ def _run(victim: str | None, cfg, endpoints: Endpoints, make_topic, database_url
 
 
 @pytest.fixture(scope="module")
-def control(test_config_for, database_url, kafka_bootstrap, tmp_path_factory):
+def champion(database_url, tmp_path_factory) -> dict:
+    """A small real champion (TFT, ONNX, MLflow) that every run of this module serves, so the
+    inference service produces predictions and the signal waits for them."""
+    from _model_data import register_sample_champion
+
+    from tests.conftest import config_for
+
+    tmp = tmp_path_factory.mktemp("champion")
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
+           "AWET__MLFLOW__MODEL_NAME": f"awet-crash-{_uid().lower()}"}
+    cfg = config_for(tmp / "home", **env)
+    with connect(database_url) as conn:
+        register_sample_champion(cfg, conn, _sample_bars(start=date(2018, 1, 1), end=date(2018, 12, 31)), tmp,
+                                 lookback=8, horizons=(1, 3))
+    return env
+
+
+@pytest.fixture(scope="module")
+def control(champion, database_url, kafka_bootstrap, tmp_path_factory):
     """The same bars through the whole loop in this process, nothing killed."""
     import uuid
 
@@ -230,8 +254,7 @@ def control(test_config_for, database_url, kafka_bootstrap, tmp_path_factory):
         return name
 
     tmp = tmp_path_factory.mktemp("control")
-    return _run(None, test_config_for(tmp / "home"), Endpoints(database_url, kafka_bootstrap), make_topic,
-                database_url, tmp)
+    return _run(None, champion, Endpoints(database_url, kafka_bootstrap), make_topic, database_url, tmp)
 
 
 def _check_trading(run: dict) -> None:
@@ -259,6 +282,7 @@ def test_control_run_trades_and_is_consistent(control):
     assert control["db_bars"] == (control["bars"], control["bars"])
     assert control["db_signals"] == (control["bars"], control["bars"])
     assert sum(control["scored"].values()) == control["bars"]
+    assert sum(control["pred"].values()) > 0, "the champion must have served predictions"
     _check_trading(control)
     assert len(control["orders"]) >= 4
 
@@ -266,9 +290,8 @@ def test_control_run_trades_and_is_consistent(control):
 @pytest.mark.timeout(360)
 @pytest.mark.parametrize("victim", LOOP_SERVICES)
 def test_service_sigkilled_between_produce_and_commit_restarts_without_loss_or_duplicate_orders(
-        victim, control, test_config_for, database_url, kafka_bootstrap, make_topic, tmp_path):
-    run = _run(victim, test_config_for(tmp_path / "home"), Endpoints(database_url, kafka_bootstrap), make_topic,
-               database_url, tmp_path)
+        victim, champion, control, database_url, kafka_bootstrap, make_topic, tmp_path):
+    run = _run(victim, champion, Endpoints(database_url, kafka_bootstrap), make_topic, database_url, tmp_path)
     assert not any(r["error"] for r in run["results"].values()), run["results"]
     # Nothing missing, nothing twice: every bar persisted and scored once.
     assert run["db_bars"] == (run["bars"], run["bars"])

@@ -144,7 +144,7 @@ class Inference:
         """Update the windows with the batch's features and predict every completed window at once."""
         self._outputs.clear()
         model = self._model()
-        due: list[tuple[tuple[str, int, int], FeatureEvent]] = []
+        due: list[tuple[tuple[str, int, int], FeatureEvent, Any]] = []
         events: list[tuple[Message, FeatureEvent]] = []
         cold: dict[tuple[str, str], FeatureEvent] = {}  # first event of each symbol without a window
         for msg, ev in decoded(batch, self.input_model):
@@ -154,22 +154,26 @@ class Inference:
                 cold.setdefault(key, ev)
         if cold:
             self._warm_up(list(cold.values()), int(model[1].preprocessing.encoder_length))
+        if model is not None:
+            cols = tuple(model[1].preprocessing.feature_columns)
+            length = int(model[1].preprocessing.encoder_length)
         for msg, ev in events:
             if not self.windows.add(ev.symbol, ev.bar_type, ev.ts, ev.features):
                 continue
             self.counters["features"] += 1
             if model is not None:
-                due.append(((msg.topic(), msg.partition(), msg.offset()), ev))
+                # The window AS OF this event: taken before the batch's later events of the
+                # symbol are added (taken after, every forecast of a batch holding several bars
+                # of a symbol saw its last bar: look-ahead, found by the crash fault test).
+                w = self.windows.window(ev.symbol, ev.bar_type, cols, length)
+                due.append(((msg.topic(), msg.partition(), msg.offset()), ev, w))
         if model is None or not due:
             return
         version, predictor = model
-        pre = predictor.preprocessing
-        cols, length = tuple(pre.feature_columns), int(pre.encoder_length)
         required = [i for i, c in enumerate(cols) if is_required(c)]
         windows: dict[str, Any] = {}
         ids: dict[str, tuple[tuple[str, int, int], FeatureEvent]] = {}
-        for msg_key, ev in due:
-            w = self.windows.window(ev.symbol, ev.bar_type, cols, length)
+        for msg_key, ev, w in due:
             # Only complete windows, as in training (prepare_frame drops warm-up rows): a
             # window with a missing required feature would be scaled to made-up zeros.
             if w is None or np.isnan(w[:, required]).any():
