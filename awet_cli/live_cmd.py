@@ -164,13 +164,16 @@ def live_cmd(
     """
     from live.metrics import service_port
     from live.runner import _REGISTRY, MetricsPortError, available_services, run_services
+    from live.single_instance import SingleInstanceError
 
     if replay:
         _live_replay(replay, bar_type, start, end, symbols, lockstep, preload_days, max_seconds)
         return
     if list_services:
         for name in available_services():
-            console.print(f"[cyan]{name}[/cyan]  {_REGISTRY[name].description}")
+            spec = _REGISTRY[name]
+            scale = "one instance" if spec.instances == "one" else "scales out"
+            console.print(f"[cyan]{name}[/cyan]  {spec.description}  [dim]({scale}: {spec.why})[/dim]")
         return
     names = [s for v in (service or []) for s in v.split(",") if s]
     unknown = sorted(set(names) - set(available_services()))
@@ -192,6 +195,9 @@ def live_cmd(
         console.print(f"[red]{exc}[/red] (another process on that port? observability.metrics_port_base / "
                       f"AWET__OBSERVABILITY__METRICS_PORT_BASE moves every port)")
         raise typer.Exit(2) from None
+    except SingleInstanceError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(3) from None
     failed = False
     for name, res in results.items():
         status = f"[red]gave up: {res.error}[/red]" if res.error and not res.stats else "ok"

@@ -250,6 +250,9 @@ SPLIT_CHILD = ("risk", "execution", "exit_monitor")
 def _child_main(conn: Any, cfg: Any, ep: Any, overrides: dict, names: tuple[str, ...], start_ms: int) -> None:
     """The second process of the split variant: runs ``names`` and answers "snap" (its
     tracker's counts) until "stop"; then sends what went wrong, if anything."""
+    from awet_dagster.infra.guard import die_with_parent
+
+    die_with_parent()  # never outlives the benchmark (a killed benchmark's daemon child would)
     tracker = LoopTracker()
     tracker.start_ms = start_ms  # side readers count what was produced since the parent's start
     loop = start_loop(cfg, ep, names=names, overrides=overrides, tracker=tracker, timeout_s=600)

@@ -379,6 +379,7 @@ class BusService:
         commit_interval_s: float = 0.1,
         commit_max_messages: int = 5000,
         shared_fetch: Any = None,
+        on_rebalance: Callable[[], None] | None = None,
     ) -> None:
         if not topics:
             raise ValueError("at least one topic is required")
@@ -402,6 +403,8 @@ class BusService:
         self._before_commit = before_commit
         self._before_batch = before_batch
         self._before_produce = before_produce
+        self._on_rebalance = on_rebalance
+        self.rebalances = 0
         if commit_interval_s < 0 or commit_max_messages < 1:
             raise ValueError("commit_interval_s must be >= 0 and commit_max_messages >= 1")
         self._commit_interval_s = commit_interval_s
@@ -431,7 +434,8 @@ class BusService:
                 self._consumer.close()
                 self._consumer = Consumer(conf)
         if self._source is None:
-            self._consumer.subscribe(list(self.topics))
+            self._consumer.subscribe(list(self.topics), on_assign=self._assigned, on_revoke=self._revoked,
+                                     on_lost=self._lost)
             self._source = self._consumer
         self._stop = threading.Event()
         self._closed = False
@@ -490,7 +494,8 @@ class BusService:
             try:
                 if self._failed is not None:
                     raw.purge()
-                    raw.poll(0)
+                    # Serve the purge's delivery reports (one poll(0) may leave some queued).
+                    raw.flush(min(1.0, timeout_s))
                     remaining = 0
                 else:
                     remaining = raw.flush(timeout_s)
@@ -784,6 +789,40 @@ class BusService:
             if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].code() == KafkaError._NO_OFFSET:
                 return
             self._commit_failed(",".join(t for t, _ in offsets), exc, stats)
+
+    # ----------------------------------------------------------------- rebalance
+    # Served by poll/consume, i.e. in this service's thread between two batches (never in the
+    # middle of one). Another instance of the service joined or left the group: the partitions
+    # move. What this instance handled is checkpointed (outputs flushed, before_commit, offsets
+    # committed synchronously) BEFORE it gives partitions up, so their new owner starts exactly
+    # after it: no output is produced twice. Per-key state (features, alphas, windows) is then
+    # dropped (``on_rebalance``): a symbol this instance gets back may have moved on meanwhile,
+    # and state warmed up again from the database is right where stale state would not be.
+    def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        stats = self._active_stats
+        if stats is not None and self._failed is None:
+            try:
+                self._checkpoint(stats)
+                self._commit_sync(stats)
+            except Exception as exc:  # noqa: BLE001 - cannot raise through librdkafka: redelivery, not loss
+                log.warning("%s: checkpoint before giving up %d partition(s) failed (they will be read "
+                            "again by their new owner): %r", self.name, len(partitions), exc)
+        self._reset_state("revoked", partitions)
+
+    def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Lost, not revoked (the session expired): another member may own them already, so
+        # nothing may be committed for them; their new owner reads them again.
+        self._reset_state("lost", partitions)
+
+    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._reset_state("assigned", partitions)
+
+    def _reset_state(self, what: str, partitions: list[TopicPartition]) -> None:
+        self.rebalances += 1
+        if self.rebalances > 1:  # the first assignment is the start: nothing to forget
+            log.info("%s: %d partition(s) %s: per-key state dropped", self.name, len(partitions), what)
+        if self._on_rebalance is not None and self.rebalances > 1:
+            self._on_rebalance()
 
     def _commit_sync(self, stats: RunStats | None) -> None:
         """Synchronously commit every stored (= acknowledged) offset not committed yet."""

@@ -49,6 +49,11 @@ class ServiceSpec:
     #: "bus": a BusService (gets the bus metrics hook); "thread": any object with
     #: ``run(max_messages=, timeout_s=) -> RunStats``, ``stop()`` and ``close()`` (lag monitor).
     kind: str = "bus"
+    #: "many": instances of one group may run side by side (partitions are split between
+    #: them; per-key state is rebuilt when they move); "one": a second instance of the group
+    #: refuses to start (``live.single_instance``). ``why``: the reason, said to the operator.
+    instances: str = "many"
+    why: str = ""
 
     def resolve(self) -> ServiceFactory:
         factory = self.factory
@@ -73,28 +78,42 @@ class ServiceSpec:
 
 
 # Lazy paths: `awet live --help` must not import psycopg/polars for every service.
+_KEYED = "per-symbol state, dropped and warmed up again from the bars table when partitions move"
 _REGISTRY: dict[str, ServiceSpec] = {
     spec.name: spec
     for spec in (
-        ServiceSpec("persist_bars", "live.services.persist_bars:build", "market.raw -> bars table"),
-        ServiceSpec("features", "live.services.features:build", "market.raw -> engineered"),
-        ServiceSpec("lean_alpha", "live.services.lean_alpha:build", "market.raw -> alpha.signals"),
-        ServiceSpec("inference", "live.services.inference:build", "engineered -> predictions (champion model)"),
+        ServiceSpec("persist_bars", "live.services.persist_bars:build", "market.raw -> bars table",
+                    why="idempotent upserts keyed by (symbol, bar type, ts); no state"),
+        ServiceSpec("features", "live.services.features:build", "market.raw -> engineered", why=_KEYED),
+        ServiceSpec("lean_alpha", "live.services.lean_alpha:build", "market.raw -> alpha.signals", why=_KEYED),
+        ServiceSpec("inference", "live.services.inference:build", "engineered -> predictions (champion model)",
+                    why="per-symbol feature windows, rebuilt from the bars table when partitions move"),
         ServiceSpec("signal", "live.services.signal:build",
-                    "market.raw + predictions (+ alpha.signals) -> signals.scored, signals table"),
-        ServiceSpec("risk", "live.services.risk:build", "signals.scored (+ exec.done) -> risk.approved|rejected"),
+                    "market.raw + predictions (+ alpha.signals) -> signals.scored, signals table",
+                    why=_KEYED + "; forecasts and alphas are read from every partition"),
+        ServiceSpec("risk", "live.services.risk:build", "signals.scored (+ exec.done) -> risk.approved|rejected",
+                    instances="one",
+                    why="the account-wide limits (exposure, CVaR, daily loss, drawdown, sector cap, kill "
+                        "switch) need every signal of the account in one book"),
         ServiceSpec("execution", "live.services.execution:build",
-                    "risk.approved + exec.exits + market.raw -> exec.orders, exec.done"),
-        ServiceSpec("exit_monitor", "live.services.exit_monitor:build", "market.raw (+ exec.done) -> exec.exits"),
+                    "risk.approved + exec.exits + market.raw -> exec.orders, exec.done", instances="one",
+                    why="one account's orders go out in one sequence (risk.approved has one partition) and "
+                        "the paper simulator's book lives in the process"),
+        ServiceSpec("exit_monitor", "live.services.exit_monitor:build", "market.raw (+ exec.done) -> exec.exits",
+                    instances="one",
+                    why="the exit state of every position (peak, bars held) is rebuilt from the fills only "
+                        "when it starts"),
         ServiceSpec("lag_monitor", "live.services.lag_monitor:build_service",
-                    "consumer lag of the live groups -> awet_consumer_lag (no bus)", kind="thread"),
+                    "consumer lag of the live groups -> awet_consumer_lag (no bus)", kind="thread",
+                    why="it only reads the groups' committed offsets; each instance exports the same figures"),
     )
 }
 
 
-def register_service(name: str, factory: ServiceFactory | str, description: str = "", kind: str = "bus") -> None:
-    """Add or replace a service (the lead adds inference, signal, risk, execution...)."""
-    _REGISTRY[name] = ServiceSpec(name, factory, description, kind)
+def register_service(name: str, factory: ServiceFactory | str, description: str = "", kind: str = "bus",
+                     instances: str = "many", why: str = "") -> None:
+    """Add or replace a service."""
+    _REGISTRY[name] = ServiceSpec(name, factory, description, kind, instances, why)
 
 
 def available_services() -> tuple[str, ...]:
@@ -288,71 +307,82 @@ def run_services(
     stop = stop_event or threading.Event()
     deadline = time.monotonic() + timeout_s if timeout_s is not None else None
     sups: list[_Supervisor] = []
-
-    def stop_all() -> None:
-        stop.set()
-        for s in sups:
-            s.stop()
-
-    if metrics is None and metrics_port is not None:
-        from live.metrics import AwetMetrics
-
-        metrics = AwetMetrics()
+    # Single-instance services take their lock before anything starts: a second instance
+    # refuses at once, with the reason (SingleInstanceError), and starts nothing.
     if shared_fetch is None:
         shared_fetch = bool(getattr(getattr(cfg, "kafka", None), "shared_fetch", False))
     fetches = _shared_fetches(specs, overrides) if shared_fetch else None
-    for spec in specs:
-        kw = dict(overrides.get(spec.name, {}))
-        if fetches is not None and spec.kind == "bus" and fetches.shares(_inputs_of(spec.name, kw)):
-            kw.setdefault("shared_fetch", fetches)
-        on_up = None
-        if metrics is not None:
-            svc_metrics = metrics.service(spec.name)
-            on_up = svc_metrics.set_up
-            _wire_metrics(spec, kw, svc_metrics)
-        sups.append(_Supervisor(
-            spec, lambda spec=spec, kw=kw: spec.build(cfg, endpoints, **kw), stop, max_messages, deadline,
-            max_restarts, backoff_s, max_backoff_s, stop_all, on_up,
-        ))
-    bus_sups = [s for s in sups if s.spec.kind == "bus"]
-    aux_sups = [s for s in sups if s.spec.kind != "bus"]
-
-    server = None
-    if metrics_port is not None:
-        server = _serve_metrics(metrics, metrics_port, metrics_host or _metrics_host(cfg), sups, stop,
-                                required=metrics_required)
-
-    previous: dict[int, Any] = {}
-    if install_signal_handlers and threading.current_thread() is threading.main_thread():
-        def on_signal(signum: int, _frame: Any) -> None:
-            log.info("received %s: stopping %d service(s) after their current batch",
-                     signal.Signals(signum).name, len(sups))
-            stop_all()
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, on_signal)
     try:
-        for s in sups:
-            s.thread.start()
-        # Join in short slices: the main thread must stay responsive to signals.
-        while any(s.thread.is_alive() for s in sups):
-            if stop.is_set():
-                for s in sups:
-                    s.stop()
-            elif aux_sups and bus_sups and not any(s.thread.is_alive() for s in bus_sups):
-                stop_all()  # the services the lag monitor watches are done: so is it
-            for s in sups:
-                s.thread.join(0.2)
-    finally:
-        stop_all()
-        for s in sups:
-            s.thread.join(30)  # each run returns within a batch + close timeouts
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if server is not None:
-            server.close()
+        locks = _instance_locks(specs, cfg, endpoints, overrides, fetches)
+    except BaseException:
         if fetches is not None:
             fetches.close()
+        raise
+    try:
+        def stop_all() -> None:
+            stop.set()
+            for s in sups:
+                s.stop()
+
+        if metrics is None and metrics_port is not None:
+            from live.metrics import AwetMetrics
+
+            metrics = AwetMetrics()
+        for spec in specs:
+            kw = dict(overrides.get(spec.name, {}))
+            if fetches is not None and spec.kind == "bus" and fetches.shares(_inputs_of(spec.name, kw)):
+                kw.setdefault("shared_fetch", fetches)
+            on_up = None
+            if metrics is not None:
+                svc_metrics = metrics.service(spec.name)
+                on_up = svc_metrics.set_up
+                _wire_metrics(spec, kw, svc_metrics)
+            sups.append(_Supervisor(
+                spec, lambda spec=spec, kw=kw: spec.build(cfg, endpoints, **kw), stop, max_messages, deadline,
+                max_restarts, backoff_s, max_backoff_s, stop_all, on_up,
+            ))
+        bus_sups = [s for s in sups if s.spec.kind == "bus"]
+        aux_sups = [s for s in sups if s.spec.kind != "bus"]
+
+        server = None
+        if metrics_port is not None:
+            server = _serve_metrics(metrics, metrics_port, metrics_host or _metrics_host(cfg), sups, stop,
+                                    required=metrics_required)
+
+        previous: dict[int, Any] = {}
+        if install_signal_handlers and threading.current_thread() is threading.main_thread():
+            def on_signal(signum: int, _frame: Any) -> None:
+                log.info("received %s: stopping %d service(s) after their current batch",
+                         signal.Signals(signum).name, len(sups))
+                stop_all()
+
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, on_signal)
+        try:
+            for s in sups:
+                s.thread.start()
+            # Join in short slices: the main thread must stay responsive to signals.
+            while any(s.thread.is_alive() for s in sups):
+                if stop.is_set():
+                    for s in sups:
+                        s.stop()
+                elif aux_sups and bus_sups and not any(s.thread.is_alive() for s in bus_sups):
+                    stop_all()  # the services the lag monitor watches are done: so is it
+                for s in sups:
+                    s.thread.join(0.2)
+        finally:
+            stop_all()
+            for s in sups:
+                s.thread.join(30)  # each run returns within a batch + close timeouts
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if server is not None:
+                server.close()
+            if fetches is not None:
+                fetches.close()
+    finally:
+        for lock in locks:
+            lock.release()
     return {s.spec.name: s.result for s in sups}
 
 
@@ -363,6 +393,42 @@ def _inputs_of(name: str, kw: Mapping[str, Any]) -> tuple[str, ...]:
         return ()
     keys = _INPUT_KWARGS.get(name, ("input_topic",))
     return tuple(kw.get(k, d) for k, d in zip(keys, defaults, strict=True))
+
+
+def _instance_locks(specs: Sequence[ServiceSpec], cfg: Any, endpoints: Any,
+                    overrides: Mapping[str, Mapping[str, Any]], fetches: Any) -> list[Any]:
+    """The group locks of ``live.single_instance``: exclusive for single-instance services and
+    for those reading through the shared fetch (standalone, not group members), shared for
+    group members that may scale out."""
+    from live.kafka_settings import group_id
+    from live.single_instance import InstanceLock
+
+    prefix = getattr(getattr(cfg, "kafka", None), "group_prefix", "awet")
+    held: list[Any] = []
+    try:
+        for spec in specs:
+            if spec.kind != "bus" or not getattr(endpoints, "database_url", None):
+                continue
+            kw = overrides.get(spec.name, {})
+            group = kw.get("group") or group_id(prefix, spec.name)
+            standalone = fetches is not None and fetches.shares(_inputs_of(spec.name, kw))
+            if spec.instances == "one":
+                why = f"{spec.name} runs as ONE instance: {spec.why}"
+            elif standalone:
+                why = (f"here {spec.name} reads the shared fetch of all the services of one process (`awet "
+                       f"live`) and does not join its consumer group, so no other instance may run beside "
+                       f"it: scale {spec.name} out with `awet live --service {spec.name}` instances only")
+            else:
+                why = (f"that instance reads the shared fetch of an all-in-one `awet live` and does not "
+                       f"join the group; stop it, or run every instance with `awet live --service "
+                       f"{spec.name}`")
+            shared = spec.instances != "one" and not standalone
+            held.append(InstanceLock(endpoints.database_url, spec.name, group, why, shared=shared).acquire())
+    except BaseException:
+        for lock in held:
+            lock.release()
+        raise
+    return held
 
 
 def _shared_fetches(specs: Sequence[ServiceSpec], overrides: Mapping[str, Mapping[str, Any]]) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -30,6 +31,9 @@ CRASH_EXIT_CODE = 17
 
 
 def main() -> int:
+    from awet_dagster.infra.guard import die_with_parent
+
+    die_with_parent(signal.SIGKILL)  # never outlives the test that started it
     ap = argparse.ArgumentParser()
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--topic", required=True)

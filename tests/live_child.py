@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -26,6 +27,9 @@ CRASH_EXIT_CODE = 17
 
 
 def main() -> int:
+    from awet_dagster.infra.guard import die_with_parent
+
+    die_with_parent(signal.SIGKILL)  # never outlives the test that started it
     ap = argparse.ArgumentParser()
     for name in ("home", "database-url", "bootstrap", "approved", "exits", "market", "orders", "done", "group", "ns"):
         ap.add_argument(f"--{name}", required=True)

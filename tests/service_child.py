@@ -32,6 +32,9 @@ from live.runner import start_loop  # noqa: E402
 
 
 def main() -> int:
+    from awet_dagster.infra.guard import die_with_parent
+
+    die_with_parent()  # SIGTERM (a clean stop, below) if the test process dies
     ap = argparse.ArgumentParser()
     ap.add_argument("spec", type=Path)
     ap.add_argument("--crash-at", type=int, default=0)
@@ -73,9 +76,9 @@ def main() -> int:
 
         BusService._commit = crashing_commit  # type: ignore[method-assign]
         EventProducer._produce = recording_produce  # type: ignore[method-assign]
-    loop = start_loop(cfg, ep, names=[service], overrides=overrides, timeout_s=600)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    loop = start_loop(cfg, ep, names=[service], overrides=overrides, timeout_s=600)
     print("READY", flush=True)
     while loop.alive and not stop.wait(0.2):
         pass

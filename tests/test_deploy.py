@@ -542,12 +542,25 @@ def test_one_deployment_per_live_service_with_probes(helm):
         assert d["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
         assert svcs[k8s + "-metrics"]["spec"]["ports"][0]["port"] == port
         assert k8s in pdbs
-    # risk and execution consume single-partition topics: fixed replicas, no HPA
-    assert set(hpas) == {"awet-" + s.replace("_", "-") for s in LOOP_SERVICES} - {"awet-risk", "awet-execution"}
-    assert deps["awet-risk"]["spec"]["replicas"] == 1
+    # The services the registry says run as one instance: one replica, no HPA, Recreate rollout.
+    from live.runner import service_spec
+
+    single = {"awet-" + s.replace("_", "-") for s in LOOP_SERVICES if service_spec(s).instances == "one"}
+    assert single == {"awet-risk", "awet-execution", "awet-exit-monitor"}
+    assert set(hpas) == {"awet-" + s.replace("_", "-") for s in LOOP_SERVICES} - single
+    for name in single:
+        assert deps[name]["spec"]["replicas"] == 1 and deps[name]["spec"]["strategy"] == {"type": "Recreate"}
+    assert "strategy" not in deps["awet-signal"]["spec"]
     assert "replicas" not in deps["awet-signal"]["spec"]  # owned by the HPA
     cpu = hpas["awet-signal"]["spec"]["metrics"][0]
     assert cpu["resource"]["name"] == "cpu" and cpu["resource"]["target"]["averageUtilization"] == 70
+
+
+def test_a_single_instance_service_cannot_be_scaled_by_values(helm):
+    res = subprocess.run([helm, "template", "awet", str(CHART), "--set", "services.risk.replicas=2"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    assert "services.risk runs as one instance (singleInstance)" in res.stderr
 
 
 def test_values_overrides_take_effect(helm, tmp_path):

@@ -118,3 +118,29 @@ def owned_home(prefix: str = "awet-") -> Iterator[Path]:
         finally:
             stop_guard(guard)
             shutil.rmtree(home.parent, ignore_errors=True)
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask the kernel to send ``sig`` to this process when its parent dies (Linux
+    ``PR_SET_PDEATHSIG``), so a child started by a test or a benchmark never outlives it;
+    elsewhere a thread polls the parent pid. Call it first thing in the child."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        if libc.prctl(1, int(sig), 0, 0, 0) == 0:  # 1 = PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # the parent died before the call
+                os.kill(os.getpid(), sig)
+            return
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        import time
+
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), sig)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()

@@ -114,6 +114,10 @@ class SignalEngine:
         # set_weights may be called from an admin/control thread of the live service.
         self._lock = threading.Lock()
 
+    def forget_symbols(self) -> None:
+        """Drop every symbol's state (indicators, regime, alphas); weights and calibrator stay."""
+        self._symbols.clear()
+
     # ------------------------------------------------------------------ runtime control
     @property
     def weights(self) -> EnsembleWeights:

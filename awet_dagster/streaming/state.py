@@ -70,6 +70,16 @@ class _Keyed:
         self._warm: set[tuple[str, str]] = set()
         self.counters = StreamCounters()
 
+    def forget(self) -> None:
+        """Drop every key's state: each is warmed up again from history on its next bar
+        (another instance may have handled its bars meanwhile: a consumer-group rebalance)."""
+        self._last_ts.clear()
+        self._warm.clear()
+        self._clear()
+
+    def _clear(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
     def knows(self, key: tuple[str, str]) -> bool:
         """Whether (symbol, bar_type) has state (warmed up or seen)."""
         return key in self._warm
@@ -132,6 +142,9 @@ class FeatureEngine(_Keyed):
 
     def _create(self, key: tuple[str, str]) -> None:
         self._states[key] = FeatureState(key[0])
+
+    def _clear(self) -> None:
+        self._states.clear()
 
     def _feed(self, key: tuple[str, str], bar: Mapping[str, Any]) -> None:
         self._states[key].update(bar)
@@ -214,6 +227,9 @@ class AlphaBank(_Keyed):
 
     def _create(self, key: tuple[str, str]) -> None:
         self._models[key] = [ALPHA_MODELS[k](key[0], key[1]) for k in self.kinds]
+
+    def _clear(self) -> None:
+        self._models.clear()
 
     def _feed(self, key: tuple[str, str], bar: Mapping[str, Any]) -> None:
         for model in self._models[key]:

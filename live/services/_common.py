@@ -85,6 +85,8 @@ def make_bus(
     bus_kwargs.setdefault("flush_timeout_s", kafka_setting(cfg, "flush_timeout_s", 10.0))
     bus_kwargs.setdefault("commit_interval_s", kafka_setting(cfg, "commit_interval_s", 0.1))
     bus_kwargs.setdefault("commit_max_messages", kafka_setting(cfg, "commit_max_messages", 5000))
+    # Per-key state of the component is dropped when partitions move between instances.
+    bus_kwargs.setdefault("on_rebalance", getattr(component, "forget", None))
     return LiveService(
         name,
         list(topics),

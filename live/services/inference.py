@@ -95,6 +95,10 @@ class Inference:
         self.counters = {"features": 0, "predictions": 0, "no_forecast": 0, "predict_calls": 0, "predict_errors": 0,
                          "swaps": 0, "warmups": 0, "stored": 0}
 
+    def forget(self) -> None:
+        """Drop the feature windows (a rebalance moved partitions: rebuilt from history)."""
+        self.windows = FeatureWindows(self.windows.maxlen)
+
     # ------------------------------------------------------------------ model
     def _model(self) -> tuple[str, Any] | None:
         cur = self.source.current()

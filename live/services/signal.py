@@ -145,6 +145,13 @@ class SignalService:
         self.counters = {"bars": 0, "with_forecast": 0, "prediction_wait_timeouts": 0, "warmup_bars": 0,
                          "skipped_stale": 0, "persisted": 0}
 
+    def forget(self) -> None:
+        """Drop the per-symbol state (a rebalance moved partitions): every symbol is warmed up
+        again from the bars table on its next bar. Side inputs (forecasts, alphas) stay."""
+        self.engine.forget_symbols()
+        self._last.clear()
+        self._warmed.clear()
+
     # ------------------------------------------------------------------ side inputs (tail thread, locked)
     def on_side_event(self, topic: str, event: Any, ts_ms: int) -> None:
         if isinstance(event, Prediction):

@@ -1,0 +1,85 @@
+"""Who may run beside whom in one consumer group, enforced (``live.runner`` takes the locks).
+
+A PostgreSQL session-level advisory lock keyed by the service's consumer group, held on a
+dedicated connection for as long as the service runs:
+
+- EXCLUSIVE for a service that must run as one instance (risk, execution, exit_monitor), and
+  for any service reading through this process's shared fetch (``awet live``, all services
+  in one process): it reads its partitions WITHOUT joining the group (standalone commits),
+  so a group member beside it would be handed the same partitions and both would produce
+  everything (measured: every output duplicated, commits refused with UNKNOWN_MEMBER_ID);
+- SHARED for a group member (``awet live --service NAME`` of a service that may scale out):
+  any number of them, partitions split by the group.
+
+An instance that cannot take its lock refuses to start, naming the holder (the lock
+connection's ``application_name``: service, host and pid) and the reason. The lock goes
+with the connection: a killed or crashed instance releases it at once (the server ends its
+session when the socket closes), so a restart is never blocked by a ghost.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import zlib
+
+_NAMESPACE = 0x41574554  # "AWET": the first key of the two-int advisory lock
+
+
+class SingleInstanceError(RuntimeError):
+    """Another instance of a single-instance service holds its lock."""
+
+
+def _key(group: str) -> int:
+    # A signed 32-bit int (pg_try_advisory_lock(int4, int4)).
+    return zlib.crc32(group.encode()) - (1 << 31)
+
+
+class InstanceLock:
+    def __init__(self, database_url: str, service: str, group: str, why: str, *, shared: bool = False,
+                 connect_timeout_s: int = 10) -> None:
+        self.shared = shared
+        self.database_url = database_url
+        self.service = service
+        self.group = group
+        self.why = why
+        self.connect_timeout_s = connect_timeout_s
+        self._conn = None
+
+    def acquire(self) -> InstanceLock:
+        import psycopg
+
+        me = f"awet {self.service}{' (group member)' if self.shared else ''} on {socket.gethostname()} pid {os.getpid()}"
+        conn = psycopg.connect(self.database_url, autocommit=True, connect_timeout=self.connect_timeout_s,
+                               application_name=me[:63])
+        try:
+            fn = "pg_try_advisory_lock_shared" if self.shared else "pg_try_advisory_lock"
+            got = conn.execute(f"SELECT {fn}(%s, %s)", (_NAMESPACE, _key(self.group))).fetchone()[0]
+            if not got:
+                row = conn.execute(
+                    "SELECT a.application_name, a.backend_start FROM pg_locks l JOIN pg_stat_activity a "
+                    "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s "
+                    "AND l.objsubid = 2 AND l.granted",
+                    (_NAMESPACE & 0xFFFFFFFF, _key(self.group) & 0xFFFFFFFF)).fetchone()
+                holder = f"{row[0] or 'another process'} since {row[1]:%Y-%m-%d %H:%M:%S %Z}" if row else "another process"
+                raise SingleInstanceError(
+                    f"{self.service}: not starting: an instance of consumer group {self.group!r} is already "
+                    f"running ({holder}). {self.why}"
+                )
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return self
+
+    def release(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()  # ends the session: the lock goes with it
+            finally:
+                self._conn = None
+
+    def __enter__(self) -> InstanceLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
