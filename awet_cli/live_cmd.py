@@ -73,13 +73,25 @@ def _window(cfg, bar_type: str | None, symbols: list[str] | None, start: str | N
     return bar_type, syms, first, _date(end or cfg.data.end, "--end")
 
 
+class Interrupt(threading.Event):
+    """A stop event that remembers the signal that set it (exit code 128 + signal)."""
+
+    signum: int | None = None
+
+    def exit_code(self, default: int = 0) -> int:
+        return 128 + self.signum if self.signum else default
+
+
 @contextlib.contextmanager
 def _stop_on_signals(stop: threading.Event):
-    """SIGTERM/SIGINT set ``stop`` while inside the block; previous handlers restored after."""
+    """SIGTERM/SIGINT set ``stop`` while inside the block; previous handlers restored after.
+    A second signal while stopping is not ignored either: every wait looks at ``stop``."""
     import signal
 
     def handler(signum, _frame):
         console.print(f"[yellow]{signal.Signals(signum).name}: stopping…[/yellow]")
+        if isinstance(stop, Interrupt) and stop.signum is None:
+            stop.signum = signum
         stop.set()
 
     previous = {}
@@ -123,7 +135,7 @@ def replay_cmd(
         console.print(f"[yellow]no {bar_type} bars for {syms} in {first}..{last}[/yellow]")
         raise typer.Exit(1)
     ep = _endpoints(cfg)
-    stop = threading.Event()
+    stop = Interrupt()
     topic = topic or MARKET_RAW
     with _stop_on_signals(stop), Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console) as progress:
@@ -135,6 +147,8 @@ def replay_cmd(
         )
     console.print(f"published {stats.published}/{stats.total} {bar_type} bars of {len(syms)} symbol(s) "
                   f"to {topic} in {stats.elapsed_s:.1f}s ({stats.stopped_by})")
+    if stop.signum:
+        raise typer.Exit(stop.exit_code())
 
 
 # --------------------------------------------------------------------------- live
@@ -188,9 +202,12 @@ def live_cmd(
     host = cfg.observability.metrics_host
     console.print(f"running {', '.join(running)} (Ctrl-C stops after the current batch); "
                   f"metrics on http://{host}:{port}/metrics")
+    stop = Interrupt()
     try:
-        results = run_services(names, cfg, ep, max_messages=max_messages, timeout_s=max_seconds,
-                               metrics_port=port, metrics_host=host)
+        with _stop_on_signals(stop):
+            results = run_services(names, cfg, ep, max_messages=max_messages, timeout_s=max_seconds,
+                                   metrics_port=port, metrics_host=host, stop_event=stop,
+                                   install_signal_handlers=False)
     except MetricsPortError as exc:
         console.print(f"[red]{exc}[/red] (another process on that port? observability.metrics_port_base / "
                       f"AWET__OBSERVABILITY__METRICS_PORT_BASE moves every port)")
@@ -204,7 +221,7 @@ def live_cmd(
         failed |= status != "ok"
         console.print(f"{name}: processed {res.processed}, produced {res.produced}, "
                       f"dead-lettered {res.dead_lettered}, restarts {res.restarts} — {status}")
-    raise typer.Exit(1 if failed else 0)
+    raise typer.Exit(stop.exit_code(1 if failed else 0))
 
 
 def _live_replay(source: str, bar_type: str | None, start: str | None, end: str | None, symbols: list[str] | None,
@@ -248,16 +265,18 @@ def _live_replay(source: str, bar_type: str | None, start: str | None, end: str 
     loop = start_loop(cfg, ep, names=REPLAY_SERVICES, tracker=tracker, timeout_s=max_seconds,
                       metrics_port=service_port(cfg, "runner"), metrics_host=cfg.observability.metrics_host,
                       metrics_required=False)
-    stop = threading.Event()
+    stop = Interrupt()
     started = _time.monotonic()
     budget = max_seconds if max_seconds is not None else 600.0
     with _stop_on_signals(stop):
         console.print(f"replaying {bars.height} {bar_type} bars of {len(syms)} symbol(s), {first}..{last}"
                       f"{' in lockstep' if lockstep else ''} through {', '.join(REPLAY_SERVICES)}")
-        published, drained = replay_through_loop(_producer(cfg, ep.kafka_bootstrap), bars, tracker,
-                                                 lockstep=lockstep, drain_timeout_s=budget, stop_event=stop)
-        loop.stop()
-        results = loop.join(60)
+        try:
+            published, drained = replay_through_loop(_producer(cfg, ep.kafka_bootstrap), bars, tracker,
+                                                     lockstep=lockstep, drain_timeout_s=budget, stop_event=stop)
+        finally:
+            loop.stop()
+            results = loop.join(15 if stop.is_set() else 60)
     elapsed = _time.monotonic() - started
     if not drained:
         console.print(f"[yellow]not drained within {budget:.0f}s: {tracker.lagging()[:8]}[/yellow]")
@@ -269,6 +288,9 @@ def _live_replay(source: str, bar_type: str | None, start: str | None, end: str 
     for name, res in results.items():
         if res.error:
             console.print(f"[yellow]{name}: {res.restarts} restart(s), last error {res.error}[/yellow]")
+    if stop.signum:
+        console.print(f"[yellow]interrupted: {published} of {bars.height} bars replayed[/yellow]")
+        raise typer.Exit(stop.exit_code())
 
 
 # --------------------------------------------------------------------------- ingest
@@ -308,7 +330,7 @@ def ingest_cmd(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     ingestor = AlpacaBarIngestor(_symbols(symbols, cfg.data.symbols), publish, factory, bar_type=bar_type)
-    stop = threading.Event()
+    stop = Interrupt()
     watcher = threading.Thread(target=lambda: (stop.wait(), ingestor.stop()), daemon=True)
     watcher.start()
     with _stop_on_signals(stop):
@@ -319,3 +341,5 @@ def ingest_cmd(
     console.print(f"alpaca: received {stats.received}, published {stats.published}, duplicates "
                   f"{stats.duplicates}, rejected {stats.rejected}, reconnects {stats.reconnects} "
                   f"({stats.stopped_by})")
+    if stop.signum:
+        raise typer.Exit(stop.exit_code())

@@ -100,10 +100,46 @@ def ui(
     ]
     console.print(f"Dagster UI on http://{cfg.dagster.ui_host}:{port or cfg.dagster.ui_port} "
                   f"(DAGSTER_HOME={env['DAGSTER_HOME']}); Ctrl-C stops it.")
+    raise typer.Exit(_run_group(cmd, env))
+
+
+def _run_group(cmd: list[str], env: dict[str, str], grace_s: float = 5.0) -> int:
+    """Run ``cmd`` (``dagster dev``) in a process group of its own and take it down with us.
+
+    ``dagster dev`` starts a webserver, a daemon and a code server that outlive it, and they
+    ignore SIGTERM and SIGINT once it is gone (measured: only SIGKILL stopped them). So a
+    SIGTERM/SIGINT to `awet ui` stops the whole group: SIGTERM, then SIGKILL after
+    ``grace_s``; a watcher process does the same if `awet ui` itself is SIGKILLed. Exit code:
+    the command's, or 128 + the signal that stopped us."""
+    import signal
+
+    from awet_dagster.infra.guard import kill_group_when_owner_dies, stop_group
+
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    watcher = kill_group_when_owner_dies(proc.pid)
+    got: list[int] = []
+
+    def on_signal(signum, _frame):
+        got.append(signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        raise typer.Exit(subprocess.call(cmd, env=env))
-    except KeyboardInterrupt:
-        raise typer.Exit(0) from None
+        while proc.poll() is None and not got:
+            try:
+                proc.wait(0.2)
+            except subprocess.TimeoutExpired:
+                pass
+    finally:
+        for sig, prev in previous.items():
+            signal.signal(sig, prev)
+        stop_group(proc.pid, grace_s)
+        proc.wait(10)
+        watcher.kill()
+        watcher.wait(5)
+    if got:
+        console.print(f"[yellow]{signal.Signals(got[0]).name}: the Dagster UI and its processes stopped[/yellow]")
+        return 128 + got[0]
+    return proc.returncode
 
 
 @app.command("run")

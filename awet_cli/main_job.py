@@ -2,8 +2,10 @@
 project's instance, and print a summary of what it produced."""
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 
 from rich.console import Console
 from rich.table import Table
@@ -40,7 +42,9 @@ def run_main_job(cfg: AwetConfig, console: Console, start_infra: bool = True, re
         keys = job.partitions_def.get_partition_keys()
         tags = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
         console.print(f"partitions: {len(keys)} ({keys[0]} … {keys[-1]})")
-    with DagsterInstance.get() as instance:
+    got: list[int] = []
+    result = None
+    with DagsterInstance.get() as instance, _interruptible(got):
         result = execute_job(
             reconstructable(_main_job_def),
             instance=instance,
@@ -49,6 +53,13 @@ def run_main_job(cfg: AwetConfig, console: Console, start_infra: bool = True, re
             # Step-level DEBUG events are in the UI; the terminal gets INFO and the summary.
             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
         )
+    if got:
+        import signal
+
+        run = f"run {result.run_id[:8]}" if result is not None else "its run is in `awet ui`"
+        console.print(f"[yellow]{signal.Signals(got[0]).name}: the main job was stopped ({run}); the embedded "
+                      f"servers stay up until `awet infra down`[/yellow]")
+        return 128 + got[0]
         run_id = result.run_id
         mats = [e for e in result.all_events if e.event_type == DagsterEventType.ASSET_MATERIALIZATION]
         checks = [e for e in result.all_events if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION]
@@ -107,6 +118,44 @@ def run_main_job(cfg: AwetConfig, console: Console, start_infra: bool = True, re
         console.rule("[bold]Live paper-trading replay")
         return _replay(console)
     return 0
+
+
+@contextlib.contextmanager
+def _interruptible(got: list[int]) -> Iterator[None]:
+    """SIGTERM/SIGINT during the Dagster job: stop its step processes (this session's children;
+    the managed servers run in their own session and stay up), then let the job unwind
+    (KeyboardInterrupt: Dagster records the run as canceled/failed). A failsafe ends the
+    process if unwinding takes longer than a few seconds."""
+    import signal
+    import threading
+
+    from awet_dagster.infra.guard import stop_session_children
+
+    def teardown(signum: int) -> None:
+        stop_session_children(grace_s=3.0)
+        time.sleep(15.0)
+        os._exit(128 + signum)  # still here: do not hang on a stuck step
+
+    def handler(signum: int, _frame) -> None:
+        if got:
+            return
+        got.append(signum)
+        threading.Thread(target=teardown, args=(signum,), name="awet-run-stop", daemon=True).start()
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
+            yield
+        except KeyboardInterrupt:
+            if not got:
+                raise
+    finally:
+        for sig, prev in previous.items():
+            signal.signal(sig, prev)
 
 
 def _promote(cfg: AwetConfig, console: Console) -> None:

@@ -119,8 +119,7 @@ def _overrides(t: dict[str, str], ns: str) -> dict[str, dict]:
         "signal": {"input_topic": t["raw"], "output_topic": t["scored"], "predictions_topic": t["pred"],
                    "alpha_topic": t["alpha"], "group": g()},
         "risk": {"input_topic": t["scored"], "approved_topic": t["approved"], "rejected_topic": t["rejected"],
-                 "done_topic": t["done"], "orders_topic": t["orders"], "group": g(), "namespace": ns,
-                 "bar_type": "daily"},
+                 "done_topic": t["done"], "orders_topic": t["orders"], "group": g(), "namespace": ns},
         "execution": {"market_topic": t["raw"], "approved_topic": t["approved"], "exits_topic": t["exits"],
                       "orders_topic": t["orders"], "done_topic": t["done"], "group": g(), "namespace": ns},
         "exit_monitor": {"input_topic": t["raw"], "output_topic": t["exits"], "done_topic": t["done"],
@@ -309,10 +308,10 @@ class SplitLoop:
                 self._receive()
         return [self.local.snapshot(), self._last]
 
-    def wait_drained(self, timeout_s: float, poll_s: float = 0.005) -> bool:
+    def wait_drained(self, timeout_s: float, poll_s: float = 0.005, stop_event: Any = None) -> bool:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if not self.process.is_alive():
+            if not self.process.is_alive() or (stop_event is not None and stop_event.is_set()):
                 return False
             if not lagging_of(self._snapshots()):
                 return True

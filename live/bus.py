@@ -707,8 +707,11 @@ class BusService:
         except RetryLater:
             raise
         except Exception as exc:  # noqa: BLE001 - any handler bug goes to the DLQ, loop continues
-            log.warning("%s: handler failed on %s[%d]@%d: %r", self.name, topic, partition, offset, exc)
-            self._dead_letter(msg, "handler_error", exc, event.correlation_id)
+            # A refusal of the input itself names its own reason code (e.g. invalid_time).
+            reason = getattr(exc, "dlq_reason", None) or "handler_error"
+            log.warning("%s: %s on %s[%d]@%d: %s", self.name, "refused" if reason != "handler_error" else
+                        "handler failed", topic, partition, offset, exc if reason != "handler_error" else repr(exc))
+            self._dead_letter(msg, reason, exc, event.correlation_id)
             stats.dead_lettered += 1
             return 0, None
         if not outputs:

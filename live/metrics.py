@@ -184,8 +184,10 @@ class AwetMetrics:
                                         ["side", "venue"], registry=r)
         self.risk_rejections = Counter("awet_risk_rejections", "Signals rejected by the risk engine",
                                        ["reason"], registry=r)
+        # kind: timeout, connection, http_<status>, cancel_unconfirmed, unavailable (every failed
+        # call, also the ones a retry absorbed: AlpacaPaperBroker.on_error).
         self.broker_api_errors = Counter("awet_broker_api_errors", "Failed broker API calls",
-                                         ["venue", "status"], registry=r)
+                                         ["venue", "kind"], registry=r)
         self.slippage = Histogram("awet_slippage_bps", "Fill price vs decision price, bps (positive = worse)",
                                   ["venue"], buckets=SLIPPAGE_BPS_BUCKETS, registry=r)
         self.slippage_last = Gauge("awet_slippage_last_bps", "Slippage of the last fill, bps", ["symbol"],
@@ -320,11 +322,11 @@ class ServiceMetrics:
     def venue_ready(self, venue: str) -> None:
         """An execution venue is in use: its order, error and slippage series exist from now on (at
         0), so ``increase()``/``rate()`` see the first order or error instead of a missing series.
-        Errors are pre-declared under ``status="unavailable"`` (no HTTP status: network, timeout),
-        the one status every venue can report; HTTP statuses appear when they happen."""
+        Errors are pre-declared under ``kind="timeout"``, the one kind every venue can report;
+        the others (http_<status>, connection...) appear when they happen."""
         for side in ("buy", "sell"):
             self.metrics.orders_submitted.labels(side, venue)
-        self.metrics.broker_api_errors.labels(venue, "unavailable")
+        self.metrics.broker_api_errors.labels(venue, "timeout")
         self.metrics.slippage.labels(venue)
 
     def order_submitted(self, side: str, venue: str) -> None:
@@ -333,8 +335,8 @@ class ServiceMetrics:
     def risk_rejection(self, reason: str) -> None:
         self.metrics.risk_rejections.labels(reason_code(reason)).inc()
 
-    def broker_error(self, venue: str, status: int | str) -> None:
-        self.metrics.broker_api_errors.labels(venue, str(status)).inc()
+    def broker_error(self, venue: str, kind: int | str) -> None:
+        self.metrics.broker_api_errors.labels(venue, str(kind)).inc()
 
     def slippage(self, symbol: str, venue: str, bps: float) -> None:
         self.metrics.slippage.labels(venue).observe(bps)

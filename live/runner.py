@@ -628,10 +628,14 @@ class LoopTracker:
         """What is not drained yet (empty = drained)."""
         return lagging_of([self.snapshot()])
 
-    def wait_drained(self, timeout_s: float, poll_s: float = 0.005, settle_s: float = 0.0) -> bool:
-        """True once drained (and still drained ``settle_s`` later); False after ``timeout_s``."""
+    def wait_drained(self, timeout_s: float, poll_s: float = 0.005, settle_s: float = 0.0,
+                     stop_event: threading.Event | None = None) -> bool:
+        """True once drained (and still drained ``settle_s`` later); False after ``timeout_s``
+        or as soon as ``stop_event`` is set (SIGTERM must not wait out a drain budget)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            if stop_event is not None and stop_event.is_set():
+                return False
             if not self.lagging():
                 if settle_s <= 0:
                     return True
@@ -870,7 +874,9 @@ def replay_through_loop(producer: Any, bars: Any, tracker: LoopTracker, *, topic
         tracker.add_external(topic, len(evs))
         box[0] = publish_acknowledged(box[0], topic, evs, timeout_s=max(deadline - time.monotonic(), 1.0),
                                       renew=renew_producer)
-        return tracker.wait_drained(max(deadline - time.monotonic(), 0.0))
+        if stop_event.is_set():
+            return False
+        return tracker.wait_drained(max(deadline - time.monotonic(), 0.0), stop_event=stop_event)
 
     if not lockstep:
         events = list(bars_to_events(bars))

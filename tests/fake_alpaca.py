@@ -67,8 +67,10 @@ def _order_json(body: dict[str, Any], order_id: str, client_order_id: str, *, st
 
 
 class FakeAlpaca:
-    def __init__(self, api_key: str = "key", delay_s: float = 1.0, cancel_reads: int = 0) -> None:
+    def __init__(self, api_key: str = "key", delay_s: float = 1.0, cancel_reads: int = 0,
+                 retry_after_s: float | None = None) -> None:
         self.api_key = api_key
+        self.retry_after_s = retry_after_s  # a scripted 429 carries Retry-After: this many seconds
         self.delay_s = delay_s  # how long a "timeout" reply stalls (tests use a shorter client timeout)
         # > 0: a cancel is asynchronous like at Alpaca: `pending_cancel` (shares still held)
         # until this many more GET requests were served, then `canceled`.
@@ -263,6 +265,8 @@ class FakeAlpaca:
                 data = b"" if payload is None else json.dumps(payload).encode()
                 try:
                     self.send_response(status)
+                    if status == 429 and fake.retry_after_s is not None:
+                        self.send_header("Retry-After", f"{fake.retry_after_s:g}")
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,50 @@ def test_unit_tests_catch_a_changed_threshold(tmp_path):
     (tmp_path / "alerts.yml").write_text(text)
     res = _promtool("test", "rules", "alerts_test.yml", cwd=tmp_path)
     assert res.returncode != 0 and "DailyLossCritical" in res.stdout + res.stderr
+
+
+@needs_promtool
+def test_alpaca_errors_absorbed_by_retries_are_counted_and_fire_the_alert(tmp_path):
+    """Every failed Alpaca call - the ones its retries absorbed included - reaches the counter
+    the AlpacaAPIErrors rule reads. The counts come from the real path (AlpacaPaperBroker against
+    the fake venue, its errors reported to the execution service's metrics); repeated each minute,
+    promtool must see the alert fire with the kind."""
+    from fake_alpaca import FakeAlpaca
+
+    from awet_dagster.execution import AlpacaPaperBroker, OrderRequest, client_order_id
+    from live.metrics import AwetMetrics
+
+    metrics = AwetMetrics()
+    svc = metrics.service("execution")
+    svc.venue_ready("alpaca")
+    with FakeAlpaca(retry_after_s=0) as fake:
+        broker = AlpacaPaperBroker("key", "secret", base_url=fake.url, timeout_s=2.0, max_retries=3,
+                                   sleep=lambda _s: None, on_error=lambda kind, _c, _d: svc.broker_error("alpaca", kind))
+        for i in range(3):  # every order gets through, each after a 429 and a 503 that the retries absorb
+            fake.fail_next("POST", "/v2/orders", 429, 503)
+            corr = f"alert-{i}"
+            broker.submit(OrderRequest(client_order_id(corr, "entry"), corr, "AAPL", "buy", 1.0, "entry", "s",
+                                       datetime(2024, 1, 2, 14, 30, tzinfo=UTC), 185.0, None, None))
+    per_minute = {kind: metrics.registry.get_sample_value("awet_broker_api_errors_total",
+                                                          {"venue": "alpaca", "kind": kind})
+                  for kind in ("http_429", "http_503", "timeout")}
+    assert per_minute == {"http_429": 3.0, "http_503": 3.0, "timeout": 0.0}
+    series = [{"series": f'awet_broker_api_errors_total{{venue="alpaca",kind="{k}"}}', "values": f"0+{v:g}x20"}
+              for k, v in per_minute.items()]
+    test = {
+        "rule_files": [str(PROM / "alerts.yml")],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": [{
+            "eval_time": "10m", "alertname": "AlpacaAPIErrors",
+            "exp_alerts": [{"exp_labels": {"severity": "warning", "kind": k},
+                            "exp_annotations": {
+                                "summary": f"Alpaca API errors ({k}): 15 in 5 minutes",
+                                "description": f"Broker API calls to Alpaca keep failing ({k}; retried ones included): "
+                                               "orders may not reach the venue.",
+                                "runbook_url": "docs/runbook.md#alpacaapierrors"}}
+                           for k in ("http_429", "http_503")]}]}],
+    }
+    path = tmp_path / "alpaca_errors_test.yml"
+    path.write_text(yaml.safe_dump(test))
+    res = _promtool("test", "rules", str(path))
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -439,7 +439,7 @@ def test_a_scrape_of_the_running_replay_has_samples_of_every_dashboard_metric(re
     assert 0 < mean_conf < 1
     # legitimately zero counters are exported at 0, not absent
     errors = replay.values('awet_broker_api_errors_total{venue="paper"}')
-    assert [(m["status"], v) for m, v in errors] == [("unavailable", 0.0)], errors
+    assert [(m["kind"], v) for m, v in errors] == [("timeout", 0.0)], errors
     # every service of the replay reports itself up (the Pipeline dashboard's $service variable)
     from live.runner import REPLAY_SERVICES
 

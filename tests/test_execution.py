@@ -213,7 +213,7 @@ def test_lost_reply_after_create_is_adopted_not_resubmitted(failure):
         order = broker.submit(_req())
         assert fake.submissions[order.client_order_id] == 1
         assert fake.count("POST", "/v2/orders") == 1  # the lookup found it: no second POST
-        assert broker.errors["submit_unavailable"] == 1
+        assert broker.errors[{"create_then_timeout": "timeout", "create_then_500": "http_500"}[failure]] == 1
 
 
 def test_timeout_without_create_is_resubmitted_once():
@@ -232,6 +232,27 @@ def test_resubmitting_the_same_order_is_idempotent():
         assert a.broker_order_id == b.broker_order_id and fake.submissions[a.client_order_id] == 1
 
 
+def test_every_broker_error_is_reported_once_with_the_order_id_and_429_honours_retry_after():
+    """Errors absorbed by retries used to be invisible: neither logged nor counted. Each failed
+    call, retried or not, now reaches on_error once, with the order's client id; the retry
+    after a 429 waits the Retry-After the venue asked for (not the default backoff)."""
+    seen: list[tuple[str, str, str]] = []
+    with FakeAlpaca(retry_after_s=7) as fake:
+        fake.fail_next("POST", "/v2/orders", 429, 503)
+        fake.fail_next("GET", "/v2/orders:by_client_order_id", 500)  # absorbed by the read's own retry
+        broker = _broker(fake, on_error=lambda *e: seen.append(e))
+        order = broker.submit(_req())
+        coid = order.client_order_id
+        assert [(k, c) for k, c, _ in seen] == [("http_429", coid), ("http_500", coid), ("http_503", coid)]
+        assert "Retry-After 7 s" in seen[0][2]
+        assert broker.sleeps[0] == 7.0  # the 429's Retry-After, not backoff(1) = 0.5
+        fake.fail_next("POST", "/v2/orders", 403)
+        with pytest.raises(BrokerRejected):
+            broker.submit(_req(corr="corr-2"))
+        assert seen[-1][:2] == ("http_403", client_order_id("corr-2", "entry"))
+        assert sum(broker.errors.values()) == len(seen) == 4
+
+
 def test_retries_exhausted_raise_unavailable_and_count_errors():
     with FakeAlpaca() as fake:
         fake.fail_next("POST", "/v2/orders", 500, 500, 500)
@@ -239,7 +260,7 @@ def test_retries_exhausted_raise_unavailable_and_count_errors():
         with pytest.raises(BrokerUnavailable, match="3 attempt"):
             broker.submit(_req())
         assert sum(fake.submissions.values()) == 0
-        assert broker.errors["submit_unavailable"] == 3
+        assert broker.errors["http_500"] == 3
 
 
 def test_bad_request_is_rejected_without_retry():
@@ -323,7 +344,7 @@ def test_fake_alpaca_refuses_a_sell_while_the_legs_hold_the_shares():
         assert [p["qty_available"] for p in broker._client.get_all_positions()] == ["0"]
         with pytest.raises(BrokerRejected, match="403"):
             broker.submit(_exit())
-        assert broker.errors["submit_http_403"] == 1
+        assert broker.errors["http_403"] == 1
         after = broker.cancel_bracket(placed.client_order_id, placed.broker_order_id)
         assert after.status == "filled" and [leg.status for leg in after.legs] == ["canceled", "canceled"]
         assert broker.submit(_exit()).status == "accepted"
@@ -360,7 +381,7 @@ def test_cancel_bracket_retries_a_lost_cancel_after_looking_the_leg_up():
         fake.fail_next("DELETE", f"/v2/orders/{tp['id']}", 503)
         after = broker.cancel_bracket(placed.client_order_id, placed.broker_order_id)
         assert [leg.status for leg in after.legs] == ["canceled", "canceled"]
-        assert fake.count("DELETE", f"/v2/orders/{tp['id']}") == 2 and broker.errors["cancel_unavailable"] == 1
+        assert fake.count("DELETE", f"/v2/orders/{tp['id']}") == 2 and broker.errors["http_503"] == 1
 
 
 def test_cancel_bracket_unreachable_venue_raises_unavailable():

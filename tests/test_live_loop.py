@@ -39,7 +39,7 @@ from awet_dagster.sources.sample import SampleSource
 from awet_dagster.storage.db import connect
 from live.bus import DLQ_REASON_HEADER, EventProducer, RetryLater
 from live.kafka_settings import FAST_DEV_PRODUCER_SETTINGS, producer_config
-from live.runner import LoopTracker, replay_through_loop, start_loop
+from live.runner import LoopTracker, publish_acknowledged, replay_through_loop, start_loop
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -774,3 +774,84 @@ def test_inference_forecasts_each_bar_of_a_batch_from_its_own_window(test_config
     assert [p.status for p in preds] == ["no_forecast"] + ["forecast"] * 4  # the first window is short
     q50 = [round(p.quantiles[1].q50, 9) for p in preds[1:]]
     assert q50 == [round(math.expm1(0.001 * (i + 1)), 9) for i in range(1, 5)]  # each bar's own x
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_a_far_future_bar_mid_replay_is_dead_lettered_and_the_symbol_trades_as_without_it(
+        cfg, endpoints, make_topic, database_url, tmp_path):
+    """A bar stamped 2099 used to be accepted and persisted, then every service dropped the
+    symbol's real bars as stale for the rest of the session. Now every reader of market.raw
+    dead-letters it (reason invalid_time) before any state moves: the trades equal the
+    backtest's on the real bars alone."""
+    from awet_dagster.contracts import DeadLetter
+
+    bars = _sample_bars()
+    times = bars["ts"].unique().sort()
+    cut = times[len(times) // 2]
+    symbol = bars["symbol"][0]
+    t, ns = _topics(make_topic), f"ns-{_uid()}"
+    tracker = LoopTracker()
+    loop = start_loop(cfg, endpoints, overrides=_overrides(t, ns, tmp_path), tracker=tracker, timeout_s=360,
+                      backoff_s=0.2)
+    bad = _bar(symbol, datetime(2099, 1, 2, 14, 30, tzinfo=UTC), price=1.0)
+    prod = _producer(endpoints.kafka_bootstrap)
+    try:
+        for part, after in ((bars.filter(bars["ts"] < cut), bad), (bars.filter(bars["ts"] >= cut), None)):
+            _, drained = replay_through_loop(prod, part, tracker, topic=t["raw"], lockstep=True, drain_timeout_s=300)
+            assert drained, tracker.lagging()
+            if after is not None:
+                tracker.add_external(t["raw"], 1)
+                publish_acknowledged(prod, t["raw"], [after], timeout_s=30)
+                assert tracker.wait_drained(60), tracker.lagging()
+    finally:
+        loop.stop()
+        results = loop.join(60)
+    assert all(r.error is None for r in results.values()), {n: r.error for n, r in results.items()}
+    expected = run_backtest(bars, None, None, None, cfg)
+    want = sorted((r["ts"], r["symbol"], r["side"], r["qty"], r["intent"]) for r in expected.orders.iter_rows(named=True))
+    got = sorted((o["ts"], o["symbol"], o["side"], o["qty"], o["intent"]) for o in _live_orders(database_url, ns))
+    assert any(s == symbol and ts >= cut for ts, s, *_ in want), "the symbol trades after the bad bar"
+    assert got == want
+    assert _count(database_url, "SELECT count(*) FROM bars WHERE symbol = %s AND ts > now()", symbol) == 0
+    letters = [DeadLetter.model_validate_json(m.value()) for m in _read_all(endpoints.kafka_bootstrap,
+                                                                            t["raw"] + ".dlq", 6)]
+    assert sorted(d.service for d in letters) == sorted(
+        ["persist_bars", "features", "lean_alpha", "signal", "execution", "exit_monitor"])
+    assert {d.reason for d in letters} == {"invalid_time"}
+    assert all("2099-01-02T14:30:00+00:00 is" in d.error and "ahead of the" in d.error for d in letters)
+
+
+@pytest.mark.timeout(120)
+def test_risk_warms_its_cvar_history_up_on_the_bar_type_being_traded(cfg, database_url):
+    """A minute replay with minute history: risk used to read `data.bar_type` (daily) history
+    and reject its first entries as "CVaR not computable"."""
+    from awet_dagster.storage.bars import copy_upsert_bars
+    from live.services._common import LazyConnection
+    from live.services.risk import RiskService
+
+    assert cfg.data.bar_type == "daily"
+    symbol = f"M{_uid()}"
+    ts = datetime(2013, 10, 10, 17, 0, tzinfo=UTC)
+    n = cfg.risk.cvar_lookback_bars + 1
+    closes = [100 * (1 + 0.001 * math.sin(i)) for i in range(n)]
+    history = pl.DataFrame({
+        "symbol": [symbol] * n, "bar_type": ["minute"] * n,
+        "ts": [ts - timedelta(minutes=n - i) for i in range(n)],
+        "open": closes, "high": closes, "low": closes, "close": closes, "volume": [1e5] * n,
+        "bid": [None] * n, "ask": [None] * n, "source": ["test"] * n,
+    })
+    from awet_dagster.sources.schema import ensure_schema
+
+    with connect(database_url) as conn, conn.transaction():
+        copy_upsert_bars(conn, ensure_schema(history))
+    svc = RiskService(cfg, LazyConnection(database_url), approved_topic="a", rejected_topic="r",
+                      namespace=f"ns-{_uid()}")
+    svc.start()
+    try:
+        sig = _tradable_signal(symbol, ts).model_copy(update={"bar_type": "minute"})
+        decision = svc._handle(sig)[0].event
+    finally:
+        svc.conn.close()
+    assert not any("CVaR not computable" in r for r in decision.reasons), decision.reasons
+    assert decision.approved and decision.metrics.extra["cvar_observations"] >= cfg.risk.cvar_min_observations

@@ -66,7 +66,7 @@ def test_domain_metrics():
     s.set_exposure({"SPY": 4000.0})  # AAPL closed: its series disappears
     s.order_submitted("BUY", "paper")
     s.risk_rejection("throttle: 31 orders in the last minute (max 30)")
-    s.broker_error("alpaca", 429)
+    s.broker_error("alpaca", "http_429")
     s.slippage("SPY", "paper", 7.5)
     s.bar_seen("SPY", 9_940.0)
     s.bar_seen("SPY", 9_000.0)  # older bar: ignored
@@ -83,7 +83,7 @@ def test_domain_metrics():
     assert v("awet_exposure_dollars", {"symbol": "AAPL"}) is None
     assert v("awet_orders_submitted_total", {"side": "buy", "venue": "paper"}) == 1
     assert v("awet_risk_rejections_total", {"reason": "throttle"}) == 1
-    assert v("awet_broker_api_errors_total", {"venue": "alpaca", "status": "429"}) == 1
+    assert v("awet_broker_api_errors_total", {"venue": "alpaca", "kind": "http_429"}) == 1
     assert v("awet_slippage_last_bps", {"symbol": "SPY"}) == 7.5
     assert v("awet_slippage_bps_bucket", {"venue": "paper", "le": "10.0"}) == 1
     assert v("awet_last_bar_age_seconds", {"symbol": "SPY"}) == 60.0
@@ -106,7 +106,7 @@ def test_zero_series_exist_before_the_first_event():
     assert v("awet_dead_letters_total", {"service": "execution", "topic": "market.raw"}) == 0
     assert v("awet_commit_failures_total", {"service": "execution"}) == 0
     s.venue_ready("paper")
-    assert v("awet_broker_api_errors_total", {"venue": "paper", "status": "unavailable"}) == 0
+    assert v("awet_broker_api_errors_total", {"venue": "paper", "kind": "timeout"}) == 0
     assert v("awet_orders_submitted_total", {"side": "buy", "venue": "paper"}) == 0
     assert v("awet_orders_submitted_total", {"side": "sell", "venue": "paper"}) == 0
     assert v("awet_slippage_bps_count", {"venue": "paper"}) == 0

@@ -176,6 +176,13 @@ class DataConfig(Section):
     replay_start: str = "2020-07-01"
     # Allowed share of calendar bars missing between a symbol's first and last bar.
     max_missing_fraction: float = Field(0.002, ge=0, le=1)
+    # Time sanity of every input bar (awet_dagster/streaming/time_guard.py): a bar starting more
+    # than this ahead of the wall clock (live) or of the latest bar seen (a replay), or older
+    # than its symbol's last bar by more than max_lateness_s, is dead-lettered with the reason.
+    max_clock_skew_s: float = Field(300.0, ge=0)
+    max_replay_lead_s: float = Field(5 * 86_400.0, ge=0)  # > the longest natural gap (long weekend)
+    replay_after_s: float = Field(7 * 86_400.0, gt=0)  # latest bar this far behind the wall clock: a replay
+    max_lateness_s: float = Field(0.0, ge=0)
 
 
     @model_validator(mode="after")

@@ -162,6 +162,7 @@ class ScoredSignal(BaseEvent):
 
     symbol: Symbol
     ts: UtcDatetime
+    bar_type: BarType = Field("daily", description="bar type of the scored bar (risk warms its CVaR history on it)")
     direction: Direction
     score: float = Field(ge=-1, le=1, description="signed ensemble score")
     confidence: UnitFloat
@@ -319,7 +320,7 @@ class DeadLetter(BaseEvent):
 
     event_type: ClassVar[str] = "dead_letter"
 
-    reason: Literal["empty_message", "invalid_json", "schema_mismatch", "handler_error"]
+    reason: Literal["empty_message", "invalid_json", "schema_mismatch", "handler_error", "invalid_time"]
     error_type: NonEmptyStr
     error: str
     service: NonEmptyStr

@@ -30,8 +30,11 @@ try: state unknown, do not sell), `BrokerRejected` (any other 4xx).
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -45,6 +48,8 @@ from awet_dagster.sources.retry import RetryingSession, RetryPolicy, Sleep
 
 PAPER_URL = "https://paper-api.alpaca.markets"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: on_error(kind, client_order_id or "", detail): every failed broker call (AlpacaPaperBroker._error).
+ErrorHook = Callable[[str, str, str], None]
 
 # Alpaca order status -> contract OrderStatus.
 _STATUS = {
@@ -62,6 +67,9 @@ class _TradingSession(RetryingSession):
     def __init__(self, policy: RetryPolicy, sleep: Sleep) -> None:
         super().__init__("alpaca-trading", policy, sleep)
         self._once = RetryingSession("alpaca-trading", replace(policy, max_retries=0), sleep)
+
+    def report_to(self, on_failure: Callable[[str, str], None]) -> None:
+        self.on_failure = self._once.on_failure = on_failure
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         if str(method).upper() in ("GET", "HEAD"):
@@ -107,6 +115,7 @@ class AlpacaPaperBroker:
         max_retries: int = 4,
         backoff_base_s: float = 0.5,
         sleep: Sleep = time.sleep,
+        on_error: ErrorHook | None = None,
     ) -> None:
         gate = paper_endpoint_gate(base_url)
         if not gate.passed:
@@ -121,19 +130,45 @@ class AlpacaPaperBroker:
         if not hasattr(client, "_session") or not hasattr(client, "_retry"):
             # alpaca-py changed its internals: refuse to run without our timeout/retry policy.
             raise BrokerUnavailable("alpaca-py TradingClient internals changed; cannot enforce timeouts")
-        client._session = _TradingSession(self.policy, sleep)
+        session = _TradingSession(self.policy, sleep)
+        session.report_to(lambda kind, detail: self._error(kind, detail))
+        client._session = session
         client._retry = 0
         self._client = client
-        self.errors: Counter[str] = Counter()  # transient failures seen, by kind (metrics)
+        self.errors: Counter[str] = Counter()  # every failed call, by kind (see _error)
+        self.on_error = on_error
+        self._for = threading.local()  # the client order id the current call is about
 
     @classmethod
-    def from_config(cls, cfg, sleep: Sleep = time.sleep) -> AlpacaPaperBroker:
+    def from_config(cls, cfg, sleep: Sleep = time.sleep, on_error: ErrorHook | None = None) -> AlpacaPaperBroker:
         """From `ExecutionConfig` (keys must be set)."""
         if cfg.alpaca_api_key is None or cfg.alpaca_secret_key is None:
             raise BrokerRejected("execution.alpaca_api_key / alpaca_secret_key are not set")
         return cls(cfg.alpaca_api_key.get_secret_value(), cfg.alpaca_secret_key.get_secret_value(),
                    base_url=cfg.alpaca_base_url, timeout_s=cfg.request_timeout_s, max_retries=cfg.max_retries,
-                   sleep=sleep)
+                   sleep=sleep, on_error=on_error)
+
+    # ------------------------------------------------------------------ errors
+    def _error(self, kind: str, detail: str, client_order_id: str | None = None) -> None:
+        """Every failed call, retried or not, once: counted in ``errors`` and handed to
+        ``on_error(kind, client_order_id, detail)`` (the execution service logs it with the
+        order's id and counts it in awet_broker_api_errors_total{venue, kind}). Kinds:
+        ``timeout``, ``connection``, ``http_<status>``, ``cancel_unconfirmed``."""
+        self.errors[kind] += 1
+        if self.on_error is not None:
+            try:
+                self.on_error(kind, client_order_id or getattr(self._for, "coid", "") or "", detail)
+            except Exception:  # noqa: BLE001 - reporting must never break an order
+                pass
+
+    @contextmanager
+    def _about(self, client_order_id: str):
+        prev = getattr(self._for, "coid", None)
+        self._for.coid = client_order_id
+        try:
+            yield
+        finally:
+            self._for.coid = prev
 
     # ------------------------------------------------------------------ orders
     def _order_request(self, order: OrderRequest):
@@ -151,28 +186,33 @@ class AlpacaPaperBroker:
                                   time_in_force=TimeInForce.DAY, client_order_id=order.client_order_id, **extra)
 
     def submit(self, order: OrderRequest) -> BrokerOrder:
+        with self._about(order.client_order_id):
+            return self._submit(order)
+
+    def _submit(self, order: OrderRequest) -> BrokerOrder:
         from alpaca.common.exceptions import APIError
 
         request = self._order_request(order)
         last = ""
+        retry_after: float | None = None
         for attempt in range(1, self.policy.max_attempts + 1):
             if attempt > 1:
-                self._sleep(self.policy.backoff(attempt - 1))
+                # A 429's Retry-After is honoured (capped by the policy's backoff_max_s).
+                self._sleep(self.policy.backoff(attempt - 1, retry_after))
+                retry_after = None
                 try:
                     found = self.get_order_by_client_id(order.client_order_id)
                 except BrokerUnavailable as exc:
-                    self.errors["lookup_unavailable"] += 1
                     last = str(exc)
                     continue  # cannot tell whether it exists: do not resubmit blind
                 if found is not None:
                     return found
             try:
                 return parse_order(self._client.submit_order(request))
-            except RateLimited as exc:
-                self.errors["submit_rate_limited"] += 1
+            except RateLimited as exc:  # reported by the session (http_429)
+                retry_after = exc.retry_after_s
                 last = str(exc)
-            except SourceUnavailable as exc:  # timeout, connection error, 5xx (one try each)
-                self.errors["submit_unavailable"] += 1
+            except SourceUnavailable as exc:  # timeout, connection error, 5xx (one try each; reported)
                 last = str(exc)
             except APIError as exc:
                 status = exc.status_code
@@ -180,7 +220,7 @@ class AlpacaPaperBroker:
                     found = self.get_order_by_client_id(order.client_order_id)
                     if found is not None:
                         return found  # already there: submit is idempotent
-                self.errors[f"submit_http_{status}"] += 1
+                self._error(f"http_{status}", f"submit refused: {exc}")
                 raise BrokerRejected(f"alpaca refused {order.client_order_id}: HTTP {status} {exc}") from None
         raise BrokerUnavailable(f"alpaca submit {order.client_order_id}: {last} "
                                 f"after {self.policy.max_attempts} attempt(s)")
@@ -189,10 +229,12 @@ class AlpacaPaperBroker:
         from alpaca.common.exceptions import APIError
 
         try:
-            return parse_order(self._client.get_order_by_client_id(client_order_id))
+            with self._about(client_order_id):
+                return parse_order(self._client.get_order_by_client_id(client_order_id))
         except APIError as exc:
             if exc.status_code == 404:
                 return None
+            self._error(f"http_{exc.status_code}", f"order lookup refused: {exc}", client_order_id)
             raise BrokerRejected(f"alpaca order lookup {client_order_id}: HTTP {exc.status_code}") from None
         except SourceUnavailable as exc:
             raise BrokerUnavailable(str(exc)) from None
@@ -219,6 +261,10 @@ class AlpacaPaperBroker:
         return out
 
     def cancel(self, client_order_id: str) -> BrokerOrder | None:
+        with self._about(client_order_id):
+            return self._cancel(client_order_id)
+
+    def _cancel(self, client_order_id: str) -> BrokerOrder | None:
         found = self.get_order_by_client_id(client_order_id)
         if found is None or not found.is_open:
             return found
@@ -237,6 +283,7 @@ class AlpacaPaperBroker:
         except APIError as exc:
             if exc.status_code == 404:
                 return None
+            self._error(f"http_{exc.status_code}", f"order lookup {broker_order_id} refused: {exc}")
             raise BrokerRejected(f"alpaca order lookup {broker_order_id}: HTTP {exc.status_code}") from None
         except SourceUnavailable as exc:
             raise BrokerUnavailable(str(exc)) from None
@@ -255,6 +302,10 @@ class AlpacaPaperBroker:
         the order with its legs once nothing of it is open any more. Raises
         ``BrokerUnavailable`` when the venue cannot be reached or the cancels are not
         confirmed after every re-read (the legs may still hold the shares)."""
+        with self._about(client_order_id):
+            return self._cancel_bracket(client_order_id, broker_order_id)
+
+    def _cancel_bracket(self, client_order_id: str, broker_order_id: str | None) -> BrokerOrder | None:
         order = self.get_bracket(client_order_id, broker_order_id)
         if order is None or not any(o.is_open for o in (order, *order.legs)):
             return order
@@ -270,7 +321,7 @@ class AlpacaPaperBroker:
                 return order
             if attempt < self.policy.max_attempts:
                 self._sleep(self.policy.backoff(attempt))
-        self.errors["cancel_unconfirmed"] += 1
+        self._error("cancel_unconfirmed", f"cancel of {client_order_id} and its legs not confirmed")
         raise BrokerUnavailable(f"alpaca cancel of {client_order_id} and its legs not confirmed after "
                                 f"{self.policy.max_attempts} look-up(s)")
 
@@ -286,7 +337,6 @@ class AlpacaPaperBroker:
                 try:
                     found = self.get_order(broker_order_id, nested=False)
                 except BrokerUnavailable as exc:
-                    self.errors["lookup_unavailable"] += 1
                     last = str(exc)
                     continue
                 if found is None or not found.is_open:
@@ -294,13 +344,12 @@ class AlpacaPaperBroker:
             try:
                 self._client.cancel_order_by_id(broker_order_id)
                 return
-            except SourceUnavailable as exc:  # timeout, connection error, 5xx, 429 (one try each)
-                self.errors["cancel_unavailable"] += 1
+            except SourceUnavailable as exc:  # timeout, connection error, 5xx, 429 (one try each; reported)
                 last = str(exc)
             except APIError as exc:
                 if exc.status_code in (404, 422):
                     return
-                self.errors[f"cancel_http_{exc.status_code}"] += 1
+                self._error(f"http_{exc.status_code}", f"cancel of {what} refused: {exc}")
                 raise BrokerRejected(f"alpaca refused to cancel {what}: HTTP {exc.status_code} {exc}") from None
         raise BrokerUnavailable(f"alpaca cancel {what}: {last} after {self.policy.max_attempts} attempt(s)")
 

@@ -144,3 +144,80 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         os.kill(os.getpid(), sig)
 
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+def stop_session_children(grace_s: float = 5.0) -> int:
+    """SIGTERM every descendant of this process that runs in this process's session (Dagster
+    step processes, a ``dagster dev``), SIGKILL those still alive after ``grace_s``; returns how
+    many there were. Servers started detached (their own session: the managed PostgreSQL and
+    Kafka under ``.awet/``) are left running, as after a normal end."""
+    import psutil
+
+    me = psutil.Process()
+    sid = os.getsid(0)
+    kids = []
+    for child in me.children(recursive=True):
+        try:
+            if os.getsid(child.pid) == sid:
+                kids.append(child)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    for child in kids:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(kids, timeout=grace_s)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    psutil.wait_procs(alive, timeout=5)
+    return len(kids)
+
+
+_GROUP_GUARD = """
+import os, signal, sys, time
+owner, pgid = int(sys.argv[1]), int(sys.argv[2])
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+while alive(owner):
+    time.sleep(0.5)
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        break
+    time.sleep(3)
+"""
+
+
+def kill_group_when_owner_dies(pgid: int, *, owner_pid: int | None = None) -> subprocess.Popen:
+    """A watcher (own session) that SIGTERMs, then SIGKILLs, process group ``pgid`` once the
+    owner is gone: for a tool such as ``dagster dev`` whose children ignore their parent's
+    death. Kill the watcher when the group was stopped the normal way."""
+    return subprocess.Popen([sys.executable, "-c", _GROUP_GUARD, str(owner_pid or os.getpid()), str(pgid)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def stop_group(pgid: int, grace_s: float = 5.0) -> None:
+    """SIGTERM process group ``pgid``, SIGKILL it after ``grace_s`` if anything is left."""
+    import time
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)

@@ -234,6 +234,7 @@ class SignalEngine:
             correlation_id=correlation_id,
             symbol=symbol,
             ts=ts,
+            bar_type=bar_type,
             direction=direction,
             score=score,
             confidence=confidence,

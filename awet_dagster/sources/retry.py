@@ -93,6 +93,17 @@ class RetryingSession(requests.Session):
         self.vendor = vendor
         self.policy = policy
         self._sleep = sleep
+        #: Called with (kind, detail) for EVERY failed attempt, retried or not: "timeout",
+        #: "connection" or "http_<status>" (a retryable status). Errors absorbed by the
+        #: retries are then still seen (logged, counted) by the owner.
+        self.on_failure: Callable[[str, str], None] | None = None
+
+    def _failed(self, kind: str, detail: str) -> None:
+        if self.on_failure is not None:
+            try:
+                self.on_failure(kind, detail)
+            except Exception:  # noqa: BLE001 - reporting must never break the request
+                pass
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         kwargs.setdefault("timeout", self.policy.timeout_s)
@@ -106,15 +117,19 @@ class RetryingSession(requests.Session):
                 response = super().request(method, url, *args, **kwargs)
             except requests.Timeout:
                 last_error, last_status = f"no reply within {kwargs['timeout']} s", None
+                self._failed("timeout", f"{where}: {last_error}")
             except requests.ConnectionError as exc:
                 # str(exc) may embed the full URL (and key): keep only the exception kind.
                 last_error, last_status = f"connection failed ({type(exc).__name__})", None
+                self._failed("connection", f"{where}: {last_error}")
             else:
                 if response.status_code not in self.policy.retry_statuses:
                     return response
                 last_status = response.status_code
                 last_error = f"HTTP {response.status_code}"
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                self._failed(f"http_{response.status_code}", f"{where}: {last_error}"
+                             + (f" (Retry-After {retry_after:g} s)" if retry_after is not None else ""))
                 response.close()
             if attempt < self.policy.max_attempts:
                 self._sleep(self.policy.backoff(attempt, retry_after))

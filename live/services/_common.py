@@ -8,9 +8,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from awet_dagster.contracts import BaseEvent, model_for_topic
+from awet_dagster.contracts import BaseEvent, MarketRawEvent, ScoredSignal, model_for_topic
 from awet_dagster.storage.db import connect
 from awet_dagster.streaming import read_last_bars, read_last_bars_many
+from awet_dagster.streaming.time_guard import TimeGuard, TimeLimits
 from live.bus import BusService, EventProducer, Handler, MessageContext, RetryLater
 from live.kafka_settings import consumer_config, group_id, producer_config
 
@@ -41,6 +42,24 @@ class LiveService(BusService):
                     log.exception("%s: closing %r failed", self.name, res)
 
 
+def time_guard(cfg: Any) -> TimeGuard:
+    """The service's time check of its input bars/signals (``awet_dagster.streaming.time_guard``)."""
+    return TimeGuard(TimeLimits.from_config(cfg))
+
+
+def guarded(handler: Handler, guard: TimeGuard) -> Handler:
+    """``handler`` behind the time check: a bar or signal outside the limits raises
+    ``TimeRejected`` (the bus dead-letters it with the reason) before any state moves.
+    Decisions, exits and reports follow bars already checked upstream: not checked again."""
+
+    def handle(event: Any, ctx: Any) -> Any:
+        if isinstance(event, (MarketRawEvent, ScoredSignal)):
+            guard.admit(event.symbol, getattr(event, "bar_type", "signal"), event.ts)
+        return handler(event, ctx)
+
+    return handle
+
+
 def make_bus(
     cfg: Any,
     endpoints: Any,
@@ -49,6 +68,7 @@ def make_bus(
     topics: Mapping[str, type[BaseEvent]],
     handler: Handler,
     group: str | None = None,
+    guard: TimeGuard | None = None,
     before_commit: Callable[[Sequence[MessageContext]], None] | None = None,
     before_batch: Callable[[Sequence[Any]], None] | None = None,
     before_produce: Callable[[Sequence[MessageContext]], None] | None = None,
@@ -86,7 +106,10 @@ def make_bus(
     bus_kwargs.setdefault("commit_interval_s", kafka_setting(cfg, "commit_interval_s", 0.1))
     bus_kwargs.setdefault("commit_max_messages", kafka_setting(cfg, "commit_max_messages", 5000))
     # Per-key state of the component is dropped when partitions move between instances.
-    bus_kwargs.setdefault("on_rebalance", getattr(component, "forget", None))
+    forgets = [f for f in (getattr(component, "forget", None), guard.forget if guard is not None else None) if f]
+    bus_kwargs.setdefault("on_rebalance", (lambda: [f() for f in forgets]) if forgets else None)
+    if guard is not None:
+        handler = guarded(handler, guard)
     return LiveService(
         name,
         list(topics),
@@ -168,10 +191,13 @@ def decoded(batch: Sequence[Any], model: type[BaseEvent],
 
 
 def unseen_first(batch: Sequence[Any], model: type[BaseEvent], known: Callable[[tuple[str, str]], bool],
-                 known_symbol: Callable[[str], bool] | None = None) -> dict[tuple[str, str], datetime]:
+                 known_symbol: Callable[[str], bool] | None = None,
+                 guard: TimeGuard | None = None) -> dict[tuple[str, str], datetime]:
     """{(symbol, bar_type): ts of its first message in ``batch``} for the keys ``known`` says
     are new: what a batch pre-pass warms up in one query. Messages keyed by a symbol that
-    ``known_symbol`` already knows are not decoded (the common case once running)."""
+    ``known_symbol`` already knows are not decoded (the common case once running). A bar the
+    ``guard`` would refuse is not a first bar (warming up "before 2099" would read every bar
+    there is and make the real ones look stale)."""
 
     def skip(msg: Any) -> bool:
         key = msg.key()
@@ -180,19 +206,20 @@ def unseen_first(batch: Sequence[Any], model: type[BaseEvent], known: Callable[[
     first: dict[tuple[str, str], datetime] = {}
     for _, ev in decoded(batch, model, skip):
         k = (ev.symbol, ev.bar_type)
-        if k not in first and not known(k):
+        if k not in first and not known(k) and (guard is None or guard.admissible(ev.symbol, ev.bar_type, ev.ts)):
             first[k] = ev.ts
     return first
 
 
-def batch_warm_up(engine: Any, conn: LazyConnection, model: type[BaseEvent]) -> Callable[[Sequence[Any]], None]:
+def batch_warm_up(engine: Any, conn: LazyConnection, model: type[BaseEvent],
+                  guard: TimeGuard | None = None) -> Callable[[Sequence[Any]], None]:
     """A bus ``before_batch`` hook warming a keyed streaming engine (``FeatureEngine``,
     ``AlphaBank``) up for every new symbol of the batch with ONE bars query; a DB outage is
     RetryLater. Keys it misses (none in practice) still warm up one by one in ``_accept``."""
     symbols: set[str] = set()
 
     def before_batch(batch: Sequence[Any]) -> None:
-        first = unseen_first(batch, model, engine.knows, symbols.__contains__)
+        first = unseen_first(batch, model, engine.knows, symbols.__contains__, guard)
         if not first:
             return
         with db_outage_is_retry(conn, "bars table unavailable for warm-up"):

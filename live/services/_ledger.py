@@ -23,7 +23,7 @@ from typing import Any
 
 from awet_dagster.contracts import ExecutionReport, OrderEvent
 from awet_dagster.risk.portfolio import Fill, Portfolio
-from live.services._common import contract_of, make_bus
+from live.services._common import contract_of, make_bus, time_guard
 from live.services._tail import tail_for
 
 log = logging.getLogger("awet.live.ledger")
@@ -163,8 +163,9 @@ def build_with_fill_tail(cfg: Any, endpoints: Any, *, name: str, state: Any, con
         # Optional batch hooks of the state (risk: warm-up/lookup pre-pass, audit before publish).
         hooks = {k: getattr(state, m) for k, m in (("before_batch", "prepare"), ("before_produce", "write_audit"))
                  if callable(getattr(state, m, None))}
+        guard = getattr(state, "guard", None) or time_guard(cfg)
         return make_bus(
-            cfg, endpoints, name=name, topics={input_topic: contract_of(input_topic, input_contract)},
+            cfg, endpoints, name=name, topics={input_topic: contract_of(input_topic, input_contract)}, guard=guard,
             handler=state.handle, group=group, resources=[tail, conn], component=state, **hooks, **bus_kwargs,
         )
     except Exception:

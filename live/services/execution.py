@@ -119,6 +119,7 @@ from live.services._common import (
     db_settings,
     decoded,
     make_bus,
+    time_guard,
 )
 from live.services._ledger import CLOSED, FillLedger
 
@@ -188,6 +189,12 @@ class Executor:
         self.venue = broker.venue
         if metrics is not None:
             metrics.venue_ready(self.venue)  # order/error/slippage series at 0 from the start
+        # A venue client that reports each failed call itself (AlpacaPaperBroker.on_error: also
+        # the ones its retries absorb) is heard here: logged with the order's id, counted by kind.
+        inner = getattr(broker, "inner", broker)
+        self._reports_errors = hasattr(inner, "on_error")
+        if self._reports_errors and inner.on_error is None:
+            inner.on_error = self._on_broker_error
         self.dry_run = dry_run
         self.orders_topic, self.done_topic = orders_topic, done_topic
         self.ns = namespace
@@ -537,8 +544,15 @@ class Executor:
         return [Output(self.orders_topic, self._order_event(req, res.order))] + self._catch_up(req)
 
     # ------------------------------------------------------------------ helpers
-    def _broker_error(self, exc: BaseException) -> None:
+    def _on_broker_error(self, kind: str, coid: str, detail: str) -> None:
+        log.warning("execution: %s error %s on order %s: %s", self.venue, kind, coid or "-", detail)
         if self.metrics is not None:
+            self.metrics.broker_error(self.venue, kind)
+
+    def _broker_error(self, exc: BaseException) -> None:
+        """A broker call that failed for good: counted here only for a venue that does not report
+        its errors call by call (those are counted as they happen, see _on_broker_error)."""
+        if self.metrics is not None and not self._reports_errors:
             self.metrics.broker_error(self.venue, _error_status(exc))
 
     def _submitted_metrics(self, req: OrderRequest) -> None:
@@ -841,7 +855,7 @@ def build(cfg: Any, endpoints: Any, *, approved_topic: str = RISK_APPROVED, exit
                 approved_topic: contract_of(approved_topic, RiskDecision),
                 exits_topic: contract_of(exits_topic, ExitEvent)},
         handler=ex.handle, group=group, resources=[conn], component=ex, before_batch=ex.prepare,
-        before_commit=before_commit,
+        before_commit=before_commit, guard=time_guard(cfg),
         **bus_kwargs,
     )
     try:

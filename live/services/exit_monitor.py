@@ -35,7 +35,7 @@ from awet_dagster.execution import client_order_id
 from awet_dagster.exits import ExitMonitor
 from awet_dagster.streaming import event_to_bar
 from live.bus import MessageContext, Output, RetryLater
-from live.services._common import LazyConnection, LiveService, contract_of, db_settings
+from live.services._common import LazyConnection, LiveService, contract_of, db_settings, time_guard
 from live.services._ledger import FillLedger, build_with_fill_tail
 from live.services._tail import TopicTail
 
@@ -52,6 +52,7 @@ class ExitService:
         self.conn = conn
         self.exits_topic = exits_topic
         self.ns = namespace
+        self.guard = time_guard(cfg)
         self.fill_wait_s = cfg.risk.fill_wait_s if fill_wait_s is None else fill_wait_s
         self.ledger = FillLedger(cfg.risk.initial_equity)
         self.monitor = ExitMonitor(cfg.exits)

@@ -22,6 +22,7 @@ from live.services._common import (
     db_settings,
     history_reader,
     make_bus,
+    time_guard,
 )
 
 NAME = "lean_alpha"
@@ -39,7 +40,8 @@ def build(cfg: Any, endpoints: Any, *, input_topic: str = MARKET_RAW, output_top
     if contract_of(output_topic, AlphaSignal) is not AlphaSignal:
         raise ValueError(f"topic {output_topic!r} does not carry AlphaSignal")
     model = contract_of(input_topic, MarketRawEvent)
+    guard = time_guard(cfg)
     return make_bus(
-        cfg, endpoints, name=name, topics={input_topic: model}, handler=handle, group=group,
-        before_batch=batch_warm_up(bank, conn, model), resources=[conn], component=bank, **bus_kwargs,
+        cfg, endpoints, name=name, topics={input_topic: model}, handler=handle, group=group, guard=guard,
+        before_batch=batch_warm_up(bank, conn, model, guard), resources=[conn], component=bank, **bus_kwargs,
     )

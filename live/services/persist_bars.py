@@ -20,7 +20,7 @@ from awet_dagster.contracts.topics import MARKET_RAW
 from awet_dagster.storage.bars import copy_upsert_bars
 from awet_dagster.streaming import events_to_frame
 from live.bus import MessageContext, RetryLater
-from live.services._common import LazyConnection, LiveService, contract_of, db_settings, make_bus
+from live.services._common import LazyConnection, LiveService, contract_of, db_settings, make_bus, time_guard
 
 log = logging.getLogger("awet.live.persist_bars")
 
@@ -71,6 +71,6 @@ def build(cfg: Any, endpoints: Any, *, input_topic: str = MARKET_RAW, group: str
     return make_bus(
         cfg, endpoints, name=name,
         topics={input_topic: contract_of(input_topic, MarketRawEvent)},
-        handler=writer.handle, group=group, before_commit=writer.flush,
+        handler=writer.handle, group=group, before_commit=writer.flush, guard=time_guard(cfg),
         resources=[conn], component=writer, **bus_kwargs,
     )

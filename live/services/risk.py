@@ -58,6 +58,7 @@ from awet_dagster.storage.trading import (
 from awet_dagster.streaming import read_last_bars_many
 from live.bus import MessageContext, Output
 from live.services._common import (
+    time_guard,
     LazyConnection,
     LiveService,
     contract_of,
@@ -142,7 +143,7 @@ class RiskService:
     """State and handler of the risk service (the LiveService's ``component``)."""
 
     def __init__(self, cfg: Any, conn: LazyConnection, *, approved_topic: str, rejected_topic: str,
-                 namespace: str = "", bar_type: str = "daily", fill_wait_s: float | None = None,
+                 namespace: str = "", fill_wait_s: float | None = None,
                  metrics: Any = None, input_model: type[ScoredSignal] = ScoredSignal) -> None:
         self.cfg = cfg
         self.input_model = input_model
@@ -150,7 +151,7 @@ class RiskService:
         self.conn = conn
         self.approved_topic, self.rejected_topic = approved_topic, rejected_topic
         self.ns = namespace
-        self.bar_type = bar_type
+        self.guard = time_guard(cfg)
         self.fill_wait_s = cfg.risk.fill_wait_s if fill_wait_s is None else fill_wait_s
         self.ledger = FillLedger(cfg.risk.initial_equity)
         self.store = CachedRiskStateStore(conn, namespace)
@@ -158,7 +159,7 @@ class RiskService:
         self.tail: TopicTail | None = None
         self._ts: datetime | None = None
         self._seen: set[str] = set()
-        self._warm: set[str] = set()
+        self._warm: set[tuple[str, str]] = set()  # (symbol, bar type) with CVaR history loaded
         # Batch state: decisions stored for the batch's signals (looked up by the pre-pass),
         # decisions made in this batch, audit records to write before publishing.
         self._looked_up: set[str] = set()
@@ -212,11 +213,13 @@ class RiskService:
         self._audit.clear()
         self._looked_up.clear()
         self._stored.clear()
-        new: dict[str, datetime] = {}
+        new: dict[tuple[str, str], datetime] = {}
         tradable: dict[str, str] = {}  # signal event id -> correlation id
         for _, sig in decoded(batch, self.input_model):
-            if sig.symbol not in self._warm:
-                new.setdefault(sig.symbol, sig.ts)
+            if not self.guard.admissible(sig.symbol, "signal", sig.ts):
+                continue  # dead-lettered by the handler; must not set the warm-up point
+            if (sig.symbol, sig.bar_type) not in self._warm:
+                new.setdefault((sig.symbol, sig.bar_type), sig.ts)
             if signal_passed(sig):
                 tradable[sig.event_id] = sig.correlation_id
         if new:
@@ -235,19 +238,25 @@ class RiskService:
         rows, self._audit = self._audit, []
         return self._db(record_audits, self.conn.get(), rows) if rows else 0
 
-    def _warm_up_many(self, first_ts: dict[str, datetime]) -> None:
-        history = read_last_bars_many(self.conn.get(), first_ts, self.bar_type, self.cfg.risk.cvar_lookback_bars + 1)
-        for symbol, bars in history.items():
-            self._feed_history(symbol, bars)
+    def _warm_up_many(self, first_ts: dict[tuple[str, str], datetime]) -> None:
+        """CVaR history of each new (symbol, bar type): the bars of the type being traded (the
+        signal's), one query per bar type."""
+        by_type: dict[str, dict[str, datetime]] = {}
+        for (symbol, bar_type), ts in first_ts.items():
+            by_type.setdefault(bar_type, {})[symbol] = ts
+        for bar_type, wanted in by_type.items():
+            history = read_last_bars_many(self.conn.get(), wanted, bar_type, self.cfg.risk.cvar_lookback_bars + 1)
+            for symbol in wanted:
+                self._feed_history(symbol, bar_type, history.get(symbol, []))
 
-    def _warm_up(self, symbol: str, ts: datetime) -> None:
-        if symbol not in self._warm:
-            self._warm_up_many({symbol: ts})
+    def _warm_up(self, symbol: str, bar_type: str, ts: datetime) -> None:
+        if (symbol, bar_type) not in self._warm:
+            self._warm_up_many({(symbol, bar_type): ts})
 
-    def _feed_history(self, symbol: str, bars: list[dict]) -> None:
+    def _feed_history(self, symbol: str, bar_type: str, bars: list[dict]) -> None:
         for b in bars:
             self.engine.history.update(symbol, b["ts"], float(b["close"]))
-        self._warm.add(symbol)
+        self._warm.add((symbol, bar_type))
 
     def _stored_decision(self, signal: ScoredSignal) -> dict | None:
         if signal.event_id in self._stored:
@@ -292,7 +301,7 @@ class RiskService:
     def _handle(self, signal: ScoredSignal) -> list[Output]:
         symbol, ts = signal.symbol, signal.ts
         self.counters["signals"] += 1
-        self._warm_up(symbol, ts)
+        self._warm_up(symbol, signal.bar_type, ts)
         pending = self._book_until(symbol, ts)
         self.engine.on_bar(symbol, ts, signal.price)
         self._publish(ts)
@@ -334,13 +343,13 @@ class RiskService:
 
 def build(cfg: Any, endpoints: Any, *, input_topic: str = SIGNALS_SCORED, approved_topic: str = RISK_APPROVED,
           rejected_topic: str = RISK_REJECTED, done_topic: str = EXEC_DONE, orders_topic: str = EXEC_ORDERS,
-          group: str | None = None, name: str = NAME, namespace: str = "", bar_type: str | None = None,
+          group: str | None = None, name: str = NAME, namespace: str = "",
           fill_wait_s: float | None = None, tracker: Any = None, metrics: Any = None,
           **bus_kwargs: Any) -> LiveService:
     """``metrics``: a ``live.metrics.ServiceMetrics`` for the trading gauges (the runner passes it)."""
     conn = LazyConnection(endpoints.database_url, **db_settings(cfg))
     svc_state = RiskService(cfg, conn, approved_topic=approved_topic, rejected_topic=rejected_topic,
-                            namespace=namespace, bar_type=bar_type or cfg.data.bar_type, fill_wait_s=fill_wait_s,
+                            namespace=namespace, fill_wait_s=fill_wait_s,
                             metrics=metrics, input_model=contract_of(input_topic, ScoredSignal))
     for topic in (approved_topic, rejected_topic):
         if contract_of(topic, RiskDecision) is not RiskDecision:

@@ -57,6 +57,7 @@ from live.services._common import (
     db_settings,
     make_bus,
     read_many_from,
+    time_guard,
     unseen_first,
 )
 from live.services._tail import TopicTail, tail_for
@@ -142,6 +143,7 @@ class SignalService:
         self._warmed: set[str] = set()
         self.input_model = input_model
         self._buffer: list[ScoredSignal] = []
+        self.guard = time_guard(cfg)
         self.counters = {"bars": 0, "with_forecast": 0, "prediction_wait_timeouts": 0, "warmup_bars": 0,
                          "skipped_stale": 0, "persisted": 0}
 
@@ -187,7 +189,7 @@ class SignalService:
     def prepare(self, batch: Sequence[Any]) -> None:
         """Batch pre-pass: warm up every new symbol of the batch with ONE bars query."""
         warmed = self._warmed.__contains__
-        first = unseen_first(batch, self.input_model, lambda k: warmed(k[0]), warmed)
+        first = unseen_first(batch, self.input_model, lambda k: warmed(k[0]), warmed, self.guard)
         if first:
             with db_outage_is_retry(self.conn, "bars table unavailable for warm-up"):
                 self._warm_up(first)
@@ -290,7 +292,7 @@ def build(cfg: Any, endpoints: Any, *, input_topic: str = MARKET_RAW, output_top
             if tracker is not None:
                 tracker.add_tail(name, tail)
         return make_bus(
-            cfg, endpoints, name=name, topics={input_topic: state.input_model},
+            cfg, endpoints, name=name, topics={input_topic: state.input_model}, guard=state.guard,
             handler=state.handle, group=group, before_batch=state.prepare, before_commit=state.flush,
             resources=[r for r in (tail, conn) if r is not None], component=state, **bus_kwargs,
         )
