@@ -13,6 +13,7 @@ def metadata_value(value):
 def check_results(key: AssetKey, results: Iterable[QualityResult]) -> Iterator[AssetCheckResult]:
     for check in results:
         yield AssetCheckResult(
-            asset_key=key, check_name=check.name, passed=check.passed, severity=AssetCheckSeverity.ERROR,
+            asset_key=key, check_name=check.name, passed=check.passed,
+            severity=AssetCheckSeverity.WARN if check.severity == "warn" else AssetCheckSeverity.ERROR,
             description=check.description, metadata={k: metadata_value(v) for k, v in check.metadata.items()},
         )

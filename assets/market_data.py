@@ -22,17 +22,29 @@ from dagster import (
 from assets._checks import check_results
 from assets.partitions import bar_partitions, windows_for
 from awet_dagster.config import load_config
-from awet_dagster.quality import calendar_gaps, duplicate_rows, ohlc_violations, staleness
+from awet_dagster.quality import (
+    calendar_gaps,
+    duplicate_rows,
+    ohlc_violations,
+    session_gaps,
+    staleness,
+    tolerated_gaps,
+)
 from awet_dagster.sources.schema import empty_bars, ensure_schema, validate_bars
-from awet_dagster.storage.bars import read_bars, replace_partition
+from awet_dagster.storage.bars import read_bars, record_gaps, replace_partition
 from resources.database import DatabaseResource
 from resources.market_data import MarketDataResource
 
 BAR_CHECKS = {
     "no_duplicates": "No (symbol, bar_type, ts) twice, in the stored rows or the input.",
     "ohlc_consistent": "low ≤ open, close ≤ high; prices > 0; volume ≥ 0; no input row rejected.",
-    "no_calendar_gaps": "Bars present for every XNYS session/minute (holidays, half days, DST).",
+    "no_calendar_gaps": "Bars present for every XNYS session/minute (holidays, half days, DST), within the "
+                        "tolerance per partition (data.max_missing_count / max_missing_fraction).",
     "not_stale": "Every symbol's newest bar is recent relative to the partition's end.",
+}
+#: Non-blocking: shown in the UI (warning), recorded in bar_gaps, never stops the features.
+BAR_WARNINGS = {
+    "calendar_gaps_tolerated": "Sessions missing a few bars within the tolerance (see the bar_gaps table).",
 }
 
 
@@ -61,7 +73,8 @@ def build_raw_bars(bar_type: str):
         # Daily: all symbols in one run; minute: one run per day × symbol partition.
         backfill_policy=BackfillPolicy.single_run() if bar_type == "daily" else BackfillPolicy.multi_run(1),
         check_specs=[AssetCheckSpec(name, asset=key, description=desc, blocking=True)
-                     for name, desc in BAR_CHECKS.items()],
+                     for name, desc in BAR_CHECKS.items()]
+        + [AssetCheckSpec(name, asset=key, description=desc, blocking=False) for name, desc in BAR_WARNINGS.items()],
         deps=[AssetKey("platform_preflight")],
         freshness_policy=bar_freshness(bar_type),
         description=(
@@ -96,11 +109,14 @@ def build_raw_bars(bar_type: str):
             stored = pl.concat(
                 [read_bars(conn, w.symbols, bar_type, w.start, w.end) for w in windows], how="vertical"
             )
+            gaps = session_gaps(stored, bar_type, cfg.data.max_missing_count, cfg.data.max_missing_fraction)
+            record_gaps(conn, windows, gaps)
         rejected_all = pl.concat(all_rejected, how="diagonal_relaxed") if all_rejected else pl.DataFrame()
         checks = [
             duplicate_rows(stored, rejected_all),
             ohlc_violations(stored, rejected_all),
-            calendar_gaps(stored, bar_type, cfg.data.max_missing_fraction),
+            calendar_gaps(stored, bar_type, cfg.data.max_missing_fraction, cfg.data.max_missing_count, gaps),
+            tolerated_gaps(gaps, bar_type),
             staleness(stored, bar_type, max(w.end for w in windows), cfg.data.staleness_max_days),
         ]
         yield MaterializeResult(

@@ -66,6 +66,11 @@ def _database(cfg: Any) -> dict[str, Any]:
         out["positions"] = conn.execute(
             "SELECT symbol, qty, avg_price, opened_at FROM positions WHERE qty <> 0 ORDER BY symbol"
         ).fetchall()
+        # Dead letters recorded by the live services, last 24 h and in all (the DLQ topics hold them).
+        out["dead_letters"] = conn.execute(
+            "SELECT topic, service, reason, count(*) FILTER (WHERE ts > now() - interval '24 hours'), count(*), "
+            "max(ts) FROM dead_letters GROUP BY topic, service, reason ORDER BY 4 DESC, 5 DESC LIMIT 20"
+        ).fetchall()
     out["revision"] = current_revision(url, connect_timeout_s=cfg.database.connect_timeout_s)
     out["head"] = head_revision()
     return out
@@ -138,6 +143,17 @@ def render(status: dict[str, Any], out: Console, now: datetime | None = None) ->
         out.print(t)
     else:
         out.print("bars: none stored yet")
+
+    letters = db.get("dead_letters") or []
+    if letters:
+        t = Table(title="Dead letters (dead_letters table; the messages are on <topic>.dlq)")
+        for col in ("topic", "service", "reason", "last 24 h", "total", "last"):
+            t.add_column(col)
+        for topic, service, reason, day, total, last in letters:
+            t.add_row(topic, service or "-", reason, str(day), str(total), _age(last, now) + " ago")
+        out.print(t)
+    else:
+        out.print("dead letters: none recorded")
 
     if db["positions"]:
         t = Table(title="Open positions")

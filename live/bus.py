@@ -380,6 +380,7 @@ class BusService:
         commit_max_messages: int = 5000,
         shared_fetch: Any = None,
         on_rebalance: Callable[[], None] | None = None,
+        on_dead_letter: Callable[[str, DeadLetter], None] | None = None,
     ) -> None:
         if not topics:
             raise ValueError("at least one topic is required")
@@ -404,6 +405,9 @@ class BusService:
         self._before_batch = before_batch
         self._before_produce = before_produce
         self._on_rebalance = on_rebalance
+        # (dlq topic, letter) for every dead letter; its optional flush() runs at each checkpoint,
+        # after the letters were acknowledged and before the offsets are committed.
+        self._on_dead_letter = on_dead_letter
         self.rebalances = 0
         if commit_interval_s < 0 or commit_max_messages < 1:
             raise ValueError("commit_interval_s must be >= 0 and commit_max_messages >= 1")
@@ -658,6 +662,9 @@ class BusService:
         t0 = time.monotonic()
         self.producer.flush(self._flush_timeout_s)
         stats.produced += self._pending_produced
+        flush_letters = getattr(self._on_dead_letter, "flush", None)
+        if flush_letters is not None:
+            flush_letters()  # e.g. the dead_letters table rows of this checkpoint's letters
         if self._before_commit is not None:
             self._before_commit(self._pending_contexts)
         offsets = self._pending_offsets
@@ -771,6 +778,8 @@ class BusService:
                      (DLQ_ORIGINAL_TOPIC_HEADER, topic.encode())],
         )
         self._metric("dead_letters", topic, 1)
+        if self._on_dead_letter is not None:
+            self._on_dead_letter(dlq_topic(topic), letter)
 
     def _commit(self, offsets: dict[tuple[str, int], int], stats: RunStats) -> None:
         """Store the acknowledged batch's offsets and commit them asynchronously.

@@ -94,7 +94,7 @@ def test_cli_up_twice_starts_one_set_of_servers_and_down_leaves_nothing(awet_tmp
     pids = [ep1["started"]["postgres"]["pid"], ep1["started"]["broker"]["pid"]]
     # The servers outlive the `up` process that started them.
     assert all(is_alive(p) for p in pids)
-    assert "schema at revision 0002_predictions_per_horizon" in first.stdout
+    assert "schema at revision 0003_dead_letters_and_gaps" in first.stdout
     assert "20 created" in first.stdout  # 10 contract topics + 10 DLQ twins
 
     second = _awet(home, "up")
@@ -106,7 +106,7 @@ def test_cli_up_twice_starts_one_set_of_servers_and_down_leaves_nothing(awet_tmp
 
     status = _awet(home, "status")
     assert status.returncode == 0, status.stdout + status.stderr
-    assert "0002_predictions_per_horizon (head)" in status.stdout
+    assert "0003_dead_letters_and_gaps (head)" in status.stdout
     kind = ep1["started"]["broker"]["name"]
     assert f"broker ({kind})" in first.stdout and f"broker ({kind})" in status.stdout
     shown = _awet(home, "config", "show", "--key", "infra.broker", "--json")

@@ -40,10 +40,15 @@ def status_env(monkeypatch, tmp_path, database_url, kafka_bootstrap):
         conn.execute(
             "INSERT INTO positions (symbol, qty, avg_price, opened_at) VALUES (%s, 12, 101.5, %s) "
             "ON CONFLICT (symbol) DO UPDATE SET qty = 12", (SYM, ts))
+        conn.execute(
+            'INSERT INTO dead_letters (topic, "partition", "offset", reason, service, error) '
+            "VALUES ('zz-status-topic', 0, 7, 'invalid_time', 'features', 'bar ahead of the clock') "
+            "ON CONFLICT DO NOTHING")
     yield database_url
     with connect(database_url) as conn:
         conn.execute("DELETE FROM bars WHERE symbol = %s", (SYM,))
         conn.execute("DELETE FROM positions WHERE symbol = %s", (SYM,))
+        conn.execute("DELETE FROM dead_letters WHERE topic = 'zz-status-topic'")
         PostgresRiskStateStore(conn).set_kill_switch(before)
 
 
@@ -57,6 +62,7 @@ def test_status_shows_infra_bars_positions_and_kill_switch(status_env):
     assert SYM in out and "7m" in out  # last bar and its age
     assert "Open positions" in out and "101.50" in out
     assert "kill switch: armed" in out
+    assert "Dead letters" in out and "zz-status-topic" in out and "invalid_time" in out
 
     with connect(status_env) as conn:
         PostgresRiskStateStore(conn).set_kill_switch(

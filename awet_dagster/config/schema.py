@@ -174,7 +174,11 @@ class DataConfig(Section):
     # loop; earlier bars are loaded into the bars table first (warm-up history). It must
     # not precede `cutoff`: the replay trades bars no model was trained or evaluated on.
     replay_start: str = "2020-07-01"
-    # Allowed share of calendar bars missing between a symbol's first and last bar.
+    # Calendar-gap tolerance per session (one day x symbol partition): a session missing at most
+    # max_missing_count bars, or at most max_missing_fraction of its expected bars, is recorded
+    # (bar_gaps table, a non-blocking warning check) instead of blocking the features. One missing
+    # regular minute in a vendor day (1/390 = 0.26%) is normal.
+    max_missing_count: int = Field(1, ge=0)
     max_missing_fraction: float = Field(0.002, ge=0, le=1)
     # Time sanity of every input bar (awet_dagster/streaming/time_guard.py): a bar starting more
     # than this ahead of the wall clock (live) or of the latest bar seen (a replay), or older

@@ -13,9 +13,10 @@ import io
 import json
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import polars as pl
 
@@ -287,3 +288,24 @@ def read_bars(conn, symbols: list[str] | tuple[str, ...], bar_type: str,
         "volume": pl.Float64, "bid": pl.Float64, "ask": pl.Float64, "source": pl.Utf8,
     }
     return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def record_gaps(conn, windows: Sequence[Any], gaps: Sequence[Any]) -> int:
+    """Replace the recorded calendar gaps (``bar_gaps``) of the loaded partitions with ``gaps``
+    (``awet_dagster.quality.Gap``): a reload that filled a gap removes its row."""
+    from zoneinfo import ZoneInfo
+
+    ny = ZoneInfo("America/New_York")  # sessions are exchange dates; windows are [start, end) in UTC
+    with conn.transaction(), conn.cursor() as cur:
+        for w in windows:
+            cur.execute("DELETE FROM bar_gaps WHERE symbol = ANY(%s) AND bar_type = %s AND session >= %s "
+                        "AND session < %s", (list(w.symbols), w.bar_type, w.start.astimezone(ny).date(),
+                                             (w.end - timedelta(microseconds=1)).astimezone(ny).date()
+                                             + timedelta(days=1)))
+        cur.executemany(
+            "INSERT INTO bar_gaps (symbol, bar_type, session, missing, expected, first_missing, tolerated) "
+            "VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (symbol, bar_type, session) DO UPDATE SET "
+            "missing = EXCLUDED.missing, expected = EXCLUDED.expected, first_missing = EXCLUDED.first_missing, "
+            "tolerated = EXCLUDED.tolerated, recorded_at = now()",
+            [(g.symbol, g.bar_type, g.session, g.missing, g.expected, g.first_missing, g.tolerated) for g in gaps])
+    return len(gaps)

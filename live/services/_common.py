@@ -42,6 +42,48 @@ class LiveService(BusService):
                     log.exception("%s: closing %r failed", self.name, res)
 
 
+class DeadLetterRecorder:
+    """Every message the service dead-letters, also in the ``dead_letters`` table (topic,
+    partition, offset, service, reason, error): what `awet status` counts and an operator
+    queries. Buffered per batch and written at the checkpoint, before the offsets are committed,
+    idempotently (a redelivered poison message is one row). Best effort: the DLQ topic is the
+    record; a database outage here is logged, not retried (the letters are on the topic)."""
+
+    def __init__(self, conn: LazyConnection, service: str) -> None:
+        self.conn = conn
+        self.service = service
+        self._rows: list[tuple] = []
+        self.written = 0
+
+    def __call__(self, dlq: str, letter: Any) -> None:
+        import base64
+
+        payload = base64.b64decode(letter.original_value_b64) if letter.original_value_b64 else None
+        self._rows.append((letter.original_topic, letter.original_partition, letter.original_offset, letter.reason,
+                           payload, self.service, letter.error_type, letter.error, letter.correlation_id, dlq))
+
+    def flush(self) -> int:
+        if not self._rows:
+            return 0
+        rows, self._rows = self._rows, []
+        import psycopg
+
+        try:
+            conn = self.conn.get()
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(
+                    'INSERT INTO dead_letters (topic, "partition", "offset", reason, payload, service, error_type, '
+                    "error, correlation_id, dlq_topic) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+                    'ON CONFLICT (topic, "partition", "offset", service) DO NOTHING', rows)
+        except psycopg.Error as exc:
+            self.conn.reset()
+            log.warning("%s: %d dead letter(s) not recorded in the dead_letters table (they are on the DLQ "
+                        "topic): %s", self.service, len(rows), exc)
+            return 0
+        self.written += len(rows)
+        return len(rows)
+
+
 def time_guard(cfg: Any) -> TimeGuard:
     """The service's time check of its input bars/signals (``awet_dagster.streaming.time_guard``)."""
     return TimeGuard(TimeLimits.from_config(cfg))
@@ -110,6 +152,10 @@ def make_bus(
     bus_kwargs.setdefault("on_rebalance", (lambda: [f() for f in forgets]) if forgets else None)
     if guard is not None:
         handler = guarded(handler, guard)
+    # Dead letters also go to the dead_letters table, written at the checkpoint.
+    recorder = DeadLetterRecorder(LazyConnection(endpoints.database_url, **db_settings(cfg)), name)
+    bus_kwargs.setdefault("on_dead_letter", recorder)
+    resources = [*resources, recorder.conn]
     return LiveService(
         name,
         list(topics),
