@@ -107,7 +107,8 @@ def _stop_on_signals(stop: threading.Event):
 
 # --------------------------------------------------------------------------- replay
 def replay_cmd(
-    source: str = typer.Option("sample", help="Bar source (sample, synthetic, or any offline BarSource)."),
+    source: str = typer.Option("sample", help="Bar source: sample, synthetic, lean (a Lean folder, data.lean_root) "
+                                              "or any registered BarSource; vendors use their data.* keys."),
     bar_type: str = typer.Option(None, "--bar-type", help="daily | minute (default: data.bar_type)."),
     symbols: list[str] = typer.Option(None, "--symbols", "-s", help="Symbols (repeat or comma-separate)."),
     start: str = typer.Option(None, help="First exchange date, YYYY-MM-DD (default: data.start)."),
@@ -123,11 +124,12 @@ def replay_cmd(
 
     from awet_dagster.contracts.topics import MARKET_RAW
     from awet_dagster.sources import SourceError, get_source
+    from awet_dagster.sources.settings import source_kwargs
     from live.replay import replay_bars
 
     bar_type, syms, first, last = _window(cfg, bar_type, symbols, start, end, cfg.data.start)
     try:
-        bars = get_source(source).fetch(syms, first, last, bar_type)
+        bars = get_source(source, **source_kwargs(source, cfg)).fetch(syms, first, last, bar_type)
     except (SourceError, ValueError) as exc:
         console.print(f"[red]{source}: {exc}[/red]")
         raise typer.Exit(2) from None
@@ -157,7 +159,7 @@ def live_cmd(
     max_seconds: float = typer.Option(None, "--max-seconds", help="Stop every service after this long."),
     max_messages: int = typer.Option(None, "--max-messages", help="Stop each service after N messages."),
     list_services: bool = typer.Option(False, "--list", help="List the registered services and exit."),
-    replay: str = typer.Option(None, "--replay", help="Replay bars of this source (e.g. sample) through every "
+    replay: str = typer.Option(None, "--replay", help="Replay bars of this source (e.g. sample, lean) through every "
                                                      "service, wait until the loop drained, print a summary."),
     bar_type: str = typer.Option(None, "--bar-type", help="With --replay: daily | minute (default: data.bar_type)."),
     start: str = typer.Option(None, help="With --replay: first date (default: data.replay_start)."),
@@ -233,6 +235,7 @@ def _live_replay(source: str, bar_type: str | None, start: str | None, end: str 
     cfg = _config()
     from awet_dagster.live_summary import format_summary, loop_summary
     from awet_dagster.sources import SourceError, get_source
+    from awet_dagster.sources.settings import source_kwargs
     from awet_dagster.storage.bars import copy_upsert_bars
     from awet_dagster.storage.db import connect
     from live.metrics import service_port
@@ -241,7 +244,7 @@ def _live_replay(source: str, bar_type: str | None, start: str | None, end: str 
 
     bar_type, syms, first, last = _window(cfg, bar_type, symbols, start, end, cfg.data.replay_start)
     try:
-        src = get_source(source)
+        src = get_source(source, **source_kwargs(source, cfg))
         bars = src.fetch(syms, first, last, bar_type)
         history = (src.fetch(syms, first - timedelta(days=preload_days), first - timedelta(days=1), bar_type)
                    if preload_days > 0 else None)

@@ -1,24 +1,11 @@
 """Market-data sources for assets: the offline sample by default, vendors by name."""
-from typing import Any
-
 from dagster import ConfigurableResource
 
-from awet_dagster.config import AwetConfig, load_config
+from awet_dagster.config import load_config
 from awet_dagster.sources.registry import BarSource, get_source
+from awet_dagster.sources.settings import source_kwargs
 
-
-def _secret(value) -> str | None:
-    return value.get_secret_value() if value is not None else None
-
-
-def source_kwargs(name: str, cfg: AwetConfig) -> dict[str, Any]:
-    """Credentials and settings each vendor client takes, from the layered config."""
-    data = cfg.data
-    if name == "polygon":
-        return {"polygon_api_key": _secret(data.polygon_api_key)}
-    if name == "alpaca":
-        return {"alpaca_api_key": _secret(data.alpaca_api_key), "alpaca_secret_key": _secret(data.alpaca_secret_key)}
-    return {}
+__all__ = ["MarketDataResource", "source_kwargs"]  # source_kwargs: re-exported for old imports
 
 
 class MarketDataResource(ConfigurableResource):

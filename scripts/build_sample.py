@@ -7,15 +7,19 @@ contract and writes zstd parquet plus PROVENANCE.md. Deterministic: the same inp
 the same frames (files are sorted by symbol, bar_type, ts).
 
     .venv/bin/python scripts/build_sample.py [LEAN_DIR] [--out DIR]
+        [--daily-first-year Y] [--daily-last-year Y] [--minute-symbols SPY,IBM]
+        [--minute-first-day YYYY-MM-DD] [--minute-last-day YYYY-MM-DD]
+
+The files are read with `awet_dagster.sources.lean_folder.LeanFolderSource` (the `lean`
+source), under the name "sample".
 """
 from __future__ import annotations
 
 import argparse
 import sys
-import zipfile
 from collections import Counter
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -24,8 +28,8 @@ if str(REPO_ROOT) not in sys.path:  # run as a plain script from a checkout
 
 import polars as pl  # noqa: E402
 
-from awet_dagster.sources import lean  # noqa: E402
-from awet_dagster.sources.schema import validate_bars  # noqa: E402
+from awet_dagster.sources.lean_folder import LeanFolderSource  # noqa: E402
+from awet_dagster.sources.schema import BAR_COLUMNS, FACTOR_COLUMNS, REASON  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -41,52 +45,35 @@ class SampleSpec:
 DEFAULT_LEAN_DIR = REPO_ROOT.parent / "shared" / "market-data" / "lean"
 DEFAULT_OUT_DIR = REPO_ROOT / "awet_dagster" / "data" / "sample"
 SORT_KEYS = ["symbol", "bar_type", "ts"]
+SOURCE_NAME = "sample"  # the `source` column of the shipped bars
+RAW_COLUMNS = [c for c in BAR_COLUMNS if c not in FACTOR_COLUMNS]
 
 
-def _read_zip_member(path: Path) -> bytes:
-    # Each Lean zip holds exactly one CSV; insist on it so a changed layout fails loudly.
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-        if len(names) != 1:
-            raise ValueError(f"{path}: expected one CSV inside, found {names}")
-        return zf.read(names[0])
-
-
-def build_daily(equity_dir: Path, spec: SampleSpec) -> pl.DataFrame:
-    frames = [
-        lean.parse_daily(_read_zip_member(p), p.stem)
-        for p in sorted((equity_dir / "daily").glob("*.zip"))
-    ]
-    if not frames:
-        raise FileNotFoundError(f"no daily/*.zip under {equity_dir}")
-    daily = pl.concat(frames)
-    year = pl.col("ts").dt.year()
-    return daily.filter(year.is_between(spec.daily_first_year, spec.daily_last_year))
-
-
-def build_minute(equity_dir: Path, spec: SampleSpec) -> pl.DataFrame:
-    frames = []
-    for symbol in spec.minute_symbols:
-        folder = equity_dir / "minute" / symbol.lower()
-        for trade_zip in sorted(folder.glob("*_trade.zip")):
-            day = datetime.strptime(trade_zip.name[:8], "%Y%m%d").date()
-            if not spec.minute_first_day <= day <= spec.minute_last_day:
-                continue
-            quote_zip = trade_zip.with_name(f"{trade_zip.name[:8]}_quote.zip")
-            trades = lean.parse_minute_trades(_read_zip_member(trade_zip), symbol, day)
-            quotes = lean.parse_minute_quotes(_read_zip_member(quote_zip), day)
-            frames.append(lean.attach_quotes(trades, quotes))
-    if not frames:
-        raise FileNotFoundError(f"no minute trade zips for {spec.minute_symbols} under {equity_dir}")
-    return pl.concat(frames)
-
-
-def checked(frame: pl.DataFrame, label: str) -> tuple[pl.DataFrame, Counter[str]]:
-    good, rejected = validate_bars(frame)
-    reasons = Counter(rejected["reason"].to_list())
+def _checked(src: LeanFolderSource, frame: pl.DataFrame, label: str) -> tuple[pl.DataFrame, Counter[str]]:
+    # The source keeps rows failing validate_bars out and on last_rejected: list them.
+    reasons = Counter(src.last_rejected[REASON].to_list()) if src.last_rejected.height else Counter()
     for reason, count in sorted(reasons.items()):
         print(f"{label}: rejected {count} row(s): {reason}", file=sys.stderr)
-    return good.sort(SORT_KEYS), reasons
+    if frame.height == 0:
+        raise FileNotFoundError(f"no {label} bars under {src.root} for the requested range")
+    # The parquet keeps raw bars only: SampleSource attaches the factors of the shipped
+    # factor_files/ at read time.
+    return frame.select(RAW_COLUMNS).sort(SORT_KEYS), reasons
+
+
+def build_daily(src: LeanFolderSource, spec: SampleSpec) -> tuple[pl.DataFrame, Counter[str]]:
+    """Every daily symbol of the folder, sessions of the spec's years."""
+    symbols = src.symbols("daily")
+    if not symbols:
+        raise FileNotFoundError(f"no daily/*.zip under {src.root}")
+    first, last = date(spec.daily_first_year, 1, 1), date(spec.daily_last_year, 12, 31)
+    return _checked(src, src.fetch(symbols, first, last, "daily"), "daily")
+
+
+def build_minute(src: LeanFolderSource, spec: SampleSpec) -> tuple[pl.DataFrame, Counter[str]]:
+    """The spec's minute symbols, its first..last exchange day (inclusive)."""
+    frame = src.fetch(spec.minute_symbols, spec.minute_first_day, spec.minute_last_day, "minute")
+    return _checked(src, frame, "minute")
 
 
 def write_parquet(frame: pl.DataFrame, path: Path, spec: SampleSpec) -> None:
@@ -128,7 +115,9 @@ Read by `awet_dagster.sources.sample.SampleSource`.
 Real US equity bars from the QuantConnect Lean repository (Apache-2.0,
 https://github.com/QuantConnect/Lean), folder `Data/equity/usa`, commit 24863901de,
 copied unchanged into `shared/market-data/lean/` (see its PROVENANCE.md). Prices are
-split/dividend-raw (not adjusted), as in Lean.
+split/dividend-raw (not adjusted), as in Lean; `factor_files/` holds Lean's factor files of
+the sample's symbols (copied unchanged), which `SampleSource` attaches to every fetch as
+`adj_factor` / `split_factor` (`awet_dagster/sources/corporate_actions.py`).
 
 ## Contents
 - `daily.parquet`: daily bars of every symbol in `daily/`, sessions
@@ -169,28 +158,70 @@ Schema: the bar contract of `awet_dagster/sources/schema.py` (`source` = `"sampl
 """
 
 
+def copy_factor_files(lean_dir: Path, out: Path, symbols: list[str]) -> list[str]:
+    """Lean's factor file of each sample symbol that has one, unchanged, into out/factor_files."""
+    root = lean_dir / "equity" / "usa" if (lean_dir / "equity" / "usa").is_dir() else lean_dir
+    target = out / "factor_files"
+    target.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for symbol in symbols:
+        src = root / "factor_files" / f"{symbol.lower()}.csv"
+        if src.is_file():
+            (target / src.name).write_bytes(src.read_bytes())
+            copied.append(symbol)
+    return copied
+
+
 def build(lean_dir: Path, out: Path, spec: SampleSpec = SampleSpec()) -> tuple[pl.DataFrame, pl.DataFrame]:
-    equity_dir = lean_dir / "equity" / "usa"
-    if not equity_dir.is_dir():
-        raise FileNotFoundError(f"{equity_dir} not found: pass the Lean data folder as LEAN_DIR")
-    daily, daily_rejected = checked(build_daily(equity_dir, spec), "daily")
-    minute, minute_rejected = checked(build_minute(equity_dir, spec), "minute")
+    src = LeanFolderSource(lean_dir, name=SOURCE_NAME)  # the same reader as `data.source: lean`
+    daily, daily_rejected = build_daily(src, spec)
+    minute, minute_rejected = build_minute(src, spec)
     out.mkdir(parents=True, exist_ok=True)
     write_parquet(daily, out / "daily.parquet", spec)
     write_parquet(minute, out / "minute.parquet", spec)
+    copy_factor_files(lean_dir, out, sorted({*daily["symbol"].unique(), *minute["symbol"].unique()}))
     text = provenance(out, daily, minute, {"daily": daily_rejected, "minute": minute_rejected}, spec)
     (out / "PROVENANCE.md").write_text(text, encoding="utf-8")
     return daily, minute
 
 
-def main(argv: list[str] | None = None) -> int:
+def _symbols(text: str) -> tuple[str, ...]:
+    symbols = tuple(s.strip().upper() for s in text.split(",") if s.strip())
+    if not symbols:
+        raise argparse.ArgumentTypeError("give at least one symbol")
+    return symbols
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Path, Path, SampleSpec]:
+    d = SampleSpec()  # the defaults build the shipped sample
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("lean_dir", nargs="?", type=Path, default=DEFAULT_LEAN_DIR)
+    parser.add_argument("lean_dir", nargs="?", type=Path, default=DEFAULT_LEAN_DIR,
+                        help="Lean data folder (holding equity/usa) or equity/usa itself")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR)
+    parser.add_argument("--daily-first-year", type=int, default=d.daily_first_year)
+    parser.add_argument("--daily-last-year", type=int, default=d.daily_last_year)
+    parser.add_argument("--minute-symbols", type=_symbols, default=d.minute_symbols,
+                        help="comma-separated (default: %(default)s)")
+    parser.add_argument("--minute-first-day", type=date.fromisoformat, default=d.minute_first_day,
+                        help="first exchange date, YYYY-MM-DD (default: %(default)s)")
+    parser.add_argument("--minute-last-day", type=date.fromisoformat, default=d.minute_last_day,
+                        help="last exchange date, inclusive (default: %(default)s)")
     args = parser.parse_args(argv)
-    daily, minute = build(args.lean_dir, args.out)
-    total = sum((args.out / n).stat().st_size for n in ("daily.parquet", "minute.parquet"))
-    print(f"wrote {daily.height} daily + {minute.height} minute rows, {total:,} bytes -> {args.out}")
+    if args.daily_first_year > args.daily_last_year or args.minute_first_day > args.minute_last_day:
+        parser.error("a first year/day is after its last one")
+    spec = SampleSpec(
+        daily_first_year=args.daily_first_year, daily_last_year=args.daily_last_year,
+        minute_symbols=args.minute_symbols, minute_first_day=args.minute_first_day,
+        minute_last_day=args.minute_last_day, compression_level=d.compression_level,
+    )
+    return args.lean_dir, args.out, spec
+
+
+def main(argv: list[str] | None = None) -> int:
+    lean_dir, out, spec = parse_args(argv)
+    daily, minute = build(lean_dir, out, spec)
+    total = sum((out / n).stat().st_size for n in ("daily.parquet", "minute.parquet"))
+    print(f"wrote {daily.height} daily + {minute.height} minute rows, {total:,} bytes -> {out}")
     return 0
 
 

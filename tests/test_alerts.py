@@ -131,7 +131,7 @@ def test_alpaca_errors_absorbed_by_retries_are_counted_and_fire_the_alert(tmp_pa
     the AlpacaAPIErrors rule reads. The counts come from the real path (AlpacaPaperBroker against
     the fake venue, its errors reported to the execution service's metrics); repeated each minute,
     promtool must see the alert fire with the kind."""
-    from fake_alpaca import FakeAlpaca
+    from tests.fake_alpaca import FakeAlpaca
 
     from awet_dagster.execution import AlpacaPaperBroker, OrderRequest, client_order_id
     from live.metrics import AwetMetrics

@@ -37,6 +37,7 @@ import json
 import math
 import os
 import re
+import signal
 import shutil
 import socket
 import subprocess
@@ -268,7 +269,7 @@ def replay(tmp_path_factory, test_config_for, database_url, kafka_bootstrap):
     if not os.access(PROMETHEUS, os.X_OK):
         pytest.skip("the prometheus server binary is not installed (apt-get install prometheus; "
                     "scripts/ci_system_deps.sh)")
-    from _model_data import register_sample_champion
+    from tests._model_data import register_sample_champion
     from awet_dagster.sources.sample import SampleSource
     from awet_dagster.storage.bars import copy_upsert_bars
     from awet_dagster.storage.db import connect
@@ -564,5 +565,5 @@ def test_awet_live_lag_monitor_serves_its_metrics(tmp_path, database_url, kafka_
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, out
+    assert proc.returncode == 128 + signal.SIGTERM, out  # a clean stop that says it was interrupted
     assert "lag_monitor: processed 0" in out, out

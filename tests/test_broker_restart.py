@@ -52,7 +52,7 @@ class OwnBroker:
     tansu loses everything, so its topics are recreated as ``awet infra up`` does."""
 
     def __init__(self, home: Path, kind: str = "kafka") -> None:
-        from conftest import KAFKA_LIBS
+        from tests.conftest import KAFKA_LIBS
 
         self.home = HomeLayout(home).ensure()
         self.kind = kind
@@ -92,7 +92,7 @@ class OwnBroker:
 
 
 def _own(home: Path, kind: str):
-    from conftest import _start_watchdog
+    from tests.conftest import _start_watchdog
 
     watchdog = _start_watchdog(home)  # stops the broker if this session is killed
     try:

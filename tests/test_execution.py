@@ -25,7 +25,7 @@ from awet_dagster.execution import (
     paper_endpoint_gate,
     reconcile,
 )
-from fake_alpaca import FakeAlpaca  # tests/ is on sys.path (rootdir conftest, no package)
+from tests.fake_alpaca import FakeAlpaca
 
 T0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
 
@@ -308,6 +308,18 @@ def test_reconcile_after_restart_adopts_and_never_duplicates():
         # the restarted loop re-processes the same decision: same id, no second order
         restarted.submit(_req("corr-A"))
         assert fake.submissions[placed.client_order_id] == 1
+
+
+def test_reconcile_names_a_position_the_broker_carried_through_a_split():
+    """Alpaca splits a held position overnight (100 -> 400 AAPL); a feed without factors has
+    not shown the split yet: the mismatch is reported as a likely 4:1 split, not as noise."""
+    with FakeAlpaca() as fake:
+        fake.set_position("AAPL", 400, 125.0)
+        fake.set_position("IBM", 7, 140.0)
+        fake.set_position("SPY", 10, 400.0)
+        report = reconcile(_broker(fake), InMemoryOrderStore(held={"AAPL": 100.0, "IBM": 5.0, "SPY": 100.0}))
+        assert report.position_mismatches == {"AAPL": (100.0, 400.0), "IBM": (5.0, 7.0), "SPY": (100.0, 10.0)}
+        assert report.likely_splits == {"AAPL": 4.0, "SPY": 0.1}  # 4:1 and a 1:10 reverse split; 5 -> 7 is not
 
 
 def test_reconcile_in_sync():

@@ -15,6 +15,7 @@ import pytest
 from awet_dagster.infra import InfraError, infra_down, infra_status, infra_up, resolve_endpoints
 from awet_dagster.infra.paths import HomeLayout
 from awet_dagster.infra.processes import PidRecord, is_alive, terminate, write_pid_file
+from tests.test_migrations import HEAD  # the newest migration, named in one place
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,7 +64,7 @@ def _assert_gone(pids: list[int]) -> None:
 
 
 def _cli_env(home: Path, **extra: str) -> dict[str, str]:
-    from conftest import KAFKA_LIBS, session_broker_choice
+    from tests.conftest import KAFKA_LIBS, session_broker_choice
 
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP")}
     env.update(AWET_HOME=str(home), AWET_ENV="test", PYTHONPATH=str(REPO),
@@ -94,7 +95,7 @@ def test_cli_up_twice_starts_one_set_of_servers_and_down_leaves_nothing(awet_tmp
     pids = [ep1["started"]["postgres"]["pid"], ep1["started"]["broker"]["pid"]]
     # The servers outlive the `up` process that started them.
     assert all(is_alive(p) for p in pids)
-    assert "schema at revision 0003_dead_letters_and_gaps" in first.stdout
+    assert f"schema at revision {HEAD}" in first.stdout
     assert "20 created" in first.stdout  # 10 contract topics + 10 DLQ twins
 
     second = _awet(home, "up")
@@ -106,7 +107,7 @@ def test_cli_up_twice_starts_one_set_of_servers_and_down_leaves_nothing(awet_tmp
 
     status = _awet(home, "status")
     assert status.returncode == 0, status.stdout + status.stderr
-    assert "0003_dead_letters_and_gaps (head)" in status.stdout
+    assert f"{HEAD} (head)" in status.stdout
     kind = ep1["started"]["broker"]["name"]
     assert f"broker ({kind})" in first.stdout and f"broker ({kind})" in status.stdout
     shown = _awet(home, "config", "show", "--key", "infra.broker", "--json")
@@ -306,7 +307,7 @@ def test_down_stops_a_kafka_whose_up_was_killed_even_without_its_pid_file(awet_t
     found by the record written before the readiness wait or, without it, by its command line."""
     import signal
 
-    from conftest import KAFKA_LIBS
+    from tests.conftest import KAFKA_LIBS
 
     from awet_dagster.infra.broker import choose_broker, BrokerOptions
 

@@ -201,7 +201,7 @@ def test_lockstep_replay_with_the_champion_trades_like_the_backtest_with_that_mo
     gets the same model's forecasts for the same bars, computed offline through
     origin_windows + predictions_frame (the walk-forward's path), and the same calibrator.
     Both must place exactly the same orders."""
-    from _model_data import register_sample_champion
+    from tests._model_data import register_sample_champion
 
     from awet_dagster.evaluation.walk_forward import predictions_frame
     from awet_dagster.features import compute_features

@@ -16,10 +16,13 @@ import sqlalchemy as sa
 from awet_dagster.storage import db
 from awet_dagster.storage.retention import apply_retention
 
+# The newest migration: a new one must be added here on purpose (the head is asserted, not discovered).
+HEAD = "0004_bar_factors"
+
 REPO = Path(__file__).resolve().parents[1]
 TABLES = {
     "bars", "rejected_bars", "features", "predictions", "signals", "orders", "fills", "positions",
-    "risk_state", "audit_log", "walk_forward_results", "dead_letters", "reddit_mentions",
+    "risk_state", "audit_log", "walk_forward_results", "dead_letters", "reddit_mentions", "bar_gaps",
 }
 
 
@@ -56,7 +59,7 @@ def _tables(url: str) -> set[str]:
 def test_upgrade_downgrade_upgrade(fresh_db):
     assert db.current_revision(fresh_db) is None
     db.upgrade(fresh_db)
-    assert db.current_revision(fresh_db) == db.head_revision() == "0002_predictions_per_horizon"
+    assert db.current_revision(fresh_db) == db.head_revision() == HEAD
     assert _tables(fresh_db) == TABLES
     db.upgrade(fresh_db)  # at head: no-op
     db.downgrade(fresh_db, "base")
@@ -160,5 +163,5 @@ def test_alembic_cli_with_repo_ini(fresh_db):
     up = run("upgrade", "head")
     assert up.returncode == 0, up.stderr
     cur = run("current")
-    assert "0002_predictions_per_horizon (head)" in cur.stdout, cur.stdout + cur.stderr
-    assert db.current_revision(fresh_db) == "0002_predictions_per_horizon"
+    assert f"{HEAD} (head)" in cur.stdout, cur.stdout + cur.stderr
+    assert db.current_revision(fresh_db) == HEAD

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 import torch
 
-from _model_data import BASE, planted
+from tests._model_data import BASE, planted
 from awet_dagster.config.schema import ModelConfig
 from awet_dagster.features import fit_scaler
 from awet_dagster.model.dataset import build_datasets, model_shape, origin_windows, prepare_frame

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 from onnx import numpy_helper
 
-from _model_data import BASE, planted
+from tests._model_data import BASE, planted
 from awet_dagster.model.dataset import build_datasets, origin_windows, prepare_frame
 from awet_dagster.model.onnx_export import MODEL_FILE, OnnxPredictor, check_parity, export_onnx
 from awet_dagster.model.preprocessing import Preprocessing

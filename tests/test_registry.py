@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from _model_data import BASE, planted, walk_forward_result
+from tests._model_data import BASE, planted, walk_forward_result
 from awet_dagster.config.schema import AwetConfig, PathsConfig
 from awet_dagster.evaluation.walk_forward import GateCheck
 from awet_dagster.model import registry as R

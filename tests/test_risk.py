@@ -327,3 +327,37 @@ def test_aligned_history_follows_every_update():
         assert stamps.tolist() == [(t - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) for t in want]
         assert matrix.shape == (len(want), len(held))
         assert np.array_equal(matrix, np.array([[r[t] for r in series] for t in want]).reshape(len(want), len(held)))
+
+
+def test_entries_in_flight_count_against_the_caps_until_filled():
+    """A venue that reports fills bars late (Alpaca) must not let the book exceed its caps:
+    entries approved but not filled yet count as exposure from the approval on."""
+    engine = _engine(max_total_exposure=5_000, max_symbol_exposure=10_000, position_size_pct=0.03,
+                     cvar_limit=1.0, sector_cap_pct=1.0)
+    _warm(engine, symbols=("AAPL", "MSFT", "IBM"))
+    first = engine.evaluate(_signal("AAPL")).decision
+    assert first.approved and first.notional == 3_000
+    # The AAPL order is still working: only $2,000 of room is left for MSFT.
+    second = engine.evaluate(_signal("MSFT"), pending_exposure={"AAPL": 3_000}).decision
+    assert second.approved and second.notional == 2_000
+    third = engine.evaluate(_signal("IBM"), pending_exposure={"AAPL": 3_000, "MSFT": 2_000}).decision
+    assert not third.approved and any("size below one share" in r for r in third.reasons)
+    # Without the pending view the old engine would have approved IBM in full.
+    assert engine.evaluate(_signal("IBM", ts=T0 + timedelta(days=1))).decision.notional == 3_000
+
+
+def test_ledger_counts_the_unfilled_rest_of_working_entries():
+    from live.services._ledger import FillLedger
+    from awet_dagster.contracts import ExecutionReport
+
+    ledger = FillLedger(100_000)
+    ledger.expect("e1", "AAPL", T0, "entry", "c1", qty=10, price=100.0)
+    ledger.expect("x1", "IBM", T0, "exit", "c2", qty=5, price=50.0)  # exits add no exposure
+    assert ledger.pending_exposure() == {"AAPL": 1_000.0}
+    rep = ExecutionReport(correlation_id="c1", client_order_id="e1", symbol="AAPL", side="buy", intent="entry",
+                          ts=T0, status="partially_filled", filled_qty=4, avg_price=100.0, fee=0.0, venue="alpaca",
+                          dry_run=False, qty=10, source_event_id="d1")
+    ledger.on_report(rep)
+    assert ledger.pending_exposure() == {"AAPL": 600.0}
+    ledger.on_report(rep.model_copy(update={"filled_qty": 10, "status": "filled"}))
+    assert ledger.pending_exposure() == {}

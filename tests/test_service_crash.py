@@ -227,7 +227,7 @@ def _run(victim: str | None, champion: dict, endpoints: Endpoints, make_topic, d
 def champion(database_url, tmp_path_factory) -> dict:
     """A small real champion (TFT, ONNX, MLflow) that every run of this module serves, so the
     inference service produces predictions and the signal waits for them."""
-    from _model_data import register_sample_champion
+    from tests._model_data import register_sample_champion
 
     from tests.conftest import config_for
 

@@ -31,7 +31,7 @@ from awet_dagster.sources.reddit import RedditMentions, RedditSettings, extract_
 from awet_dagster.sources.retry import RetryPolicy, parse_retry_after
 from awet_dagster.sources.schema import BAR_SCHEMA
 from awet_dagster.sources.yfinance_source import YFinanceSource
-from fake_http import FakeServer, Reply  # tests/ is on sys.path (rootdir conftest, no package)
+from tests.fake_http import FakeServer, Reply
 
 FIXTURES = Path(__file__).parent / "fixtures"
 UTC = timezone.utc
@@ -73,8 +73,8 @@ def test_retry_after_parses_seconds_and_http_dates():
 
 # ---------------------------------------------------------------- polygon
 
-def polygon(server: FakeServer, sleeps: list[float], policy: RetryPolicy = FAST) -> PolygonSource:
-    return PolygonSource(SECRET, PolygonSettings(base_url=server.url), policy, sleep=sleeps.append)
+def polygon(server: FakeServer, sleeps: list[float], policy: RetryPolicy = FAST, factors: bool = False) -> PolygonSource:
+    return PolygonSource(SECRET, PolygonSettings(base_url=server.url, factors=factors), policy, sleep=sleeps.append)
 
 
 def test_polygon_daily_success_maps_to_session_open_and_keeps_key_out_of_urls(server, sleeps):
@@ -171,8 +171,10 @@ def test_polygon_unreachable_server_is_unavailable(sleeps):
 
 # ---------------------------------------------------------------- alpaca
 
-def alpaca(server: FakeServer, sleeps: list[float], policy: RetryPolicy = FAST) -> AlpacaSource:
-    return AlpacaSource("key-id", SECRET, AlpacaSettings(url_override=server.url), policy, sleep=sleeps.append)
+def alpaca(server: FakeServer, sleeps: list[float], policy: RetryPolicy = FAST, factors: bool = False) -> AlpacaSource:
+    # factors=False: one request series per fetch (the factor requests have their own test)
+    return AlpacaSource("key-id", SECRET, AlpacaSettings(url_override=server.url, factors=factors), policy,
+                        sleep=sleeps.append)
 
 
 def test_alpaca_success_and_page_token_pagination(server, sleeps):
@@ -439,3 +441,68 @@ def test_reddit_missing_credentials_and_real_praw_defaults_to_reddit_hosts():
         "https://oauth.reddit.com", "https://www.reddit.com")
     # The policy's timeout reaching real requests is checked against a fake server in
     # test_sources_http_fakes.py (praw 8 ignores its own `timeout` setting).
+
+
+# ---------------------------------------------------------------- corporate actions (issue #17 item 9)
+
+def _agg(t_ms: int, close: float, volume: float) -> dict:
+    return {"v": volume, "o": close, "c": close, "h": close, "l": close, "t": t_ms}
+
+
+AAPL_SPLIT_DAYS_MS = (1598587200000, 1598846400000)  # 2020-08-28, 2020-08-31 midnight New York
+
+
+def test_polygon_factors_from_the_split_adjusted_aggregates(server, sleeps):
+    raw = [_agg(AAPL_SPLIT_DAYS_MS[0], 499.23, 46.9e6), _agg(AAPL_SPLIT_DAYS_MS[1], 129.04, 225.7e6)]
+    adjusted = [_agg(AAPL_SPLIT_DAYS_MS[0], 124.8075, 187.6e6), _agg(AAPL_SPLIT_DAYS_MS[1], 129.04, 225.7e6)]
+    server.respond = lambda seen, n: Reply(200, {"status": "OK", "results": adjusted if seen.query["adjusted"] == ["true"]
+                                                 else raw})
+    df = polygon(server, sleeps, factors=True).fetch(["AAPL"], date(2020, 8, 28), date(2020, 8, 31), "daily")
+    assert sorted(r.query["adjusted"][0] for r in server.requests) == ["false", "true"]
+    assert df["close"].to_list() == [499.23, 129.04]  # raw: what a broker traded
+    assert df["split_factor"].to_list() == pytest.approx([0.25, 1.0])
+    assert df["adj_factor"].to_list() == pytest.approx([0.25, 1.0])  # Polygon: splits only
+
+
+def test_alpaca_factors_from_split_and_all_adjustments(server, sleeps):
+    def bars(closes):
+        return {"bars": {"AAPL": [{"t": t, "o": c, "h": c, "l": c, "c": c, "v": 1e6}
+                                  for t, c in zip(("2020-08-28T04:00:00Z", "2020-08-31T04:00:00Z"), closes,
+                                                  strict=True)]},
+                "next_page_token": None}
+    series = {"raw": bars([499.23, 129.04]), "split": bars([124.8075, 129.04]), "all": bars([122.9, 128.6])}
+    server.respond = lambda seen, n: Reply(200, series[seen.query["adjustment"][0]])
+    df = alpaca(server, sleeps, factors=True).fetch(["AAPL"], date(2020, 8, 28), date(2020, 8, 31), "daily")
+    assert sorted(r.query["adjustment"][0] for r in server.requests) == ["all", "raw", "split"]
+    assert df["close"].to_list() == [499.23, 129.04]
+    assert df["split_factor"].to_list() == pytest.approx([0.25, 1.0])
+    assert df["adj_factor"].to_list() == pytest.approx([122.9 / 499.23, 128.6 / 129.04])
+
+
+def test_vendor_rounding_is_not_a_split():
+    from awet_dagster.sources.vendor_bars import snap_split_factors
+
+    assert snap_split_factors([0.2499, 0.25003, 0.2500, 1.0001, 1.0]) == [0.25, 0.25, 0.25, 1.0, 1.0]
+
+
+def test_yfinance_raw_prices_and_factors_from_the_split_history():
+    """Yahoo's Close is split-adjusted to today's basis even for a window before the split:
+    the raw prices come back through the symbol's whole split history."""
+    idx = pd.DatetimeIndex(["2020-08-27", "2020-08-28", "2020-08-31"], name="Date").tz_localize("America/New_York")
+    pdf = pd.DataFrame({"Open": [127.14, 124.8, 127.58], "High": [127.49, 125.18, 131.0],
+                        "Low": [123.83, 123.05, 126.0], "Close": [125.01, 124.8075, 129.04],
+                        "Adj Close": [122.2, 122.0, 126.2], "Volume": [155.5e6, 187.6e6, 225.7e6]}, index=idx)
+    asked: list[str] = []
+    src = YFinanceSource(history=FakeHistory(pdf), policy=FAST,
+                         splits=lambda s: asked.append(s) or {date(2014, 6, 9): 7.0, date(2020, 8, 31): 4.0})
+    df = src.fetch(["AAPL"], date(2020, 8, 27), date(2020, 8, 31), "daily")
+    assert asked == ["AAPL"]
+    assert df["close"].to_list() == pytest.approx([500.04, 499.23, 129.04])
+    assert df["volume"].to_list() == pytest.approx([155.5e6 / 4, 187.6e6 / 4, 225.7e6])
+    assert df["split_factor"].to_list() == pytest.approx([0.25, 0.25, 1.0])
+    assert df["adj_factor"].to_list() == pytest.approx([122.2 / 500.04, 122.0 / 499.23, 126.2 / 129.04])
+    # a window entirely before the split still comes back raw (the later split is known)
+    early = YFinanceSource(history=FakeHistory(pdf.iloc[:2]), policy=FAST,
+                           splits=lambda s: {date(2020, 8, 31): 4.0}).fetch(
+        ["AAPL"], date(2020, 8, 27), date(2020, 8, 28), "daily")
+    assert early["close"].to_list() == pytest.approx([500.04, 499.23])

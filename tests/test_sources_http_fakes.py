@@ -28,7 +28,7 @@ from awet_dagster.sources.reddit import RedditMentions, RedditSettings
 from awet_dagster.sources.retry import RetryPolicy
 from awet_dagster.sources.schema import BAR_SCHEMA
 from awet_dagster.sources.yfinance_source import YFinanceSource
-from fake_http import FakeServer, Reply, Seen  # tests/ is on sys.path (rootdir conftest, no package)
+from tests.fake_http import FakeServer, Reply, Seen
 
 pytestmark = pytest.mark.timeout(30)  # each test is bounded well below the suite's 600 s
 
@@ -84,11 +84,15 @@ def trading_periods(stamps: list[int]) -> list[list[dict[str, Any]]]:
     return periods
 
 
-def chart_json(symbol: str, interval: str, bars: list[tuple[int, float]]) -> dict[str, Any]:
-    """A /v8/finance/chart reply: bars are (epoch seconds, close)."""
+def chart_json(symbol: str, interval: str, bars: list[tuple[int, float]],
+               splits: dict[int, tuple[int, int]] | None = None) -> dict[str, Any]:
+    """A /v8/finance/chart reply: bars are (epoch seconds, close); ``splits`` {epoch seconds:
+    (numerator, denominator)} become Yahoo's split events."""
     meta = chart_meta(symbol, interval)
     if not bars:  # what Yahoo sends for a range without sessions
         return {"chart": {"result": [{"meta": meta, "indicators": {"quote": [{}]}}], "error": None}}
+    events = {"splits": {str(t): {"date": t, "numerator": a, "denominator": b, "splitRatio": f"{a}:{b}"}
+                         for t, (a, b) in (splits or {}).items()}} if splits else None
     stamps, closes = [t for t, _ in bars], [c for _, c in bars]
     quote = {"open": [c - 0.5 for c in closes], "high": [c + 1 for c in closes],
              "low": [c - 1 for c in closes], "close": closes, "volume": [1000 + i for i in range(len(bars))]}
@@ -97,7 +101,10 @@ def chart_json(symbol: str, interval: str, bars: list[tuple[int, float]]) -> dic
         meta["tradingPeriods"] = trading_periods(stamps)
     else:
         indicators["adjclose"] = [{"adjclose": closes}]
-    return {"chart": {"result": [{"meta": meta, "timestamp": stamps, "indicators": indicators}], "error": None}}
+    result = {"meta": meta, "timestamp": stamps, "indicators": indicators}
+    if events:
+        result["events"] = events
+    return {"chart": {"result": [result], "error": None}}
 
 
 @dataclass
@@ -111,6 +118,8 @@ class FakeYahoo:
     bars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     script: Callable[[int], Reply | None] = lambda n: None
     history: list[Seen] = field(default_factory=list)
+    splits: dict[str, dict[int, tuple[int, int]]] = field(default_factory=dict)
+    split_requests: list[Seen] = field(default_factory=list)  # the split history (period=max) asks
 
     def __call__(self, seen: Seen, n: int) -> Reply:
         if seen.host == "fc.yahoo.com":  # the cookie endpoint: a 404 page that sets A3
@@ -129,6 +138,9 @@ class FakeYahoo:
         interval = seen.query["interval"][0]
         if "period1" not in seen.query:  # yfinance's timezone lookup (range=1d)
             return Reply(200, chart_json(symbol, interval, self.bars[symbol][-1:]))
+        if int(seen.query["period1"][0]) < 0:  # period="max": Ticker.splits, the split history
+            self.split_requests.append(seen)
+            return Reply(200, chart_json(symbol, interval, self.bars[symbol], self.splits.get(symbol)))
         self.history.append(seen)
         scripted = self.script(len(self.history))
         if scripted is not None:
@@ -225,6 +237,19 @@ def test_yahoo_daily_success_through_real_yfinance(yahoo, sleeps, tmp_path):
 
     assert yfinance.config.debug.hide_exceptions is True  # raised for our call only, then restored
     assert {"cookies.db", "tkr-tz.db"} <= {p.name for p in (tmp_path / "yfinance-cache").iterdir()}
+
+
+def test_yahoo_split_history_through_real_yfinance_gives_raw_prices_and_factors(yahoo, sleeps):
+    """Yahoo's closes are split-adjusted to today's basis; a 2:1 split on 2024-03-11 (after the
+    window asked for) comes from the symbol's split history and un-adjusts the window."""
+    fake, _, _ = yahoo
+    fake.bars["SPY"] = daily_bars()
+    fake.splits["SPY"] = {ny(2024, 3, 11, 9, 30): (2, 1)}
+    df = yf_source(yahoo, sleeps).fetch(["spy"], date(2024, 3, 7), date(2024, 3, 8), "daily")
+    assert len(fake.split_requests) == 1 and len(fake.history) == 1
+    assert df["close"].to_list() == [1020.0, 1022.0]  # raw: twice Yahoo's adjusted closes
+    assert df["volume"].to_list() == [500.0, 500.5]
+    assert df["split_factor"].to_list() == [0.5, 0.5] and df["adj_factor"].to_list() == [0.5, 0.5]
 
 
 def test_yahoo_minute_success_across_dst_drops_bars_outside_the_session(yahoo, sleeps):

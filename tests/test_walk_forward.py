@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from _model_data import planted
+from tests._model_data import planted
 from awet_dagster.config.schema import AwetConfig, GateConfig, ModelConfig, WalkForwardConfig
 from awet_dagster.evaluation import metrics as M
 from awet_dagster.evaluation import evaluate_gate, run_walk_forward, walk_forward_splits

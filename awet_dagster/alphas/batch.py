@@ -4,6 +4,7 @@ from __future__ import annotations
 import polars as pl
 
 from awet_dagster.alphas.signal import AlphaSignal, signals_to_frame
+from awet_dagster.sources.corporate_actions import adjusted_frame
 
 
 def alpha_signals(bars: pl.DataFrame, model_cls, **params) -> pl.DataFrame:
@@ -11,7 +12,7 @@ def alpha_signals(bars: pl.DataFrame, model_cls, **params) -> pl.DataFrame:
     `bars`, each symbol on its own history in ts order; same signals as feeding the
     streaming model bar by bar. Returns a frame with `SIGNAL_SCHEMA`."""
     out: list[AlphaSignal] = []
-    frame = bars.sort("symbol", "ts")
+    frame = adjusted_frame(bars).sort("symbol", "ts")  # split/dividend-adjusted, as the streaming models
     for (symbol,), g in frame.group_by("symbol", maintain_order=True):
         bar_type = g["bar_type"][0] if "bar_type" in g.columns else "daily"
         out.extend(

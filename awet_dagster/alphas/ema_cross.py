@@ -8,6 +8,7 @@ import numpy as np
 
 from awet_dagster.alphas.signal import AlphaSignal, Direction, bar_duration
 from awet_dagster.indicators import EmaStream, ema
+from awet_dagster.sources.corporate_actions import adjusted_close
 
 
 def ema_cross_decision(fast: float, slow: float, fast_over_slow: bool | None) -> tuple[bool | None, Direction | None]:
@@ -42,7 +43,7 @@ class EmaCrossAlpha:
         self.fast_over_slow: bool | None = None
 
     def update(self, bar: Mapping) -> list[AlphaSignal]:
-        close = bar["close"]
+        close = adjusted_close(bar)
         self.fast_over_slow, direction = ema_cross_decision(
             self._fast.update(close), self._slow.update(close), self.fast_over_slow
         )

@@ -8,6 +8,7 @@ import numpy as np
 
 from awet_dagster.alphas.signal import AlphaSignal, Direction, bar_duration
 from awet_dagster.indicators import MacdStream, macd
+from awet_dagster.sources.corporate_actions import adjusted_close
 
 BOUNCE_THRESHOLD = 0.01
 
@@ -52,7 +53,7 @@ class MacdAlpha:
         self.previous: Direction | None = None
 
     def update(self, bar: Mapping) -> list[AlphaSignal]:
-        close = bar["close"]
+        close = adjusted_close(bar)
         _, sig, _ = self._macd.update(close)
         self.previous, direction = macd_decision(sig, close, self.previous, self.threshold)
         if direction is None:

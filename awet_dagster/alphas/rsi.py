@@ -9,6 +9,7 @@ import numpy as np
 
 from awet_dagster.alphas.signal import AlphaSignal, Direction, bar_duration
 from awet_dagster.indicators import RsiStream, rsi
+from awet_dagster.sources.corporate_actions import adjusted_close
 
 UPPER_TRIP, LOWER_TRIP = 70.0, 30.0
 UPPER_RELEASE, LOWER_RELEASE = 65.0, 35.0
@@ -56,7 +57,7 @@ class RsiAlpha:
         self.state = RsiState.MIDDLE
 
     def update(self, bar: Mapping) -> list[AlphaSignal]:
-        value = self._rsi.update(bar["close"])
+        value = self._rsi.update(adjusted_close(bar))
         self.state, direction = rsi_decision(value, self.state)
         if direction is None:
             return []

@@ -44,6 +44,7 @@ from awet_dagster.risk.portfolio import Fill, Portfolio
 from awet_dagster.risk.state import InMemoryRiskStateStore
 from awet_dagster.signals.calibration import PlattCalibrator
 from awet_dagster.signals.engine import QuantileForecast, SignalEngine, signal_passed
+from awet_dagster.sources.corporate_actions import adjusted_close, split_ratio
 
 REGIME_FEATURES = ("regime_close_sma20", "regime_sma20_sma50")
 PREDICTION_COLUMNS = ("symbol", "ts", "model_version", "horizon", "q10", "q50", "q90")
@@ -139,10 +140,12 @@ def run_backtest(
     decisions: list[dict[str, Any]] = []
     audits: list[dict[str, Any]] = []
     equity_rows: list[dict[str, Any]] = []
+    entry_prices: dict[str, float] = {}  # client order id of an entry -> its decision price
     open_trades: dict[str, dict[str, Any]] = {}  # correlation_id -> trade being built
     traded_notional = 0.0
     scored = passed = 0
     current_ts = None
+    split_factors: dict[str, float] = {}  # symbol -> split factor of its last bar
 
     def record_order(res: RouteResult) -> None:
         rq = res.request
@@ -196,9 +199,22 @@ def run_backtest(
             equity_rows.append({"ts": current_ts, "equity": portfolio.equity})
         current_ts = ts
 
+        # A split between the symbol's last bar and this one: the position goes through it
+        # (quantity x ratio, prices / ratio), as the simulator's working orders do in on_bar.
+        factor = float(bar.get("split_factor") or 1.0)
+        ratio = split_ratio(split_factors.get(symbol), factor)
+        split_factors[symbol] = factor
+        if ratio is not None:
+            portfolio.apply_split(symbol, ratio)
+            for o in sim.list_open_orders():
+                if o.symbol == symbol and o.client_order_id in entry_prices:
+                    entry_prices[o.client_order_id] /= ratio
+            for t in open_trades.values():  # entry price of the trade report on the new basis
+                if t["symbol"] == symbol:
+                    t["qty"] *= ratio
         for fill in sim.on_bar(bar):
             book(fill)
-        risk.on_bar(symbol, ts, bar["close"])
+        risk.on_bar(symbol, ts, bar["close"], adjusted_close(bar))
 
         for event in monitor.on_bar(bar, portfolio):
             # An entry still partially working would reopen what we are closing: stop it.
@@ -221,14 +237,23 @@ def run_backtest(
         if not signal_passed(signal):
             continue
         passed += 1
-        pending = any(o.symbol == symbol for o in sim.list_open_orders())
-        outcome = risk.evaluate(signal, has_pending_order=pending)
+        working = sim.list_open_orders()
+        pending = any(o.symbol == symbol for o in working)
+        # Entries accepted but not filled yet count against the caps (as the live risk service
+        # counts the orders in flight at the venue); priced at their decision price.
+        in_flight: dict[str, float] = {}
+        for o in working:
+            price = entry_prices.get(o.client_order_id)
+            if price is not None:
+                in_flight[o.symbol] = in_flight.get(o.symbol, 0.0) + (o.qty - o.filled_qty) * price
+        outcome = risk.evaluate(signal, has_pending_order=pending, pending_exposure=in_flight)
         d = outcome.decision
         audits.append(outcome.audit)
         decisions.append({"ts": ts, "symbol": symbol, "correlation_id": cid, "approved": d.approved,
                           "side": d.side, "qty": d.qty, "notional": d.notional, "cvar_95": d.metrics.cvar_95,
                           "reasons": list(d.reasons)})
         if d.approved:
+            entry_prices[client_order_id(d.correlation_id, "entry")] = signal.price
             record_order(router.route_entry(d, signal.price))
 
     if current_ts is not None:

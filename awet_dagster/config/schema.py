@@ -151,7 +151,9 @@ class MlflowConfig(Section):
 
 
 class DataConfig(Section):
-    source: Literal["sample", "synthetic", "yfinance", "alpaca", "polygon"] = "sample"
+    source: Literal["sample", "synthetic", "lean", "yfinance", "alpaca", "polygon"] = "sample"
+    # source "lean": a Lean data folder (holding equity/usa, or equity/usa itself) to read from.
+    lean_root: str | None = None
     bar_type: Literal["daily", "minute"] = "daily"
     symbols: tuple[str, ...] = ("SPY", "QQQ", "IWM", "AAPL", "IBM", "BAC", "AIG", "EEM")
     start: str = "2010-01-01"

@@ -51,6 +51,10 @@ class MarketRawEvent(BaseEvent):
     bid_size: NonNegativeFloat | None = None
     ask_size: NonNegativeFloat | None = None
     source: NonEmptyStr = Field(description="e.g. 'alpaca', 'yfinance', 'replay'")
+    # Prices above are raw (what a broker trades at); research and indicators use raw x adj_factor.
+    adj_factor: PositiveFloat = Field(1.0, description="raw price x adj_factor = split/dividend-adjusted price")
+    split_factor: PositiveFloat = Field(
+        1.0, description="splits only: a change between two bars of a symbol is a split (new/old = shares per share)")
 
     @model_validator(mode="after")
     def _check_prices(self) -> MarketRawEvent:
@@ -179,6 +183,8 @@ class ScoredSignal(BaseEvent):
     filters_failed: tuple[FilterFailure, ...] = ()
     price: PositiveFloat = Field(description="last price when scored")
     reference_price: PositiveFloat = Field(description="price the signal is relative to (bar close)")
+    adj_factor: PositiveFloat = Field(1.0, description="the bar's adjustment factor: price x adj_factor = adjusted close")
+    split_factor: PositiveFloat = Field(1.0, description="the bar's split factor (a change between bars = a split)")
 
 
 # --------------------------------------------------------------------------- risk

@@ -50,6 +50,25 @@ class ReconcileReport:
     def in_sync(self) -> bool:
         return not (self.adopt_orders or self.not_open_at_broker or self.position_mismatches)
 
+    @property
+    def likely_splits(self) -> dict[str, float]:
+        """Mismatches whose broker/local ratio is a whole split (2:1, 3:2, 1:10, ...): the
+        venue carried the position through a split our bars have not shown yet (a vendor feed
+        without factors). Ratio = broker qty / local qty."""
+        return {s: b / loc for s, (loc, b) in self.position_mismatches.items() if split_like(loc, b)}
+
+
+def split_like(local: float, broker: float) -> bool:
+    if local == 0 or broker == 0 or (local > 0) != (broker > 0):
+        return False
+    ratio = broker / local
+    for r in (ratio, 1 / ratio):  # forward (r:1) or reverse (1:r) splits, also 3:2 style
+        for den in (1, 2, 3):  # 2:1, 3:2, 4:3 ... (odd ratios like 7:5 are not seen in practice)
+            num = r * den
+            if r > 1 + 1e-9 and abs(num - round(num)) < 1e-6:
+                return True
+    return False
+
 
 def reconcile(broker: Broker, store: OrderStore) -> ReconcileReport:
     local_open = store.open_client_order_ids()

@@ -5,6 +5,10 @@ the OPEN of the symbol's next bar (the first bar starting after the decision bar
 by `slippage_bps` against us (buy higher, sell lower). At most `max_participation` of that
 bar's volume fills (whole shares); the rest stays working and fills on later bars
 (partial fills). `fee_per_order` is charged once per order, on its first fill.
+
+Prices are raw (what a broker trades at). A bar whose ``split_factor`` differs from the
+symbol's previous bar is a split: before anything fills on it, working orders and the
+position are carried to the new basis (quantity x ratio, prices / ratio), as a broker does.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from dataclasses import dataclass, replace
 
 from awet_dagster.execution.orders import BrokerOrder, BrokerPosition, OrderRequest
 from awet_dagster.risk.portfolio import Fill
+from awet_dagster.sources.corporate_actions import split_ratio
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,8 @@ class PaperSimulator:
         self._avg: dict[str, float] = {}
         self._seq = 0
         self.submissions = 0  # orders actually created (duplicates are not counted)
+        self._split_factor: dict[str, float] = {}  # symbol -> split factor of its last bar
+        self.splits: list[tuple[str, object, float]] = []  # (symbol, bar ts, ratio) applied
 
     # ------------------------------------------------------------------ Broker protocol
     def submit(self, order: OrderRequest) -> BrokerOrder:
@@ -92,6 +99,12 @@ class PaperSimulator:
         """Fill the working orders of bar's symbol decided before this bar; returns the fills.
         ``only``: just these orders (the others already saw this bar: catch-up after a restart)."""
         symbol, ts = bar["symbol"], bar["ts"]
+        factor = float(bar.get("split_factor") or 1.0)
+        ratio = split_ratio(self._split_factor.get(symbol), factor)
+        self._split_factor[symbol] = factor
+        if ratio is not None:
+            self.apply_split(symbol, ratio)
+            self.splits.append((symbol, ts, ratio))
         fills: list[Fill] = []
         available = math.floor(self.max_participation * float(bar["volume"]))
         for coid in list(self._open.get(symbol, ())):
@@ -118,6 +131,23 @@ class PaperSimulator:
             self._book(symbol, qty if req.side == "buy" else -qty, price)
             fills.append(Fill(coid, symbol, req.side, qty, price, fee, ts, req.correlation_id, req.intent))
         return fills
+
+    def apply_split(self, symbol: str, ratio: float) -> None:
+        """Carry the symbol's working orders and position through a split of ``ratio`` new
+        shares per share (quantities x ratio, prices / ratio)."""
+        def px(v: float | None) -> float | None:
+            return None if v is None else v / ratio
+
+        for coid in self._open.get(symbol, ()):
+            w = self._orders[coid]
+            req = replace(w.request, qty=w.request.qty * ratio, reference_price=w.request.reference_price / ratio,
+                          take_profit=px(w.request.take_profit), stop_loss=px(w.request.stop_loss))
+            order = replace(w.order, qty=w.order.qty * ratio, filled_qty=w.order.filled_qty * ratio,
+                            avg_fill_price=px(w.order.avg_fill_price))
+            self._orders[coid] = replace(w, request=req, order=order)
+        if symbol in self._positions:
+            self._positions[symbol] *= ratio
+            self._avg[symbol] /= ratio
 
     def _close(self, symbol: str, coid: str) -> None:
         open_ = self._open.get(symbol)

@@ -18,6 +18,7 @@ import polars as pl
 
 from awet_dagster.features import spec as S
 from awet_dagster.indicators import atr, ema, macd, rsi
+from awet_dagster.sources.corporate_actions import adjusted_frame
 from awet_dagster.indicators._arrays import rolling_mean, rolling_std
 
 _KEYS = ("symbol", "bar_type", "ts")
@@ -29,8 +30,9 @@ def compute_features(bars: pl.DataFrame) -> pl.DataFrame:
     Returns `symbol, bar_type, ts` + `FEATURE_COLUMNS` (Float64), sorted by symbol, ts.
     Each symbol is computed from its own rows only, so the result for a symbol does
     not depend on which other symbols are in the frame. One bar_type per symbol is
-    expected (mixing minute and daily bars of a symbol would interleave them)."""
-    frame = _prepare(bars)
+    expected (mixing minute and daily bars of a symbol would interleave them).
+    Bars carrying corporate-action factors are adjusted first: features see no split crash."""
+    frame = _prepare(adjusted_frame(bars))
     n = frame.height
     close = frame["close"].to_numpy()
     pos = _position_in_symbol(frame["symbol"])

@@ -20,6 +20,7 @@ from awet_dagster.indicators.streaming import (
     RollingMomentsStream,
     RsiStream,
 )
+from awet_dagster.sources.corporate_actions import adjusted_bar
 
 NAN = math.nan
 _LOG = math.log
@@ -126,6 +127,7 @@ class FeatureState:
         if self._last_us is not None and us <= self._last_us:
             return None
         self._last_us = us
+        bar = adjusted_bar(bar)  # split/dividend-adjusted, as compute_features
         g = bar.get
         return self._step(
             us,

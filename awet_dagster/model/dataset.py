@@ -33,6 +33,7 @@ import polars as pl
 from awet_dagster.features import FEATURE_COLUMNS, FEATURE_SET_VERSION, Scaler, fit_scaler
 from awet_dagster.features.spec import is_required
 from awet_dagster.model.preprocessing import RELATIVE_TIME_IDX, Preprocessing
+from awet_dagster.sources.corporate_actions import adjusted_frame
 
 TIME_IDX = "time_idx"
 GROUP = "symbol"
@@ -93,7 +94,8 @@ def prepare_frame(features: pl.DataFrame, bars: pl.DataFrame, spec: DatasetSpec)
 
     Leading warm-up rows (a required feature missing) are dropped per symbol before
     `time_idx` is assigned, so windows never hold warm-up nulls."""
-    closes = bars.select(GROUP, "ts", pl.col("close").cast(pl.Float64))
+    # Targets on the split/dividend-adjusted close, as the features: a split is not a return.
+    closes = adjusted_frame(bars).select(GROUP, "ts", pl.col("close").cast(pl.Float64))
     f = features.select(GROUP, "ts", *spec.feature_columns).join(closes, on=[GROUP, "ts"], how="inner")
     f = f.sort(GROUP, "ts")
     logc = pl.col("close").log()

@@ -80,10 +80,13 @@ class RiskEngine:
             self.store.set_daily_anchor(day, value)
         return value
 
-    def on_bar(self, symbol: str, ts: datetime, close: float) -> KillSwitchState:
-        """Record the bar's return, mark the position, check the loss limits."""
+    def on_bar(self, symbol: str, ts: datetime, close: float, adjusted_close: float | None = None) -> KillSwitchState:
+        """Record the bar's return, mark the position, check the loss limits.
+
+        ``close`` is raw (positions are held in raw prices); the return history behind CVaR
+        uses ``adjusted_close`` when given, so a split is not a crash."""
         self.anchor(ts)  # before the mark: the anchor is the equity the session started with
-        self.history.update(symbol, ts, close)
+        self.history.update(symbol, ts, close if adjusted_close is None else adjusted_close)
         self.portfolio.mark(symbol, close)
         return self.check_kill_switch(ts)
 
@@ -117,8 +120,15 @@ class RiskEngine:
         return state
 
     # ------------------------------------------------------------------ decision
-    def evaluate(self, signal: ScoredSignal, *, has_pending_order: bool = False) -> RiskOutcome:
+    def evaluate(self, signal: ScoredSignal, *, has_pending_order: bool = False,
+                 pending_exposure: Mapping[str, float] | None = None) -> RiskOutcome:
+        """``has_pending_order``: an order of the symbol is working (entry or exit): the symbol
+        counts as held. ``pending_exposure``: {symbol: dollars} of entries accepted but not
+        (fully) filled yet; they count against the symbol, total and sector caps as if filled,
+        from the approval on - a venue that reports fills late must not let the book exceed
+        its caps meanwhile."""
         cfg, pf, ts, symbol = self.cfg, self.portfolio, signal.ts, signal.symbol
+        pending = {s: abs(v) for s, v in (pending_exposure or {}).items() if v}
         checks: list[dict[str, Any]] = []
         reasons: list[str] = []
 
@@ -153,11 +163,15 @@ class RiskEngine:
         target = max(equity, 0.0) * pct * signal.regime_scale
         sizing: dict[str, Any] = {"equity": equity, "position_pct": pct, "regime_scale": signal.regime_scale,
                                   "target_notional": target, "price": price, "clipped_by": []}
+        sector = self._sector(symbol)
+        pending_sector = sum(v for s, v in pending.items() if self._sector(s) == sector)
         room = {
-            "max_symbol_exposure": cfg.max_symbol_exposure - pf.exposure(symbol),
-            "max_total_exposure": cfg.max_total_exposure - pf.gross_exposure,
-            "sector_cap": cfg.sector_cap_pct * max(equity, 0.0) - self._sector_exposure(symbol),
+            "max_symbol_exposure": cfg.max_symbol_exposure - pf.exposure(symbol) - pending.get(symbol, 0.0),
+            "max_total_exposure": cfg.max_total_exposure - pf.gross_exposure - sum(pending.values()),
+            "sector_cap": cfg.sector_cap_pct * max(equity, 0.0) - self._sector_exposure(symbol) - pending_sector,
         }
+        if pending:
+            sizing["pending_exposure"] = sum(pending.values())
         notional = target
         for name, left in room.items():
             if notional > left:

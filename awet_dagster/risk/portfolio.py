@@ -112,6 +112,19 @@ class Portfolio:
         self._update_hwm()
         return realised
 
+    def apply_split(self, symbol: str, ratio: float) -> None:
+        """A split of ``ratio`` new shares per share: the position's quantity x ratio, its prices
+        / ratio - value, cost and PnL unchanged (corporate_actions.split_ratio)."""
+        if not ratio > 0:
+            raise ValueError(f"split ratio must be > 0, got {ratio}")
+        if symbol in self.marks:
+            self.marks[symbol] /= ratio
+        pos = self.positions.get(symbol)
+        if pos is not None:
+            self.positions[symbol] = replace(pos, qty=pos.qty * ratio, avg_price=pos.avg_price / ratio,
+                                             last_price=pos.last_price / ratio, peak_price=pos.peak_price / ratio)
+        self._dirty = True
+
     def mark(self, symbol: str, price: float) -> None:
         if not price > 0:
             raise ValueError(f"mark price must be > 0, got {price}")

@@ -41,6 +41,7 @@ from awet_dagster.signals.filters import (
 from awet_dagster.signals.regime import Regime, classify_regime
 from awet_dagster.signals.tft import tft_view
 from awet_dagster.signals.weights import EnsembleWeights
+from awet_dagster.sources.corporate_actions import adjusted_bar
 
 NO_MODEL_VERSION = "none"  # model_version of an alphas-only signal (no TFT forecast)
 NO_MODEL_QUANTILES = Quantiles(q10=0.0, q50=0.0, q90=0.0)
@@ -169,16 +170,18 @@ class SignalEngine:
         `features`: the bar's FeatureEvent values; when they carry the regime ratios they
         are used (same numbers as the internal SMAs, computed once upstream)."""
         symbol, ts, bar_type = bar["symbol"], bar["ts"], bar.get("bar_type", "daily")
-        close = float(bar["close"])
+        close = float(bar["close"])  # raw: the price an order is placed at
+        adjusted = adjusted_bar(bar)  # indicators and the regime: split/dividend-adjusted
+        adj_close = float(adjusted["close"])
         st = self._state(symbol, bar_type)
         if st.last_ts is not None and ts <= st.last_ts:
             raise ValueError(f"{symbol}: bar {ts.isoformat()} is not after the last one {st.last_ts.isoformat()}")
         st.last_ts = ts
 
-        sma20, sma50 = st.sma20.update(close), st.sma50.update(close)
-        st.volume.update(ts, float(bar["volume"]), bar_type)
+        sma20, sma50 = st.sma20.update(adj_close), st.sma50.update(adj_close)
+        st.volume.update(ts, float(adjusted["volume"]), bar_type)
         for model in st.alphas:
-            for sig in model.update(bar):
+            for sig in model.update(adjusted):
                 name = _MODEL_ALPHA[type(model)]
                 st.insights[name] = AlphaInsight(name, int(sig.direction), sig.ts, sig.ts + sig.period)
 
@@ -203,7 +206,7 @@ class SignalEngine:
         confidence = abs(score)
 
         # --- regime (features first, own SMAs otherwise)
-        regime = self._regime(close, sma20, sma50, features)
+        regime = self._regime(adj_close, sma20, sma50, features)
 
         # --- filters (all evaluated, for the audit trail)
         cfg = self.cfg
@@ -251,6 +254,8 @@ class SignalEngine:
             filters_failed=failed,
             price=close,
             reference_price=close,
+            adj_factor=float(bar.get("adj_factor") or 1.0),
+            split_factor=float(bar.get("split_factor") or 1.0),
         )
 
     def _regime(self, close: float, sma20: float, sma50: float,

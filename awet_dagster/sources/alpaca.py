@@ -22,7 +22,7 @@ from awet_dagster.sources.errors import AuthenticationFailed, SourceError
 from awet_dagster.sources.exchange_time import to_utc_bounds
 from awet_dagster.sources.retry import RetryingSession, RetryPolicy, Sleep
 from awet_dagster.sources.schema import BAR_TYPES
-from awet_dagster.sources.vendor_bars import to_bars
+from awet_dagster.sources.vendor_bars import to_bars, with_vendor_factors
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,9 @@ class AlpacaSettings:
     url_override: str | None = None  # None = https://data.alpaca.markets; tests: a local server
     feed: str | None = "iex"  # free accounts get IEX; "sip" needs a subscription
     adjustment: str = "raw"  # raw prices, like the shipped sample
+    # Also ask for the split- and the fully (split + dividend) adjusted bars and derive the
+    # factors from them (two more requests per fetch).
+    factors: bool = True
 
 
 def make_client(api_key: str, secret_key: str, settings: AlpacaSettings, policy: RetryPolicy,
@@ -74,7 +77,7 @@ class AlpacaSource:
         return f"AlpacaSource(url_override={self.settings.url_override!r})"
 
     def fetch_raw(self, symbols: Sequence[str], start: datetime, end: datetime,
-                  timeframe: str) -> dict[str, list[dict[str, Any]]]:
+                  timeframe: str, adjustment: str | None = None) -> dict[str, list[dict[str, Any]]]:
         from alpaca.common.exceptions import APIError
         from alpaca.data.requests import StockBarsRequest
         from alpaca.data.timeframe import TimeFrame
@@ -84,7 +87,7 @@ class AlpacaSource:
             timeframe=TimeFrame.Minute if timeframe == "minute" else TimeFrame.Day,
             start=start,
             end=end,
-            adjustment=self.settings.adjustment,
+            adjustment=adjustment or self.settings.adjustment,
             feed=self.settings.feed,
         )
         try:
@@ -102,20 +105,25 @@ class AlpacaSource:
         if timeframe not in BAR_TYPES:
             raise ValueError(f"timeframe must be one of {BAR_TYPES}, got {timeframe!r}")
         lo, hi = to_utc_bounds(start, end)
-        raw = self.fetch_raw(symbols, lo, hi, timeframe)
-        rows = [
-            {"symbol": symbol, "t": bar["t"], "open": bar.get("o"), "high": bar.get("h"),
-             "low": bar.get("l"), "close": bar.get("c"), "volume": bar.get("v")}
-            for symbol, bars in raw.items()
-            for bar in bars or []
-        ]
-        frame = pl.DataFrame(
-            rows,
-            schema={"symbol": pl.Utf8, "t": pl.Utf8, "open": pl.Float64, "high": pl.Float64,
-                    "low": pl.Float64, "close": pl.Float64, "volume": pl.Float64},
-        ).with_columns(
-            # RFC 3339 with a Z (or an offset): parse as an aware instant, then UTC.
-            pl.col("t").str.to_datetime(time_zone="UTC", time_unit="us").alias("ts")
-        )
-        good, self.last_rejected = to_bars(frame, timeframe, self.name, lo, hi)
+
+        def frame(adjustment: str | None) -> pl.DataFrame:
+            rows = [
+                {"symbol": symbol, "t": bar["t"], "open": bar.get("o"), "high": bar.get("h"),
+                 "low": bar.get("l"), "close": bar.get("c"), "volume": bar.get("v")}
+                for symbol, bars in self.fetch_raw(symbols, lo, hi, timeframe, adjustment).items()
+                for bar in bars or []
+            ]
+            return pl.DataFrame(
+                rows,
+                schema={"symbol": pl.Utf8, "t": pl.Utf8, "open": pl.Float64, "high": pl.Float64,
+                        "low": pl.Float64, "close": pl.Float64, "volume": pl.Float64},
+            ).with_columns(
+                # RFC 3339 with a Z (or an offset): parse as an aware instant, then UTC.
+                pl.col("t").str.to_datetime(time_zone="UTC", time_unit="us").alias("ts")
+            )
+
+        bars = frame(None)
+        if self.settings.factors and self.settings.adjustment == "raw":
+            bars = with_vendor_factors(bars, frame("all"), frame("split"))
+        good, self.last_rejected = to_bars(bars, timeframe, self.name, lo, hi)
         return good

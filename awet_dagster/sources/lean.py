@@ -64,8 +64,12 @@ def _scaled(*names: str) -> list[pl.Expr]:
     return [_dollars(n).alias(n) for n in names]
 
 
-def parse_daily(data: bytes | str, symbol: str) -> pl.DataFrame:
-    """Lean daily CSV -> daily bars (ts = 09:30 New York open of the session, in UTC)."""
+def parse_daily(data: bytes | str, symbol: str, source: str = SOURCE_NAME) -> pl.DataFrame:
+    """Lean daily CSV -> daily bars (ts = 09:30 New York open of the session, in UTC).
+
+    `source` is the value of the `source` column (the sample builder and the `lean` source
+    read the same files under different names).
+    """
     raw = _read(data, _DAILY_COLUMNS)
     frame = raw.with_columns(
         pl.col("day").str.slice(0, 8).str.strptime(pl.Date, "%Y%m%d", strict=True).alias("day")
@@ -75,12 +79,14 @@ def parse_daily(data: bytes | str, symbol: str) -> pl.DataFrame:
         session_open_utc(pl.col("day")).alias("ts"),
         *_scaled("open", "high", "low", "close"),
         pl.col("volume").cast(pl.Float64),
-        pl.lit(SOURCE_NAME).alias("source"),
+        pl.lit(source).alias("source"),
     )
     return ensure_schema(frame)
 
 
-def parse_minute_trades(data: bytes | str, symbol: str, day: date) -> pl.DataFrame:
+def parse_minute_trades(
+    data: bytes | str, symbol: str, day: date, source: str = SOURCE_NAME
+) -> pl.DataFrame:
     """Lean minute trade CSV for one exchange date -> minute bars without quotes."""
     raw = _read(data, _TRADE_COLUMNS)
     frame = raw.select(
@@ -89,7 +95,7 @@ def parse_minute_trades(data: bytes | str, symbol: str, day: date) -> pl.DataFra
         exchange_ms_to_utc(pl.lit(day, dtype=pl.Date), pl.col("ms")).alias("ts"),
         *_scaled("open", "high", "low", "close"),
         pl.col("volume").cast(pl.Float64),
-        pl.lit(SOURCE_NAME).alias("source"),
+        pl.lit(source).alias("source"),
     )
     return ensure_schema(frame)
 

@@ -22,7 +22,7 @@ from awet_dagster.sources.errors import AuthenticationFailed, SourceError
 from awet_dagster.sources.exchange_time import EXCHANGE_TZ, to_utc_bounds
 from awet_dagster.sources.retry import RetryingSession, RetryPolicy, Sleep, redact_url
 from awet_dagster.sources.schema import BAR_TYPES
-from awet_dagster.sources.vendor_bars import to_bars
+from awet_dagster.sources.vendor_bars import to_bars, with_vendor_factors
 
 TIMESPANS = {"minute": "minute", "daily": "day"}
 _NY = ZoneInfo(EXCHANGE_TZ)
@@ -32,6 +32,9 @@ _NY = ZoneInfo(EXCHANGE_TZ)
 class PolygonSettings:
     base_url: str = "https://api.polygon.io"
     adjusted: bool = False  # raw prices, like the shipped sample; True for split-adjusted
+    # Also ask for the split-adjusted aggregates and derive the factors from them (Polygon
+    # adjusts aggregates for splits only, so adj_factor = split_factor: no dividends).
+    factors: bool = True
     page_limit: int = 50_000  # Polygon's maximum aggregates per page
     max_pages: int = 1_000  # guard against a next_url loop
 
@@ -73,12 +76,14 @@ class PolygonSource:
             raise SourceError(f"{where}: {body.get('error') or body.get('message')}")
         return body
 
-    def fetch_records(self, symbol: str, timeframe: str, first: str, last: str) -> list[dict[str, Any]]:
+    def fetch_records(self, symbol: str, timeframe: str, first: str, last: str,
+                      adjusted: bool | None = None) -> list[dict[str, Any]]:
         """All aggregate records of one symbol, following next_url pagination."""
         s = self.settings
+        adjusted = s.adjusted if adjusted is None else adjusted
         url = f"{s.base_url.rstrip('/')}/v2/aggs/ticker/{symbol}/range/1/{TIMESPANS[timeframe]}/{first}/{last}"
         params: dict[str, Any] | None = {
-            "adjusted": str(s.adjusted).lower(), "sort": "asc", "limit": s.page_limit,
+            "adjusted": str(adjusted).lower(), "sort": "asc", "limit": s.page_limit,
         }
         records: list[dict[str, Any]] = []
         for _ in range(s.max_pages):
@@ -103,17 +108,23 @@ class PolygonSource:
             last = (hi - timedelta(microseconds=1)).astimezone(_NY).date().isoformat()
         else:
             first, last = str(int(lo.timestamp() * 1000)), str(int(hi.timestamp() * 1000) - 1)
-        rows = []
-        for symbol in symbols:
-            for r in self.fetch_records(symbol.upper(), timeframe, first, last):
-                rows.append({"symbol": symbol.upper(), "t": r["t"], "open": r.get("o"),
-                             "high": r.get("h"), "low": r.get("l"), "close": r.get("c"),
-                             "volume": r.get("v")})
-        raw = pl.DataFrame(
-            rows,
-            schema={"symbol": pl.Utf8, "t": pl.Int64, "open": pl.Float64, "high": pl.Float64,
-                    "low": pl.Float64, "close": pl.Float64, "volume": pl.Float64},
-        ).with_columns(pl.from_epoch("t", time_unit="ms").dt.replace_time_zone("UTC").alias("ts"))
+        def frame(adjusted: bool | None) -> pl.DataFrame:
+            rows = []
+            for symbol in symbols:
+                for r in self.fetch_records(symbol.upper(), timeframe, first, last, adjusted):
+                    rows.append({"symbol": symbol.upper(), "t": r["t"], "open": r.get("o"),
+                                 "high": r.get("h"), "low": r.get("l"), "close": r.get("c"),
+                                 "volume": r.get("v")})
+            return pl.DataFrame(
+                rows,
+                schema={"symbol": pl.Utf8, "t": pl.Int64, "open": pl.Float64, "high": pl.Float64,
+                        "low": pl.Float64, "close": pl.Float64, "volume": pl.Float64},
+            ).with_columns(pl.from_epoch("t", time_unit="ms").dt.replace_time_zone("UTC").alias("ts"))
+
+        raw = frame(None)
+        if self.settings.factors and not self.settings.adjusted:
+            split = frame(True)
+            raw = with_vendor_factors(raw, split, split)
         good, self.last_rejected = to_bars(raw, timeframe, self.name, lo, hi)
         return good
 

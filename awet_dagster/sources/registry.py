@@ -37,6 +37,7 @@ class BarSource(Protocol):
 
 _REGISTRY: dict[str, str | Callable[..., BarSource]] = {
     "sample": "awet_dagster.sources.sample:SampleSource",
+    "lean": "awet_dagster.sources.lean_folder:LeanFolderSource",
     "synthetic": "awet_dagster.sources.synthetic:SyntheticSource",
     "polygon": "awet_dagster.sources.polygon:PolygonSource",
     "alpaca": "awet_dagster.sources.alpaca:AlpacaSource",

@@ -1,7 +1,9 @@
 """The offline sample source: real Lean bars shipped inside the package.
 
 Works with no network and no credentials, so demos, tests and CI always have real
-prices (see `awet_dagster/data/sample/PROVENANCE.md` for what is in it).
+prices (see `awet_dagster/data/sample/PROVENANCE.md` for what is in it). The parquet files
+hold Lean's raw prices; each fetch attaches the split/dividend factors of the shipped Lean
+factor files (`factor_files/<symbol>.csv`) so consumers can adjust (corporate_actions.py).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
+from awet_dagster.sources.corporate_actions import attach_factors, read_factor_files
 from awet_dagster.sources.errors import SourceError, SourceUnavailable
 from awet_dagster.sources.exchange_time import to_utc_bounds
 from awet_dagster.sources.schema import BAR_TYPES, ensure_schema, validate_bars
@@ -103,6 +106,7 @@ class SampleSource:
             .sort("symbol", "ts")
             .collect()
         )
+        frame = attach_factors(frame, read_factor_files(self._dir / "factor_files", wanted))
         good, rejected = validate_bars(ensure_schema(frame))
         if rejected.height:
             # The builder validated these rows; a rejection now means the file is corrupt.

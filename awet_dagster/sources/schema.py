@@ -30,11 +30,19 @@ BAR_SCHEMA: pl.Schema = pl.Schema(
         "bid": pl.Float64,  # quote close bid, null when the source has no quotes
         "ask": pl.Float64,  # quote close ask, null when the source has no quotes
         "source": pl.Utf8,
+        # Corporate actions (awet_dagster/sources/corporate_actions.py): prices above are RAW
+        # (what a broker trades at); raw x adj_factor = split/dividend-adjusted, volume /
+        # split_factor = split-adjusted. 1.0 when the source has no factors.
+        "adj_factor": pl.Float64,
+        "split_factor": pl.Float64,
     }
 )
 BAR_COLUMNS: tuple[str, ...] = tuple(BAR_SCHEMA.names())
 # bid/ask are nullable by contract and most bar vendors have none, so they may be absent.
-OPTIONAL_COLUMNS: frozenset[str] = frozenset({"bid", "ask"})
+OPTIONAL_COLUMNS: frozenset[str] = frozenset({"bid", "ask", "adj_factor", "split_factor"})
+# Optional columns filled with a value (not null) when a source has none.
+DEFAULTS: dict[str, float] = {"adj_factor": 1.0, "split_factor": 1.0}
+FACTOR_COLUMNS: tuple[str, ...] = ("adj_factor", "split_factor")
 KEY_COLUMNS: tuple[str, ...] = ("symbol", "bar_type", "ts")
 REASON = "reason"
 
@@ -97,6 +105,8 @@ def validate_bars(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         (pl.col("volume").is_null() | pl.col("volume").is_nan(), "null/NaN volume"),
         (pl.col("volume") < 0, "volume < 0"),
         (quote_bad, "bid/ask <= 0 or NaN"),
+        (pl.any_horizontal([(pl.col(c) <= 0) | pl.col(c).is_nan() for c in FACTOR_COLUMNS]),
+         "adj_factor/split_factor <= 0 or NaN"),
     ]
     reason = pl.concat_str(
         [pl.when(cond.fill_null(False)).then(pl.lit(text)) for cond, text in checks],
@@ -137,7 +147,7 @@ def _cast(df: pl.DataFrame, *, ts_any: bool = False) -> pl.DataFrame:
     exprs: list[pl.Expr] = []
     for name, dtype in BAR_SCHEMA.items():
         if name not in df.columns:  # only optional columns reach here
-            exprs.append(pl.lit(None, dtype=dtype).alias(name))
+            exprs.append(pl.lit(DEFAULTS.get(name), dtype=dtype).alias(name))
             continue
         if name == "ts":
             src = df.schema["ts"]
@@ -151,5 +161,8 @@ def _cast(df: pl.DataFrame, *, ts_any: bool = False) -> pl.DataFrame:
             src, pl.Enum
         ):
             raise SchemaError(f"column {name!r} must be a string (Utf8), got {src}")
-        exprs.append(pl.col(name).cast(dtype, strict=True).alias(name))
+        col = pl.col(name).cast(dtype, strict=True)
+        if name in DEFAULTS:
+            col = col.fill_null(DEFAULTS[name])
+        exprs.append(col.alias(name))
     return df.select(exprs)

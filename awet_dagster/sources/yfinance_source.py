@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -53,8 +53,15 @@ _config_lock = threading.Lock()
 
 @dataclass(frozen=True)
 class YFinanceSettings:
-    auto_adjust: bool = False  # raw prices, like the shipped sample
+    # False: Yahoo's Close (split-adjusted, not dividend-adjusted) and Adj Close, from which
+    # the raw prices and both factors are derived with the symbol's split history.
+    auto_adjust: bool = False
     prepost: bool = False  # regular-session minutes only (Yahoo's extended hours are sparse)
+    factors: bool = True  # raw prices + factors (one more request per symbol: its split history)
+
+
+# (symbol) -> {ex-date: new shares per old share}; raises yfinance's exceptions.
+Splits = Callable[[str], Mapping[date, float]]
 
 
 def _names(exc: BaseException) -> set[str]:
@@ -137,8 +144,11 @@ class YFinanceSource:
         policy: RetryPolicy | None = None,
         sleep: Sleep = time.sleep,
         session: Any = None,
+        splits: Splits | None = None,
     ) -> None:
         self._history = history or self._yahoo_history
+        # An injected history (unit tests) without injected splits: no split events.
+        self._splits = splits or (self._yahoo_splits if history is None else (lambda symbol: {}))
         self.settings = settings or YFinanceSettings()
         self.policy = policy or RetryPolicy()
         self._sleep = sleep
@@ -150,6 +160,17 @@ class YFinanceSource:
 
         with _yfinance_raises():
             return yfinance.Ticker(symbol, session=self._session).history(**kwargs)
+
+    def _yahoo_splits(self, symbol: str) -> Mapping[date, float]:
+        import yfinance
+
+        with _yfinance_raises():
+            series = yfinance.Ticker(symbol, session=self._session).splits
+        return {ts.date(): float(r) for ts, r in series.items() if r and float(r) > 0}
+
+    def split_history(self, symbol: str) -> Mapping[date, float]:
+        return call_with_retries(lambda: self._splits(symbol), what=f"yfinance {symbol} splits",
+                                 policy=self.policy, classify=classify, sleep=self._sleep)
 
     def _fetch_window(self, symbol: str, lo: date, hi: date, timeframe: str) -> tuple[Any, str | None]:
         """(pandas frame or None, Yahoo's no-data reason or None) for [lo, hi)."""
@@ -187,7 +208,10 @@ class YFinanceSource:
             raise SourceUnavailable(
                 f"{what}: Yahoo returned no rows ({'; '.join(dict.fromkeys(reasons))})"
             )
-        return pl.concat(frames)
+        out = pl.concat(frames)
+        if self.settings.factors and not self.settings.auto_adjust:
+            out = unadjust_yahoo(out, self.split_history(symbol))
+        return out.drop("adj_close")
 
     def fetch(self, symbols: Sequence[str], start: date | datetime, end: date | datetime,
               timeframe: str) -> pl.DataFrame:
@@ -211,7 +235,8 @@ def pandas_to_vendor(pdf: Any, symbol: str) -> pl.DataFrame:
     the date.
     """
     schema = {"symbol": pl.Utf8, "ts": pl.Datetime("us", "UTC"), "open": pl.Float64,
-              "high": pl.Float64, "low": pl.Float64, "close": pl.Float64, "volume": pl.Float64}
+              "high": pl.Float64, "low": pl.Float64, "close": pl.Float64, "volume": pl.Float64,
+              "adj_close": pl.Float64}
     if pdf is None or len(pdf) == 0:
         return pl.DataFrame(schema=schema)
     import pandas as pd
@@ -227,5 +252,35 @@ def pandas_to_vendor(pdf: Any, symbol: str) -> pl.DataFrame:
         "ts": pl.Series(index.tz_convert("UTC")).cast(pl.Datetime("us", "UTC")),
         **{c.lower(): pl.Series(pdf[c].to_numpy(), dtype=pl.Float64)
            for c in ("Open", "High", "Low", "Close", "Volume")},
+        "adj_close": pl.Series(pdf["Adj Close" if "Adj Close" in pdf.columns else "Close"].to_numpy(),
+                               dtype=pl.Float64),
     })
     return out.select(list(schema))
+
+
+def unadjust_yahoo(frame: pl.DataFrame, splits: Mapping[date, float]) -> pl.DataFrame:
+    """Yahoo's bars (prices and volume split-adjusted to today's basis, ``adj_close`` also
+    dividend-adjusted) -> raw prices with ``split_factor`` / ``adj_factor``.
+
+    A split with ex-date d (r new shares per share) scales every bar before d: its split
+    factor is 1 / (product of r over ex-dates after the bar's exchange date); raw price =
+    Yahoo price / split factor, raw volume = Yahoo volume x split factor, and adj_factor =
+    Adj Close / raw close. Needs the symbol's whole split history, not the window's: a split
+    after the window adjusted it too."""
+    if frame.height == 0:
+        return frame.with_columns(pl.lit(1.0).alias("split_factor"), pl.lit(1.0).alias("adj_factor"))
+    days = frame["ts"].dt.convert_time_zone(EXCHANGE_TZ).dt.date().to_list()
+    events = sorted((d, r) for d, r in splits.items() if r and r > 0)
+    factors = []
+    for day in days:
+        product = 1.0
+        for d, r in events:
+            if d > day:
+                product *= r
+        factors.append(1.0 / product)
+    sf = pl.Series("split_factor", factors, dtype=pl.Float64)
+    out = frame.with_columns(sf).with_columns(
+        *[(pl.col(c) / pl.col("split_factor")).alias(c) for c in ("open", "high", "low", "close")],
+        (pl.col("volume") * pl.col("split_factor")).alias("volume"),
+    )
+    return out.with_columns((pl.col("adj_close") / pl.col("close")).fill_nan(1.0).alias("adj_factor"))

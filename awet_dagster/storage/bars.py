@@ -20,7 +20,15 @@ from datetime import datetime, timedelta
 
 import polars as pl
 
-BAR_COLUMNS = ("symbol", "bar_type", "ts", "open", "high", "low", "close", "volume", "bid", "ask", "source")
+BAR_COLUMNS = ("symbol", "bar_type", "ts", "open", "high", "low", "close", "volume", "bid", "ask", "source",
+               "adj_factor", "split_factor")
+FACTOR_DEFAULTS = {"adj_factor": 1.0, "split_factor": 1.0}  # a frame without factors: unadjusted
+
+
+def _with_factors(df: pl.DataFrame) -> pl.DataFrame:
+    missing = [pl.lit(v, dtype=pl.Float64).alias(c) for c, v in FACTOR_DEFAULTS.items() if c not in df.columns]
+    out = df.with_columns(missing) if missing else df
+    return out.with_columns(pl.col(c).cast(pl.Float64).fill_null(v) for c, v in FACTOR_DEFAULTS.items())
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,7 @@ class LoadResult:
 
 def _csv_bytes(df: pl.DataFrame) -> bytes:
     # Polars writes CSV in native code; COPY parses it server-side. ISO-8601 with offset keeps UTC.
-    out = df.select(BAR_COLUMNS).with_columns(
+    out = _with_factors(df).select(BAR_COLUMNS).with_columns(
         pl.col("ts").dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%dT%H:%M:%S%.6f+00:00")
     )
     buf = io.BytesIO()
@@ -85,7 +93,7 @@ def _binary_chunks(df: pl.DataFrame) -> Iterator[bytes] | None:
     null in a NOT NULL column or an empty text value. Work and memory are per chunk of
     ``_CHUNK_ROWS`` rows (zero-copy slices of ``df``), whatever the frame size.
     """
-    frame = df.select(BAR_COLUMNS)
+    frame = _with_factors(df).select(BAR_COLUMNS)
     required = (*_TEXTS, "ts", *_FLOATS)
     if frame.select(pl.any_horizontal(pl.col(*required).is_null().any())).item():
         return None
@@ -98,7 +106,7 @@ def _binary_chunks(df: pl.DataFrame) -> Iterator[bytes] | None:
         for part in frame.iter_slices(_CHUNK_ROWS):
             part = part.with_columns(
                 (pl.col("ts").dt.convert_time_zone("UTC").dt.epoch("us") - _PG_EPOCH_US).alias("ts"),
-                *(pl.col(c).cast(pl.Float64) for c in (*_FLOATS, "bid", "ask")),
+                *(pl.col(c).cast(pl.Float64) for c in (*_FLOATS, "bid", "ask", *FACTOR_DEFAULTS)),
                 *(pl.col(c).str.len_bytes().alias(f"_{c}_len") for c in _TEXTS),
                 pl.col("bid").is_null().alias("_bid_null"),
                 pl.col("ask").is_null().alias("_ask_null"),
@@ -166,6 +174,8 @@ def _encode_rows(g: pl.DataFrame, sym_len: int, bt_len: int, src_len: int, bid_n
         if not null:
             fields.append((c, ">f8"))
     fields += [("l_source", ">i4"), ("source", f"V{src_len}")]
+    for c in FACTOR_DEFAULTS:
+        fields += [(f"l_{c}", ">i4"), (c, ">f8")]
     rows = np.empty(g.height, dtype=np.dtype(fields))
     rows["n"] = len(BAR_COLUMNS)
     for name, width in (("symbol", sym_len), ("bar_type", bt_len), ("source", src_len)):
@@ -180,6 +190,9 @@ def _encode_rows(g: pl.DataFrame, sym_len: int, bt_len: int, src_len: int, bid_n
         rows[f"l_{c}"] = -1 if null else 8
         if not null:
             rows[c] = g[c].to_numpy()
+    for c in FACTOR_DEFAULTS:
+        rows[f"l_{c}"] = 8
+        rows[c] = g[c].to_numpy()
     return rows.tobytes()
 
 
@@ -286,6 +299,7 @@ def read_bars(conn, symbols: list[str] | tuple[str, ...], bar_type: str,
         "symbol": pl.Utf8, "bar_type": pl.Utf8, "ts": pl.Datetime("us", "UTC"),
         "open": pl.Float64, "high": pl.Float64, "low": pl.Float64, "close": pl.Float64,
         "volume": pl.Float64, "bid": pl.Float64, "ask": pl.Float64, "source": pl.Utf8,
+        "adj_factor": pl.Float64, "split_factor": pl.Float64,
     }
     return pl.DataFrame(rows, schema=schema, orient="row")
 

@@ -68,6 +68,8 @@ def bar_to_event(bar: Mapping[str, Any], *, correlation_id: str | None = None,
         bid=_opt(bar.get("bid")),
         ask=_opt(bar.get("ask")),
         source=source or bar.get("source") or "replay",
+        adj_factor=_opt(bar.get("adj_factor")) or 1.0,
+        split_factor=_opt(bar.get("split_factor")) or 1.0,
     )
 
 
@@ -85,6 +87,8 @@ def event_to_bar(event: MarketRawEvent) -> dict[str, Any]:
         "bid": event.bid,
         "ask": event.ask,
         "source": event.source,
+        "adj_factor": event.adj_factor,
+        "split_factor": event.split_factor,
     }
 
 

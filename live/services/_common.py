@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -84,9 +85,16 @@ class DeadLetterRecorder:
         return len(rows)
 
 
-def time_guard(cfg: Any) -> TimeGuard:
-    """The service's time check of its input bars/signals (``awet_dagster.streaming.time_guard``)."""
-    return TimeGuard(TimeLimits.from_config(cfg))
+def time_guard(cfg: Any, *, late_bars: bool = False) -> TimeGuard:
+    """The service's time check of its input bars/signals (``awet_dagster.streaming.time_guard``).
+
+    ``late_bars=True`` admits bars older than the symbol's last one (only the future check
+    applies): for a writer whose store is an idempotent upsert, where a late bar or a
+    re-sent day is a correction to keep, not a step back in a stateful stream."""
+    limits = TimeLimits.from_config(cfg)
+    if late_bars:
+        limits = dataclasses.replace(limits, max_lateness_s=float("inf"))
+    return TimeGuard(limits)
 
 
 def guarded(handler: Handler, guard: TimeGuard) -> Handler:

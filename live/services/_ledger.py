@@ -23,6 +23,7 @@ from typing import Any
 
 from awet_dagster.contracts import ExecutionReport, OrderEvent
 from awet_dagster.risk.portfolio import Fill, Portfolio
+from awet_dagster.sources.corporate_actions import split_ratio
 from live.services._common import contract_of, make_bus, time_guard
 from live.services._tail import tail_for
 
@@ -38,6 +39,8 @@ class Outstanding:
     intent: str
     correlation_id: str
     last_fill_ts: datetime | None = None
+    qty: float = 0.0  # ordered (0: unknown)
+    price: float | None = None  # decision price (entries): what the unfilled rest is worth
 
 
 class FillLedger:
@@ -47,24 +50,32 @@ class FillLedger:
         self._pending: list[Fill] = []
         self.outstanding: dict[str, Outstanding] = {}
         self._closed: set[str] = set()
+        self._split: dict[str, float] = {}  # symbol -> split factor of the basis the book is on
+        self.splits = 0
         self.applied = 0
         self.duplicates = 0
 
     # ------------------------------------------------------------------ start-up
     def rebuild(self, conn: Any, namespace: str = "") -> int:
         """Book every stored fill (orders.payload->>'ns' = namespace) and the open orders."""
+        # Each fill with the split factor of the bar it filled on: fills on either side of a
+        # split are booked on their own basis and the position carried through it.
         rows = conn.execute(
             "SELECT f.client_order_id, f.symbol, f.qty, f.price, f.fee, f.ts, o.side, o.correlation_id, "
-            "COALESCE(o.payload->>'intent', 'entry') FROM fills f JOIN orders o USING (client_order_id) "
+            "COALESCE(o.payload->>'intent', 'entry'), "
+            "(SELECT max(b.split_factor) FROM bars b WHERE b.symbol = f.symbol AND b.ts = f.ts) "
+            "FROM fills f JOIN orders o USING (client_order_id) "
             "WHERE COALESCE(o.payload->>'ns', '') = %s ORDER BY f.ts, f.symbol, f.fill_id",
             (namespace,),
         ).fetchall()
-        for coid, symbol, qty, price, fee, ts, side, corr, intent in rows:
+        for coid, symbol, qty, price, fee, ts, side, corr, intent, factor in rows:
+            if factor is not None:
+                self.on_split_factor(symbol, float(factor), ts)
             q, n, f = self._cum.get(coid, (0.0, 0.0, 0.0))
             self._cum[coid] = (q + qty, n + qty * price, f + fee)
             self.portfolio.apply_fill(Fill(coid, symbol, side, qty, price, fee, ts, corr or coid, intent))
-        for coid, symbol, status, corr, payload in conn.execute(
-            "SELECT client_order_id, symbol, status, correlation_id, payload FROM orders "
+        for coid, symbol, status, corr, qty, payload in conn.execute(
+            "SELECT client_order_id, symbol, status, correlation_id, qty, payload FROM orders "
             "WHERE COALESCE(payload->>'ns', '') = %s", (namespace,),
         ).fetchall():
             if status in CLOSED:
@@ -72,23 +83,67 @@ class FillLedger:
                 continue
             ts = datetime.fromisoformat(payload["ts"]) if payload and payload.get("ts") else None
             if ts is not None:
+                price = (payload or {}).get("reference_price")
                 self.outstanding[coid] = Outstanding(symbol, ts, (payload or {}).get("intent", "entry"),
-                                                     corr or coid)
+                                                     corr or coid, qty=float(qty or 0.0),
+                                                     price=float(price) if price else None)
         return len(rows)
 
     # ------------------------------------------------------------------ inputs
     def expect(self, client_order_id: str, symbol: str, decided_ts: datetime, intent: str,
-               correlation_id: str) -> None:
+               correlation_id: str, qty: float = 0.0, price: float | None = None) -> None:
         """An order that will be working at the venue (own approval, or an OrderEvent)."""
-        if client_order_id in self._closed or client_order_id in self.outstanding:
+        if client_order_id in self._closed:
             return
-        self.outstanding[client_order_id] = Outstanding(symbol, decided_ts, intent, correlation_id)
+        o = self.outstanding.get(client_order_id)
+        if o is not None:  # known: learn what the first sighting did not say
+            o.qty = o.qty or qty
+            o.price = o.price or price
+            return
+        self.outstanding[client_order_id] = Outstanding(symbol, decided_ts, intent, correlation_id, qty=qty,
+                                                        price=price)
 
     def on_order(self, ev: OrderEvent) -> None:
         if ev.status in CLOSED:
             self._close(ev.client_order_id)
         else:
-            self.expect(ev.client_order_id, ev.symbol, ev.ts, ev.intent, ev.correlation_id)
+            self.expect(ev.client_order_id, ev.symbol, ev.ts, ev.intent, ev.correlation_id, qty=ev.qty)
+
+    def pending_exposure(self) -> dict[str, float]:
+        """{symbol: dollars} of entries working at the venue and not filled yet (their unfilled
+        quantity at the decision price): risk counts them against its caps as if filled."""
+        out: dict[str, float] = {}
+        for coid, o in self.outstanding.items():
+            if o.intent != "entry" or not o.price or not o.qty:
+                continue
+            left = o.qty - self._cum.get(coid, (0.0, 0.0, 0.0))[0]
+            if left > 1e-9:
+                out[o.symbol] = out.get(o.symbol, 0.0) + left * o.price
+        return out
+
+    def on_split_factor(self, symbol: str, factor: float, ts: datetime) -> float | None:
+        """The symbol's bar at ``ts`` has split factor ``factor``: when it changed, the fills
+        before ``ts`` (old basis) are booked, then the position, the symbol's working orders
+        and their cumulative fills are carried through the split (qty x ratio, prices /
+        ratio: a venue reports them on the new basis from then on). Returns the ratio."""
+        ratio = split_ratio(self._split.get(symbol), factor)
+        self._split[symbol] = factor
+        if ratio is None:
+            return None
+        self._book([f for f in self._pending if f.symbol == symbol and f.ts < ts])
+        self.portfolio.apply_split(symbol, ratio)
+        for coid, o in self.outstanding.items():
+            if o.symbol != symbol:
+                continue
+            o.qty *= ratio
+            o.price = o.price / ratio if o.price else o.price
+            if coid in self._cum:
+                q, n, f = self._cum[coid]
+                self._cum[coid] = (q * ratio, n, f)
+        self.splits += 1
+        log.info("ledger: %s split %.4g:1 at %s carried through (position, working orders)", symbol, ratio,
+                 ts.isoformat())
+        return ratio
 
     def on_report(self, rep: ExecutionReport) -> Fill | None:
         """Pending incremental fill of ``rep`` (None: no new quantity)."""
@@ -131,10 +186,13 @@ class FillLedger:
         """Book pending fills with (ts, symbol) <= (ts, symbol), in that order; returns (fill, realised)."""
         if not self._pending:
             return []
-        due = [f for f in self._pending if (f.ts, f.symbol) <= (ts, symbol)]
+        return self._book([f for f in self._pending if (f.ts, f.symbol) <= (ts, symbol)])
+
+    def _book(self, due: list[Fill]) -> list[tuple[Fill, float]]:
         if not due:
             return []
-        self._pending = [f for f in self._pending if (f.ts, f.symbol) > (ts, symbol)]
+        booked = {id(f) for f in due}
+        self._pending = [f for f in self._pending if id(f) not in booked]
         due.sort(key=lambda f: (f.ts, f.symbol))
         out = []
         for f in due:

@@ -303,6 +303,10 @@ class Executor:
                 log.warning("execution: reconcile: adopt %d order(s), %d not open at broker, %d position "
                             "mismatch(es) %s%s", len(rep.adopt_orders), len(rep.not_open_at_broker), len(mism),
                             shown, " ..." if len(mism) > len(shown) else "")
+                for symbol, ratio in rep.likely_splits.items():
+                    log.warning("execution: reconcile: %s differs from the broker by a split ratio (%.4g): a "
+                                "corporate action the bars have not shown yet (their split_factor); the "
+                                "ledger carries it when the first bar with the new factor arrives", symbol, ratio)
             mine = {c for c in rep.not_open_at_broker if c in self.requests or self.sim is None}
             for coid in sorted(mine):
                 try:
@@ -424,9 +428,29 @@ class Executor:
                 rec = self._received[ev.symbol] = deque(maxlen=BAR_BUFFER)
             rec.append((ev.ts, time.time()))
             self.metrics.bar_seen(ev.symbol, ev.ts.timestamp())
+        ratio = self.ledger.on_split_factor(ev.symbol, ev.split_factor, ev.ts)
+        if ratio is not None:
+            self._carry_split(ev.symbol, ratio)
         if self.sim is not None:
-            return self._book(self.sim.on_bar(bar))
+            return self._book(self.sim.on_bar(bar))  # the simulator carries its book through the split
         return self._poll_broker(ev.symbol, ev.ts)
+
+    def _carry_split(self, symbol: str, ratio: float) -> None:
+        """Our copies of the symbol's working orders on the venue's new basis (quantities x
+        ratio, prices / ratio); the ledger already carried the position. The broker
+        (simulator, Alpaca) reports on the new basis from this bar on."""
+        def px(v: float | None) -> float | None:
+            return v / ratio if v else v
+
+        for coid, req in list(self.requests.items()):
+            if req.symbol != symbol:
+                continue
+            self.requests[coid] = replace(
+                req, qty=req.qty * ratio, reference_price=req.reference_price / ratio,
+                take_profit=px(req.take_profit), stop_loss=px(req.stop_loss))
+            if coid in self._cum:
+                q, n, f = self._cum[coid]
+                self._cum[coid] = (q * ratio, n, f)
 
     def cancel_entry(self, event: ExitEvent) -> list[Output]:
         """Like the backtest: an exit stops a still-working entry of the same position."""

@@ -121,9 +121,11 @@ class ExitService:
                         self.counters["fill_wait_timeouts"] += 1
                         log.warning("exit_monitor: no fill report for %s at %s within %.1fs", symbol,
                                     ts.isoformat(), self.fill_wait_s)
+                self.ledger.on_split_factor(symbol, ev.split_factor, ts)
                 self.ledger.apply_until(ts, symbol)
                 releases, self._releases = self._releases, []
         else:
+            self.ledger.on_split_factor(symbol, ev.split_factor, ts)
             self.ledger.apply_until(ts, symbol)
             releases, self._releases = self._releases, []
         for sym, corr in releases:

@@ -71,6 +71,6 @@ def build(cfg: Any, endpoints: Any, *, input_topic: str = MARKET_RAW, group: str
     return make_bus(
         cfg, endpoints, name=name,
         topics={input_topic: contract_of(input_topic, MarketRawEvent)},
-        handler=writer.handle, group=group, before_commit=writer.flush, guard=time_guard(cfg),
+        handler=writer.handle, group=group, before_commit=writer.flush, guard=time_guard(cfg, late_bars=True),
         resources=[conn], component=writer, **bus_kwargs,
     )

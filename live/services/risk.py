@@ -56,6 +56,7 @@ from awet_dagster.storage.trading import (
     record_audits,
 )
 from awet_dagster.streaming import read_last_bars_many
+from awet_dagster.sources.corporate_actions import adjusted_close
 from live.bus import MessageContext, Output
 from live.services._common import (
     time_guard,
@@ -255,7 +256,7 @@ class RiskService:
 
     def _feed_history(self, symbol: str, bar_type: str, bars: list[dict]) -> None:
         for b in bars:
-            self.engine.history.update(symbol, b["ts"], float(b["close"]))
+            self.engine.history.update(symbol, b["ts"], adjusted_close(b))  # CVaR on adjusted returns
         self._warm.add((symbol, bar_type))
 
     def _stored_decision(self, signal: ScoredSignal) -> dict | None:
@@ -278,16 +279,19 @@ class RiskService:
             self.write_audit()
         return outputs
 
-    def _book_until(self, symbol: str, ts: datetime) -> bool:
-        """Book fills up to (ts, symbol), waiting (bounded) for those this bar must bring."""
+    def _book_until(self, symbol: str, ts: datetime, split_factor: float = 1.0) -> tuple[bool, dict[str, float]]:
+        """Book fills up to (ts, symbol), waiting (bounded) for those this bar must bring;
+        (an order of the symbol is working, the entries in flight by symbol). A split
+        (``split_factor`` changed) is carried through first."""
         tail = self.tail
         if self._ts != ts:
             self._ts, self._seen = ts, set()
         self._seen.add(symbol)
         seen = frozenset(self._seen)
         if tail is None:
+            self.ledger.on_split_factor(symbol, split_factor, ts)
             self.ledger.apply_until(ts, symbol)
-            return self.ledger.pending_order(symbol)
+            return self.ledger.pending_order(symbol), self.ledger.pending_exposure()
         with tail.cond:
             if self.ledger.missing_fills(seen, ts):
                 ok = tail.cond.wait_for(lambda: not self.ledger.missing_fills(seen, ts), timeout=self.fill_wait_s)
@@ -295,15 +299,16 @@ class RiskService:
                     self.counters["fill_wait_timeouts"] += 1
                     log.warning("risk: no fill report for %s at %s within %.1fs; deciding without it",
                                 self.ledger.missing_fills(seen, ts), ts.isoformat(), self.fill_wait_s)
+            self.ledger.on_split_factor(symbol, split_factor, ts)
             self.ledger.apply_until(ts, symbol)
-            return self.ledger.pending_order(symbol)
+            return self.ledger.pending_order(symbol), self.ledger.pending_exposure()
 
     def _handle(self, signal: ScoredSignal) -> list[Output]:
         symbol, ts = signal.symbol, signal.ts
         self.counters["signals"] += 1
         self._warm_up(symbol, signal.bar_type, ts)
-        pending = self._book_until(symbol, ts)
-        self.engine.on_bar(symbol, ts, signal.price)
+        pending, in_flight = self._book_until(symbol, ts, signal.split_factor)
+        self.engine.on_bar(symbol, ts, signal.price, signal.price * signal.adj_factor)
         self._publish(ts)
         if not signal_passed(signal):
             return []
@@ -315,7 +320,7 @@ class RiskService:
                 self.engine.throttle.record(symbol, ts)
                 self._expect(decision)
         else:
-            outcome = self.engine.evaluate(signal, has_pending_order=pending)
+            outcome = self.engine.evaluate(signal, has_pending_order=pending, pending_exposure=in_flight)
             decision = outcome.decision.model_copy(update={"event_id": str(uuid.uuid5(_NS, signal.event_id))})
             stored = decision.model_dump(mode="json")
             audit = dict(outcome.audit, event_id=decision.event_id, decision=stored, ns=self.ns)
@@ -334,11 +339,12 @@ class RiskService:
 
     def _expect(self, d: RiskDecision) -> None:
         coid = client_order_id(d.correlation_id, "entry")
+        price = d.notional / d.qty if d.qty > 0 else None
         if self.tail is not None:
             with self.tail.cond:
-                self.ledger.expect(coid, d.symbol, d.ts, "entry", d.correlation_id)
+                self.ledger.expect(coid, d.symbol, d.ts, "entry", d.correlation_id, qty=d.qty, price=price)
         else:
-            self.ledger.expect(coid, d.symbol, d.ts, "entry", d.correlation_id)
+            self.ledger.expect(coid, d.symbol, d.ts, "entry", d.correlation_id, qty=d.qty, price=price)
 
 
 def build(cfg: Any, endpoints: Any, *, input_topic: str = SIGNALS_SCORED, approved_topic: str = RISK_APPROVED,

@@ -1,0 +1,1 @@
+"""AWET test suite (a package: helpers are imported as ``tests.<module>`` whatever pytest collects)."""
