@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test install install-dev lint-imports schemas clean-infra bench
+.PHONY: run test install install-dev lint-imports schemas clean-infra bench docs-img
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ run: $(VENV)/.installed
 ## make test: the whole test suite (slow cases included) against real embedded servers.
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Refresh the Dagster UI screenshots in docs/img (tests write theirs to a temporary directory).
+docs-img: $(VENV)/.installed-dev
+	AWET_DOCS_IMG=$(CURDIR)/docs/img $(BIN)/python -m pytest -q -p no:randomly tests/test_dagster_ui.py
 
 lint-imports: $(VENV)/.installed-dev
 	$(BIN)/lint-imports

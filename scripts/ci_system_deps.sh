@@ -2,8 +2,9 @@
 # Install the Debian packages some tests need, when missing:
 #   prometheus -> promtool  (tests/test_alerts.py, tests/test_dashboards.py)
 #   chromium   -> headless browser (tests/test_dagster_ui.py)
-# Idempotent and quiet. Never fails the build: without apt, root or network it prints a
-# warning and the tests that need a missing tool skip with their reason.
+# Idempotent and quiet. Under CI=true a tool it cannot install fails the run here (the tests
+# needing it would fail anyway: CI does not allow skips); elsewhere it warns and those tests
+# skip with their reason.
 set -u
 
 need=()
@@ -15,7 +16,14 @@ if [ ${#need[@]} -eq 0 ]; then
     exit 0
 fi
 
-warn() { echo "ci_system_deps: WARNING: $*; tests needing ${need[*]} will be skipped" >&2; exit 0; }
+warn() {
+    if [ "${CI:-}" = "true" ]; then
+        echo "ci_system_deps: ERROR: $*; CI=true needs ${need[*]}" >&2
+        exit 1
+    fi
+    echo "ci_system_deps: WARNING: $*; tests needing ${need[*]} will be skipped" >&2
+    exit 0
+}
 
 command -v apt-get >/dev/null 2>&1 || warn "apt-get not available (not Debian/Ubuntu)"
 SUDO=""
@@ -38,7 +46,12 @@ if ! timeout 900 $SUDO apt-get install -y -qq --no-install-recommends "${need[@]
 fi
 # The Debian prometheus package starts a server via systemd where there is one: CI only
 # needs promtool, and a container has no systemd, so nothing to stop here.
-command -v promtool >/dev/null 2>&1 || echo "ci_system_deps: WARNING: promtool still missing" >&2
-[ -x /usr/bin/chromium ] || echo "ci_system_deps: WARNING: chromium still missing" >&2
+missing=()
+command -v promtool >/dev/null 2>&1 || missing+=(promtool)
+{ command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ]; } || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
+    need=("${missing[@]}")
+    warn "still missing after apt-get install: ${missing[*]}"
+fi
 echo "ci_system_deps: done"
 exit 0

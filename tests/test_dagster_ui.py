@@ -4,7 +4,9 @@ Materializes ``platform_preflight`` + ``daily/raw_bars`` (one partition) in-proc
 fresh DAGSTER_HOME against the session's PostgreSQL, starts ``dagster-webserver -w
 workspace.yaml`` on a free loopback port, proves through GraphQL that the server sees the
 assets, their checks and the run, and takes headless-Chromium screenshots of the asset graph,
-the whole lineage, the checks of ``daily/raw_bars`` and the completed run into ``docs/img/``.
+the whole lineage, the checks of ``daily/raw_bars`` and the completed run into a temporary
+directory (a test leaves the tree as it found it); ``make docs-img`` sets ``AWET_DOCS_IMG`` to
+refresh ``docs/img/`` on purpose.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-IMG = REPO / "docs" / "img"
+DOCS_IMG = os.environ.get("AWET_DOCS_IMG")  # make docs-img: where the screenshots go
 CHROMIUM = next((p for p in (shutil.which("chromium"), "/usr/bin/chromium", shutil.which("chromium-browser"))
                  if p and os.path.exists(p)), None)
 
@@ -156,10 +158,11 @@ def test_dagster_ui_shows_assets_checks_and_run(webserver, tmp_path):
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert "raw_bars" in dom.stdout and "no_duplicates" in dom.stdout, dom.stdout[-3000:]
 
-    # 3. Screenshots for the docs.
-    IMG.mkdir(parents=True, exist_ok=True)
+    # 3. Screenshots (for the docs only through make docs-img).
+    img = Path(DOCS_IMG) if DOCS_IMG else tmp_path / "img"
+    img.mkdir(parents=True, exist_ok=True)
     for name, path in SHOTS.items():
-        out = IMG / name
+        out = img / name
         out.unlink(missing_ok=True)
         res = _chromium([f"--screenshot={out}", base + path.format(run_id=run_id)], profile)
         assert res.returncode == 0 and out.exists(), res.stderr[-2000:]

@@ -12,23 +12,51 @@ from hypothesis import strategies as st
 
 from awet_dagster import indicators as ind
 from awet_dagster.sources.sample import SampleSource
+from tests import lean_vectors
 
-CHECKER = Path(__file__).resolve().parents[2] / "shared" / "tools" / "check_indicators.py"
 KINDS = ("ema", "rsi", "macd", "atr", "bollinger")
+# The project's checker in ../shared/tools, when a checkout has it beside: run as well (the
+# vectors under tests/data are the same files; this guards against the two drifting apart).
+SHARED_CHECKER = Path(__file__).resolve().parents[2] / "shared" / "tools" / "check_indicators.py"
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_lean_parity_with_published_vectors(kind: str) -> None:
-    if not CHECKER.is_file():
-        pytest.skip(f"Lean parity checker not found at {CHECKER} (shared test data not mounted)")
-    proc = subprocess.run(
-        [sys.executable, str(CHECKER), kind, f"awet_dagster.indicators:{kind}"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "0 mismatched" in proc.stdout.splitlines()[-1]
+    compared, mismatches = lean_vectors.check(kind, getattr(ind, kind))
+    assert compared > 100, f"{kind}: only {compared} published values compared"
+    assert mismatches == [], mismatches[:5]
+
+
+def test_parity_check_catches_a_wrong_indicator() -> None:
+    """The comparison can fail: an EMA seeded differently (first value, not the SMA) is caught."""
+    def seeded_on_first(close, n):
+        out = np.asarray(ind.ema(close, n), dtype=float).copy()
+        k, first = 2.0 / (n + 1), int(np.flatnonzero(~np.isnan(out))[0])
+        out[first] = close[0]
+        for i in range(first + 1, len(close)):
+            out[i] = out[i - 1] + k * (close[i] - out[i - 1])
+        return out
+
+    compared, mismatches = lean_vectors.check("ema", seeded_on_first)
+    assert compared > 100 and len(mismatches) > 10
+
+
+def test_shared_checker_agrees_where_it_is_beside_the_checkout() -> None:
+    """With ../shared beside the checkout, its checker runs too and its vector files equal ours
+    (the copies under tests/data must not drift); without it the copies are checked complete."""
+    ours = sorted(p.name for p in lean_vectors.DATA.iterdir() if p.suffix in (".txt", ".csv"))
+    assert len(ours) == 5 and all((lean_vectors.DATA / n).stat().st_size > 1000 for n in ours)
+    if not SHARED_CHECKER.is_file():
+        return
+    for name in ours:
+        assert (SHARED_CHECKER.parents[1] / "lean-testdata" / name).read_bytes() == (lean_vectors.DATA / name).read_bytes()
+    for kind in KINDS:
+        proc = subprocess.run(
+            [sys.executable, str(SHARED_CHECKER), kind, f"awet_dagster.indicators:{kind}"],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "0 mismatched" in proc.stdout.splitlines()[-1]
 
 
 # --- streaming == batch --------------------------------------------------------------
