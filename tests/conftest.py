@@ -23,6 +23,7 @@ AWET home for tests that start their own servers).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -199,6 +200,61 @@ def any_bootstrap(request: pytest.FixtureRequest, kafka_bootstrap: str) -> str:
 @pytest.fixture(scope="session")
 def database_url(infra_endpoints: Endpoints) -> str:
     return infra_endpoints.database_url
+
+
+def database_named(url: str, name: str) -> str:
+    """``url`` with its database replaced by ``name`` (same server and credentials)."""
+    from awet_dagster.storage.db import libpq_url
+
+    base, sep, query = libpq_url(url).partition("?")
+    return f"{base.rsplit('/', 1)[0]}/{name}{sep}{query}"
+
+
+@pytest.fixture(scope="session")
+def template_database(database_url: str) -> Iterator[str]:
+    """A database migrated to head that nothing connects to: the template each isolated test
+    database is copied from (CREATE DATABASE ... TEMPLATE copies files: milliseconds)."""
+    import psycopg
+
+    from awet_dagster.storage.db import libpq_url, upgrade
+
+    name = f"awet_tpl_{uuid.uuid4().hex[:8]}"
+    admin = libpq_url(database_url)
+    with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = database_named(database_url, name)
+        upgrade(url)  # its engine is disposed: no connection stays on the template
+        yield name
+    finally:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def isolated_database(database_url: str, template: str) -> Iterator[str]:
+    """A new database copied from ``template`` (at head), dropped on exit; yields its URL."""
+    import psycopg
+
+    from awet_dagster.storage.db import libpq_url
+
+    name = f"awet_t_{uuid.uuid4().hex[:10]}"
+    admin = libpq_url(database_url)
+    with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    try:
+        yield database_named(database_url, name)
+    finally:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def isolated_database_url(database_url: str, template_database: str) -> Iterator[str]:
+    """A database of this test's own, at head, dropped afterwards: for tests that change shared
+    trading state (kill switch, orders, positions) that other tests read."""
+    with isolated_database(database_url, template_database) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -50,7 +50,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ import yaml
 
 from awet_dagster.infra import Endpoints
 from awet_dagster.observability.promql import dashboard_queries, expand_grafana_variables, metric_names
+from tests.conftest import isolated_database
 
 REPO = Path(__file__).resolve().parents[1]
 ALERTS = REPO / "docker" / "prometheus" / "alerts.yml"
@@ -265,7 +266,7 @@ def _topics_and_overrides(tmp: Path) -> tuple[dict[str, str], dict[str, dict]]:
 
 
 @pytest.fixture(scope="module")
-def replay(tmp_path_factory, test_config_for, database_url, kafka_bootstrap):
+def replay(tmp_path_factory, test_config_for, database_url, template_database, kafka_bootstrap):
     if not os.access(PROMETHEUS, os.X_OK):
         pytest.skip("the prometheus server binary is not installed (apt-get install prometheus; "
                     "scripts/ci_system_deps.sh)")
@@ -281,6 +282,9 @@ def replay(tmp_path_factory, test_config_for, database_url, kafka_bootstrap):
     tmp = tmp_path_factory.mktemp("e2e")
     home = tmp / "home"
     with pytest.MonkeyPatch.context() as mp, contextlib.ExitStack() as cleanup:
+        # A database of this module's own: the kill switch it trips, its orders and positions are
+        # seen by no other test, and its gauges start from a clean state.
+        database_url = cleanup.enter_context(isolated_database(database_url, template_database))
         for k in list(os.environ):
             if k.startswith(("AWET__", "VAULT_")) or k == "MLFLOW_TRACKING_URI":
                 mp.delenv(k)
@@ -295,9 +299,6 @@ def replay(tmp_path_factory, test_config_for, database_url, kafka_bootstrap):
         tag = uuid.uuid4().hex[:5].upper()
         bars = SampleSource().fetch(list(SYMBOLS), HISTORY[0], REPLAY[1], "daily").with_columns(
             pl.col("symbol").replace_strict({s: f"{s}{tag}" for s in SYMBOLS}))
-        # Un-namespaced trading state is shared with every other un-namespaced run (the
-        # `awet live --replay` CLI test rebuilds its book from it): forget this run's at the end.
-        cleanup.callback(_forget_trading_state, database_url, [f"{s}{tag}" for s in SYMBOLS])
         history = bars.filter(pl.col("ts").dt.date() < REPLAY[0])
         to_replay = bars.filter(pl.col("ts").dt.date() >= REPLAY[0]).sort("ts", "symbol")
         days = deque(frame for _, frame in to_replay.group_by("ts", maintain_order=True))
@@ -374,7 +375,16 @@ def replay(tmp_path_factory, test_config_for, database_url, kafka_bootstrap):
                 break
             r.replay_day()
             r.scrape()
-        time.sleep(2.5)  # two more scrapes by Prometheus
+        # Prometheus has scraped every target twice since the last bar (1 s interval): it holds
+        # the final values. Waited on its own report of each target's last scrape, not guessed.
+        since = time.time()
+
+        def scraped_twice() -> bool:
+            targets = _api(r.prom_url, "/api/v1/targets").get("data", {}).get("activeTargets", [])
+            last = [datetime.fromisoformat(tg["lastScrape"].replace("Z", "+00:00")).timestamp() for tg in targets]
+            return bool(last) and min(last) > since + 1.0
+
+        _wait("two more Prometheus scrapes", scraped_twice, 30)
         r.scrape()
         yield r
 
@@ -382,17 +392,6 @@ def replay(tmp_path_factory, test_config_for, database_url, kafka_bootstrap):
         results = _stop_loop(loop)
         assert all(res.error is None for res in results.values()), {n: res.error for n, res in results.items()}
         assert _get(r.metrics_url + "/healthz", timeout_s=2)[0] == 0  # the endpoint is gone with the run
-
-
-def _forget_trading_state(database_url: str, symbols: list[str]) -> None:
-    """Delete the orders, fills and positions of ``symbols`` (this module's own)."""
-    from awet_dagster.storage.db import connect
-
-    with connect(database_url) as conn, conn.transaction():
-        conn.execute("DELETE FROM fills WHERE client_order_id IN "
-                     "(SELECT client_order_id FROM orders WHERE symbol = ANY(%s))", (symbols,))
-        conn.execute("DELETE FROM orders WHERE symbol = ANY(%s)", (symbols,))
-        conn.execute("DELETE FROM positions WHERE symbol = ANY(%s)", (symbols,))
 
 
 def _stop_process(proc: subprocess.Popen) -> None:

@@ -114,6 +114,16 @@ def test_features_regime_columns_are_used(bars, cfg, result):
     via_features = run_backtest(bars, feats, None, None, cfg)
     # the engine's own SMA20/50 and the feature-set ratios agree, so nothing changes
     assert_frame_equal(via_features.trades, result.trades)
+    # ...and the columns are what the engine reads: ratios saying "bear" everywhere scale every
+    # entry by the bear factor (0.7) - ignored columns would leave the sizes unchanged.
+    bear = feats.with_columns(pl.lit(-0.05).alias("regime_close_sma20"), pl.lit(-0.05).alias("regime_sma20_sma50"))
+    bearish = run_backtest(bars, bear, None, None, cfg)
+    approved = bearish.decisions.filter(pl.col("approved"))
+    assert approved.height > 10
+    scales = {a["sizing"]["regime_scale"] for a in bearish.audit if a.get("sizing")}
+    assert scales == {cfg.signals.regime_scaling.bear}, scales
+    assert bearish.decisions.filter(pl.col("approved"))["notional"].sum() < (
+        result.decisions.filter(pl.col("approved"))["notional"].sum())
 
 
 def test_buy_and_hold_baseline(bars, cfg, result):

@@ -466,6 +466,8 @@ def test_kafka_sigkilled_with_bars_in_flight_and_bars_sent_while_down_loses_noth
       here (the lockstep test above does that)."""
     import live.runner as runner
     from awet_dagster.streaming import bars_to_events
+    from live.metrics import AwetMetrics
+    from live.services.lag_monitor import LagMonitor
     from tests.test_live_loop import _overrides, _sample_bars, _uid
 
     cfg = test_config_for(tmp_path / "home")
@@ -508,7 +510,19 @@ def test_kafka_sigkilled_with_bars_in_flight_and_bars_sent_while_down_loses_noth
             if all(_rows_for(database_url, "signals", must).values()):
                 break
             time.sleep(0.5)
-        time.sleep(2.0)  # let late duplicates, if any, land before counting
+        # Before counting: every service's group has committed everything on its inputs, so a
+        # redelivered message (a would-be duplicate) has been handled and written, not still coming.
+        inputs = {o["group"]: [o[k] for k in ("input_topic", "market_topic", "approved_topic", "exits_topic")
+                               if k in o] for o in overrides.values()}
+        with LagMonitor(own_broker.bootstrap, inputs, AwetMetrics(), timeout_s=5) as mon:
+            def caught_up() -> bool:
+                lags = mon.measure_once()
+                return {x.group for x in lags} == set(inputs) and all(x.lag == 0 for x in lags)
+
+            deadline = time.monotonic() + 120
+            while not caught_up():
+                assert time.monotonic() < deadline, [x for x in mon.last if x.lag]
+                time.sleep(0.2)
         assert loop.alive, "the loop must still run (no service gave up)"
     finally:
         loop.stop()

@@ -347,8 +347,12 @@ def test_bracket_legs_are_parsed_with_ids_types_and_exit_reasons():
         assert got.legs == placed.legs and fake.count("GET", f"/v2/orders/{placed.broker_order_id}") == 1
 
 
-def test_fake_alpaca_refuses_a_sell_while_the_legs_hold_the_shares():
-    """The defect of issue #7 at the venue: a filled bracket's working legs reserve the shares."""
+def test_cancel_bracket_frees_the_shares_its_legs_hold_so_the_exit_is_accepted():
+    """AlpacaPaperBroker.cancel_bracket (the code under test): a filled bracket's working legs
+    reserve the shares, so an exit sent first is refused (the venue's rule, as the fake models
+    it: the precondition, counted as an http_403 error); after cancel_bracket both legs are
+    canceled - confirmed by reading them back, retrying once while a cancel is pending - and
+    the same exit is accepted."""
     with FakeAlpaca() as fake:
         broker = _broker(fake)
         placed = broker.submit(_req())

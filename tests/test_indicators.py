@@ -211,3 +211,58 @@ def test_accepts_polars_series_and_lists() -> None:
 
     x = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
     np.testing.assert_array_equal(ind.ema(pl.Series(x), 3), ind.ema(x, 3))
+
+
+# --- TA-Lib cross-check ---------------------------------------------------------------
+# TA-Lib (a dev dependency) implements the same indicators independently. Where the
+# definitions are the same (EMA seeded with the SMA, Wilder's RSI, Bollinger with population
+# std) the values must agree to rounding (1e-9 relative). Where only the seed differs (TA-Lib's
+# MACD seeds the fast EMA at the slow one's start; its ATR averages true ranges from the second
+# bar), the difference decays geometrically (by 1 - 2/(n+1) or 1 - 1/n per bar): compared once
+# the decay factor has fallen below 1e-12, so any real difference still shows.
+
+
+def _walk(n: int = 3000, seed: int = 11) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
+    spread = np.abs(rng.normal(0, 0.005, n)) * close
+    return close + spread, close - spread, close
+
+
+def _settled(decay: float) -> int:
+    return int(np.ceil(np.log(1e-12) / np.log(decay)))
+
+
+def _close_to(ours, theirs, start: int = 0, rtol: float = 1e-9) -> None:
+    ours, theirs = np.asarray(ours, dtype=float)[start:], np.asarray(theirs, dtype=float)[start:]
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs))
+    ok = ~np.isnan(ours)
+    assert ok.sum() > 1000
+    np.testing.assert_allclose(ours[ok], theirs[ok], rtol=rtol, atol=1e-9)
+
+
+def test_talib_cross_check():
+    talib = pytest.importorskip("talib")  # a dev dependency: installed by make install-dev
+    high, low, close = _walk()
+    for n in (5, 14, 30):
+        _close_to(ind.ema(close, n), talib.EMA(close, n))
+        _close_to(ind.rsi(close, n), talib.RSI(close, n))
+    mid, up, lo = ind.bollinger(close, 20, 2.0)
+    t_up, t_mid, t_lo = talib.BBANDS(close, 20, 2.0, 2.0, 0)
+    for a, b in ((mid, t_mid), (up, t_up), (lo, t_lo)):
+        _close_to(a, b, rtol=1e-8)  # population std: sqrt of a difference of sums, 1e-8 relative
+    start = _settled(1 - 2 / 13)
+    for ours, theirs in zip(ind.macd(close, 12, 26, 9), talib.MACD(close, 12, 26, 9), strict=True):
+        _close_to(ours, theirs, start=start)
+    _close_to(ind.atr(high, low, close, 14), talib.ATR(high, low, close, 14), start=_settled(1 - 1 / 14))
+
+
+def test_talib_cross_check_can_fail():
+    """The cross-check sees a real difference: TA-Lib's simple moving average is not our EMA,
+    and a shifted series is caught."""
+    talib = pytest.importorskip("talib")
+    _, _, close = _walk()
+    with pytest.raises(AssertionError):
+        _close_to(ind.ema(close, 14), talib.SMA(close, 14))
+    with pytest.raises(AssertionError):
+        _close_to(ind.rsi(close, 14)[1:], talib.RSI(close, 14)[:-1])

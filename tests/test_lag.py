@@ -102,8 +102,10 @@ def test_lag_monitor_against_broker(kafka_bootstrap, make_topic):
         stop = threading.Event()
         t = threading.Thread(target=mon.run, args=(stop,), daemon=True)
         t.start()
-        time.sleep(0.5)
-        assert metrics.registry.get_sample_value("awet_service_up", {"service": "lag_monitor"}) == 1
+        deadline = time.monotonic() + 15  # the loop reports itself up: wait for it, bounded
+        while metrics.registry.get_sample_value("awet_service_up", {"service": "lag_monitor"}) != 1:
+            assert time.monotonic() < deadline and t.is_alive(), "lag monitor never reported up"
+            time.sleep(0.02)
         stop.set()
         t.join(15)
         assert not t.is_alive()

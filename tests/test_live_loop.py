@@ -386,11 +386,14 @@ def test_execution_killed_between_submission_and_commit_never_duplicates_an_orde
 @pytest.mark.timeout(240)
 def test_poison_messages_on_every_input_go_to_the_dlq_and_services_keep_going(
         cfg, endpoints, make_topic, tmp_path):
-    from live.services import execution, exit_monitor, inference, risk, signal
+    from live.services import execution, exit_monitor, features, inference, lean_alpha, persist_bars, risk, signal
 
     t, ns = _topics(make_topic), f"ns-{_uid()}"
     o = _overrides(t, ns, tmp_path)
-    cases = [
+    cases = [  # every consumer of the loop, on every input it reads
+        (persist_bars.build, o["persist_bars"], [t["raw"]]),
+        (features.build, o["features"], [t["raw"]]),
+        (lean_alpha.build, o["lean_alpha"], [t["raw"]]),
         (signal.build, o["signal"], [t["raw"]]),
         (inference.build, o["inference"], [t["eng"]]),
         (risk.build, o["risk"], [t["scored"]]),
@@ -414,8 +417,9 @@ def test_poison_messages_on_every_input_go_to_the_dlq_and_services_keep_going(
         letters = _read_all(endpoints.kafka_bootstrap, dlq_topic(topic), 2)
         reasons = {dict(m.headers())[DLQ_REASON_HEADER].decode() for m in letters}
         assert reasons == {"invalid_json", "schema_mismatch"}, (topic, reasons)
-    # raw is consumed by signal, execution and exit_monitor: each dead-letters its own copy.
-    assert len(_read_all(endpoints.kafka_bootstrap, dlq_topic(t["raw"]), 6)) == 6
+    # raw is consumed by six services: each dead-letters its own copy of both poison messages.
+    raw_letters = _read_all(endpoints.kafka_bootstrap, dlq_topic(t["raw"]), 12)
+    assert len(raw_letters) == 12, len(raw_letters)
 
 
 # --------------------------------------------------------------------------- (d) Alpaca paper, failing

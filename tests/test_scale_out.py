@@ -19,7 +19,7 @@ from awet_dagster.contracts import FeatureEvent
 from awet_dagster.infra import Endpoints
 from awet_dagster.storage.db import connect
 from awet_dagster.streaming import FeatureEngine, bars_to_events
-from live.runner import available_services, publish_acknowledged, service_spec, start_loop
+from live.runner import LoopTracker, available_services, publish_acknowledged, service_spec, start_loop
 from live.single_instance import SingleInstanceError
 from tests.test_live_loop import _group, _producer, _sample_bars
 from tests.test_service_crash import _decoded
@@ -64,10 +64,19 @@ def test_a_second_features_instance_joins_and_leaves_mid_replay_without_loss_or_
         publish(days[:thirds[0]])
         # A second instance joins the group (no shared fetch across processes/runs): the
         # group rebalances and the partitions are split between the two.
+        second_tracker = LoopTracker()
         second = start_loop(cfg, ep, names=["features"], overrides={"features": features}, timeout_s=200,
-                            backoff_s=0.2, shared_fetch=False)
+                            backoff_s=0.2, shared_fetch=False, tracker=second_tracker)
         _wait_members(kafka_bootstrap, group, 2)  # the rebalance is done: both hold partitions
         publish(days[thirds[0]:thirds[1]])
+        # It leaves only once it has worked on its share (its fetch starts after the assignment:
+        # on a loaded machine that can outlast the publishing above).
+        deadline = time.monotonic() + 60
+        while not second_tracker.consumed.get(("features", raw)):
+            assert time.monotonic() < deadline, (
+                "the second instance consumed nothing in 60 s", _assignment(kafka_bootstrap, group),
+                second_tracker.snapshot(), second.alive)
+            time.sleep(0.1)
         second.stop()  # it leaves: the first instance gets every partition back
         second_results = second.join(60)
         publish(days[thirds[1]:])
@@ -145,6 +154,15 @@ def _wait_members(bootstrap: str, group: str, n: int, timeout_s: float = 60.0) -
             return
         time.sleep(0.1)
     raise AssertionError(f"group {group} did not reach {n} member(s) with partitions within {timeout_s}s")
+
+
+def _assignment(bootstrap: str, group: str) -> list[tuple[str, list[int]]]:
+    """(member client id, partitions) of ``group`` now: for failure messages."""
+    from confluent_kafka.admin import AdminClient
+
+    d = AdminClient({"bootstrap.servers": bootstrap}).describe_consumer_groups([group], request_timeout=10)[
+        group].result(10)
+    return [(m.client_id, sorted(tp.partition for tp in m.assignment.topic_partitions)) for m in d.members]
 
 
 def _lock_held(database_url: str) -> bool:

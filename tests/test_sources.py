@@ -300,16 +300,11 @@ def test_synthetic_sessions_follow_the_exchange_calendar():
     assert session_timestamps(date(2013, 12, 25), date(2013, 12, 25), "daily").len() == 0
 
 
-def test_synthetic_million_bars_are_fast_valid_and_volatility_clusters():
-    import time as _time
-
+def test_synthetic_million_bars_are_valid_and_volatility_clusters():
     import numpy as np
 
     ts = pl.Series(np.arange(1_000_000, dtype=np.int64) * 60_000_000).cast(pl.Datetime("us", "UTC"))
-    t0 = _time.perf_counter()
-    df = generate_bars(["X"], ts, "minute", seed=1)
-    elapsed = _time.perf_counter() - t0
-    assert elapsed < 5.0, elapsed  # ~0.5 s on a quiet core; generous for a busy CI box
+    df = generate_bars(["X"], ts, "minute", seed=1)  # its speed is measured in benchmarks/, not here
     _, rejected = validate_bars(df)
     assert rejected.height == 0
     r = np.diff(np.log(df["close"].to_numpy()))

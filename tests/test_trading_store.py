@@ -14,21 +14,17 @@ T = datetime(2024, 3, 1, 15, 0, tzinfo=timezone.utc)
 
 
 @pytest.fixture
-def conn(database_url):
-    with connect(database_url) as c:
-        c.execute("DELETE FROM risk_state")
+def conn(isolated_database_url):
+    """A database of this test's own: the kill switch, orders and positions written here are
+    seen by no other test (the live-loop tests rebuild their portfolios from theirs)."""
+    with connect(isolated_database_url) as c:
         yield c
-        # Leave no kill switch, order or position behind: the live-loop tests share this database
-        # and rebuild their portfolio from it.
-        c.execute("DELETE FROM risk_state")
-        c.execute("DELETE FROM fills WHERE client_order_id = 'awet-abc'")
-        c.execute("DELETE FROM orders WHERE client_order_id = 'awet-abc'")
-        c.execute("DELETE FROM positions WHERE symbol = 'SPY' AND avg_price = 400.0")
 
 
-def test_kill_switch_persists_across_connections(conn, database_url):
+def test_kill_switch_persists_across_connections(conn, isolated_database_url):
+    assert PostgresRiskStateStore(conn).get_kill_switch() == KillSwitchState()  # a database of its own
     PostgresRiskStateStore(conn).set_kill_switch(KillSwitchState(True, "loss 10.2%", T))
-    with connect(database_url) as other:  # a restarted process
+    with connect(isolated_database_url) as other:  # a restarted process
         state = PostgresRiskStateStore(other).get_kill_switch()
     assert state == KillSwitchState(True, "loss 10.2%", T)
 
@@ -42,8 +38,8 @@ def test_daily_anchor_round_trip(conn):
 
 
 def test_orders_are_recorded_once_and_reconcile_view(conn):
-    conn.execute("DELETE FROM fills; DELETE FROM orders; DELETE FROM positions")
     store = PostgresOrderStore(conn)
+    assert store.positions() == {} and store.open_client_order_ids() == set()
     kw = dict(client_order_id="awet-abc", correlation_id="c1", symbol="SPY", side="buy", qty=10, order_type="market",
               broker_order_id=None, submitted_at=T, payload={"tp": 1})
     assert store.record_order(status="submitted", **kw) is True
@@ -54,36 +50,34 @@ def test_orders_are_recorded_once_and_reconcile_view(conn):
     store.upsert_position("SPY", 10, 400.0, T, 401.0)
     assert store.positions() == {"SPY": 10.0}
     record_audit(conn, actor="test", action="order.submit", subject="SPY", correlation_id="c1", details={"q": 10})
-    assert conn.execute("SELECT count(*) FROM audit_log WHERE correlation_id = 'c1'").fetchone()[0] >= 1
+    rows = conn.execute("SELECT actor, action, subject, details FROM audit_log WHERE correlation_id = 'c1'").fetchall()
+    assert rows == [("test", "order.submit", "SPY", {"q": 10})]
 
 
 def test_insert_orders_if_new_writes_a_batch_in_one_statement_and_reports_the_rows_that_existed(conn):
     ids = ["awet-batch-1", "awet-batch-2", "awet-batch-3"]
-    try:
-        store = PostgresOrderStore(conn)
-        row = dict(correlation_id="cb", symbol="SPY", side="buy", qty=3, order_type="market", status="new",
-                   payload={"ns": "t", "reference_price": 400.0})
-        assert store.insert_orders_if_new([dict(client_order_id=ids[0], **row)]) == {}  # inserted now
-        conn.execute("UPDATE orders SET status = 'accepted', broker_order_id = 'b-9' WHERE client_order_id = %s",
-                     (ids[0],))
-        # ids[0] existed (its row is reported, not overwritten); ids[1] twice in one call: written once.
-        got = store.insert_orders_if_new([dict(client_order_id=c, **row) for c in (ids[0], ids[1], ids[1], ids[2])])
-        assert got == {ids[0]: ("accepted", "b-9")}
-        rows = conn.execute("SELECT client_order_id, status, qty, payload FROM orders WHERE client_order_id = ANY(%s) "
-                            "ORDER BY client_order_id", (ids,)).fetchall()
-        assert [(r[0], r[1], float(r[2]), r[3]) for r in rows] == [
-            (ids[0], "accepted", 3.0, row["payload"]), (ids[1], "new", 3.0, row["payload"]),
-            (ids[2], "new", 3.0, row["payload"])]
-        assert store.insert_orders_if_new([dict(client_order_id=ids[2], **row)]) == {ids[2]: ("new", None)}
-        assert store.insert_orders_if_new([]) == {}
-    finally:
-        conn.execute("DELETE FROM orders WHERE client_order_id = ANY(%s)", (ids,))
+    store = PostgresOrderStore(conn)
+    row = dict(correlation_id="cb", symbol="SPY", side="buy", qty=3, order_type="market", status="new",
+               payload={"ns": "t", "reference_price": 400.0})
+    assert store.insert_orders_if_new([dict(client_order_id=ids[0], **row)]) == {}  # inserted now
+    conn.execute("UPDATE orders SET status = 'accepted', broker_order_id = 'b-9' WHERE client_order_id = %s",
+                 (ids[0],))
+    # ids[0] existed (its row is reported, not overwritten); ids[1] twice in one call: written once.
+    got = store.insert_orders_if_new([dict(client_order_id=c, **row) for c in (ids[0], ids[1], ids[1], ids[2])])
+    assert got == {ids[0]: ("accepted", "b-9")}
+    rows = conn.execute("SELECT client_order_id, status, qty, payload FROM orders WHERE client_order_id = ANY(%s) "
+                        "ORDER BY client_order_id", (ids,)).fetchall()
+    assert [(r[0], r[1], float(r[2]), r[3]) for r in rows] == [
+        (ids[0], "accepted", 3.0, row["payload"]), (ids[1], "new", 3.0, row["payload"]),
+        (ids[2], "new", 3.0, row["payload"])]
+    assert store.insert_orders_if_new([dict(client_order_id=ids[2], **row)]) == {ids[2]: ("new", None)}
+    assert store.insert_orders_if_new([]) == {}
 
 
-def test_cli_kill_switch_trip_status_reset(conn, monkeypatch, database_url, tmp_path):
+def test_cli_kill_switch_trip_status_reset(conn, monkeypatch, isolated_database_url, tmp_path):
     from awet_cli.main import app
 
-    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("DATABASE_URL", isolated_database_url)
     monkeypatch.setenv("AWET_HOME", str(tmp_path))
     runner = CliRunner()
     assert runner.invoke(app, ["kill-switch", "status"]).exit_code == 0

@@ -282,6 +282,18 @@ def classpath(libs: Path) -> str:
     return str(libs / "*")
 
 
+def new_cluster_id(random_bytes: Callable[[], bytes] = lambda: uuid.uuid4().bytes) -> str:
+    """A Kafka cluster id: 16 random bytes in URL-safe base64 without padding, never starting
+    with "-" (StorageTool's argument parser would read "-t -abc..." as a missing value and an
+    option: 1 start in 64 failed so; Kafka's own Uuid.randomUuid() redraws the same way)."""
+    import base64
+
+    while True:
+        cluster_id = base64.urlsafe_b64encode(random_bytes()).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def format_storage(java: JavaRuntime, libs: Path, lay: KafkaLayout, *, timeout_s: float = 120.0) -> str:
     """Format ``data/`` once with a cluster id kept in broker.json; returns the cluster id."""
     state = _read_state(lay.state)
@@ -292,10 +304,7 @@ def format_storage(java: JavaRuntime, libs: Path, lay: KafkaLayout, *, timeout_s
         m = re.search(r"cluster\.id=(\S+)", (lay.data / "meta.properties").read_text())
         if m:
             return m.group(1)
-    # A Kafka cluster id is 16 random bytes in URL-safe base64 without padding.
-    import base64
-
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    cluster_id = new_cluster_id()
     cmd = [java.path, "-Xmx256m", f"-Dlog4j2.configurationFile={LOG4J2}", "-cp", classpath(libs),
            "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(lay.properties),
            "--ignore-formatted"]
