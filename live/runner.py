@@ -386,6 +386,12 @@ def run_services(
     return {s.spec.name: s.result for s in sups}
 
 
+def service_inputs(name: str, kw: Mapping[str, Any]) -> tuple[str, ...]:
+    """Input topics (consumed under the service's group) of service ``name`` built with factory
+    keywords ``kw`` (() if unknown): the topics its lag is measured on."""
+    return _inputs_of(name, kw)
+
+
 def _inputs_of(name: str, kw: Mapping[str, Any]) -> tuple[str, ...]:
     """Input topics of service ``name`` built with factory keywords ``kw`` (() if unknown)."""
     defaults = SERVICE_INPUTS.get(name)

@@ -512,8 +512,7 @@ def test_kafka_sigkilled_with_bars_in_flight_and_bars_sent_while_down_loses_noth
             time.sleep(0.5)
         # Before counting: every service's group has committed everything on its inputs, so a
         # redelivered message (a would-be duplicate) has been handled and written, not still coming.
-        inputs = {o["group"]: [o[k] for k in ("input_topic", "market_topic", "approved_topic", "exits_topic")
-                               if k in o] for o in overrides.values()}
+        inputs = {o["group"]: list(runner.service_inputs(name, o)) for name, o in overrides.items()}
         with LagMonitor(own_broker.bootstrap, inputs, AwetMetrics(), timeout_s=5) as mon:
             def caught_up() -> bool:
                 lags = mon.measure_once()
