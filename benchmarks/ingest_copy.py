@@ -38,25 +38,12 @@ import psutil  # noqa: E402
 
 from awet_dagster.sources.synthetic import generate_bars  # noqa: E402
 from awet_dagster.storage import bars as bars_mod  # noqa: E402
-from awet_dagster.storage.db import connect, make_engine  # noqa: E402
+from awet_dagster.storage.db import connect, make_engine, upgrade  # noqa: E402
 from benchmarks._common import machine_info, machine_table, md_table, update_markdown_section  # noqa: E402
 
 SECTION = "ingest_copy"
 MINUTES_PER_SYMBOL = 10_000
 
-# Same shape as migrations/0001 (used when the server has no migrated public.bars to copy).
-_DDL = """
-CREATE TABLE {schema}.bars (
-    symbol text NOT NULL, bar_type text NOT NULL, ts timestamptz NOT NULL,
-    open double precision NOT NULL, high double precision NOT NULL, low double precision NOT NULL,
-    close double precision NOT NULL, volume double precision NOT NULL,
-    bid double precision, ask double precision, source text NOT NULL,
-    ingested_at timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT pk_bars PRIMARY KEY (symbol, bar_type, ts),
-    CONSTRAINT ck_bars_bar_type CHECK (bar_type IN ('minute', 'daily'))
-);
-CREATE INDEX ON {schema}.bars (ts);
-"""
 
 
 # --------------------------------------------------------------------------- server
@@ -95,13 +82,15 @@ def bench_schema(url: str) -> Iterator[str]:
 
 
 def fresh_table(url: str, schema: str) -> None:
-    """An empty ``schema.bars`` shaped like the real one."""
+    """An empty ``schema.bars`` shaped like the real one (the migrations' ``public.bars``;
+    a server without it is migrated first, so the shape is never copied by hand)."""
+    with connect(url) as conn:
+        migrated = conn.execute("SELECT to_regclass('public.bars')").fetchone()[0]
+    if not migrated:
+        upgrade(url)
     with connect(url) as conn:
         conn.execute(f"DROP TABLE IF EXISTS {schema}.bars")
-        if conn.execute("SELECT to_regclass('public.bars')").fetchone()[0]:
-            conn.execute(f"CREATE TABLE {schema}.bars (LIKE public.bars INCLUDING ALL)")
-        else:
-            conn.execute(_DDL.format(schema=schema))
+        conn.execute(f"CREATE TABLE {schema}.bars (LIKE public.bars INCLUDING ALL)")
 
 
 # --------------------------------------------------------------------------- measuring

@@ -106,6 +106,8 @@ def synthetic_bars(symbols: list[str], start: datetime, n: int, seed: int = 7, s
             rows["bid"].append(None)
             rows["ask"].append(None)
             rows["source"].append("synthetic")
+            rows["adj_factor"].append(1.0)  # unadjusted: no corporate actions in synthetic bars
+            rows["split_factor"].append(1.0)
     return pl.DataFrame(rows, schema=BAR_SCHEMA)
 
 
