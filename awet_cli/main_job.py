@@ -60,11 +60,11 @@ def run_main_job(cfg: AwetConfig, console: Console, start_infra: bool = True, re
         console.print(f"[yellow]{signal.Signals(got[0]).name}: the main job was stopped ({run}); the embedded "
                       f"servers stay up until `awet infra down`[/yellow]")
         return 128 + got[0]
-        run_id = result.run_id
-        mats = [e for e in result.all_events if e.event_type == DagsterEventType.ASSET_MATERIALIZATION]
-        checks = [e for e in result.all_events if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION]
-        failures = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
-        skipped = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_SKIPPED]
+    run_id = result.run_id
+    mats = [e for e in result.all_events if e.event_type == DagsterEventType.ASSET_MATERIALIZATION]
+    checks = [e for e in result.all_events if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION]
+    failures = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
+    skipped = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_SKIPPED]
     table = Table(title=f"Run {run_id[:8]} — {'SUCCESS' if result.success else 'FAILED'}")
     table.add_column("stage")
     table.add_column("result")
