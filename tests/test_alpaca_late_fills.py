@@ -87,21 +87,7 @@ def test_alpaca_fills_reported_bars_late_make_one_entry_per_position_and_flat_ex
         live_cfg, broker = _alpaca_setup(cfg, fake, tmp_path)
         ov = _overrides(t, ns, tmp_path)
         ov["execution"]["broker"] = broker
-        for name in ("risk", "exit_monitor"):
-            ov[name]["fill_wait_s"] = 0.0  # the venue reports fills bars late by design
-        tracker = LoopTracker()
-        loop = start_loop(live_cfg, endpoints, overrides=ov, tracker=tracker, timeout_s=560, backoff_s=0.2)
-        venue = SlowVenue(fake)
-        prod = _producer(endpoints.kafka_bootstrap)
-        try:
-            for day in bars.partition_by("ts", maintain_order=True):
-                venue.trade({r["symbol"]: r for r in day.iter_rows(named=True)})
-                _, drained = replay_through_loop(prod, day, tracker, topic=t["raw"], lockstep=True,
-                                                 drain_timeout_s=60)
-                assert drained, tracker.lagging()
-        finally:
-            loop.stop()
-            results = loop.join(60)
+        venue, results = _replay_at_slow_venue(live_cfg, endpoints, ov, fake, bars, t["raw"], timeout_s=560)
         assert all(r.error is None for r in results.values()), {n: r.error for n, r in results.items()}
         orders = _live_orders(database_url, ns)
         assert sum(o["intent"] == "entry" for o in orders) >= 3 and venue.parts > 0
@@ -118,6 +104,26 @@ def test_alpaca_fills_reported_bars_late_make_one_entry_per_position_and_flat_ex
                         for leg in (o.get("legs") or []) if leg["status"] in ("new", "held", "accepted")
                         and fake.position_qty(leg["symbol"]) == 0]
         assert working_legs == [], working_legs
+
+
+def _replay_at_slow_venue(live_cfg, endpoints, ov, fake, bars, raw_topic, *, timeout_s):
+    """Replay ``bars`` in lockstep through the loop whose execution trades at ``fake``, the venue
+    reporting each fill bars late; returns (the venue, the loop's results)."""
+    for name in ("risk", "exit_monitor"):
+        ov[name]["fill_wait_s"] = 0.0  # the venue reports fills bars late by design
+    tracker = LoopTracker()
+    loop = start_loop(live_cfg, endpoints, overrides=ov, tracker=tracker, timeout_s=timeout_s, backoff_s=0.2)
+    venue = SlowVenue(fake)
+    prod = _producer(endpoints.kafka_bootstrap)
+    try:
+        for day in bars.partition_by("ts", maintain_order=True):
+            venue.trade({r["symbol"]: r for r in day.iter_rows(named=True)})
+            _, drained = replay_through_loop(prod, day, tracker, topic=raw_topic, lockstep=True, drain_timeout_s=60)
+            assert drained, tracker.lagging()
+    finally:
+        loop.stop()
+        results = loop.join(60)
+    return venue, results
 
 
 def _minute_bars():
@@ -140,22 +146,8 @@ def test_minute_replay_through_alpaca_with_late_fills_places_one_entry_per_posit
         live_cfg, broker = _alpaca_setup(cfg, fake, tmp_path)
         ov = _overrides(t, ns, tmp_path)
         ov["execution"]["broker"] = broker
-        for name in ("risk", "exit_monitor"):
-            ov[name]["fill_wait_s"] = 0.0
-        tracker = LoopTracker()
-        loop = start_loop(live_cfg, endpoints, overrides=ov, tracker=tracker, timeout_s=860, backoff_s=0.2)
-        venue = SlowVenue(fake)
-        prod = _producer(endpoints.kafka_bootstrap)
         t0 = time.monotonic()
-        try:
-            for day in bars.partition_by("ts", maintain_order=True):
-                venue.trade({r["symbol"]: r for r in day.iter_rows(named=True)})
-                _, drained = replay_through_loop(prod, day, tracker, topic=t["raw"], lockstep=True,
-                                                 drain_timeout_s=60)
-                assert drained, tracker.lagging()
-        finally:
-            loop.stop()
-            results = loop.join(60)
+        venue, results = _replay_at_slow_venue(live_cfg, endpoints, ov, fake, bars, t["raw"], timeout_s=860)
         print(f"minute replay {bars.height} bars in {time.monotonic() - t0:.0f}s")
         assert all(r.error is None for r in results.values()), {n: r.error for n, r in results.items()}
         orders = _live_orders(database_url, ns)

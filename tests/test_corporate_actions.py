@@ -20,6 +20,7 @@ from awet_dagster.features import compute_features
 from awet_dagster.risk.portfolio import Fill, Portfolio
 from awet_dagster.sources.corporate_actions import (
     FactorFile,
+    SplitWatch,
     adjusted_bar,
     adjusted_frame,
     split_ratio,
@@ -127,10 +128,9 @@ def test_position_held_through_the_2020_split_keeps_its_value(aapl):
                                                        "trailing_stop_pct": 0.2, "take_profit_pct": 0.5}))
     first = window.row(0, named=True)
     sim.submit(OrderRequest("aapl-entry", "corr-1", "AAPL", "buy", 100.0, "entry", "e1", first["ts"], first["close"]))
-    last_factor, values, exits = None, {}, []
+    watch, values, exits = SplitWatch(), {}, []
     for bar in window.iter_rows(named=True):
-        ratio = split_ratio(last_factor, bar["split_factor"])
-        last_factor = bar["split_factor"]
+        ratio = watch.observe("AAPL", bar["split_factor"])
         if ratio is not None:
             pf.apply_split("AAPL", ratio)
         ledger.on_split_factor("AAPL", bar["split_factor"], bar["ts"])

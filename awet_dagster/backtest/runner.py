@@ -44,7 +44,7 @@ from awet_dagster.risk.portfolio import Fill, Portfolio
 from awet_dagster.risk.state import InMemoryRiskStateStore
 from awet_dagster.signals.calibration import PlattCalibrator
 from awet_dagster.signals.engine import QuantileForecast, SignalEngine, signal_passed
-from awet_dagster.sources.corporate_actions import adjusted_close, split_ratio
+from awet_dagster.sources.corporate_actions import SplitWatch, adjusted_close
 
 REGIME_FEATURES = ("regime_close_sma20", "regime_sma20_sma50")
 PREDICTION_COLUMNS = ("symbol", "ts", "model_version", "horizon", "q10", "q50", "q90")
@@ -145,7 +145,7 @@ def run_backtest(
     traded_notional = 0.0
     scored = passed = 0
     current_ts = None
-    split_factors: dict[str, float] = {}  # symbol -> split factor of its last bar
+    splits = SplitWatch()
 
     def record_order(res: RouteResult) -> None:
         rq = res.request
@@ -201,9 +201,7 @@ def run_backtest(
 
         # A split between the symbol's last bar and this one: the position goes through it
         # (quantity x ratio, prices / ratio), as the simulator's working orders do in on_bar.
-        factor = float(bar.get("split_factor") or 1.0)
-        ratio = split_ratio(split_factors.get(symbol), factor)
-        split_factors[symbol] = factor
+        ratio = splits.observe(symbol, bar.get("split_factor"))
         if ratio is not None:
             portfolio.apply_split(symbol, ratio)
             for o in sim.list_open_orders():

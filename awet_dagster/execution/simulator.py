@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 from awet_dagster.execution.orders import BrokerOrder, BrokerPosition, OrderRequest
 from awet_dagster.risk.portfolio import Fill
-from awet_dagster.sources.corporate_actions import split_ratio
+from awet_dagster.sources.corporate_actions import SplitWatch
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class PaperSimulator:
         self._avg: dict[str, float] = {}
         self._seq = 0
         self.submissions = 0  # orders actually created (duplicates are not counted)
-        self._split_factor: dict[str, float] = {}  # symbol -> split factor of its last bar
+        self._splits = SplitWatch()
         self.splits: list[tuple[str, object, float]] = []  # (symbol, bar ts, ratio) applied
 
     # ------------------------------------------------------------------ Broker protocol
@@ -99,9 +99,7 @@ class PaperSimulator:
         """Fill the working orders of bar's symbol decided before this bar; returns the fills.
         ``only``: just these orders (the others already saw this bar: catch-up after a restart)."""
         symbol, ts = bar["symbol"], bar["ts"]
-        factor = float(bar.get("split_factor") or 1.0)
-        ratio = split_ratio(self._split_factor.get(symbol), factor)
-        self._split_factor[symbol] = factor
+        ratio = self._splits.observe(symbol, bar.get("split_factor"))
         if ratio is not None:
             self.apply_split(symbol, ratio)
             self.splits.append((symbol, ts, ratio))

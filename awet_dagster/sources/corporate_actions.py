@@ -148,6 +148,21 @@ def adjusted_close(bar: Mapping[str, Any]) -> float:
     return float(bar["close"]) * float(bar.get("adj_factor") or 1.0)
 
 
+class SplitWatch:
+    """The split factor of each symbol's last bar: ``observe`` returns the split ratio when a
+    bar's factor differs from the one before (None otherwise, and for a symbol's first bar).
+    The one place the simulator, the backtest and the live ledgers learn of a split."""
+
+    def __init__(self) -> None:
+        self._factor: dict[str, float] = {}
+
+    def observe(self, symbol: str, split_factor: float | None) -> float | None:
+        factor = float(split_factor or 1.0)
+        ratio = split_ratio(self._factor.get(symbol), factor)
+        self._factor[symbol] = factor
+        return ratio
+
+
 def split_ratio(previous_split_factor: float | None, split_factor: float | None) -> float | None:
     """New shares per old share when the split factor changed between two bars of a symbol,
     else None. raw(t) x split(t) is on today's basis for every t, so q shares at raw price p

@@ -23,7 +23,7 @@ from typing import Any
 
 from awet_dagster.contracts import ExecutionReport, OrderEvent
 from awet_dagster.risk.portfolio import Fill, Portfolio
-from awet_dagster.sources.corporate_actions import split_ratio
+from awet_dagster.sources.corporate_actions import SplitWatch
 from live.services._common import contract_of, make_bus, time_guard
 from live.services._tail import tail_for
 
@@ -50,7 +50,7 @@ class FillLedger:
         self._pending: list[Fill] = []
         self.outstanding: dict[str, Outstanding] = {}
         self._closed: set[str] = set()
-        self._split: dict[str, float] = {}  # symbol -> split factor of the basis the book is on
+        self._split = SplitWatch()  # the basis the book is on, per symbol
         self.splits = 0
         self.applied = 0
         self.duplicates = 0
@@ -126,8 +126,7 @@ class FillLedger:
         before ``ts`` (old basis) are booked, then the position, the symbol's working orders
         and their cumulative fills are carried through the split (qty x ratio, prices /
         ratio: a venue reports them on the new basis from then on). Returns the ratio."""
-        ratio = split_ratio(self._split.get(symbol), factor)
-        self._split[symbol] = factor
+        ratio = self._split.observe(symbol, factor)
         if ratio is None:
             return None
         self._book([f for f in self._pending if f.symbol == symbol and f.ts < ts])
