@@ -32,6 +32,7 @@ from awet_dagster.sources import lean
 from awet_dagster.sources.corporate_actions import attach_factors, read_factor_files
 from awet_dagster.sources.errors import MissingCredentials, SourceError, SourceUnavailable
 from awet_dagster.sources.exchange_time import EXCHANGE_TZ, to_utc_bounds
+from awet_dagster.sources.registry import requested_symbols
 from awet_dagster.sources.schema import BAR_TYPES, REASON, empty_bars, ensure_schema, validate_bars
 
 log = logging.getLogger("awet.sources")
@@ -150,15 +151,10 @@ class LeanFolderSource:
         without bars in range contributes no rows. Frames carry `adj_factor`/`split_factor`
         from the folder's factor files (1.0 for a symbol without one).
         """
-        wanted = list(dict.fromkeys(s.upper() for s in symbols))
-        if not wanted:
-            raise ValueError("symbols must not be empty")
         available = self.symbols(timeframe)
-        unknown = sorted(set(wanted) - set(available))
-        if unknown:
-            raise SourceUnavailable(
-                f"lean: no {timeframe} data for {unknown} under {self.root}; available: {list(available)}"
-            )
+        wanted = requested_symbols(
+            symbols, available,
+            lambda unknown: f"lean: no {timeframe} data for {unknown} under {self.root}; available: {list(available)}")
         lo, hi = to_utc_bounds(start, end)
         frames = list(self._read(wanted, lo, hi, timeframe))
         frame = pl.concat(frames) if frames else empty_bars()

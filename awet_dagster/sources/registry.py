@@ -12,7 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import polars as pl
 
-from awet_dagster.sources.errors import UnknownSource
+from awet_dagster.sources.errors import SourceUnavailable, UnknownSource
 
 
 @runtime_checkable
@@ -43,6 +43,20 @@ _REGISTRY: dict[str, str | Callable[..., BarSource]] = {
     "alpaca": "awet_dagster.sources.alpaca:AlpacaSource",
     "yfinance": "awet_dagster.sources.yfinance_source:YFinanceSource",
 }
+
+
+def requested_symbols(symbols: Sequence[str], available: Sequence[str],
+                      unknown: Callable[[list[str]], str]) -> list[str]:
+    """``symbols`` upper-cased, each once, in order; none at all is a ValueError and any not in
+    ``available`` a ``SourceUnavailable`` with ``unknown(sorted missing)`` (a source with a fixed
+    list of symbols: a typo must not look like "no trading")."""
+    wanted = list(dict.fromkeys(s.upper() for s in symbols))
+    if not wanted:
+        raise ValueError("symbols must not be empty")
+    missing = sorted(set(wanted) - set(available))
+    if missing:
+        raise SourceUnavailable(unknown(missing))
+    return wanted
 
 
 def register_source(name: str, factory: str | Callable[..., BarSource]) -> None:

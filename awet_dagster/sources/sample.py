@@ -18,6 +18,7 @@ import polars as pl
 from awet_dagster.sources.corporate_actions import attach_factors, read_factor_files
 from awet_dagster.sources.errors import SourceError, SourceUnavailable
 from awet_dagster.sources.exchange_time import to_utc_bounds
+from awet_dagster.sources.registry import requested_symbols
 from awet_dagster.sources.schema import BAR_TYPES, ensure_schema, validate_bars
 
 FILES = {"daily": "daily.parquet", "minute": "minute.parquet"}
@@ -90,15 +91,10 @@ class SampleSource:
         should not look like "no trading"); a known symbol with no bars in range simply
         contributes no rows.
         """
-        wanted = [s.upper() for s in symbols]
-        if not wanted:
-            raise ValueError("symbols must not be empty")
         available = self.symbols(timeframe)
-        unknown = sorted(set(wanted) - set(available))
-        if unknown:
-            raise SourceUnavailable(
-                f"sample has no {timeframe} bars for {unknown}; available: {list(available)}"
-            )
+        wanted = requested_symbols(
+            symbols, available, lambda unknown: f"sample has no {timeframe} bars for {unknown}; "
+                                                f"available: {list(available)}")
         lo, hi = to_utc_bounds(start, end)
         frame = (
             pl.scan_parquet(self._path(timeframe))
