@@ -62,3 +62,22 @@ def test_limits_come_from_the_configuration(test_config_for, tmp_path):
     cfg = test_config_for(tmp_path / "home", AWET__DATA__MAX_CLOCK_SKEW_S="12", AWET__DATA__MAX_LATENESS_S="3")
     limits = TimeLimits.from_config(cfg)
     assert (limits.max_clock_skew_s, limits.max_lateness_s, limits.max_replay_lead_s) == (12.0, 3.0, 432_000.0)
+
+
+def test_each_partition_keeps_its_own_replay_clock_and_a_rebalance_restarts_them():
+    # Kafka orders a partition, not a topic: one that another instance moved on comes back
+    # weeks ahead of this instance's others. Its bars are not "ahead of the replay".
+    g = guard(max_replay_lead_s=5 * 86_400)
+    t0 = datetime(2019, 3, 1, 14, 30, tzinfo=UTC)
+    g.admit("IBM", "daily", t0, ("raw", 0))
+    g.admit("SPY", "daily", t0 + timedelta(days=61), ("raw", 1))  # its own lane: judged by the wall clock
+    with pytest.raises(TimeRejected, match="ahead of the replay clock"):
+        g.admit("IBM", "daily", t0 + timedelta(days=61), ("raw", 0))  # lane 0 is at t0: a 61-day jump
+    assert g.clock(("raw", 0)) == ("replay", t0)
+    assert g.clock(("raw", 1)) == ("replay", t0 + timedelta(days=61))
+    # Partitions moved: every lane starts again (still no 2099 bar gets in).
+    g.forget()
+    with pytest.raises(TimeRejected, match="ahead of the live clock"):
+        g.admit("IBM", "daily", datetime(2099, 1, 1, tzinfo=UTC), ("raw", 0))
+    g.admit("IBM", "daily", t0 + timedelta(days=61), ("raw", 0))
+    assert g.clock(("raw", 0)) == ("replay", t0 + timedelta(days=61))

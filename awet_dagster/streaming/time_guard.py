@@ -2,11 +2,18 @@
 
 A bar is refused (the caller dead-letters it with the reason; no state moves) when
 - it starts more than a tolerance AHEAD of the clock: the wall clock when the stream is live,
-  the replay clock (the latest bar time accepted so far, over every symbol) when it replays
+  the replay clock (the latest bar time accepted so far in its lane, see below) when it replays
   history. Live: ``data.max_clock_skew_s`` (a bar is published when it closes, so its start
   is in the past; the tolerance only covers clock skew between the vendor and us). Replay:
   ``data.max_replay_lead_s`` (must cover the longest natural gap between two bars of one
   symbol: a long weekend of daily bars, a holiday weekend of minute bars);
+  The replay clock is kept per *lane*: the bus passes the Kafka partition a bar came from,
+  because Kafka orders messages within a partition only. Partitions of one topic progress
+  unevenly, and one that another instance of the service has moved on (scale-out) comes back
+  weeks ahead of the others; one clock over every partition refused such a partition's bars
+  as "ahead of the replay" (seen in a scale-out test). When partitions move (``forget``)
+  every lane's clock starts again: its next bar is judged by the wall clock, which still
+  refuses a 2099 bar;
 - it is OLDER than the symbol's last accepted bar by more than ``data.max_lateness_s``. A
   bar at exactly the last time (a redelivery) passes: the services skip duplicates
   themselves, silently, as they always did.
@@ -19,7 +26,7 @@ Which clock: the stream counts as a replay once its latest accepted bar is more 
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -64,25 +71,29 @@ def _utc_now() -> datetime:
 
 
 class TimeGuard:
-    """Per service: the replay clock and each (symbol, bar type)'s last accepted time."""
+    """Per service: each lane's replay clock and each (symbol, bar type)'s last accepted time.
+
+    ``lane``: where the bar came from, the unit Kafka orders (the bus passes (topic,
+    partition)); None for a single ordered stream."""
 
     def __init__(self, limits: TimeLimits = TimeLimits(), now: Callable[[], datetime] = _utc_now) -> None:
         self.limits = limits
         self._now = now
-        self._hwm: datetime | None = None  # latest accepted time over every key
+        self._hwm: dict[Hashable, datetime] = {}  # per lane: latest accepted time over its keys
         self._last: dict[tuple[str, str], datetime] = {}
         self.rejected = 0
 
-    def clock(self) -> tuple[str, datetime]:
-        """("live", wall clock) or ("replay", latest accepted bar time)."""
+    def clock(self, lane: Hashable = None) -> tuple[str, datetime]:
+        """("live", wall clock) or ("replay", the lane's latest accepted bar time)."""
         wall = self._now()
-        if self._hwm is not None and self._hwm < wall - timedelta(seconds=self.limits.replay_after_s):
-            return "replay", self._hwm
+        hwm = self._hwm.get(lane)
+        if hwm is not None and hwm < wall - timedelta(seconds=self.limits.replay_after_s):
+            return "replay", hwm
         return "live", wall
 
-    def problem(self, symbol: str, bar_type: str, ts: datetime) -> str | None:
+    def problem(self, symbol: str, bar_type: str, ts: datetime, lane: Hashable = None) -> str | None:
         """Why ``ts`` is refused for (symbol, bar_type), or None. Changes nothing."""
-        mode, clock = self.clock()
+        mode, clock = self.clock(lane)
         lead = (ts - clock).total_seconds()
         limit = self.limits.max_clock_skew_s if mode == "live" else self.limits.max_replay_lead_s
         if lead > limit:
@@ -98,9 +109,9 @@ class TimeGuard:
                         f"data.max_lateness_s)")
         return None
 
-    def admit(self, symbol: str, bar_type: str, ts: datetime) -> None:
+    def admit(self, symbol: str, bar_type: str, ts: datetime, lane: Hashable = None) -> None:
         """Accept ``ts`` (moving the clocks) or raise ``TimeRejected`` (moving nothing)."""
-        reason = self.problem(symbol, bar_type, ts)
+        reason = self.problem(symbol, bar_type, ts, lane)
         if reason is not None:
             self.rejected += 1
             raise TimeRejected(reason)
@@ -108,12 +119,15 @@ class TimeGuard:
         last = self._last.get(key)
         if last is None or ts > last:
             self._last[key] = ts
-        if self._hwm is None or ts > self._hwm:
-            self._hwm = ts
+        hwm = self._hwm.get(lane)
+        if hwm is None or ts > hwm:
+            self._hwm[lane] = ts
 
-    def admissible(self, symbol: str, bar_type: str, ts: datetime) -> bool:
-        return self.problem(symbol, bar_type, ts) is None
+    def admissible(self, symbol: str, bar_type: str, ts: datetime, lane: Hashable = None) -> bool:
+        return self.problem(symbol, bar_type, ts, lane) is None
 
     def forget(self) -> None:
-        """Drop the per-symbol times (partitions moved to another instance); the clock stays."""
+        """Partitions moved between instances: drop the per-symbol times and the lanes' clocks
+        (a partition that comes back may have moved on meanwhile)."""
         self._last.clear()
+        self._hwm.clear()

@@ -104,7 +104,7 @@ def guarded(handler: Handler, guard: TimeGuard) -> Handler:
 
     def handle(event: Any, ctx: Any) -> Any:
         if isinstance(event, (MarketRawEvent, ScoredSignal)):
-            guard.admit(event.symbol, getattr(event, "bar_type", "signal"), event.ts)
+            guard.admit(event.symbol, getattr(event, "bar_type", "signal"), event.ts, (ctx.topic, ctx.partition))
         return handler(event, ctx)
 
     return handle
@@ -227,6 +227,11 @@ class LazyConnection:
     close = reset
 
 
+def lane_of(msg: Any) -> tuple[str, int]:
+    """The time guard's lane of a Kafka message: its (topic, partition), as ``guarded`` passes."""
+    return msg.topic(), msg.partition()
+
+
 def decoded(batch: Sequence[Any], model: type[BaseEvent],
             skip: Callable[[Any], bool] | None = None) -> Iterator[tuple[Any, Any]]:
     """(message, event) for the messages of a polled batch that decode as ``model``, for a
@@ -258,9 +263,9 @@ def unseen_first(batch: Sequence[Any], model: type[BaseEvent], known: Callable[[
         return known_symbol is not None and key is not None and known_symbol(key.decode(errors="replace"))
 
     first: dict[tuple[str, str], datetime] = {}
-    for _, ev in decoded(batch, model, skip):
+    for msg, ev in decoded(batch, model, skip):
         k = (ev.symbol, ev.bar_type)
-        if k not in first and not known(k) and (guard is None or guard.admissible(ev.symbol, ev.bar_type, ev.ts)):
+        if k not in first and not known(k) and (guard is None or guard.admissible(ev.symbol, ev.bar_type, ev.ts, lane_of(msg))):
             first[k] = ev.ts
     return first
 

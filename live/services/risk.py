@@ -66,6 +66,7 @@ from live.services._common import (
     db_outage_is_retry,
     db_settings,
     decoded,
+    lane_of,
 )
 from live.services._ledger import FillLedger, build_with_fill_tail
 from live.services._tail import TopicTail
@@ -216,8 +217,8 @@ class RiskService:
         self._stored.clear()
         new: dict[tuple[str, str], datetime] = {}
         tradable: dict[str, str] = {}  # signal event id -> correlation id
-        for _, sig in decoded(batch, self.input_model):
-            if not self.guard.admissible(sig.symbol, "signal", sig.ts):
+        for msg, sig in decoded(batch, self.input_model):
+            if not self.guard.admissible(sig.symbol, "signal", sig.ts, lane_of(msg)):
                 continue  # dead-lettered by the handler; must not set the warm-up point
             if (sig.symbol, sig.bar_type) not in self._warm:
                 new.setdefault((sig.symbol, sig.bar_type), sig.ts)
