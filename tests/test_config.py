@@ -233,3 +233,67 @@ def test_repo_configs_are_valid_for_every_environment():
             continue
         cfg = load_config(environ={"AWET_ENV": overlay.stem}, config_dir=repo_configs)
         assert cfg.env == overlay.stem
+
+
+ENV_FILE = """\
+# a comment, then the shapes a .env file takes
+export AWET_ENV=staging
+AWET__RISK__COOLDOWN_S=45   # trailing comment
+AWET__RISK__MAX_SYMBOL_EXPOSURE='7500'
+KAFKA_BOOTSTRAP="file:9092"
+AWET__EXECUTION__ALPACA_API_KEY="AK \\"quoted\\" #not-a-comment"
+
+"""
+
+
+def test_env_file_is_the_environment_layer_below_real_variables(config_dir, tmp_path):
+    env_file = tmp_path / "awet.env"
+    env_file.write_text(ENV_FILE)
+    loaded = load_config_with_sources(
+        environ={"AWET_ENV_FILE": str(env_file), "AWET__RISK__COOLDOWN_S": "20"}, config_dir=config_dir)
+    cfg = loaded.config
+    assert cfg.env == "staging"  # AWET_ENV from the file chose the overlay
+    assert loaded.source_of("risk.max_symbol_exposure") == f"env file {env_file} AWET__RISK__MAX_SYMBOL_EXPOSURE"
+    assert cfg.risk.max_symbol_exposure == 7500  # above configs/staging.yaml's 8000
+    assert cfg.risk.cooldown_s == 20 and loaded.source_of("risk.cooldown_s") == "env AWET__RISK__COOLDOWN_S"
+    assert cfg.kafka.bootstrap == "file:9092"
+    assert cfg.execution.alpaca_api_key.get_secret_value() == 'AK "quoted" #not-a-comment'
+
+
+def test_env_file_in_the_working_directory_is_read_by_the_cli(config_dir, tmp_path, monkeypatch):
+    from awet_cli.main import app
+
+    (tmp_path / ".env").write_text("AWET__RISK__COOLDOWN_S=33\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AWET_CONFIG_DIR", str(config_dir))
+    for var in ("AWET_ENV", "AWET__RISK__COOLDOWN_S", "AWET_ENV_FILE", "VAULT_ADDR"):
+        monkeypatch.delenv(var, raising=False)
+    result = CliRunner().invoke(app, ["config", "show", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["key"]: r for r in json.loads(result.output)}
+    assert rows["risk.cooldown_s"] == {"key": "risk.cooldown_s", "value": "33", "source": "env file .env AWET__RISK__COOLDOWN_S"}
+    # A caller's own environ (tests, embedding code) does not pick up the working directory's file.
+    assert load_config(environ={}, config_dir=config_dir).risk.cooldown_s == 60
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("JUST A LINE\n", r"awet.env:1: expected KEY=value"),
+    ("A=1\nB='open\n", r"awet.env:2: B: unterminated or malformed '-quoted value"),
+    ('C="x" y\n', r"awet.env:1: C: unterminated or malformed \"-quoted value"),
+    ("AWET__RISK__COOLDOWN_S=soon\n", r"risk.cooldown_s: .*got 'soon' \(from env file .*awet.env AWET__RISK__COOLDOWN_S\)"),
+])
+def test_a_bad_env_file_names_the_file_and_line(config_dir, tmp_path, text, error):
+    env_file = tmp_path / "awet.env"
+    env_file.write_text(text)
+    with pytest.raises(ConfigError, match=error):
+        load_config(environ={"AWET_ENV_FILE": str(env_file)}, config_dir=config_dir)
+
+
+def test_a_missing_named_env_file_is_an_error(config_dir, tmp_path):
+    with pytest.raises(ConfigError, match=r"AWET_ENV_FILE: .*nope.env is not a file"):
+        load_config(environ={"AWET_ENV_FILE": str(tmp_path / "nope.env")}, config_dir=config_dir)
+
+
+def test_a_removed_setting_says_what_replaced_it(config_dir):
+    with pytest.raises(ConfigError, match=r"risk.trailing_stop_pct: no longer a setting: .*exits.trailing_stop_pct"):
+        load_config(environ={"AWET__RISK__TRAILING_STOP_PCT": "0.03"}, config_dir=config_dir)

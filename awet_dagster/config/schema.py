@@ -311,7 +311,6 @@ class RiskConfig(Section):
     kill_switch_loss: float = Field(0.10, gt=0, le=1)
     max_drawdown: float = Field(0.15, gt=0, le=1)
     cvar_limit: float = Field(0.03, gt=0, le=1)
-    trailing_stop_pct: float = Field(0.02, gt=0, le=1)
     sector_cap_pct: float = Field(0.20, gt=0, le=1)
     max_orders_per_minute: int = Field(30, ge=1)
     max_orders_per_symbol_day: int = Field(10, ge=1)
