@@ -402,3 +402,53 @@ def test_producer_refuses_wrong_contract_for_registered_topic():
     with pytest.raises(TypeError, match="market.raw carries MarketRawEvent|carries MarketRawEvent"):
         p.send("market.raw", example_events()[DeadLetter])
 
+
+
+class _CommitCounter:
+    """The service's consumer, counting async commits in flight (the proxy sees each call;
+    the service's own callback, chained below, sees each answer)."""
+
+    def __init__(self, consumer) -> None:
+        self._c = consumer
+        self.in_flight = self.peak = self.sent = 0
+
+    def commit(self, *args, **kwargs):
+        if kwargs.get("asynchronous", True):
+            self.in_flight += 1
+            self.sent += 1
+            self.peak = max(self.peak, self.in_flight)
+        return self._c.commit(*args, **kwargs)
+
+    def answered(self, err, partitions) -> None:
+        self.in_flight = max(0, self.in_flight - 1)
+
+    def __getattr__(self, name):
+        return getattr(self._c, name)
+
+
+def test_at_most_one_async_commit_in_flight_and_every_offset_committed(kafka_bootstrap, make_topic):
+    """A commit is due after every message here (batch 1, interval 0); while one is in flight
+    the next ones coalesce into the commit its answer triggers, and at the end everything
+    handled is committed."""
+    topic = make_topic()
+    prod = _producer(kafka_bootstrap)
+    for i in range(200):
+        prod.send(topic, _bar(f"S{i % 7}"))
+    prod.flush(10)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    counter: _CommitCounter | None = None
+
+    def on_commit(err, partitions) -> None:
+        if counter is not None:
+            counter.answered(err, partitions)
+
+    conf = {**consumer_config(kafka_bootstrap, group, consumer=FAST_DEV_CONSUMER_SETTINGS), "on_commit": on_commit}
+    svc = BusService("test-svc", [topic], lambda e, c: (), consumer_config=conf, producer=_producer(kafka_bootstrap),
+                     topic_models={topic: MarketRawEvent}, poll_timeout_s=0.2, batch_size=1, commit_interval_s=0.0)
+    counter = _CommitCounter(svc._consumer)
+    svc._consumer = svc._source = counter
+    with svc:
+        stats = svc.run(max_messages=200, timeout_s=60)
+    assert stats.processed == 200
+    assert counter.peak == 1 and counter.sent >= 1, (counter.peak, counter.sent)
+    assert _committed(kafka_bootstrap, group, topic) == 200
