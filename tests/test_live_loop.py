@@ -23,6 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from awet_dagster.backtest.runner import run_backtest
 from awet_dagster.contracts import (
     ComponentScores,
+    DeadLetter,
     ExitEvent,
     MarketRawEvent,
     Quantiles,
@@ -422,6 +423,50 @@ def test_poison_messages_on_every_input_go_to_the_dlq_and_services_keep_going(
     assert len(raw_letters) == 12, len(raw_letters)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_poison_on_side_topics_is_dead_lettered_once_per_reader_also_across_restarts(
+        cfg, endpoints, make_topic, database_url, tmp_path):
+    """predictions, alpha.signals, exec.done and exec.orders are read by side readers (tails)
+    only: a bad message there goes to the topic's DLQ with the reason, under the reader's
+    name, and a restarted reader (which re-reads from the beginning) does not send it again."""
+    from live.services import exit_monitor, risk, signal
+
+    t, ns = _topics(make_topic), f"ns-{_uid()}"
+    o = _overrides(t, ns, tmp_path)
+    prod = _producer(endpoints.kafka_bootstrap)
+    side = ("pred", "alpha", "done", "orders")
+    for k in side:
+        prod.send_raw(t[k], b"{not json", key=b"X")
+        prod.send_raw(t[k], b'{"symbol": "X", "correlation_id": "c-1"}', key=b"X")
+    prod.flush(10)
+    readers = [(signal.build, dict(o["signal"], alpha_source="topic"), 4),
+               (risk.build, o["risk"], 4), (exit_monitor.build, o["exit_monitor"], 4)]
+
+    def read_side(build, kw, n) -> tuple[int, int]:
+        with build(cfg, endpoints, **kw) as svc:
+            tail = svc.component.tail
+            assert tail.wait_for(lambda: tail.undecodable >= n, 30), (build.__module__, tail.undecodable)
+            letters = tail.dead_letters
+            return letters.sent, letters.already
+
+    assert [read_side(*r) for r in readers] == [(4, 0), (4, 0), (4, 0)]
+    assert read_side(*readers[1]) == (0, 4)  # risk restarted: its letters are in the table already
+    expected = {"pred": ["signal-tail"] * 2, "alpha": ["signal-tail"] * 2,
+                "done": ["exit_monitor-tail"] * 2 + ["risk-tail"] * 2,
+                "orders": ["exit_monitor-tail"] * 2 + ["risk-tail"] * 2}
+    for k in side:
+        letters = [DeadLetter.model_validate_json(m.value()) for m in
+                   _read_all(endpoints.kafka_bootstrap, dlq_topic(t[k]), len(expected[k]))]
+        assert sorted(x.service for x in letters) == expected[k], (k, letters)
+        assert {x.reason for x in letters} == {"invalid_json", "schema_mismatch"}, k
+        assert {x.original_topic for x in letters} == {t[k]}
+    with connect(database_url) as conn:
+        rows = conn.execute("SELECT service, reason FROM dead_letters WHERE topic = ANY(%s)",
+                            ([t[k] for k in side],)).fetchall()
+    assert len(rows) == 12, rows
+
+
 # --------------------------------------------------------------------------- (d) Alpaca paper, failing
 @pytest.mark.slow
 @pytest.mark.timeout(180)
@@ -789,7 +834,6 @@ def test_a_far_future_bar_mid_replay_is_dead_lettered_and_the_symbol_trades_as_w
     symbol's real bars as stale for the rest of the session. Now every reader of market.raw
     dead-letters it (reason invalid_time) before any state moves: the trades equal the
     backtest's on the real bars alone."""
-    from awet_dagster.contracts import DeadLetter
 
     bars = _sample_bars()
     times = bars["ts"].unique().sort()

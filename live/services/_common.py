@@ -13,7 +13,7 @@ from awet_dagster.contracts import BaseEvent, MarketRawEvent, ScoredSignal, mode
 from awet_dagster.storage.db import connect
 from awet_dagster.streaming import read_last_bars, read_last_bars_many
 from awet_dagster.streaming.time_guard import TimeGuard, TimeLimits
-from live.bus import BusService, EventProducer, Handler, MessageContext, RetryLater
+from live.bus import BusService, Handler, MessageContext, RetryLater
 from live.kafka_settings import consumer_config, group_id, producer_config
 
 log = logging.getLogger("awet.live.services")
@@ -62,6 +62,13 @@ class DeadLetterRecorder:
         payload = base64.b64decode(letter.original_value_b64) if letter.original_value_b64 else None
         self._rows.append((letter.original_topic, letter.original_partition, letter.original_offset, letter.reason,
                            payload, self.service, letter.error_type, letter.error, letter.correlation_id, dlq))
+
+    def holds(self, letter: Any) -> bool:
+        """The table already has this service's letter for the message (an earlier run sent it)."""
+        row = self.conn.get().execute(
+            'SELECT 1 FROM dead_letters WHERE topic = %s AND "partition" = %s AND "offset" = %s AND service = %s',
+            (letter.original_topic, letter.original_partition, letter.original_offset, self.service)).fetchone()
+        return row is not None
 
     def flush(self) -> int:
         if not self._rows:
@@ -169,7 +176,7 @@ def make_bus(
         list(topics),
         handler,
         consumer_config=cons,
-        producer=EventProducer(prod),
+        producer=prod,  # a config: the bus builds the producer, owns it, closes it with itself
         topic_models=dict(topics),
         before_commit=before_commit,
         before_batch=before_batch,

@@ -9,9 +9,12 @@ consumer would deadlock, so side inputs are read by this thread into state guard
 Delivery: side state is a cache rebuilt on every start. The tail is assigned every
 partition of its topics from the BEGINNING (no group, no commit), so after a restart it
 re-reads what retention kept; consumers make applying an event idempotent (fills by
-cumulative quantity, predictions by (symbol, ts)). A side message that does not decode is
-logged and counted (``undecodable``), not dead-lettered: the topic's own consumer owns its
-DLQ, and N tails writing N dead letters for one message would only add noise.
+cumulative quantity, predictions by (symbol, ts)). A side message that does not decode (or
+whose event the service cannot apply) is counted (``undecodable``) and dead-lettered like any
+other (``SideDeadLetters``: the topic's DLQ with the reason, and the ``dead_letters`` table),
+under the reader's own name (``<service>-tail``); side topics such as ``predictions`` and
+``exec.done`` have no other consumer that would. Because a tail re-reads its topics from the
+beginning at every start, a letter the table already holds for this reader is not sent again.
 
 A tail never skips messages of a log that starts over:
 - ``auto.offset.reset=earliest``: a position out of range (retention truncated the log, a
@@ -44,9 +47,47 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicCollect
 from confluent_kafka.admin import AdminClient
 from pydantic import ValidationError
 
-from awet_dagster.contracts import BaseEvent
+from awet_dagster.contracts import BaseEvent, dlq_topic
+from live.bus import EventProducer, dead_letter_for, decode_failure_reason, send_dead_letter
 
 log = logging.getLogger("awet.live.tail")
+
+
+class SideDeadLetters:
+    """The dead letters of one side reader (see the module doc). Called from the tail thread;
+    best effort: a failure to dead-letter is logged and never stops the tail."""
+
+    def __init__(self, service: str, producer: EventProducer, recorder: Any = None,
+                 flush_timeout_s: float = 10.0) -> None:
+        self.service = service
+        self.producer = producer
+        self.recorder = recorder  # a DeadLetterRecorder (the dead_letters table), or None
+        self.flush_timeout_s = flush_timeout_s
+        self.sent = 0
+        self.already = 0  # found in the table: sent by an earlier run of this reader
+
+    def __call__(self, msg: Any, reason: str, exc: BaseException) -> None:
+        try:
+            letter = dead_letter_for(self.service, msg, reason, exc)
+            if letter is None:
+                return
+            if self.recorder is not None and self.recorder.holds(letter):
+                self.already += 1
+                return
+            send_dead_letter(self.producer, letter, msg.key())
+            self.producer.flush(self.flush_timeout_s)
+            self.sent += 1
+            if self.recorder is not None:
+                self.recorder(dlq_topic(letter.original_topic), letter)
+                self.recorder.flush()
+        except Exception:  # noqa: BLE001 - the DLQ is best effort here; the tail must go on
+            log.exception("%s: dead-lettering %s[%d]@%d failed", self.service, msg.topic(), msg.partition(),
+                          msg.offset())
+
+    def close(self) -> None:
+        self.producer.close()
+        if self.recorder is not None:
+            self.recorder.conn.close()
 
 #: Seconds between two attempts to check the topic ids after a broker outage.
 _RECHECK_INTERVAL_S = 0.5
@@ -69,7 +110,8 @@ def describe_topic_ids(admin_conf: Mapping[str, Any], topics: Sequence[str],
 class TopicTail:
     def __init__(self, name: str, bootstrap: str, topics: Mapping[str, type[BaseEvent]],
                  on_event: Callable[[str, BaseEvent, int], None], *, client: Mapping[str, Any] | None = None,
-                 fetch_wait_ms: int | None = None, cond: threading.Condition | None = None) -> None:
+                 fetch_wait_ms: int | None = None, cond: threading.Condition | None = None,
+                 dead_letters: Callable[[Any, str, BaseException], None] | None = None) -> None:
         conf: dict[str, Any] = {
             "bootstrap.servers": bootstrap, "group.id": f"tail-{name}-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False, "socket.timeout.ms": 30000, "client.id": f"awet-{name}-tail",
@@ -92,6 +134,7 @@ class TopicTail:
         self.name = name
         self.topics = dict(topics)
         self._on_event = on_event
+        self.dead_letters = dead_letters
         self.cond = cond or threading.Condition()
         self._consumer = Consumer(conf)
         self._stop = threading.Event()
@@ -195,20 +238,26 @@ class TopicTail:
                         self.consumed_since[topic] += 1
                         self.log_consumed_since[topic] += 1
                     value = msg.value()
+                    if value is None:
+                        self._refuse(msg, "empty_message", ValueError("message has no value (tombstone)"))
+                        continue
                     try:
-                        event = self.topics[topic].model_validate_json(value or b"")
+                        event = self.topics[topic].model_validate_json(value)
                     except ValidationError as exc:
-                        self.undecodable += 1
-                        log.warning("%s: undecodable side message %s[%d]@%d skipped: %s", self.name, topic,
-                                    msg.partition(), msg.offset(), str(exc).splitlines()[0])
+                        self._refuse(msg, decode_failure_reason(exc), exc)
                         continue
                     try:
                         self._on_event(topic, event, ts_ms)
-                    except Exception:  # noqa: BLE001 - one bad event must not kill the tail
-                        self.undecodable += 1
-                        log.exception("%s: side event %s[%d]@%d failed", self.name, topic, msg.partition(),
-                                      msg.offset())
+                    except Exception as exc:  # noqa: BLE001 - one bad event must not kill the tail
+                        self._refuse(msg, getattr(exc, "dlq_reason", None) or "handler_error", exc)
                 self.cond.notify_all()
+
+    def _refuse(self, msg: Any, reason: str, exc: BaseException) -> None:
+        self.undecodable += 1
+        log.warning("%s: side message %s[%d]@%d dead-lettered (%s): %s", self.name, msg.topic(), msg.partition(),
+                    msg.offset(), reason, str(exc).splitlines()[0] if str(exc) else repr(exc))
+        if self.dead_letters is not None:
+            self.dead_letters(msg, reason, exc)
 
     def wait_for(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
         """Block until ``predicate()`` (evaluated under the lock) or ``timeout_s``."""
@@ -223,6 +272,8 @@ class TopicTail:
             self._consumer.close()
         except Exception:  # noqa: BLE001
             pass
+        if self.dead_letters is not None and hasattr(self.dead_letters, "close"):
+            self.dead_letters.close()
 
 
 def tail_for(cfg: Any, endpoints: Any, name: str, topics: Mapping[str, type[BaseEvent]], on_event: Callable[[str, BaseEvent, int], None]) -> TopicTail:
@@ -233,4 +284,15 @@ def tail_for(cfg: Any, endpoints: Any, name: str, topics: Mapping[str, type[Base
     if sasl is not None:
         client.setdefault("sasl.password", sasl.get_secret_value())
     fetch_wait = dict(getattr(kafka, "consumer", {}) or {}).get("fetch.wait.max.ms")
-    return TopicTail(name, endpoints.kafka_bootstrap, topics, on_event, client=client, fetch_wait_ms=fetch_wait)
+    from live.kafka_settings import producer_config
+    from live.services._common import DeadLetterRecorder, LazyConnection, db_settings
+
+    reader = f"{name}-tail"
+    producer = EventProducer(producer_config(endpoints.kafka_bootstrap, client=client,
+                                             producer=dict(getattr(kafka, "producer", {}) or {}),
+                                             client_id=f"awet-{reader}-dlq"))
+    recorder = DeadLetterRecorder(LazyConnection(endpoints.database_url, **db_settings(cfg)), reader)
+    letters = SideDeadLetters(reader, producer, recorder,
+                              flush_timeout_s=float(getattr(kafka, "flush_timeout_s", 10.0)))
+    return TopicTail(name, endpoints.kafka_bootstrap, topics, on_event, client=client, fetch_wait_ms=fetch_wait,
+                     dead_letters=letters)
