@@ -142,11 +142,12 @@ def replay_cmd(
     with _stop_on_signals(stop), Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task(f"replay → {topic}", total=bars.height)
-        stats = replay_bars(
-            _producer(cfg, ep.kafka_bootstrap), bars, topic=topic, speed=speed, max_gap_s=max_gap_s,
-            max_seconds=max_seconds, stop_event=stop,
-            on_progress=lambda done, _total: progress.update(task, completed=done),
-        )
+        with _producer(cfg, ep.kafka_bootstrap) as producer:
+            stats = replay_bars(
+                producer, bars, topic=topic, speed=speed, max_gap_s=max_gap_s,
+                max_seconds=max_seconds, stop_event=stop,
+                on_progress=lambda done, _total: progress.update(task, completed=done),
+            )
     console.print(f"published {stats.published}/{stats.total} {bar_type} bars of {len(syms)} symbol(s) "
                   f"to {topic} in {stats.elapsed_s:.1f}s ({stats.stopped_by})")
     if stop.signum:
@@ -275,8 +276,9 @@ def _live_replay(source: str, bar_type: str | None, start: str | None, end: str 
         console.print(f"replaying {bars.height} {bar_type} bars of {len(syms)} symbol(s), {first}..{last}"
                       f"{' in lockstep' if lockstep else ''} through {', '.join(REPLAY_SERVICES)}")
         try:
-            published, drained = replay_through_loop(_producer(cfg, ep.kafka_bootstrap), bars, tracker,
-                                                     lockstep=lockstep, drain_timeout_s=budget, stop_event=stop)
+            with _producer(cfg, ep.kafka_bootstrap) as producer:
+                published, drained = replay_through_loop(producer, bars, tracker, lockstep=lockstep,
+                                                         drain_timeout_s=budget, stop_event=stop)
         finally:
             loop.stop()
             results = loop.join(15 if stop.is_set() else 60)
@@ -336,7 +338,7 @@ def ingest_cmd(
     stop = Interrupt()
     watcher = threading.Thread(target=lambda: (stop.wait(), ingestor.stop()), daemon=True)
     watcher.start()
-    with _stop_on_signals(stop):
+    with _stop_on_signals(stop), producer:
         try:
             stats = ingestor.run(timeout_s=max_seconds)
         finally:

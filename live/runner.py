@@ -833,7 +833,9 @@ def publish_acknowledged(producer: Any, topic: str, events: Sequence[Any], *, ti
                     rounds, f", producer failed: {fatal!r} caused by {fatal.__cause__!r}" if fatal else "",
                     " with a new producer" if renew is not None else "")
         if renew is not None:
-            producer = renew()
+            old, producer = producer, renew()
+            if old is not producer and hasattr(old, "close"):
+                old.close()  # its messages are accounted for above; its threads would keep reconnecting
         else:
             time.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
     return producer

@@ -150,13 +150,35 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return [f"awet session broker: {session_broker_choice()} (AWET_TEST_BROKER, CI)"]
 
 
+_LEFTOVERS: list[str] = []
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:  # noqa: ARG001
+    """Every test stops what it starts: after the last fixture was torn down, nothing the
+    session started may still run (tests/leaks.py); if something does, the run fails, naming it."""
+    from awet_dagster.infra.guard import SCRATCH_ROOTS
+    from tests.leaks import leftovers
+
+    roots = [f"{r}/" for r in SCRATCH_ROOTS]
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is not None and getattr(factory, "_basetemp", None) is not None:
+        roots.append(f"{factory.getbasetemp()}/")
+    _LEFTOVERS.extend(leftovers(roots))
+    if _LEFTOVERS and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001
     for note in _SESSION_NOTES:
         terminalreporter.write_line(f"awet: {note}", yellow=True)
+    for item in _LEFTOVERS:
+        terminalreporter.write_line(f"awet: LEFT RUNNING after the session: {item}", red=True)
     counts = {k: len([r for r in terminalreporter.stats.get(k, []) if getattr(r, "when", "call") != "teardown"
                       or k == "error"]) for k in ("passed", "failed", "skipped", "error")}
     terminalreporter.write_line(
         "awet: tests {passed} passed, {failed} failed, {skipped} skipped, {error} errors".format(**counts)
+        + f", {len(_LEFTOVERS)} left running"
         + (" (CI=true: skips fail)" if _ci() else ""), bold=True)
 
 

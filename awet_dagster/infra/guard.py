@@ -97,7 +97,14 @@ def scratch_home(prefix: str = "awet-") -> Path:
     unprivileged user, and each pytest session re-tightens /tmp/pytest-of-<user> to 0700,
     cutting a concurrent session's server off its data directory.
     """
-    return Path(tempfile.mkdtemp(prefix=prefix)) / "awet"
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    SCRATCH_ROOTS.append(root)
+    return root / "awet"
+
+
+#: Every directory ``scratch_home`` made in this process (a test session checks at its end that
+#: no process still runs in one: tests/leaks.py).
+SCRATCH_ROOTS: list[Path] = []
 
 
 @contextlib.contextmanager
