@@ -50,6 +50,24 @@ log = logging.getLogger("awet.live.shared_fetch")
 
 _EARLIEST = ("earliest", "smallest", "beginning")
 _METADATA_TIMEOUT_S = 10.0
+# Answers of a group coordinator that is moving or still loading its offsets (a Kafka broker
+# just started): asked again until the deadline, not a reason to give up the shared fetch.
+_COORDINATOR_BUSY = (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                     KafkaError.COORDINATOR_NOT_AVAILABLE)
+
+
+def _committed(consumer: Consumer, tps: list[TopicPartition], timeout_s: float) -> list[TopicPartition]:
+    """The group's committed offsets of ``tps``, retrying while the coordinator is busy (seen:
+    NOT_COORDINATOR from a Kafka broker started seconds earlier) until ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return consumer.committed(tps, timeout=max(deadline - time.monotonic(), 0.5))
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if err is None or err.code() not in _COORDINATOR_BUSY or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
 _RECHECK_INTERVAL_S = 0.5
 
 
@@ -414,7 +432,7 @@ class SharedFetches:
             if meta is None or meta.error is not None or not meta.partitions:
                 return None
             tps.extend(TopicPartition(topic, p) for p in sorted(meta.partitions))
-        committed = consumer.committed(tps, timeout=_METADATA_TIMEOUT_S)
+        committed = _committed(consumer, tps, _METADATA_TIMEOUT_S)
         starts = {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else OFFSET_BEGINNING) for tp in committed}
         positioned = [TopicPartition(t, p, off) for (t, p), off in starts.items()]
         consumer.assign(positioned)

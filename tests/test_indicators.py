@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from awet_dagster import indicators as ind
@@ -119,6 +119,9 @@ def test_streaming_equals_batch_on_real_daily_and_minute_bars() -> None:
     st.lists(st.floats(0.01, 1e5, allow_nan=False), min_size=0, max_size=80),
     st.integers(1, 25),
 )
+# Found by a random-order run: an outlier leaving a short window left the running sums centred
+# far from the remaining values (std off by 5e-7 until the cycle's re-centring).
+@example(prices=[78303.60768076818, 1.0, 1.5], period=2)
 def test_streaming_equals_batch_property(prices: list[float], period: int) -> None:
     x = np.array(prices, dtype=float)
     _assert_same(ind.ema(x, period), _stream(lambda: ind.EmaStream(period), x))
