@@ -150,9 +150,13 @@ def test_planted_signal_passes_the_gate_and_is_promoted(model_env, database_url)
     assert len(hit_rates) >= 6 and min(hit_rates) > 0.6, hit_rates
 
 
-def test_uninformative_targets_fail_the_gate_and_nothing_downstream_runs(model_env, database_url):
+def test_uninformative_targets_fail_the_gate_and_nothing_downstream_runs(model_env, database_url, monkeypatch):
     from awet_dagster.config import load_config
     from awet_dagster.model import registry
+
+    # A usual patience: the planted case waits out the TFT's plateau (patience = max epochs),
+    # noise has nothing to find, and each fold stops once validation stops improving.
+    monkeypatch.setenv("AWET__MODEL__EARLY_STOPPING_PATIENCE", "3")
 
     register_source("noise", lambda **_: PlantedSource(beta=0.0, seed=7))
     instance = DagsterInstance.ephemeral()
