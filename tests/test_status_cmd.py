@@ -23,7 +23,11 @@ def _app() -> typer.Typer:
 
 
 @pytest.fixture
-def status_env(monkeypatch, tmp_path, database_url, kafka_bootstrap):
+def status_env(monkeypatch, tmp_path, isolated_database_url, kafka_bootstrap):
+    # A database of its own: `awet status` lists the top dead letters, positions and the kill
+    # switch of the whole database; on the shared one, other tests' rows pushed this test's
+    # dead letter out of the top 20 (seen in a random-order run).
+    database_url = isolated_database_url
     monkeypatch.setenv("AWET_ENV", "test")
     monkeypatch.setenv("AWET_HOME", str(tmp_path / "awet"))
     monkeypatch.setenv("DATABASE_URL", database_url)
@@ -31,25 +35,15 @@ def status_env(monkeypatch, tmp_path, database_url, kafka_bootstrap):
     monkeypatch.delenv("VAULT_ADDR", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with connect(database_url) as conn:
-        store = PostgresRiskStateStore(conn)
-        before = store.get_kill_switch()
         ts = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=7)
         conn.execute(
             "INSERT INTO bars (symbol, bar_type, ts, open, high, low, close, volume, source) "
-            "VALUES (%s, 'minute', %s, 1, 1, 1, 1, 10, 'test') ON CONFLICT DO NOTHING", (SYM, ts))
-        conn.execute(
-            "INSERT INTO positions (symbol, qty, avg_price, opened_at) VALUES (%s, 12, 101.5, %s) "
-            "ON CONFLICT (symbol) DO UPDATE SET qty = 12", (SYM, ts))
+            "VALUES (%s, 'minute', %s, 1, 1, 1, 1, 10, 'test')", (SYM, ts))
+        conn.execute("INSERT INTO positions (symbol, qty, avg_price, opened_at) VALUES (%s, 12, 101.5, %s)", (SYM, ts))
         conn.execute(
             'INSERT INTO dead_letters (topic, "partition", "offset", reason, service, error) '
-            "VALUES ('zz-status-topic', 0, 7, 'invalid_time', 'features', 'bar ahead of the clock') "
-            "ON CONFLICT DO NOTHING")
-    yield database_url
-    with connect(database_url) as conn:
-        conn.execute("DELETE FROM bars WHERE symbol = %s", (SYM,))
-        conn.execute("DELETE FROM positions WHERE symbol = %s", (SYM,))
-        conn.execute("DELETE FROM dead_letters WHERE topic = 'zz-status-topic'")
-        PostgresRiskStateStore(conn).set_kill_switch(before)
+            "VALUES ('zz-status-topic', 0, 7, 'invalid_time', 'features', 'bar ahead of the clock')")
+    return database_url
 
 
 def test_status_shows_infra_bars_positions_and_kill_switch(status_env):
