@@ -377,6 +377,11 @@ class EventProducer:
 _COMMIT_ANSWER_WAIT_S = 2.0
 
 
+def _no_offset(exc: KafkaException) -> bool:
+    """A commit refused as _NO_OFFSET: nothing was stored beyond what is committed (harmless)."""
+    return bool(exc.args) and isinstance(exc.args[0], KafkaError) and exc.args[0].code() == KafkaError._NO_OFFSET
+
+
 # --------------------------------------------------------------------------- dead letters
 def decode_failure_reason(exc: ValidationError) -> str:
     """The DLQ reason of a message its contract refused: not JSON at all, or the wrong shape."""
@@ -847,32 +852,36 @@ class BusService:
         offset behind (redelivery, not loss), and ``run``/``close`` end with a synchronous
         commit of the stored offsets. Failures arrive in ``_on_commit``.
         """
-        tps = [TopicPartition(t, p, o + 1) for (t, p), o in offsets.items()]
+        topics = ",".join(sorted({t for t, _ in offsets}))
         try:
             # Partitions revoked meanwhile are not stored (librdkafka drops them): their new
             # owner re-reads from the last commit. Duplicates, no loss.
-            self._consumer.store_offsets(offsets=tps)
-            self._uncommitted = True
-            self._commit_owed = True
-            if self._source is not self._consumer:
-                self._consumer.poll(0)  # nobody else polls it: serve the commit callbacks
-            self._commit_stored()
+            self._consumer.store_offsets(offsets=[TopicPartition(t, p, o + 1) for (t, p), o in offsets.items()])
         except KafkaException as exc:
-            if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].code() == KafkaError._NO_OFFSET:
-                return
-            self._commit_failed(",".join(t for t, _ in offsets), exc, stats)
+            if not _no_offset(exc):
+                self._commit_failed(topics, exc, stats)
+            return
+        self._uncommitted = True
+        self._commit_owed = True
+        self._serve_commits(stats, topics)
 
-    def _serve_commits(self, stats: RunStats) -> None:
-        """Idle: serve commit callbacks (with a shared fetch nobody else polls the group
-        consumer) and send a commit that is owed since the last one came back."""
+    def _serve_commits(self, stats: RunStats | None, topics: str | None = None) -> None:
+        """Serve commit callbacks (with a shared fetch nobody else polls the group consumer)
+        and send a commit that is owed since the last one came back. Not from ``_on_commit``:
+        polling inside a poll callback would re-enter librdkafka's queue."""
         try:
             if self._source is not self._consumer:
                 self._consumer.poll(0)
+        except KafkaException as exc:
+            self._commit_failed(topics or ",".join(self.topics), exc, stats)
+        self._send_owed_commit(stats, topics)
+
+    def _send_owed_commit(self, stats: RunStats | None, topics: str | None = None) -> None:
+        try:
             self._commit_stored()
         except KafkaException as exc:
-            if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].code() == KafkaError._NO_OFFSET:
-                return
-            self._commit_failed(",".join(self.topics), exc, stats)
+            if not _no_offset(exc):  # _NO_OFFSET: nothing stored beyond what is committed
+                self._commit_failed(topics or ",".join(self.topics), exc, stats)
 
     def _commit_stored(self) -> None:
         """Commit the stored offsets asynchronously, unless a commit is still unanswered: its
@@ -941,8 +950,7 @@ class BusService:
         try:
             self._consumer.commit(asynchronous=False)
         except KafkaException as exc:
-            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-            if err is None or err.code() != KafkaError._NO_OFFSET:  # _NO_OFFSET: async commits landed
+            if not _no_offset(exc):  # _NO_OFFSET: the async commits landed
                 self._commit_failed(",".join(self.topics), exc, stats)
                 return
         self._uncommitted = False
@@ -963,12 +971,7 @@ class BusService:
             if self._user_on_commit is not None:
                 self._user_on_commit(err, partitions)
             if self._commit_owed and not self._closed:
-                try:
-                    self._commit_stored()  # what was stored while this commit was in flight
-                except KafkaException as exc:
-                    code = exc.args[0].code() if exc.args and isinstance(exc.args[0], KafkaError) else None
-                    if code != KafkaError._NO_OFFSET:
-                        self._commit_failed(",".join(self.topics), exc, self._active_stats)
+                self._send_owed_commit(self._active_stats)  # what was stored while this one was in flight
 
     def _commit_failed(self, topics: str, error: object, stats: RunStats | None) -> None:
         # E.g. the partition was revoked by a rebalance meanwhile: the new owner re-reads

@@ -438,7 +438,12 @@ def test_a_failed_service_closes_without_waiting_for_its_dead_producer(kafka_boo
     t0 = time.monotonic()
     svc.close(timeout_s=10)
     assert time.monotonic() - t0 < 5, "close() waited for the undeliverable message"
-    assert len(dead) == 0
+    # The message was purged, not left queued. (Not ``len(dead) == 0``: len() also counts the
+    # connection-refused error events a producer of a dead address posts every few hundred ms,
+    # which made that check fail at random, seed 2475682660.)
+    with pytest.raises(DeliveryError, match="Purged in queue"):
+        dead.flush(0)
+    dead.close()
 
 
 def _rows_for(database_url: str, table: str, keys: list[tuple[str, datetime]]) -> dict[tuple[str, datetime], int]:

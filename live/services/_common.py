@@ -111,7 +111,7 @@ def guarded(handler: Handler, guard: TimeGuard) -> Handler:
 
     def handle(event: Any, ctx: Any) -> Any:
         if isinstance(event, (MarketRawEvent, ScoredSignal)):
-            guard.admit(event.symbol, getattr(event, "bar_type", "signal"), event.ts, (ctx.topic, ctx.partition))
+            guard.admit(event.symbol, getattr(event, "bar_type", "signal"), event.ts, lane_of(ctx))
         return handler(event, ctx)
 
     return handle
@@ -234,9 +234,12 @@ class LazyConnection:
     close = reset
 
 
-def lane_of(msg: Any) -> tuple[str, int]:
-    """The time guard's lane of a Kafka message: its (topic, partition), as ``guarded`` passes."""
-    return msg.topic(), msg.partition()
+def lane_of(where: MessageContext | Any) -> tuple[str, int]:
+    """The time guard's lane: the (topic, partition) a message came from (Kafka orders a
+    partition, not a topic), of a handler's ``MessageContext`` or of a raw Kafka message."""
+    if isinstance(where, MessageContext):
+        return where.topic, where.partition
+    return where.topic(), where.partition()
 
 
 def decoded(batch: Sequence[Any], model: type[BaseEvent],
