@@ -34,6 +34,24 @@ def _key(group: str) -> int:
     return zlib.crc32(group.encode()) - (1 << 31)
 
 
+def _holder(conn, group: str):
+    """(application_name, backend_start) of a session holding ``group``'s lock, or None."""
+    return conn.execute(
+        "SELECT a.application_name, a.backend_start FROM pg_locks l JOIN pg_stat_activity a "
+        "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s "
+        "AND l.objsubid = 2 AND l.granted",
+        (_NAMESPACE & 0xFFFFFFFF, _key(group) & 0xFFFFFFFF)).fetchone()
+
+
+def lock_holder(database_url: str, group: str, connect_timeout_s: int = 10) -> str | None:
+    """Who holds consumer group ``group``'s instance lock now (its application name), or None."""
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True, connect_timeout=connect_timeout_s) as conn:
+        row = _holder(conn, group)
+    return None if row is None else (row[0] or "another process")
+
+
 class InstanceLock:
     def __init__(self, database_url: str, service: str, group: str, why: str, *, shared: bool = False,
                  connect_timeout_s: int = 10) -> None:
@@ -55,11 +73,7 @@ class InstanceLock:
             fn = "pg_try_advisory_lock_shared" if self.shared else "pg_try_advisory_lock"
             got = conn.execute(f"SELECT {fn}(%s, %s)", (_NAMESPACE, _key(self.group))).fetchone()[0]
             if not got:
-                row = conn.execute(
-                    "SELECT a.application_name, a.backend_start FROM pg_locks l JOIN pg_stat_activity a "
-                    "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s "
-                    "AND l.objsubid = 2 AND l.granted",
-                    (_NAMESPACE & 0xFFFFFFFF, _key(self.group) & 0xFFFFFFFF)).fetchone()
+                row = _holder(conn, self.group)
                 holder = f"{row[0] or 'another process'} since {row[1]:%Y-%m-%d %H:%M:%S %Z}" if row else "another process"
                 raise SingleInstanceError(
                     f"{self.service}: not starting: an instance of consumer group {self.group!r} is already "
