@@ -139,6 +139,7 @@ def replay_cmd(
     ep = _endpoints(cfg)
     stop = Interrupt()
     topic = topic or MARKET_RAW
+    _require_topic(ep.kafka_bootstrap, topic)
     with _stop_on_signals(stop), Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task(f"replay → {topic}", total=bars.height)
@@ -152,6 +153,22 @@ def replay_cmd(
                   f"to {topic} in {stats.elapsed_s:.1f}s ({stats.stopped_by})")
     if stop.signum:
         raise typer.Exit(stop.exit_code())
+
+
+def _require_topic(bootstrap: str, topic: str) -> None:
+    """Exit 2 naming the fix when ``topic`` does not exist: otherwise every bar waits out the
+    producer's message timeout (UNKNOWN_TOPIC_OR_PART) and the replay fails only then."""
+    from live.topics import list_topics
+
+    try:
+        topics = list_topics(bootstrap, timeout_s=10)
+    except Exception as exc:  # noqa: BLE001 - any client error: the broker is not usable
+        console.print(f"[red]Kafka at {bootstrap} did not answer: {exc}[/red]")
+        raise typer.Exit(2) from None
+    if topic not in topics:
+        console.print(f"[red]topic {topic!r} does not exist on {bootstrap}: `awet infra up` creates the "
+                      f"project's topics (or pass --topic)[/red]")
+        raise typer.Exit(2)
 
 
 # --------------------------------------------------------------------------- live

@@ -441,6 +441,29 @@ def test_replay_cli_publishes_sample_bars(monkeypatch, make_topic, database_url,
 
 
 @pytest.mark.timeout(60)
+def test_replay_cli_to_a_missing_topic_fails_at_once_naming_it(monkeypatch, database_url, kafka_bootstrap, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from awet_cli.live_cmd import register
+
+    app = typer.Typer()
+    register(app)
+    for k, v in {"AWET_ENV": "test", "AWET_HOME": str(tmp_path / "home"), "DATABASE_URL": database_url,
+                 "KAFKA_BOOTSTRAP": kafka_bootstrap}.items():
+        monkeypatch.setenv(k, v)
+    missing = f"never-created-{tmp_path.name[-10:]}"
+    t0 = time.monotonic()
+    result = CliRunner().invoke(app, ["replay", "--source", "sample", "--bar-type", "daily", "--symbols", "SPY",
+                                      "--start", "2020-01-02", "--end", "2020-01-10", "--topic", missing])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())  # rich wraps long lines
+    assert f"topic {missing!r} does not exist" in said and "awet infra up" in said
+    # Not after the producer's message timeout (what a replay to a missing topic did before).
+    assert time.monotonic() - t0 < 20, result.output
+
+
+@pytest.mark.timeout(60)
 def test_paced_replay_is_bounded_by_max_seconds(make_topic, kafka_bootstrap):
     bars = _sample_bars(start=date(2020, 1, 1), end=date(2020, 3, 1))
     started = time.monotonic()

@@ -118,6 +118,11 @@ def test_live_service_stops_on_sigterm_with_exit_code_143(tmp_path, database_url
 
 @pytest.mark.timeout(240)
 def test_replay_publisher_stops_on_sigterm(tmp_path, database_url, kafka_bootstrap):
+    from awet_dagster.config import load_config
+    from live.topics import ensure_configured_topics
+
+    # market.raw as `awet infra up` creates it (on a fresh xdist worker's broker nothing else did).
+    ensure_configured_topics(kafka_bootstrap, load_config(environ={"AWET_ENV": "test"}).kafka)
     env = _env(tmp_path, database_url, kafka_bootstrap)
     proc = _start(["replay", "--source", "sample", "--bar-type", "daily", "--symbols", "SPY", "--speed", "2",
                    "--max-seconds", "300"], env, tmp_path)
