@@ -688,6 +688,9 @@ LOOP_SERVICES: tuple[str, ...] = ("persist_bars", "features", "lean_alpha", "inf
 #: What ``awet live --replay`` runs: the loop and the lag monitor watching its groups (the same
 #: services as the all-in-one ``awet live``), so a replay exports every metric ``awet live`` does.
 REPLAY_SERVICES: tuple[str, ...] = (*LOOP_SERVICES, "lag_monitor")
+#: One deployment (compose service, Helm Deployment) each: the loop and the lag monitor that
+#: feeds awet_consumer_lag (tests/test_deploy.py holds compose and the chart to this).
+DEPLOYED_SERVICES: tuple[str, ...] = (*LOOP_SERVICES, "lag_monitor")
 
 
 class LoopHandle:

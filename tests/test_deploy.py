@@ -250,10 +250,10 @@ def test_every_awet_command_is_real(compose):
 
 
 def test_live_services_are_the_whole_loop_and_scalable(compose):
-    from live.runner import LOOP_SERVICES
+    from live.runner import DEPLOYED_SERVICES
 
     live = live_services(compose)
-    assert sorted(live.values()) == sorted(LOOP_SERVICES)
+    assert sorted(live.values()) == sorted(DEPLOYED_SERVICES)
     assert all(k == v for k, v in live.items())
     for name in live:
         svc = compose["services"][name]
@@ -516,14 +516,16 @@ def test_rendered_manifests_are_valid_kubernetes(helm, extra):
 def test_one_deployment_per_live_service_with_probes(helm):
     from awet_dagster.config import load_config
     from live.metrics import service_port
-    from live.runner import LOOP_SERVICES
+    from live.runner import DEPLOYED_SERVICES, LOOP_SERVICES
 
     cfg = load_config(environ={"AWET_ENV": "prod"})
     docs = render(helm)
     deps, svcs = by_kind(docs, "Deployment"), by_kind(docs, "Service")
     hpas, pdbs = by_kind(docs, "HorizontalPodAutoscaler"), by_kind(docs, "PodDisruptionBudget")
-    assert len(deps) == len(LOOP_SERVICES)
-    for service in LOOP_SERVICES:
+    # Exactly the deployments the topology names: the loop AND the lag monitor (without it
+    # awet_consumer_lag has no data and the ConsumerLag alerts and lag-based scaling are blind).
+    assert set(deps) == {"awet-" + s.replace("_", "-") for s in DEPLOYED_SERVICES}
+    for service in DEPLOYED_SERVICES:
         k8s = "awet-" + service.replace("_", "-")
         d = deps[k8s]
         c = d["spec"]["template"]["spec"]["containers"][0]
@@ -548,6 +550,7 @@ def test_one_deployment_per_live_service_with_probes(helm):
     single = {"awet-" + s.replace("_", "-") for s in LOOP_SERVICES if service_spec(s).instances == "one"}
     assert single == {"awet-risk", "awet-execution", "awet-exit-monitor"}
     assert set(hpas) == {"awet-" + s.replace("_", "-") for s in LOOP_SERVICES} - single
+    assert deps["awet-lag-monitor"]["spec"]["replicas"] == 1  # nothing to scale: reads offsets only
     for name in single:
         assert deps[name]["spec"]["replicas"] == 1 and deps[name]["spec"]["strategy"] == {"type": "Recreate"}
     assert "strategy" not in deps["awet-signal"]["spec"]
@@ -680,10 +683,32 @@ def test_values_dagster_for_the_official_chart():
 
 
 # --------------------------------------------------------------------------- smoke: the commands, locally
+def _free_metrics_base() -> int:
+    """A metrics port base whose every service port is free now: service commands of tests
+    running side by side (pytest-xdist workers) must not fight over the configured 9400+."""
+    import random
+
+    from live.metrics import SERVICE_PORT_OFFSETS
+
+    span = max(SERVICE_PORT_OFFSETS.values()) + 1
+    for _ in range(200):
+        base = random.randrange(20000, 60000 - span)
+        with contextlib.ExitStack() as stack:
+            try:
+                for off in range(span):
+                    sock = stack.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", base + off))
+            except OSError:
+                continue
+        return base
+    raise RuntimeError("no free range of metrics ports")
+
+
 def _local_env(database_url: str, kafka_bootstrap: str, home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWET", "VAULT_", "DAGSTER_", "MLFLOW_"))}
     env.update({"AWET_ENV": "test", "AWET_HOME": str(home), "DATABASE_URL": database_url,
                 "KAFKA_BOOTSTRAP": kafka_bootstrap, "PYTHONUNBUFFERED": "1",
+                "AWET__OBSERVABILITY__METRICS_PORT_BASE": str(_free_metrics_base()),
                 # Own consumer groups: a smoke run stopped after 3 s must not leave a half-joined
                 # member in the groups other tests use (the embedded broker is shared by the session).
                 "AWET__KAFKA__GROUP_PREFIX": f"smoke-{home.parent.name[-16:]}",
@@ -713,9 +738,20 @@ def test_init_command_runs_locally(database_url, kafka_bootstrap, tmp_path):
     assert not (tmp_path / "home" / "endpoints.json").exists()  # it started nothing
 
 
+@pytest.fixture
+def topics_initialized(kafka_bootstrap) -> None:
+    """The loop's topics, as the compose `init` one-shot creates them before any live service
+    starts (depends_on: service_completed_successfully). Without it these tests passed only when
+    an earlier test of the session had created them (failed on a fresh xdist worker)."""
+    from awet_dagster.config import load_config
+    from live.topics import ensure_configured_topics
+
+    ensure_configured_topics(kafka_bootstrap, load_config(environ={"AWET_ENV": "test"}).kafka)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(_LIVE))
-def test_live_service_command_runs_locally(name, database_url, kafka_bootstrap, tmp_path):
+def test_live_service_command_runs_locally(name, database_url, kafka_bootstrap, topics_initialized, tmp_path):
     from live.runner import available_services
 
     service = _LIVE[name]
@@ -729,13 +765,16 @@ def test_live_service_command_runs_locally(name, database_url, kafka_bootstrap, 
 
 
 @pytest.mark.slow
-def test_live_service_serves_healthz_while_running(database_url, kafka_bootstrap, tmp_path):
+def test_live_service_serves_healthz_while_running(database_url, kafka_bootstrap, topics_initialized, tmp_path):
     from awet_dagster.config import load_config
     from live.metrics import service_port
 
-    port = service_port(load_config(environ={"AWET_ENV": "test"}), "signal")
+    env = _local_env(database_url, kafka_bootstrap, tmp_path / "home")
+    port = service_port(load_config(environ={"AWET_ENV": "test", **{k: v for k, v in env.items()
+                                                                    if k.startswith("AWET__OBSERVABILITY")}}),
+                        "signal")
     cmd = _local([*_COMPOSE["services"]["signal"]["command"], "--max-seconds", "25"])
-    proc = subprocess.Popen(cmd, env=_local_env(database_url, kafka_bootstrap, tmp_path / "home"),
+    proc = subprocess.Popen(cmd, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
     try:
         deadline = time.monotonic() + 20
