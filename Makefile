@@ -5,6 +5,11 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# Worker processes of `make test` (pytest-xdist), each with its own embedded PostgreSQL and
+# Kafka; modules that build an expensive module fixture stay on one worker (xdist_group).
+# PYTEST_WORKERS=0 runs everything in this process.
+PYTEST_WORKERS ?= 4
+XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),-n 0,-n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
 
 .PHONY: run test install install-dev lint-imports schemas clean-infra bench docs-img
 
@@ -29,7 +34,7 @@ run: $(VENV)/.installed
 
 ## make test: the whole test suite (slow cases included) against real embedded servers.
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # Refresh the Dagster UI screenshots in docs/img (tests write theirs to a temporary directory).
 docs-img: $(VENV)/.installed-dev

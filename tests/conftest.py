@@ -67,6 +67,85 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa
     report.longrepr = f"skipped under CI=true, which does not allow it (tests/conftest.py ALLOWED_SKIPS): {reason}"
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):  # noqa: ARG001
+    """With AWET_TEST_TIMING=<file>: one JSON line per test (wall and this process's CPU
+    seconds, setup to teardown): which tests wait (parallelise well) and which compute."""
+    path = os.environ.get("AWET_TEST_TIMING")
+    if not path:
+        yield
+        return
+    import json
+    import time
+
+    w0, c0 = time.monotonic(), time.process_time()
+    yield
+    row = {"test": item.nodeid, "wall_s": round(time.monotonic() - w0, 3),
+           "cpu_s": round(time.process_time() - c0, 3),
+           "worker": os.environ.get("PYTEST_XDIST_WORKER", "main")}
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]):  # noqa: ARG001
+    """Under pytest-xdist, slow cases first (random order kept within each half): a long case
+    handed out last would run alone while the other workers idle (the longest takes ~3 min).
+    Outside pytest-randomly's wrapper (registered later, called first): runs after its shuffle."""
+    result = yield
+    if getattr(config.option, "numprocesses", None):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    return result
+
+
+def _share_cores_between_workers() -> None:
+    """An xdist worker's math libraries (torch's OpenMP, MKL, OpenBLAS) use its share of the
+    cores, not all of them: two TFT trainings of two workers with a thread per core each ran
+    ~4x slower than one after the other (spinning OpenMP threads fighting for 2 cores; both hit
+    the 900 s timeout). Set before anything imports torch; subprocesses inherit it."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1:
+        share = str(max(1, (os.cpu_count() or 1) // workers))
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ.setdefault(var, share)
+
+
+_share_cores_between_workers()
+
+#: Modules whose tests share an expensive module-scoped fixture (a trained champion and a control
+#: run, a replay, a trained model): under pytest-xdist one worker runs each of them whole. Every
+#: other test goes to whichever worker is free. (Not xdist_group marks: with pytest 9.2,
+#: pytest-xdist 3.8's loadgroup sets ``item._nodeid``, which pytest no longer reads.)
+ONE_WORKER_MODULES = frozenset({
+    "tests/test_service_crash.py", "tests/test_alerts_e2e.py", "tests/test_onnx.py", "tests/test_walk_forward.py",
+    "tests/test_backtest.py", "tests/test_features.py", "tests/test_corporate_actions.py",
+})
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """``--dist loadgroup``: ONE_WORKER_MODULES stay together, the rest is spread test by test."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if path in ONE_WORKER_MODULES else nodeid
+
+        def _reschedule(self, node) -> None:
+            # A worker holds the test it runs and ONE more (it needs to know the next test to
+            # finish the current one), not three as xdist's default: three queued behind the
+            # 4-minute model test would wait for it while other workers idle at the end.
+            if not node.shutting_down and self.workqueue and self._pending_of(self.assigned_work[node]) <= 1:
+                self._assign_work_unit(node)
+            elif not self.workqueue and not node.shutting_down:
+                node.shutdown()
+
+    return ModuleGroups(config, log)
+
+
 REPO = Path(__file__).resolve().parents[1]
 KAFKA_LIBS = REPO / ".awet" / "kafka" / "libs"  # shared by test sessions (no network after the first)
 
@@ -153,20 +232,44 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 _LEFTOVERS: list[str] = []
 
 
+def _xdist_controller(config: pytest.Config) -> bool:
+    """The pytest-xdist process that only hands tests to workers (runs none itself)."""
+    return config.pluginmanager.hasplugin("dsession") and not hasattr(config, "workerinput")
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:  # noqa: ARG001
     """Every test stops what it starts: after the last fixture was torn down, nothing the
-    session started may still run (tests/leaks.py); if something does, the run fails, naming it."""
-    from awet_dagster.infra.guard import SCRATCH_ROOTS
-    from tests.leaks import leftovers
+    session started may still run (tests/leaks.py); if something does, the run fails, naming it.
 
-    roots = [f"{r}/" for r in SCRATCH_ROOTS]
-    factory = getattr(session.config, "_tmp_path_factory", None)
-    if factory is not None and getattr(factory, "_basetemp", None) is not None:
-        roots.append(f"{factory.getbasetemp()}/")
-    _LEFTOVERS.extend(leftovers(roots))
+    Under pytest-xdist each worker checks itself (its own servers, clients, threads, children)
+    and reports to the controller (``pytest_testnodedown``), which fails the run: the
+    controller's own descendants are the workers, not leftovers."""
+    if not _xdist_controller(session.config):
+        from awet_dagster.infra.guard import SCRATCH_ROOTS
+        from tests.leaks import leftovers
+
+        roots = [f"{r}/" for r in SCRATCH_ROOTS]
+        factory = getattr(session.config, "_tmp_path_factory", None)
+        if factory is not None and getattr(factory, "_basetemp", None) is not None:
+            roots.append(f"{factory.getbasetemp()}/")
+        _LEFTOVERS.extend(leftovers(roots))
+        workeroutput = getattr(session.config, "workeroutput", None)
+        if workeroutput is not None:  # an xdist worker: the controller reports and fails the run
+            workeroutput["awet_leftovers"] = list(_LEFTOVERS)
+            workeroutput["awet_notes"] = list(_SESSION_NOTES)
     if _LEFTOVERS and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:  # noqa: ARG001 - xdist hook (controller side)
+    out = getattr(node, "workeroutput", {}) or {}
+    worker = (getattr(node, "workerinput", {}) or {}).get("workerid", "worker")
+    _LEFTOVERS.extend(f"[{worker}] {item}" for item in out.get("awet_leftovers", ()))
+    for note in out.get("awet_notes", ()):
+        if note not in _SESSION_NOTES:
+            _SESSION_NOTES.append(note)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001

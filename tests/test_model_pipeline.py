@@ -68,11 +68,12 @@ def model_env(monkeypatch, database_url, kafka_bootstrap, tmp_path):
         # A small but real TFT: ~660 training windows per fold learn the planted signal in
         # ~15 s (measured OOS corr of q50 with the next return 0.73-0.93 on every fold, 3 seeds).
         # The TFT sits on the constant-predictor plateau for several epochs before it finds
-        # the signal: patience = max epochs, the best validation epoch is kept.
+        # the signal: patience = max epochs, the best validation epoch is kept. 12 epochs find it
+        # (every fold's hit rate > 0.6 below); 20 did too, in 242 s instead of 123 s on one thread.
         "AWET__MODEL__HIDDEN_SIZE": "16", "AWET__MODEL__ATTENTION_HEADS": "2", "AWET__MODEL__LOOKBACK": "20",
-        "AWET__MODEL__MAX_EPOCHS": "20", "AWET__MODEL__MAX_TRAIN_WINDOWS": "800", "AWET__MODEL__MAX_VAL_WINDOWS": "200",
+        "AWET__MODEL__MAX_EPOCHS": "12", "AWET__MODEL__MAX_TRAIN_WINDOWS": "800", "AWET__MODEL__MAX_VAL_WINDOWS": "200",
         "AWET__MODEL__LEARNING_RATE": "0.005", "AWET__MODEL__BATCH_SIZE": "32", "AWET__MODEL__DROPOUT": "0.0",
-        "AWET__MODEL__EARLY_STOPPING_PATIENCE": "20",
+        "AWET__MODEL__EARLY_STOPPING_PATIENCE": "12",
         # The planted edge lasts one bar: hold one bar, like the signal's horizon.
         "AWET__EXITS__MAX_HOLD_BARS_DAILY": "1",
         "AWET__MLFLOW__MODEL_NAME": f"awet-test-{tmp_path.name[-12:]}",
