@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 
 from confluent_kafka import KafkaError, KafkaException
@@ -150,7 +151,29 @@ def ensure_topics(
             errors.append(f"{name}: no answer within {timeout_s}s")
     if errors:
         raise RuntimeError(f"Could not create topics on {bootstrap}: " + "; ".join(errors))
+    _wait_visible(admin, bootstrap, [t.topic for t in missing], timeout_s)
     return outcome
+
+
+def _wait_visible(admin: AdminClient, bootstrap: str, names: list[str], timeout_s: float) -> None:
+    """Return once the broker's metadata lists every topic of ``names`` with a leader for each
+    partition. A created topic is the controller's answer; the broker learns it a moment later,
+    and until then it answers UNKNOWN_TOPIC_OR_PART (seen in a CI run: describe_configs right
+    after create_topics)."""
+    deadline = time.monotonic() + timeout_s
+    pending = set(names)
+    while pending:
+        try:
+            meta = admin.list_topics(timeout=max(0.5, min(5.0, deadline - time.monotonic()))).topics
+        except KafkaException:
+            meta = {}
+        pending = {n for n in pending if n not in meta or meta[n].error is not None or not meta[n].partitions
+                   or any(p.leader < 0 for p in meta[n].partitions.values())}
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"topics created on {bootstrap} but not visible within {timeout_s}s: {sorted(pending)}")
+        time.sleep(0.05)
 
 
 def _update_configs(

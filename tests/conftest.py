@@ -282,7 +282,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
     terminalreporter.write_line(
         "awet: tests {passed} passed, {failed} failed, {skipped} skipped, {error} errors".format(**counts)
         + f", {len(_LEFTOVERS)} left running"
-        + (" (CI=true: skips fail)" if _ci() else ""), bold=True)
+        + (" (CI=true: skips fail)" if _ci() else "")
+        # The order's seed also under -q (which hides pytest-randomly's header line).
+        + (f"; order: --randomly-seed={seed}" if (seed := getattr(config.option, "randomly_seed", None))
+           not in (None, "default") else ""), bold=True)
 
 
 @pytest.fixture(scope="session")
