@@ -87,15 +87,58 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):  #
         fh.write(json.dumps(row) + "\n")
 
 
+#: Wall seconds per test measured under `make test` (scripts/test_durations.py writes it): an
+#: ordering hint only. Cases it does not list count as SLOW_GUESS_S if marked slow, else 0.
+DURATIONS = Path(__file__).with_name("durations.json")
+SLOW_GUESS_S = 20.0
+
+
+def _expected_seconds(items: list[pytest.Item]) -> dict[str, float]:
+    """Expected seconds per test id; a module that stays on one worker counts as one block (its
+    total) so that it is handed out by its whole length."""
+    import json
+
+    known = json.loads(DURATIONS.read_text(encoding="utf-8")) if DURATIONS.exists() else {}
+    each = {item.nodeid: float(known.get(item.nodeid, SLOW_GUESS_S if item.get_closest_marker("slow") else 0.0))
+            for item in items}
+    blocks: dict[str, float] = {}
+    for nodeid, s in each.items():
+        module = nodeid.split("::", 1)[0]
+        if module in ONE_WORKER_MODULES:
+            blocks[module] = blocks.get(module, 0.0) + s
+    return {nodeid: blocks.get(nodeid.split("::", 1)[0], s) for nodeid, s in each.items()}
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]):  # noqa: ARG001
-    """Under pytest-xdist, slow cases first (random order kept within each half): a long case
-    handed out last would run alone while the other workers idle (the longest takes ~3 min).
-    Outside pytest-randomly's wrapper (registered later, called first): runs after its shuffle."""
+    """Under pytest-xdist, longest first (xdist hands the first four to the four workers, then
+    each next one to whichever frees up): a long case handed out last runs alone while the other
+    workers idle, and the two ~2-3 minute model trainings queued on one worker made it the
+    critical path (seed 3801891840: one worker 532 s of tests, another 410 s). Ties keep
+    pytest-randomly's order: this wrapper (registered later, called first) runs after its shuffle."""
     result = yield
-    if getattr(config.option, "numprocesses", None):
-        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    workers = getattr(config.option, "numprocesses", None)
+    if workers:
+        items[:] = _longest_first(items, int(workers))
     return result
+
+
+def _scope(nodeid: str) -> str:
+    module = nodeid.split("::", 1)[0]
+    return module if module in ONE_WORKER_MODULES else nodeid
+
+
+def _longest_first(items: list[pytest.Item], workers: int) -> list[pytest.Item]:
+    """Work units (a test, or a one-worker module) longest first, the second round reversed:
+    xdist gives each worker its first unit and one more to hold before any finishes, so the
+    longest unit is paired with the shortest of the next round, not with the next longest."""
+    expected = _expected_seconds(items)
+    units: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        units.setdefault(_scope(item.nodeid), []).append(item)
+    order = sorted(units, key=lambda scope: -expected[units[scope][0].nodeid])
+    order[workers:2 * workers] = reversed(order[workers:2 * workers])
+    return [item for scope in order for item in units[scope]]
 
 
 def _share_cores_between_workers() -> None:
@@ -131,8 +174,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
     class ModuleGroups(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            path = nodeid.split("::", 1)[0]
-            return path if path in ONE_WORKER_MODULES else nodeid
+            return _scope(nodeid)
 
         def _reschedule(self, node) -> None:
             # A worker holds the test it runs and ONE more (it needs to know the next test to
