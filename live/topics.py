@@ -47,7 +47,75 @@ def admin_ready(bootstrap: str, timeout_s: float = 2.0) -> bool:
         md = admin.list_topics(timeout=wait)
     except KafkaException:
         return False
-    return bool(md.brokers) and md.controller_id >= 0
+    return bool(md.brokers) and md.controller_id >= 0 and group_coordinators_ready(admin, md, wait)
+
+
+# Answers of a group coordinator still being created or loading its offsets partition.
+_COORDINATOR_BUSY = frozenset({KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                               KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TIMED_OUT})
+OFFSETS_TOPIC = "__consumer_offsets"
+
+
+def java_string_hash(text: str) -> int:
+    """Java's ``String.hashCode`` (UTF-16 code units, 32-bit overflow): how Kafka maps a group
+    id to its ``__consumer_offsets`` partition."""
+    h = 0
+    for unit in text.encode("utf-16-be").hex(" ", 2).split():
+        h = (31 * h + int(unit, 16)) & 0xFFFFFFFF
+    return h - (1 << 32) if h & 0x80000000 else h
+
+
+def offsets_partition(group: str, partitions: int) -> int:
+    """Kafka's ``Utils.abs(groupId.hashCode()) % partitions`` (its abs maps MIN_VALUE to 0)."""
+    h = java_string_hash(group)
+    return (0 if h == -(1 << 31) else abs(h)) % partitions
+
+
+def group_for_partition(partition: int, partitions: int, prefix: str = "awet-ready-") -> str:
+    """A group id whose coordinator is ``__consumer_offsets`` partition ``partition``."""
+    for i in range(100_000):
+        group = f"{prefix}{i}"
+        if offsets_partition(group, partitions) == partition:
+            return group
+    raise AssertionError(f"no group id found for partition {partition}/{partitions}")  # cannot happen
+
+
+def group_coordinators_ready(admin: AdminClient, md, timeout_s: float) -> bool:
+    """True once every ``__consumer_offsets`` partition has a coordinator that answers.
+
+    A fresh Kafka creates that topic at the first group request and then loads each partition;
+    until then commits fail with NOT_COORDINATOR (seen in a test that committed right after
+    `infra up`). One describe per partition, with a group id that hashes to it; an answer that is
+    not "busy" (a group that does not exist, no permission, a broker that lacks the API) counts
+    as ready: only the coordinator's state is in question here."""
+    topic = md.topics.get(OFFSETS_TOPIC)
+    if topic is None or topic.error is not None or not topic.partitions:
+        groups = ["awet-ready-0"]  # Kafka: asking creates the topic; the next probe checks its partitions
+    else:
+        if any(p.leader < 0 for p in topic.partitions.values()):
+            return False
+        n = len(topic.partitions)
+        groups = [group_for_partition(p, n) for p in range(n)]
+    try:
+        futures = admin.describe_consumer_groups(groups, request_timeout=timeout_s)
+    except KafkaException as exc:
+        return not _busy(exc)
+    answered = True
+    for future in futures.values():
+        try:
+            future.result(timeout=timeout_s + 1)
+        except KafkaException as exc:
+            answered = answered and not _busy(exc)
+        except Exception:  # noqa: BLE001 - no answer in time: not ready yet
+            answered = False
+    # No offsets topic and an answer: a broker that keeps offsets elsewhere (tansu). Kafka
+    # answers COORDINATOR_NOT_AVAILABLE while it creates the topic.
+    return answered
+
+
+def _busy(exc: KafkaException) -> bool:
+    err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+    return err is not None and err.code() in _COORDINATOR_BUSY
 
 
 def topic_configs(bootstrap: str, topics: list[str], *, timeout_s: float = 10.0) -> dict[str, dict[str, str]]:

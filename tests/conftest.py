@@ -442,6 +442,16 @@ def db_engine(database_url: str):
 
 
 @pytest.fixture
+def configured_topics(kafka_bootstrap: str) -> None:
+    """The loop's configured topics (market.raw, ...), as `awet infra up` and compose's `init`
+    one-shot create them before any service starts. Tests of commands that use the configured
+    names need it: on a fresh xdist worker's broker no earlier test has created them."""
+    from live.topics import ensure_configured_topics
+
+    ensure_configured_topics(kafka_bootstrap, load_config(environ={"AWET_ENV": "test"}).kafka)
+
+
+@pytest.fixture
 def make_topic(kafka_bootstrap: str) -> Callable[..., str]:
     """``make_topic(partitions=1) -> name``: a fresh topic (and ``name.dlq``) for this test.
 

@@ -39,7 +39,6 @@ import os
 import re
 import signal
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -61,6 +60,7 @@ import yaml
 from awet_dagster.infra import Endpoints
 from awet_dagster.observability.promql import dashboard_queries, expand_grafana_variables, metric_names
 from tests.conftest import isolated_database
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 ALERTS = REPO / "docker" / "prometheus" / "alerts.yml"
@@ -84,12 +84,6 @@ needs_prometheus = pytest.mark.skipif(
 
 
 # --------------------------------------------------------------------------- helpers
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as r:  # noqa: S310 - loopback only
@@ -312,7 +306,7 @@ def replay(tmp_path_factory, test_config_for, database_url, template_database, k
         ensure_topics(kafka_bootstrap, {name: 1 for name in t.values()}, timeout_s=30)
 
         # the textfile exporter, as deployed
-        textfile_port = _free_port()
+        textfile_port = free_port()
         exporter_log = cleanup.enter_context(open(tmp / "exporter.log", "wb"))  # noqa: SIM115
         exporter = subprocess.Popen(
             [sys.executable, "-m", "live.metrics", "--textfile-dir", str(home / "metrics"), "--port",
@@ -320,14 +314,14 @@ def replay(tmp_path_factory, test_config_for, database_url, template_database, k
         cleanup.callback(_stop_process, exporter)
 
         # the whole loop, one process, one metrics endpoint
-        metrics_port = _free_port()
+        metrics_port = free_port()
         tracker = LoopTracker()
         loop = start_loop(cfg, endpoints, names=REPLAY_SERVICES, overrides=overrides, tracker=tracker,
                           timeout_s=600, backoff_s=0.2, metrics_port=metrics_port, metrics_host="127.0.0.1")
         cleanup.callback(_stop_loop, loop)
 
         # Prometheus scraping both, evaluating the rules
-        prom_port = _free_port()
+        prom_port = free_port()
         (tmp / "alerts.yml").write_text(shortened_rules(ALERTS.read_text()))
         (tmp / "prometheus.yml").write_text(yaml.safe_dump({
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
@@ -543,7 +537,7 @@ def test_awet_live_lag_monitor_serves_its_metrics(tmp_path, database_url, kafka_
     """`awet live --service lag_monitor`: a non-bus service of the runner, on its own port."""
     from live.metrics import SERVICE_PORT_OFFSETS
 
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWET", "VAULT_"))}
     env.update({"AWET_ENV": "test", "AWET_HOME": str(tmp_path / "home"), "DATABASE_URL": database_url,
                 "KAFKA_BOOTSTRAP": kafka_bootstrap,

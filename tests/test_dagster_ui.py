@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS_IMG = os.environ.get("AWET_DOCS_IMG")  # make docs-img: where the screenshots go
@@ -41,12 +42,6 @@ SHOTS = {
     "dagster_asset_checks.png": "/assets/daily/raw_bars?view=checks",
     "dagster_run.png": "/runs/{run_id}",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _graphql(base: str, query: str, variables: dict | None = None, timeout: float = 20) -> dict:
@@ -103,7 +98,7 @@ def _materialize() -> str:
 @pytest.fixture
 def webserver(ui_env):
     run_id = _materialize()
-    port = _free_port()
+    port = free_port()
     log = open(ui_env / "webserver.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "dagster_webserver", "-w", str(REPO / "workspace.yaml"),

@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -32,6 +31,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.ports import free_metrics_base, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -123,12 +124,6 @@ def walk_strings(node, path=()):
             yield from walk_strings(v, (*path, str(i)))
     elif node is not None:
         yield path, str(node)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- compose
@@ -696,32 +691,11 @@ def test_values_dagster_for_the_official_chart():
 
 
 # --------------------------------------------------------------------------- smoke: the commands, locally
-def _free_metrics_base() -> int:
-    """A metrics port base whose every service port is free now: service commands of tests
-    running side by side (pytest-xdist workers) must not fight over the configured 9400+."""
-    import random
-
-    from live.metrics import SERVICE_PORT_OFFSETS
-
-    span = max(SERVICE_PORT_OFFSETS.values()) + 1
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - span)
-        with contextlib.ExitStack() as stack:
-            try:
-                for off in range(span):
-                    sock = stack.enter_context(socket.socket())
-                    sock.bind(("127.0.0.1", base + off))
-            except OSError:
-                continue
-        return base
-    raise RuntimeError("no free range of metrics ports")
-
-
 def _local_env(database_url: str, kafka_bootstrap: str, home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWET", "VAULT_", "DAGSTER_", "MLFLOW_"))}
     env.update({"AWET_ENV": "test", "AWET_HOME": str(home), "DATABASE_URL": database_url,
                 "KAFKA_BOOTSTRAP": kafka_bootstrap, "PYTHONUNBUFFERED": "1",
-                "AWET__OBSERVABILITY__METRICS_PORT_BASE": str(_free_metrics_base()),
+                "AWET__OBSERVABILITY__METRICS_PORT_BASE": str(free_metrics_base()),
                 # Own consumer groups: a smoke run stopped after 3 s must not leave a half-joined
                 # member in the groups other tests use (the embedded broker is shared by the session).
                 "AWET__KAFKA__GROUP_PREFIX": f"smoke-{home.parent.name[-16:]}",
@@ -751,20 +725,9 @@ def test_init_command_runs_locally(database_url, kafka_bootstrap, tmp_path):
     assert not (tmp_path / "home" / "endpoints.json").exists()  # it started nothing
 
 
-@pytest.fixture
-def topics_initialized(kafka_bootstrap) -> None:
-    """The loop's topics, as the compose `init` one-shot creates them before any live service
-    starts (depends_on: service_completed_successfully). Without it these tests passed only when
-    an earlier test of the session had created them (failed on a fresh xdist worker)."""
-    from awet_dagster.config import load_config
-    from live.topics import ensure_configured_topics
-
-    ensure_configured_topics(kafka_bootstrap, load_config(environ={"AWET_ENV": "test"}).kafka)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(_LIVE))
-def test_live_service_command_runs_locally(name, database_url, kafka_bootstrap, topics_initialized, tmp_path):
+def test_live_service_command_runs_locally(name, database_url, kafka_bootstrap, configured_topics, tmp_path):
     from live.runner import available_services
 
     service = _LIVE[name]
@@ -778,7 +741,7 @@ def test_live_service_command_runs_locally(name, database_url, kafka_bootstrap, 
 
 
 @pytest.mark.slow
-def test_live_service_serves_healthz_while_running(database_url, kafka_bootstrap, topics_initialized, tmp_path):
+def test_live_service_serves_healthz_while_running(database_url, kafka_bootstrap, configured_topics, tmp_path):
     from awet_dagster.config import load_config
     from live.metrics import service_port
 

@@ -18,6 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.ports import free_metrics_base, free_port
+
 REPO = Path(__file__).resolve().parents[1]
 AWET = str(Path(sys.executable).parent / "awet")
 pytestmark = pytest.mark.slow
@@ -28,16 +30,8 @@ def _env(tmp_path: Path, database_url: str, kafka_bootstrap: str, **extra: str) 
                                                                      "KAFKA_BOOTSTRAP"))}
     env.update(AWET_ENV="test", AWET_HOME=str(tmp_path / "home"), DATABASE_URL=database_url,
                KAFKA_BOOTSTRAP=kafka_bootstrap, AWET__KAFKA__GROUP_PREFIX=f"stop-{tmp_path.name}"[:40],
-               AWET__OBSERVABILITY__METRICS_PORT_BASE=str(_free_port_base()), PYTHONUNBUFFERED="1", **extra)
+               AWET__OBSERVABILITY__METRICS_PORT_BASE=str(free_metrics_base()), PYTHONUNBUFFERED="1", **extra)
     return env
-
-
-def _free_port_base() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return 20000 + s.getsockname()[1] % 20000
 
 
 def _start(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
@@ -117,12 +111,7 @@ def test_live_service_stops_on_sigterm_with_exit_code_143(tmp_path, database_url
 
 
 @pytest.mark.timeout(240)
-def test_replay_publisher_stops_on_sigterm(tmp_path, database_url, kafka_bootstrap):
-    from awet_dagster.config import load_config
-    from live.topics import ensure_configured_topics
-
-    # market.raw as `awet infra up` creates it (on a fresh xdist worker's broker nothing else did).
-    ensure_configured_topics(kafka_bootstrap, load_config(environ={"AWET_ENV": "test"}).kafka)
+def test_replay_publisher_stops_on_sigterm(tmp_path, database_url, kafka_bootstrap, configured_topics):
     env = _env(tmp_path, database_url, kafka_bootstrap)
     proc = _start(["replay", "--source", "sample", "--bar-type", "daily", "--symbols", "SPY", "--speed", "2",
                    "--max-seconds", "300"], env, tmp_path)
@@ -136,7 +125,7 @@ def test_replay_publisher_stops_on_sigterm(tmp_path, database_url, kafka_bootstr
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_ui_takes_dagster_dev_and_its_processes_down(sig, tmp_path, database_url, kafka_bootstrap):
     env = _env(tmp_path, database_url, kafka_bootstrap, DAGSTER_HOME=str(tmp_path / "dagster"))
-    port = _free_port_base() + 7
+    port = free_port()
     proc = _start(["ui", "--port", str(port)], env, tmp_path)
     import urllib.request
 
