@@ -280,6 +280,8 @@ def test_kafka_keeps_messages_and_committed_offsets_across_down_and_up(awet_tmp_
         c.commit(offsets=[TopicPartition("durable", 0, 40)], asynchronous=False)
         c.close()
         jvm = ep.started["broker"]["pid"]
+        # The configured JVM options reach the broker (default: C1 only, the cheap start).
+        assert "-XX:TieredStopAtLevel=1" in psutil.Process(jvm).cmdline()
         assert infra_down(cfg) == {"broker": "stopped", "postgres": "stopped"}
         _assert_gone([jvm])
         assert _servers_of(awet_tmp_home) == []
@@ -396,3 +398,18 @@ def test_kafka_cluster_id_never_starts_with_a_dash():
     cluster_id = new_cluster_id(lambda: next(draws))
     assert cluster_id == "AQEBAQEBAQEBAQEBAQEBAQ" and len(cluster_id) == 22
     assert not any(new_cluster_id().startswith("-") for _ in range(2000))
+
+
+
+def test_kafka_jvm_options_come_from_the_config(test_config_for, awet_tmp_home, tmp_path):
+    from awet_dagster.infra import kafka_broker as kb
+    from awet_dagster.infra.broker import options_from
+
+    java, lay = kb.JavaRuntime("/usr/bin/java", 17, "17"), kb.KafkaLayout(tmp_path / "kafka")
+    default = options_from(test_config_for(awet_tmp_home))
+    cmd = kb.broker_command(java, tmp_path, lay, heap_mb=256, logs_dir=tmp_path, jvm_options=default.jvm_options)
+    assert "-XX:TieredStopAtLevel=1" in cmd and cmd.index("-XX:TieredStopAtLevel=1") < cmd.index("-cp")
+    plain = options_from(test_config_for(awet_tmp_home, AWET__INFRA__KAFKA_JVM_OPTIONS="[]"))
+    assert plain.jvm_options == ()
+    assert not any(a.startswith("-XX:TieredStopAtLevel") for a in kb.broker_command(
+        java, tmp_path, lay, heap_mb=256, logs_dir=tmp_path, jvm_options=plain.jvm_options))

@@ -82,6 +82,7 @@ class BrokerOptions:
     libs_root: Path | None = None  # Kafka jar cache; default <home>/kafka/libs
     heap_mb: int = 512
     settings: dict = field(default_factory=dict)  # extra server.properties entries
+    jvm_options: tuple[str, ...] = ("-XX:TieredStopAtLevel=1",)
 
     def libs(self, home: HomeLayout) -> Path:
         return kb.libs_dir(self.libs_root or (home.home / "kafka" / "libs"))
@@ -95,6 +96,7 @@ def options_from(cfg: object) -> BrokerOptions:
         libs_root=getattr(infra, "kafka_libs_dir", None),
         heap_mb=int(getattr(infra, "kafka_heap_mb", 512)),
         settings=dict(getattr(infra, "kafka_settings", {}) or {}),
+        jvm_options=tuple(getattr(infra, "kafka_jvm_options", BrokerOptions.jvm_options)),
     )
 
 
@@ -225,11 +227,12 @@ def _start_kafka(
     for _ in range(_START_ATTEMPTS):
         listen, controller = kb.choose_ports(lay, host, port)
         kb.write_properties(lay, host, listen, controller, opts.settings)
-        cluster_id = kb.format_storage(java, libs, lay)
+        cluster_id = kb.format_storage(java, libs, lay, jvm_options=opts.jvm_options)
         kb.save_state(lay, port=listen, controller_port=controller, cluster_id=cluster_id)
         mark = log_path.stat().st_size if log_path.exists() else 0
         rec = start_detached(
-            kb.broker_command(java, libs, lay, heap_mb=opts.heap_mb, logs_dir=home.logs_dir),
+            kb.broker_command(java, libs, lay, heap_mb=opts.heap_mb, logs_dir=home.logs_dir,
+                              jvm_options=opts.jvm_options),
             log_path=log_path,
         )
         info = BrokerInfo(rec.pid, rec.create_time, host, listen, "kafka",

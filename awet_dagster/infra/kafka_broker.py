@@ -294,7 +294,8 @@ def new_cluster_id(random_bytes: Callable[[], bytes] = lambda: uuid.uuid4().byte
             return cluster_id
 
 
-def format_storage(java: JavaRuntime, libs: Path, lay: KafkaLayout, *, timeout_s: float = 120.0) -> str:
+def format_storage(java: JavaRuntime, libs: Path, lay: KafkaLayout, *, timeout_s: float = 120.0,
+                   jvm_options: tuple[str, ...] = ()) -> str:
     """Format ``data/`` once with a cluster id kept in broker.json; returns the cluster id."""
     state = _read_state(lay.state)
     cluster_id = state.get("cluster_id")
@@ -305,7 +306,7 @@ def format_storage(java: JavaRuntime, libs: Path, lay: KafkaLayout, *, timeout_s
         if m:
             return m.group(1)
     cluster_id = new_cluster_id()
-    cmd = [java.path, "-Xmx256m", f"-Dlog4j2.configurationFile={LOG4J2}", "-cp", classpath(libs),
+    cmd = [java.path, "-Xmx256m", *jvm_options, f"-Dlog4j2.configurationFile={LOG4J2}", "-cp", classpath(libs),
            "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(lay.properties),
            "--ignore-formatted"]
     try:
@@ -325,11 +326,13 @@ def save_state(lay: KafkaLayout, **values: object) -> None:
     tmp.replace(lay.state)
 
 
-def broker_command(java: JavaRuntime, libs: Path, lay: KafkaLayout, *, heap_mb: int, logs_dir: Path) -> list[str]:
+def broker_command(java: JavaRuntime, libs: Path, lay: KafkaLayout, *, heap_mb: int, logs_dir: Path,
+                   jvm_options: tuple[str, ...] = ()) -> list[str]:
     return [
         java.path,
         f"-Xms{min(128, heap_mb)}m", f"-Xmx{heap_mb}m",
         "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+        *jvm_options,
         # Die on OOM instead of limping; no hsperfdata files to leave behind.
         "-XX:+ExitOnOutOfMemoryError", "-XX:+PerfDisableSharedMem",
         "-Djava.awt.headless=true",
