@@ -82,7 +82,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):  #
     yield
     row = {"test": item.nodeid, "wall_s": round(time.monotonic() - w0, 3),
            "cpu_s": round(time.process_time() - c0, 3),
-           "worker": os.environ.get("PYTEST_XDIST_WORKER", "main")}
+           "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"), "end": round(time.time(), 1)}
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(row) + "\n")
 
@@ -117,9 +117,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     critical path (seed 3801891840: one worker 532 s of tests, another 410 s). Ties keep
     pytest-randomly's order: this wrapper (registered later, called first) runs after its shuffle."""
     result = yield
-    workers = getattr(config.option, "numprocesses", None)
-    if workers:
-        items[:] = _longest_first(items, int(workers))
+    # The workers collect and their order is what the controller schedules; xdist sets a
+    # worker's ``numprocesses`` to None, so the count comes from its environment.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1:
+        items[:] = _longest_first(items, workers)
     return result
 
 
