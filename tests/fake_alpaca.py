@@ -141,10 +141,11 @@ class FakeAlpaca:
                 return float(p["qty"]) if p["side"] == "long" else -abs(float(p["qty"]))
         return 0.0
 
-    def fill(self, order: str, price: float, qty: float | None = None) -> dict[str, Any]:
+    def fill(self, order: str, price: float, qty: float | None = None, at: datetime | None = None) -> dict[str, Any]:
         """Fill `qty` (default: the rest) of an order or leg at `price`, like the venue would:
         the position moves; a filled bracket parent's legs start working; a leg that fills
-        completely cancels its sibling."""
+        completely cancels its sibling. ``at``: the venue's fill time (default now), what a
+        complete fill reports as ``filled_at``."""
         with self._lock:
             o = self.order(order)
             oid = o["id"]
@@ -156,8 +157,9 @@ class FakeAlpaca:
             avg = price if done == 0 else (float(o["filled_avg_price"]) * done + price * q) / new
             now = _now()
             full = new >= total - 1e-9
+            stamp = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if at is not None else now
             o.update(filled_qty=_num(new), filled_avg_price=_num(avg), updated_at=now,
-                     status="filled" if full else "partially_filled", filled_at=now if full else None)
+                     status="filled" if full else "partially_filled", filled_at=stamp if full else None)
             self._move_position(o["symbol"], q if o["side"] == "buy" else -q, price)
             if full and o.get("legs"):
                 tp, sl = o["legs"]

@@ -432,3 +432,36 @@ def test_cancel_bracket_not_confirmed_raises_unavailable_and_the_shares_stay_hel
         assert broker.errors["cancel_unconfirmed"] == 1
         with pytest.raises(BrokerRejected, match="403"):  # why the caller must not sell now
             broker.submit(_exit())
+
+
+def test_alpaca_order_json_carries_the_venues_fill_time():
+    from datetime import UTC, datetime
+
+    from awet_dagster.execution.alpaca_broker import parse_order
+
+    base = {"id": "b1", "client_order_id": "c1", "symbol": "SPY", "side": "buy", "qty": "3", "filled_qty": "3",
+            "filled_avg_price": "401.5", "status": "filled"}
+    # Alpaca stamps nanoseconds; Python keeps microseconds.
+    nanos = parse_order({**base, "filled_at": "2021-03-16T18:38:01.942282123Z"})
+    assert nanos.filled_at == datetime(2021, 3, 16, 18, 38, 1, 942282, tzinfo=UTC)
+    assert parse_order({**base, "filled_at": "2021-03-16T18:38:01Z"}).filled_at == datetime(
+        2021, 3, 16, 18, 38, 1, tzinfo=UTC)
+    assert parse_order({**base, "status": "partially_filled", "filled_at": None}).filled_at is None
+
+
+def test_a_fill_is_booked_at_the_venues_fill_time_when_it_lies_between_decision_and_sighting():
+    from datetime import UTC, datetime, timedelta
+
+    from awet_dagster.execution.orders import BrokerOrder
+    from live.services.execution import fill_time
+
+    decided, seen = datetime(2024, 1, 2, 15, 0, tzinfo=UTC), datetime(2024, 1, 2, 15, 3, tzinfo=UTC)
+
+    def order(status, at):
+        return BrokerOrder("c", "b", "SPY", "buy", 1.0, 1.0, 100.0, status, filled_at=at)
+
+    assert fill_time(order("filled", decided + timedelta(minutes=1)), decided, seen) == decided + timedelta(minutes=1)
+    assert fill_time(order("filled", None), decided, seen) == seen
+    # A venue clock that does not fit the bars (a replay at today's venue): the bar it was seen on.
+    assert fill_time(order("filled", datetime(2026, 12, 3, tzinfo=UTC)), decided, seen) == seen
+    assert fill_time(order("filled", decided), decided, seen) == seen  # not after the decision

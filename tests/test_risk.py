@@ -263,6 +263,25 @@ def test_cvar_of_decision_depends_on_held_positions():
     assert after > before
 
 
+def test_cvar_counts_entries_in_flight_like_the_same_positions_filled():
+    """An entry accepted but not reported filled weighs in the book's CVaR as the filled position
+    would (found: a late-reporting venue's risk approved what the paper path rejected)."""
+    filled, flight = _engine(), _engine()
+    for eng in (filled, flight):
+        _warm(eng, ("AAPL", "BAC", "IBM"), vol=0.03)
+    filled.portfolio.apply_fill(_fill("BAC", "buy", 90, 100.0, corr="b"))
+    filled.portfolio.apply_fill(_fill("IBM", "sell", 40, 100.0, corr="i"))
+    filled.portfolio.mark("BAC", 100.0)
+    filled.portfolio.mark("IBM", 100.0)
+    with_fills = filled.evaluate(_signal("AAPL")).decision.metrics.cvar_95
+    in_flight = flight.evaluate(_signal("AAPL"), has_pending_order=False,
+                                pending_exposure={"BAC": 9_000.0, "IBM": -4_000.0}).decision.metrics.cvar_95
+    alone = _engine()
+    _warm(alone, ("AAPL", "BAC", "IBM"), vol=0.03)
+    assert in_flight == pytest.approx(with_fills)
+    assert in_flight != pytest.approx(alone.evaluate(_signal("AAPL")).decision.metrics.cvar_95)
+
+
 # ------------------------------------------------------------------ throttles
 def test_orders_per_minute_throttle():
     eng = _engine(max_orders_per_minute=2)

@@ -243,7 +243,8 @@ def run_backtest(
         for o in working:
             price = entry_prices.get(o.client_order_id)
             if price is not None:
-                in_flight[o.symbol] = in_flight.get(o.symbol, 0.0) + (o.qty - o.filled_qty) * price
+                sign = -1.0 if o.side == "sell" else 1.0
+                in_flight[o.symbol] = in_flight.get(o.symbol, 0.0) + sign * (o.qty - o.filled_qty) * price
         outcome = risk.evaluate(signal, has_pending_order=pending, pending_exposure=in_flight)
         d = outcome.decision
         audits.append(outcome.audit)

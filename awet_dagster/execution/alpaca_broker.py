@@ -36,6 +36,7 @@ from collections import Counter
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import requests
@@ -99,7 +100,21 @@ def parse_order(raw: dict[str, Any]) -> BrokerOrder:
         order_class=raw.get("order_class") or "simple",
         order_type=raw.get("order_type") or raw.get("type") or "market",
         legs=tuple(parse_order(leg) for leg in raw.get("legs") or ()),
+        filled_at=_ts(raw.get("filled_at")),
     )
+
+
+def _ts(value: Any) -> datetime | None:
+    """An Alpaca RFC 3339 timestamp (``...Z``, up to nanoseconds) as an aware datetime."""
+    if not value:
+        return None
+    text = str(value).replace("Z", "+00:00")
+    head, dot, rest = text.partition(".")
+    if dot:  # Python parses at most microseconds: keep 6 fraction digits, then the offset
+        frac = "".join(ch for ch in rest if ch.isdigit())
+        text = f"{head}.{frac[:6]}{rest[len(frac):]}"
+    parsed = datetime.fromisoformat(text)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 class AlpacaPaperBroker:

@@ -47,6 +47,7 @@ class BrokerOrder:
     order_class: str = "simple"
     order_type: str = "market"  # market | limit | stop | stop_limit | trailing_stop
     legs: tuple[BrokerOrder, ...] = ()  # a bracket's take-profit and stop-loss legs (when read nested)
+    filled_at: datetime | None = None  # when the venue completed the fill (Alpaca: full fills only)
 
     @property
     def is_open(self) -> bool:

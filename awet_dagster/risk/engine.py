@@ -123,10 +123,12 @@ class RiskEngine:
     def evaluate(self, signal: ScoredSignal, *, has_pending_order: bool = False,
                  pending_exposure: Mapping[str, float] | None = None) -> RiskOutcome:
         """``has_pending_order``: an order of the symbol is working (entry or exit): the symbol
-        counts as held. ``pending_exposure``: {symbol: dollars} of entries accepted but not
-        (fully) filled yet; they count against the symbol, total and sector caps as if filled,
-        from the approval on - a venue that reports fills late must not let the book exceed
-        its caps meanwhile."""
+        counts as held. ``pending_exposure``: {symbol: signed dollars, short < 0} of entries
+        accepted but not (fully) filled yet; they count against the symbol, total and sector caps
+        and in the CVaR of the book as if filled, from the approval on - a venue that reports
+        fills late must not let the book exceed its limits meanwhile, nor decide otherwise than
+        with the fill known (found: a late-reporting venue's risk left them out of CVaR and
+        approved an entry the paper path rejected)."""
         cfg, pf, ts, symbol = self.cfg, self.portfolio, signal.ts, signal.symbol
         pending = {s: abs(v) for s, v in (pending_exposure or {}).items() if v}
         checks: list[dict[str, Any]] = []
@@ -192,6 +194,8 @@ class RiskEngine:
                            "skipped": cv.reason})
         else:
             exposures = {s: p.market_value for s, p in pf.positions.items()}
+            for s, v in (pending_exposure or {}).items():
+                exposures[s] = exposures.get(s, 0.0) + v
             signed = qty * price * (1 if side == "buy" else -1)
             exposures[symbol] = exposures.get(symbol, 0.0) + signed
             cv = historical_cvar(exposures, self.history, equity, min_observations=cfg.cvar_min_observations)

@@ -41,6 +41,7 @@ class Outstanding:
     last_fill_ts: datetime | None = None
     qty: float = 0.0  # ordered (0: unknown)
     price: float | None = None  # decision price (entries): what the unfilled rest is worth
+    side: str | None = None  # "buy" / "sell" (None: not known yet)
 
 
 class FillLedger:
@@ -74,8 +75,8 @@ class FillLedger:
             q, n, f = self._cum.get(coid, (0.0, 0.0, 0.0))
             self._cum[coid] = (q + qty, n + qty * price, f + fee)
             self.portfolio.apply_fill(Fill(coid, symbol, side, qty, price, fee, ts, corr or coid, intent))
-        for coid, symbol, status, corr, qty, payload in conn.execute(
-            "SELECT client_order_id, symbol, status, correlation_id, qty, payload FROM orders "
+        for coid, symbol, status, corr, qty, payload, side in conn.execute(
+            "SELECT client_order_id, symbol, status, correlation_id, qty, payload, side FROM orders "
             "WHERE COALESCE(payload->>'ns', '') = %s", (namespace,),
         ).fetchall():
             if status in CLOSED:
@@ -86,12 +87,13 @@ class FillLedger:
                 price = (payload or {}).get("reference_price")
                 self.outstanding[coid] = Outstanding(symbol, ts, (payload or {}).get("intent", "entry"),
                                                      corr or coid, qty=float(qty or 0.0),
-                                                     price=float(price) if price else None)
+                                                     price=float(price) if price else None, side=side)
         return len(rows)
 
     # ------------------------------------------------------------------ inputs
     def expect(self, client_order_id: str, symbol: str, decided_ts: datetime, intent: str,
-               correlation_id: str, qty: float = 0.0, price: float | None = None) -> None:
+               correlation_id: str, qty: float = 0.0, price: float | None = None,
+               side: str | None = None) -> None:
         """An order that will be working at the venue (own approval, or an OrderEvent)."""
         if client_order_id in self._closed:
             return
@@ -99,26 +101,29 @@ class FillLedger:
         if o is not None:  # known: learn what the first sighting did not say
             o.qty = o.qty or qty
             o.price = o.price or price
+            o.side = o.side or side
             return
         self.outstanding[client_order_id] = Outstanding(symbol, decided_ts, intent, correlation_id, qty=qty,
-                                                        price=price)
+                                                        price=price, side=side)
 
     def on_order(self, ev: OrderEvent) -> None:
         if ev.status in CLOSED:
             self._close(ev.client_order_id)
         else:
-            self.expect(ev.client_order_id, ev.symbol, ev.ts, ev.intent, ev.correlation_id, qty=ev.qty)
+            self.expect(ev.client_order_id, ev.symbol, ev.ts, ev.intent, ev.correlation_id, qty=ev.qty,
+                        side=ev.side)
 
     def pending_exposure(self) -> dict[str, float]:
-        """{symbol: dollars} of entries working at the venue and not filled yet (their unfilled
-        quantity at the decision price): risk counts them against its caps as if filled."""
+        """{symbol: signed dollars (short < 0)} of entries working at the venue and not filled
+        yet (their unfilled quantity at the decision price): risk counts them against its caps
+        and in the portfolio's CVaR as if filled."""
         out: dict[str, float] = {}
         for coid, o in self.outstanding.items():
             if o.intent != "entry" or not o.price or not o.qty:
                 continue
             left = o.qty - self._cum.get(coid, (0.0, 0.0, 0.0))[0]
             if left > 1e-9:
-                out[o.symbol] = out.get(o.symbol, 0.0) + left * o.price
+                out[o.symbol] = out.get(o.symbol, 0.0) + left * o.price * (-1.0 if o.side == "sell" else 1.0)
         return out
 
     def on_split_factor(self, symbol: str, factor: float, ts: datetime) -> float | None:

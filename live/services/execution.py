@@ -130,6 +130,17 @@ BAR_BUFFER = 64  # bars kept per symbol for catch-up fills (older ones: read fro
 _NS = uuid.UUID("0b7f3c52-6a55-4a8e-9d0c-5d2f1e7a9c40")
 
 
+def fill_time(order: BrokerOrder, decided: datetime, seen: datetime) -> datetime:
+    """When a fill we see on bar ``seen`` happened: the venue's completion time when it says one
+    inside (decision, seen], else ``seen``. A venue that reports fills bars late must not shift
+    the position's opening (max hold, exits, risk) by its reporting delay; a clock that does not
+    fit the bars (a replay at today's venue) falls back to the bar the fill was seen on."""
+    at = order.filled_at
+    if order.status == "filled" and at is not None and decided < at <= seen:
+        return at
+    return seen
+
+
 def _eid(*parts: object) -> str:
     return str(uuid.uuid5(_NS, "|".join(str(p) for p in parts)))
 
@@ -749,6 +760,7 @@ class Executor:
         coid = req.client_order_id
         q, n, f = self._cum.get(coid, (0.0, 0.0, 0.0))
         if order.filled_qty > q + 1e-9 and order.avg_fill_price is not None:
+            ts = fill_time(order, req.ts, ts)
             inc = order.filled_qty - q
             new_n = order.avg_fill_price * order.filled_qty
             price = (new_n - n) / inc

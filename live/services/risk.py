@@ -343,9 +343,11 @@ class RiskService:
         price = d.notional / d.qty if d.qty > 0 else None
         if self.tail is not None:
             with self.tail.cond:
-                self.ledger.expect(coid, d.symbol, d.ts, "entry", d.correlation_id, qty=d.qty, price=price)
+                self.ledger.expect(coid, d.symbol, d.ts, "entry", d.correlation_id, qty=d.qty, price=price,
+                                     side=d.side)
         else:
-            self.ledger.expect(coid, d.symbol, d.ts, "entry", d.correlation_id, qty=d.qty, price=price)
+            self.ledger.expect(coid, d.symbol, d.ts, "entry", d.correlation_id, qty=d.qty, price=price,
+                                     side=d.side)
 
 
 def build(cfg: Any, endpoints: Any, *, input_topic: str = SIGNALS_SCORED, approved_topic: str = RISK_APPROVED,
