@@ -37,7 +37,7 @@ from tests.test_live_loop import (  # noqa: F401 - cfg, endpoints: fixtures
 
 pytestmark = pytest.mark.slow
 DELAY = 3  # bars an order works before the venue fills it
-MINUTES = 200
+MINUTES = 200  # regular-session minutes replayed (the full 390 passes too, in ~155 s)
 
 
 class SlowVenue:
@@ -126,6 +126,7 @@ def _replay_at_slow_venue(live_cfg, endpoints, ov, fake, bars, raw_topic, *, tim
             _, drained = replay_through_loop(prod, day, tracker, topic=raw_topic, lockstep=True, drain_timeout_s=60)
             assert drained, tracker.lagging()
     finally:
+        prod.close()
         loop.stop()
         results = loop.join(60)
     return venue, results
@@ -222,6 +223,7 @@ def _replay(live_cfg, endpoints, ov, bars, raw_topic, venue, *, fill_wait_s):
                                              drain_timeout_s=60)
             assert drained, tracker.lagging()
     finally:
+        prod.close()
         loop.stop()
         results = loop.join(60)
     return results
