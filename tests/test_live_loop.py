@@ -636,9 +636,13 @@ def test_alpaca_bracket_leg_fills_are_booked_as_the_exit_and_never_exited_again(
                 _step(svc, prod, t["raw"], _bar(d.symbol, t0 + timedelta(days=1)))
             # (a) take profit hit intraday: the next bar books it
             tp, sl = fake.legs(client_order_id(a.correlation_id, "entry"))
-            fake.fill(tp["id"], 103.0)
+            hit = t0 + timedelta(days=1, hours=3)  # during day 1's bar; seen on day 2's
+            fake.fill(tp["id"], 103.0, at=hit)
             _step(svc, prod, t["raw"], _bar(a.symbol, t0 + timedelta(days=2), 103.0))
             assert _order_row(database_url, client_order_id(a.correlation_id, "exit"))["status"] == "filled"
+            with connect(database_url) as conn:  # booked when the venue filled it
+                assert conn.execute("SELECT ts FROM fills WHERE client_order_id = %s",
+                                    (client_order_id(a.correlation_id, "exit"),)).fetchone()[0] == hit
             _step(svc, prod, t["raw"], _bar(a.symbol, t0 + timedelta(days=3), 103.0))  # polled again: no dup
             # the exit monitor, not knowing yet, asks for an exit of the same trade: nothing is sent
             _step(svc, prod, t["exits"], _exit_event(a, t0 + timedelta(days=2), "tp", 103.0))

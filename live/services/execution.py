@@ -801,6 +801,7 @@ class Executor:
         q, n, f = self._cum.get(exit_coid, (0.0, 0.0, 0.0))
         if leg.filled_qty <= q + 1e-9 or leg.avg_fill_price is None:
             return []  # booked already (a later poll, a restart)
+        ts = fill_time(leg, entry.ts, ts)  # when the leg filled, not when we looked
         reason = leg.exit_reason or f"{leg.order_type}_leg"
         row = self._db().execute("SELECT qty, payload FROM orders WHERE client_order_id = %s",
                                  (exit_coid,)).fetchone()
