@@ -34,7 +34,8 @@ pytestmark = pytest.mark.timeout(30)  # each test is bounded well below the suit
 
 UTC = timezone.utc
 NY = ZoneInfo("America/New_York")
-FAST = RetryPolicy(timeout_s=0.2, max_retries=2, backoff_base_s=0.01)
+# 1 s: a reply of the local fake on a loaded 2-core machine took > 0.2 s (an extra retry in CI).
+FAST = RetryPolicy(timeout_s=1.0, max_retries=2, backoff_base_s=0.01)
 SECRET = "reddit-SECRET-value"
 
 
@@ -302,18 +303,18 @@ def test_yahoo_persistent_429_is_one_clear_rate_limit_error(yahoo, sleeps):
 def test_yahoo_slow_chart_reply_times_out_is_retried_then_clear_error(yahoo, sleeps):
     fake, _, _ = yahoo
     fake.bars["SPY"] = daily_bars()
-    fake.script = lambda n: Reply(200, chart_json("SPY", "1d", daily_bars()), delay_s=1.0)
+    fake.script = lambda n: Reply(200, chart_json("SPY", "1d", daily_bars()), delay_s=3.0)
     t0 = time.perf_counter()
     with pytest.raises(SourceUnavailable, match=SPY_MAR_8 + "Timeout after 3 attempt.*timed out"):
         yf_source(yahoo, sleeps).fetch(["SPY"], date(2024, 3, 8), date(2024, 3, 8), "daily")
-    assert time.perf_counter() - t0 < 2.5  # 3 x 0.2 s timeouts, not 3 x 1 s replies
+    assert time.perf_counter() - t0 < 8  # 3 x 1 s timeouts, not 3 x 3 s replies
     assert len(fake.history) == FAST.max_attempts and len(sleeps) == 2
 
 
 def test_yahoo_slow_first_reply_then_fast_succeeds(yahoo, sleeps):
     fake, _, _ = yahoo
     fake.bars["SPY"] = daily_bars()
-    fake.script = lambda n: Reply(200, chart_json("SPY", "1d", daily_bars()), delay_s=1.0) if n == 1 else None
+    fake.script = lambda n: Reply(200, chart_json("SPY", "1d", daily_bars()), delay_s=3.0) if n == 1 else None
     df = yf_source(yahoo, sleeps).fetch(["SPY"], date(2024, 3, 8), date(2024, 3, 8), "daily")
     assert df["close"].to_list() == [511.0] and len(fake.history) == 2 and len(sleeps) == 1
 
@@ -477,12 +478,12 @@ def test_reddit_429_honours_retry_after_then_succeeds(reddit_server, sleeps):
 def test_reddit_slow_listing_times_out_is_retried_then_clear_error(reddit_server, sleeps):
     fake, server = reddit_server
     fake.pages["/r/stocks/new"] = {None: listing([submission("s1", ts(2024, 1, 3, 10), "$SPY")])}
-    fake.script = lambda seen, n: Reply(200, fake.pages["/r/stocks/new"][None], delay_s=1.0)
+    fake.script = lambda seen, n: Reply(200, fake.pages["/r/stocks/new"][None], delay_s=3.0)
     t0 = time.perf_counter()
     with pytest.raises(SourceUnavailable, match="reddit r/stocks submissions: RequestException after 3 attempt") as info:
         reddit_source(server, sleeps).fetch(["SPY"], date(2024, 1, 3), date(2024, 1, 3))
-    assert time.perf_counter() - t0 < 2.5  # our 0.2 s timeout, no prawcore retries underneath
-    assert "no reply within 0.2 s" in str(info.value)
+    assert time.perf_counter() - t0 < 8  # our 1 s timeout, no prawcore retries underneath
+    assert "no reply within 1.0 s" in str(info.value)
     assert len(listing_requests(server, "/r/stocks/new")) == FAST.max_attempts and sleeps == [0.01, 0.02]
 
 
