@@ -216,11 +216,19 @@ def test_a_group_member_refuses_to_start_beside_the_all_in_one_shared_fetch_and_
     finally:
         all_in_one.stop()
         all_in_one.join(60)
+    # The all-in-one's lock must be gone before the member's is waited for: seen held still
+    # (its connection closing), the wait ended at once and the next all-in-one started before
+    # the member had the lock (clean-clone CI, seed 912079017).
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _lock_held(database_url, group):
+        time.sleep(0.05)
+    assert not _lock_held(database_url, group), "the stopped all-in-one still holds the group's lock"
     member = start_loop(cfg, ep, names=["features"], overrides=ov, timeout_s=60, shared_fetch=False)
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not _lock_held(database_url, group):
             time.sleep(0.05)
+        assert _lock_held(database_url, group), "the member never took the group's lock"
         again = start_loop(cfg, ep, names=["persist_bars", "features"], overrides=ov, timeout_s=60)
         with pytest.raises(SingleInstanceError, match="does not join its consumer group"):
             again.join(30)
