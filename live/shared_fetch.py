@@ -45,15 +45,12 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from live.services._tail import describe_topic_ids
+from live.topics import COORDINATOR_BUSY
 
 log = logging.getLogger("awet.live.shared_fetch")
 
 _EARLIEST = ("earliest", "smallest", "beginning")
 _METADATA_TIMEOUT_S = 10.0
-# Answers of a group coordinator that is moving or still loading its offsets (a Kafka broker
-# just started): asked again until the deadline, not a reason to give up the shared fetch.
-_COORDINATOR_BUSY = (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-                     KafkaError.COORDINATOR_NOT_AVAILABLE)
 
 
 def _committed(consumer: Consumer, tps: list[TopicPartition], timeout_s: float) -> list[TopicPartition]:
@@ -65,7 +62,7 @@ def _committed(consumer: Consumer, tps: list[TopicPartition], timeout_s: float) 
             return consumer.committed(tps, timeout=max(deadline - time.monotonic(), 0.5))
         except KafkaException as exc:
             err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-            if err is None or err.code() not in _COORDINATOR_BUSY or time.monotonic() >= deadline:
+            if err is None or err.code() not in COORDINATOR_BUSY or time.monotonic() >= deadline:
                 raise
             time.sleep(0.1)
 _RECHECK_INTERVAL_S = 0.5

@@ -50,8 +50,9 @@ def admin_ready(bootstrap: str, timeout_s: float = 2.0) -> bool:
     return bool(md.brokers) and md.controller_id >= 0 and group_coordinators_ready(admin, md, wait)
 
 
-# Answers of a group coordinator still being created or loading its offsets partition.
-_COORDINATOR_BUSY = frozenset({KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+# Answers of a group coordinator still being created, moving or loading its offsets partition
+# (a Kafka broker just started): asked again until a deadline, never a reason to give up.
+COORDINATOR_BUSY = frozenset({KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
                                KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TIMED_OUT})
 OFFSETS_TOPIC = "__consumer_offsets"
 
@@ -115,7 +116,7 @@ def group_coordinators_ready(admin: AdminClient, md, timeout_s: float) -> bool:
 
 def _busy(exc: KafkaException) -> bool:
     err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-    return err is not None and err.code() in _COORDINATOR_BUSY
+    return err is not None and err.code() in COORDINATOR_BUSY
 
 
 def topic_configs(bootstrap: str, topics: list[str], *, timeout_s: float = 10.0) -> dict[str, dict[str, str]]:

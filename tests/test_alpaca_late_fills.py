@@ -14,7 +14,6 @@ reports late: a minute replay through it is compared entry by entry with the pap
 from __future__ import annotations
 
 import math
-import time
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime

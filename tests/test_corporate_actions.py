@@ -160,7 +160,7 @@ def test_ledger_books_old_basis_fills_before_the_split_and_scales_working_orders
     ledger = FillLedger(100_000.0)
     t0, t1 = datetime(2020, 8, 28, 13, 30, tzinfo=UTC), datetime(2020, 8, 31, 13, 30, tzinfo=UTC)
     ledger.on_split_factor("AAPL", 0.25, t0)
-    ledger.expect("e2", "AAPL", t0, "entry", "c2", qty=10.0, price=500.0)
+    ledger.expect("e2", "AAPL", t0, "entry", "c2", qty=10.0, price=500.0, side="buy")
     ledger._pending.append(Fill("e1", "AAPL", "buy", 10.0, 500.0, 0.0, t0, "c1", "entry"))
     assert ledger.pending_exposure() == {"AAPL": pytest.approx(5000.0)}
     assert ledger.on_split_factor("AAPL", 1.0, t1) == pytest.approx(4.0)

@@ -366,12 +366,24 @@ def test_entries_in_flight_count_against_the_caps_until_filled():
 
 
 def test_ledger_counts_the_unfilled_rest_of_working_entries():
+    from awet_dagster.contracts import ExecutionReport, OrderEvent
     from live.services._ledger import FillLedger
-    from awet_dagster.contracts import ExecutionReport
 
     ledger = FillLedger(100_000)
-    ledger.expect("e1", "AAPL", T0, "entry", "c1", qty=10, price=100.0)
-    ledger.expect("x1", "IBM", T0, "exit", "c2", qty=5, price=50.0)  # exits add no exposure
+    ledger.expect("e1", "AAPL", T0, "entry", "c1", qty=10, price=100.0, side="buy")
+    ledger.expect("x1", "IBM", T0, "exit", "c2", qty=5, price=50.0, side="sell")  # exits add no exposure
+    assert ledger.pending_exposure() == {"AAPL": 1_000.0}
+    ledger.expect("s1", "MSFT", T0, "entry", "c3", qty=2, price=50.0, side="sell")  # a short: negative
+    assert ledger.pending_exposure() == {"AAPL": 1_000.0, "MSFT": -100.0}
+    ledger.expect("n1", "IBM", T0, "entry", "c4", qty=1, price=50.0)  # no side: not guessed long
+    with pytest.raises(ValueError, match="n1 of IBM in flight without a side"):
+        ledger.pending_exposure()
+    ledger.on_order(OrderEvent(correlation_id="c4", client_order_id="n1", symbol="IBM", side="buy",
+                               intent="entry", qty=1, status="canceled", ts=T0, source_event_id="d4",
+                               venue="alpaca", dry_run=False))
+    ledger.on_order(OrderEvent(correlation_id="c3", client_order_id="s1", symbol="MSFT", side="sell",
+                               intent="entry", qty=2, status="canceled", ts=T0, source_event_id="d3",
+                               venue="alpaca", dry_run=False))
     assert ledger.pending_exposure() == {"AAPL": 1_000.0}
     rep = ExecutionReport(correlation_id="c1", client_order_id="e1", symbol="AAPL", side="buy", intent="entry",
                           ts=T0, status="partially_filled", filled_qty=4, avg_price=100.0, fee=0.0, venue="alpaca",

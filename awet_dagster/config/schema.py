@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from awet_dagster.contracts.topics import ALL_TOPICS
+from awet_dagster.infra.kafka_broker import DEFAULT_JVM_OPTIONS
 
 # Every contract topic exists by default; configs only change partition counts.
 DEFAULT_TOPICS = ALL_TOPICS
@@ -132,10 +133,9 @@ class InfraConfig(Section):
     # Where the Kafka jars are cached (default <paths.home>/kafka/libs/<version>).
     kafka_libs_dir: Path | None = None
     kafka_heap_mb: int = Field(512, ge=128)
-    # JVM options of the embedded Kafka and its storage-format run. C1 only: a start costs ~2.5 s
-    # of CPU instead of ~4 s, an idle minute ~25% less, and a one-node development broker never
-    # needs C2's peak throughput (200k small messages took the same 6 s). [] for the JVM's default.
-    kafka_jvm_options: tuple[str, ...] = ("-XX:TieredStopAtLevel=1",)
+    # JVM options of the embedded Kafka (why C1 only: kafka_broker.DEFAULT_JVM_OPTIONS); [] for
+    # the JVM's defaults.
+    kafka_jvm_options: tuple[str, ...] = DEFAULT_JVM_OPTIONS
     # Extra server.properties entries of the embedded Kafka (override the one-node defaults).
     kafka_settings: dict[str, str | int | float | bool] = Field(default_factory=dict)
 

@@ -82,7 +82,7 @@ class BrokerOptions:
     libs_root: Path | None = None  # Kafka jar cache; default <home>/kafka/libs
     heap_mb: int = 512
     settings: dict = field(default_factory=dict)  # extra server.properties entries
-    jvm_options: tuple[str, ...] = ("-XX:TieredStopAtLevel=1",)
+    jvm_options: tuple[str, ...] = kb.DEFAULT_JVM_OPTIONS
 
     def libs(self, home: HomeLayout) -> Path:
         return kb.libs_dir(self.libs_root or (home.home / "kafka" / "libs"))

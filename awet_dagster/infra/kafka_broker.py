@@ -36,6 +36,11 @@ import psutil
 
 from awet_dagster.infra.processes import InfraError, file_lock, free_port, log_tail
 
+# JVM options of the embedded Kafka and its storage-format run. C1 only: a start costs ~2.5 s
+# of CPU instead of ~4 s, an idle minute ~25% less, and a one-node development broker never
+# needs C2's peak throughput (200k small messages took the same 6 s).
+DEFAULT_JVM_OPTIONS: tuple[str, ...] = ("-XX:TieredStopAtLevel=1",)
+
 FILES_DIR = Path(__file__).with_name("kafka")
 POM = FILES_DIR / "pom.xml"
 LOG4J2 = FILES_DIR / "log4j2.xml"

@@ -123,6 +123,8 @@ class FillLedger:
                 continue
             left = o.qty - self._cum.get(coid, (0.0, 0.0, 0.0))[0]
             if left > 1e-9:
+                if o.side not in ("buy", "sell"):  # a guess here would net a short against a long
+                    raise ValueError(f"entry {coid} of {o.symbol} in flight without a side ({o.side!r})")
                 out[o.symbol] = out.get(o.symbol, 0.0) + left * o.price * (-1.0 if o.side == "sell" else 1.0)
         return out
 
