@@ -118,3 +118,23 @@ def test_training_is_deterministic():
     assert np.all(np.diff(a, axis=-1) >= 0)  # q10 <= q50 <= q90
     assert a.shape == (32, 2, 3)
     assert torch.are_deterministic_algorithms_enabled()
+
+
+def test_windows_kept_in_memory_train_exactly_like_windows_rebuilt_each_epoch(monkeypatch):
+    """The fold's windows are built once (``CACHE_WINDOWS``) instead of every epoch: the same
+    batches in the same order, so the same model, to the bit."""
+    from awet_dagster.model import tft
+
+    d = planted(n=150)
+    fr = prepare_frame(d.features, d.bars, d.spec)
+    data = build_datasets(fr, d.spec, val_start=BASE + dt.timedelta(days=110), end=BASE + dt.timedelta(days=140))
+    settings = TrainSettings(max_epochs=2, max_train_windows=120, **TINY)
+    _, w = origin_windows(fr, d.spec)
+    loader, _ = tft._subset_loader(data.train, 120, 16, True, 1)
+    assert isinstance(loader.dataset, tft._Materialized)
+    cached = predict_quantiles(train_tft(data, settings), w[:32])
+    monkeypatch.setattr(tft, "CACHE_WINDOWS", 0)
+    loader, _ = tft._subset_loader(data.train, 120, 16, True, 1)
+    assert not isinstance(loader.dataset, tft._Materialized)
+    rebuilt = predict_quantiles(train_tft(data, settings), w[:32])
+    np.testing.assert_array_equal(cached, rebuilt)

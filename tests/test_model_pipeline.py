@@ -65,15 +65,17 @@ def model_env(monkeypatch, database_url, kafka_bootstrap, tmp_path):
         "KAFKA_BOOTSTRAP": kafka_bootstrap, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "AWET__DATA__SYMBOLS": "[AAA, BBB, CCC]", "AWET__DATA__START": "2012-01-03",
         "AWET__DATA__END": "2017-12-29", "AWET__DATA__CUTOFF": "2017-06-01",
-        # A small but real TFT: ~660 training windows per fold learn the planted signal in
-        # ~15 s (measured OOS corr of q50 with the next return 0.73-0.93 on every fold, 3 seeds).
+        # A small but real TFT: ~660 training windows per fold learn the planted signal.
         # The TFT sits on the constant-predictor plateau for several epochs before it finds
-        # the signal: patience = max epochs, the best validation epoch is kept. 12 epochs find it
-        # (every fold's hit rate > 0.6 below); 20 did too, in 242 s instead of 123 s on one thread.
+        # the signal: patience = max epochs, the best validation epoch is kept. Measured on one
+        # thread (fold hit rates below; all 6 folds must exceed 0.6):
+        #   batch 32, lr 0.005, 12 epochs: passes, 118 s;  batch 64, lr 0.01, 12 epochs: 0.82-0.91, 86 s
+        #   batch 64, lr 0.01, 10 epochs: 0.86-0.87, 73 s; 8 epochs: 0.72-0.89, 62 s
+        #   batch 64, lr 0.02, 8 epochs and batch 128, lr 0.02, 12 epochs: a fold stays on the plateau.
         "AWET__MODEL__HIDDEN_SIZE": "16", "AWET__MODEL__ATTENTION_HEADS": "2", "AWET__MODEL__LOOKBACK": "20",
-        "AWET__MODEL__MAX_EPOCHS": "12", "AWET__MODEL__MAX_TRAIN_WINDOWS": "800", "AWET__MODEL__MAX_VAL_WINDOWS": "200",
-        "AWET__MODEL__LEARNING_RATE": "0.005", "AWET__MODEL__BATCH_SIZE": "32", "AWET__MODEL__DROPOUT": "0.0",
-        "AWET__MODEL__EARLY_STOPPING_PATIENCE": "12",
+        "AWET__MODEL__MAX_EPOCHS": "10", "AWET__MODEL__MAX_TRAIN_WINDOWS": "800", "AWET__MODEL__MAX_VAL_WINDOWS": "200",
+        "AWET__MODEL__LEARNING_RATE": "0.01", "AWET__MODEL__BATCH_SIZE": "64", "AWET__MODEL__DROPOUT": "0.0",
+        "AWET__MODEL__EARLY_STOPPING_PATIENCE": "10",
         # The planted edge lasts one bar: hold one bar, like the signal's horizon.
         "AWET__EXITS__MAX_HOLD_BARS_DAILY": "1",
         "AWET__MLFLOW__MODEL_NAME": f"awet-test-{tmp_path.name[-12:]}",
@@ -250,10 +252,14 @@ def test_tampered_onnx_fails_parity_and_is_not_registered(model_env, monkeypatch
     def tampered_export(trained, directory, example_batch=2):
         path = real_export(trained, directory, example_batch)
         model = onnx.load(str(path))
-        biggest = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
-        arr = onnx.numpy_helper.to_array(biggest).copy()
-        arr += np.random.default_rng(0).normal(0, 0.05, arr.shape).astype(arr.dtype)
-        biggest.CopyFrom(onnx.numpy_helper.from_array(arr, biggest.name))
+        # Every weight matrix a little off (one matrix alone can sit behind a closed gate of a
+        # barely trained TFT: the outputs then do not move).
+        rng = np.random.default_rng(0)
+        for init in model.graph.initializer:
+            arr = onnx.numpy_helper.to_array(init)
+            if arr.ndim == 2 and arr.dtype == np.float32:
+                init.CopyFrom(onnx.numpy_helper.from_array(
+                    arr + rng.normal(0, 0.05, arr.shape).astype(arr.dtype), init.name))
         onnx.save(model, str(path))
         return path
 
