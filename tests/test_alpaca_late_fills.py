@@ -36,7 +36,7 @@ from tests.test_live_loop import (  # noqa: F401 - cfg, endpoints: fixtures
 
 pytestmark = pytest.mark.slow
 DELAY = 3  # bars an order works before the venue fills it
-MINUTES = 200  # regular-session minutes replayed (the full 390 passes too, in ~155 s)
+MINUTES = 120  # regular-session minutes replayed (200 and the full 390 pass too, in ~115 s and ~155 s)
 
 
 class SlowVenue:
