@@ -20,6 +20,8 @@ console = Console()
 
 
 def register(app: typer.Typer) -> None:
+    from awet_cli.ingest_cmd import ingest_cmd
+
     app.command("replay")(replay_cmd)
     app.command("live")(live_cmd)
     app.command("ingest")(ingest_cmd)
@@ -312,56 +314,4 @@ def _live_replay(source: str, bar_type: str | None, start: str | None, end: str 
             console.print(f"[yellow]{name}: {res.restarts} restart(s), last error {res.error}[/yellow]")
     if stop.signum:
         console.print(f"[yellow]interrupted: {published} of {bars.height} bars replayed[/yellow]")
-        raise typer.Exit(stop.exit_code())
-
-
-# --------------------------------------------------------------------------- ingest
-def ingest_cmd(
-    source: str = typer.Option("alpaca", help="Streaming source (only alpaca streams; use `awet replay` "
-                                              "for historical bars)."),
-    symbols: list[str] = typer.Option(None, "--symbols", "-s", help="Symbols (default: data.symbols)."),
-    bar_type: str = typer.Option("minute", "--bar-type", help="minute | daily."),
-    feed: str = typer.Option("iex", help="Alpaca data feed (iex | sip)."),
-    max_seconds: float = typer.Option(None, "--max-seconds", help="Stop after this many seconds."),
-    topic: str = typer.Option(None, help="Target topic (default: market.raw)."),
-) -> None:
-    """Stream live bars from Alpaca's websocket to market.raw (reconnects with backoff)."""
-    if source != "alpaca":
-        console.print(f"[red]streaming ingest supports only --source alpaca (got {source!r}); "
-                      f"use `awet replay --source {source}` for historical bars[/red]")
-        raise typer.Exit(2)
-    cfg = _config()
-    from awet_dagster.contracts.topics import MARKET_RAW
-    from awet_dagster.sources import MissingCredentials
-    from live.ingest_alpaca import AlpacaBarIngestor, alpaca_stream_factory
-
-    try:
-        factory = alpaca_stream_factory(cfg.data.alpaca_api_key, cfg.data.alpaca_secret_key, feed=feed)
-    except MissingCredentials as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
-    ep = _endpoints(cfg)
-    producer = _producer(cfg, ep.kafka_bootstrap)
-    topic = topic or MARKET_RAW
-    flush_timeout = cfg.kafka.flush_timeout_s
-
-    def publish(event) -> None:
-        # A handful of bars per minute: flushing each one keeps "published" = acknowledged.
-        producer.send(topic, event)
-        producer.flush(flush_timeout)
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    ingestor = AlpacaBarIngestor(_symbols(symbols, cfg.data.symbols), publish, factory, bar_type=bar_type)
-    stop = Interrupt()
-    watcher = threading.Thread(target=lambda: (stop.wait(), ingestor.stop()), daemon=True)
-    watcher.start()
-    with _stop_on_signals(stop), producer:
-        try:
-            stats = ingestor.run(timeout_s=max_seconds)
-        finally:
-            stop.set()
-    console.print(f"alpaca: received {stats.received}, published {stats.published}, duplicates "
-                  f"{stats.duplicates}, rejected {stats.rejected}, reconnects {stats.reconnects} "
-                  f"({stats.stopped_by})")
-    if stop.signum:
         raise typer.Exit(stop.exit_code())

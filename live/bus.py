@@ -529,6 +529,7 @@ class BusService:
                                      on_lost=self._lost)
             self._source = self._consumer
         self._stop = threading.Event()
+        self._abandoned: str | None = None  # why the consumer's position is past uncommitted messages
         self._closed = False
         self._failed: str | None = None  # set when run() raised: the instance must be rebuilt
         self._prev_handlers: dict[int, Any] = {}
@@ -647,6 +648,8 @@ class BusService:
             # The consumer's position is past a batch that was never committed: running on
             # would silently skip it. Only a fresh instance resumes from the committed offsets.
             raise RuntimeError(f"{self.name}: a previous run failed ({self._failed}); rebuild the service")
+        if self._abandoned is not None:  # the same: part of a batch was left when stopped
+            raise RuntimeError(f"{self.name}: the previous run {self._abandoned}; rebuild the service")
         stats = RunStats()
         self._active_stats = stats
         start = time.monotonic()
@@ -714,7 +717,15 @@ class BusService:
         produced = 0
         if self._before_batch is not None:
             self._before_batch(batch)
-        for msg in batch:
+        done = len(batch)
+        for i, msg in enumerate(batch):
+            if i and self._stop.is_set():
+                # Stopping means stopping: the rest of a long batch (a risk batch waiting for
+                # fills, bar by bar) is left uncommitted and read again by the next instance.
+                done = i
+                self._abandoned = f"stopped after {i} of a batch of {len(batch)} message(s)"
+                log.info("%s: %s; the rest is redelivered to the next instance", self.name, self._abandoned)
+                break
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
@@ -741,7 +752,7 @@ class BusService:
         # Committed at the next checkpoint, once everything produced is acknowledged.
         if not self._pending_messages:
             self._pending_since = time.monotonic()
-        self._pending_messages += len(batch)
+        self._pending_messages += done
         self._pending_produced += produced
         self._pending_offsets.update(offsets)  # batches come in offset order per partition
         if self._before_commit is not None:

@@ -452,3 +452,53 @@ def test_at_most_one_async_commit_in_flight_and_every_offset_committed(kafka_boo
     assert stats.processed == 200
     assert counter.peak == 1 and counter.sent >= 1, (counter.peak, counter.sent)
     assert _committed(kafka_bootstrap, group, topic) == 200
+
+
+@pytest.mark.timeout(120)
+def test_a_stop_mid_batch_ends_the_batch_and_the_rest_is_redelivered(kafka_bootstrap, make_topic):
+    """A slow handler (risk waiting for fills, bar by bar) in a long batch: a stop returns after
+    the message in hand, commits what was handled, and a new instance gets the rest."""
+    topic = make_topic()
+    group = f"g-stop-{uuid.uuid4().hex[:8]}"
+    events = [_bar(f"S{i:02d}") for i in range(20)]
+    prod = _producer(kafka_bootstrap)
+    for e in events:
+        prod.send(topic, e)
+    prod.flush(10)
+    handled: list = []
+    holder: dict = {}
+
+    def slow(event, ctx):
+        handled.append(event)
+        if len(handled) == 3:
+            holder["svc"].stop()  # as SIGTERM does, from another thread in real life
+        time.sleep(0.2)
+        return ()
+
+    with _service(kafka_bootstrap, [topic], slow, group=group, models={topic: MarketRawEvent},
+                  batch_size=50) as svc:
+        holder["svc"] = svc
+        stats = svc.run(timeout_s=60)
+        assert stats.stopped_by == "stop" and len(handled) == 3, len(handled)  # not the rest of its batch
+        assert _committed(kafka_bootstrap, group, topic) == 3
+        with pytest.raises(RuntimeError, match=r"stopped after \d of a batch of \d+"):
+            svc.run(timeout_s=1)  # its position is past uncommitted messages: rebuild it
+    rest: list = []
+    with _service(kafka_bootstrap, [topic], lambda e, c: rest.append(e) or (), group=group,
+                  models={topic: MarketRawEvent}) as svc:
+        svc.run(max_messages=17, timeout_s=60)
+    assert [e.event_id for e in handled + rest] == [e.event_id for e in events]
+
+
+@pytest.mark.timeout(60)
+def test_a_fill_wait_returns_at_once_when_the_service_is_asked_to_stop():
+    import threading
+
+    from live.services._ledger import wait_for_fills
+
+    cond, stop = threading.Condition(), threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    with cond:  # an hour's wait: only the stop request can end it within the test's timeout
+        assert wait_for_fills(cond, lambda: False, 3600.0, stop.is_set) is False
+    with cond:
+        assert wait_for_fills(cond, lambda: True, 30.0, stop.is_set) is True

@@ -6,6 +6,7 @@ stays cheap and works without alpaca-py / yfinance / praw being importable.
 from awet_dagster.sources.errors import (
     AuthenticationFailed,
     MissingCredentials,
+    NoData,
     RateLimited,
     SchemaError,
     SourceError,
@@ -20,6 +21,7 @@ __all__ = [
     "AuthenticationFailed",
     "BarSource",
     "MissingCredentials",
+    "NoData",
     "RateLimited",
     "SchemaError",
     "SourceError",

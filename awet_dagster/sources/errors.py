@@ -26,6 +26,11 @@ class SourceUnavailable(SourceError):
     """The vendor could not be reached or returned no data (network down, timeouts, empty reply)."""
 
 
+class NoData(SourceUnavailable):
+    """The vendor answered and has no bars in the range (a weekend, a window before the first
+    bar): an error for a backfill, "nothing new yet" for a poller."""
+
+
 class RateLimited(SourceUnavailable):
     """The vendor kept answering 429 after every retry."""
 

@@ -37,7 +37,7 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 
-from awet_dagster.sources.errors import SourceUnavailable
+from awet_dagster.sources.errors import NoData, SourceUnavailable
 from awet_dagster.sources.exchange_time import EXCHANGE_TZ, to_utc_bounds
 from awet_dagster.sources.retry import RetryPolicy, Sleep, call_with_retries
 from awet_dagster.sources.schema import BAR_TYPES
@@ -205,7 +205,7 @@ class YFinanceSource:
                 reasons.append(reason or "empty reply")
         if not frames:
             what = f"yfinance {symbol} {timeframe} {first}..{last_exclusive - timedelta(days=1)}"
-            raise SourceUnavailable(
+            raise NoData(
                 f"{what}: Yahoo returned no rows ({'; '.join(dict.fromkeys(reasons))})"
             )
         out = pl.concat(frames)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -36,7 +37,7 @@ from awet_dagster.exits import ExitMonitor
 from awet_dagster.streaming import event_to_bar
 from live.bus import MessageContext, Output, RetryLater
 from live.services._common import LazyConnection, LiveService, contract_of, db_settings, time_guard
-from live.services._ledger import FillLedger, build_with_fill_tail
+from live.services._ledger import FillLedger, build_with_fill_tail, wait_for_fills
 from live.services._tail import TopicTail
 
 log = logging.getLogger("awet.live.exit_monitor")
@@ -54,6 +55,7 @@ class ExitService:
         self.ns = namespace
         self.guard = time_guard(cfg)
         self.fill_wait_s = cfg.risk.fill_wait_s if fill_wait_s is None else fill_wait_s
+        self.stopping: Callable[[], bool] = lambda: False  # the bus's stop request (build_with_fill_tail)
         self.ledger = FillLedger(cfg.risk.initial_equity)
         self.monitor = ExitMonitor(cfg.exits)
         self.tail: TopicTail | None = None
@@ -116,8 +118,8 @@ class ExitService:
         if tail is not None:
             with tail.cond:
                 if self.ledger.missing_fills({symbol}, ts):
-                    if not tail.cond.wait_for(lambda: not self.ledger.missing_fills({symbol}, ts),
-                                              timeout=self.fill_wait_s):
+                    if not wait_for_fills(tail.cond, lambda: not self.ledger.missing_fills({symbol}, ts),
+                                          self.fill_wait_s, self.stopping):
                         self.counters["fill_wait_timeouts"] += 1
                         log.warning("exit_monitor: no fill report for %s at %s within %.1fs", symbol,
                                     ts.isoformat(), self.fill_wait_s)

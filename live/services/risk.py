@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -68,7 +68,7 @@ from live.services._common import (
     decoded,
     lane_of,
 )
-from live.services._ledger import FillLedger, build_with_fill_tail
+from live.services._ledger import FillLedger, build_with_fill_tail, wait_for_fills
 from live.services._tail import TopicTail
 
 log = logging.getLogger("awet.live.risk")
@@ -155,6 +155,7 @@ class RiskService:
         self.ns = namespace
         self.guard = time_guard(cfg)
         self.fill_wait_s = cfg.risk.fill_wait_s if fill_wait_s is None else fill_wait_s
+        self.stopping: Callable[[], bool] = lambda: False  # the bus's stop request (build_with_fill_tail)
         self.ledger = FillLedger(cfg.risk.initial_equity)
         self.store = CachedRiskStateStore(conn, namespace)
         self.engine = RiskEngine.from_config(cfg, self.ledger.portfolio, self.store)
@@ -295,7 +296,8 @@ class RiskService:
             return self.ledger.pending_order(symbol), self.ledger.pending_exposure()
         with tail.cond:
             if self.ledger.missing_fills(seen, ts):
-                ok = tail.cond.wait_for(lambda: not self.ledger.missing_fills(seen, ts), timeout=self.fill_wait_s)
+                ok = wait_for_fills(tail.cond, lambda: not self.ledger.missing_fills(seen, ts), self.fill_wait_s,
+                                    self.stopping)
                 if not ok:
                     self.counters["fill_wait_timeouts"] += 1
                     log.warning("risk: no fill report for %s at %s within %.1fs; deciding without it",
