@@ -12,6 +12,7 @@ the topic at start); ``persist_bars`` writes the database from the topic. SIGTER
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from datetime import UTC, datetime
@@ -77,7 +78,7 @@ def _polled(source: str, symbols: list[str], bar_type: str, interval: float | No
     from awet_dagster.sources.registry import get_source
     from awet_dagster.sources.settings import source_kwargs
     from awet_dagster.streaming.polling import BarPoller, SimulatedClock
-    from live.ingest_poll import PollingIngestor, published_marks
+    from live.ingest_poll import PollingIngestor, published_marks, serve_ingest_metrics
     from live.runner import publish_acknowledged
 
     cfg = _config()
@@ -113,9 +114,12 @@ def _polled(source: str, symbols: list[str], bar_type: str, interval: float | No
     stop = Interrupt()
     every = interval or (0.2 if source == "stub" else DEFAULT_INTERVAL_S[bar_type])
     ingestor = PollingIngestor(poller, publish, interval_s=every, stop_event=stop, simulated=simulated)
+    lock = _one_ingest(ep, topic, bar_type)
+    server = serve_ingest_metrics(cfg, source, lambda: poller.stats, ingestor.health)
     console.print(f"ingest {source}: {', '.join(symbols)} ({bar_type}) -> {topic}, polling every {every:g}s"
-                  + (f", resuming after {len(marks)} symbol(s) already published" if marks else ""))
-    with _stop_on_signals(stop), producer:
+                  + (f", resuming after {len(marks)} symbol(s) already published" if marks else "")
+                  + f"; metrics on {server.url}/metrics")
+    with _stop_on_signals(stop), producer, server, _released(lock):
         try:
             result = ingestor.run(timeout_s=max_seconds)
         except (AuthenticationFailed, MissingCredentials) as exc:  # polling on cannot help
@@ -134,6 +138,7 @@ def _alpaca(symbols: list[str] | None, bar_type: str, feed: str, max_seconds: fl
     from awet_dagster.contracts.topics import MARKET_RAW
     from awet_dagster.sources import MissingCredentials
     from live.ingest_alpaca import AlpacaBarIngestor, alpaca_stream_factory
+    from live.ingest_poll import serve_ingest_metrics
 
     try:
         factory = alpaca_stream_factory(cfg.data.alpaca_api_key, cfg.data.alpaca_secret_key, feed=feed)
@@ -155,7 +160,9 @@ def _alpaca(symbols: list[str] | None, bar_type: str, feed: str, max_seconds: fl
     stop = Interrupt()
     watcher = threading.Thread(target=lambda: (stop.wait(), ingestor.stop()), daemon=True)
     watcher.start()
-    with _stop_on_signals(stop), producer:
+    lock = _one_ingest(ep, topic, bar_type)
+    server = serve_ingest_metrics(cfg, "alpaca", lambda: ingestor.stats)
+    with _stop_on_signals(stop), producer, server, _released(lock):
         try:
             stats = ingestor.run(timeout_s=max_seconds)
         finally:
@@ -165,3 +172,25 @@ def _alpaca(symbols: list[str] | None, bar_type: str, feed: str, max_seconds: fl
                   f"({stats.stopped_by})")
     if stop.signum:
         raise typer.Exit(stop.exit_code())
+
+
+@contextlib.contextmanager
+def _released(lock):
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+def _one_ingest(ep, topic: str, bar_type: str):
+    """The ingest's single-instance lock (held for the run): a second `awet ingest` of the same
+    bar type into the same topic would publish every bar twice; it refuses to start instead."""
+    from live.single_instance import InstanceLock, SingleInstanceError
+
+    lock = InstanceLock(ep.database_url, "ingest", f"ingest:{topic}:{bar_type}",
+                        "awet ingest runs as ONE instance per topic and bar type: two would publish every bar twice")
+    try:
+        return lock.acquire()
+    except SingleInstanceError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(3) from None

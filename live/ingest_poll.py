@@ -114,6 +114,14 @@ class PollingIngestor:
         self.stop_event = stop_event or threading.Event()
         self.simulated, self.look_ahead = simulated, look_ahead
         self.publish_errors = 0
+        self.last_ok = time.monotonic()  # the last poll whose fetch and publish both worked
+
+    def health(self) -> tuple[bool, str]:
+        """Healthy while polls keep working: unhealthy after ten intervals (at least a minute)
+        without one (the vendor or the broker has been failing that long)."""
+        quiet = time.monotonic() - self.last_ok
+        limit = max(60.0, 10 * self.interval_s)
+        return (quiet <= limit, f"last good poll {quiet:.0f} s ago (limit {limit:.0f} s)")
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -123,7 +131,10 @@ class PollingIngestor:
         while not self.stop_event.is_set():
             if deadline is not None and time.monotonic() >= deadline:
                 return IngestResult(self.poller.stats, "timeout")
+            errors = self.poller.stats.errors
             events = self.poller.poll()
+            if self.poller.stats.errors == errors and not events:
+                self.last_ok = time.monotonic()
             if events:
                 try:
                     self.publish(events)
@@ -133,6 +144,7 @@ class PollingIngestor:
                                 self.poller.source_name, len(events), exc)
                 else:
                     self.poller.commit(events)
+                    self.last_ok = time.monotonic()
             elif self.simulated is not None:
                 nxt = self.poller.next_close(self.look_ahead)
                 if nxt is None:
@@ -144,3 +156,52 @@ class PollingIngestor:
             self.stop_event.wait(self.interval_s if deadline is None
                                  else max(min(self.interval_s, deadline - time.monotonic()), 0.0))
         return IngestResult(self.poller.stats, "stop")
+
+
+class IngestCollector:
+    """``/metrics`` of an ingest process, read from its stats at each scrape:
+    ``awet_ingest_bars_total{source,outcome}`` (published, late, duplicate, rejected),
+    ``awet_ingest_fetch_errors_total{source}`` and ``awet_ingest_last_bar_timestamp_seconds``."""
+
+    def __init__(self, source: str, stats: Callable[[], Any]) -> None:
+        self.source, self.stats = source, stats
+
+    def describe(self):
+        return []  # collected at scrape time only
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        s = self.stats()
+        bars = CounterMetricFamily("awet_ingest_bars", "Bars an ingest saw, by what became of them",
+                                   labels=["source", "outcome"])
+        for outcome, attr in (("published", "published"), ("late", "late"), ("duplicate", "duplicates"),
+                              ("rejected", "rejected")):
+            if hasattr(s, attr):
+                bars.add_metric([self.source, outcome], float(getattr(s, attr)))
+        yield bars
+        errors = CounterMetricFamily("awet_ingest_fetch_errors", "Fetches that failed after the client's retries",
+                                     labels=["source"])
+        errors.add_metric([self.source], float(getattr(s, "errors", 0)))
+        yield errors
+        last = getattr(s, "last", None) or {}
+        if last:
+            stamp = GaugeMetricFamily("awet_ingest_last_bar_timestamp_seconds",
+                                      "Start of the newest bar published, per symbol", labels=["source", "symbol"])
+            for symbol, ts in sorted(last.items()):
+                stamp.add_metric([self.source, symbol], ts.timestamp())
+            yield stamp
+
+
+def serve_ingest_metrics(cfg: Any, source: str, stats: Callable[[], Any],
+                         health: Callable[[], tuple[bool, str]] | None = None) -> Any:
+    """Start the ingest's ``/metrics`` + ``/healthz`` on its port (``observability.metrics_port_base``
+    + the ``ingest`` offset); returns the server (``close()`` it)."""
+    from prometheus_client import CollectorRegistry
+
+    from live.metrics import service_port, start_metrics_server
+
+    registry = CollectorRegistry()
+    registry.register(IngestCollector(source, stats))
+    return start_metrics_server(service_port(cfg, "ingest"), registry, host=cfg.observability.metrics_host,
+                                health=health)

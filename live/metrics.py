@@ -41,7 +41,7 @@ log = logging.getLogger("awet.live.metrics")
 #: tell the services apart. Fixed numbers so docker/prometheus/prometheus.yml can list them.
 SERVICE_PORT_OFFSETS: Mapping[str, int] = {
     "runner": 0,
-    "ingest_alpaca": 1,
+    "ingest": 1,  # awet ingest, any source
     "persist_bars": 2,
     "features": 3,
     "lean_alpha": 4,

@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from awet_dagster.contracts.topology import LOOP_NODES, group_inputs
 from live.bus import BusService, RunStats
 
 log = logging.getLogger("awet.live.runner")
@@ -497,17 +498,8 @@ def _serve_metrics(metrics: Any, port: int, host: str, sups: Sequence[_Superviso
 
 
 # --------------------------------------------------------------------------- drain tracking
-#: Input topics of each registered service (default names), for LoopTracker.
-SERVICE_INPUTS: dict[str, tuple[str, ...]] = {
-    "persist_bars": ("market.raw",),
-    "features": ("market.raw",),
-    "lean_alpha": ("market.raw",),
-    "inference": ("engineered",),
-    "signal": ("market.raw",),
-    "risk": ("signals.scored",),
-    "execution": ("market.raw", "risk.approved", "exec.exits"),
-    "exit_monitor": ("market.raw",),
-}
+#: Input topics of each registered service (default names), for LoopTracker: the topology table.
+SERVICE_INPUTS: dict[str, tuple[str, ...]] = group_inputs()
 
 
 class LoopTracker:
@@ -683,14 +675,14 @@ def lagging_of(snapshots: Sequence[Mapping[str, Any]]) -> list[str]:
 
 _INPUT_KWARGS = {"execution": ("market_topic", "approved_topic", "exits_topic")}
 
-LOOP_SERVICES: tuple[str, ...] = ("persist_bars", "features", "lean_alpha", "inference", "signal", "risk",
-                                  "execution", "exit_monitor")
+LOOP_SERVICES: tuple[str, ...] = LOOP_NODES
 #: What ``awet live --replay`` runs: the loop and the lag monitor watching its groups (the same
 #: services as the all-in-one ``awet live``), so a replay exports every metric ``awet live`` does.
 REPLAY_SERVICES: tuple[str, ...] = (*LOOP_SERVICES, "lag_monitor")
-#: One deployment (compose service, Helm Deployment) each: the loop and the lag monitor that
-#: feeds awet_consumer_lag (tests/test_deploy.py holds compose and the chart to this).
-DEPLOYED_SERVICES: tuple[str, ...] = (*LOOP_SERVICES, "lag_monitor")
+#: One deployment (compose service, Helm Deployment) each: the ingestion service that feeds
+#: market.raw, the loop, and the lag monitor that feeds awet_consumer_lag (tests/test_deploy.py
+#: holds compose and the chart to this and checks the topic graph they make).
+DEPLOYED_SERVICES: tuple[str, ...] = ("ingest", *LOOP_SERVICES, "lag_monitor")
 
 
 class LoopHandle:

@@ -106,13 +106,48 @@ def awet_services(compose: dict) -> dict[str, dict]:
 
 
 def live_services(compose: dict) -> dict[str, str]:
-    """compose service -> `awet live --service X` argument."""
+    """compose service -> the topology node it runs (`awet live --service X`: X; `awet ingest`: ingest)."""
     out = {}
     for name, svc in compose["services"].items():
         cmd = svc.get("command") or []
         if cmd[:2] == ["awet", "live"] and "--service" in cmd:
             out[name] = cmd[cmd.index("--service") + 1]
+        elif cmd[:2] == ["awet", "ingest"]:
+            out[name] = "ingest"
     return out
+
+
+def topology_problems(deployed: set[str]) -> list[str]:
+    """What is wrong with the topic graph the ``deployed`` topology nodes make: a consumed topic
+    no deployed node produces, a produced topic no deployed node consumes (unless a documented
+    sink), a topic without its dead-letter topic in the configured topics."""
+    from awet_dagster.config import load_config
+    from awet_dagster.contracts.topology import NODES, SINKS
+
+    from live.topics import with_dlq
+
+    kafka = load_config(environ={"AWET_ENV": "prod"}).kafka
+    # What `awet infra up` and compose's init create (ensure_configured_topics): each
+    # configured topic and its dead-letter twin.
+    configured = set(with_dlq({n: t.partitions for n, t in kafka.topics.items()}, kafka.dlq_suffix))
+    unknown = deployed - set(NODES)
+    assert not unknown, f"deployed services missing from the topology table: {sorted(unknown)}"
+    produced: dict[str, str] = {}
+    consumed: dict[str, str] = {}
+    for n, node in NODES.items():  # table order: messages name the first producer/consumer
+        if n in deployed:
+            for t in node.outputs:
+                produced.setdefault(t, n)
+            for t in node.consumes:
+                consumed.setdefault(t, n)
+    problems = [f"{t} is consumed by {n} but no deployed service produces it"
+                for t, n in consumed.items() if t not in produced]
+    problems += [f"{t} is produced by {n} but no deployed service consumes it"
+                 for t, n in produced.items() if t not in consumed and t not in SINKS]
+    problems += [f"{t} or its dead-letter topic {(t + kafka.dlq_suffix)} is not a configured topic"
+                 for t in set(produced) | set(consumed)
+                 if t not in configured or (t + kafka.dlq_suffix) not in configured]
+    return sorted(problems)
 
 
 def walk_strings(node, path=()):
@@ -239,7 +274,7 @@ def test_every_awet_command_is_real(compose):
             assert opt in res.output, f"{name}: `awet {' '.join(path)}` has no option {opt}"
         seen.append(name)
     assert "init" in seen
-    registered = set(available_services())
+    registered = set(available_services()) | {"ingest"}
     missing = {n: s for n, s in live_services(compose).items() if s not in registered}
     assert not missing, f"live services not registered in live.runner: {missing}"
 
@@ -537,7 +572,11 @@ def test_one_deployment_per_live_service_with_probes(helm):
         k8s = "awet-" + service.replace("_", "-")
         d = deps[k8s]
         c = d["spec"]["template"]["spec"]["containers"][0]
-        assert c["args"] == ["awet", "live", "--service", service]
+        if service == "ingest":
+            assert c["args"] == ["awet", "ingest", "--source", "stub", "--bar-type", "daily", "--speed", "3600"]
+            assert d["spec"]["replicas"] == 1 and d["spec"]["strategy"] == {"type": "Recreate"}
+        else:
+            assert c["args"] == ["awet", "live", "--service", service]
         port = service_port(cfg, service)
         assert c["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
         for probe in ("livenessProbe", "readinessProbe"):
@@ -808,3 +847,25 @@ def test_metrics_exporter_command_runs_locally(database_url, kafka_bootstrap, tm
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_each_deployment_makes_a_closed_topic_graph(compose, helm):
+    """Compose and the chart each deploy a loop that is fed and read: every consumed topic has a
+    deployed producer (market.raw: the ingestion service), every produced one a consumer or a
+    documented reason (contracts/topology.py SINKS), every topic its dead-letter twin."""
+    from live.runner import DEPLOYED_SERVICES
+
+    from_compose = set(live_services(compose).values())
+    from_helm = {d["metadata"]["labels"]["app.kubernetes.io/component"].replace("-", "_")
+                 for d in by_kind(render(helm), "Deployment").values()}
+    assert from_compose == from_helm == set(DEPLOYED_SERVICES)
+    for deployed in (from_compose, from_helm):
+        assert topology_problems(deployed) == []
+    # The check is not vacuous: without the ingestion service nothing feeds market.raw; without
+    # inference nothing answers the signal service's predictions.
+    assert topology_problems(from_compose - {"ingest"}) == [
+        "market.raw is consumed by persist_bars but no deployed service produces it"]
+    assert "predictions is consumed by signal but no deployed service produces it" in topology_problems(
+        from_compose - {"inference"})
+    assert "signals.scored is produced by signal but no deployed service consumes it" in topology_problems(
+        from_compose - {"risk"})

@@ -250,6 +250,7 @@ def test_stub_ingest_into_a_running_live_loop_places_orders_without_a_replay(
     from awet_dagster.sources.sample import SampleSource
     from awet_dagster.storage.bars import copy_upsert_bars
     from awet_dagster.storage.db import connect
+    from live.single_instance import InstanceLock
     from live.topics import ensure_configured_topics
     from tests.test_stopping import AWET, _env, _start, _wait_for_line
 
@@ -272,11 +273,16 @@ def test_stub_ingest_into_a_running_live_loop_places_orders_without_a_replay(
         # The loop logs as it goes: read its output all along (a full pipe would block it).
         reader = threading.Thread(target=lambda: lines.extend(iter(live.stdout.readline, "")), daemon=True)
         reader.start()
+        cmd = [AWET, "ingest", "--source", "stub", "--bar-type", "minute", "--symbols", ",".join(symbols),
+               "--start", opening.isoformat(), "--speed", "1200"]
+        # One ingest per topic and bar type: a second one refuses to start (it would publish twice).
+        with InstanceLock(isolated_database_url, "ingest", "ingest:market.raw:minute", "held by the test"):
+            second = subprocess.run([*cmd, "--max-seconds", "5"], env=env, cwd=tmp_path, capture_output=True,
+                                    text=True, timeout=120)
+        assert second.returncode == 3 and "already running" in " ".join(second.stdout.split()), second.stdout
         # 150 market minutes at 1200x: ~8 s of stream, four symbols a bar each.
-        ingest = subprocess.run([AWET, "ingest", "--source", "stub", "--bar-type", "minute", "--symbols",
-                                 ",".join(symbols), "--start", opening.isoformat(), "--speed", "1200",
-                                 "--max-seconds", "7.5"], env=env, cwd=tmp_path, capture_output=True, text=True,
-                                timeout=180)
+        ingest = subprocess.run([*cmd, "--max-seconds", "7.5"], env=env, cwd=tmp_path, capture_output=True,
+                                text=True, timeout=180)
         assert ingest.returncode == 0, ingest.stdout + ingest.stderr
         said = " ".join(ingest.stdout.split())
         published = int(said.split("published ")[1].split(",")[0])

@@ -29,6 +29,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from awet_dagster.contracts.topology import group_inputs
 from awet_dagster.observability.lag import PartitionLag, group_lags
 from live.kafka_settings import group_id
 from live.metrics import AwetMetrics
@@ -42,16 +43,7 @@ NAME = "lag_monitor"
 #: ``<kafka.group_prefix>.<service>``). Side inputs read by a ``TopicTail`` (predictions for
 #: signal, exec.done/exec.orders for risk and exit_monitor) have no consumer group and no lag.
 #: Deployments that rename topics or groups pass ``groups`` explicitly.
-DEFAULT_SUBSCRIPTIONS: Mapping[str, tuple[str, ...]] = {
-    "persist_bars": ("market.raw",),
-    "features": ("market.raw",),
-    "lean_alpha": ("market.raw",),
-    "inference": ("engineered",),
-    "signal": ("market.raw",),
-    "risk": ("signals.scored",),
-    "execution": ("market.raw", "risk.approved", "exec.exits"),
-    "exit_monitor": ("market.raw",),
-}
+DEFAULT_SUBSCRIPTIONS: Mapping[str, tuple[str, ...]] = group_inputs()  # the topology table
 
 
 def default_groups(cfg: Any) -> dict[str, tuple[str, ...]]:

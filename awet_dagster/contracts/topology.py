@@ -1,0 +1,71 @@
+"""The live topology, written once: which process reads and writes which topic.
+
+``NODES``: per deployable process (the names ``awet live --service`` and ``awet ingest``
+run), the topics it consumes in its consumer group (``inputs``: committed offsets, lag,
+scaling), the topics it reads whole as side inputs (``side``: a tail, no group) and the topics
+it produces. The runner's default inputs, the lag monitor's subscriptions and the deployment
+tests (compose, Helm: every consumed topic has a deployed producer, every produced one a
+consumer and a dead-letter topic) read this table.
+
+``SINKS``: topics produced on purpose with no consumer in the loop, each with its reason.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from .topics import (
+    ALPHA_SIGNALS,
+    ENGINEERED,
+    EXEC_DONE,
+    EXEC_EXITS,
+    EXEC_ORDERS,
+    MARKET_RAW,
+    PREDICTIONS,
+    RISK_APPROVED,
+    RISK_REJECTED,
+    SIGNALS_SCORED,
+)
+
+
+@dataclass(frozen=True)
+class Node:
+    inputs: tuple[str, ...] = ()
+    side: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+
+    @property
+    def consumes(self) -> tuple[str, ...]:
+        return self.inputs + self.side
+
+
+NODES: Mapping[str, Node] = MappingProxyType({
+    "ingest": Node(outputs=(MARKET_RAW,)),
+    "persist_bars": Node(inputs=(MARKET_RAW,)),
+    "features": Node(inputs=(MARKET_RAW,), outputs=(ENGINEERED,)),
+    "lean_alpha": Node(inputs=(MARKET_RAW,), outputs=(ALPHA_SIGNALS,)),
+    "inference": Node(inputs=(ENGINEERED,), outputs=(PREDICTIONS,)),
+    # signals.alpha_source "internal" (the default): the alphas are computed in the signal
+    # service itself; "topic" adds alpha.signals to its side inputs.
+    "signal": Node(inputs=(MARKET_RAW,), side=(PREDICTIONS,), outputs=(SIGNALS_SCORED,)),
+    "risk": Node(inputs=(SIGNALS_SCORED,), side=(EXEC_DONE, EXEC_ORDERS), outputs=(RISK_APPROVED, RISK_REJECTED)),
+    "execution": Node(inputs=(MARKET_RAW, RISK_APPROVED, EXEC_EXITS), outputs=(EXEC_ORDERS, EXEC_DONE)),
+    "exit_monitor": Node(inputs=(MARKET_RAW,), side=(EXEC_DONE, EXEC_ORDERS), outputs=(EXEC_EXITS,)),
+    "lag_monitor": Node(),  # reads committed offsets of the groups above, no messages
+})
+
+#: The services of the trading loop proper (``awet live`` runs them; ingestion feeds them).
+LOOP_NODES: tuple[str, ...] = ("persist_bars", "features", "lean_alpha", "inference", "signal", "risk",
+                               "execution", "exit_monitor")
+
+SINKS: Mapping[str, str] = MappingProxyType({
+    RISK_REJECTED: "the refused decisions, an audit stream (every decision is also in the audit table)",
+    ALPHA_SIGNALS: "read by the signal service only with signals.alpha_source: topic; by default it computes "
+                   "the same alphas itself (issue #20 item 3: the design reads them from this topic)",
+})
+
+
+def group_inputs() -> dict[str, tuple[str, ...]]:
+    """{service: topics it consumes in its group} for every service that has a group."""
+    return {name: node.inputs for name, node in NODES.items() if node.inputs}
