@@ -12,16 +12,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-#: Test/dev profile measured against the embedded tansu broker
-#: (docs: /work/shared/notes/embedded-infra.md): a group join takes ~3 s instead of ~23 s
-#: and round trips ~4 ms p50 instead of ~250 ms. NOT production defaults: a 6 s session
-#: timeout evicts consumers on a GC pause or a slow handler, and a 5 ms fetch wait makes
-#: idle consumers hammer a real broker with fetch requests.
+#: Test profile: a group join takes ~3 s instead of ~23 s. NOT production defaults: a 6 s
+#: session timeout evicts consumers on a GC pause or a slow handler. The fetch wait is for
+#: Kafka, which answers a waiting fetch as soon as data arrives; tansu answers only when the
+#: wait is over (round trips ~4 ms p50 with 5 ms, ~250 ms with the default 500,
+#: ../shared/notes/embedded-infra.md): tests on tansu set it to 5 ms (tests/conftest.py), and
+#: configs/dev.yaml keeps 5 ms for a development broker that may be tansu.
 FAST_DEV_CONSUMER_SETTINGS: Mapping[str, Any] = {
     "session.timeout.ms": 6000,
     "heartbeat.interval.ms": 500,
     "max.poll.interval.ms": 10000,
-    "fetch.wait.max.ms": 5,
+    "fetch.wait.max.ms": 100,
 }
 
 #: Producer settings matching the dev profile: send immediately (the bus flushes per batch
