@@ -503,3 +503,42 @@ def test_reddit_rejected_credentials_are_a_clear_error_not_retried(reddit_server
         reddit_source(server, sleeps).fetch(["SPY"], date(2024, 1, 3), date(2024, 1, 3))
     assert SECRET not in str(info.value)
     assert [s.path for s in server.requests] == ["/api/v1/access_token"] and sleeps == []
+
+
+def test_yahoo_polled_on_the_bar_clock_publishes_each_closed_daily_bar_once(yahoo, sleeps):
+    """The ingestion service's poller over real yfinance and the fake Yahoo: a new bar once it
+    closed (16:00 New York), nothing when Yahoo has no new bar, a weekend's empty reply is no
+    error, a 429 is retried by the client and the bar still comes, a bad symbol stops nothing."""
+    from datetime import timedelta
+
+    from awet_dagster.streaming.polling import BarPoller
+
+    fake, _, _ = yahoo
+    fake.bars["SPY"] = daily_bars()[:1]  # 2024-03-07 only
+    clock = type("Clock", (), {"now": utc(2024, 3, 7, 22, 0), "__call__": lambda self: self.now})()
+    p = BarPoller(yf_source(yahoo, sleeps), ["SPY"], "daily", clock=clock, source_name="yfinance")
+    got = p.poll()
+    p.commit(got)
+    assert [(e.ts, e.close, e.source) for e in got] == [(utc(2024, 3, 7, 14, 30), 510.0, "yfinance")]
+    clock.now = utc(2024, 3, 8, 15, 0)  # Friday's bar is forming: Yahoo has it, it is not closed
+    fake.bars["SPY"] = daily_bars()[:2]
+    assert p.poll() == [] and p.stats.forming == 1
+    clock.now = utc(2024, 3, 8, 21, 5)
+    # yfinance keeps the reply for a range that ended before the REAL now (2024 here) in a
+    # process cache; a live poll's range ends in the future and is never cached. Forget it.
+    from yfinance.data import YfData
+
+    YfData.cache_get.cache_clear()
+    # This poll's first two chart requests get a 429 (yfinance retries one itself): our retry.
+    first = len(fake.history) + 1
+    fake.script = lambda n: Reply(429, "Too Many Requests", {"Content-Type": "text/plain"}) if n in (
+        first, first + 1) else None
+    got = p.poll()
+    p.commit(got)
+    assert [e.ts for e in got] == [utc(2024, 3, 8, 14, 30)] and sleeps  # retried after the 429
+    YfData.cache_get.cache_clear()
+    assert p.poll() == [] and p.stats.published == 2  # no new bar
+    clock.now = utc(2024, 3, 8, 21, 5) + timedelta(days=7)  # past the overlap: the window is empty
+    fake.bars["SPY"] = []
+    YfData.cache_get.cache_clear()
+    assert p.poll() == [] and p.stats.errors == 0  # Yahoo's "no rows" is NoData, not a failure
