@@ -83,8 +83,26 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):  #
     row = {"test": item.nodeid, "wall_s": round(time.monotonic() - w0, 3),
            "cpu_s": round(time.process_time() - c0, 3),
            "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"), "end": round(time.time(), 1)}
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None:  # a torch test's CPU seconds varied 1.8x between runs: threads or host?
+        row["torch_threads"] = torch.get_num_threads()
+    steal = _steal_s()
+    if steal is not None:
+        row["steal_s_total"] = steal
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(row) + "\n")
+
+
+def _steal_s() -> float | None:
+    """The machine's CPU steal time so far (seconds; /proc/stat), None where there is none."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = fh.readline().split()
+        return round(int(fields[8]) / os.sysconf("SC_CLK_TCK"), 1)
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 #: Wall seconds per test measured under `make test` (scripts/test_durations.py writes it): an
