@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import typer
 
@@ -71,8 +71,6 @@ def _start_time(value: str | None, default: str) -> datetime:
 
 def _polled(source: str, symbols: list[str], bar_type: str, interval: float | None, speed: float,
             start: str | None, stub_source: str, max_seconds: float | None, topic: str | None) -> None:
-    from datetime import timedelta
-
     from awet_dagster.contracts.topics import MARKET_RAW
     from awet_dagster.sources import AuthenticationFailed, MissingCredentials
     from awet_dagster.sources.registry import get_source

@@ -235,7 +235,9 @@ def _session_broker_is_tansu() -> bool:
 #: fetches a second (test_live_loop + test_scale_out: 178 -> 155 CPU-s). tansu answers only when
 #: the wait is over: there each hop would take the whole wait, so a tansu session keeps 5 ms.
 TANSU_FETCH_WAIT = {"AWET__KAFKA__CONSUMER": '{"fetch.wait.max.ms": 5}'}
-if _session_broker_is_tansu():
+#: Decided once: with "auto" it asks for a Java (a subprocess), and config_for runs per test.
+SESSION_ON_TANSU = _session_broker_is_tansu()
+if SESSION_ON_TANSU:
     from live.kafka_settings import FAST_DEV_CONSUMER_SETTINGS
 
     FAST_DEV_CONSUMER_SETTINGS["fetch.wait.max.ms"] = 5  # type: ignore[index]
@@ -253,7 +255,7 @@ def config_for(home: Path, **env: str):
         "AWET_HOME": str(home),
         "AWET__INFRA__BROKER": session_broker_choice(),
         "AWET__INFRA__KAFKA_LIBS_DIR": str(KAFKA_LIBS),
-        **(TANSU_FETCH_WAIT if _session_broker_is_tansu() else {}),
+        **(TANSU_FETCH_WAIT if SESSION_ON_TANSU else {}),
     }
     return load_config(environ={**base, **env})
 

@@ -40,11 +40,12 @@ import polars as pl
 
 from awet_dagster.contracts import MarketRawEvent
 from awet_dagster.sources.errors import AuthenticationFailed, MissingCredentials, NoData
+from awet_dagster.sources.exchange_time import EXCHANGE_TZ, exchange_datetime_to_utc
 from awet_dagster.streaming.events import bar_to_event
 
 log = logging.getLogger("awet.streaming.polling")
 
-_NY = ZoneInfo("America/New_York")
+_NY = ZoneInfo(EXCHANGE_TZ)
 SESSION_CLOSE = dtime(16, 0)
 DEFAULT_CATCH_UP = {"minute": timedelta(minutes=15), "daily": timedelta(days=7)}
 MAX_WINDOW = {"minute": timedelta(days=7), "daily": timedelta(days=60)}
@@ -56,8 +57,7 @@ def bar_close(ts: datetime, bar_type: str) -> datetime:
     if bar_type == "minute":
         return ts + timedelta(minutes=1)
     if bar_type == "daily":
-        day = ts.astimezone(_NY).date()
-        return datetime.combine(day, SESSION_CLOSE, tzinfo=_NY).astimezone(UTC)
+        return exchange_datetime_to_utc(ts.astimezone(_NY).date(), SESSION_CLOSE)
     raise ValueError(f"bar_type must be 'minute' or 'daily', got {bar_type!r}")
 
 
@@ -133,8 +133,8 @@ class BarPoller:
         self.stats.last = dict(self._last)
 
     def window_start(self, now: datetime) -> datetime:
-        """Where the next fetch starts: just after the oldest symbol's last bar; for a symbol
-        with none yet, ``catch_up`` before the first poll. Never more than ``max_window``
+        """Where the next fetch starts: ``overlap`` before the oldest symbol's last bar; for a
+        symbol with none yet, ``catch_up`` before the first poll. Never more than ``max_window``
         back (a restart after a long outage fills at most that much of the gap)."""
         if self._first_floor is None:
             self._first_floor = now - self.catch_up
