@@ -32,7 +32,7 @@ def loop_summary(conn: Any, *, since: datetime, initial_equity: float, symbols: 
     sym_arg: tuple = (syms,) if syms else ()
     out: dict[str, Any] = {}
     row = conn.execute(
-        "SELECT count(*), count(*) FILTER (WHERE direction <> 'flat') FROM signals WHERE created_at >= %s" + sym_sql,
+        "SELECT count(*), count(*) FILTER (WHERE direction <> 'neutral') FROM signals WHERE created_at >= %s" + sym_sql,
         (since, *sym_arg)).fetchone()
     out["signals"], out["signals_directional"] = int(row[0]), int(row[1])
     # Forecasts the served model made (the inference service stores one row per horizon).

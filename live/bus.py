@@ -76,6 +76,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from pydantic import ValidationError
 
 from awet_dagster.contracts import BaseEvent, DeadLetter, dlq_topic, is_dlq_topic, model_for_topic
+from awet_dagster.contracts.base import UNSUPPORTED_VERSION
 
 log = logging.getLogger("awet.live.bus")
 
@@ -384,8 +385,12 @@ def _no_offset(exc: KafkaException) -> bool:
 
 # --------------------------------------------------------------------------- dead letters
 def decode_failure_reason(exc: ValidationError) -> str:
-    """The DLQ reason of a message its contract refused: not JSON at all, or the wrong shape."""
-    return "invalid_json" if any(e["type"] == "json_invalid" for e in exc.errors()) else "schema_mismatch"
+    """The DLQ reason of a message its contract refused: not JSON at all, a major version this
+    consumer does not read, or the wrong shape."""
+    types = {e["type"] for e in exc.errors()}
+    if "json_invalid" in types:
+        return "invalid_json"
+    return "unsupported_version" if UNSUPPORTED_VERSION in types else "schema_mismatch"
 
 
 def dead_letter_for(service: str, msg: Message, reason: str, exc: BaseException,

@@ -150,7 +150,7 @@ class AlpacaBarIngestor:
             bar_type=self.bar_type,  # type: ignore[arg-type]
             ts=ts,
             open=bar.open, high=bar.high, low=bar.low, close=bar.close,
-            volume=bar.volume,
+            volume=round(float(bar.volume)),  # alpaca-py gives a float; whole shares on the wire
             source="alpaca",
         )
 

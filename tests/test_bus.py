@@ -157,6 +157,8 @@ def test_poison_messages_go_to_dlq_and_the_loop_keeps_going(kafka_bootstrap, mak
         (b"{not json", "invalid_json"),
         (b'{"foo": 1}', "schema_mismatch"),
         (naive.encode(), "schema_mismatch"),
+        # A producer still on version 1 (float volume, "sample" source): refused as a version.
+        (good1.model_dump_json().replace('"schema_version":2', '"schema_version":1').encode(), "unsupported_version"),
     ]
     prod = _producer(kafka_bootstrap)
     prod.send(topic, good1)
@@ -175,15 +177,15 @@ def test_poison_messages_go_to_dlq_and_the_loop_keeps_going(kafka_bootstrap, mak
     group = f"g-{uuid.uuid4().hex[:8]}"
     with _service(kafka_bootstrap, [topic], handle, group=group, models={topic: MarketRawEvent},
                   on_metrics=metrics.append) as svc:
-        stats = svc.run(max_messages=6, timeout_s=60)
-    assert (stats.processed, stats.produced, stats.dead_lettered) == (2, 2, 4), stats
+        stats = svc.run(max_messages=7, timeout_s=60)
+    assert (stats.processed, stats.produced, stats.dead_lettered) == (2, 2, 5), stats
 
     # The good messages after the poison ones were processed.
     echoed = [MarketRawEvent.model_validate_json(m.value()) for m in _read_all(kafka_bootstrap, out, 2)]
     assert echoed == [good1, good2]
 
-    letters = _read_all(kafka_bootstrap, dlq_topic(topic), 4)
-    assert len(letters) == 4
+    letters = _read_all(kafka_bootstrap, dlq_topic(topic), 5)
+    assert len(letters) == 5
     decoded = [DeadLetter.model_validate_json(m.value()) for m in letters]
     expected = [*raw_bad, (boom.model_dump_json().encode(), "handler_error")]
     for msg, letter, (orig, reason) in zip(letters, decoded, expected, strict=True):
@@ -192,18 +194,19 @@ def test_poison_messages_go_to_dlq_and_the_loop_keeps_going(kafka_bootstrap, mak
         assert base64.b64decode(letter.original_value_b64) == orig
         assert letter.original_topic == topic and letter.original_partition == 0
         assert letter.service == "test-svc"
-    assert [d.original_offset for d in decoded] == [1, 2, 3, 4]
+    assert [d.original_offset for d in decoded] == [1, 2, 3, 4, 5]
     assert "naive datetime" in decoded[2].error
+    assert "market_raw schema_version 1 is not supported: this consumer reads major version 2" in decoded[3].error
     assert decoded[0].original_headers[-1] == ("trace", base64.b64encode(b"t1").decode())
     assert letters[0].key() == b"K"
-    boom_letter = decoded[3]
+    boom_letter = decoded[4]
     assert boom_letter.error_type == "RuntimeError" and "handler exploded" in boom_letter.error
     assert boom_letter.correlation_id == "corr-boom"
 
     # Everything, poison included, was committed: a restart does not loop on them.
-    assert _committed(kafka_bootstrap, group, topic) == 6
+    assert _committed(kafka_bootstrap, group, topic) == 7
     names = [m.name for m in metrics]
-    assert names.count("messages_in") == 6 and names.count("dead_letters") == 4
+    assert names.count("messages_in") == 7 and names.count("dead_letters") == 5
     assert names.count("messages_out") == 2 and "handle_seconds" in names
 
 

@@ -23,7 +23,9 @@ from awet_dagster.contracts import (
     Quantiles,
     RiskDecision,
     ScoredSignal,
+    UNSUPPORTED_VERSION,
     all_topics_with_dlq,
+    bar_source,
     dlq_topic,
     model_for_topic,
 )
@@ -46,7 +48,8 @@ def test_json_round_trip(model):
     assert model.model_validate_json(wire) == event
     assert model.model_validate_json(wire.encode()) == event
     payload = json.loads(wire)
-    assert payload["schema_version"] == 1 and payload["correlation_id"] == "corr-example"
+    assert payload["schema_version"] == model.model_fields["schema_version"].default
+    assert payload["correlation_id"] == "corr-example"
     assert payload["produced_at"].endswith("Z")
 
 
@@ -89,7 +92,7 @@ def test_events_are_frozen():
     ev = EXAMPLES[MarketRawEvent]
     with pytest.raises(ValidationError):
         ev.close = 1.0  # type: ignore[misc]
-    assert isinstance(EXAMPLES[ScoredSignal].active_alphas, tuple)
+    assert isinstance(EXAMPLES[ScoredSignal].filters_passed, tuple)
     assert hash(ev)  # hashable: usable in sets for de-duplication
 
 
@@ -103,10 +106,89 @@ def test_correlation_id_required_and_non_empty(bad):
         MarketRawEvent(**kwargs, correlation_id=bad)
 
 
-def test_schema_version_is_a_constant():
-    wire = EXAMPLES[MarketRawEvent].model_dump_json().replace('"schema_version":1', '"schema_version":2')
-    with pytest.raises(ValidationError, match="schema_version"):
-        MarketRawEvent.model_validate_json(wire)
+@pytest.mark.parametrize("model", CONTRACT_MODELS, ids=lambda m: m.__name__)
+def test_an_unknown_major_version_is_refused_naming_both_versions(model):
+    ours = model.model_fields["schema_version"].default
+    wire = json.loads(EXAMPLES[model].model_dump_json())
+    wire["schema_version"] = ours + 1
+    with pytest.raises(ValidationError) as err:
+        model.model_validate_json(json.dumps(wire))
+    assert [e["type"] for e in err.value.errors()] == [UNSUPPORTED_VERSION]
+    assert f"schema_version {ours + 1} is not supported: this consumer reads major version {ours}" in str(err.value)
+    wire.pop("schema_version")  # absent: the version this consumer reads
+    assert model.model_validate_json(json.dumps(wire)).schema_version == ours
+
+
+def test_a_version_1_scored_signal_is_refused_as_a_version_not_as_renamed_fields():
+    v1 = {"correlation_id": "c", "schema_version": 1, "symbol": "AAPL", "ts": "2024-01-02T14:30:00Z",
+          "direction": "flat", "score": 0.1, "confidence": 0.1}
+    with pytest.raises(ValidationError) as err:
+        ScoredSignal.model_validate_json(json.dumps(v1))
+    assert [e["type"] for e in err.value.errors()] == [UNSUPPORTED_VERSION]
+
+
+# The design's fields, by name: JSON type (None: nullable too) and value set where it has one.
+DESIGN_FIELDS = {
+    ScoredSignal: {
+        "ticker": ("string", False, None),
+        "tft_direction": ("string", True, {"long", "short", "neutral"}),
+        "tft_confidence": ("number", True, None),
+        "tft_q50": ("number", True, None),
+        "ensemble_direction": ("string", False, {"long", "short", "neutral"}),
+        "ensemble_confidence": ("number", False, None),
+        "signal_score": ("number", False, None),
+        "active_alphas": ("object", False, None),
+        "regime": ("string", False, {"bull", "bear", "sideways"}),
+    },
+    MarketRawEvent: {
+        "symbol": ("string", False, None), "ts": ("string", False, None),
+        "open": ("number", False, None), "high": ("number", False, None), "low": ("number", False, None),
+        "close": ("number", False, None), "volume": ("integer", False, None),
+        "source": ("string", False, {"polygon", "alpaca", "yfinance", "stub"}),
+    },
+}
+
+
+def _json_kind(prop: dict) -> tuple[str, bool, set | None]:
+    """(JSON type, nullable, enum values) of a property of a model's JSON Schema."""
+    options = prop.get("anyOf", [prop])
+    nullable = any(o.get("type") == "null" for o in options)
+    (main,) = [o for o in options if o.get("type") != "null"]
+    values = set(main["enum"]) if "enum" in main else ({main["const"]} if "const" in main else None)
+    return main.get("type", "string" if values else None), nullable, values
+
+
+@pytest.mark.parametrize("model", list(DESIGN_FIELDS), ids=lambda m: m.__name__)
+def test_contract_fields_are_the_designs_field_by_field(model):
+    props = model.model_json_schema()["properties"]
+    for name, (kind, nullable, values) in DESIGN_FIELDS[model].items():
+        assert name in props, f"{model.__name__} lacks the design's field {name}"
+        assert _json_kind(props[name]) == (kind, nullable, values), name
+    # Names the design replaced are gone (no second spelling of the same fact).
+    gone = {ScoredSignal: {"symbol", "direction", "score", "confidence"}, MarketRawEvent: set()}[model]
+    assert not gone & set(props)
+
+
+def test_active_alphas_map_each_alpha_to_its_vote():
+    sig = EXAMPLES[ScoredSignal].model_dump()
+    assert ScoredSignal(**{**sig, "active_alphas": {"rsi": "UP", "macd": "DOWN"}}).active_alphas["macd"] == "DOWN"
+    with pytest.raises(ValidationError, match="active_alphas"):
+        ScoredSignal(**{**sig, "active_alphas": {"rsi": "long"}})
+    with pytest.raises(ValidationError, match="all set .* or all null"):
+        ScoredSignal(**{**sig, "tft_direction": None})
+    assert EXAMPLES[ScoredSignal].symbol == EXAMPLES[ScoredSignal].ticker  # the partition key
+
+
+def test_market_raw_volume_is_whole_shares_and_source_a_design_feed():
+    with pytest.raises(ValidationError, match="fractional part"):
+        MarketRawEvent(**_bar_kwargs(volume=10.5))
+    for bad in ("sample", "replay", "synthetic"):
+        with pytest.raises(ValidationError, match="source"):
+            MarketRawEvent(**_bar_kwargs(source=bad))
+    replayed = MarketRawEvent(**_bar_kwargs(source="yfinance", replay=True))
+    assert (replayed.source, replayed.replay) == ("yfinance", True)
+    assert [bar_source(n) for n in ("polygon", "alpaca", "yfinance", "sample", "lean", "synthetic", None)] == [
+        "polygon", "alpaca", "yfinance", "stub", "stub", "stub", "stub"]
 
 
 @pytest.mark.parametrize(
@@ -152,7 +234,7 @@ def test_domain_rules_of_other_contracts():
     with pytest.raises(ValidationError, match="filled_qty"):
         ExecutionReport(**{**rep, "filled_qty": 11.0})
     with pytest.raises(ValidationError, match="score"):
-        ScoredSignal(**{**EXAMPLES[ScoredSignal].model_dump(), "score": 1.5})
+        ScoredSignal(**{**EXAMPLES[ScoredSignal].model_dump(), "signal_score": 1.5})
     assert EXAMPLES[ExitEvent].side == "sell"
 
 

@@ -186,3 +186,5 @@ def test_bars_table_keeps_raw_prices_and_factors(database_url, aapl):
     assert back.select("ts", "close", "adj_factor", "split_factor").equals(
         bars.select("ts", "close", "adj_factor", "split_factor"))
     assert back["split_factor"].to_list() == [0.25, 0.25, 1.0, 1.0]
+    # Stored under the design's feed name: the offline sample is "stub" (ck_bars_source).
+    assert set(bars["source"]) == {"sample"} and set(back["source"]) == {"stub"}

@@ -182,8 +182,8 @@ def test_retention_job_and_schedules_are_defined(platform_env):
     with connect(platform_env) as conn:
         conn.execute(
             "INSERT INTO bars (symbol, bar_type, ts, open, high, low, close, volume, source) VALUES "
-            "('OLDM', 'minute', now() - interval '200 days', 1, 1, 1, 1, 1, 'test'), "
-            "('OLDM', 'minute', now() - interval '1 day', 1, 1, 1, 1, 1, 'test') ON CONFLICT DO NOTHING"
+            "('OLDM', 'minute', now() - interval '200 days', 1, 1, 1, 1, 1, 'stub'), "
+            "('OLDM', 'minute', now() - interval '1 day', 1, 1, 1, 1, 1, 'stub') ON CONFLICT DO NOTHING"
         )
     result = retention_job.execute_in_process(resources={"database": DatabaseResource()})
     assert result.success

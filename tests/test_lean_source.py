@@ -295,10 +295,11 @@ def test_replay_cli_publishes_lean_bars(monkeypatch, make_topic, database_url, k
                 events.append(MarketRawEvent.model_validate_json(m.value()))
     finally:
         c.close()
-    assert [(e.ts, e.close, e.source, e.split_factor) for e in events] == [
-        (utc(2021, 3, 11, 14, 30), 393.5, "lean", 0.5),
-        (utc(2021, 3, 12, 14, 30), 394.0, "lean", 0.5),
-        (utc(2021, 3, 15, 13, 30), 396.0, "lean", 1.0),
+    # A Lean folder is a "stub" feed, and a replay says so.
+    assert [(e.ts, e.close, e.source, e.replay, e.split_factor) for e in events] == [
+        (utc(2021, 3, 11, 14, 30), 393.5, "stub", True, 0.5),
+        (utc(2021, 3, 12, 14, 30), 394.0, "stub", True, 0.5),
+        (utc(2021, 3, 15, 13, 30), 396.0, "stub", True, 1.0),
     ]
 
 
@@ -359,7 +360,7 @@ def test_minute_raw_bars_backfill_from_a_lean_folder(monkeypatch, database_url, 
             ).fetchone()
     finally:
         clear()
-    assert n == 392 and sources == ["lean"] and no_bid == 0
+    assert n == 392 and sources == ["stub"] and no_bid == 0  # stored under the design's feed name
     # EST (UTC-5): 04:00 New York = 09:00 UTC; 19:59 = 00:59 UTC the next day, same partition.
     assert first == utc(2013, 11, 4, 9, 0) and last == utc(2013, 11, 5, 0, 59)
 

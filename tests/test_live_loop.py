@@ -8,7 +8,6 @@ rows and risk_state keys), since every test shares one database.
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 import time
@@ -253,11 +252,13 @@ def test_lockstep_replay_with_the_champion_trades_like_the_backtest_with_that_mo
         stored = conn.execute("SELECT count(DISTINCT (symbol, ts)), count(*) FROM predictions WHERE symbol = ANY(%s)",
                               (syms,)).fetchone()
         scored = conn.execute(
-            "SELECT confidence, (payload->>'calibrated_prob')::float, payload->>'model_version' FROM signals "
+            "SELECT confidence, (payload->>'calibrated_prob')::float, payload->>'model_version', payload->>'calibrator' "
+            "FROM signals "
             "WHERE symbol = ANY(%s) AND payload->'components'->>'tft' IS NOT NULL", (syms,)).fetchall()
     assert stored == (keys.height, keys.height * len(pre.horizons))
-    assert len(scored) == keys.height and {v for _, _, v in scored} == {version}
-    assert all(p == pytest.approx(cal(c)) for c, p, _ in scored)  # the model's own calibrator, live
+    assert len(scored) == keys.height and {v for _, _, v, _ in scored} == {version}
+    assert all(p == pytest.approx(cal(c)) for c, p, _, _ in scored)  # the model's own calibrator, live
+    assert {c for *_, c in scored} == {f"platt:tft:{version}"}  # and each signal says so
 
 
 class _ConstantModel:
@@ -341,7 +342,7 @@ def _decision(symbol: str, ts: datetime, qty: float = 10.0, price: float = 100.0
 
 def _bar(symbol: str, ts: datetime, price: float = 100.0) -> MarketRawEvent:
     return MarketRawEvent(correlation_id=f"b-{uuid.uuid4().hex[:8]}", symbol=symbol, bar_type="daily", ts=ts,
-                          open=price, high=price * 1.01, low=price * 0.99, close=price, volume=1e6, source="test")
+                          open=price, high=price * 1.01, low=price * 0.99, close=price, volume=1_000_000, source="stub")
 
 
 def _child(args: list[str], timeout_s: float = 90.0) -> subprocess.CompletedProcess:
@@ -714,8 +715,10 @@ def test_alpaca_stop_loss_leg_filled_while_execution_was_down_is_booked_on_resta
 
 # --------------------------------------------------------------------------- (e) kill switch
 def _tradable_signal(symbol: str, ts: datetime) -> ScoredSignal:
-    return ScoredSignal(correlation_id=f"c-{uuid.uuid4().hex[:8]}", symbol=symbol, ts=ts, direction="long",
-                        score=0.9, confidence=0.9, calibrated_prob=0.95, regime="bull", regime_scale=1.0,
+    return ScoredSignal(correlation_id=f"c-{uuid.uuid4().hex[:8]}", ticker=symbol, ts=ts, ensemble_direction="long",
+                        tft_direction=None, tft_confidence=None, tft_q50=None, signal_score=0.9,
+                        ensemble_confidence=0.9, calibrated_prob=0.95, calibrator="uncalibrated", regime="bull",
+                        regime_scale=1.0,
                         components=ComponentScores(ema=1.0), ensemble_weights={"ema": 1.0}, horizon=1,
                         model_version="none", quantiles=Quantiles(q10=0.0, q50=0.0, q90=0.0), price=100.0,
                         reference_price=100.0)

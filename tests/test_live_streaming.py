@@ -24,7 +24,7 @@ from awet_dagster.contracts import AlphaSignal, DeadLetter, FeatureEvent, Market
 from awet_dagster.features import FEATURE_COLUMNS, FEATURE_SET_VERSION, compute_features
 from awet_dagster.infra import Endpoints
 from awet_dagster.sources.sample import SampleSource
-from awet_dagster.storage.bars import copy_upsert_bars, read_bars
+from awet_dagster.storage.bars import as_feeds, copy_upsert_bars, read_bars
 from awet_dagster.storage.db import connect
 from awet_dagster.streaming import (
     AlphaBank,
@@ -120,9 +120,11 @@ def test_replay_events_are_time_ordered_with_stable_ids_and_fresh_correlation_id
     assert [e.event_id for e in a] == [e.event_id for e in b]  # idempotent downstream
     assert a[0].event_id == bar_event_id(a[0].symbol, "daily", a[0].ts)
     assert len({e.correlation_id for e in a + b}) == 2 * len(a)  # a new one per published bar
-    # Round trip bar -> event -> bar keeps every value exactly.
+    # Round trip bar -> event -> bar keeps every value exactly; the source becomes the design's
+    # feed name ("sample" -> "stub") and each event says it is a replay.
     back = events_to_frame(a).sort("symbol", "ts")
-    assert back.equals(bars.sort("symbol", "ts"))
+    assert back.equals(as_feeds(bars).sort("symbol", "ts"))
+    assert {(e.source, e.replay) for e in a} == {("stub", True)}
 
 
 def test_replay_pacer_scales_gaps_caps_them_and_stops():
@@ -310,7 +312,7 @@ def test_replay_then_persist_bars_stores_exactly_the_bars_idempotently(cfg, endp
     assert svc.component.batches_written >= 1
     with connect(database_url) as conn:
         stored = read_bars(conn, symbols, "daily")
-    assert stored.equals(bars.sort("symbol", "ts")), "stored bars differ from the replayed ones"
+    assert stored.equals(as_feeds(bars).sort("symbol", "ts")), "stored bars differ from the replayed ones"
 
 
 @pytest.mark.timeout(60)

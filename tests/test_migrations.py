@@ -17,7 +17,7 @@ from awet_dagster.storage import db
 from awet_dagster.storage.retention import apply_retention
 
 # The newest migration: a new one must be added here on purpose (the head is asserted, not discovered).
-HEAD = "0004_bar_factors"
+HEAD = "0005_contracts_v2"
 
 REPO = Path(__file__).resolve().parents[1]
 TABLES = {
@@ -69,6 +69,64 @@ def test_upgrade_downgrade_upgrade(fresh_db):
     assert _tables(fresh_db) == TABLES
 
 
+# A ScoredSignal as version 1 published it (what signals.payload holds before 0005).
+_V1_SIGNAL = {
+    "event_id": "e-1", "correlation_id": "c-1", "schema_version": 1, "produced_at": "2024-01-02T15:00:00Z",
+    "symbol": "AAPL", "ts": "2024-01-02T14:30:00Z", "bar_type": "daily", "direction": "long", "score": 0.42,
+    "confidence": 0.42, "calibrated_prob": 0.6, "regime": "warmup", "regime_scale": 0.5,
+    "components": {"tft": 0.5, "rsi": -1.0, "ema": 1.0, "macd": None}, "ensemble_weights": {"tft": 0.5},
+    "active_alphas": ["rsi", "ema_cross"], "horizon": 1, "model_version": "awet-tft:3",
+    "quantiles": {"q10": -0.004, "q50": 0.002, "q90": 0.008}, "filters_passed": [], "filters_failed": [],
+    "price": 185.4, "reference_price": 185.4, "adj_factor": 1.0, "split_factor": 1.0,
+}
+
+
+@pytest.mark.timeout(120)
+def test_contracts_v2_migration_moves_stored_signals_and_bar_sources_and_back(fresh_db):
+    import json
+
+    from awet_dagster.contracts import ScoredSignal
+
+    db.upgrade(fresh_db, "0004_bar_factors")
+    flat = {**_V1_SIGNAL, "event_id": "e-2", "direction": "flat", "regime": "bear", "active_alphas": [],
+            "components": {"tft": None, "rsi": None, "ema": None, "macd": None},
+            "model_version": "none", "quantiles": {"q10": 0.0, "q50": 0.0, "q90": 0.0}}
+    url = db.libpq_url(fresh_db)
+    with psycopg.connect(url, autocommit=True) as conn:
+        for sig in (_V1_SIGNAL, flat):
+            conn.execute("INSERT INTO signals (event_id, symbol, ts, direction, score, confidence, payload) "
+                         "VALUES (%s, 'AAPL', %s, %s, 0.42, 0.42, %s::jsonb)",
+                         (sig["event_id"], sig["ts"], sig["direction"], json.dumps(sig)))
+        for i, source in enumerate(("sample", "replay", "synthetic", "yfinance", "alpaca")):
+            conn.execute("INSERT INTO bars (symbol, bar_type, ts, open, high, low, close, volume, source) "
+                         "VALUES ('AAPL', 'daily', %s, 1, 1, 1, 1, 10, %s)",
+                         (datetime(2024, 1, 2 + i, 14, 30, tzinfo=UTC), source))
+    db.upgrade(fresh_db)
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = dict(conn.execute("SELECT event_id, payload FROM signals").fetchall())
+        directions = dict(conn.execute("SELECT event_id, direction FROM signals").fetchall())
+        sources = [r[0] for r in conn.execute("SELECT source FROM bars ORDER BY ts").fetchall()]
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("UPDATE bars SET source = 'sample'")
+    v2, v2_flat = (ScoredSignal.model_validate(rows[k]) for k in ("e-1", "e-2"))  # they are valid v2 events
+    assert (v2.ticker, v2.ensemble_direction, v2.signal_score, v2.ensemble_confidence) == ("AAPL", "long", 0.42, 0.42)
+    assert v2.active_alphas == {"rsi": "DOWN", "ema_cross": "UP"}
+    assert (v2.tft_direction, v2.tft_q50) == ("long", 0.002)
+    assert v2.tft_confidence == pytest.approx(0.002 / (0.002 + 0.006))
+    assert (v2.regime, v2.regime_ready, v2.calibrator) == ("sideways", False, "unrecorded (v1)")
+    assert (v2_flat.ensemble_direction, v2_flat.tft_direction, v2_flat.active_alphas) == ("neutral", None, {})
+    assert (v2_flat.regime, v2_flat.regime_ready) == ("bear", True)
+    assert directions == {"e-1": "long", "e-2": "neutral"}
+    assert sources == ["stub", "stub", "stub", "yfinance", "alpaca"]
+
+    db.downgrade(fresh_db, "0004_bar_factors")
+    with psycopg.connect(url, autocommit=True) as conn:
+        back = dict(conn.execute("SELECT event_id, payload FROM signals").fetchall())
+        assert dict(conn.execute("SELECT event_id, direction FROM signals").fetchall())["e-2"] == "flat"
+    assert back["e-1"] == {**_V1_SIGNAL, "regime": "warmup", "active_alphas": ["ema_cross", "rsi"]}
+    assert back["e-2"]["direction"] == "flat" and back["e-2"]["schema_version"] == 1
+
+
 @pytest.mark.timeout(60)
 def test_session_database_is_at_head(database_url):
     assert db.current_revision(database_url) == db.head_revision()
@@ -116,7 +174,7 @@ def test_retention_deletes_exactly_the_expired_rows(fresh_db):
             for i, (bar_type, age, _) in enumerate(bars):
                 conn.execute(
                     sa.text("INSERT INTO bars (symbol, bar_type, ts, open, high, low, close, volume, source) "
-                            "VALUES (:s, :bt, :ts, 1, 1, 1, 1, 1, 'test')"),
+                            "VALUES (:s, :bt, :ts, 1, 1, 1, 1, 1, 'stub')"),
                     {"s": f"S{i}", "bt": bar_type, "ts": now - timedelta(days=age)},
                 )
             for i, (age, _) in enumerate(signals):

@@ -24,9 +24,11 @@ T0 = datetime(2021, 1, 4, 14, 30, tzinfo=UTC)
 
 
 def _signal(symbol="AAPL", ts=T0, direction="long", price=100.0, regime_scale=1.0, failed=()) -> ScoredSignal:
+    score = 0.8 if direction == "long" else -0.8
     return ScoredSignal(
-        correlation_id=f"c-{symbol}-{ts.isoformat()}", symbol=symbol, ts=ts, direction=direction,
-        score=0.8 if direction == "long" else -0.8, confidence=0.8, calibrated_prob=0.6, regime="bull",
+        correlation_id=f"c-{symbol}-{ts.isoformat()}", ticker=symbol, ts=ts, ensemble_direction=direction,
+        tft_direction="long", tft_confidence=0.5, tft_q50=0.01,
+        signal_score=score, ensemble_confidence=0.8, calibrated_prob=0.6, calibrator="platt:tft:m", regime="bull",
         regime_scale=regime_scale, components=ComponentScores(tft=0.8), ensemble_weights={"tft": 1.0},
         horizon=1, model_version="m", quantiles=Quantiles(q10=-0.01, q50=0.01, q90=0.03),
         filters_failed=tuple(FilterFailure(name=n, reason="x") for n in failed), price=price, reference_price=price)
@@ -324,7 +326,7 @@ def test_rejections_carry_all_reasons_and_a_json_audit():
 def test_untradable_signal_is_rejected():
     eng = _engine()
     _warm(eng)
-    d = eng.evaluate(_signal(direction="flat", failed=("spread",))).decision
+    d = eng.evaluate(_signal(direction="neutral", failed=("spread",))).decision
     assert not d.approved and "signal not tradable (spread: x)" in d.reasons
 
 

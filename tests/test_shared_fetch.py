@@ -29,7 +29,7 @@ def _bars(topic: str, bootstrap: str, n: int, start: int = 0) -> None:
         sym = f"S{i % 7}"
         ev = MarketRawEvent(correlation_id=f"c-{i}", symbol=sym, bar_type="minute",
                             ts=T0 + timedelta(minutes=i), open=10.0, high=11.0, low=9.0, close=10.5,
-                            volume=1000.0, source="test")
+                            volume=1000, source="stub")
         prod.send(topic, ev)
     assert prod.flush(20) == n
 

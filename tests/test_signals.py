@@ -75,10 +75,10 @@ def test_set_weights_at_runtime_changes_the_next_score():
     assert set(s1.ensemble_weights) == {"tft", "ema"}
     assert s1.ensemble_weights["tft"] == pytest.approx(5 / 7)
     expected = (0.5 * (2 * norm.cdf(-0.002 / (0.008 / 1.2815515655)) - 1) + 0.2 * 1.0) / 0.7
-    assert s1.score == pytest.approx(expected)
+    assert s1.signal_score == pytest.approx(expected)
     engine.set_weights({"tft": 0.0})  # operator turns the model off: alphas only, no restart
     s2 = engine.on_bar(bars[1], correlation_id="b", forecast=fc)
-    assert s2.ensemble_weights == {"ema": 1.0} and s2.score == 1.0
+    assert s2.ensemble_weights == {"ema": 1.0} and s2.signal_score == 1.0
 
 
 def test_no_tft_model_is_alphas_only():
@@ -89,7 +89,8 @@ def test_no_tft_model_is_alphas_only():
     s = engine.on_bar(bar, correlation_id="x")
     assert s.components.tft is None and s.model_version == "none"
     assert s.ensemble_weights == pytest.approx({"rsi": 2 / 3, "macd": 1 / 3})
-    assert s.score == pytest.approx(-1 / 3) and s.active_alphas == ("rsi", "macd")
+    assert s.signal_score == pytest.approx(-1 / 3) and s.active_alphas == {"rsi": "DOWN", "macd": "UP"}
+    assert (s.tft_direction, s.tft_confidence, s.tft_q50) == (None, None, None)
 
 
 def test_alpha_insight_expires_after_its_period():
@@ -97,7 +98,7 @@ def test_alpha_insight_expires_after_its_period():
     bars = _daily_bars([100.0] * 4)
     engine.observe_alpha("AAPL", "ema_cross", +1, bars[0]["ts"], timedelta(days=2))
     active = [engine.on_bar(b, correlation_id=str(i)).active_alphas for i, b in enumerate(bars)]
-    assert active == [("ema_cross",), ("ema_cross",), (), ()]
+    assert active == [{"ema_cross": "UP"}, {"ema_cross": "UP"}, {}, {}]
 
 
 def test_builtin_lean_alphas_fire_and_are_reported():
@@ -130,7 +131,9 @@ def test_regime_rule():
     assert (classify_regime(0.01, 0.02, s).scale, classify_regime(-0.01, -0.02, s).scale) == (1.0, 0.7)
     assert classify_regime(-0.01, -0.02, s).name == "bear"
     assert classify_regime(0.01, -0.02, s).name == "sideways" and classify_regime(0.01, -0.02, s).scale == 0.5
-    assert classify_regime(math.nan, 0.0, s).name == "warmup"
+    warmup = classify_regime(math.nan, 0.0, s)
+    assert (warmup.name, warmup.scale, warmup.ready) == ("sideways", 0.5, False)
+    assert classify_regime(0.01, 0.02, s).ready
 
 
 def test_engine_regime_from_its_own_smas_and_from_features():
@@ -140,7 +143,7 @@ def test_engine_regime_from_its_own_smas_and_from_features():
     falling = _run(SignalEngine(_cfg()), _daily_bars([200 - i for i in range(60)]))
     assert (falling.regime, falling.regime_scale) == ("bear", 0.7)
     warm = _run(SignalEngine(_cfg()), _daily_bars([100.0] * 10))
-    assert warm.regime == "warmup"
+    assert (warm.regime, warm.regime_ready) == ("sideways", False) and rising.regime_ready
     feat = SignalEngine(_cfg()).on_bar(_daily_bars([100.0])[0], correlation_id="f",
                                         features={"regime_close_sma20": 0.01, "regime_sma20_sma50": -0.01})
     assert (feat.regime, feat.regime_scale) == ("sideways", 0.5)
@@ -153,7 +156,9 @@ def test_strong_sideways_signal_still_passes_at_reduced_scale():
     strong = engine.on_bar(bar, correlation_id="s", features=sideways,
                            forecast=QuantileForecast("m", 1, 0.004, 0.01, 0.016))
     assert strong.regime == "sideways" and strong.regime_scale == 0.5
-    assert signal_passed(strong) and strong.direction == "long"
+    assert signal_passed(strong) and strong.ensemble_direction == "long"
+    assert (strong.tft_direction, strong.tft_q50) == ("long", 0.01)
+    assert strong.tft_confidence == pytest.approx(0.01 / (0.01 + 0.006))
     weak = SignalEngine(_cfg(min_confidence=0.55), compute_alphas=False).on_bar(
         bar, correlation_id="w", features=sideways, forecast=QuantileForecast("m", 1, -0.01, 0.001, 0.012))
     assert not signal_passed(weak) and [f.name for f in weak.filters_failed] == ["confidence"]
@@ -211,10 +216,12 @@ def test_calibrator_sets_calibrated_prob():
     bars = _daily_bars([100.0, 101.0])
     engine.observe_alpha("AAPL", "ema_cross", 1, bars[0]["ts"], timedelta(days=5))
     s = engine.on_bar(bars[0], correlation_id="c", forecast=QuantileForecast("m", 1, 0.01, 0.02, 0.03))
-    assert s.calibrated_prob == pytest.approx(1 / (1 + math.exp(-(2.0 * s.confidence - 1.0))))
+    assert s.calibrated_prob == pytest.approx(1 / (1 + math.exp(-(2.0 * s.ensemble_confidence - 1.0))))
+    assert s.calibrator == "platt:tft:m"
     # The calibrator describes the model's calls: an alphas-only bar is not mapped by it.
     s = engine.on_bar(bars[1], correlation_id="d")
-    assert s.confidence == 1.0 and s.calibrated_prob == pytest.approx(1.0)
+    assert s.ensemble_confidence == 1.0 and s.calibrated_prob == pytest.approx(1.0)
+    assert s.calibrator == "uncalibrated"
 
 
 def test_a_model_calibrator_applies_only_to_bars_scored_with_that_model():
@@ -226,12 +233,13 @@ def test_a_model_calibrator_applies_only_to_bars_scored_with_that_model():
     mine = QuantileForecast("awet-tft:3", 1, -0.01, 0.02, 0.05)
     other = QuantileForecast("awet-tft:2", 1, -0.01, 0.02, 0.05)
     calibrated = engine.on_bar(bars[0], correlation_id="a", forecast=mine)
-    conf = calibrated.confidence
+    conf = calibrated.ensemble_confidence
     assert calibrated.calibrated_prob == pytest.approx(1 / (1 + math.exp(-(2.0 * conf - 1.0))))
     # Another model's forecast, or no forecast at all: the uncalibrated mapping.
     for bar, fc in ((bars[1], other), (bars[2], None)):
         s = engine.on_bar(bar, correlation_id="b", forecast=fc)
-        assert s.calibrated_prob == pytest.approx(0.5 + 0.5 * s.confidence)
+        assert s.calibrated_prob == pytest.approx(0.5 + 0.5 * s.ensemble_confidence)
+        assert s.calibrator == "uncalibrated"
 
 
 def test_model_calibrations_load_once_per_version_and_retry_after_a_failure():
@@ -329,7 +337,7 @@ def test_failed_filters_give_a_flat_auditable_signal_with_every_field():
     engine = SignalEngine(cfg, compute_alphas=False)
     bar = _daily_bars([100.0], volume=1e6, bid=99.0, ask=101.0)[0]
     s = engine.on_bar(bar, correlation_id="corr", forecast=QuantileForecast("tft-7", 5, 0.0, 0.01, 0.02))
-    assert s.direction == "flat" and s.score > 0.5  # the raw view is kept for the audit
+    assert s.ensemble_direction == "neutral" and s.signal_score > 0.5  # the raw view is kept for the audit
     assert {f.name for f in s.filters_failed} == {"volume", "spread", "earnings"}
     assert all(f.reason for f in s.filters_failed)
     assert not signal_passed(s)
@@ -343,7 +351,7 @@ def test_passing_signal_is_directional():
     engine = SignalEngine(_cfg(min_confidence=0.2), compute_alphas=False)
     bar = _daily_bars([100.0], bid=99.99, ask=100.01)[0]
     s = engine.on_bar(bar, correlation_id="c", forecast=QuantileForecast("m", 1, -0.02, -0.01, 0.0))
-    assert signal_passed(s) and s.direction == "short" and s.score < 0
+    assert signal_passed(s) and s.ensemble_direction == "short" and s.signal_score < 0
     assert set(s.filters_passed) == {"market_hours:not_applicable", "volume", "spread", "earnings", "confidence"}
 
 

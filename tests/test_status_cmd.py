@@ -38,7 +38,7 @@ def status_env(monkeypatch, tmp_path, isolated_database_url, kafka_bootstrap):
         ts = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=7)
         conn.execute(
             "INSERT INTO bars (symbol, bar_type, ts, open, high, low, close, volume, source) "
-            "VALUES (%s, 'minute', %s, 1, 1, 1, 1, 10, 'test')", (SYM, ts))
+            "VALUES (%s, 'minute', %s, 1, 1, 1, 1, 10, 'stub')", (SYM, ts))
         conn.execute("INSERT INTO positions (symbol, qty, avg_price, opened_at) VALUES (%s, 12, 101.5, %s)", (SYM, ts))
         conn.execute(
             'INSERT INTO dead_letters (topic, "partition", "offset", reason, service, error) '

@@ -3,12 +3,16 @@
 Pure core: no Kafka client import here; ``live/bus.py`` does the wire work.
 """
 
-from .base import BaseEvent, ContractModel, ensure_utc, new_event_id, utc_now
+from .base import UNSUPPORTED_VERSION, BaseEvent, ContractModel, ensure_utc, new_event_id, utc_now
 from .events import (
     CONTRACT_MODELS,
+    VENDOR_FEEDS,
     AlphaSignal,
+    AlphaVote,
+    BarSource,
     ComponentScores,
     DeadLetter,
+    EnsembleDirection,
     ExecutionReport,
     ExitEvent,
     FeatureEvent,
@@ -19,7 +23,9 @@ from .events import (
     Quantiles,
     RiskDecision,
     RiskSnapshot,
+    RegimeName,
     ScoredSignal,
+    bar_source,
 )
 from .topics import ALL_TOPICS, TOPIC_REGISTRY, all_topics_with_dlq, dlq_topic, is_dlq_topic, model_for_topic
 
@@ -27,11 +33,16 @@ __all__ = [
     "ALL_TOPICS",
     "CONTRACT_MODELS",
     "TOPIC_REGISTRY",
+    "UNSUPPORTED_VERSION",
+    "VENDOR_FEEDS",
     "AlphaSignal",
+    "AlphaVote",
+    "BarSource",
     "BaseEvent",
     "ComponentScores",
     "ContractModel",
     "DeadLetter",
+    "EnsembleDirection",
     "ExecutionReport",
     "ExitEvent",
     "FeatureEvent",
@@ -41,9 +52,11 @@ __all__ = [
     "Prediction",
     "Quantiles",
     "RiskDecision",
+    "RegimeName",
     "RiskSnapshot",
     "ScoredSignal",
     "all_topics_with_dlq",
+    "bar_source",
     "dlq_topic",
     "ensure_utc",
     "is_dlq_topic",

@@ -19,7 +19,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic_core import PydanticCustomError
 
 
 def ensure_utc(value: datetime) -> datetime:
@@ -72,12 +73,17 @@ Symbol = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
 UnitFloat = Annotated[float, Field(ge=0, le=1)]
 
 BarType = Literal["minute", "daily"]
 Direction = Literal["long", "short", "flat"]
 Side = Literal["buy", "sell"]
 Venue = Literal["paper", "alpaca"]
+
+
+#: The pydantic error type of a message whose ``schema_version`` this consumer does not read.
+UNSUPPORTED_VERSION = "unsupported_schema_version"
 
 
 class ContractModel(BaseModel):
@@ -102,6 +108,23 @@ class BaseEvent(ContractModel):
     correlation_id: NonEmptyStr = Field(description="id shared by all events caused by one originating bar")
     schema_version: Literal[1] = 1
     produced_at: UtcDatetime = Field(default_factory=utc_now, description="when the producer built the event (UTC)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_major_version(cls, data: Any) -> Any:
+        """A message of another major version is refused with a reason naming both versions
+        (the bus dead-letters it as ``unsupported_version``), not as a puzzle of renamed
+        fields. Absent means "the version this consumer reads" (the field's default)."""
+        if isinstance(data, dict) and "schema_version" in data:
+            theirs, ours = data["schema_version"], cls.model_fields["schema_version"].default
+            if theirs != ours:
+                raise PydanticCustomError(
+                    UNSUPPORTED_VERSION,
+                    "{event_type} schema_version {theirs} is not supported: this consumer reads major version "
+                    "{ours} (upgrade the consumer, or re-publish the message in version {ours})",
+                    {"event_type": cls.event_type, "theirs": theirs, "ours": ours},
+                )
+        return data
 
     def kafka_key(self) -> bytes | None:
         """Partitioning key: outputs are keyed by symbol so one symbol stays ordered."""

@@ -21,6 +21,7 @@ from .base import (
     Direction,
     NonEmptyStr,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     Side,
     Symbol,
@@ -33,10 +34,27 @@ Horizon = Annotated[int, Field(gt=0, description="forecast horizon in bars of th
 
 
 # --------------------------------------------------------------------------- market data
+#: Where a bar came from, as the design names the feeds: the offline sample (real Lean bars)
+#: and the synthetic generator are both "stub".
+BarSource = Literal["polygon", "alpaca", "yfinance", "stub"]
+VENDOR_FEEDS: tuple[str, ...] = ("polygon", "alpaca", "yfinance")
+
+
+def bar_source(name: str | None) -> BarSource:
+    """The design's feed of a data source name: a vendor is itself, anything else (the
+    offline sample, a Lean folder, the synthetic generator) is "stub"."""
+    return name if name in VENDOR_FEEDS else "stub"  # type: ignore[return-value]
+
+
 class MarketRawEvent(BaseEvent):
-    """One OHLCV bar (plus the last quote when known), as ingested."""
+    """One OHLCV bar (plus the last quote when known), as ingested.
+
+    Version 2: ``volume`` is a whole number of shares and ``source`` one of the design's four
+    feeds; a replayed bar keeps its feed and says ``replay: true`` (version 1 had a float
+    volume and free-form sources such as "sample" or "replay")."""
 
     event_type: ClassVar[str] = "market_raw"
+    schema_version: Literal[2] = 2
 
     symbol: Symbol
     bar_type: BarType
@@ -45,12 +63,13 @@ class MarketRawEvent(BaseEvent):
     high: PositiveFloat
     low: PositiveFloat
     close: PositiveFloat
-    volume: NonNegativeFloat
+    volume: NonNegativeInt = Field(description="shares traded in the bar")
     bid: PositiveFloat | None = None
     ask: PositiveFloat | None = None
     bid_size: NonNegativeFloat | None = None
     ask_size: NonNegativeFloat | None = None
-    source: NonEmptyStr = Field(description="e.g. 'alpaca', 'yfinance', 'replay'")
+    source: BarSource = Field(description="the feed the bar came from")
+    replay: bool = Field(False, description="re-published from storage (a replay), not live from the feed")
     # Prices above are raw (what a broker trades at); research and indicators use raw x adj_factor.
     adj_factor: PositiveFloat = Field(1.0, description="raw price x adj_factor = split/dividend-adjusted price")
     split_factor: PositiveFloat = Field(
@@ -159,23 +178,45 @@ class FilterFailure(ContractModel):
     reason: NonEmptyStr
 
 
+EnsembleDirection = Literal["long", "short", "neutral"]
+RegimeName = Literal["bull", "bear", "sideways"]
+#: An alpha's vote, as Lean's InsightDirection spells it.
+AlphaVote = Literal["UP", "DOWN", "FLAT"]
+
+
 class ScoredSignal(BaseEvent):
-    """Ensemble decision for one bar, with everything needed to explain it later."""
+    """Ensemble decision for one bar, with everything needed to explain it later.
+
+    Field names and value sets are the design's (``ticker``, ``tft_*``, ``ensemble_*``,
+    ``signal_score``, ``active_alphas`` as a name -> vote mapping, ``regime`` one of three);
+    the rest (ids, horizon, quantiles, weights, filters, model_version, calibrator) is extra
+    audit detail. Version 2: version 1 had symbol/direction ("flat")/score/confidence and
+    active_alphas as a tuple of names (migration 0005 moved stored rows)."""
 
     event_type: ClassVar[str] = "scored_signal"
+    schema_version: Literal[2] = 2
 
-    symbol: Symbol
+    ticker: Symbol
     ts: UtcDatetime
     bar_type: BarType = Field("daily", description="bar type of the scored bar (risk warms its CVaR history on it)")
-    direction: Direction
-    score: float = Field(ge=-1, le=1, description="signed ensemble score")
-    confidence: UnitFloat
+    tft_direction: EnsembleDirection | None = Field(description="the TFT's own call (None: no forecast for this bar)")
+    tft_confidence: UnitFloat | None = Field(description="|2 P(r > 0) - 1| of the forecast (None: no forecast)")
+    tft_q50: float | None = Field(description="median forecast log return at the horizon (None: no forecast)")
+    ensemble_direction: EnsembleDirection = Field(description="neutral when a filter failed or the score is 0")
+    ensemble_confidence: UnitFloat = Field(
+        description="|signal_score| x regime_scale: what the position is sized by (the regime applied once)")
+    signal_score: float = Field(ge=-1, le=1, description="signed weighted ensemble score, before the regime")
     calibrated_prob: UnitFloat = Field(description="calibrated probability that the direction is right")
-    regime: NonEmptyStr
-    regime_scale: NonNegativeFloat = Field(description="position-size multiplier applied for the regime")
+    calibrator: NonEmptyStr = Field(
+        description="what mapped |signal_score| to calibrated_prob: 'platt:tft:<model_version>', 'platt:alpha' "
+                    "or 'uncalibrated' (0.5 + |score| / 2)")
+    regime: RegimeName
+    regime_ready: bool = Field(True, description="False while SMA50 warms up (regime is then 'sideways')")
+    regime_scale: NonNegativeFloat = Field(description="the regime's multiplier applied to ensemble_confidence")
     components: ComponentScores
     ensemble_weights: dict[NonEmptyStr, NonNegativeFloat] = Field(description="weights actually used")
-    active_alphas: tuple[NonEmptyStr, ...] = ()
+    active_alphas: dict[NonEmptyStr, AlphaVote] = Field(
+        default_factory=dict, description="alpha -> its live vote on this bar, e.g. {'rsi': 'UP', 'macd': 'DOWN'}")
     horizon: Horizon
     model_version: NonEmptyStr
     quantiles: Quantiles = Field(description="q10/q50/q90 used for this horizon")
@@ -185,6 +226,18 @@ class ScoredSignal(BaseEvent):
     reference_price: PositiveFloat = Field(description="price the signal is relative to (bar close)")
     adj_factor: PositiveFloat = Field(1.0, description="the bar's adjustment factor: price x adj_factor = adjusted close")
     split_factor: PositiveFloat = Field(1.0, description="the bar's split factor (a change between bars = a split)")
+
+    @property
+    def symbol(self) -> str:
+        """``ticker`` under the name every other contract uses (partition key, risk, audit)."""
+        return self.ticker
+
+    @model_validator(mode="after")
+    def _tft_fields_together(self) -> ScoredSignal:
+        tft = (self.tft_direction, self.tft_confidence, self.tft_q50)
+        if any(v is None for v in tft) and any(v is not None for v in tft):
+            raise ValueError("tft_direction, tft_confidence and tft_q50 are all set (a forecast) or all null")
+        return self
 
 
 # --------------------------------------------------------------------------- risk
@@ -326,7 +379,8 @@ class DeadLetter(BaseEvent):
 
     event_type: ClassVar[str] = "dead_letter"
 
-    reason: Literal["empty_message", "invalid_json", "schema_mismatch", "handler_error", "invalid_time"]
+    reason: Literal["empty_message", "invalid_json", "schema_mismatch", "unsupported_version", "handler_error",
+                    "invalid_time"]
     error_type: NonEmptyStr
     error: str
     service: NonEmptyStr

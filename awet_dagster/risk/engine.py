@@ -141,10 +141,10 @@ class RiskEngine:
 
         kill = self.check_kill_switch(ts)
         check("kill_switch", not kill.tripped, f"kill switch tripped: {kill.reason}", kill.tripped)
-        passed = not signal.filters_failed and signal.direction != "flat"
+        passed = not signal.filters_failed and signal.ensemble_direction != "neutral"
         failed = "; ".join(f"{f.name}: {f.reason}" for f in signal.filters_failed) or "no direction"
-        check("signal", passed, f"signal not tradable ({failed})", signal.direction)
-        side = "sell" if signal.direction == "short" else "buy"
+        check("signal", passed, f"signal not tradable ({failed})", signal.ensemble_direction)
+        side = "sell" if signal.ensemble_direction == "short" else "buy"
         check("short_allowed", side == "buy" or cfg.allow_short, "short entries are disabled (risk.allow_short)")
         pos = pf.position(symbol)
         check("no_open_position", pos is None and not has_pending_order,

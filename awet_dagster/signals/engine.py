@@ -12,7 +12,8 @@ backtest and the live scoring service (same code path). Per bar it:
    the uncalibrated 0.5 + confidence / 2;
 4. classifies the regime (scale only, see `regime.py`) and runs every filter.
 Decision on failures: the signal is ALWAYS produced (auditable); when any filter fails
-its direction is "flat" and `filters_failed` says why; the raw score stays in `score`.
+its ensemble_direction is "neutral" and `filters_failed` says why; the raw score stays in
+`signal_score`.
 `signal_passed(sig)` is the one test callers use.
 """
 from __future__ import annotations
@@ -50,6 +51,9 @@ VOLUME_DAYS = 10
 # Alpha name (contract spelling) -> ensemble component.
 ALPHA_COMPONENT: dict[str, str] = {"rsi": "rsi", "ema_cross": "ema", "macd": "macd"}
 _MODEL_ALPHA = {RsiAlpha: "rsi", EmaCrossAlpha: "ema_cross", MacdAlpha: "macd"}
+_VOTES = {1: "UP", -1: "DOWN", 0: "FLAT"}  # an insight's direction as ScoredSignal.active_alphas spells it
+_DIRECTIONS = {1: "long", -1: "short", 0: "neutral"}
+UNCALIBRATED = "uncalibrated"  # ScoredSignal.calibrator when 0.5 + |score| / 2 was used
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,7 @@ class AlphaInsight:
 
 def signal_passed(signal: ScoredSignal) -> bool:
     """True when the signal asks for a position (every filter passed, a direction)."""
-    return not signal.filters_failed and signal.direction != "flat"
+    return not signal.filters_failed and signal.ensemble_direction != "neutral"
 
 
 class _SymbolState:
@@ -189,17 +193,18 @@ class SignalEngine:
         weights = self._weights  # one read: a concurrent set_weights applies from the next bar
         scores: dict[str, float] = {}
         quantiles, model_version, horizon = NO_MODEL_QUANTILES, NO_MODEL_VERSION, 1
+        view = None
         if forecast is not None:
             view = tft_view(forecast.q10, forecast.q50, forecast.q90)
             scores["tft"] = view.score
             quantiles = Quantiles(q10=forecast.q10, q50=forecast.q50, q90=forecast.q90)
             model_version, horizon = forecast.model_version, forecast.horizon
-        active_alphas = []
+        active_alphas: dict[str, str] = {}
         for name in ("rsi", "ema_cross", "macd"):
             insight = st.insights.get(name)
             if insight is not None and insight.alive_at(ts):
                 scores[ALPHA_COMPONENT[name]] = float(insight.direction)
-                active_alphas.append(name)
+                active_alphas[name] = _VOTES[insight.direction]
         used = weights.renormalised(scores)
         score = sum(w * scores[c] for c, w in used.items())
         score = max(-1.0, min(1.0, score))
@@ -226,27 +231,33 @@ class SignalEngine:
                                 and forecast.model_version != self.calibrator_version):
             calibrator = None
         prob = calibrator(confidence) if calibrator is not None else 0.5 + 0.5 * confidence
+        calibrator_name = f"platt:tft:{forecast.model_version}" if calibrator is not None else UNCALIBRATED
         results.append(confidence_filter(prob, cfg.min_confidence))
         failed = tuple(FilterFailure(name=r.name, reason=r.reason or "failed") for r in results if not r.passed)
         passed = tuple(r.label for r in results if r.passed)
 
-        direction = "flat"
+        direction = "neutral"
         if not failed and score != 0:
             direction = "long" if score > 0 else "short"
         return ScoredSignal(
             correlation_id=correlation_id,
-            symbol=symbol,
+            ticker=symbol,
             ts=ts,
             bar_type=bar_type,
-            direction=direction,
-            score=score,
-            confidence=confidence,
+            tft_direction=_DIRECTIONS[view.direction] if view is not None else None,
+            tft_confidence=view.confidence if view is not None else None,
+            tft_q50=forecast.q50 if forecast is not None else None,
+            ensemble_direction=direction,
+            signal_score=score,
+            ensemble_confidence=confidence,
             calibrated_prob=min(1.0, max(0.0, prob)),
+            calibrator=calibrator_name,
             regime=regime.name,
+            regime_ready=regime.ready,
             regime_scale=regime.scale,
             components=ComponentScores(**{c: scores.get(c) for c in ("tft", "rsi", "ema", "macd")}),
             ensemble_weights=used,
-            active_alphas=tuple(active_alphas),
+            active_alphas=active_alphas,
             horizon=horizon,
             model_version=model_version,
             quantiles=quantiles,

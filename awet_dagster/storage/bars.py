@@ -20,6 +20,8 @@ from datetime import datetime, timedelta
 
 import polars as pl
 
+from awet_dagster.contracts.events import VENDOR_FEEDS
+
 BAR_COLUMNS = ("symbol", "bar_type", "ts", "open", "high", "low", "close", "volume", "bid", "ask", "source",
                "adj_factor", "split_factor")
 FACTOR_DEFAULTS = {"adj_factor": 1.0, "split_factor": 1.0}  # a frame without factors: unadjusted
@@ -29,6 +31,14 @@ def _with_factors(df: pl.DataFrame) -> pl.DataFrame:
     missing = [pl.lit(v, dtype=pl.Float64).alias(c) for c, v in FACTOR_DEFAULTS.items() if c not in df.columns]
     out = df.with_columns(missing) if missing else df
     return out.with_columns(pl.col(c).cast(pl.Float64).fill_null(v) for c, v in FACTOR_DEFAULTS.items())
+
+
+def as_feeds(df: pl.DataFrame) -> pl.DataFrame:
+    """``source`` named as the design's feed (``contracts.bar_source``): the table keeps the
+    four values MarketRawEvent carries (ck_bars_source), whichever path wrote the row."""
+    return df.with_columns(
+        pl.when(pl.col("source").is_in(list(VENDOR_FEEDS))).then(pl.col("source")).otherwise(pl.lit("stub"))
+        .alias("source"))
 
 
 @dataclass(frozen=True)
@@ -224,6 +234,7 @@ def copy_upsert_bars(conn, bars: pl.DataFrame) -> int:
 
     if bars.height == 0:
         return 0
+    bars = as_feeds(bars)
     cols = ", ".join(BAR_COLUMNS)
     with conn.cursor() as cur:
         try:

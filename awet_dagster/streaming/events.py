@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from awet_dagster.contracts import MarketRawEvent, new_event_id
+from awet_dagster.contracts import MarketRawEvent, bar_source, new_event_id
 from awet_dagster.sources.schema import BAR_SCHEMA
 
 # Fixed namespace: changing it would change every event id (and break dedupe across versions).
@@ -51,8 +51,13 @@ def _opt(value: Any) -> float | None:
 
 
 def bar_to_event(bar: Mapping[str, Any], *, correlation_id: str | None = None,
-                 source: str | None = None) -> MarketRawEvent:
-    """MarketRawEvent for one bar row (a mapping with the bar-schema keys)."""
+                 source: str | None = None, replay: bool = False) -> MarketRawEvent:
+    """MarketRawEvent for one bar row (a mapping with the bar-schema keys).
+
+    ``source`` (default: the row's own) is named as the design's feed (``bar_source``:
+    the offline sample and synthetic bars are "stub"); ``replay``: the bar is re-published
+    from storage. The volume is a whole number of shares (a fractional one, which only a
+    crypto feed has, is rounded)."""
     symbol, bar_type, ts = bar["symbol"], bar["bar_type"], bar["ts"]
     return MarketRawEvent(
         event_id=bar_event_id(symbol, bar_type, ts),
@@ -64,10 +69,11 @@ def bar_to_event(bar: Mapping[str, Any], *, correlation_id: str | None = None,
         high=bar["high"],
         low=bar["low"],
         close=bar["close"],
-        volume=bar["volume"],
+        volume=round(float(bar["volume"])),
         bid=_opt(bar.get("bid")),
         ask=_opt(bar.get("ask")),
-        source=source or bar.get("source") or "replay",
+        source=bar_source(source or bar.get("source")),
+        replay=replay,
         adj_factor=_opt(bar.get("adj_factor")) or 1.0,
         split_factor=_opt(bar.get("split_factor")) or 1.0,
     )

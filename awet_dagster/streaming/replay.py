@@ -32,11 +32,11 @@ def bars_to_events(
     """Yield one event per bar in replay order (lazily: a million bars stay a frame).
 
     ``event_id`` is deterministic per (symbol, bar_type, ts); ``correlation_id`` is fresh
-    per bar (``correlation_ids`` is injectable for tests). ``source`` overrides the bar's
-    own ``source`` column (kept by default so persisted bars keep their provenance).
+    per bar (``correlation_ids`` is injectable for tests). Each event says ``replay: true``
+    and keeps the bar's feed (``source`` overrides the bar's own ``source`` column).
     """
     for row in replay_order(bars).iter_rows(named=True):
-        yield bar_to_event(row, correlation_id=correlation_ids(), source=source)
+        yield bar_to_event(row, correlation_id=correlation_ids(), source=source, replay=True)
 
 
 class ReplayPacer:

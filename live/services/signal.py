@@ -255,8 +255,8 @@ class SignalService:
                 cur.executemany(
                     "INSERT INTO signals (event_id, correlation_id, symbol, ts, direction, score, confidence, payload)"
                     " VALUES (%s,%s,%s,%s,%s,%s,%s,%s::jsonb) ON CONFLICT DO NOTHING",
-                    [(s.event_id, s.correlation_id, s.symbol, s.ts, s.direction, s.score, s.confidence,
-                      s.model_dump_json()) for s in rows])
+                    [(s.event_id, s.correlation_id, s.ticker, s.ts, s.ensemble_direction, s.signal_score,
+                      s.ensemble_confidence, s.model_dump_json()) for s in rows])
         self.counters["persisted"] += len(rows)
         return len(rows)
 
