@@ -13,6 +13,7 @@ from assets.features import build_features
 from assets.market_data import build_raw_bars
 from assets.model import build_model_assets
 from assets.platform import platform_preflight
+from assets.signals import build_alpha_calibration
 from jobs.main import build_jobs
 from jobs.maintenance import retention_job
 from resources.database import DatabaseResource
@@ -29,7 +30,8 @@ defs = Definitions(
     assets=[
         platform_preflight,
         reddit_mentions,
-        *(build(bar_type) for bar_type in BAR_TYPES for build in (build_raw_bars, build_features)),
+        *(build(bar_type) for bar_type in BAR_TYPES
+          for build in (build_raw_bars, build_features, build_alpha_calibration)),
         *(a for bar_type in BAR_TYPES for a in build_model_assets(bar_type)),
     ],
     jobs=[*_jobs, retention_job, promote_model_job, approve_model_job],

@@ -252,7 +252,8 @@ def test_lockstep_replay_with_the_champion_trades_like_the_backtest_with_that_mo
         stored = conn.execute("SELECT count(DISTINCT (symbol, ts)), count(*) FROM predictions WHERE symbol = ANY(%s)",
                               (syms,)).fetchone()
         scored = conn.execute(
-            "SELECT confidence, (payload->>'calibrated_prob')::float, payload->>'model_version', payload->>'calibrator' "
+            "SELECT abs((payload->>'signal_score')::float), (payload->>'calibrated_prob')::float, "
+            "payload->>'model_version', payload->>'calibrator' "
             "FROM signals "
             "WHERE symbol = ANY(%s) AND payload->'components'->>'tft' IS NOT NULL", (syms,)).fetchall()
     assert stored == (keys.height, keys.height * len(pre.horizons))

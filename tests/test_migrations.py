@@ -17,12 +17,13 @@ from awet_dagster.storage import db
 from awet_dagster.storage.retention import apply_retention
 
 # The newest migration: a new one must be added here on purpose (the head is asserted, not discovered).
-HEAD = "0005_contracts_v2"
+HEAD = "0006_calibrations"
 
 REPO = Path(__file__).resolve().parents[1]
 TABLES = {
     "bars", "rejected_bars", "features", "predictions", "signals", "orders", "fills", "positions",
     "risk_state", "audit_log", "walk_forward_results", "dead_letters", "reddit_mentions", "bar_gaps",
+    "calibrations",
 }
 
 

@@ -23,13 +23,15 @@ from awet_dagster.risk import (
 T0 = datetime(2021, 1, 4, 14, 30, tzinfo=UTC)
 
 
-def _signal(symbol="AAPL", ts=T0, direction="long", price=100.0, regime_scale=1.0, failed=()) -> ScoredSignal:
-    score = 0.8 if direction == "long" else -0.8
+def _signal(symbol="AAPL", ts=T0, direction="long", price=100.0, regime_scale=1.0, failed=(),
+            confidence=1.0) -> ScoredSignal:
+    """A signal as the engine makes it: ensemble_confidence = |score| x the regime's scale."""
+    score = confidence if direction == "long" else -confidence
     return ScoredSignal(
         correlation_id=f"c-{symbol}-{ts.isoformat()}", ticker=symbol, ts=ts, ensemble_direction=direction,
-        tft_direction="long", tft_confidence=0.5, tft_q50=0.01,
-        signal_score=score, ensemble_confidence=0.8, calibrated_prob=0.6, calibrator="platt:tft:m", regime="bull",
-        regime_scale=regime_scale, components=ComponentScores(tft=0.8), ensemble_weights={"tft": 1.0},
+        tft_direction="long", tft_confidence=0.5, tft_q50=0.01, signal_score=score,
+        ensemble_confidence=min(1.0, confidence * regime_scale), calibrated_prob=0.6, calibrator="platt:tft:m",
+        regime="bull", regime_scale=regime_scale, components=ComponentScores(tft=0.8), ensemble_weights={"tft": 1.0},
         horizon=1, model_version="m", quantiles=Quantiles(q10=-0.01, q50=0.01, q90=0.03),
         filters_failed=tuple(FilterFailure(name=n, reason="x") for n in failed), price=price, reference_price=price)
 
@@ -133,11 +135,18 @@ def test_portfolio_totals_do_not_drift_over_many_marks():
 
 
 # ------------------------------------------------------------------ sizing and caps
-def test_size_is_two_percent_of_equity_times_regime_floored():
+def test_size_is_two_percent_of_equity_times_the_signals_confidence_floored():
     eng = _engine()
     _warm(eng)
     d = eng.evaluate(_signal(price=33.0, regime_scale=0.5)).decision
     assert d.approved and d.qty == math.floor(100_000 * 0.02 * 0.5 / 33.0)
+    # The regime reaches the size through ensemble_confidence only (applied once, not twice).
+    eng = _engine()
+    _warm(eng)
+    out = eng.evaluate(_signal(price=33.0, confidence=0.6, regime_scale=0.7))
+    assert out.decision.qty == math.floor(100_000 * 0.02 * 0.6 * 0.7 / 33.0)
+    sizing = out.audit["sizing"]
+    assert sizing["ensemble_confidence"] == pytest.approx(0.42) and sizing["target_notional"] == pytest.approx(840.0)
     assert d.take_profit == pytest.approx(33 * 1.03) and d.stop_loss == pytest.approx(33 * 0.985)
 
 

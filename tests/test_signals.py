@@ -149,6 +149,66 @@ def test_engine_regime_from_its_own_smas_and_from_features():
     assert (feat.regime, feat.regime_scale) == ("sideways", 0.5)
 
 
+BEAR = {"regime_close_sma20": -0.01, "regime_sma20_sma50": -0.01}
+BULL = {"regime_close_sma20": 0.01, "regime_sma20_sma50": 0.01}
+
+
+@pytest.mark.parametrize(("features", "scale"), [(BULL, 1.0), (BEAR, 0.7),
+                                                 ({"regime_close_sma20": 0.01, "regime_sma20_sma50": -0.01}, 0.5)])
+def test_the_regime_scales_ensemble_confidence_not_the_score_or_its_probability(features, scale):
+    engine = SignalEngine(_cfg(min_confidence=0.0), compute_alphas=False)
+    bar = _daily_bars([100.0])[0]
+    s = engine.on_bar(bar, correlation_id="r", features=features, forecast=QuantileForecast("m", 1, -0.01, 0.004, 0.02))
+    assert s.regime_scale == scale
+    assert s.ensemble_confidence == pytest.approx(abs(s.signal_score) * scale)
+    assert s.calibrated_prob == pytest.approx(0.5 + 0.5 * abs(s.signal_score))  # from the unscaled score
+
+
+def test_regime_rule_vetoes_new_longs_in_a_bear_market_below_its_probability():
+    cfg = _cfg(min_confidence=0.55)
+    bar = _daily_bars([100.0])[0]
+    weak_long = QuantileForecast("m", 1, -0.01, 0.004, 0.02)  # P(up) ~ 0.7 -> score ~ 0.4, prob ~ 0.7? below
+    s = SignalEngine(cfg, compute_alphas=False).on_bar(bar, correlation_id="a", features=BEAR, forecast=weak_long)
+    prob = s.calibrated_prob
+    assert 0.55 <= prob < 0.65, prob  # passes the plain gate, not the bear rule for longs
+    assert [f.name for f in s.filters_failed] == ["regime"] and not signal_passed(s)
+    assert s.filters_failed[0].reason == f"bear regime: a new long needs calibrated probability 0.650, got {prob:.3f}"
+    assert s.ensemble_direction == "neutral"
+    # The same call in a bull market, or a sure one in the bear market, passes.
+    bull = SignalEngine(cfg, compute_alphas=False).on_bar(bar, correlation_id="b", features=BULL, forecast=weak_long)
+    assert signal_passed(bull) and "regime:not_applicable" in bull.filters_passed
+    sure = SignalEngine(cfg, compute_alphas=False).on_bar(bar, correlation_id="c", features=BEAR,
+                                                          forecast=QuantileForecast("m", 1, 0.001, 0.01, 0.02))
+    assert signal_passed(sure) and "regime" in sure.filters_passed
+    # Shorts in a bull market have their own bar; a rule set to None removes it.
+    short = QuantileForecast("m", 1, -0.02, -0.004, 0.01)
+    vetoed = SignalEngine(cfg, compute_alphas=False).on_bar(bar, correlation_id="d", features=BULL, forecast=short)
+    assert [f.name for f in vetoed.filters_failed] == ["regime"]
+    off = _cfg(min_confidence=0.55, regime_filter={"bull": {"short_min_prob": None}})
+    assert signal_passed(SignalEngine(off, compute_alphas=False).on_bar(bar, correlation_id="e", features=BULL,
+                                                                       forecast=short))
+
+
+def test_alpha_only_bars_use_the_alpha_calibrator_and_name_it():
+    from awet_dagster.signals import PlattCalibrator
+
+    engine = SignalEngine(_cfg(min_confidence=0.0), compute_alphas=False)
+    engine.set_alpha_calibrator(PlattCalibrator(a=1.5, b=-0.5), "alpha:daily:7")
+    bars = _daily_bars([100.0, 101.0])
+    engine.observe_alpha("AAPL", "rsi", 1, bars[0]["ts"], timedelta(days=5))
+    s = engine.on_bar(bars[0], correlation_id="a")
+    assert s.calibrator == "platt:alpha:daily:7"
+    assert s.calibrated_prob == pytest.approx(1 / (1 + math.exp(-(1.5 * 1.0 - 0.5))))
+    # A bar with a forecast is not the alpha ensemble: the model's calibrator or none.
+    with_model = engine.on_bar(bars[1], correlation_id="b", forecast=QuantileForecast("m", 1, -0.01, 0.004, 0.02))
+    assert with_model.calibrator == "uncalibrated"
+    assert engine.on_bar(_daily_bars([1.0], start=DAY0 + timedelta(days=4), symbol="MSFT")[0] | {"bar_type": "minute"},
+                         correlation_id="m").calibrator == "uncalibrated"  # fitted on daily bars, not minute ones
+    engine.set_alpha_calibrator(None)
+    assert engine.on_bar(_daily_bars([1.0], start=DAY0 + timedelta(days=5))[0], correlation_id="c").calibrator == (
+        "uncalibrated")
+
+
 def test_strong_sideways_signal_still_passes_at_reduced_scale():
     engine = SignalEngine(_cfg(min_confidence=0.55), compute_alphas=False)
     bar = _daily_bars([100.0])[0]
@@ -216,11 +276,11 @@ def test_calibrator_sets_calibrated_prob():
     bars = _daily_bars([100.0, 101.0])
     engine.observe_alpha("AAPL", "ema_cross", 1, bars[0]["ts"], timedelta(days=5))
     s = engine.on_bar(bars[0], correlation_id="c", forecast=QuantileForecast("m", 1, 0.01, 0.02, 0.03))
-    assert s.calibrated_prob == pytest.approx(1 / (1 + math.exp(-(2.0 * s.ensemble_confidence - 1.0))))
+    assert s.calibrated_prob == pytest.approx(1 / (1 + math.exp(-(2.0 * abs(s.signal_score) - 1.0))))
     assert s.calibrator == "platt:tft:m"
     # The calibrator describes the model's calls: an alphas-only bar is not mapped by it.
     s = engine.on_bar(bars[1], correlation_id="d")
-    assert s.ensemble_confidence == 1.0 and s.calibrated_prob == pytest.approx(1.0)
+    assert s.signal_score == 1.0 and s.calibrated_prob == pytest.approx(1.0)
     assert s.calibrator == "uncalibrated"
 
 
@@ -233,12 +293,12 @@ def test_a_model_calibrator_applies_only_to_bars_scored_with_that_model():
     mine = QuantileForecast("awet-tft:3", 1, -0.01, 0.02, 0.05)
     other = QuantileForecast("awet-tft:2", 1, -0.01, 0.02, 0.05)
     calibrated = engine.on_bar(bars[0], correlation_id="a", forecast=mine)
-    conf = calibrated.ensemble_confidence
+    conf = abs(calibrated.signal_score)
     assert calibrated.calibrated_prob == pytest.approx(1 / (1 + math.exp(-(2.0 * conf - 1.0))))
     # Another model's forecast, or no forecast at all: the uncalibrated mapping.
     for bar, fc in ((bars[1], other), (bars[2], None)):
         s = engine.on_bar(bar, correlation_id="b", forecast=fc)
-        assert s.calibrated_prob == pytest.approx(0.5 + 0.5 * s.ensemble_confidence)
+        assert s.calibrated_prob == pytest.approx(0.5 + 0.5 * abs(s.signal_score))
         assert s.calibrator == "uncalibrated"
 
 
@@ -352,7 +412,8 @@ def test_passing_signal_is_directional():
     bar = _daily_bars([100.0], bid=99.99, ask=100.01)[0]
     s = engine.on_bar(bar, correlation_id="c", forecast=QuantileForecast("m", 1, -0.02, -0.01, 0.0))
     assert signal_passed(s) and s.ensemble_direction == "short" and s.signal_score < 0
-    assert set(s.filters_passed) == {"market_hours:not_applicable", "volume", "spread", "earnings", "confidence"}
+    assert set(s.filters_passed) == {"market_hours:not_applicable", "volume", "spread", "earnings", "confidence",
+                                     "regime:not_applicable"}
 
 
 def test_bars_must_be_in_time_order():

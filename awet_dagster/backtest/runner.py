@@ -113,12 +113,15 @@ def run_backtest(
     alpha_signals: pl.DataFrame | None,
     cfg: AwetConfig,
     calibrator: PlattCalibrator | None = None,
+    alpha_calibration: Any = None,
 ) -> BacktestResult:
     """Walk `bars` in time order through signals -> risk -> execution -> exits.
 
     `predictions` None: no TFT component (alphas-only ensemble). `alpha_signals` None: the
     engine runs the streaming Lean alphas itself (what the live loop does); a frame (as
-    from `awet_dagster.alphas.alpha_signals`) replaces them."""
+    from `awet_dagster.alphas.alpha_signals`) replaces them. `alpha_calibration`: the
+    calibrator of bars without a forecast, as the live signal service would load it (a
+    `storage.calibrations.StoredCalibration`, or None: uncalibrated)."""
     if bars.is_empty():
         raise ValueError("bars is empty")
     ordered = bars.sort("ts", "symbol")
@@ -129,6 +132,8 @@ def run_backtest(
     portfolio = Portfolio(cfg.risk.initial_equity)
     risk = RiskEngine.from_config(cfg, portfolio, InMemoryRiskStateStore())
     engine = SignalEngine(cfg.signals, calibrator, compute_alphas=alpha_signals is None)
+    if alpha_calibration is not None:
+        engine.set_alpha_calibrator(alpha_calibration.calibrator, alpha_calibration.name, alpha_calibration.bar_type)
     sim = PaperSimulator(cfg.walk_forward.slippage_bps, cfg.walk_forward.fee_per_order,
                          cfg.execution.max_participation)
     router = OrderRouter(sim, dry_run=False)

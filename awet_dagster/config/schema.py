@@ -288,16 +288,39 @@ class RegimeScaling(Section):
     sideways: float = Field(0.5, ge=0)
 
 
+class RegimeRule(Section):
+    """What a NEW position must clear in one regime, beyond ``signals.min_confidence``: the
+    calibrated probability a long (short) entry needs; None = no extra bar."""
+
+    long_min_prob: float | None = Field(None, ge=0, le=1)
+    short_min_prob: float | None = Field(None, ge=0, le=1)
+
+
+class RegimeFilter(Section):
+    """The ``regime`` filter: no new longs in a bear market (nor shorts in a bull one) unless
+    the call is this sure. A signal during the SMA50 warm-up is "sideways"."""
+
+    bull: RegimeRule = RegimeRule(short_min_prob=0.65)
+    bear: RegimeRule = RegimeRule(long_min_prob=0.65)
+    sideways: RegimeRule = RegimeRule()
+
+
 class SignalsConfig(Section):
     weights: SignalWeights = SignalWeights()
     # Which predicted horizon (bars) the TFT component trades on; None = the shortest.
     horizon: int | None = Field(None, ge=1)
+    # Multiplies |signal_score| into ensemble_confidence, which the position is sized by.
     regime_scaling: RegimeScaling = RegimeScaling()
+    regime_filter: RegimeFilter = RegimeFilter()
     min_confidence: float = Field(0.55, ge=0, le=1)
     min_avg_volume_10d: float = Field(500_000, ge=0)
     max_spread_pct: float = Field(0.001, ge=0)
     enforce_market_hours: bool = True
     earnings_blackout: tuple[str, ...] = ()  # "SYMBOL:YYYY-MM-DD"
+    # Bars scored without a forecast use the newest alpha-only calibrator in `calibrations`
+    # (the <bar_type>/alpha_calibration asset), re-read at most this often; false: uncalibrated.
+    alpha_calibration: bool = True
+    alpha_calibration_refresh_s: float = Field(60.0, gt=0)
     # Live signal service: how long a bar waits for its Prediction once the symbol's model
     # is live (has predicted before); after that the TFT component is absent for the bar.
     prediction_wait_s: float = Field(0.5, ge=0)

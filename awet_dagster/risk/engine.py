@@ -2,8 +2,9 @@
 reasons) plus an audit record (a JSON-ready dict the caller persists).
 
 Every check runs on every signal so the audit shows the whole picture, not only the
-first failure. Order of sizing: equity * position pct (per-symbol override) * regime
-scale, floored to whole shares (Alpaca brackets refuse fractional qty), then clipped to
+first failure. Order of sizing: equity * position pct (per-symbol override) * the signal's
+ensemble_confidence (|score| x the regime's scale: a full-confidence bull signal gets the
+whole position pct), floored to whole shares (Alpaca brackets refuse fractional qty), then clipped to
 the symbol, total and sector caps (clipping is recorded; < 1 share left = reject).
 
 Loss limits, measured from fills and marks (equity = cash + marked positions, so
@@ -162,8 +163,11 @@ class RiskEngine:
         equity = pf.equity
         price = signal.price
         pct = cfg.symbol_overrides.get(symbol, cfg.position_size_pct)
-        target = max(equity, 0.0) * pct * signal.regime_scale
-        sizing: dict[str, Any] = {"equity": equity, "position_pct": pct, "regime_scale": signal.regime_scale,
+        # Sized by the signal's ensemble_confidence, which carries the regime's scale already.
+        target = max(equity, 0.0) * pct * signal.ensemble_confidence
+        sizing: dict[str, Any] = {"equity": equity, "position_pct": pct,
+                                  "ensemble_confidence": signal.ensemble_confidence,
+                                  "regime_scale": signal.regime_scale,
                                   "target_notional": target, "price": price, "clipped_by": []}
         sector = self._sector(symbol)
         pending_sector = sum(v for s, v in pending.items() if self._sector(s) == sector)

@@ -7,10 +7,12 @@ backtest and the live scoring service (same code path). Per bar it:
    alpha = the direction of its live insight (emitted at ts, alive for its period);
    components with no view are inactive (None) and the weights are renormalised over
    the active ones (`EnsembleWeights.renormalised`);
-3. score = weighted mean, confidence = |score|; calibrated_prob = calibrator(confidence)
-   on bars with a TFT forecast (the calibrator is fitted on the model's OOS calls), else
-   the uncalibrated 0.5 + confidence / 2;
-4. classifies the regime (scale only, see `regime.py`) and runs every filter.
+3. signal_score = weighted mean; calibrated_prob = calibrator(|score|): the model's
+   (fitted on its OOS calls) on bars with its forecast, the alpha-only ensemble's (fitted
+   on backtest outcomes) on bars without one, else the uncalibrated 0.5 + |score| / 2;
+   the signal names the one used;
+4. classifies the regime: ensemble_confidence = |score| x the regime's scale (what risk
+   sizes by), and runs every filter, the regime rule included (`filters.regime_filter`).
 Decision on failures: the signal is ALWAYS produced (auditable); when any filter fails
 its ensemble_direction is "neutral" and `filters_failed` says why; the raw score stays in
 `signal_score`.
@@ -36,6 +38,7 @@ from awet_dagster.signals.filters import (
     earnings_filter,
     market_hours_filter,
     parse_earnings_blackout,
+    regime_filter,
     spread_filter,
     volume_filter,
 )
@@ -112,6 +115,8 @@ class SignalEngine:
         self.cfg = cfg
         self.calibrator = calibrator
         self.calibrator_version: str | None = None
+        # bar type -> (the alpha-only ensemble's calibrator, its name on signals)
+        self.alpha_calibrators: dict[str, tuple[PlattCalibrator, str]] = {}
         self.compute_alphas = compute_alphas
         self._weights = EnsembleWeights.from_config(cfg.weights)
         self._blackout = parse_earnings_blackout(cfg.earnings_blackout)
@@ -143,6 +148,24 @@ class SignalEngine:
         bars scored with a forecast; with ``model_version``, only with that version's."""
         self.calibrator = calibrator
         self.calibrator_version = model_version
+
+    def set_alpha_calibrator(self, calibrator: PlattCalibrator | None, name: str = "alpha",
+                             bar_type: str = "daily") -> None:
+        """The calibrator of ``bar_type`` bars scored WITHOUT a forecast (the alpha-only
+        ensemble, fitted on its backtest outcomes: ``signals.alpha_calibration``; None
+        removes it); ``name`` goes into each signal's ``calibrator`` as ``platt:<name>``."""
+        if calibrator is None:
+            self.alpha_calibrators.pop(bar_type, None)
+        else:
+            self.alpha_calibrators[bar_type] = (calibrator, f"platt:{name}")
+
+    def _calibrator_for(self, forecast: QuantileForecast | None, bar_type: str) -> tuple[PlattCalibrator | None, str]:
+        if forecast is None:
+            return self.alpha_calibrators.get(bar_type, (None, UNCALIBRATED))
+        if self.calibrator is None or (self.calibrator_version is not None
+                                       and forecast.model_version != self.calibrator_version):
+            return None, UNCALIBRATED
+        return self.calibrator, f"platt:tft:{forecast.model_version}"
 
     # ------------------------------------------------------------------ inputs
     def _state(self, symbol: str, bar_type: str) -> _SymbolState:
@@ -210,8 +233,10 @@ class SignalEngine:
         score = max(-1.0, min(1.0, score))
         confidence = abs(score)
 
-        # --- regime (features first, own SMAs otherwise)
+        # --- regime (features first, own SMAs otherwise): it scales the confidence the
+        # position is sized by (risk applies nothing more), and its rule may veto the entry.
         regime = self._regime(adj_close, sma20, sma50, features)
+        ensemble_confidence = min(1.0, confidence * regime.scale)
 
         # --- filters (all evaluated, for the audit trail)
         cfg = self.cfg
@@ -226,13 +251,15 @@ class SignalEngine:
         # min_confidence is a probability: the (calibrated) chance that the call is right.
         # A calibrator is fitted on a model's OOS calls: it maps bars scored WITH a forecast
         # (of that model version, when it names one); others get the uncalibrated mapping.
-        calibrator = self.calibrator
-        if forecast is None or (self.calibrator_version is not None
-                                and forecast.model_version != self.calibrator_version):
-            calibrator = None
+        # Bars without one are mapped by the alpha-only ensemble's calibrator (fitted on backtest
+        # outcomes of alpha-only signals) when there is one. Both map the UNscaled |score|:
+        # that is what they were fitted on; the regime is a sizing and filter matter.
+        calibrator, calibrator_name = self._calibrator_for(forecast, bar_type)
         prob = calibrator(confidence) if calibrator is not None else 0.5 + 0.5 * confidence
-        calibrator_name = f"platt:tft:{forecast.model_version}" if calibrator is not None else UNCALIBRATED
+        prob = min(1.0, max(0.0, prob))
         results.append(confidence_filter(prob, cfg.min_confidence))
+        results.append(regime_filter(regime.name, (score > 0) - (score < 0), prob,
+                                     getattr(cfg.regime_filter, regime.name)))
         failed = tuple(FilterFailure(name=r.name, reason=r.reason or "failed") for r in results if not r.passed)
         passed = tuple(r.label for r in results if r.passed)
 
@@ -249,8 +276,8 @@ class SignalEngine:
             tft_q50=forecast.q50 if forecast is not None else None,
             ensemble_direction=direction,
             signal_score=score,
-            ensemble_confidence=confidence,
-            calibrated_prob=min(1.0, max(0.0, prob)),
+            ensemble_confidence=ensemble_confidence,
+            calibrated_prob=prob,
             calibrator=calibrator_name,
             regime=regime.name,
             regime_ready=regime.ready,

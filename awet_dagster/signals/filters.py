@@ -1,4 +1,5 @@
-"""Tradability filters: market hours, liquidity (10-day average volume), spread, earnings.
+"""Tradability filters: market hours, liquidity (10-day average volume), spread, earnings,
+confidence and the regime rule.
 
 Each filter returns a `FilterResult`. A filter whose input is missing (no quotes for the
 spread) is *not applicable*: it neither passes nor fails, and the signal records it in
@@ -141,3 +142,16 @@ def confidence_filter(probability: float, minimum: float) -> FilterResult:
     """`probability`: the calibrated chance that the signal's direction is right."""
     ok = probability >= minimum
     return FilterResult("confidence", ok, None if ok else f"calibrated probability {probability:.3f} < {minimum:.3f}")
+
+
+def regime_filter(regime: str, direction: int, probability: float, rule) -> FilterResult:
+    """The regime's extra bar for a new position (``signals.regime_filter.<regime>``): a long
+    (``direction`` +1) needs ``rule.long_min_prob``, a short ``rule.short_min_prob``. No
+    direction, or no bar for it: not applicable."""
+    need = rule.long_min_prob if direction > 0 else rule.short_min_prob if direction < 0 else None
+    if need is None:
+        return FilterResult("regime", True, f"no {regime} rule for this direction", applicable=False)
+    side = "long" if direction > 0 else "short"
+    ok = probability >= need
+    return FilterResult("regime", ok, None if ok else
+                        f"{regime} regime: a new {side} needs calibrated probability {need:.3f}, got {probability:.3f}")

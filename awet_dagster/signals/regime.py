@@ -6,9 +6,11 @@ Rule (documented in the README of the signals package too):
 - otherwise sideways          -> scale `regime_scaling.sideways` (0.5)
 - fewer than 50 bars (SMA50 not ready): "sideways" (no trend established yet) with
   ``ready`` False, so a signal can say its regime is a default.
-The regime never vetoes a signal: it scales the position size. The confidence gate
-(`signals.min_confidence`) is applied to the UNscaled ensemble confidence, so a strong
-signal in a sideways market still passes, at half size.
+The scale multiplies |signal_score| into ``ensemble_confidence``, which risk sizes the position
+by (applied once: risk multiplies nothing more). The confidence gate (`signals.min_confidence`)
+reads the calibrated probability of the UNscaled score, so a strong signal in a sideways
+market still passes, at half size; the regime's own veto is a separate, configurable rule
+(`signals.regime_filter`, e.g. no new longs in a bear market below a probability).
 Inputs are the feature-set ratios (close/SMA20 - 1, SMA20/SMA50 - 1), so the engine can
 take them from a FeatureEvent or from its own SMA streams and decide identically.
 """

@@ -19,7 +19,9 @@ One ``SignalEngine`` per process, fed bar by bar like ``run_backtest`` (same cod
   the backtest without a prediction for that bar). The horizon traded is
   ``backtest.trading_horizon`` (``signals.horizon``, else the shortest), as in the backtest.
 - calibration: the forecast's model version selects that model's Platt calibrator
-  (``ModelCalibrations``: fitted on its walk-forward OOS calls, logged with its run).
+  (``ModelCalibrations``: fitted on its walk-forward OOS calls, logged with its run); a bar
+  without a forecast, the newest alpha-only calibrator of its bar type (``AlphaCalibrations``,
+  ``signals.alpha_calibration``). Each signal names the calibrator it used.
 - runtime weights: ``signals.weights_file`` (default ``<paths.home>/signal_weights.json``),
   a JSON object such as ``{"tft": 0.4, "rsi": 0.3}`` (components not named keep their
   weight); re-read when its mtime changes (checked at most once a second), applied from
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Sequence
 from datetime import datetime
@@ -47,6 +50,7 @@ from awet_dagster.contracts import AlphaSignal, MarketRawEvent, Prediction, Scor
 from awet_dagster.contracts.topics import ALPHA_SIGNALS, MARKET_RAW, PREDICTIONS, SIGNALS_SCORED
 from awet_dagster.inference import ModelCalibrations
 from awet_dagster.signals import EnsembleWeights, QuantileForecast, SignalEngine
+from awet_dagster.storage.calibrations import latest_calibration
 from awet_dagster.streaming import DEFAULT_WARMUP_BARS, derived_event_id, event_to_bar, histories_by_key
 from live.bus import MessageContext, Output
 from live.services._common import (
@@ -110,6 +114,37 @@ class WeightsFile:
         return True
 
 
+class AlphaCalibrations:
+    """The newest stored alpha-only calibrator of each bar type (``calibrations``, fitted by the
+    ``<bar_type>/alpha_calibration`` asset), read at the first bar and then at most every
+    ``refresh_s``: a re-materialized asset takes effect without a restart. Called inside the
+    handler's DB-outage guard (an outage is a RetryLater, as for the warm-up reads)."""
+
+    def __init__(self, conn: LazyConnection, refresh_s: float) -> None:
+        self.conn = conn
+        self.refresh_s = refresh_s
+        self._next: dict[str, float] = {}
+        self._ids: dict[str, int | None] = {}
+        self.reads = 0
+
+    def apply(self, engine: SignalEngine, bar_type: str, now: float) -> None:
+        if now < self._next.get(bar_type, -math.inf):
+            return
+        self._next[bar_type] = now + self.refresh_s
+        stored = latest_calibration(self.conn.get(), "alpha", bar_type)
+        self.reads += 1
+        new_id = stored.id if stored is not None else None
+        if bar_type in self._ids and self._ids[bar_type] == new_id:
+            return
+        self._ids[bar_type] = new_id
+        if stored is None:
+            engine.set_alpha_calibrator(None, bar_type=bar_type)
+            return
+        engine.set_alpha_calibrator(stored.calibrator, stored.name, bar_type)
+        log.info("signal: alpha-only %s bars calibrated by platt:%s (a=%.4f b=%.4f, %d calls, hit rate %.3f)",
+                 bar_type, stored.name, stored.calibrator.a, stored.calibrator.b, stored.n_calls, stored.hit_rate)
+
+
 class SignalService:
     def __init__(self, cfg: Any, conn: LazyConnection, *, output_topic: str, alpha_source: str = "internal",
                  weights_file: Path | None = None, warmup_bars: int = DEFAULT_WARMUP_BARS,
@@ -144,6 +179,8 @@ class SignalService:
         self.input_model = input_model
         self._buffer: list[ScoredSignal] = []
         self.guard = time_guard(cfg)
+        self.alpha_calibrations = (AlphaCalibrations(conn, cfg.signals.alpha_calibration_refresh_s)
+                                   if cfg.signals.alpha_calibration else None)
         self.counters = {"bars": 0, "with_forecast": 0, "prediction_wait_timeouts": 0, "warmup_bars": 0,
                          "skipped_stale": 0, "persisted": 0}
 
@@ -234,6 +271,8 @@ class SignalService:
             cal = self.calibrations.get(forecast.model_version)
             if cal is not self.engine.calibrator or forecast.model_version != self.engine.calibrator_version:
                 self.engine.set_calibrator(cal, forecast.model_version)
+        if self.alpha_calibrations is not None:
+            self.alpha_calibrations.apply(self.engine, ev.bar_type, self._clock())
         sig = self.engine.on_bar(event_to_bar(ev), correlation_id=ev.correlation_id, forecast=forecast)
         self._last[symbol] = ts
         sig = sig.model_copy(update={"event_id": derived_event_id("signal", symbol, ev.bar_type, ts)})
