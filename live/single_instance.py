@@ -18,9 +18,12 @@ session when the socket closes), so a restart is never blocked by a ghost.
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import zlib
+
+log = logging.getLogger("awet.live.single_instance")
 
 _NAMESPACE = 0x41574554  # "AWET": the first key of the two-int advisory lock
 
@@ -88,7 +91,16 @@ class InstanceLock:
     def release(self) -> None:
         if self._conn is not None:
             try:
-                self._conn.close()  # ends the session: the lock goes with it
+                # Unlock explicitly first: closing the connection ends the session, but the
+                # server drops a session's locks when its backend exits, after the client has
+                # returned: a successor starting at once could still find the lock held (seen
+                # in a clean-clone CI run, seed 2761980137). A dead server needs no unlock.
+                fn = "pg_advisory_unlock_shared" if self.shared else "pg_advisory_unlock"
+                try:
+                    self._conn.execute(f"SELECT {fn}(%s, %s)", (_NAMESPACE, _key(self.group)))
+                except Exception:  # noqa: BLE001 - the close below ends the session anyway
+                    log.debug("%s: explicit unlock failed; closing the session releases it", self.service)
+                self._conn.close()
             finally:
                 self._conn = None
 

@@ -99,7 +99,8 @@ def test_the_asset_stores_a_fit_and_the_live_signal_service_uses_the_newest(
 
     # The live signal service scores the replay's bars (no model: every bar alpha-only) with it.
     cfg = test_config_for(tmp_path / "home", DATABASE_URL=isolated_database_url,
-                          AWET__SIGNALS__ALPHA_CALIBRATION_REFRESH_S="0.2", AWET__SIGNALS__MIN_CONFIDENCE="0.0")
+                          AWET__SIGNALS__ALPHA_CALIBRATION_REFRESH_S="0.2", AWET__SIGNALS__MIN_CONFIDENCE="0.0",
+                          AWET__SIGNALS__ALPHA_SOURCE="internal")  # calibration here, not the alpha topic
     raw, scored = make_topic(), make_topic()
     replay = get_source("sample").fetch(["SPY"], date(2018, 1, 2), date(2018, 2, 1), "daily")
     events = list(bars_to_events(replay))

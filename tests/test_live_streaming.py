@@ -172,9 +172,18 @@ def test_feature_engine_warm_up_equals_uninterrupted_stream_and_skips_stale_bars
 def test_alpha_bank_matches_batch_alpha_signals_and_maps_to_contract():
     bars = _sample_bars(start=date(2016, 1, 1), end=date(2020, 1, 1))
     bank = AlphaBank()
-    got = {(s.symbol, s.ts, s.alpha, s.direction) for e in bars_to_events(bars) for s in bank.on_bar(e)}
+    events = list(bars_to_events(bars))
+    out = [s for e in events for s in bank.on_bar(e)]
+    got = {(s.symbol, s.ts, s.alpha, s.direction) for s in out if s.status == "insight"}
     expected = _batch_signals(bars)
     assert got == expected and len(expected) > 10
+    # Every bar is answered: its insights, then its bar_done mark (what the signal service waits for).
+    marks = [s for s in out if s.status == "bar_done"]
+    assert [(m.symbol, m.ts) for m in marks] == [(e.symbol, e.ts) for e in events]
+    per_bar: dict[tuple, list[str]] = {}
+    for s in out:
+        per_bar.setdefault((s.symbol, s.ts), []).append(s.status)
+    assert all(v[-1] == "bar_done" and v.count("bar_done") == 1 for v in per_bar.values())
 
 
 def _batch_signals(bars: pl.DataFrame) -> set[tuple]:
@@ -394,9 +403,11 @@ def test_lean_alpha_service_emits_the_batch_signals_across_a_restart(cfg, endpoi
         assert stats.processed == limit, stats
         produced += stats.produced
     expected = _batch_signals(bars)
-    assert produced == len(expected) > 10
+    assert produced == len(expected) + bars.height and len(expected) > 10  # + one bar_done mark per bar
     sigs = [AlphaSignal.model_validate_json(m.value()) for m in _read_topic(endpoints.kafka_bootstrap, out, produced)]
-    assert {(s.symbol, s.ts, s.alpha, s.direction) for s in sigs} == expected
+    assert {(s.symbol, s.ts, s.alpha, s.direction) for s in sigs if s.status == "insight"} == expected
+    assert sorted((s.symbol, s.ts) for s in sigs if s.status == "bar_done") == sorted(
+        zip(bars["symbol"], bars["ts"], strict=True))
     assert all(s.correlation_id == corr[(s.symbol, s.ts)] for s in sigs)
 
 

@@ -317,6 +317,11 @@ class SignalsConfig(Section):
     max_spread_pct: float = Field(0.001, ge=0)
     enforce_market_hours: bool = True
     earnings_blackout: tuple[str, ...] = ()  # "SYMBOL:YYYY-MM-DD"
+    # Where the live signal service gets the Lean alphas: "topic" (the design: the lean_alpha
+    # service's alpha.signals; a bar waits up to alpha_wait_s for that service's bar_done mark,
+    # once the symbol has had one) or "internal" (the engine runs the same models itself).
+    alpha_source: Literal["topic", "internal"] = "topic"
+    alpha_wait_s: float = Field(0.5, ge=0)
     # Bars scored without a forecast use the newest alpha-only calibrator in `calibrations`
     # (the <bar_type>/alpha_calibration asset), re-read at most this often; false: uncalibrated.
     alpha_calibration: bool = True

@@ -100,17 +100,35 @@ class FeatureEvent(BaseEvent):
 
 # --------------------------------------------------------------------------- alphas / model
 class AlphaSignal(BaseEvent):
-    """Output of one rule-based alpha for one bar."""
+    """The Lean alphas' answer for one bar: an ``insight`` of one alpha whose view changed on
+    this bar (Lean emits on state change only), or the ``bar_done`` mark that the
+    ``lean_alpha`` service publishes after a bar's insights (none, or some). The mark lets the
+    signal service wait for exactly the bar's insights, as a ``no_forecast`` Prediction does
+    for forecasts, instead of guessing whether one is still coming.
+
+    Version 2: version 1 had insights only (no ``status``, no ``bar_type``)."""
 
     event_type: ClassVar[str] = "alpha_signal"
+    schema_version: Literal[2] = 2
 
     symbol: Symbol
-    ts: UtcDatetime
-    alpha: Literal["rsi", "ema_cross", "macd"]
-    direction: Direction
-    magnitude: NonNegativeFloat = Field(description="strength; the sign is carried by direction")
-    confidence: UnitFloat
-    period: int = Field(gt=0, description="main lookback of the alpha, in bars")
+    ts: UtcDatetime = Field(description="start of the bar that produced it, UTC")
+    bar_type: BarType = "daily"
+    status: Literal["insight", "bar_done"] = "insight"
+    alpha: Literal["rsi", "ema_cross", "macd"] | None = None
+    direction: Direction | None = None
+    magnitude: NonNegativeFloat | None = Field(None, description="strength; the sign is carried by direction")
+    confidence: UnitFloat | None = None
+    period: int | None = Field(None, gt=0, description="main lookback of the alpha, in bars")
+
+    @model_validator(mode="after")
+    def _status_fields(self) -> AlphaSignal:
+        fields = (self.alpha, self.direction, self.magnitude, self.confidence, self.period)
+        if self.status == "insight" and any(v is None for v in fields):
+            raise ValueError("an insight has alpha, direction, magnitude, confidence and period")
+        if self.status == "bar_done" and any(v is not None for v in fields):
+            raise ValueError("a bar_done mark carries no insight fields")
+        return self
 
 
 class Quantiles(ContractModel):

@@ -46,9 +46,9 @@ NODES: Mapping[str, Node] = MappingProxyType({
     "features": Node(inputs=(MARKET_RAW,), outputs=(ENGINEERED,)),
     "lean_alpha": Node(inputs=(MARKET_RAW,), outputs=(ALPHA_SIGNALS,)),
     "inference": Node(inputs=(ENGINEERED,), outputs=(PREDICTIONS,)),
-    # signals.alpha_source "internal" (the default): the alphas are computed in the signal
-    # service itself; "topic" adds alpha.signals to its side inputs.
-    "signal": Node(inputs=(MARKET_RAW,), side=(PREDICTIONS,), outputs=(SIGNALS_SCORED,)),
+    # signals.alpha_source "topic" (the default) reads the alphas from alpha.signals; with
+    # "internal" the signal service computes them itself and nothing reads alpha.signals.
+    "signal": Node(inputs=(MARKET_RAW,), side=(PREDICTIONS, ALPHA_SIGNALS), outputs=(SIGNALS_SCORED,)),
     "risk": Node(inputs=(SIGNALS_SCORED,), side=(EXEC_DONE, EXEC_ORDERS), outputs=(RISK_APPROVED, RISK_REJECTED)),
     "execution": Node(inputs=(MARKET_RAW, RISK_APPROVED, EXEC_EXITS), outputs=(EXEC_ORDERS, EXEC_DONE)),
     "exit_monitor": Node(inputs=(MARKET_RAW,), side=(EXEC_DONE, EXEC_ORDERS), outputs=(EXEC_EXITS,)),
@@ -61,8 +61,6 @@ LOOP_NODES: tuple[str, ...] = ("persist_bars", "features", "lean_alpha", "infere
 
 SINKS: Mapping[str, str] = MappingProxyType({
     RISK_REJECTED: "the refused decisions, an audit stream (every decision is also in the audit table)",
-    ALPHA_SIGNALS: "read by the signal service only with signals.alpha_source: topic; by default it computes "
-                   "the same alphas itself (issue #20 item 3: the design reads them from this topic)",
 })
 
 

@@ -26,6 +26,7 @@ from awet_dagster.alphas.signal import AlphaSignal as CoreSignal
 from awet_dagster.alphas.signal import Direction, bar_duration
 from awet_dagster.contracts import AlphaSignal, FeatureEvent, MarketRawEvent
 from awet_dagster.features import FEATURE_SET_VERSION, FeatureState
+from awet_dagster.sources.corporate_actions import adjusted_bar
 from awet_dagster.streaming.events import derived_event_id, event_to_bar
 
 DEFAULT_WARMUP_BARS = 1000
@@ -205,6 +206,7 @@ def to_contract_signal(sig: CoreSignal, bar_type: str, correlation_id: str) -> A
         correlation_id=correlation_id,
         symbol=sig.symbol,
         ts=sig.ts,
+        bar_type=bar_type,  # type: ignore[arg-type]
         alpha=kind,  # type: ignore[arg-type]
         direction=_DIRECTION[sig.direction],  # type: ignore[arg-type]
         magnitude=DEFAULT_MAGNITUDE if sig.magnitude is None else abs(sig.magnitude),
@@ -232,15 +234,23 @@ class AlphaBank(_Keyed):
         self._models.clear()
 
     def _feed(self, key: tuple[str, str], bar: Mapping[str, Any]) -> None:
+        adjusted = adjusted_bar(bar)
         for model in self._models[key]:
-            model.update(bar)  # warm-up: state only, the signals are dropped
+            model.update(adjusted)  # warm-up: state only, the signals are dropped
 
     def on_bar(self, event: MarketRawEvent) -> list[AlphaSignal]:
+        """The bar's insights (the alphas whose view changed), then its ``bar_done`` mark;
+        nothing for a stale/duplicate bar. The models see split/dividend-adjusted prices,
+        as the signal engine's own alphas do (a 4:1 split is not a crash to RSI)."""
         if not self._accept(event.symbol, event.bar_type, event.ts):
             return []
-        bar = event_to_bar(event)
+        bar = adjusted_bar(event_to_bar(event))
         out: list[AlphaSignal] = []
         for model in self._models[(event.symbol, event.bar_type)]:
             for sig in model.update(bar):
                 out.append(to_contract_signal(sig, event.bar_type, event.correlation_id))
+        out.append(AlphaSignal(
+            event_id=derived_event_id("alpha", event.symbol, event.bar_type, event.ts, "bar_done"),
+            correlation_id=event.correlation_id, symbol=event.symbol, ts=event.ts,
+            bar_type=event.bar_type, status="bar_done"))  # type: ignore[arg-type]
         return out

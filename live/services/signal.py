@@ -4,11 +4,14 @@ One ``SignalEngine`` per process, fed bar by bar like ``run_backtest`` (same cod
 - clock: market.raw. EVERY bar yields one ScoredSignal (passed or not): the risk service
   needs every bar (marks, CVaR history, loss limits), exactly as the backtest calls
   ``risk.on_bar`` for every bar. Event id: deterministic per (symbol, bar_type, ts).
-- alphas: by default computed in-process by the engine's own streaming Lean models
-  (``alpha_source="internal"``: the same models the ``lean_alpha`` service runs, with no
-  cross-topic race, = ``run_backtest(alpha_signals=None)``). ``alpha_source="topic"``
-  reads ``alpha.signals`` instead (side TopicTail) and applies every insight with
-  ts <= the bar's ts — then an insight that arrives after its bar is used from the next bar.
+- alphas (``signals.alpha_source``): by default ``"topic"``, the design's path: the
+  ``lean_alpha`` service's ``alpha.signals`` (side TopicTail). That service answers every
+  bar (its insights, then a ``bar_done`` mark), so each bar waits up to
+  ``signals.alpha_wait_s`` for its own mark (from the first bar of a symbol on: the alphas
+  always answer, unlike a model that may not exist) and applies every insight with ts <=
+  the bar's ts: the same insights the backtest's engine computes itself. A wait that runs
+  out (lean_alpha down) suspends the waits until its next mark. ``"internal"``: the engine
+  runs the same streaming Lean models in-process (= ``run_backtest(alpha_signals=None)``).
 - model: predictions are read by a side TopicTail into a (symbol, ts) cache. While a model
   is served, inference answers EVERY bar (a forecast, or ``no_forecast`` while the symbol's
   window fills or when the model failed), so a bar whose symbol has had an answer waits up
@@ -146,15 +149,17 @@ class AlphaCalibrations:
 
 
 class SignalService:
-    def __init__(self, cfg: Any, conn: LazyConnection, *, output_topic: str, alpha_source: str = "internal",
+    def __init__(self, cfg: Any, conn: LazyConnection, *, output_topic: str, alpha_source: str | None = None,
                  weights_file: Path | None = None, warmup_bars: int = DEFAULT_WARMUP_BARS,
                  prediction_wait_s: float | None = None, persist: bool = True,
                  clock: Any = None, calibrations: ModelCalibrations | None = None,
                  input_model: type[MarketRawEvent] = MarketRawEvent) -> None:
         import time
 
+        alpha_source = alpha_source or cfg.signals.alpha_source
         if alpha_source not in ("internal", "topic"):
             raise ValueError("alpha_source must be 'internal' or 'topic'")
+        self.alpha_wait_s = cfg.signals.alpha_wait_s
         self.cfg = cfg
         self.conn = conn
         self.output_topic = output_topic
@@ -174,6 +179,9 @@ class SignalService:
         self._forecasts: dict[tuple[str, datetime], QuantileForecast | None] = {}
         self._model_live: set[str] = set()
         self._alphas: dict[str, list[AlphaSignal]] = {}
+        self._alpha_done: set[tuple[str, datetime]] = set()  # bars lean_alpha has answered
+        # lean_alpha let a wait run out (down, not deployed): no more waits until it answers again.
+        self._alphas_silent = False
         self._last: dict[str, datetime] = {}
         self._warmed: set[str] = set()
         self.input_model = input_model
@@ -182,7 +190,7 @@ class SignalService:
         self.alpha_calibrations = (AlphaCalibrations(conn, cfg.signals.alpha_calibration_refresh_s)
                                    if cfg.signals.alpha_calibration else None)
         self.counters = {"bars": 0, "with_forecast": 0, "prediction_wait_timeouts": 0, "warmup_bars": 0,
-                         "skipped_stale": 0, "persisted": 0}
+                         "skipped_stale": 0, "persisted": 0, "alpha_wait_timeouts": 0}
 
     def forget(self) -> None:
         """Drop the per-symbol state (a rebalance moved partitions): every symbol is warmed up
@@ -203,7 +211,11 @@ class SignalService:
                 self._forecasts[key] = None  # answered: the model has no forecast for this bar
             self._model_live.add(event.symbol)
         elif isinstance(event, AlphaSignal) and self.alpha_source == "topic":
-            self._alphas.setdefault(event.symbol, []).append(event)
+            if event.status == "bar_done":
+                self._alpha_done.add((event.symbol, event.ts))
+                self._alphas_silent = False
+            else:
+                self._alphas.setdefault(event.symbol, []).append(event)
 
     # ------------------------------------------------------------------ handler
     def handle(self, ev: MarketRawEvent, ctx: MessageContext) -> list[Output]:
@@ -240,10 +252,21 @@ class SignalService:
                 # The model stopped answering (champion withdrawn, inference down): score
                 # without it and stop waiting on every bar until its answers come back.
                 self._model_live.discard(symbol)
+        if (self.alpha_source == "topic" and not self._alphas_silent and key not in self._alpha_done
+                and self.alpha_wait_s > 0):
+            assert self.tail is not None
+            if not self.tail.cond.wait_for(lambda: key in self._alpha_done, timeout=self.alpha_wait_s):
+                self.counters["alpha_wait_timeouts"] += 1
+                # lean_alpha is not answering (down, not deployed): score with the insights
+                # there are, and wait for no bar until one of its marks arrives again.
+                self._alphas_silent = True
+        self._alpha_done.discard(key)
         forecast = self._forecasts.pop(key, None)
         if len(self._forecasts) > 10_000:  # forecasts of bars already scored (late arrivals)
             for k in [k for k in self._forecasts if k[1] <= self._last.get(k[0], k[1])]:
                 del self._forecasts[k]
+        if len(self._alpha_done) > 10_000:  # marks of bars already scored (late arrivals)
+            self._alpha_done = {k for k in self._alpha_done if k[1] > self._last.get(k[0], k[1])}
         pending = self._alphas.get(symbol)
         if pending:
             due = [a for a in pending if a.ts <= ts]
@@ -302,7 +325,7 @@ class SignalService:
 
 def build(cfg: Any, endpoints: Any, *, input_topic: str = MARKET_RAW, output_topic: str = SIGNALS_SCORED,
           predictions_topic: str | None = PREDICTIONS, alpha_topic: str = ALPHA_SIGNALS,
-          alpha_source: str = "internal", group: str | None = None, name: str = NAME,
+          alpha_source: str | None = None, group: str | None = None, name: str = NAME,
           weights_file: Path | None = None, warmup_bars: int = DEFAULT_WARMUP_BARS,
           prediction_wait_s: float | None = None, tracker: Any = None,
           calibrations: ModelCalibrations | None = None, **bus_kwargs: Any) -> LiveService:
@@ -320,7 +343,7 @@ def build(cfg: Any, endpoints: Any, *, input_topic: str = MARKET_RAW, output_top
     side: dict[str, Any] = {}
     if predictions_topic:
         side[predictions_topic] = contract_of(predictions_topic, Prediction)
-    if alpha_source == "topic":
+    if state.alpha_source == "topic":
         side[alpha_topic] = contract_of(alpha_topic, AlphaSignal)
     tail = None
     try:

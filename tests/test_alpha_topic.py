@@ -1,0 +1,77 @@
+"""The signal service reads the Lean alphas from alpha.signals by default (#20 item 3): each
+bar waits, bounded, for the lean_alpha service's bar_done mark, so the signals equal those of
+the engine computing the alphas itself (the backtest's path) even when the insights arrive
+after their bars."""
+from __future__ import annotations
+
+import threading
+import time
+from datetime import date
+
+import pytest
+
+from awet_dagster.contracts import ScoredSignal
+from awet_dagster.signals import SignalEngine
+from awet_dagster.streaming import AlphaBank
+from awet_dagster.streaming.replay import bars_to_events
+from live.services import signal
+from awet_dagster.infra import Endpoints
+from tests.test_live_loop import _group, _producer, _read_all, _sample_bars
+
+
+@pytest.fixture
+def endpoints(database_url, kafka_bootstrap) -> Endpoints:
+    return Endpoints(database_url, kafka_bootstrap)
+
+
+@pytest.mark.timeout(180)
+def test_late_insights_are_waited_for_and_score_like_the_engines_own_alphas(
+        test_config_for, tmp_path, endpoints, make_topic):
+    cfg = test_config_for(tmp_path / "home", AWET__SIGNALS__ALPHA_WAIT_S="10")
+    assert cfg.signals.alpha_source == "topic"  # the default, as designed
+    bars = _sample_bars(("SPY", "IBM"), start=date(2019, 1, 1), end=date(2019, 7, 1))
+    events = list(bars_to_events(bars))
+    bank = AlphaBank()
+    answers = [bank.on_bar(ev) for ev in events]  # what the lean_alpha service publishes, bar by bar
+    assert sum(a.status == "insight" for out in answers for a in out) > 5
+
+    # The backtest's path: the engine's own streaming alphas on the same bars.
+    engine = SignalEngine(cfg.signals)
+    want = {(ev.symbol, ev.ts): engine.on_bar(ev.model_dump(), correlation_id="x") for ev in events}
+
+    raw, alpha, scored = make_topic(), make_topic(), make_topic()
+    prod = _producer(endpoints.kafka_bootstrap)
+    for ev in events:
+        prod.send(raw, ev)
+    prod.flush(10)
+    stop = threading.Event()
+
+    def late_lean_alpha() -> None:  # every answer 20 ms after the last: behind the signal service
+        p = _producer(endpoints.kafka_bootstrap)
+        for out in answers:
+            if stop.wait(0.02):
+                return
+            for a in out:
+                p.send(alpha, a)
+            p.flush(10)
+
+    with signal.build(cfg, endpoints, input_topic=raw, output_topic=scored, predictions_topic=None,
+                      alpha_topic=alpha, group=_group()) as svc:
+        feeder = threading.Thread(target=late_lean_alpha, daemon=True)
+        started = time.monotonic()
+        feeder.start()
+        try:
+            svc.run(max_messages=len(events), timeout_s=120)
+        finally:
+            stop.set()
+            feeder.join(15)
+        counters = dict(svc.component.counters)
+    got = {(s.ticker, s.ts): s for s in (ScoredSignal.model_validate_json(m.value())
+                                        for m in _read_all(endpoints.kafka_bootstrap, scored, len(events)))}
+    assert set(got) == set(want)
+    differ = [k for k in want if (got[k].active_alphas, got[k].signal_score, got[k].ensemble_direction)
+              != (want[k].active_alphas, want[k].signal_score, want[k].ensemble_direction)]
+    assert not differ, differ[:5]
+    assert counters["alpha_wait_timeouts"] == 0
+    # It did wait: the service could not finish before the late answers had all come.
+    assert time.monotonic() - started >= 0.02 * len(events) * 0.9
