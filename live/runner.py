@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from awet_dagster.contracts.topology import LOOP_NODES, group_inputs
-from live.bus import BusService, RunStats
+from live.bus import BusService, RetryLater, RunStats
 
 log = logging.getLogger("awet.live.runner")
 
@@ -228,6 +228,13 @@ class _Supervisor:
                     log.info("%s: stopped (%s) after %d message(s)", self.spec.name, stats.stopped_by,
                              stats.consumed)
                     return
+                except RetryLater as exc:
+                    if not self._stop.is_set():
+                        err = exc
+                        log.warning("%s: run failed: %r", self.spec.name, exc)
+                    else:  # a stop cut a wait short: its batch is redelivered to the next start
+                        log.info("%s: stopped mid-batch (%s); uncommitted input is redelivered", self.spec.name, exc)
+                        return
                 except Exception as exc:  # noqa: BLE001 - supervised: rebuild below
                     err = exc
                     # The cause matters: a fatal Kafka error raised inside a callback surfaces

@@ -75,3 +75,38 @@ def test_late_insights_are_waited_for_and_score_like_the_engines_own_alphas(
     assert counters["alpha_wait_timeouts"] == 0
     # It did wait: the service could not finish before the late answers had all come.
     assert time.monotonic() - started >= 0.02 * len(events) * 0.9
+
+
+@pytest.mark.timeout(120)
+def test_a_stop_cuts_a_bars_wait_short_and_the_bar_is_redelivered_not_scored_without(
+        test_config_for, tmp_path, endpoints, make_topic):
+    from live.bus import RetryLater
+    from tests.test_bus import _committed
+
+    cfg = test_config_for(tmp_path / "home", AWET__SIGNALS__ALPHA_WAIT_S="3600")
+    bars = _sample_bars(("SPY",), start=date(2019, 1, 2), end=date(2019, 1, 4))
+    raw, alpha, scored, group = make_topic(), make_topic(), make_topic(), _group()
+    prod = _producer(endpoints.kafka_bootstrap)
+    for ev in bars_to_events(bars):
+        prod.send(raw, ev)
+    prod.flush(10)
+    box: dict[str, object] = {}
+    with signal.build(cfg, endpoints, input_topic=raw, output_topic=scored, predictions_topic=None,
+                      alpha_topic=alpha, group=group) as svc:
+        def run() -> None:
+            try:
+                box["stats"] = svc.run(max_messages=bars.height, timeout_s=60)
+            except RetryLater as exc:
+                box["retry"] = exc
+
+        runner = threading.Thread(target=run, daemon=True)
+        runner.start()
+        time.sleep(1.5)  # the first bar is now waiting for a mark that lean_alpha (absent) never sends
+        assert runner.is_alive() and svc.component.counters["bars"] == 0
+        stopped_at = time.monotonic()
+        svc.stop()
+        runner.join(10)
+        assert not runner.is_alive() and time.monotonic() - stopped_at < 5  # not the 3600 s wait
+    assert "stopping while a bar waited for its alpha mark" in str(box.get("retry")), box
+    assert _committed(endpoints.kafka_bootstrap, group, raw) < 0  # the bar is redelivered to the next start
+    assert _read_all(endpoints.kafka_bootstrap, scored, 0, timeout_s=2) == []  # never scored without its alphas

@@ -17,8 +17,6 @@ Not thread-safe by itself: callers hold the TopicTail's condition lock.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,7 +24,7 @@ from typing import Any
 from awet_dagster.contracts import ExecutionReport, OrderEvent
 from awet_dagster.risk.portfolio import Fill, Portfolio
 from awet_dagster.sources.corporate_actions import SplitWatch
-from live.services._common import contract_of, make_bus, time_guard
+from live.services._common import contract_of, make_bus, time_guard, wait_until
 from live.services._tail import tail_for
 
 log = logging.getLogger("awet.live.ledger")
@@ -242,15 +240,5 @@ def build_with_fill_tail(cfg: Any, endpoints: Any, *, name: str, state: Any, con
         raise
 
 
-def wait_for_fills(cond: Any, done: Callable[[], bool], timeout_s: float,
-                   stopping: Callable[[], bool] = lambda: False) -> bool:
-    """``cond.wait_for(done, timeout_s)`` (``cond`` held) that also returns, False, within a
-    tenth of a second of a stop request: a service asked to stop does not sit out its fill
-    waits bar after bar (seen: a risk batch kept waiting 2 s a bar for 24 s after SIGTERM)."""
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        left = deadline - time.monotonic()
-        if left <= 0 or stopping():
-            return False
-        cond.wait(min(left, 0.1))
-    return True
+#: The fill wait of risk and the exit monitor: ``_common.wait_until`` (stop-aware).
+wait_for_fills = wait_until

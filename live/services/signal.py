@@ -55,7 +55,7 @@ from awet_dagster.inference import ModelCalibrations
 from awet_dagster.signals import EnsembleWeights, QuantileForecast, SignalEngine
 from awet_dagster.storage.calibrations import latest_calibration
 from awet_dagster.streaming import DEFAULT_WARMUP_BARS, derived_event_id, event_to_bar, histories_by_key
-from live.bus import MessageContext, Output
+from live.bus import MessageContext, Output, RetryLater
 from live.services._common import (
     LazyConnection,
     LiveService,
@@ -66,6 +66,7 @@ from live.services._common import (
     read_many_from,
     time_guard,
     unseen_first,
+    wait_until,
 )
 from live.services._tail import TopicTail, tail_for
 
@@ -175,6 +176,7 @@ class SignalService:
         self.persist = persist
         self._clock = clock or time.monotonic
         self.tail: TopicTail | None = None
+        self.stopping: Any = lambda: False  # the bus's stop request (build)
         # (symbol, ts) -> the model's answer: a forecast, or None for "no forecast".
         self._forecasts: dict[tuple[str, datetime], QuantileForecast | None] = {}
         self._model_live: set[str] = set()
@@ -243,19 +245,28 @@ class SignalService:
             with db_outage_is_retry(self.conn, "bars table unavailable for warm-up"):
                 self._warm_up(first)
 
+    def _wait(self, done: Any, timeout_s: float, what: str) -> bool:
+        """Wait (the tail's lock held) until ``done()`` or ``timeout_s``. A stop request cuts it
+        short as a RetryLater: the bar is not scored without what it waited for, it is
+        redelivered to the next start instead (nothing of it committed)."""
+        assert self.tail is not None
+        if wait_until(self.tail.cond, done, timeout_s, self.stopping):
+            return True
+        if self.stopping():
+            raise RetryLater(f"stopping while a bar waited for {what}")
+        return False
+
     def _side_inputs(self, symbol: str, ts: datetime, bar_type: str) -> QuantileForecast | None:
         key = (symbol, ts)
         if symbol in self._model_live and key not in self._forecasts and self.prediction_wait_s > 0:
-            assert self.tail is not None
-            if not self.tail.cond.wait_for(lambda: key in self._forecasts, timeout=self.prediction_wait_s):
+            if not self._wait(lambda: key in self._forecasts, self.prediction_wait_s, "its forecast"):
                 self.counters["prediction_wait_timeouts"] += 1
                 # The model stopped answering (champion withdrawn, inference down): score
                 # without it and stop waiting on every bar until its answers come back.
                 self._model_live.discard(symbol)
         if (self.alpha_source == "topic" and not self._alphas_silent and key not in self._alpha_done
                 and self.alpha_wait_s > 0):
-            assert self.tail is not None
-            if not self.tail.cond.wait_for(lambda: key in self._alpha_done, timeout=self.alpha_wait_s):
+            if not self._wait(lambda: key in self._alpha_done, self.alpha_wait_s, "its alpha mark"):
                 self.counters["alpha_wait_timeouts"] += 1
                 # lean_alpha is not answering (down, not deployed): score with the insights
                 # there are, and wait for no bar until one of its marks arrives again.
@@ -353,11 +364,13 @@ def build(cfg: Any, endpoints: Any, *, input_topic: str = MARKET_RAW, output_top
             state.tail = tail.start()
             if tracker is not None:
                 tracker.add_tail(name, tail)
-        return make_bus(
+        bus = make_bus(
             cfg, endpoints, name=name, topics={input_topic: state.input_model}, guard=state.guard,
             handler=state.handle, group=group, before_batch=state.prepare, before_commit=state.flush,
             resources=[r for r in (tail, conn) if r is not None], component=state, **bus_kwargs,
         )
+        state.stopping = lambda: bus.stop_requested  # a stop cuts a side-input wait short
+        return bus
     except Exception:
         if tail is not None:
             tail.close()
