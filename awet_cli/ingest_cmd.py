@@ -5,6 +5,8 @@
   asks for the bars since the last published one; a bar still forming waits for the next).
 - ``--source stub``: the offline sample (or ``--stub-source synthetic``) streamed as if live
   from ``--start`` at ``--speed`` x real time, closed market skipped.
+- ``--source reddit``: mentions and VADER sentiment per symbol and closed ``--bucket`` (1d, the
+  features' join, or 1h) into ``social.sentiment``; ``persist_sentiment`` stores them.
 
 Every bar is published once, also across restarts (the last bar per symbol is read back from
 the topic at start); ``persist_bars`` writes the database from the topic. SIGTERM/SIGINT or
@@ -28,7 +30,8 @@ DEFAULT_INTERVAL_S = {"minute": 5.0, "daily": 300.0}
 
 def ingest_cmd(
     source: str = typer.Option("alpaca", help="alpaca (websocket) | polygon | yfinance (polled) | stub "
-                                              "(the offline sample streamed as if live)."),
+                                              "(the offline sample streamed as if live) | reddit (sentiment "
+                                              "into social.sentiment)."),
     symbols: list[str] = typer.Option(None, "--symbols", "-s", help="Symbols (default: data.symbols)."),
     bar_type: str = typer.Option("minute", "--bar-type", help="minute | daily."),
     feed: str = typer.Option("iex", help="Alpaca data feed (iex | sip)."),
@@ -39,7 +42,8 @@ def ingest_cmd(
                                          "data.replay_start)."),
     stub_source: str = typer.Option("sample", "--stub-source", help="stub: sample | synthetic."),
     max_seconds: float = typer.Option(None, "--max-seconds", help="Stop after this many seconds."),
-    topic: str = typer.Option(None, help="Target topic (default: market.raw)."),
+    topic: str = typer.Option(None, help="Target topic (default: market.raw; reddit: social.sentiment)."),
+    bucket: str = typer.Option("1d", help="reddit: bucket length, 1d (what the features join) | 1h."),
 ) -> None:
     """Publish new bars of one source to market.raw as they close (the DataIngestionService)."""
     if bar_type not in DEFAULT_INTERVAL_S:
@@ -47,8 +51,16 @@ def ingest_cmd(
         raise typer.Exit(2)
     if source == "alpaca":
         return _alpaca(symbols, bar_type, feed, max_seconds, topic)
+    if source == "reddit":
+        if bucket not in ("1h", "1d"):
+            console.print(f"[red]--bucket must be 1h or 1d, got {bucket!r}[/red]")
+            raise typer.Exit(2)
+        if interval is not None and interval <= 0:
+            console.print("[red]--interval must be > 0[/red]")
+            raise typer.Exit(2)
+        return _reddit(symbols, bucket, interval, max_seconds, topic)
     if source not in POLLED:
-        console.print(f"[red]--source must be one of alpaca, {', '.join(POLLED)}; got {source!r}[/red]")
+        console.print(f"[red]--source must be one of alpaca, {', '.join(POLLED)}, reddit; got {source!r}[/red]")
         raise typer.Exit(2)
     if stub_source not in ("sample", "synthetic"):
         console.print(f"[red]--stub-source must be sample or synthetic, got {stub_source!r}[/red]")
@@ -125,6 +137,59 @@ def _polled(source: str, symbols: list[str], bar_type: str, interval: float | No
             raise typer.Exit(2) from None
     s = result.stats
     console.print(f"{source}: polls {s.polls}, published {s.published}, duplicates {s.duplicates}, late {s.late}, "
+                  f"fetch errors {s.errors}, publish errors {ingestor.publish_errors} ({result.stopped_by})")
+    if stop.signum:
+        raise typer.Exit(stop.exit_code())
+
+
+def _reddit(symbols: list[str] | None, bucket: str, interval: float | None, max_seconds: float | None,
+            topic: str | None) -> None:
+    from awet_dagster.contracts import SentimentEvent
+    from awet_dagster.contracts.topics import SOCIAL_SENTIMENT
+    from awet_dagster.sources import AuthenticationFailed, MissingCredentials
+    from awet_dagster.sources.reddit import reddit_client
+    from awet_dagster.streaming.sentiment import SentimentPoller
+    from live.ingest_poll import PollingIngestor, published_marks, serve_ingest_metrics
+    from live.runner import publish_acknowledged
+
+    cfg = _config()
+    symbols = _symbols(symbols, cfg.data.symbols)
+    try:
+        client = reddit_client(cfg.data, bucket)  # type: ignore[arg-type]
+    except MissingCredentials as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    ep = _endpoints(cfg)
+    topic = topic or SOCIAL_SENTIMENT
+    marks = published_marks(ep.kafka_bootstrap, topic, symbols, bucket, client=dict(cfg.kafka.client),
+                            model=SentimentEvent, kind_field="bucket")
+    poller = SentimentPoller(client, symbols, bucket, clock=lambda: datetime.now(UTC),
+                             subreddits=cfg.data.reddit_subreddits, catch_up=timedelta(days=cfg.data.reddit_days))
+    poller.resume(marks)
+    producer = _producer(cfg, ep.kafka_bootstrap)
+    flush_timeout = cfg.kafka.flush_timeout_s
+
+    def publish(events) -> None:
+        publish_acknowledged(producer, topic, events, timeout_s=flush_timeout)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    stop = Interrupt()
+    every = interval or 300.0  # a poll asks Reddit only once a bucket has closed
+    ingestor = PollingIngestor(poller, publish, interval_s=every, stop_event=stop)
+    lock = _one_ingest(ep, topic, bucket)
+    server = serve_ingest_metrics(cfg, "reddit", lambda: poller.stats, ingestor.health, service="ingest_reddit")
+    console.print(f"ingest reddit: {', '.join(symbols)} ({bucket} buckets of r/{', r/'.join(poller.subreddits)}) "
+                  f"-> {topic}, polling every {every:g}s"
+                  + (f", resuming after {len(marks)} symbol(s) already published" if marks else "")
+                  + f"; metrics on {server.url}/metrics")
+    with _stop_on_signals(stop), producer, server, _released(lock):
+        try:
+            result = ingestor.run(timeout_s=max_seconds)
+        except (AuthenticationFailed, MissingCredentials) as exc:  # polling on cannot help
+            console.print(f"[red]reddit: {exc}[/red]")
+            raise typer.Exit(2) from None
+    s = result.stats
+    console.print(f"reddit: polls {s.polls}, published {s.published}, duplicates {s.duplicates}, late {s.late}, "
                   f"fetch errors {s.errors}, publish errors {ingestor.publish_errors} ({result.stopped_by})")
     if stop.signum:
         raise typer.Exit(stop.exit_code())

@@ -29,7 +29,7 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 from pydantic import ValidationError
 
-from awet_dagster.contracts import MarketRawEvent
+from awet_dagster.contracts import BaseEvent, MarketRawEvent
 from awet_dagster.streaming.polling import BarPoller, PollStats, SimulatedClock
 
 log = logging.getLogger("awet.live.ingest_poll")
@@ -37,8 +37,11 @@ log = logging.getLogger("awet.live.ingest_poll")
 
 def published_marks(bootstrap: str, topic: str, symbols: Sequence[str], bar_type: str, *,
                     client: dict[str, Any] | None = None, timeout_s: float = 10.0, chunk: int = 5_000,
-                    max_scan: int = 1_000_000) -> dict[str, datetime]:
-    """{symbol: ts of its newest ``bar_type`` bar in ``topic``}, for ``symbols``.
+                    max_scan: int = 1_000_000, model: type[BaseEvent] = MarketRawEvent,
+                    kind_field: str = "bar_type") -> dict[str, datetime]:
+    """{symbol: ts of its newest ``bar_type`` bar in ``topic``}, for ``symbols``. Any keyed
+    stream works the same: ``model`` is the topic's contract and ``kind_field`` the field
+    compared with ``bar_type`` (Reddit sentiment: ``SentimentEvent``, ``bucket``).
 
     Reads each partition backwards in chunks of ``chunk`` messages until every symbol was
     found, the log's start was reached or ``max_scan`` messages were read (a symbol not found
@@ -60,7 +63,8 @@ def published_marks(bootstrap: str, topic: str, symbols: Sequence[str], bar_type
             end = high
             while end > low and scanned < max_scan and not wanted <= found.keys():
                 begin = max(low, end - chunk)
-                scanned += _scan(consumer, TopicPartition(topic, p, begin), end, bar_type, wanted, found, timeout_s)
+                scanned += _scan(consumer, TopicPartition(topic, p, begin), end, bar_type, wanted, found, timeout_s,
+                                 model, kind_field)
                 end = begin
     finally:
         consumer.close()
@@ -68,7 +72,7 @@ def published_marks(bootstrap: str, topic: str, symbols: Sequence[str], bar_type
 
 
 def _scan(consumer: Consumer, start: TopicPartition, end: int, bar_type: str, wanted: set[str],
-          found: dict[str, datetime], timeout_s: float) -> int:
+          found: dict[str, datetime], timeout_s: float, model: type[BaseEvent], kind_field: str) -> int:
     consumer.assign([start])
     read, offset = 0, start.offset
     deadline = time.monotonic() + timeout_s
@@ -90,10 +94,10 @@ def _scan(consumer: Consumer, start: TopicPartition, end: int, bar_type: str, wa
         if offset >= end:
             break
         try:
-            ev = MarketRawEvent.model_validate_json(msg.value())
+            ev: Any = model.model_validate_json(msg.value())
         except (ValidationError, ValueError):
             continue
-        if ev.bar_type == bar_type and ev.symbol in wanted and (ev.symbol not in found or ev.ts > found[ev.symbol]):
+        if getattr(ev, kind_field) == bar_type and ev.symbol in wanted and (ev.symbol not in found or ev.ts > found[ev.symbol]):
             found[ev.symbol] = ev.ts
     return read
 
@@ -194,14 +198,15 @@ class IngestCollector:
 
 
 def serve_ingest_metrics(cfg: Any, source: str, stats: Callable[[], Any],
-                         health: Callable[[], tuple[bool, str]] | None = None) -> Any:
+                         health: Callable[[], tuple[bool, str]] | None = None, service: str = "ingest") -> Any:
     """Start the ingest's ``/metrics`` + ``/healthz`` on its port (``observability.metrics_port_base``
-    + the ``ingest`` offset); returns the server (``close()`` it)."""
+    + the ``service`` offset: ``ingest``, or ``ingest_reddit`` beside it); returns the server
+    (``close()`` it)."""
     from prometheus_client import CollectorRegistry
 
     from live.metrics import service_port, start_metrics_server
 
     registry = CollectorRegistry()
     registry.register(IngestCollector(source, stats))
-    return start_metrics_server(service_port(cfg, "ingest"), registry, host=cfg.observability.metrics_host,
+    return start_metrics_server(service_port(cfg, service), registry, host=cfg.observability.metrics_host,
                                 health=health)

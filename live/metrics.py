@@ -52,6 +52,8 @@ SERVICE_PORT_OFFSETS: Mapping[str, int] = {
     "exit_monitor": 9,
     "lag_monitor": 10,
     "replay": 11,
+    "ingest_reddit": 12,  # awet ingest --source reddit (runs beside a bar ingest)
+    "persist_sentiment": 13,
     "textfile_exporter": 19,
 }
 

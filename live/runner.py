@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from awet_dagster.contracts.topology import LOOP_NODES, group_inputs
+from awet_dagster.contracts.topology import LOOP_NODES, OPTIONAL_NODES, group_inputs
 from live.bus import BusService, RetryLater, RunStats
 
 log = logging.getLogger("awet.live.runner")
@@ -104,6 +104,9 @@ _REGISTRY: dict[str, ServiceSpec] = {
                     instances="one",
                     why="the exit state of every position (peak, bars held) is rebuilt from the fills only "
                         "when it starts"),
+        ServiceSpec("persist_sentiment", "live.services.persist_sentiment:build",
+                    "social.sentiment -> reddit_mentions table (beside `awet ingest --source reddit`)",
+                    why="idempotent upserts keyed by (symbol, bucket, ts); no state"),
         ServiceSpec("lag_monitor", "live.services.lag_monitor:build_service",
                     "consumer lag of the live groups -> awet_consumer_lag (no bus)", kind="thread",
                     why="it only reads the groups' committed offsets; each instance exports the same figures"),
@@ -690,6 +693,9 @@ REPLAY_SERVICES: tuple[str, ...] = (*LOOP_SERVICES, "lag_monitor")
 #: market.raw, the loop, and the lag monitor that feeds awet_consumer_lag (tests/test_deploy.py
 #: holds compose and the chart to this and checks the topic graph they make).
 DEPLOYED_SERVICES: tuple[str, ...] = ("ingest", *LOOP_SERVICES, "lag_monitor")
+#: Deployed only when switched on, and then together (compose profile ``reddit``, Helm
+#: ``services.<name>.enabled``): Reddit sentiment needs API credentials a fresh deployment lacks.
+OPTIONAL_DEPLOYED_SERVICES: tuple[str, ...] = OPTIONAL_NODES
 
 
 class LoopHandle:

@@ -255,7 +255,8 @@ def _topics_and_overrides(tmp: Path) -> tuple[dict[str, str], dict[str, dict]]:
     default_topic = {"market.raw": t["raw"], "engineered": t["eng"], "signals.scored": t["scored"],
                      "risk.approved": t["approved"], "exec.exits": t["exits"]}
     overrides["lag_monitor"] = {"interval_s": 1.0, "groups": {
-        g[svc]: tuple(default_topic[x] for x in topics) for svc, topics in DEFAULT_SUBSCRIPTIONS.items()}}
+        g[svc]: tuple(default_topic[x] for x in topics) for svc, topics in DEFAULT_SUBSCRIPTIONS.items()
+        if svc in overrides}}  # the replay's services (not the optional persist_sentiment)
     return t, overrides
 
 
@@ -526,7 +527,8 @@ def test_lag_monitor_watches_the_groups_the_services_really_use():
     from live.runner import LOOP_SERVICES, SERVICE_INPUTS
     from live.services.lag_monitor import DEFAULT_SUBSCRIPTIONS
 
-    assert set(DEFAULT_SUBSCRIPTIONS) == set(LOOP_SERVICES)
+    # The loop's groups and, when deployed, persist_sentiment's (lag on social.sentiment).
+    assert set(DEFAULT_SUBSCRIPTIONS) == set(LOOP_SERVICES) | {"persist_sentiment"}
     for name, topics in DEFAULT_SUBSCRIPTIONS.items():
         assert set(topics) == set(SERVICE_INPUTS[name]), name
 

@@ -1,7 +1,7 @@
 """The signal service reads the Lean alphas from alpha.signals by default (#20 item 3): each
 bar waits, bounded, for the lean_alpha service's bar_done mark, so the signals equal those of
 the engine computing the alphas itself (the backtest's path) even when the insights arrive
-after their bars."""
+after their bars. A stop during any such wait (alpha mark, forecast, fills) redelivers the bar."""
 from __future__ import annotations
 
 import threading
@@ -110,3 +110,48 @@ def test_a_stop_cuts_a_bars_wait_short_and_the_bar_is_redelivered_not_scored_wit
     assert "stopping while a bar waited for its alpha mark" in str(box.get("retry")), box
     assert _committed(endpoints.kafka_bootstrap, group, raw) < 0  # the bar is redelivered to the next start
     assert _read_all(endpoints.kafka_bootstrap, scored, 0, timeout_s=2) == []  # never scored without its alphas
+
+
+@pytest.mark.timeout(120)
+def test_a_stop_cuts_a_fill_wait_short_and_the_bar_is_redelivered_not_judged_without_its_fills(
+        test_config_for, tmp_path, endpoints, make_topic):
+    """The exit monitor (like risk) waits for the fills of orders decided before a bar; a stop
+    during that wait is a RetryLater, so the bar is not judged on a book that lacks them."""
+    from datetime import timedelta
+
+    from live.bus import RetryLater
+    from live.services import exit_monitor
+    from tests.test_bus import _committed
+
+    cfg = test_config_for(tmp_path / "home")
+    bars = _sample_bars(("SPY",), start=date(2019, 1, 2), end=date(2019, 1, 4))
+    raw, exits, done, orders, group = make_topic(), make_topic(), make_topic(), make_topic(), _group()
+    prod = _producer(endpoints.kafka_bootstrap)
+    for ev in bars_to_events(bars):
+        prod.send(raw, ev)
+    prod.flush(10)
+    first_ts = bars["ts"][0]
+    box: dict[str, object] = {}
+    with exit_monitor.build(cfg, endpoints, input_topic=raw, output_topic=exits, done_topic=done,
+                            orders_topic=orders, group=group, fill_wait_s=3600.0) as svc:
+        # An entry decided the bar before, never filled: the first bar must wait for its fill.
+        svc.component.ledger.expect("coid-1", bars["symbol"][0], first_ts - timedelta(days=1), "entry", "corr-1", qty=1.0)
+
+        def run() -> None:
+            try:
+                box["stats"] = svc.run(max_messages=bars.height, timeout_s=60)
+            except RetryLater as exc:
+                box["retry"] = exc
+
+        runner = threading.Thread(target=run, daemon=True)
+        runner.start()
+        time.sleep(1.5)
+        assert runner.is_alive() and svc.component.counters["bars"] == 1  # waiting on the first bar
+        stopped_at = time.monotonic()
+        svc.stop()
+        runner.join(10)
+        assert not runner.is_alive() and time.monotonic() - stopped_at < 5
+        assert svc.component.counters["fill_wait_timeouts"] == 0
+    assert "waited for fills" in str(box.get("retry")), box
+    assert _committed(endpoints.kafka_bootstrap, group, raw) < 0
+    assert _read_all(endpoints.kafka_bootstrap, exits, 0, timeout_s=2) == []

@@ -113,7 +113,7 @@ def live_services(compose: dict) -> dict[str, str]:
         if cmd[:2] == ["awet", "live"] and "--service" in cmd:
             out[name] = cmd[cmd.index("--service") + 1]
         elif cmd[:2] == ["awet", "ingest"]:
-            out[name] = "ingest"
+            out[name] = "ingest_reddit" if cmd[cmd.index("--source") + 1] == "reddit" else "ingest"
     return out
 
 
@@ -274,16 +274,16 @@ def test_every_awet_command_is_real(compose):
             assert opt in res.output, f"{name}: `awet {' '.join(path)}` has no option {opt}"
         seen.append(name)
     assert "init" in seen
-    registered = set(available_services()) | {"ingest"}
+    registered = set(available_services()) | {"ingest", "ingest_reddit"}
     missing = {n: s for n, s in live_services(compose).items() if s not in registered}
     assert not missing, f"live services not registered in live.runner: {missing}"
 
 
 def test_live_services_are_the_whole_loop_and_scalable(compose):
-    from live.runner import DEPLOYED_SERVICES
+    from live.runner import DEPLOYED_SERVICES, OPTIONAL_DEPLOYED_SERVICES
 
     live = live_services(compose)
-    assert sorted(live.values()) == sorted(DEPLOYED_SERVICES)
+    assert sorted(live.values()) == sorted(DEPLOYED_SERVICES + OPTIONAL_DEPLOYED_SERVICES)
     assert all(k == v for k, v in live.items())
     for name in live:
         svc = compose["services"][name]
@@ -345,7 +345,13 @@ def test_observability_files_mounted_are_the_repositorys(compose):
 def test_vault_is_an_optional_profile(compose):
     vault = compose["services"]["vault"]
     assert vault["profiles"] == ["vault"]
-    assert all("profiles" not in s for n, s in compose["services"].items() if n != "vault")
+    from live.runner import OPTIONAL_DEPLOYED_SERVICES
+
+    # Reddit sentiment is a profile of its own (its two services, together); nothing else is optional.
+    assert {n for n, s in compose["services"].items() if s.get("profiles") == ["reddit"]} == set(
+        OPTIONAL_DEPLOYED_SERVICES)
+    assert all("profiles" not in s for n, s in compose["services"].items()
+               if n != "vault" and n not in OPTIONAL_DEPLOYED_SERVICES)
     for name in awet_services(compose):
         env = compose["services"][name].get("environment") or {}
         if "VAULT_ADDR" in env:
@@ -567,7 +573,7 @@ def test_one_deployment_per_live_service_with_probes(helm):
     hpas, pdbs = by_kind(docs, "HorizontalPodAutoscaler"), by_kind(docs, "PodDisruptionBudget")
     # Exactly the deployments the topology names: the loop AND the lag monitor (without it
     # awet_consumer_lag has no data and the ConsumerLag alerts and lag-based scaling are blind).
-    assert set(deps) == {"awet-" + s.replace("_", "-") for s in DEPLOYED_SERVICES}
+    assert set(deps) == {"awet-" + s.replace("_", "-") for s in DEPLOYED_SERVICES}  # Reddit: off by default
     for service in DEPLOYED_SERVICES:
         k8s = "awet-" + service.replace("_", "-")
         d = deps[k8s]
@@ -773,15 +779,18 @@ def test_live_service_command_runs_locally(name, database_url, kafka_bootstrap, 
     service = _LIVE[name]
     # Compose's ${VAR:-default}: what runs when nothing is set.
     cmd = [re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", a) for a in _COMPOSE["services"][name]["command"]]
-    if service == "ingest":  # the stub streams into a topic of its own, not the session's market.raw
+    if service in ("ingest", "ingest_reddit"):  # a topic of its own, not the session's configured one
         cmd += ["--topic", make_topic()]
     else:
         assert service in available_services(), f"{service} is not registered in live.runner"
     res = subprocess.run(_local([*cmd, "--max-seconds", "3"]),
                          env=_local_env(database_url, kafka_bootstrap, tmp_path / "home"),
                          capture_output=True, text=True, timeout=240, cwd=tmp_path)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     said = " ".join(res.stdout.split())
+    if service == "ingest_reddit":  # as deployed without REDDIT_CLIENT_ID/SECRET: stops and says why
+        assert res.returncode == 2 and "reddit_client_id" in said, said + res.stderr[-2000:]
+        return  # (against a fake Reddit: tests/test_reddit_stream.py)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     if service == "ingest":
         assert "stub: polls" in said and "published 0," not in said, said
     else:
@@ -861,15 +870,33 @@ def test_metrics_exporter_command_runs_locally(database_url, kafka_bootstrap, tm
 def test_each_deployment_makes_a_closed_topic_graph(compose, helm):
     """Compose and the chart each deploy a loop that is fed and read: every consumed topic has a
     deployed producer (market.raw: the ingestion service), every produced one a consumer or a
-    documented reason (contracts/topology.py SINKS), every topic its dead-letter twin."""
-    from live.runner import DEPLOYED_SERVICES
+    documented reason (contracts/topology.py SINKS), every topic its dead-letter twin. So does
+    each with Reddit sentiment switched on (compose profile `reddit`, the chart's two services)."""
+    from live.runner import DEPLOYED_SERVICES, OPTIONAL_DEPLOYED_SERVICES
 
-    from_compose = set(live_services(compose).values())
-    from_helm = {d["metadata"]["labels"]["app.kubernetes.io/component"].replace("-", "_")
-                 for d in by_kind(render(helm), "Deployment").values()}
+    def helm_deployed(*args: str) -> set[str]:
+        return {d["metadata"]["labels"]["app.kubernetes.io/component"].replace("-", "_")
+                for d in by_kind(render(helm, *args), "Deployment").values()}
+
+    profiles = {n: s.get("profiles", []) for n, s in compose["services"].items()}
+    running = live_services(compose)
+    from_compose = {node for name, node in running.items() if not profiles[name]}
+    with_reddit = {node for name, node in running.items() if profiles[name] in ([], ["reddit"])}
+    from_helm = helm_deployed()
+    helm_reddit = helm_deployed("--set", "services.ingest_reddit.enabled=true",
+                                "--set", "services.persist_sentiment.enabled=true")
     assert from_compose == from_helm == set(DEPLOYED_SERVICES)
-    for deployed in (from_compose, from_helm):
+    assert with_reddit == helm_reddit == set(DEPLOYED_SERVICES) | set(OPTIONAL_DEPLOYED_SERVICES)
+    for deployed in (from_compose, from_helm, with_reddit, helm_reddit):
         assert topology_problems(deployed) == []
+    assert topology_problems(from_compose | {"persist_sentiment"}) == [
+        "social.sentiment is consumed by persist_sentiment but no deployed service produces it"]
+    assert topology_problems(from_compose | {"ingest_reddit"}) == [
+        "social.sentiment is produced by ingest_reddit but no deployed service consumes it"]
+    # The chart refuses one of the two without the other.
+    res = subprocess.run([helm, "template", "awet", str(CHART), "--set", "services.ingest_reddit.enabled=true"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0 and "enabled together or not at all" in res.stderr, res.stderr
     # The check is not vacuous: without the ingestion service nothing feeds market.raw; without
     # inference nothing answers the signal service's predictions.
     assert topology_problems(from_compose - {"ingest"}) == [

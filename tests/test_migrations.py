@@ -17,7 +17,7 @@ from awet_dagster.storage import db
 from awet_dagster.storage.retention import apply_retention
 
 # The newest migration: a new one must be added here on purpose (the head is asserted, not discovered).
-HEAD = "0006_calibrations"
+HEAD = "0007_reddit_bucket"
 
 REPO = Path(__file__).resolve().parents[1]
 TABLES = {

@@ -172,6 +172,10 @@ class DataConfig(Section):
     reddit_client_id: SecretStr | None = None
     reddit_client_secret: SecretStr | None = None
     reddit_days: int = Field(7, ge=1)  # Reddit's listings reach back only so far
+    reddit_subreddits: tuple[str, ...] = ("wallstreetbets", "stocks", "investing")
+    # Reddit's API and OAuth token hosts (a proxy, or a local fake in tests).
+    reddit_api_url: str = "https://oauth.reddit.com"
+    reddit_auth_url: str = "https://www.reddit.com"
     staleness_max_days: int = Field(5, ge=1)
     # Minute bars are partitioned by exchange day × symbol (backfills from the Dagster UI).
     minute_symbols: tuple[str, ...] = ("SPY", "IBM", "BAC", "AIG")

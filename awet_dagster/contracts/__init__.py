@@ -25,6 +25,8 @@ from .events import (
     RiskSnapshot,
     RegimeName,
     ScoredSignal,
+    SentimentBucket,
+    SentimentEvent,
     bar_source,
 )
 from .topics import ALL_TOPICS, TOPIC_REGISTRY, all_topics_with_dlq, dlq_topic, is_dlq_topic, model_for_topic
@@ -55,6 +57,8 @@ __all__ = [
     "RegimeName",
     "RiskSnapshot",
     "ScoredSignal",
+    "SentimentBucket",
+    "SentimentEvent",
     "all_topics_with_dlq",
     "bar_source",
     "dlq_topic",

@@ -86,6 +86,29 @@ class MarketRawEvent(BaseEvent):
         return self
 
 
+#: Length of a social-sentiment bucket.
+SentimentBucket = Literal["1h", "1d"]
+
+
+class SentimentEvent(BaseEvent):
+    """Mentions of one symbol on Reddit in one CLOSED time bucket, with the mean VADER compound
+    score of the texts that mention it. Published once per (symbol, bucket, ts) by
+    ``awet ingest --source reddit`` after the bucket ended; ``persist_sentiment`` stores it in
+    ``reddit_mentions``, from which the features join it point-in-time. A bucket without
+    mentions has no event (and no row): missing stays missing."""
+
+    event_type: ClassVar[str] = "social_sentiment"
+    schema_version: Literal[1] = 1
+
+    symbol: Symbol
+    ts: UtcDatetime = Field(description="bucket START instant, UTC")
+    bucket: SentimentBucket = Field(description="bucket length")
+    mentions: int = Field(ge=1, description="texts (submissions, comments) that mention the symbol")
+    sentiment: float = Field(ge=-1.0, le=1.0, description="mean VADER compound score of those texts")
+    source: Literal["reddit"] = "reddit"
+    subreddits: tuple[NonEmptyStr, ...] = Field(min_length=1, description="the subreddits read")
+
+
 class FeatureEvent(BaseEvent):
     """Engineered features for one bar."""
 
@@ -415,6 +438,7 @@ class DeadLetter(BaseEvent):
 
 CONTRACT_MODELS: tuple[type[BaseEvent], ...] = (
     MarketRawEvent,
+    SentimentEvent,
     FeatureEvent,
     AlphaSignal,
     Prediction,

@@ -24,6 +24,7 @@ from .events import (
     RiskDecision,
     RiskSnapshot,
     ScoredSignal,
+    SentimentEvent,
 )
 
 TS = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
@@ -37,6 +38,8 @@ def example_events(correlation_id: str = "corr-example", symbol: str = "AAPL") -
         MarketRawEvent(**common, symbol=symbol, bar_type="minute", ts=TS, open=185.1, high=185.6, low=184.9,
                        close=185.4, volume=120_345, bid=185.39, ask=185.41, bid_size=300.0, ask_size=200.0,
                        source="alpaca"),
+        SentimentEvent(**common, symbol=symbol, ts=TS.replace(hour=0, minute=0), bucket="1d", mentions=42,
+                       sentiment=0.31, subreddits=("wallstreetbets", "stocks")),
         FeatureEvent(**common, symbol=symbol, bar_type="minute", ts=TS, feature_set_version="fs-v1",
                      features={"ret_1": 0.0016, "rsi_14": 61.2, "ema_12_26": 0.35}),
         AlphaSignal(**common, symbol=symbol, ts=TS, alpha="ema_cross", direction="long", magnitude=0.6,

@@ -29,6 +29,7 @@ from .events import (
     Prediction,
     RiskDecision,
     ScoredSignal,
+    SentimentEvent,
 )
 
 MARKET_RAW = "market.raw"
@@ -41,6 +42,8 @@ RISK_REJECTED = "risk.rejected"
 EXEC_EXITS = "exec.exits"
 EXEC_ORDERS = "exec.orders"
 EXEC_DONE = "exec.done"
+#: Reddit mentions and sentiment per symbol and closed bucket (``awet ingest --source reddit``).
+SOCIAL_SENTIMENT = "social.sentiment"
 
 DLQ_SUFFIX = ".dlq"
 
@@ -57,6 +60,7 @@ TOPIC_REGISTRY: Mapping[str, type[BaseEvent]] = MappingProxyType(
         EXEC_EXITS: ExitEvent,
         EXEC_ORDERS: OrderEvent,
         EXEC_DONE: ExecutionReport,
+        SOCIAL_SENTIMENT: SentimentEvent,
     }
 )
 

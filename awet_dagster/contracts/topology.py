@@ -26,6 +26,7 @@ from .topics import (
     RISK_APPROVED,
     RISK_REJECTED,
     SIGNALS_SCORED,
+    SOCIAL_SENTIMENT,
 )
 
 
@@ -53,7 +54,13 @@ NODES: Mapping[str, Node] = MappingProxyType({
     "execution": Node(inputs=(MARKET_RAW, RISK_APPROVED, EXEC_EXITS), outputs=(EXEC_ORDERS, EXEC_DONE)),
     "exit_monitor": Node(inputs=(MARKET_RAW,), side=(EXEC_DONE, EXEC_ORDERS), outputs=(EXEC_EXITS,)),
     "lag_monitor": Node(),  # reads committed offsets of the groups above, no messages
+    # Reddit sentiment (`awet ingest --source reddit`), stored for the features' point-in-time join.
+    "ingest_reddit": Node(outputs=(SOCIAL_SENTIMENT,)),
+    "persist_sentiment": Node(inputs=(SOCIAL_SENTIMENT,)),
 })
+
+#: Nodes a deployment runs only when switched on, and then together (they need Reddit credentials).
+OPTIONAL_NODES: tuple[str, ...] = ("ingest_reddit", "persist_sentiment")
 
 #: The services of the trading loop proper (``awet live`` runs them; ingestion feeds them).
 LOOP_NODES: tuple[str, ...] = ("persist_bars", "features", "lean_alpha", "inference", "signal", "risk",

@@ -20,7 +20,7 @@ from awet_dagster.signals.tft import tft_view
 from awet_dagster.sources.exchange_time import to_utc_bounds
 from awet_dagster.storage.bars import read_bars
 from awet_dagster.storage.features import read_features
-from awet_dagster.sources.corporate_actions import adjusted_frame
+from awet_dagster.sources.corporate_actions import forward_log_returns
 
 
 def training_window(cfg: AwetConfig) -> tuple[datetime, datetime]:
@@ -80,9 +80,7 @@ def fit_calibrator_oos(wf_result, bars: pl.DataFrame) -> tuple[PlattCalibrator |
         return None, 0
     h = int(preds["horizon"].min())
     preds = preds.filter(pl.col("horizon") == h)
-    closes = adjusted_frame(bars).sort("symbol", "ts").with_columns(
-        (pl.col("close").shift(-h).over("symbol") / pl.col("close")).log().alias("fwd")
-    ).select("symbol", "ts", "fwd")
+    closes = forward_log_returns(bars, h)
     joined = preds.join(closes, on=["symbol", "ts"], how="inner").drop_nulls("fwd")
     # The engine calibrates |ensemble score| into P(direction right); fit that mapping on
     # the TFT component's OOS calls (confidence = |score|, outcome = sign matched).

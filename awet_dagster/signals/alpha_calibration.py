@@ -19,7 +19,7 @@ import polars as pl
 from awet_dagster.config.schema import SignalsConfig
 from awet_dagster.signals.calibration import PlattCalibrator, fit_platt
 from awet_dagster.signals.engine import SignalEngine
-from awet_dagster.sources.corporate_actions import adjusted_frame
+from awet_dagster.sources.corporate_actions import forward_log_returns
 
 #: Fewer calls than this (or a single outcome class) fit nothing: the engine keeps the
 #: uncalibrated 0.5 + |score| / 2 rather than a curve drawn through noise.
@@ -45,9 +45,7 @@ def alpha_calls(bars: pl.DataFrame, cfg: SignalsConfig, horizon: int = 1) -> Alp
         return AlphaCalls(np.zeros(0), np.zeros(0, dtype=int), 0)
     if bars["bar_type"].n_unique() != 1:
         raise ValueError(f"one bar type at a time, got {sorted(bars['bar_type'].unique())}")
-    fwd = (adjusted_frame(bars).sort("symbol", "ts")
-           .with_columns((pl.col("close").shift(-horizon).over("symbol") / pl.col("close")).log().alias("fwd"))
-           .select("symbol", "ts", "fwd"))
+    fwd = forward_log_returns(bars, horizon)
     # Filters do not matter here (the call is the score): the engine scores every bar anyway.
     engine = SignalEngine(cfg.model_copy(update={"enforce_market_hours": False}), compute_alphas=True)
     rows = []

@@ -127,6 +127,15 @@ def adjusted_frame(bars: pl.DataFrame) -> pl.DataFrame:
     return bars.with_columns(cols)
 
 
+
+def forward_log_returns(bars: pl.DataFrame, horizon: int) -> pl.DataFrame:
+    """(symbol, ts, fwd): log(close[t + horizon bars] / close[t]) per symbol on adjusted
+    prices (null where the horizon runs past the data): the outcome both calibrators (TFT and
+    alpha-only) are fitted on."""
+    return (adjusted_frame(bars).sort("symbol", "ts")
+            .with_columns((pl.col("close").shift(-horizon).over("symbol") / pl.col("close")).log().alias("fwd"))
+            .select("symbol", "ts", "fwd"))
+
 def adjusted_bar(bar: Mapping[str, Any]) -> Mapping[str, Any]:
     """One bar (a mapping of the bar schema) on the adjusted basis, its factors then 1.0
     (idempotent); the bar itself when it is unadjusted."""

@@ -53,6 +53,23 @@ class RedditSettings:
     reddit_url: str = "https://www.reddit.com"  # OAuth token host
 
 
+def reddit_settings(data: Any, bucket: Literal["1h", "1d"] = "1d") -> RedditSettings:
+    """RedditSettings from the ``data`` config section (subreddits, API hosts)."""
+    return RedditSettings(subreddits=tuple(data.reddit_subreddits), bucket=bucket,
+                          oauth_url=data.reddit_api_url, reddit_url=data.reddit_auth_url)
+
+
+def reddit_client(data: Any, bucket: Literal["1h", "1d"] = "1d", policy: RetryPolicy | None = None) -> RedditMentions:
+    """The mentions client of the ``data`` config section: its credentials (``MissingCredentials``
+    names what is unset), subreddits, hosts, and timeouts/retries (request_timeout_s, max_retries)."""
+    def secret(v: Any) -> Any:
+        return v.get_secret_value() if v is not None else None
+
+    policy = policy or RetryPolicy(timeout_s=data.request_timeout_s, max_retries=data.max_retries)
+    return RedditMentions(secret(data.reddit_client_id), secret(data.reddit_client_secret),
+                          settings=reddit_settings(data, bucket), policy=policy)
+
+
 def extract_mentions(text: str, symbols: Iterable[str]) -> set[str]:
     """Watch-list symbols mentioned in `text` (each counted once per text)."""
     wanted = {s.upper() for s in symbols}

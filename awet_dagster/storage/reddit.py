@@ -1,5 +1,8 @@
 """Reddit mention counts and sentiment in `reddit_mentions`, and their point-in-time join.
 
+Rows are keyed by (symbol, bucket, ts): daily buckets (the Dagster asset, and what the
+features join) and hourly ones (a streamed ingest may use either) live side by side.
+
 A bucket's counts are only known once the bucket has closed, so a bar at `ts` sees the
 latest bucket that ended at or before `ts` (never the bucket it falls in).
 """
@@ -12,23 +15,29 @@ import polars as pl
 BUCKET = {"1h": timedelta(hours=1), "1d": timedelta(days=1)}
 
 
-def upsert_mentions(conn, frame: pl.DataFrame, source: str = "reddit") -> int:
+def upsert_mentions(conn, frame: pl.DataFrame, source: str = "reddit", bucket: str = "1d") -> int:
+    """Store a mentions frame (symbol, ts, mentions, sentiment) of ``bucket``-long buckets: a
+    bucket read again (a later fetch saw more of it) replaces its row."""
+    if bucket not in BUCKET:
+        raise ValueError(f"bucket must be one of {sorted(BUCKET)}, got {bucket!r}")
     if frame.height == 0:
         return 0
-    rows = [(r["symbol"], r["ts"], int(r["mentions"]), r["sentiment"], source) for r in frame.iter_rows(named=True)]
+    rows = [(r["symbol"], bucket, r["ts"], int(r["mentions"]), r["sentiment"], source)
+            for r in frame.iter_rows(named=True)]
     with conn.transaction(), conn.cursor() as cur:
         cur.executemany(
-            "INSERT INTO reddit_mentions (symbol, ts, mentions, sentiment, source) VALUES (%s,%s,%s,%s,%s) "
-            "ON CONFLICT (symbol, ts) DO UPDATE SET mentions = EXCLUDED.mentions, sentiment = EXCLUDED.sentiment",
+            "INSERT INTO reddit_mentions (symbol, bucket, ts, mentions, sentiment, source) "
+            "VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT (symbol, bucket, ts) "
+            "DO UPDATE SET mentions = EXCLUDED.mentions, sentiment = EXCLUDED.sentiment, source = EXCLUDED.source",
             rows,
         )
     return len(rows)
 
 
-def read_mentions(conn, symbols, start: datetime, end: datetime) -> pl.DataFrame:
+def read_mentions(conn, symbols, start: datetime, end: datetime, bucket: str = "1d") -> pl.DataFrame:
     rows = conn.execute(
-        "SELECT symbol, ts, mentions, sentiment FROM reddit_mentions WHERE symbol = ANY(%s) AND ts >= %s AND ts < %s "
-        "ORDER BY symbol, ts", (list(symbols), start, end),
+        "SELECT symbol, ts, mentions, sentiment FROM reddit_mentions WHERE symbol = ANY(%s) AND bucket = %s "
+        "AND ts >= %s AND ts < %s ORDER BY symbol, ts", (list(symbols), bucket, start, end),
     ).fetchall()
     return pl.DataFrame(rows, schema={"symbol": pl.Utf8, "ts": pl.Datetime("us", "UTC"), "mentions": pl.Float64,
                                       "sentiment": pl.Float64}, orient="row")

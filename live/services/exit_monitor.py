@@ -120,6 +120,8 @@ class ExitService:
                 if self.ledger.missing_fills({symbol}, ts):
                     if not wait_for_fills(tail.cond, lambda: not self.ledger.missing_fills({symbol}, ts),
                                           self.fill_wait_s, self.stopping):
+                        if self.stopping():  # redelivered to the next start, not judged without its fills
+                            raise RetryLater(f"stopping while {symbol} at {ts.isoformat()} waited for fills")
                         self.counters["fill_wait_timeouts"] += 1
                         log.warning("exit_monitor: no fill report for %s at %s within %.1fs", symbol,
                                     ts.isoformat(), self.fill_wait_s)

@@ -57,7 +57,7 @@ from awet_dagster.storage.trading import (
 )
 from awet_dagster.streaming import read_last_bars_many
 from awet_dagster.sources.corporate_actions import adjusted_close
-from live.bus import MessageContext, Output
+from live.bus import MessageContext, Output, RetryLater
 from live.services._common import (
     time_guard,
     LazyConnection,
@@ -298,6 +298,9 @@ class RiskService:
             if self.ledger.missing_fills(seen, ts):
                 ok = wait_for_fills(tail.cond, lambda: not self.ledger.missing_fills(seen, ts), self.fill_wait_s,
                                     self.stopping)
+                if not ok and self.stopping():
+                    # Redelivered to the next start instead of decided without its fills.
+                    raise RetryLater(f"stopping while {symbol} at {ts.isoformat()} waited for fills")
                 if not ok:
                     self.counters["fill_wait_timeouts"] += 1
                     log.warning("risk: no fill report for %s at %s within %.1fs; deciding without it",

@@ -129,14 +129,12 @@ class AlphaCalibrations:
         self.refresh_s = refresh_s
         self._next: dict[str, float] = {}
         self._ids: dict[str, int | None] = {}
-        self.reads = 0
 
     def apply(self, engine: SignalEngine, bar_type: str, now: float) -> None:
         if now < self._next.get(bar_type, -math.inf):
             return
         self._next[bar_type] = now + self.refresh_s
         stored = latest_calibration(self.conn.get(), "alpha", bar_type)
-        self.reads += 1
         new_id = stored.id if stored is not None else None
         if bar_type in self._ids and self._ids[bar_type] == new_id:
             return
