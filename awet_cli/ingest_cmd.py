@@ -89,7 +89,7 @@ def _polled(source: str, symbols: list[str], bar_type: str, interval: float | No
     from awet_dagster.sources.settings import source_kwargs
     from awet_dagster.streaming.polling import BarPoller, SimulatedClock
     from live.ingest_poll import PollingIngestor, published_marks, serve_ingest_metrics
-    from live.runner import publish_acknowledged
+    from live.publish import publish_acknowledged
 
     cfg = _config()
     symbols = symbols or list(cfg.data.symbols)
@@ -150,7 +150,7 @@ def _reddit(symbols: list[str] | None, bucket: str, interval: float | None, max_
     from awet_dagster.sources.reddit import reddit_client
     from awet_dagster.streaming.sentiment import SentimentPoller
     from live.ingest_poll import PollingIngestor, published_marks, serve_ingest_metrics
-    from live.runner import publish_acknowledged
+    from live.publish import publish_acknowledged
 
     cfg = _config()
     symbols = _symbols(symbols, cfg.data.symbols)

@@ -199,7 +199,9 @@ def live_cmd(
     service's offset (live/metrics.py SERVICE_PORT_OFFSETS; several services: the runner's).
     """
     from live.metrics import service_port
-    from live.runner import _REGISTRY, MetricsPortError, available_services, run_services
+    from live.registry import available_services, service_spec
+    from live.service_metrics import MetricsPortError
+    from live.supervisor import run_services
     from live.single_instance import SingleInstanceError
 
     if replay:
@@ -207,7 +209,7 @@ def live_cmd(
         return
     if list_services:
         for name in available_services():
-            spec = _REGISTRY[name]
+            spec = service_spec(name)
             scale = "one instance" if spec.instances == "one" else "scales out"
             console.print(f"[cyan]{name}[/cyan]  {spec.description}  [dim]({scale}: {spec.why})[/dim]")
         return
@@ -259,7 +261,8 @@ def _live_replay(source: str, bar_type: str | None, start: str | None, end: str 
     from awet_dagster.storage.bars import copy_upsert_bars
     from awet_dagster.storage.db import connect
     from live.metrics import service_port
-    from live.runner import REPLAY_SERVICES, LoopTracker, replay_through_loop, start_loop
+    from live.loop_harness import LoopTracker, replay_through_loop, start_loop
+    from live.registry import REPLAY_SERVICES
     from live.topics import ensure_configured_topics
 
     bar_type, syms, first, last = _window(cfg, bar_type, symbols, start, end, cfg.data.replay_start)

@@ -164,7 +164,7 @@ def _promote(cfg: AwetConfig, console: Console) -> None:
 
     from awet_dagster.model import promotion, registry
     from resources.database import DatabaseResource
-    from sensors.promotion import promote_model_job
+    from jobs.promotion import promote_model_job
 
     for d in promotion.decide(cfg):
         if d.action != "promote":

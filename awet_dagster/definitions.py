@@ -16,11 +16,12 @@ from assets.platform import platform_preflight
 from assets.signals import build_alpha_calibration
 from jobs.main import build_jobs
 from jobs.maintenance import retention_job
+from jobs.promotion import approve_model_job, promote_model_job
+from jobs.schedules import build_schedules
 from resources.database import DatabaseResource
 from resources.market_data import MarketDataResource
-from sensors.promotion import approve_model_job, model_promotion_sensor, promote_model_job
+from sensors.promotion import model_promotion_sensor
 from sensors.run_failure import run_failure_audit_sensor
-from sensors.schedules import build_schedules
 
 BAR_TYPES = ("daily", "minute")
 

@@ -31,7 +31,7 @@ Measured in one run per broker, on the same servers:
 - replay throughput: ``--replay-bars`` bars published at once, bars/s = bars / time until
   the loop has drained (every service consumed everything, LoopTracker); then the same
   replay with the loop split over two processes (``SplitLoop``: the trading half in a
-  spawned child, its counts merged with ``live.runner.lagging_of``; ``--no-split`` skips it).
+  spawned child, its counts merged with ``live.loop_harness.lagging_of``; ``--no-split`` skips it).
 Beside every figure: the order rate of the workload (orders / bars: the synthetic price
 cycles make a large share of bars trade, far more than a real day). No model is
 registered: inference idles (alphas only).
@@ -60,14 +60,8 @@ from awet_dagster.streaming import bars_to_events  # noqa: E402
 from benchmarks._common import machine_info, machine_table, md_table, percentile, update_markdown_section  # noqa: E402
 from live.bus import EventProducer  # noqa: E402
 from live.kafka_settings import FAST_DEV_PRODUCER_SETTINGS, producer_config  # noqa: E402
-from live.runner import (  # noqa: E402
-    LOOP_SERVICES,
-    LoopTracker,
-    lagging_of,
-    produced_of,
-    replay_through_loop,
-    start_loop,
-)
+from live.loop_harness import lagging_of, LoopTracker, produced_of, replay_through_loop, start_loop
+from live.registry import LOOP_SERVICES
 from live.topics import ensure_topics  # noqa: E402
 
 SECTION = "live_loop"
@@ -274,7 +268,7 @@ def _child_main(conn: Any, cfg: Any, ep: Any, overrides: dict, names: tuple[str,
 class SplitLoop:
     """The loop over two processes: this one runs every service but ``SPLIT_CHILD``, a spawned
     child runs those. It is the loop's tracker too (add_external / wait_drained / produced,
-    what replay_through_loop uses), over both processes' counts (``live.runner.lagging_of``)."""
+    what replay_through_loop uses), over both processes' counts (``live.loop_harness.lagging_of``)."""
 
     def __init__(self, cfg: Any, ep: Any, overrides: dict) -> None:
         import multiprocessing as mp

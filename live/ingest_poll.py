@@ -31,6 +31,7 @@ from pydantic import ValidationError
 
 from awet_dagster.contracts import BaseEvent, MarketRawEvent
 from awet_dagster.streaming.polling import BarPoller, PollStats, SimulatedClock
+from live.metrics import service_port, start_metrics_server
 
 log = logging.getLogger("awet.live.ingest_poll")
 
@@ -204,7 +205,6 @@ def serve_ingest_metrics(cfg: Any, source: str, stats: Callable[[], Any],
     (``close()`` it)."""
     from prometheus_client import CollectorRegistry
 
-    from live.metrics import service_port, start_metrics_server
 
     registry = CollectorRegistry()
     registry.register(IngestCollector(source, stats))

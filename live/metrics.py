@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from awet_dagster.config import load_config
 from awet_dagster.observability import textfile as tf
 
 log = logging.getLogger("awet.live.metrics")
@@ -481,7 +482,6 @@ def main(argv: list[str] | None = None) -> int:  # pragma: no cover - exercised 
     parser.add_argument("--port", type=int, default=None,
                         help="default: observability.metrics_port_base + %d" % SERVICE_PORT_OFFSETS["textfile_exporter"])
     args = parser.parse_args(argv)
-    from awet_dagster.config import load_config
 
     cfg = load_config()
     directory = args.textfile_dir or tf.metrics_dir(cfg)

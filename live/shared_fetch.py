@@ -26,7 +26,7 @@ the log no longer holds (rebuilt after a failure, long after) gets ``None`` and 
 with a private consumer as usual: correct, only without the saving.
 A broker that comes back with NEW logs (tansu, memory storage, restarted: every topic
 recreated, offsets from 0, and a fetch beyond the new end answers "empty", not out of
-range) is detected as the side readers do (``live.services._tail``): after the fetch lost
+range) is detected as the side readers do (``live.tail``): after the fetch lost
 every broker connection it compares the topic ids; a recreated topic is fetched again
 from its beginning, and every reader, once it has read what was fetched before, reads the
 new log from its start (what a group member whose commits died with the broker does).
@@ -44,7 +44,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from live.services._tail import describe_topic_ids
+from live.tail import describe_topic_ids
 from live.topics import COORDINATOR_BUSY
 
 log = logging.getLogger("awet.live.shared_fetch")

@@ -1,4 +1,4 @@
-"""Who may run beside whom in one consumer group, enforced (``live.runner`` takes the locks).
+"""Who may run beside whom in one consumer group, enforced (``live.supervisor`` takes the locks).
 
 A PostgreSQL session-level advisory lock keyed by the service's consumer group, held on a
 dedicated connection for as long as the service runs:

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
+from awet_dagster.infra.probes import broker_reachable
+
 DEFAULT_DLQ_SUFFIX = ".dlq"
 _QUIET = logging.getLogger("awet.kafka.probe")
 _QUIET.addHandler(logging.NullHandler())
@@ -31,7 +33,6 @@ def _admin(bootstrap: str, timeout_s: float) -> AdminClient:
 def admin_ready(bootstrap: str, timeout_s: float = 2.0) -> bool:
     """Readiness probe for ``awet infra up``: an AdminClient gets cluster metadata naming a
     broker and a controller within ``timeout_s``."""
-    from awet_dagster.infra.probes import broker_reachable
 
     # A TCP connect first: an AdminClient against a closed port logs every retry to stderr.
     if not broker_reachable(bootstrap, timeout_s=min(timeout_s, 1.0)):

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from awet_dagster.config import load_config  # noqa: E402
 from awet_dagster.infra import Endpoints  # noqa: E402
 from live.bus import BusService  # noqa: E402
-from live.runner import start_loop  # noqa: E402
+from live.loop_harness import start_loop  # noqa: E402
 
 
 def main() -> int:

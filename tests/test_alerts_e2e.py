@@ -6,8 +6,8 @@ One running replay per module (fixture ``replay``), shared by the tests below:
   three symbols renamed for this run) with the real feature set, exported to ONNX, logged and
   registered in a temporary MLflow store and promoted by ``promotion.promote`` (which writes
   the champion metrics textfile), ``tests/_model_data.register_sample_champion``;
-- every service of ``awet live --replay`` (``live.runner.REPLAY_SERVICES``: the eight loop
-  services and the lag monitor) in one process through ``live.runner.start_loop`` with its
+- every service of ``awet live --replay`` (``live.registry.REPLAY_SERVICES``: the eight loop
+  services and the lag monitor) in one process through ``live.loop_harness.start_loop`` with its
   /metrics + /healthz endpoint on a free loopback port, fed with ``replay_through_loop`` in
   lockstep (the functions the CLI calls), on fresh topics and consumer groups, against the
   session's PostgreSQL and broker (tests/conftest.py), the bars before the replay preloaded
@@ -186,7 +186,7 @@ class RunningReplay:
 
     def replay_day(self) -> None:
         """Publish the next timestamp's bars and wait until the whole loop has handled them."""
-        from live.runner import replay_through_loop
+        from live.loop_harness import replay_through_loop
 
         if not self.days:
             pytest.fail(f"the replay ran out of bars after {self.replayed_days} day(s)")
@@ -271,7 +271,8 @@ def replay(tmp_path_factory, test_config_for, database_url, template_database, k
     from awet_dagster.storage.db import connect
     from live.bus import EventProducer
     from live.kafka_settings import FAST_DEV_PRODUCER_SETTINGS, producer_config
-    from live.runner import REPLAY_SERVICES, LoopTracker, start_loop
+    from live.loop_harness import LoopTracker, start_loop
+    from live.registry import REPLAY_SERVICES
     from live.topics import ensure_topics
 
     tmp = tmp_path_factory.mktemp("e2e")
@@ -436,7 +437,7 @@ def test_a_scrape_of_the_running_replay_has_samples_of_every_dashboard_metric(re
     errors = replay.values('awet_broker_api_errors_total{venue="paper"}')
     assert [(m["kind"], v) for m, v in errors] == [("timeout", 0.0)], errors
     # every service of the replay reports itself up (the Pipeline dashboard's $service variable)
-    from live.runner import REPLAY_SERVICES
+    from live.registry import REPLAY_SERVICES
 
     up = {m["service"]: v for m, v in replay.values('awet_service_up{job="awet"}')}
     assert up == {s: 1.0 for s in REPLAY_SERVICES}, up
@@ -524,7 +525,7 @@ def test_kill_switch_tripped_mid_replay_fires_the_alert_in_prometheus(replay):
 
 # --------------------------------------------------------------------------- lag monitor (ConsumerLag* alerts)
 def test_lag_monitor_watches_the_groups_the_services_really_use():
-    from live.runner import LOOP_SERVICES, SERVICE_INPUTS
+    from live.registry import LOOP_SERVICES, SERVICE_INPUTS
     from live.services.lag_monitor import DEFAULT_SUBSCRIPTIONS
 
     # The loop's groups and, when deployed, persist_sentiment's (lag on social.sentiment).

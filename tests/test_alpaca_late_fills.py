@@ -20,7 +20,7 @@ from datetime import time as dtime
 
 import pytest
 
-from live.runner import LoopTracker, replay_through_loop, start_loop
+from live.loop_harness import LoopTracker, replay_through_loop, start_loop
 from tests.fake_alpaca import FakeAlpaca
 from tests.test_live_loop import (  # noqa: F401 - cfg, endpoints: fixtures
     _alpaca_setup,

@@ -36,6 +36,9 @@ def test_import_contracts_hold():
         ("awet_dagster/bus_bad.py", "import confluent_kafka\n", "The core imports neither"),
         ("live/bad.py", "import dagster\n", "live never imports"),
         ("assets/bad.py", "import live\n", "The Dagster layer never imports live"),
+        ("awet_dagster/risk/bad.py", "import awet_dagster.storage.trading\n",
+         "Domain components never import storage implementations"),
+        ("live/publish.py", "import live.services.risk\n", "plumbing never imports the services"),
     ],
 )
 def test_import_contracts_catch_violations(tmp_path, module, source, contract):

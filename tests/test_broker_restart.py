@@ -38,7 +38,8 @@ from awet_dagster.infra.paths import HomeLayout
 from awet_dagster.storage.db import connect
 from live.bus import EventProducer, MetricSample
 from live.kafka_settings import FAST_DEV_PRODUCER_SETTINGS, producer_config
-from live.runner import LoopTracker, publish_acknowledged, replay_through_loop, start_loop
+from live.loop_harness import LoopTracker, replay_through_loop, start_loop
+from live.publish import publish_acknowledged
 from live.topics import admin_ready, ensure_topics
 
 log = logging.getLogger("test.broker_restart")
@@ -145,7 +146,7 @@ def test_tracker_drops_what_a_failed_run_counted_and_counts_at_checkpoints():
 def test_loop_split_over_processes_drains_on_the_merged_counts():
     """Two trackers (one per process of a split loop): a topic's messages are what every part
     produced plus what was published from outside, so neither part alone can tell."""
-    from live.runner import lagging_of
+    from live.loop_harness import lagging_of
 
     up, down = LoopTracker(), LoopTracker()
     up.add_external("raw", 3)  # the replay publishes through the first part
@@ -230,9 +231,9 @@ class _FakeProducer:
 def test_publish_acknowledged_resends_exactly_the_unacknowledged_events(monkeypatch):
     from tests.test_live_loop import _bar
 
-    import live.runner as runner
+    import live.publish as publish
 
-    monkeypatch.setattr(runner, "_FLUSH_SLICE_S", 0.01)
+    monkeypatch.setattr(publish, "FLUSH_SLICE_S", 0.01)
     bars = [_bar(f"S{i}", datetime(2024, 1, 2, tzinfo=UTC)) for i in range(4)]
     values = [b.model_dump_json().encode() for b in bars]
     first = _FakeRaw(fail={values[1]}, hold={values[3]})  # one fails, one never lands (wedged)
@@ -271,7 +272,7 @@ def test_side_reader_rereads_a_topic_recreated_by_a_broker_restart(own_tansu):
     """The new log grows PAST the tail's old position before the tail reads it: without the
     topic-id check the tail would read from its old position and skip the first messages."""
     from awet_dagster.contracts import MarketRawEvent
-    from live.services._tail import TopicTail
+    from live.tail import TopicTail
     from tests.test_live_loop import _bar
 
     topic = f"t-{uuid.uuid4().hex[:10]}"
@@ -333,7 +334,6 @@ def test_kafka_sigkilled_mid_replay_loses_no_bar_and_trades_like_the_backtest(
     producers' state: every client reconnects and goes on where it was. Every bar must be
     persisted and scored exactly once, no order duplicated, and the trades must equal
     ``run_backtest``'s on the same bars."""
-    import live.runner as runner
     from tests.test_live_loop import _live_orders, _overrides, _sample_bars, _uid
 
     base = test_config_for(tmp_path / "home")
@@ -469,7 +469,7 @@ def test_kafka_sigkilled_with_bars_in_flight_and_bars_sent_while_down_loses_noth
     - no bar is persisted or scored twice, no order is duplicated; every in-flight signal
       reaches a risk decision. Free-running, so trades are not compared with the backtest
       here (the lockstep test above does that)."""
-    import live.runner as runner
+    import live.registry as registry
     from awet_dagster.streaming import bars_to_events
     from live.metrics import AwetMetrics
     from live.services.lag_monitor import LagMonitor
@@ -517,7 +517,7 @@ def test_kafka_sigkilled_with_bars_in_flight_and_bars_sent_while_down_loses_noth
             time.sleep(0.5)
         # Before counting: every service's group has committed everything on its inputs, so a
         # redelivered message (a would-be duplicate) has been handled and written, not still coming.
-        inputs = {o["group"]: list(runner.service_inputs(name, o)) for name, o in overrides.items()}
+        inputs = {o["group"]: list(registry.service_inputs(name, o)) for name, o in overrides.items()}
         with LagMonitor(own_broker.bootstrap, inputs, AwetMetrics(), timeout_s=5) as mon:
             def caught_up() -> bool:
                 lags = mon.measure_once()

@@ -30,7 +30,7 @@ from awet_dagster.sources.sample import SampleSource
 from awet_dagster.sources.schema import ensure_schema, validate_bars
 from awet_dagster.storage.bars import copy_upsert_bars, read_bars
 from awet_dagster.storage.db import connect
-from live.services._ledger import FillLedger
+from awet_dagster.execution.ledger import FillLedger
 
 SPLIT_2020 = date(2020, 8, 31)
 SPLIT_2014 = date(2014, 6, 9)

@@ -259,7 +259,7 @@ def test_every_awet_command_is_real(compose):
     from typer.testing import CliRunner
 
     from awet_cli.main import app
-    from live.runner import available_services
+    from live.registry import available_services
 
     runner = CliRunner()
     seen = []
@@ -276,11 +276,11 @@ def test_every_awet_command_is_real(compose):
     assert "init" in seen
     registered = set(available_services()) | {"ingest", "ingest_reddit"}
     missing = {n: s for n, s in live_services(compose).items() if s not in registered}
-    assert not missing, f"live services not registered in live.runner: {missing}"
+    assert not missing, f"live services not registered in live.registry: {missing}"
 
 
 def test_live_services_are_the_whole_loop_and_scalable(compose):
-    from live.runner import DEPLOYED_SERVICES, OPTIONAL_DEPLOYED_SERVICES
+    from live.registry import DEPLOYED_SERVICES, OPTIONAL_DEPLOYED_SERVICES
 
     live = live_services(compose)
     assert sorted(live.values()) == sorted(DEPLOYED_SERVICES + OPTIONAL_DEPLOYED_SERVICES)
@@ -345,7 +345,7 @@ def test_observability_files_mounted_are_the_repositorys(compose):
 def test_vault_is_an_optional_profile(compose):
     vault = compose["services"]["vault"]
     assert vault["profiles"] == ["vault"]
-    from live.runner import OPTIONAL_DEPLOYED_SERVICES
+    from live.registry import OPTIONAL_DEPLOYED_SERVICES
 
     # Reddit sentiment is a profile of its own (its two services, together); nothing else is optional.
     assert {n for n, s in compose["services"].items() if s.get("profiles") == ["reddit"]} == set(
@@ -565,7 +565,7 @@ def test_rendered_manifests_are_valid_kubernetes(helm, extra):
 def test_one_deployment_per_live_service_with_probes(helm):
     from awet_dagster.config import load_config
     from live.metrics import service_port
-    from live.runner import DEPLOYED_SERVICES, LOOP_SERVICES
+    from live.registry import DEPLOYED_SERVICES, LOOP_SERVICES
 
     cfg = load_config(environ={"AWET_ENV": "prod"})
     docs = render(helm)
@@ -598,7 +598,7 @@ def test_one_deployment_per_live_service_with_probes(helm):
         assert svcs[k8s + "-metrics"]["spec"]["ports"][0]["port"] == port
         assert k8s in pdbs
     # The services the registry says run as one instance: one replica, no HPA, Recreate rollout.
-    from live.runner import service_spec
+    from live.registry import service_spec
 
     single = {"awet-" + s.replace("_", "-") for s in LOOP_SERVICES if service_spec(s).instances == "one"}
     assert single == {"awet-risk", "awet-execution", "awet-exit-monitor"}
@@ -774,7 +774,7 @@ def test_init_command_runs_locally(database_url, kafka_bootstrap, tmp_path):
 @pytest.mark.parametrize("name", sorted(_LIVE))
 def test_live_service_command_runs_locally(name, database_url, kafka_bootstrap, configured_topics, make_topic,
                                           tmp_path):
-    from live.runner import available_services
+    from live.registry import available_services
 
     service = _LIVE[name]
     # Compose's ${VAR:-default}: what runs when nothing is set.
@@ -782,7 +782,7 @@ def test_live_service_command_runs_locally(name, database_url, kafka_bootstrap, 
     if service in ("ingest", "ingest_reddit"):  # a topic of its own, not the session's configured one
         cmd += ["--topic", make_topic()]
     else:
-        assert service in available_services(), f"{service} is not registered in live.runner"
+        assert service in available_services(), f"{service} is not registered in live.registry"
     res = subprocess.run(_local([*cmd, "--max-seconds", "3"]),
                          env=_local_env(database_url, kafka_bootstrap, tmp_path / "home"),
                          capture_output=True, text=True, timeout=240, cwd=tmp_path)
@@ -872,7 +872,7 @@ def test_each_deployment_makes_a_closed_topic_graph(compose, helm):
     deployed producer (market.raw: the ingestion service), every produced one a consumer or a
     documented reason (contracts/topology.py SINKS), every topic its dead-letter twin. So does
     each with Reddit sentiment switched on (compose profile `reddit`, the chart's two services)."""
-    from live.runner import DEPLOYED_SERVICES, OPTIONAL_DEPLOYED_SERVICES
+    from live.registry import DEPLOYED_SERVICES, OPTIONAL_DEPLOYED_SERVICES
 
     def helm_deployed(*args: str) -> set[str]:
         return {d["metadata"]["labels"]["app.kubernetes.io/component"].replace("-", "_")

@@ -39,7 +39,8 @@ from awet_dagster.sources.sample import SampleSource
 from awet_dagster.storage.db import connect
 from live.bus import DLQ_REASON_HEADER, EventProducer, RetryLater
 from live.kafka_settings import FAST_DEV_PRODUCER_SETTINGS, producer_config
-from live.runner import LoopTracker, publish_acknowledged, replay_through_loop, start_loop
+from live.loop_harness import LoopTracker, replay_through_loop, start_loop
+from live.publish import publish_acknowledged
 
 REPO = Path(__file__).resolve().parents[1]
 

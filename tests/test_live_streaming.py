@@ -37,7 +37,7 @@ from awet_dagster.streaming import (
     read_last_bars_many,
 )
 from awet_dagster.streaming.state import alpha_kind
-from live import runner
+from live import registry, supervisor
 from live.bus import DLQ_REASON_HEADER, EventProducer
 from live.ingest_alpaca import AlpacaBarIngestor, Backoff, alpaca_stream_factory
 from live.kafka_settings import FAST_DEV_PRODUCER_SETTINGS, producer_config
@@ -292,19 +292,19 @@ def test_runner_rebuilds_a_failed_service_and_gives_up_after_max_restarts():
         def close(self):
             pass
 
-    runner.register_service("flaky_test", lambda cfg, ep, **kw: builds.append("x") or Flaky(len(builds) < 3))
-    runner.register_service("broken_test", lambda cfg, ep, **kw: Flaky(True))
+    registry.register_service("flaky_test", lambda cfg, ep, **kw: builds.append("x") or Flaky(len(builds) < 3))
+    registry.register_service("broken_test", lambda cfg, ep, **kw: Flaky(True))
     try:
         ep = SimpleNamespace()
-        res = runner.run_services(["flaky_test"], None, ep, max_messages=3, timeout_s=20, backoff_s=0.01)
+        res = supervisor.run_services(["flaky_test"], None, ep, max_messages=3, timeout_s=20, backoff_s=0.01)
         assert res["flaky_test"].restarts == 2 and res["flaky_test"].processed == 3
-        res = runner.run_services(["broken_test"], None, ep, timeout_s=20, backoff_s=0.01, max_restarts=2)
+        res = supervisor.run_services(["broken_test"], None, ep, timeout_s=20, backoff_s=0.01, max_restarts=2)
         assert res["broken_test"].error == "RuntimeError: db down" and not res["broken_test"].stats
         with pytest.raises(KeyError, match="unknown service"):
-            runner.run_services(["nope"], None, ep)
+            supervisor.run_services(["nope"], None, ep)
     finally:
-        runner._REGISTRY.pop("flaky_test", None)
-        runner._REGISTRY.pop("broken_test", None)
+        registry.unregister_service("flaky_test")
+        registry.unregister_service("broken_test")
 
 
 # --------------------------------------------------------------------------- against the servers
@@ -346,7 +346,7 @@ def test_runner_runs_persist_bars_and_features_in_one_process(cfg, endpoints, ma
     bars = _sample_bars(start=date(2020, 1, 1), end=date(2020, 3, 1))
     raw, out = make_topic(), make_topic()
     replay_bars(_producer(endpoints.kafka_bootstrap), bars, topic=raw)
-    res = runner.run_services(
+    res = supervisor.run_services(
         ["persist_bars", "features"], cfg, endpoints, max_messages=bars.height, timeout_s=90,
         overrides={"persist_bars": {"input_topic": raw, "group": _group()},
                    "features": {"input_topic": raw, "output_topic": out, "group": _group()}},

@@ -118,7 +118,8 @@ def _materialized(result):
 
 
 def _promote_via_sensor(instance):
-    from sensors.promotion import model_promotion_sensor, promote_model_job
+    from jobs.promotion import promote_model_job
+    from sensors.promotion import model_promotion_sensor
     from resources.database import DatabaseResource
 
     sensor_result = model_promotion_sensor(build_sensor_context(instance=instance))

@@ -378,7 +378,7 @@ def test_entries_in_flight_count_against_the_caps_until_filled():
 
 def test_ledger_counts_the_unfilled_rest_of_working_entries():
     from awet_dagster.contracts import ExecutionReport, OrderEvent
-    from live.services._ledger import FillLedger
+    from awet_dagster.execution.ledger import FillLedger
 
     ledger = FillLedger(100_000)
     ledger.expect("e1", "AAPL", T0, "entry", "c1", qty=10, price=100.0, side="buy")

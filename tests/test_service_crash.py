@@ -30,7 +30,9 @@ from awet_dagster.execution import client_order_id
 from awet_dagster.infra import Endpoints
 from awet_dagster.signals import signal_passed
 from awet_dagster.storage.db import connect
-from live.runner import LOOP_SERVICES, publish_acknowledged, start_loop
+from live.loop_harness import start_loop
+from live.publish import publish_acknowledged
+from live.registry import LOOP_SERVICES
 from tests.test_live_loop import _overrides, _producer, _sample_bars, _topics, _uid
 
 REPO = Path(__file__).resolve().parents[1]

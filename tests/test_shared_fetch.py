@@ -17,7 +17,8 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from awet_dagster.contracts import MarketRawEvent
 from live.bus import BusService, EventProducer
 from live.kafka_settings import FAST_DEV_CONSUMER_SETTINGS, FAST_DEV_PRODUCER_SETTINGS, consumer_config, producer_config
-from live.runner import _inputs_of, _shared_fetches, service_spec
+from live.registry import service_inputs, service_spec
+from live.supervisor import shared_fetches
 from live.shared_fetch import SharedFetches, Subscription
 
 T0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
@@ -180,14 +181,14 @@ def test_a_wedged_reader_is_cut_loose_instead_of_blocking_the_others(kafka_boots
 
 def test_the_runner_shares_only_topic_sets_two_services_consume():
     specs = [service_spec(n) for n in ("persist_bars", "features", "signal", "execution", "risk")]
-    fetches = _shared_fetches(specs, {"features": {"input_topic": "other.raw"}})
+    fetches = shared_fetches(specs, {"features": {"input_topic": "other.raw"}})
     try:
         # persist_bars + signal read market.raw; features was moved elsewhere; execution
         # reads market.raw with two more topics (its own set); risk reads signals.scored.
-        assert fetches.shares(_inputs_of("signal", {}))
-        assert not fetches.shares(_inputs_of("features", {"input_topic": "other.raw"}))
-        assert not fetches.shares(_inputs_of("execution", {}))
-        assert not fetches.shares(_inputs_of("risk", {}))
+        assert fetches.shares(service_inputs("signal", {}))
+        assert not fetches.shares(service_inputs("features", {"input_topic": "other.raw"}))
+        assert not fetches.shares(service_inputs("execution", {}))
+        assert not fetches.shares(service_inputs("risk", {}))
     finally:
         fetches.close()
-    assert _shared_fetches([service_spec("signal"), service_spec("risk")], {}) is None
+    assert shared_fetches([service_spec("signal"), service_spec("risk")], {}) is None

@@ -37,6 +37,16 @@ def test_daily_anchor_round_trip(conn):
     assert store.get_daily_anchor(date(2024, 3, 1)) == 99_000.0
 
 
+def test_a_namespace_keeps_its_own_kill_switch_and_anchors(conn):
+    ns, plain = PostgresRiskStateStore(conn, "run-a"), PostgresRiskStateStore(conn)
+    ns.set_kill_switch(KillSwitchState(True, "drill", T))
+    ns.set_daily_anchor(date(2024, 3, 1), 50_000.0)
+    assert ns.get_kill_switch().tripped and ns.get_daily_anchor(date(2024, 3, 1)) == 50_000.0
+    assert plain.get_kill_switch() == KillSwitchState() and plain.get_daily_anchor(date(2024, 3, 1)) is None
+    keys = {k for (k,) in conn.execute("SELECT key FROM risk_state")}
+    assert keys == {"run-a:kill_switch", "run-a:anchor:2024-03-01"}
+
+
 def test_orders_are_recorded_once_and_reconcile_view(conn):
     store = PostgresOrderStore(conn)
     assert store.positions() == {} and store.open_client_order_ids() == set()

@@ -44,6 +44,7 @@ from awet_dagster.risk.portfolio import Fill, Portfolio
 from awet_dagster.risk.state import InMemoryRiskStateStore
 from awet_dagster.signals.calibration import PlattCalibrator
 from awet_dagster.signals.engine import QuantileForecast, SignalEngine, signal_passed
+from awet_dagster.signals.tft import trading_horizon
 from awet_dagster.sources.corporate_actions import SplitWatch, adjusted_close
 
 REGIME_FEATURES = ("regime_close_sma20", "regime_sma20_sma50")
@@ -64,17 +65,6 @@ def _alpha_name(raw: str) -> str:
         if low.startswith(prefix):
             return name
     raise ValueError(f"cannot map alpha {raw!r} to rsi / ema_cross / macd")
-
-
-def trading_horizon(available, configured: int | None) -> int:
-    """The prediction horizon the TFT component trades on: `signals.horizon` when set (it
-    must be one the model predicts), else the shortest. Shared by backtest and live."""
-    hs = sorted({int(h) for h in available})
-    if configured is None:
-        return hs[0]
-    if configured not in hs:
-        raise ValueError(f"signals.horizon={configured} is not a predicted horizon {hs}")
-    return configured
 
 
 def _forecasts(predictions: pl.DataFrame | None, horizon: int | None = None) -> dict[tuple[str, Any], QuantileForecast]:

@@ -16,14 +16,16 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
 
+from awet_dagster.config.layers import ConfigError, Layer, Path_, leaves, set_nested
 from awet_dagster.config.schema import AwetConfig
+from awet_dagster.config.vault import vault_layer
 
 ENV_PREFIX = "AWET__"
 # Conventional variables that map straight onto config keys (documented in the README).
@@ -39,19 +41,7 @@ DEFAULT_LAYER = "default"
 MOVED_KEYS = {
     "risk.trailing_stop_pct": "the trailing stop is the exit monitor's: use exits.trailing_stop_pct",
 }
-Path_ = tuple[str, ...]
 _SENSITIVE = re.compile(r"password|secret|token|api[_.-]?key|credential", re.IGNORECASE)
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the key and where it came from."""
-
-
-@dataclass
-class Layer:
-    name: str  # e.g. "configs/base.yaml", "env", "vault:secret/awet"
-    values: dict[str, Any]  # nested
-    origins: dict[Path_, str] = field(default_factory=dict)  # key path -> precise origin
 
 
 @dataclass(frozen=True)
@@ -77,29 +67,6 @@ def find_config_dir(start: Path | None = None) -> Path:
     return Path(__file__).resolve().parents[2] / "configs"
 
 
-def _set_nested(tree: dict[str, Any], parts: Path_, value: Any) -> None:
-    node = tree
-    for p in parts[:-1]:
-        child = node.get(p)
-        if not isinstance(child, dict):
-            child = {}
-            node[p] = child
-        node = child
-    node[parts[-1]] = value
-
-
-def _leaves(tree: Mapping[str, Any], prefix: Path_ = ()) -> dict[Path_, Any]:
-    # Paths are tuples, not dotted strings: topic names such as "market.raw" contain dots.
-    out: dict[Path_, Any] = {}
-    for k, v in tree.items():
-        key = (*prefix, str(k))
-        if isinstance(v, Mapping) and v:
-            out.update(_leaves(v, key))
-        else:
-            out[key] = v
-    return out
-
-
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
@@ -120,7 +87,7 @@ def yaml_layer(path: Path) -> Layer | None:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     name = f"configs/{path.name}"
-    return Layer(name, data, {k: name for k in _leaves(data)})
+    return Layer(name, data, {k: name for k in leaves(data)})
 
 
 def _parse_env_value(raw: str) -> Any:
@@ -143,7 +110,7 @@ def env_layer(environ: Mapping[str, str], label: str = "env") -> Layer:
     for var, dotted in ENV_ALIASES.items():
         if environ.get(var):
             path = tuple(dotted.split("."))
-            _set_nested(values, path, environ[var])
+            set_nested(values, path, environ[var])
             origins[path] = f"{label} {var}"
     for var, raw in environ.items():
         if not var.startswith(ENV_PREFIX):
@@ -152,9 +119,9 @@ def env_layer(environ: Mapping[str, str], label: str = "env") -> Layer:
         if not all(path):
             raise ConfigError(f"{label} {var}: malformed name; use AWET__SECTION__KEY")
         value = _parse_env_value(raw)
-        _set_nested(values, path, value)
+        set_nested(values, path, value)
         # A mapping value (JSON/YAML text) sets several leaves from one variable.
-        for leaf in _leaves({path[-1]: value}) if isinstance(value, Mapping) else [path[-1:]]:
+        for leaf in leaves({path[-1]: value}) if isinstance(value, Mapping) else [path[-1:]]:
             origins[(*path[:-1], *leaf)] = f"{label} {var}"
     return Layer(label, values, origins)
 
@@ -228,7 +195,7 @@ def _merged_sources(layers: list[Layer]) -> tuple[dict[str, Any], dict[Path_, st
     sources: dict[Path_, str] = {}
     for layer in layers:
         merged = _merge(merged, layer.values)
-        for key in _leaves(layer.values):
+        for key in leaves(layer.values):
             # A layer replacing a whole subtree owns every leaf below it.
             for old in [k for k in sources if k[: len(key)] == key and len(k) > len(key)]:
                 del sources[old]
@@ -285,7 +252,6 @@ def load_config_with_sources(
         layers.append(env_layer(file_env, label=file_label))
     layers.append(env_layer(environ))
     if use_vault:
-        from awet_dagster.config.vault import vault_layer  # hvac only when Vault is used
 
         # Vault's location settings may themselves come from yaml/env.
         location = build_config(layers).config.vault

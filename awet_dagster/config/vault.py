@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from awet_dagster.config.loader import ConfigError, Layer, _leaves, _set_nested
+from awet_dagster.config.layers import ConfigError, Layer, leaves, set_nested
 from awet_dagster.config.schema import VaultConfig
 
 
@@ -17,7 +17,7 @@ def vault_layer(environ: Mapping[str, str], location: VaultConfig) -> Layer | No
     token = environ.get("VAULT_TOKEN")
     if not addr or not token:
         return None
-    import hvac
+    import hvac  # only when Vault is configured: most runs never need the client
     import requests
 
     name = f"vault:{location.mount}/{location.path}"
@@ -38,8 +38,8 @@ def vault_layer(environ: Mapping[str, str], location: VaultConfig) -> Layer | No
         # "risk.daily_loss_limit" and {"risk": {"daily_loss_limit": ...}} are both accepted.
         path = tuple(key.split("."))
         if isinstance(value, Mapping):
-            for sub, leaf in _leaves(value, path).items():
-                _set_nested(values, sub, leaf)
+            for sub, leaf in leaves(value, path).items():
+                set_nested(values, sub, leaf)
         else:
-            _set_nested(values, path, value)
-    return Layer(name, values, {k: name for k in _leaves(values)})
+            set_nested(values, path, value)
+    return Layer(name, values, {k: name for k in leaves(values)})

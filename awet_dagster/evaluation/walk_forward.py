@@ -22,6 +22,7 @@ import polars as pl
 from awet_dagster.evaluation import metrics as M
 from awet_dagster.evaluation.splits import Fold, walk_forward_splits
 from awet_dagster.features import FEATURE_COLUMNS
+from awet_dagster.inference.quantiles import simple_return_quantiles
 
 log = logging.getLogger(__name__)
 
@@ -200,8 +201,6 @@ def predictions_frame(keys: pl.DataFrame, q: np.ndarray, horizons: Sequence[int]
     """(n, n_h, 3) forward LOG-return quantiles at origins `keys` -> long predictions frame of
     SIMPLE-return quantiles, exactly what the live inference service publishes for the same
     windows (`simple_return_quantiles`), so the backtest trades the numbers live trades."""
-    from awet_dagster.inference import simple_return_quantiles
-
     q = simple_return_quantiles(q)
     parts = []
     for j, h in enumerate(horizons):

@@ -75,15 +75,13 @@ def log_training_run(cfg, result, onnx_dir: Path | str, *, gate_checks: Sequence
     import mlflow
     import onnx
 
-    from awet_dagster.evaluation.walk_forward import equity_plot
-
     client(cfg)
     onnx_dir = Path(onnx_dir)
     with mlflow.start_run(run_name=run_name or f"walk-forward-{result.bar_type}") as run:
         mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, dict, tuple)) else v for k, v in result.params.items()})
         mlflow.set_tags({"data_hash": result.data_hash, "code_version": git_sha(), "bar_type": result.bar_type})
         mlflow.log_metrics(_clean_metrics(result.overall))
-        for f in result.folds:
+        for i, f in enumerate(result.folds):
             with mlflow.start_run(run_name=f"fold-{f.fold}", nested=True):
                 mlflow.log_params({"fold": f.fold, "train_start": str(f.train_start), "train_end": str(f.train_end),
                                    "test_start": str(f.test_start), "test_end": str(f.test_end)})
@@ -94,7 +92,7 @@ def log_training_run(cfg, result, onnx_dir: Path | str, *, gate_checks: Sequence
                                        step=int(h.get("epoch", 0)))
                 with tempfile.TemporaryDirectory() as tmp:
                     png = Path(tmp) / f"equity_fold_{f.fold}.png"
-                    png.write_bytes(equity_plot(f))
+                    png.write_bytes(result.equity_png(i))
                     mlflow.log_artifact(str(png), artifact_path="equity")
         if gate_checks:
             mlflow.log_dict([asdict(g) for g in gate_checks], "gate.json")

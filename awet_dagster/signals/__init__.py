@@ -19,7 +19,7 @@ from awet_dagster.signals.filters import (
     volume_filter,
 )
 from awet_dagster.signals.regime import Regime, classify_regime
-from awet_dagster.signals.tft import TftView, tft_view
+from awet_dagster.signals.tft import TftView, tft_view, trading_horizon
 from awet_dagster.signals.weights import COMPONENTS, EnsembleWeights
 
 __all__ = [
@@ -44,5 +44,6 @@ __all__ = [
     "signal_passed",
     "spread_filter",
     "tft_view",
+    "trading_horizon",
     "volume_filter",
 ]

@@ -39,3 +39,14 @@ def tft_view(q10: float, q50: float, q90: float) -> TftView:
         prob_up = _phi(q50 / sigma)
         confidence = abs(q50) / (abs(q50) + half_spread)
     return TftView(score=2.0 * prob_up - 1.0, direction=direction, confidence=confidence, prob_up=prob_up)
+
+
+def trading_horizon(available, configured: int | None) -> int:
+    """The prediction horizon the TFT component trades on: `signals.horizon` when set (it
+    must be one the model predicts), else the shortest. Shared by backtest and live."""
+    hs = sorted({int(h) for h in available})
+    if configured is None:
+        return hs[0]
+    if configured not in hs:
+        raise ValueError(f"signals.horizon={configured} is not a predicted horizon {hs}")
+    return configured

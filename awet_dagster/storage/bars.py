@@ -334,3 +334,18 @@ def record_gaps(conn, windows: Sequence[Any], gaps: Sequence[Any]) -> int:
             "tolerated = EXCLUDED.tolerated, recorded_at = now()",
             [(g.symbol, g.bar_type, g.session, g.missing, g.expected, g.first_missing, g.tolerated) for g in gaps])
     return len(gaps)
+
+
+def last_bar_ts(conn, symbol: str) -> datetime | None:
+    """Start of the newest stored bar of ``symbol`` (any bar type), or None."""
+    row = conn.execute("SELECT max(ts) FROM bars WHERE symbol = %s", (symbol,)).fetchone()
+    return row[0] if row else None
+
+
+def bars_between(conn, symbol: str, bar_type: str, after: datetime, before: datetime, limit: int) -> list[dict]:
+    """Up to ``limit`` stored bars of ``symbol`` with ``after < ts < before``, oldest first, as
+    mappings of ``BAR_COLUMNS``."""
+    rows = conn.execute(
+        f"SELECT {', '.join(BAR_COLUMNS)} FROM bars WHERE symbol = %s AND bar_type = %s AND ts > %s AND ts < %s "
+        "ORDER BY ts LIMIT %s", (symbol, bar_type, after, before, limit)).fetchall()
+    return [dict(zip(BAR_COLUMNS, r, strict=True)) for r in rows]

@@ -22,16 +22,23 @@ def _dt(value: str | None) -> datetime | None:
 
 
 class PostgresRiskStateStore:
-    """`risk_state` rows: `kill_switch` and one `anchor:<session date>` per session."""
+    """`risk_state` rows: `kill_switch` and one `anchor:<session date>` per session.
 
-    def __init__(self, conn) -> None:
+    ``namespace`` prefixes every key (``<namespace>:kill_switch``): runs sharing one database
+    (tests, a staging account beside another) keep separate switches and anchors."""
+
+    def __init__(self, conn, namespace: str = "") -> None:
         self._conn = conn  # psycopg connection in autocommit mode
+        self._prefix = f"{namespace}:" if namespace else ""
+
+    def _get(self, key: str) -> Any:
+        row = self._conn.execute("SELECT value FROM risk_state WHERE key = %s", (self._prefix + key,)).fetchone()
+        return None if row is None else row[0]
 
     def get_kill_switch(self) -> KillSwitchState:
-        row = self._conn.execute("SELECT value FROM risk_state WHERE key = %s", (KILL_SWITCH_KEY,)).fetchone()
-        if row is None:
+        v = self._get(KILL_SWITCH_KEY)
+        if v is None:
             return KillSwitchState()
-        v = row[0]
         return KillSwitchState(
             tripped=bool(v.get("tripped")), reason=v.get("reason"), tripped_at=_dt(v.get("tripped_at")),
             reset_by=v.get("reset_by"), reset_at=_dt(v.get("reset_at")), reset_reason=v.get("reset_reason"),
@@ -42,8 +49,8 @@ class PostgresRiskStateStore:
         self._put(KILL_SWITCH_KEY, value)
 
     def get_daily_anchor(self, session: date) -> float | None:
-        row = self._conn.execute("SELECT value FROM risk_state WHERE key = %s", (f"anchor:{session}",)).fetchone()
-        return float(row[0]["equity"]) if row else None
+        v = self._get(f"anchor:{session}")
+        return float(v["equity"]) if v is not None else None
 
     def set_daily_anchor(self, session: date, equity: float) -> None:
         self._put(f"anchor:{session}", {"equity": float(equity)})
@@ -52,7 +59,7 @@ class PostgresRiskStateStore:
         self._conn.execute(
             "INSERT INTO risk_state (key, value, updated_at) VALUES (%s, %s::jsonb, now()) "
             "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
-            (key, json.dumps(value)),
+            (self._prefix + key, json.dumps(value)),
         )
 
 
@@ -124,6 +131,41 @@ class PostgresOrderStore:
         ).fetchone()
         return row is not None
 
+    def add_fill(self, fill_id: str, client_order_id: str, symbol: str, qty: float, price: float, fee: float,
+                 ts: datetime) -> None:
+        """``record_fill`` without the answer: no round trip, so it pipelines (the execution
+        service writes a batch's fills in one pipelined transaction)."""
+        self._conn.execute(
+            "INSERT INTO fills (fill_id, client_order_id, symbol, qty, price, fee, ts) VALUES (%s,%s,%s,%s,%s,%s,%s)"
+            " ON CONFLICT (fill_id) DO NOTHING", (fill_id, client_order_id, symbol, qty, price, fee, ts))
+
+    def set_submitted(self, client_order_id: str, status: str, broker_order_id: str | None) -> None:
+        """The venue took the order: its status, its broker id, when it was first submitted."""
+        self._conn.execute(
+            "UPDATE orders SET status = %s, broker_order_id = %s, submitted_at = COALESCE(submitted_at, now()), "
+            "updated_at = now() WHERE client_order_id = %s", (status, broker_order_id, client_order_id))
+
+    def set_status(self, client_order_id: str, status: str, broker_order_id: str | None = None) -> None:
+        """A new status (and the broker id when now known; a known one is kept)."""
+        self._conn.execute(
+            "UPDATE orders SET status = %s, broker_order_id = COALESCE(%s, broker_order_id), updated_at = now() "
+            "WHERE client_order_id = %s", (status, broker_order_id, client_order_id))
+
+    def order_qty_payload(self, client_order_id: str) -> tuple[float, dict[str, Any]] | None:
+        row = self._conn.execute("SELECT qty, payload FROM orders WHERE client_order_id = %s",
+                                 (client_order_id,)).fetchone()
+        return None if row is None else (float(row[0]), row[1] or {})
+
+    def order_states(self, namespace: str = "") -> list[tuple]:
+        """Every order of ``namespace`` (``payload->>'ns'``) with its fills summed, for a restart:
+        (client_order_id, symbol, side, qty, status, broker_order_id, payload, filled qty,
+        filled notional, fees, last fill ts, updated_at)."""
+        return self._conn.execute(
+            "SELECT o.client_order_id, o.symbol, o.side, o.qty, o.status, o.broker_order_id, o.payload, "
+            "COALESCE(SUM(f.qty), 0), COALESCE(SUM(f.qty * f.price), 0), COALESCE(SUM(f.fee), 0), MAX(f.ts), "
+            "o.updated_at FROM orders o LEFT JOIN fills f USING (client_order_id) "
+            "WHERE COALESCE(o.payload->>'ns', '') = %s GROUP BY o.client_order_id", (namespace,)).fetchall()
+
     def upsert_position(self, symbol: str, qty: float, avg_price: float, opened_at: datetime | None,
                         high_water: float | None) -> None:
         self._conn.execute(
@@ -177,3 +219,63 @@ def audit_details_by_correlation(conn, actor: str, correlation_ids: Sequence[str
         "SELECT details FROM audit_log WHERE correlation_id = ANY(%s) AND actor = %s AND details ? %s",
         (list(correlation_ids), actor, key)).fetchall()
     return [r[0] for r in rows]
+
+
+@dataclass(frozen=True)
+class LedgerFill:
+    """A stored fill as a ``FillLedger`` books it (``awet_dagster.execution.ledger``)."""
+
+    client_order_id: str
+    symbol: str
+    side: str
+    qty: float
+    price: float
+    fee: float
+    ts: datetime
+    correlation_id: str | None
+    intent: str
+    split_factor: float | None  # of the bar it filled on (None: no such bar stored)
+
+
+@dataclass(frozen=True)
+class LedgerOrder:
+    """A stored order as a ``FillLedger`` takes it."""
+
+    client_order_id: str
+    symbol: str
+    status: str
+    correlation_id: str | None
+    qty: float
+    side: str | None
+    intent: str
+    decided_ts: datetime | None  # the bar it was decided on (payload ts)
+    reference_price: float | None
+
+
+def ledger_rows(conn, namespace: str = "") -> tuple[list[LedgerFill], list[LedgerOrder]]:
+    """Every fill (in (ts, symbol, fill id) order) and every order of ``namespace``
+    (``orders.payload->>'ns'``): what a live service's ``FillLedger`` is rebuilt from."""
+    fills = [
+        LedgerFill(coid, symbol, side, float(qty), float(price), float(fee), ts, corr, intent,
+                   float(factor) if factor is not None else None)
+        for coid, symbol, qty, price, fee, ts, side, corr, intent, factor in conn.execute(
+            "SELECT f.client_order_id, f.symbol, f.qty, f.price, f.fee, f.ts, o.side, o.correlation_id, "
+            "COALESCE(o.payload->>'intent', 'entry'), "
+            "(SELECT max(b.split_factor) FROM bars b WHERE b.symbol = f.symbol AND b.ts = f.ts) "
+            "FROM fills f JOIN orders o USING (client_order_id) "
+            "WHERE COALESCE(o.payload->>'ns', '') = %s ORDER BY f.ts, f.symbol, f.fill_id",
+            (namespace,),
+        ).fetchall()
+    ]
+    orders = []
+    for coid, symbol, status, corr, qty, payload, side in conn.execute(
+        "SELECT client_order_id, symbol, status, correlation_id, qty, payload, side FROM orders "
+        "WHERE COALESCE(payload->>'ns', '') = %s", (namespace,),
+    ).fetchall():
+        payload = payload or {}
+        price = payload.get("reference_price")
+        orders.append(LedgerOrder(
+            coid, symbol, status, corr, float(qty or 0.0), side, payload.get("intent", "entry"),
+            datetime.fromisoformat(payload["ts"]) if payload.get("ts") else None,
+            float(price) if price else None))
+    return fills, orders

@@ -1,4 +1,4 @@
 """Live services, each a ``BusService`` built by a factory ``(cfg, endpoints, **overrides)``.
 
-See ``live.runner`` for the registry (``awet live``) and how several run in one process.
+See ``live.registry`` for the registry (``awet live``) and ``live.supervisor`` for how several run in one process.
 """

@@ -14,8 +14,9 @@ from awet_dagster.contracts import BaseEvent, MarketRawEvent, ScoredSignal, mode
 from awet_dagster.storage.db import connect
 from awet_dagster.streaming import read_last_bars, read_last_bars_many
 from awet_dagster.streaming.time_guard import TimeGuard, TimeLimits
-from live.bus import BusService, Handler, MessageContext, RetryLater
+from live.bus import BusService, EventProducer, Handler, MessageContext, RetryLater
 from live.kafka_settings import consumer_config, group_id, producer_config
+from live.tail import SideDeadLetters, TopicTail
 
 log = logging.getLogger("awet.live.services")
 
@@ -340,3 +341,23 @@ def wait_until(cond: Any, done: Callable[[], bool], timeout_s: float,
             return False
         cond.wait(min(left, 0.1))
     return True
+
+
+def tail_for(cfg: Any, endpoints: Any, name: str, topics: Mapping[str, type[BaseEvent]], on_event: Callable[[str, BaseEvent, int], None]) -> TopicTail:
+    """A TopicTail with the Kafka client settings of ``cfg.kafka``."""
+    kafka = getattr(cfg, "kafka", None)
+    client = {k: v for k, v in dict(getattr(kafka, "client", {}) or {}).items()}
+    sasl = getattr(kafka, "sasl_password", None)
+    if sasl is not None:
+        client.setdefault("sasl.password", sasl.get_secret_value())
+    fetch_wait = dict(getattr(kafka, "consumer", {}) or {}).get("fetch.wait.max.ms")
+
+    reader = f"{name}-tail"
+    producer = EventProducer(producer_config(endpoints.kafka_bootstrap, client=client,
+                                             producer=dict(getattr(kafka, "producer", {}) or {}),
+                                             client_id=f"awet-{reader}-dlq"))
+    recorder = DeadLetterRecorder(LazyConnection(endpoints.database_url, **db_settings(cfg)), reader)
+    letters = SideDeadLetters(reader, producer, recorder,
+                              flush_timeout_s=float(getattr(kafka, "flush_timeout_s", 10.0)))
+    return TopicTail(name, endpoints.kafka_bootstrap, topics, on_event, client=client, fetch_wait_ms=fetch_wait,
+                     dead_letters=letters)

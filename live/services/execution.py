@@ -104,11 +104,14 @@ from awet_dagster.execution import (
     entry_request,
     execution_report,
     exit_request,
+    order_event,
     reconcile,
     works_brackets,
 )
+from awet_dagster.execution.ledger import CLOSED, FillLedger
 from awet_dagster.risk.portfolio import Fill
-from awet_dagster.storage.trading import PostgresOrderStore
+from awet_dagster.storage.bars import bars_between, last_bar_ts
+from awet_dagster.storage.trading import PostgresOrderStore, ledger_rows
 from awet_dagster.streaming import event_to_bar
 from live.bus import MessageContext, Output, RetryLater
 from live.services._common import (
@@ -121,7 +124,6 @@ from live.services._common import (
     make_bus,
     time_guard,
 )
-from live.services._ledger import CLOSED, FillLedger
 
 log = logging.getLogger("awet.live.execution")
 
@@ -272,12 +274,8 @@ class Executor:
         outputs: list[Output] = []
         with db_outage_is_retry(self.conn, "orders table unavailable"):
             conn = self._db()
-            self.ledger.rebuild(conn, self.ns)
-            rows = conn.execute(
-                "SELECT o.client_order_id, o.symbol, o.side, o.qty, o.status, o.broker_order_id, o.payload, "
-                "COALESCE(SUM(f.qty), 0), COALESCE(SUM(f.qty * f.price), 0), COALESCE(SUM(f.fee), 0), MAX(f.ts), "
-                "o.updated_at FROM orders o LEFT JOIN fills f USING (client_order_id) "
-                "WHERE COALESCE(o.payload->>'ns', '') = %s GROUP BY o.client_order_id", (self.ns,)).fetchall()
+            self.ledger.rebuild(*ledger_rows(conn, self.ns))
+            rows = PostgresOrderStore(conn).order_states(self.ns)
         recent = datetime.now(UTC) - timedelta(days=1)
         entries: list[tuple[OrderRequest, str, str | None, float]] = []
         exits: dict[str, tuple[str, dict]] = {}
@@ -373,8 +371,8 @@ class Executor:
         """Event time for what the venue did while we were down: the latest we know for the
         symbol (its last stored bar, the order's last fill, its decision). Not the wall clock:
         in a replay that would lie ahead of every bar and the ledgers would never book it."""
-        row = self._db().execute("SELECT max(ts) FROM bars WHERE symbol = %s", (req.symbol,)).fetchone()
-        known = [t for t in (req.ts, self._last_fill.get(req.client_order_id), row[0] if row else None) if t]
+        known = [t for t in (req.ts, self._last_fill.get(req.client_order_id), last_bar_ts(self._db(), req.symbol))
+                 if t]
         return max(known)
 
     # ------------------------------------------------------------------ handlers
@@ -614,20 +612,14 @@ class Executor:
                 and req.stop_loss is not None):
             self.brackets[req.client_order_id] = req
             self._boid[req.client_order_id] = order.broker_order_id
-        args = (order.status, order.broker_order_id, req.client_order_id)
-        self._queue(lambda conn: conn.execute(
-            "UPDATE orders SET status = %s, broker_order_id = %s, submitted_at = COALESCE(submitted_at, now()), "
-            "updated_at = now() WHERE client_order_id = %s", args))
+        args = (req.client_order_id, order.status, order.broker_order_id)
+        self._queue(lambda conn: PostgresOrderStore(conn).set_submitted(*args))
         self.ledger.expect(req.client_order_id, req.symbol, req.ts, req.intent, req.correlation_id)
 
     def _set_status(self, coid: str, status: str, broker_order_id: str | None) -> None:
-        args = (status, broker_order_id, coid)
-        self._queue(lambda conn: conn.execute(
-            "UPDATE orders SET status = %s, broker_order_id = COALESCE(%s, broker_order_id), updated_at = now() "
-            "WHERE client_order_id = %s", args))
+        self._queue(lambda conn: PostgresOrderStore(conn).set_status(coid, status, broker_order_id))
 
     def _order_event(self, req: OrderRequest, order: BrokerOrder | None, status: str | None = None) -> OrderEvent:
-        from awet_dagster.execution import order_event
 
         ev = order_event(req, order, venue=self.venue, dry_run=self.dry_run, status=status)
         return ev.model_copy(update={"event_id": _eid("order", req.client_order_id, ev.status)})
@@ -651,13 +643,7 @@ class Executor:
         if buf[0]["ts"] > req.ts:
             # The bars right after the decision were evicted from the buffer: persist_bars
             # stored them (market.raw is consumed by both; it may lag, hence the buffer first).
-            from awet_dagster.storage.bars import BAR_COLUMNS
-
-            rows = self._db().execute(
-                f"SELECT {', '.join(BAR_COLUMNS)} FROM bars WHERE symbol = %s AND bar_type = %s AND ts > %s "
-                "AND ts < %s ORDER BY ts LIMIT %s",
-                (req.symbol, buf[0]["bar_type"], req.ts, buf[0]["ts"], BAR_BUFFER)).fetchall()
-            late = [dict(zip(BAR_COLUMNS, r, strict=True)) for r in rows] + late
+            late = bars_between(self._db(), req.symbol, buf[0]["bar_type"], req.ts, buf[0]["ts"], BAR_BUFFER) + late
         fills: list[Fill] = []
         for bar in late:
             fills.extend(sim.fill_only(bar, {req.client_order_id}))
@@ -702,16 +688,14 @@ class Executor:
         position = (req.symbol, pos.qty if pos else 0.0, pos.avg_price if pos else 0.0,
                     pos.opened_ts if pos else None, pos.peak_price if pos else None)
         fill = (fill_id, req.client_order_id, req.symbol, qty, price, fee, ts)
-        update = (status, broker_order_id, req.client_order_id)
 
         def write(conn: Any) -> None:
+            store = PostgresOrderStore(conn)
             if new_order is not None:
-                PostgresOrderStore(conn).record_order(**new_order)
-            conn.execute("INSERT INTO fills (fill_id, client_order_id, symbol, qty, price, fee, ts) "
-                         "VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (fill_id) DO NOTHING", fill)
-            conn.execute("UPDATE orders SET status = %s, broker_order_id = COALESCE(%s, broker_order_id), "
-                         "updated_at = now() WHERE client_order_id = %s", update)
-            PostgresOrderStore(conn).upsert_position(*position)
+                store.record_order(**new_order)
+            store.add_fill(*fill)
+            store.set_status(req.client_order_id, status, broker_order_id)
+            store.upsert_position(*position)
 
         self._queue(write)
 
@@ -803,15 +787,14 @@ class Executor:
             return []  # booked already (a later poll, a restart)
         ts = fill_time(leg, entry.ts, ts)  # when the leg filled, not when we looked
         reason = leg.exit_reason or f"{leg.order_type}_leg"
-        row = self._db().execute("SELECT qty, payload FROM orders WHERE client_order_id = %s",
-                                 (exit_coid,)).fetchone()
+        row = PostgresOrderStore(self._db()).order_qty_payload(exit_coid)
         new_order = None
         if row is not None:
-            if not (row[1] or {}).get("bracket_leg"):
+            if not row[1].get("bracket_leg"):
                 log.error("execution: %s leg of %s filled but exit %s was sent as an order; not booked twice",
                           reason, entry.client_order_id, exit_coid)
                 return []
-            req = _request_from_row(exit_coid, entry.symbol, leg.side, float(row[0]), row[1])
+            req = _request_from_row(exit_coid, entry.symbol, leg.side, row[0], row[1])
         else:
             ref = entry.take_profit if reason == "take_profit" else entry.stop_loss if reason == "stop_loss" else None
             req = OrderRequest(exit_coid, entry.correlation_id, entry.symbol, leg.side, leg.qty, "exit",

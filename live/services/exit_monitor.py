@@ -1,7 +1,7 @@
 """``exit_monitor``: market.raw (+ exec.done / exec.orders) -> exec.exits.
 
 Runs the core ``ExitMonitor`` (take profit, stop loss, trailing stop, max hold) over the
-positions of an event-time portfolio (``_ledger.FillLedger``: rebuilt from the fills
+positions of an event-time portfolio (``awet_dagster.execution.ledger.FillLedger``: rebuilt from the fills
 table on start, updated from exec.done by a side ``TopicTail``). Per bar, as in
 ``run_backtest``: book the fills up to this bar (waiting, bounded by ``risk.fill_wait_s``,
 for the fill an order decided on an earlier bar of the symbol must bring), mark the close,
@@ -33,12 +33,14 @@ from typing import Any
 from awet_dagster.contracts import ExecutionReport, ExitEvent, MarketRawEvent, OrderEvent
 from awet_dagster.contracts.topics import EXEC_DONE, EXEC_EXITS, EXEC_ORDERS, MARKET_RAW
 from awet_dagster.execution import client_order_id
+from awet_dagster.execution.ledger import FillLedger
 from awet_dagster.exits import ExitMonitor
+from awet_dagster.storage.trading import ledger_rows
 from awet_dagster.streaming import event_to_bar
 from live.bus import MessageContext, Output, RetryLater
 from live.services._common import LazyConnection, LiveService, contract_of, db_settings, time_guard
-from live.services._ledger import FillLedger, build_with_fill_tail, wait_for_fills
-from live.services._tail import TopicTail
+from live.services._ledger import build_with_fill_tail, wait_for_fills
+from live.tail import TopicTail
 
 log = logging.getLogger("awet.live.exit_monitor")
 
@@ -65,7 +67,7 @@ class ExitService:
         self.counters = {"bars": 0, "exits": 0, "fill_wait_timeouts": 0, "released": 0}
 
     def start(self) -> None:
-        self.ledger.rebuild(self.conn.get(), self.ns)
+        self.ledger.rebuild(*ledger_rows(self.conn.get(), self.ns))
         self._restored = set(self.ledger.portfolio.positions)
 
     def on_side_event(self, topic: str, event: Any, ts_ms: int) -> None:  # tail thread, under the lock

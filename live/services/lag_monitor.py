@@ -31,6 +31,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from awet_dagster.contracts.topology import group_inputs
 from awet_dagster.observability.lag import PartitionLag, group_lags
+from live.bus import RunStats
 from live.kafka_settings import group_id
 from live.metrics import AwetMetrics
 
@@ -186,7 +187,6 @@ class LagMonitorService:
         self.name = NAME
 
     def run(self, max_messages: int | None = None, timeout_s: float | None = None) -> Any:
-        from live.bus import RunStats  # it consumes no messages: max_messages does not bound it
 
         t0 = time.monotonic()
         stats = RunStats()

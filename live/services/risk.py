@@ -5,7 +5,7 @@ One ``RiskEngine`` per process, as in ``run_backtest``:
   tripped kill switch survives restarts; read through a 1 s cache so an operator's
   ``awet kill-switch trip`` is seen within a second without a query per bar);
 - portfolio: rebuilt from the ``fills``/``orders`` tables on start, then updated from
-  ``exec.done`` (read by a side ``TopicTail``, see ``_ledger.FillLedger``) — decided:
+  ``exec.done`` (read by a side ``TopicTail``, see ``awet_dagster.execution.ledger.FillLedger``) — decided:
   consume exec.done rather than share memory with the execution service, so the two can
   run in different processes;
 - clock: EVERY scored signal (one per bar, passed or not) marks the bar
@@ -45,14 +45,15 @@ from confluent_kafka import Message
 from awet_dagster.contracts import ExecutionReport, OrderEvent, RiskDecision, ScoredSignal
 from awet_dagster.contracts.topics import EXEC_DONE, EXEC_ORDERS, RISK_APPROVED, RISK_REJECTED, SIGNALS_SCORED
 from awet_dagster.execution import client_order_id
+from awet_dagster.execution.ledger import FillLedger
 from awet_dagster.risk import RiskEngine
 from awet_dagster.risk.state import KillSwitchState
 from awet_dagster.signals import signal_passed
 from awet_dagster.storage.trading import (
-    KILL_SWITCH_KEY,
     AuditRecord,
     PostgresRiskStateStore,
     audit_details_by_correlation,
+    ledger_rows,
     record_audits,
 )
 from awet_dagster.streaming import read_last_bars_many
@@ -68,8 +69,8 @@ from live.services._common import (
     decoded,
     lane_of,
 )
-from live.services._ledger import FillLedger, build_with_fill_tail, wait_for_fills
-from live.services._tail import TopicTail
+from live.services._ledger import build_with_fill_tail, wait_for_fills
+from live.tail import TopicTail
 
 log = logging.getLogger("awet.live.risk")
 
@@ -84,39 +85,13 @@ class CachedRiskStateStore:
 
     def __init__(self, conn: LazyConnection, namespace: str = "", ttl_s: float = 1.0) -> None:
         self._conn = conn
-        self._prefix = f"{namespace}:" if namespace else ""
+        self._namespace = namespace
         self._ttl = ttl_s
         self._kill: tuple[float, KillSwitchState] | None = None
         self._anchors: dict[date, float] = {}
 
     def _store(self) -> PostgresRiskStateStore:
-        store = PostgresRiskStateStore(self._conn.get())
-        if self._prefix:
-            prefix = self._prefix
-
-            def get_kill() -> KillSwitchState:
-                row = store._conn.execute("SELECT value FROM risk_state WHERE key = %s",
-                                          (prefix + KILL_SWITCH_KEY,)).fetchone()
-                if row is None:
-                    return KillSwitchState()
-                v = row[0]
-                from awet_dagster.storage.trading import _dt
-
-                return KillSwitchState(bool(v.get("tripped")), v.get("reason"), _dt(v.get("tripped_at")),
-                                       v.get("reset_by"), _dt(v.get("reset_at")), v.get("reset_reason"))
-
-            put = store._put
-            store._put = lambda key, value: put(prefix + key, value)  # type: ignore[method-assign]
-            store.get_kill_switch = get_kill  # type: ignore[method-assign]
-            get_anchor = store._conn.execute
-
-            def anchor(session: date) -> float | None:
-                row = get_anchor("SELECT value FROM risk_state WHERE key = %s",
-                                 (f"{prefix}anchor:{session}",)).fetchone()
-                return float(row[0]["equity"]) if row else None
-
-            store.get_daily_anchor = anchor  # type: ignore[method-assign]
-        return store
+        return PostgresRiskStateStore(self._conn.get(), self._namespace)
 
     def get_kill_switch(self) -> KillSwitchState:
         now = time.monotonic()
@@ -175,7 +150,7 @@ class RiskService:
     # ------------------------------------------------------------------ start-up
     def start(self) -> None:
         conn = self.conn.get()
-        self.ledger.rebuild(conn, self.ns)
+        self.ledger.rebuild(*ledger_rows(conn, self.ns))
         rows = conn.execute(
             "SELECT symbol, payload->>'ts' FROM orders WHERE COALESCE(payload->>'ns', '') = %s "
             "AND payload->>'intent' = 'entry' AND updated_at > now() - interval '2 days' ORDER BY 2",

@@ -20,7 +20,7 @@ One ``SignalEngine`` per process, fed bar by bar like ``run_backtest`` (same cod
   not wait; a wait that times out stops the waiting for that symbol until answers resume.
   No forecast: the TFT component is absent (weights renormalised over the alphas, as in
   the backtest without a prediction for that bar). The horizon traded is
-  ``backtest.trading_horizon`` (``signals.horizon``, else the shortest), as in the backtest.
+  ``signals.trading_horizon`` (``signals.horizon``, else the shortest), as in the backtest.
 - calibration: the forecast's model version selects that model's Platt calibrator
   (``ModelCalibrations``: fitted on its walk-forward OOS calls, logged with its run); a bar
   without a forecast, the newest alpha-only calibrator of its bar type (``AlphaCalibrations``,
@@ -48,11 +48,10 @@ from pathlib import Path
 from typing import Any
 
 from awet_dagster.alphas.signal import bar_duration
-from awet_dagster.backtest.runner import trading_horizon
 from awet_dagster.contracts import AlphaSignal, MarketRawEvent, Prediction, ScoredSignal
 from awet_dagster.contracts.topics import ALPHA_SIGNALS, MARKET_RAW, PREDICTIONS, SIGNALS_SCORED
 from awet_dagster.inference import ModelCalibrations
-from awet_dagster.signals import EnsembleWeights, QuantileForecast, SignalEngine
+from awet_dagster.signals import EnsembleWeights, QuantileForecast, SignalEngine, trading_horizon
 from awet_dagster.storage.calibrations import latest_calibration
 from awet_dagster.streaming import DEFAULT_WARMUP_BARS, derived_event_id, event_to_bar, histories_by_key
 from live.bus import MessageContext, Output, RetryLater
@@ -64,11 +63,12 @@ from live.services._common import (
     db_settings,
     make_bus,
     read_many_from,
+    tail_for,
     time_guard,
     unseen_first,
     wait_until,
 )
-from live.services._tail import TopicTail, tail_for
+from live.tail import TopicTail
 
 log = logging.getLogger("awet.live.signal")
 

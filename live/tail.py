@@ -274,25 +274,3 @@ class TopicTail:
             pass
         if self.dead_letters is not None and hasattr(self.dead_letters, "close"):
             self.dead_letters.close()
-
-
-def tail_for(cfg: Any, endpoints: Any, name: str, topics: Mapping[str, type[BaseEvent]], on_event: Callable[[str, BaseEvent, int], None]) -> TopicTail:
-    """A TopicTail with the Kafka client settings of ``cfg.kafka``."""
-    kafka = getattr(cfg, "kafka", None)
-    client = {k: v for k, v in dict(getattr(kafka, "client", {}) or {}).items()}
-    sasl = getattr(kafka, "sasl_password", None)
-    if sasl is not None:
-        client.setdefault("sasl.password", sasl.get_secret_value())
-    fetch_wait = dict(getattr(kafka, "consumer", {}) or {}).get("fetch.wait.max.ms")
-    from live.kafka_settings import producer_config
-    from live.services._common import DeadLetterRecorder, LazyConnection, db_settings
-
-    reader = f"{name}-tail"
-    producer = EventProducer(producer_config(endpoints.kafka_bootstrap, client=client,
-                                             producer=dict(getattr(kafka, "producer", {}) or {}),
-                                             client_id=f"awet-{reader}-dlq"))
-    recorder = DeadLetterRecorder(LazyConnection(endpoints.database_url, **db_settings(cfg)), reader)
-    letters = SideDeadLetters(reader, producer, recorder,
-                              flush_timeout_s=float(getattr(kafka, "flush_timeout_s", 10.0)))
-    return TopicTail(name, endpoints.kafka_bootstrap, topics, on_event, client=client, fetch_wait_ms=fetch_wait,
-                     dead_letters=letters)
