@@ -3,10 +3,10 @@ from datetime import datetime, timedelta, timezone
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from awet_dagster.config import load_config
 from awet_dagster.sources.reddit import reddit_client
 from awet_dagster.storage.reddit import upsert_mentions
 from resources.database import DatabaseResource
+from resources.settings import SettingsResource
 
 
 @asset(
@@ -18,8 +18,9 @@ from resources.database import DatabaseResource
                 "Live, `awet ingest --source reddit` streams the same buckets into social.sentiment.",
     kinds={"postgres"},
 )
-def reddit_mentions(context: AssetExecutionContext, database: DatabaseResource) -> MaterializeResult:
-    cfg = load_config()
+def reddit_mentions(context: AssetExecutionContext, database: DatabaseResource,
+                    settings: SettingsResource) -> MaterializeResult:
+    cfg = settings.config
     client = reddit_client(cfg.data, "1d")
     end = datetime.now(timezone.utc)
     frame = client.fetch(list(cfg.data.symbols), end - timedelta(days=cfg.data.reddit_days), end)

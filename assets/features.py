@@ -16,13 +16,14 @@ from dagster import (
 from assets._checks import check_results
 from assets.market_data import bar_freshness
 from assets.partitions import bar_partitions, warmup_start, windows_for
-from awet_dagster.config import load_config
+from awet_dagster.config import AwetConfig
 from awet_dagster.features import FEATURE_COLUMNS, FEATURE_SET_VERSION, FEATURES, MAX_WARMUP, compute_features
 from awet_dagster.quality.features import no_missing_after_warmup, values_in_range
 from awet_dagster.storage.bars import read_bars
 from awet_dagster.storage.features import replace_features
 from awet_dagster.storage.reddit import join_mentions, read_mentions
 from resources.database import DatabaseResource
+from resources.settings import SettingsResource
 
 FEATURE_CHECKS = {
     "no_missing_after_warmup": "Every non-optional feature is present once a symbol has warmed up.",
@@ -30,8 +31,8 @@ FEATURE_CHECKS = {
 }
 
 
-def build_features(bar_type: str):
-    cfg = load_config()
+def build_features(bar_type: str, cfg: AwetConfig):
+    """``cfg``: the configuration the definitions were loaded with (partitions)."""
     key = AssetKey([bar_type, "features"])
 
     @asset(
@@ -50,8 +51,8 @@ def build_features(bar_type: str):
         ),
         kinds={"postgres", "polars"},
     )
-    def features(context: AssetExecutionContext, database: DatabaseResource) -> Iterator:
-        cfg = load_config()
+    def features(context: AssetExecutionContext, database: DatabaseResource, settings: SettingsResource) -> Iterator:
+        cfg = settings.config
         windows = windows_for(bar_type, context.partition_keys, cfg)
         written, computed = 0, []
         with database.connect() as conn:

@@ -21,7 +21,7 @@ from dagster import (
 
 from assets._checks import check_results
 from assets.partitions import bar_partitions, windows_for
-from awet_dagster.config import load_config
+from awet_dagster.config import AwetConfig
 from awet_dagster.quality import (
     calendar_gaps,
     duplicate_rows,
@@ -34,6 +34,7 @@ from awet_dagster.sources.schema import empty_bars, ensure_schema, validate_bars
 from awet_dagster.storage.bars import read_bars, record_gaps, replace_partition
 from resources.database import DatabaseResource
 from resources.market_data import MarketDataResource
+from resources.settings import SettingsResource
 
 BAR_CHECKS = {
     "no_duplicates": "No (symbol, bar_type, ts) twice, in the stored rows or the input.",
@@ -62,8 +63,8 @@ def bar_freshness(bar_type: str) -> FreshnessPolicy:
     return FreshnessPolicy.time_window(fail_window=timedelta(hours=2), warn_window=timedelta(minutes=30))
 
 
-def build_raw_bars(bar_type: str):
-    cfg = load_config()
+def build_raw_bars(bar_type: str, cfg: AwetConfig):
+    """``cfg``: the configuration the definitions were loaded with (partitions, symbols)."""
     key = AssetKey([bar_type, "raw_bars"])
 
     @asset(
@@ -85,9 +86,10 @@ def build_raw_bars(bar_type: str):
         kinds={"postgres", "polars"},
     )
     def raw_bars(
-        context: AssetExecutionContext, database: DatabaseResource, market_data: MarketDataResource
+        context: AssetExecutionContext, database: DatabaseResource, market_data: MarketDataResource,
+        settings: SettingsResource,
     ) -> Iterator:
-        cfg = load_config()
+        cfg = settings.config
         client = market_data.client()
         windows = windows_for(bar_type, context.partition_keys, cfg)
         loaded = rejected_total = 0

@@ -22,8 +22,8 @@ from dagster import (
     asset,
 )
 
-from awet_dagster.config import load_config
 from resources.database import DatabaseResource
+from resources.settings import SettingsResource
 
 GATE_CHECKS = {
     "median_oos_sharpe": "Median OOS Sharpe over all walk-forward folds ≥ gate.min_median_oos_sharpe.",
@@ -75,11 +75,11 @@ def build_model_assets(bar_type: str):
         ),
         kinds={"pytorch", "postgres"},
     )
-    def walk_forward(context: AssetExecutionContext, database: DatabaseResource):
+    def walk_forward(context: AssetExecutionContext, database: DatabaseResource, settings: SettingsResource):
         from awet_dagster.evaluation.walk_forward import run_walk_forward
         from awet_dagster.model.pipeline import load_training_data, store_walk_forward
 
-        cfg = load_config()
+        cfg = settings.config
         with database.connect() as conn:
             features, bars = load_training_data(conn, cfg, bar_type)
 
@@ -126,7 +126,8 @@ def build_model_assets(bar_type: str):
         ),
         kinds={"pytorch"},
     )
-    def tft_candidate(context: AssetExecutionContext, database: DatabaseResource, walk_forward) -> Iterator:
+    def tft_candidate(context: AssetExecutionContext, database: DatabaseResource, settings: SettingsResource,
+                      walk_forward) -> Iterator:
         import cloudpickle
 
         from awet_dagster.evaluation.walk_forward import evaluate_gate
@@ -139,7 +140,7 @@ def build_model_assets(bar_type: str):
         )
         from awet_dagster.model.registry import champion_walk_forward_run
 
-        cfg = load_config()
+        cfg = settings.config
         with database.connect() as conn:
             features, bars = load_training_data(conn, cfg, bar_type)
             champion_run = champion_walk_forward_run(cfg)
@@ -185,11 +186,11 @@ def build_model_assets(bar_type: str):
                     "artifact (feature list, scalers, lengths, calibration) in one directory.",
         kinds={"onnx"},
     )
-    def onnx_model(context: AssetExecutionContext, tft_candidate: Candidate) -> Iterator:
+    def onnx_model(context: AssetExecutionContext, settings: SettingsResource, tft_candidate: Candidate) -> Iterator:
         from awet_dagster.model.onnx_export import check_parity, export_onnx
         from awet_dagster.model.pipeline import save_calibration
 
-        cfg = load_config()
+        cfg = settings.config
         directory = (cfg.paths.home / "models" / bar_type / context.run_id).resolve()
         trained = tft_candidate.trained
         path = export_onnx(trained, directory)
@@ -211,10 +212,11 @@ def build_model_assets(bar_type: str):
                     "promotion sensor decides whether it becomes the champion.",
         kinds={"mlflow"},
     )
-    def registered_model(context: AssetExecutionContext, onnx_model: str, tft_candidate: Candidate):
+    def registered_model(context: AssetExecutionContext, settings: SettingsResource, onnx_model: str,
+                         tft_candidate: Candidate):
         from awet_dagster.model.registry import log_training_run, register_version, tag_version
 
-        cfg = load_config()
+        cfg = settings.config
         run_id, model_uri = log_training_run(cfg, tft_candidate.walk_forward, Path(onnx_model),
                                              gate_checks=list(tft_candidate.gate_checks))
         ref = register_version(cfg, run_id, model_uri, list(tft_candidate.gate_checks))

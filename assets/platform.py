@@ -2,11 +2,11 @@
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from awet_dagster.config import load_config
 from awet_dagster.infra.endpoints import resolve_endpoints
 from awet_dagster.infra.probes import broker_reachable
 from awet_dagster.storage.db import current_revision, head_revision
 from resources.database import DatabaseResource
+from resources.settings import SettingsResource
 
 
 @asset(
@@ -16,8 +16,9 @@ from resources.database import DatabaseResource
         "head, and the Kafka-protocol broker reachable. Fails with the reason otherwise."
     ),
 )
-def platform_preflight(context: AssetExecutionContext, database: DatabaseResource) -> MaterializeResult:
-    cfg = load_config()
+def platform_preflight(context: AssetExecutionContext, database: DatabaseResource,
+                       settings: SettingsResource) -> MaterializeResult:
+    cfg = settings.config
     endpoints = resolve_endpoints(cfg)
     revision = current_revision(database.resolved_url())
     head = head_revision()

@@ -12,8 +12,8 @@ import io
 
 from dagster import AssetExecutionContext, AssetKey, MetadataValue, Output, asset
 
-from awet_dagster.config import load_config
 from resources.database import DatabaseResource
+from resources.settings import SettingsResource
 
 
 def _reliability_png(calls, calibrator) -> bytes:
@@ -62,13 +62,13 @@ def build_alpha_calibration(bar_type: str):
         ),
         kinds={"postgres"},
     )
-    def alpha_calibration(context: AssetExecutionContext, database: DatabaseResource):
+    def alpha_calibration(context: AssetExecutionContext, database: DatabaseResource, settings: SettingsResource):
         from awet_dagster.model.pipeline import training_window
         from awet_dagster.signals.alpha_calibration import alpha_calls, fit_alpha_calibrator
         from awet_dagster.storage.bars import read_bars
         from awet_dagster.storage.calibrations import store_calibration
 
-        cfg = load_config()
+        cfg = settings.config
         start, cutoff = training_window(cfg)
         symbols = list(cfg.data.symbols if bar_type == "daily" else cfg.data.minute_symbols)
         with database.connect() as conn:

@@ -38,7 +38,7 @@ def _endpoints(cfg):
 
 
 def _producer(cfg, bootstrap: str):
-    from live.bus import EventProducer
+    from live.producer import EventProducer
     from live.kafka_settings import producer_config
 
     client = dict(cfg.kafka.client)

@@ -163,8 +163,9 @@ def _promote(cfg: AwetConfig, console: Console) -> None:
     from dagster import DagsterInstance
 
     from awet_dagster.model import promotion, registry
-    from resources.database import DatabaseResource
     from jobs.promotion import promote_model_job
+    from resources.database import DatabaseResource
+    from resources.settings import SettingsResource
 
     for d in promotion.decide(cfg):
         if d.action != "promote":
@@ -174,7 +175,8 @@ def _promote(cfg: AwetConfig, console: Console) -> None:
             run = promote_model_job.execute_in_process(
                 run_config={"ops": {"promote_version": {"config": {"version": d.version, "reason": d.reason,
                                                                    "operator": "awet run"}}}},
-                instance=instance, resources={"database": DatabaseResource()}, raise_on_error=False,
+                instance=instance, resources={"database": DatabaseResource(), "settings": SettingsResource()},
+                raise_on_error=False,
             )
         console.print(f"model v{d.version}: {'promoted to champion' if run.success else 'promotion failed'}")
     champion = registry.get_champion(cfg)

@@ -3,6 +3,8 @@ import warnings
 
 from dagster import BetaWarning, Definitions, PreviewWarning
 
+from awet_dagster.config import load_config
+
 # backfill_policy and check kinds are marked beta/preview; we pin the Dagster version.
 warnings.filterwarnings("ignore", category=BetaWarning)
 warnings.filterwarnings("ignore", category=PreviewWarning)
@@ -20,23 +22,27 @@ from jobs.promotion import approve_model_job, promote_model_job
 from jobs.schedules import build_schedules
 from resources.database import DatabaseResource
 from resources.market_data import MarketDataResource
+from resources.settings import SettingsResource
 from sensors.promotion import model_promotion_sensor
 from sensors.run_failure import run_failure_audit_sensor
 
 BAR_TYPES = ("daily", "minute")
 
-_jobs = build_jobs(BAR_TYPES)
+# Loaded once, when the code location loads: partitions, job and schedule settings. Each run
+# loads its own (SettingsResource), so a changed environment takes effect at the next run.
+_cfg = load_config()
+_jobs = build_jobs(BAR_TYPES, _cfg)
 
 defs = Definitions(
     assets=[
         platform_preflight,
         reddit_mentions,
-        *(build(bar_type) for bar_type in BAR_TYPES
-          for build in (build_raw_bars, build_features, build_alpha_calibration)),
+        *(a for bar_type in BAR_TYPES
+          for a in (build_raw_bars(bar_type, _cfg), build_features(bar_type, _cfg), build_alpha_calibration(bar_type))),
         *(a for bar_type in BAR_TYPES for a in build_model_assets(bar_type)),
     ],
     jobs=[*_jobs, retention_job, promote_model_job, approve_model_job],
     sensors=[model_promotion_sensor, run_failure_audit_sensor],
-    schedules=build_schedules(next(j for j in _jobs if j.name == "daily_pipeline")),
-    resources={"database": DatabaseResource(), "market_data": MarketDataResource()},
+    schedules=build_schedules(next(j for j in _jobs if j.name == "daily_pipeline"), _cfg),
+    resources={"database": DatabaseResource(), "market_data": MarketDataResource(), "settings": SettingsResource()},
 )

@@ -45,7 +45,8 @@ from benchmarks._common import (  # noqa: E402
     percentile,
     update_markdown_section,
 )
-from live.bus import BusService, EventProducer, event_headers  # noqa: E402
+from live.bus import BusService
+from live.producer import event_headers, EventProducer  # noqa: E402
 from live.kafka_settings import (  # noqa: E402
     FAST_DEV_CONSUMER_SETTINGS,
     FAST_DEV_PRODUCER_SETTINGS,

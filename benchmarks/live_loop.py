@@ -58,7 +58,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition  # noqa: 
 from awet_dagster.sources.schema import BAR_SCHEMA  # noqa: E402
 from awet_dagster.streaming import bars_to_events  # noqa: E402
 from benchmarks._common import machine_info, machine_table, md_table, percentile, update_markdown_section  # noqa: E402
-from live.bus import EventProducer  # noqa: E402
+from live.producer import EventProducer  # noqa: E402
 from live.kafka_settings import FAST_DEV_PRODUCER_SETTINGS, producer_config  # noqa: E402
 from live.loop_harness import lagging_of, LoopTracker, produced_of, replay_through_loop, start_loop
 from live.registry import LOOP_SERVICES

@@ -5,7 +5,7 @@ materializations and checks can be browsed in `awet ui` afterwards.
 """
 from dagster import AssetKey, AssetSelection, define_asset_job, in_process_executor
 
-from awet_dagster.config import load_config
+from awet_dagster.config import AwetConfig
 
 MAIN_JOB_NAME = "awet_main"
 
@@ -14,8 +14,7 @@ def pipeline_selection(bar_type: str) -> AssetSelection:
     return AssetSelection.assets(AssetKey("platform_preflight")) | AssetSelection.key_prefixes([bar_type])
 
 
-def build_jobs(bar_types):
-    cfg = load_config()
+def build_jobs(bar_types, cfg: AwetConfig):
     # In-process: a step subprocess costs seconds each on 2 cores (measured 22 s for a tiny job).
     jobs = [
         define_asset_job(

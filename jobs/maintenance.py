@@ -3,15 +3,15 @@ from datetime import datetime, timezone
 
 from dagster import OpExecutionContext, job, op
 
-from awet_dagster.config import load_config
 from awet_dagster.storage.db import make_engine, timescaledb_enabled
 from awet_dagster.storage.retention import apply_retention
 from resources.database import DatabaseResource
+from resources.settings import SettingsResource
 
 
 @op(description="Delete minute bars, signals and audit rows older than the configured retention.")
-def apply_retention_op(context: OpExecutionContext, database: DatabaseResource) -> dict:
-    cfg = load_config()
+def apply_retention_op(context: OpExecutionContext, database: DatabaseResource, settings: SettingsResource) -> dict:
+    cfg = settings.config
     engine = make_engine(database.resolved_url())
     try:
         with engine.connect() as conn:

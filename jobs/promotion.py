@@ -2,9 +2,9 @@
 one lets an operator approve a version from the Dagster UI launchpad."""
 from dagster import Config, OpExecutionContext, job, op
 
-from awet_dagster.config import load_config
 from awet_dagster.model import promotion
 from resources.database import DatabaseResource
+from resources.settings import SettingsResource
 
 
 class VersionConfig(Config):
@@ -14,8 +14,9 @@ class VersionConfig(Config):
 
 
 @op(description="Set the champion alias to the given version and record who/what/why in the audit log.")
-def promote_version(context: OpExecutionContext, config: VersionConfig, database: DatabaseResource) -> str:
-    cfg = load_config()
+def promote_version(context: OpExecutionContext, config: VersionConfig, database: DatabaseResource,
+                    settings: SettingsResource) -> str:
+    cfg = settings.config
     decisions = {d.version: d for d in promotion.decide(cfg)}
     decision = decisions.get(config.version)
     if decision is None or decision.action != "promote":
@@ -33,8 +34,9 @@ def promote_model_job():
 
 
 @op(description="Record an operator's approval of a version (needed when promotion.require_approval).")
-def approve_version(context: OpExecutionContext, config: VersionConfig, database: DatabaseResource) -> str:
-    cfg = load_config()
+def approve_version(context: OpExecutionContext, config: VersionConfig, database: DatabaseResource,
+                    settings: SettingsResource) -> str:
+    cfg = settings.config
     with database.connect() as conn:
         promotion.approve(cfg, conn, config.version, operator=config.operator, note=config.reason)
     context.log.info("version %s approved by %s", config.version, config.operator)

@@ -1,12 +1,11 @@
 """Schedules: daily incremental ingestion (off by default) and the retention job."""
 from dagster import DefaultScheduleStatus, RunRequest, ScheduleDefinition, ScheduleEvaluationContext, schedule
 
-from awet_dagster.config import load_config
+from awet_dagster.config import AwetConfig
 from jobs.maintenance import retention_job
 
 
-def build_schedules(daily_pipeline_job):
-    cfg = load_config()
+def build_schedules(daily_pipeline_job, cfg: AwetConfig):
 
     @schedule(
         name="daily_incremental_ingest",
@@ -18,7 +17,7 @@ def build_schedules(daily_pipeline_job):
         description="Re-ingest every configured symbol's daily bars and features after the close.",
     )
     def daily_incremental_ingest(context: ScheduleEvaluationContext):
-        keys = list(load_config().data.symbols)  # daily partitions are the configured symbols
+        keys = list(cfg.data.symbols)  # daily partitions are the configured symbols (as loaded)
         return RunRequest(
             run_key=context.scheduled_execution_time.strftime("%Y-%m-%d"),
             tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},

@@ -1,4 +1,10 @@
-"""The shared at-least-once Kafka loop every live service runs.
+"""The shared at-least-once Kafka loop every live service runs (``BusService``). Publishing is
+``live.producer`` (``EventProducer``), dead letters ``live.dead_letters``.
+
+Size (about 780 lines, over the 400 of docs/conventions.md): the consume -> handle -> produce ->
+checkpoint loop and its failure paths (delivery errors, RetryLater, rebalances, the commit
+answers) are one state machine whose invariants are stated here once; split, each part would
+restate the other's.
 
 Per batch: poll -> decode (contract of the topic) -> handle -> produce outputs (sent at
 once). Per CHECKPOINT - when ``commit_interval_s`` has passed since the first uncommitted
@@ -61,37 +67,22 @@ Guarantees and why:
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import logging
 import signal
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from pydantic import ValidationError
 
-from awet_dagster.contracts import BaseEvent, DeadLetter, dlq_topic, is_dlq_topic, model_for_topic
-from awet_dagster.contracts.base import UNSUPPORTED_VERSION
+from awet_dagster.contracts import BaseEvent, DeadLetter, dlq_topic, model_for_topic
+from live.dead_letters import dead_letter_for, decode_failure_reason, send_dead_letter
+from live.producer import EventProducer
 
 log = logging.getLogger("awet.live.bus")
-
-CORRELATION_HEADER = "correlation_id"
-EVENT_TYPE_HEADER = "event_type"
-SCHEMA_VERSION_HEADER = "schema_version"
-DLQ_REASON_HEADER = "dlq_reason"
-DLQ_ERROR_TYPE_HEADER = "dlq_error_type"
-DLQ_ORIGINAL_TOPIC_HEADER = "dlq_original_topic"
-
-_MAX_ERROR_CHARS = 4000
-
-
-class DeliveryError(RuntimeError):
-    """Some produced messages were not acknowledged; offsets must not be committed."""
 
 
 class RetryLater(Exception):
@@ -218,162 +209,6 @@ class RunStats:
         return self.processed + self.dead_lettered
 
 
-# --------------------------------------------------------------------------- producer
-def event_headers(event: BaseEvent) -> list[tuple[str, bytes]]:
-    return [
-        (CORRELATION_HEADER, event.correlation_id.encode()),
-        (EVENT_TYPE_HEADER, event.event_type.encode()),
-        (SCHEMA_VERSION_HEADER, str(event.schema_version).encode()),
-    ]
-
-
-class EventProducer:
-    """confluent-kafka Producer wrapper that serialises contracts and tracks delivery errors.
-
-    ``send`` is asynchronous; ``flush`` waits (bounded) and raises ``DeliveryError`` if
-    anything sent since the previous flush failed or is still in flight.
-
-    Delivery reports: only FAILED deliveries call back into Python
-    (``delivery.report.only.error``), served by ``flush`` (and by ``poll`` while the local
-    queue is full). A success needs no Python work: nothing left in flight and no error
-    reported means every message since the previous flush was acknowledged. In a process
-    running several services, a per-message callback (and a ``poll(0)`` per send) was a
-    GIL release/re-acquire per message among busy threads.
-    """
-
-    def __init__(self, config: Mapping[str, Any], *, check_topics: bool = True) -> None:
-        conf = dict(config)
-        conf.setdefault("delivery.report.only.error", True)
-        self._producer = Producer(conf)
-        self.client_id = str(conf.get("client.id", "rdkafka"))
-        self._errors: list[str] = []
-        self._sent = 0  # produced since the previous flush
-        self._check_topics = check_topics
-        self.closed = False
-
-    def close(self) -> None:
-        """Destroy the client: its librdkafka threads stop (reconnecting to a broker that is
-        gone, every few seconds, for as long as anything referenced the object). What is
-        still queued is purged: flush first to deliver it. Idempotent; ``send`` afterwards
-        raises RuntimeError."""
-        if self.closed:
-            return
-        self.closed = True
-        with contextlib.suppress(KafkaException, RuntimeError, SystemError):
-            self._producer.purge()
-            self._producer.flush(0)  # serve the purge's delivery reports
-        with contextlib.suppress(KafkaException, RuntimeError):
-            self._producer.close()  # nothing queued: returns at once
-
-    def __enter__(self) -> EventProducer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # librdkafka calls this from poll()/flush() in the calling thread (failures only).
-    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
-
-    def check(self, topic: str, event: BaseEvent) -> None:
-        """Raise TypeError if ``topic`` is registered for another contract than ``event``'s."""
-        try:
-            expected = model_for_topic(topic)
-        except KeyError:
-            return  # ad-hoc topic (tests, benchmarks): no contract to enforce
-        if not isinstance(event, expected):
-            raise TypeError(f"topic {topic!r} carries {expected.__name__}, got {type(event).__name__}")
-
-    def send(
-        self,
-        topic: str,
-        event: BaseEvent,
-        *,
-        key: bytes | None = None,
-        headers: Sequence[tuple[str, bytes]] = (),
-        timeout_s: float = 10.0,
-    ) -> None:
-        """Queue ``event`` as JSON, keyed by symbol, with correlation/type headers."""
-        if self._check_topics:
-            self.check(topic, event)
-        self.send_checked(topic, event, key, headers, timeout_s)
-
-    def send_checked(
-        self,
-        topic: str,
-        event: BaseEvent,
-        key: bytes | None = None,
-        headers: Sequence[tuple[str, bytes]] = (),
-        timeout_s: float = 10.0,
-    ) -> None:
-        """``send`` without the topic/contract check (the caller already did ``check``)."""
-        hdrs = event_headers(event)
-        if headers:
-            hdrs.extend(headers)
-        self._produce(topic, event.model_dump_json().encode(), key if key is not None else event.kafka_key(),
-                      hdrs, timeout_s)
-
-    def send_raw(
-        self,
-        topic: str,
-        value: bytes | None,
-        *,
-        key: bytes | None = None,
-        headers: Sequence[tuple[str, bytes]] = (),
-        timeout_s: float = 10.0,
-    ) -> None:
-        """Queue raw bytes (dead letters, tests). Waits up to ``timeout_s`` if the queue is full."""
-        self._produce(topic, value, key, list(headers), timeout_s)
-
-    def _produce(self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]],
-                 timeout_s: float) -> None:
-        producer = self._producer
-        try:
-            producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)
-        except BufferError:
-            # Local queue full: serve delivery reports to make room, bounded.
-            deadline = time.monotonic() + timeout_s
-            while True:
-                if time.monotonic() >= deadline:
-                    raise DeliveryError(f"producer queue still full after {timeout_s}s") from None
-                producer.poll(0.05)
-                try:
-                    producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)
-                    break
-                except BufferError:
-                    continue
-        self._sent += 1
-
-    def flush(self, timeout_s: float = 10.0) -> int:
-        """Wait for every queued message; return how many were acknowledged since last flush.
-
-        Nothing outstanding (``len(producer) == 0``: no message queued or in flight and no
-        delivery report left to serve) and no failure reported means everything sent since
-        the previous flush was acknowledged: no flush call needed.
-        """
-        if self.closed or (self._producer.__len__() == 0 and not self._errors):
-            delivered, self._sent = self._sent, 0
-            return delivered
-        remaining = self._producer.flush(timeout_s)
-        errors, self._errors = self._errors, []
-        sent, self._sent = self._sent, 0
-        delivered = sent - remaining - len(errors)
-        if remaining:
-            raise DeliveryError(f"{remaining} message(s) not delivered within {timeout_s}s"
-                                + (f"; errors: {errors[:5]}" if errors else ""))
-        if errors:
-            raise DeliveryError(f"{len(errors)} delivery failure(s): {errors[:5]}")
-        return delivered
-
-    def __len__(self) -> int:
-        return 0 if self.closed else len(self._producer)
-
-    @property
-    def raw(self) -> Producer:
-        return self._producer
-
-
 #: How long an async commit may stay unanswered before the next one is sent anyway.
 _COMMIT_ANSWER_WAIT_S = 2.0
 
@@ -381,62 +216,6 @@ _COMMIT_ANSWER_WAIT_S = 2.0
 def _no_offset(exc: KafkaException) -> bool:
     """A commit refused as _NO_OFFSET: nothing was stored beyond what is committed (harmless)."""
     return bool(exc.args) and isinstance(exc.args[0], KafkaError) and exc.args[0].code() == KafkaError._NO_OFFSET
-
-
-# --------------------------------------------------------------------------- dead letters
-def decode_failure_reason(exc: ValidationError) -> str:
-    """The DLQ reason of a message its contract refused: not JSON at all, a major version this
-    consumer does not read, or the wrong shape."""
-    types = {e["type"] for e in exc.errors()}
-    if "json_invalid" in types:
-        return "invalid_json"
-    return "unsupported_version" if UNSUPPORTED_VERSION in types else "schema_mismatch"
-
-
-def dead_letter_for(service: str, msg: Message, reason: str, exc: BaseException,
-                    correlation_id: str | None = None) -> DeadLetter | None:
-    """The DLQ envelope of ``msg`` (original bytes, headers, where it was, why), or None for a
-    message of a DLQ topic itself (logged: "<x>.dlq.dlq" is not a thing)."""
-    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-    headers = tuple(msg.headers() or ())
-    if correlation_id is None:
-        raw = next((v for k, v in headers if k == CORRELATION_HEADER and v), None)
-        try:
-            correlation_id = raw.decode().strip() if raw else ""
-        except UnicodeDecodeError:
-            correlation_id = ""
-        correlation_id = correlation_id or f"dlq:{topic}:{partition}:{offset}"
-    if is_dlq_topic(topic):
-        log.error("%s: unprocessable dead letter %s[%d]@%d: %r", service, topic, partition, offset, exc)
-        return None
-    error_text = "".join(traceback.format_exception(exc)) if reason == "handler_error" else str(exc)
-    _, ts_ms = msg.timestamp()
-    b64 = lambda b: base64.b64encode(b).decode() if b is not None else None  # noqa: E731
-    return DeadLetter(
-        correlation_id=correlation_id,
-        reason=reason,  # type: ignore[arg-type]
-        error_type=type(exc).__name__,
-        error=error_text[-_MAX_ERROR_CHARS:],
-        service=service,
-        original_topic=topic,
-        original_partition=partition,
-        original_offset=offset,
-        original_timestamp_ms=ts_ms if ts_ms and ts_ms > 0 else None,
-        original_key_b64=b64(msg.key()),
-        original_value_b64=b64(msg.value()),
-        original_headers=tuple((k, b64(v)) for k, v in headers),
-    )
-
-
-def send_dead_letter(producer: EventProducer, letter: DeadLetter, key: bytes | None) -> None:
-    """Queue ``letter`` on its topic's DLQ, with the reason headers (the caller flushes)."""
-    producer.send(
-        dlq_topic(letter.original_topic),
-        letter,
-        key=key,
-        headers=[(DLQ_REASON_HEADER, letter.reason.encode()), (DLQ_ERROR_TYPE_HEADER, letter.error_type.encode()),
-                 (DLQ_ORIGINAL_TOPIC_HEADER, letter.original_topic.encode())],
-    )
 
 
 # --------------------------------------------------------------------------- service loop

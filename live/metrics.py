@@ -1,5 +1,8 @@
 """Every Prometheus metric the live side exports, in one place, and the HTTP endpoint serving them.
 
+Size (over 400 lines): a catalogue, on purpose one file: the alert rules and dashboards may use
+only the names exported here (tests/test_alerts.py, tests/test_dashboards.py read it).
+
 - ``AwetMetrics``: the catalogue. Each instance owns its own ``CollectorRegistry`` (tests build
   several side by side; a process normally has one). All names start with ``awet_``.
 - ``ServiceMetrics``: what one service uses. It is the bus's ``on_metrics`` hook (turns

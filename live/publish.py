@@ -10,7 +10,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
-from live.bus import DeliveryError, event_headers
+from live.producer import DeliveryError, event_headers
 
 log = logging.getLogger("awet.live.publish")
 

@@ -17,7 +17,7 @@ import polars as pl
 
 from awet_dagster.contracts.topics import MARKET_RAW
 from awet_dagster.streaming import ReplayPacer, bars_to_events
-from live.bus import EventProducer
+from live.producer import EventProducer
 
 log = logging.getLogger("awet.live.replay")
 

@@ -1,5 +1,8 @@
 """One fetch of a topic for all the services of one process that consume it.
 
+Size (over 400 lines): the fetcher, its per-subscriber queues and its rebalance handling share
+one lock and one set of invariants (nothing handed out twice, nothing skipped on a move).
+
 Why: ``awet live`` runs every service in one process, and five of them consume
 ``market.raw`` (persist_bars, features, lean_alpha, signal, exit_monitor). With one
 consumer each, the broker serves every record batch five times. On the embedded tansu

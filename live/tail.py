@@ -48,7 +48,8 @@ from confluent_kafka.admin import AdminClient
 from pydantic import ValidationError
 
 from awet_dagster.contracts import BaseEvent, dlq_topic
-from live.bus import EventProducer, dead_letter_for, decode_failure_reason, send_dead_letter
+from live.dead_letters import dead_letter_for, decode_failure_reason, send_dead_letter
+from live.producer import EventProducer
 
 log = logging.getLogger("awet.live.tail")
 

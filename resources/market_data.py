@@ -1,7 +1,8 @@
 """Market-data sources for assets: the offline sample by default, vendors by name."""
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, InitResourceContext
+from pydantic import PrivateAttr
 
-from awet_dagster.config import load_config
+from awet_dagster.config import AwetConfig, load_config
 from awet_dagster.sources.registry import BarSource, get_source
 from awet_dagster.sources.settings import source_kwargs
 
@@ -13,9 +14,19 @@ class MarketDataResource(ConfigurableResource):
 
     source: str | None = None
 
+    _cfg: AwetConfig | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        self._cfg = load_config()  # once per run: data.source and the vendors' credentials
+
+    def _config(self) -> AwetConfig:
+        if self._cfg is None:  # used outside a run
+            self._cfg = load_config()
+        return self._cfg
+
     def source_name(self) -> str:
-        return self.source or load_config().data.source
+        return self.source or self._config().data.source
 
     def client(self) -> BarSource:
         name = self.source_name()
-        return get_source(name, **source_kwargs(name, load_config()))
+        return get_source(name, **source_kwargs(name, self._config()))

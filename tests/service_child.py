@@ -52,7 +52,7 @@ def main() -> int:
 
         overrides[service]["source"] = MlflowChampionSource(cfg, poll_s=3600)
     if args.crash_at:
-        from live.bus import EventProducer
+        from live.producer import EventProducer
 
         seen = {"n": 0, "produced": 0}
         sent_to: set[str] = set()

@@ -68,11 +68,14 @@ def test_the_asset_stores_a_fit_and_the_live_signal_service_uses_the_newest(
         monkeypatch, tmp_path, isolated_database_url, kafka_bootstrap, make_topic, test_config_for):
     from dagster import materialize
 
+    from awet_dagster.config import load_config
+
     from assets.market_data import build_raw_bars
     from assets.signals import build_alpha_calibration
     from awet_dagster.infra.endpoints import Endpoints
     from live.services import signal
     from resources.database import DatabaseResource
+    from resources.settings import SettingsResource
     from resources.market_data import MarketDataResource
     from tests.test_live_loop import _group, _producer, _read_all
 
@@ -84,8 +87,8 @@ def test_the_asset_stores_a_fit_and_the_live_signal_service_uses_the_newest(
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("VAULT_ADDR", raising=False)
     result = materialize(
-        [build_raw_bars("daily"), build_alpha_calibration("daily")], raise_on_error=False,
-        resources={"database": DatabaseResource(), "market_data": MarketDataResource(source="sample")},
+        [build_raw_bars("daily", load_config()), build_alpha_calibration("daily")], raise_on_error=False,
+        resources={"database": DatabaseResource(), "settings": SettingsResource(), "market_data": MarketDataResource(source="sample")},
         tags={"dagster/asset_partition_range_start": SYMBOLS[0], "dagster/asset_partition_range_end": SYMBOLS[-1]})
     assert result.success
     meta = next(m for m in result.get_asset_materialization_events()

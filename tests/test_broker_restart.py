@@ -36,7 +36,8 @@ from awet_dagster.infra.broker import BrokerOptions, kill_broker, start_broker, 
 from awet_dagster.infra.guard import stop_guard
 from awet_dagster.infra.paths import HomeLayout
 from awet_dagster.storage.db import connect
-from live.bus import EventProducer, MetricSample
+from live.bus import MetricSample
+from live.producer import EventProducer
 from live.kafka_settings import FAST_DEV_PRODUCER_SETTINGS, producer_config
 from live.loop_harness import LoopTracker, replay_through_loop, start_loop
 from live.publish import publish_acknowledged
@@ -419,7 +420,8 @@ def test_a_failed_service_closes_without_waiting_for_its_dead_producer(kafka_boo
     """close() after a failed run purges the producer: what it holds is produced again by the
     replacement; flushing it would delay the rebuild by the flush timeout (and keep alive an
     idempotent producer that a restarted tansu may fence the replacement with)."""
-    from live.bus import BusService, DeliveryError, Output
+    from live.bus import BusService, Output
+    from live.producer import DeliveryError
     from live.kafka_settings import consumer_config
     from tests.test_live_loop import _bar
 

@@ -18,16 +18,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from awet_dagster.contracts import DeadLetter, MarketRawEvent, dlq_topic
 from awet_dagster.contracts.examples import example_events
-from live.bus import (
-    CORRELATION_HEADER,
-    DLQ_REASON_HEADER,
-    BusService,
-    DeliveryError,
-    EventProducer,
-    MetricSample,
-    Output,
-    RetryLater,
-)
+from live.bus import BusService, MetricSample, Output, RetryLater
+from live.dead_letters import DLQ_REASON_HEADER
+from live.producer import CORRELATION_HEADER, DeliveryError, EventProducer
 from live.kafka_settings import (
     FAST_DEV_CONSUMER_SETTINGS,
     FAST_DEV_PRODUCER_SETTINGS,

@@ -80,15 +80,18 @@ def ui_env(monkeypatch, database_url, kafka_bootstrap, tmp_path):
 def _materialize() -> str:
     from dagster import DagsterInstance, materialize
 
+    from awet_dagster.config import load_config
+
     from assets.market_data import build_raw_bars
     from assets.platform import platform_preflight
     from resources.database import DatabaseResource
+    from resources.settings import SettingsResource
     from resources.market_data import MarketDataResource
 
     with DagsterInstance.get() as instance:  # the DAGSTER_HOME the webserver will read
         result = materialize(
-            [platform_preflight, build_raw_bars("daily")],
-            resources={"database": DatabaseResource(), "market_data": MarketDataResource()},
+            [platform_preflight, build_raw_bars("daily", load_config())],
+            resources={"database": DatabaseResource(), "settings": SettingsResource(), "market_data": MarketDataResource()},
             partition_key="SPY", instance=instance, raise_on_error=False,
         )
     assert result.success

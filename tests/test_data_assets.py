@@ -8,9 +8,11 @@ import polars as pl
 import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
+from awet_dagster.config import load_config
 from awet_dagster.sources.registry import register_source
 from awet_dagster.sources.sample import SampleSource
 from awet_dagster.storage.db import connect
+from resources.settings import SettingsResource
 
 SYMBOLS = ["SPY", "AAPL"]
 
@@ -41,8 +43,8 @@ def _pipeline(source: str | None = None):
     from resources.database import DatabaseResource
     from resources.market_data import MarketDataResource
 
-    assets = [platform_preflight, build_raw_bars("daily"), build_features("daily")]
-    resources = {"database": DatabaseResource(), "market_data": MarketDataResource(source=source)}
+    assets = [platform_preflight, build_raw_bars("daily", load_config()), build_features("daily", load_config())]
+    resources = {"database": DatabaseResource(), "settings": SettingsResource(), "market_data": MarketDataResource(source=source)}
     return assets, resources
 
 
@@ -149,8 +151,8 @@ def test_minute_partition_is_one_exchange_day_of_one_symbol(platform_env):
     with connect(platform_env) as conn:
         conn.execute("DELETE FROM bars WHERE bar_type = 'minute' AND symbol = 'IBM'")
     result = materialize(
-        [build_raw_bars("minute")],
-        resources={"database": DatabaseResource(), "market_data": MarketDataResource()},
+        [build_raw_bars("minute", load_config())],
+        resources={"database": DatabaseResource(), "settings": SettingsResource(), "market_data": MarketDataResource()},
         partition_key="2013-10-07|IBM",
         instance=DagsterInstance.ephemeral(),
         selection=[AssetKey(["minute", "raw_bars"])],
@@ -185,7 +187,7 @@ def test_retention_job_and_schedules_are_defined(platform_env):
             "('OLDM', 'minute', now() - interval '200 days', 1, 1, 1, 1, 1, 'stub'), "
             "('OLDM', 'minute', now() - interval '1 day', 1, 1, 1, 1, 1, 'stub') ON CONFLICT DO NOTHING"
         )
-    result = retention_job.execute_in_process(resources={"database": DatabaseResource()})
+    result = retention_job.execute_in_process(resources={"database": DatabaseResource(), "settings": SettingsResource()})
     assert result.success
     with connect(platform_env) as conn:
         left = conn.execute("SELECT count(*) FROM bars WHERE symbol = 'OLDM'").fetchone()[0]
@@ -248,8 +250,8 @@ def test_a_vendor_day_missing_one_minute_warns_and_is_recorded_instead_of_blocki
         conn.execute("DELETE FROM bars WHERE bar_type = 'minute' AND symbol = 'IBM'")
         conn.execute("DELETE FROM bar_gaps WHERE symbol = 'IBM'")
     result = materialize(
-        [build_raw_bars("minute")],
-        resources={"database": DatabaseResource(), "market_data": MarketDataResource()},
+        [build_raw_bars("minute", load_config())],
+        resources={"database": DatabaseResource(), "settings": SettingsResource(), "market_data": MarketDataResource()},
         partition_key="2013-10-04|IBM", instance=DagsterInstance.ephemeral(),
         selection=[AssetKey(["minute", "raw_bars"])], raise_on_error=False,
     )

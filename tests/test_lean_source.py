@@ -323,9 +323,12 @@ def make_full_day(root: Path, symbol: str, day: str) -> Path:
 def test_minute_raw_bars_backfill_from_a_lean_folder(monkeypatch, database_url, kafka_bootstrap, tmp_path):
     from dagster import AssetKey, DagsterInstance, materialize
 
+    from awet_dagster.config import load_config
+
     from assets.market_data import build_raw_bars
     from awet_dagster.storage.db import connect
     from resources.database import DatabaseResource
+    from resources.settings import SettingsResource
     from resources.market_data import MarketDataResource
 
     symbol = "LEANX"
@@ -344,8 +347,8 @@ def test_minute_raw_bars_backfill_from_a_lean_folder(monkeypatch, database_url, 
     clear()
     try:
         result = materialize(
-            [build_raw_bars("minute")],
-            resources={"database": DatabaseResource(), "market_data": MarketDataResource()},
+            [build_raw_bars("minute", load_config())],
+            resources={"database": DatabaseResource(), "settings": SettingsResource(), "market_data": MarketDataResource()},
             partition_key=f"2013-11-04|{symbol}",
             instance=DagsterInstance.ephemeral(),
             selection=[AssetKey(["minute", "raw_bars"])],

@@ -37,7 +37,9 @@ from awet_dagster.inference import FeatureWindows, StaticPredictorSource, to_qua
 from awet_dagster.risk.state import KillSwitchState
 from awet_dagster.sources.sample import SampleSource
 from awet_dagster.storage.db import connect
-from live.bus import DLQ_REASON_HEADER, EventProducer, RetryLater
+from live.bus import RetryLater
+from live.dead_letters import DLQ_REASON_HEADER
+from live.producer import EventProducer
 from live.kafka_settings import FAST_DEV_PRODUCER_SETTINGS, producer_config
 from live.loop_harness import LoopTracker, replay_through_loop, start_loop
 from live.publish import publish_acknowledged

@@ -38,7 +38,8 @@ from awet_dagster.streaming import (
 )
 from awet_dagster.streaming.state import alpha_kind
 from live import registry, supervisor
-from live.bus import DLQ_REASON_HEADER, EventProducer
+from live.dead_letters import DLQ_REASON_HEADER
+from live.producer import EventProducer
 from live.ingest_alpaca import AlpacaBarIngestor, Backoff, alpaca_stream_factory
 from live.kafka_settings import FAST_DEV_PRODUCER_SETTINGS, producer_config
 from live.replay import replay_bars

@@ -14,9 +14,11 @@ import polars as pl
 import pytest
 from dagster import AssetKey, DagsterInstance, build_sensor_context, materialize
 
+from awet_dagster.config import load_config
 from awet_dagster.sources.registry import register_source
 from awet_dagster.sources.synthetic import session_timestamps
 from awet_dagster.storage.db import connect
+from resources.settings import SettingsResource
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 SYMBOLS = ["AAA", "BBB", "CCC"]
@@ -95,7 +97,7 @@ def _assets():
     from assets.model import build_model_assets
     from assets.platform import platform_preflight
 
-    return [platform_preflight, build_raw_bars("daily"), build_features("daily"), *build_model_assets("daily")]
+    return [platform_preflight, build_raw_bars("daily", load_config()), build_features("daily", load_config()), *build_model_assets("daily")]
 
 
 def _materialize(source: str, instance):
@@ -104,7 +106,7 @@ def _materialize(source: str, instance):
 
     return materialize(
         _assets(), instance=instance, raise_on_error=False,
-        resources={"database": DatabaseResource(), "market_data": MarketDataResource(source=source)},
+        resources={"database": DatabaseResource(), "settings": SettingsResource(), "market_data": MarketDataResource(source=source)},
         tags={"dagster/asset_partition_range_start": SYMBOLS[0], "dagster/asset_partition_range_end": SYMBOLS[-1]},
     )
 
@@ -125,13 +127,12 @@ def _promote_via_sensor(instance):
     sensor_result = model_promotion_sensor(build_sensor_context(instance=instance))
     for req in getattr(sensor_result, "run_requests", None) or []:
         run = promote_model_job.execute_in_process(run_config=req.run_config, instance=instance,
-                                                   resources={"database": DatabaseResource()})
+                                                   resources={"database": DatabaseResource(), "settings": SettingsResource()})
         assert run.success
     return sensor_result
 
 
 def test_planted_signal_passes_the_gate_and_is_promoted(model_env, database_url):
-    from awet_dagster.config import load_config
     from awet_dagster.model import registry
 
     register_source("planted", lambda **_: PlantedSource(beta=0.01, seed=7))
@@ -155,7 +156,6 @@ def test_planted_signal_passes_the_gate_and_is_promoted(model_env, database_url)
 
 
 def test_uninformative_targets_fail_the_gate_and_nothing_downstream_runs(model_env, database_url, monkeypatch):
-    from awet_dagster.config import load_config
     from awet_dagster.model import registry
 
     # A usual patience: the planted case waits out the TFT's plateau (patience = max epochs),
@@ -210,7 +210,6 @@ def _register_dummy(cfg, passed: bool):
 
 
 def test_promotion_sensor_policy_approval_and_rollback(model_env, database_url, monkeypatch):
-    from awet_dagster.config import load_config
     from awet_dagster.model import promotion, registry
 
     cfg = load_config()

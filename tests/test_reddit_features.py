@@ -28,9 +28,11 @@ def test_join_uses_only_closed_buckets():
 
 
 def test_features_asset_joins_stored_mentions(database_url, kafka_bootstrap, monkeypatch, tmp_path):
+    from awet_dagster.config import load_config
     from assets.features import build_features
     from assets.market_data import build_raw_bars
     from resources.database import DatabaseResource
+    from resources.settings import SettingsResource
     from resources.market_data import MarketDataResource
 
     for k, v in {"AWET_ENV": "test", "AWET_HOME": str(tmp_path), "DATABASE_URL": database_url,
@@ -41,8 +43,8 @@ def test_features_asset_joins_stored_mentions(database_url, kafka_bootstrap, mon
     with connect(database_url) as conn:
         conn.execute("DELETE FROM reddit_mentions WHERE symbol = 'IWM'")
         upsert_mentions(conn, pl.DataFrame({"symbol": ["IWM"], "ts": [day], "mentions": [7], "sentiment": [0.25]}))
-    result = materialize([build_raw_bars("daily"), build_features("daily")], partition_key="IWM",
-                         resources={"database": DatabaseResource(), "market_data": MarketDataResource()},
+    result = materialize([build_raw_bars("daily", load_config()), build_features("daily", load_config())], partition_key="IWM",
+                         resources={"database": DatabaseResource(), "settings": SettingsResource(), "market_data": MarketDataResource()},
                          instance=DagsterInstance.ephemeral())
     assert result.success
     with connect(database_url) as conn:

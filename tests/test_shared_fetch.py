@@ -15,7 +15,8 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from awet_dagster.contracts import MarketRawEvent
-from live.bus import BusService, EventProducer
+from live.bus import BusService
+from live.producer import EventProducer
 from live.kafka_settings import FAST_DEV_CONSUMER_SETTINGS, FAST_DEV_PRODUCER_SETTINGS, consumer_config, producer_config
 from live.registry import service_inputs, service_spec
 from live.supervisor import shared_fetches

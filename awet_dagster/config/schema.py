@@ -1,5 +1,8 @@
 """The typed, frozen configuration tree.
 
+Size (over 400 lines): a catalogue of every setting with its default and bounds, one file to
+read (`awet config show` lists the same keys).
+
 Code defaults live here; `configs/*.yaml`, environment variables and Vault override them
 (see `loader.py`). Every section forbids unknown keys so a typo fails loudly instead of
 being ignored.

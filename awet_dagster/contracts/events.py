@@ -1,5 +1,8 @@
 """Typed event contracts for every topic of the live loop.
 
+Size (over 400 lines): a catalogue of the wire contracts, one file to read; the JSON Schemas in
+`awet_dagster/schemas/` are generated from it.
+
 Flow: market.raw -> engineered -> alpha.signals / predictions -> signals.scored
 -> risk.approved | risk.rejected -> exec.done, with exit requests on exec.exits
 (see ``awet_dagster.contracts.topics`` for the topic map and why exits skip risk).

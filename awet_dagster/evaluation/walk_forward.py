@@ -1,6 +1,7 @@
 """Walk-forward evaluation: a FRESH model per fold, trained on the fold's purged and
 embargoed training window, predicting its out-of-sample window; the OOS predictions are
-traded by the backtest next to two baselines (buy-and-hold, Lean alphas only).
+traded by the backtest next to two baselines (buy-and-hold, Lean alphas only). (Size, a little
+over 400 lines: the fold loop, its results and their frame/plot views belong together.)
 
 No best-fold selection anywhere: overall figures are the median (Sharpe) or the
 aggregate over every fold, and the overfitting statistics (deflated Sharpe, PBO) are

@@ -14,7 +14,8 @@ from awet_dagster.contracts import BaseEvent, MarketRawEvent, ScoredSignal, mode
 from awet_dagster.storage.db import connect
 from awet_dagster.streaming import read_last_bars, read_last_bars_many
 from awet_dagster.streaming.time_guard import TimeGuard, TimeLimits
-from live.bus import BusService, EventProducer, Handler, MessageContext, RetryLater
+from live.bus import BusService, Handler, MessageContext, RetryLater
+from live.producer import EventProducer
 from live.kafka_settings import consumer_config, group_id, producer_config
 from live.tail import SideDeadLetters, TopicTail
 

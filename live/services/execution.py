@@ -1,5 +1,9 @@
 """``execution``: risk.approved + exec.exits (+ market.raw for fills) -> exec.orders, exec.done.
 
+Size (about 890 lines, over 400): the order lifecycle (restart reconciliation, the Alpaca
+bracket legs) still lives here with the Kafka wiring; moving it into the core as a Kafka-free
+component is the open part of the live-layer redesign (its SQL is in awet_dagster.storage).
+
 Broker: the paper simulator (``execution.broker: paper``, default; fills at the next bar's
 open, like ``run_backtest``) or Alpaca paper (``alpaca``) behind ``GatedBroker`` (paper
 endpoint, ``dry_run`` off, approval file present: re-checked on every order).
