@@ -617,6 +617,46 @@ def test_alpaca_exit_of_a_filled_bracket_cancels_its_legs_before_selling(
     assert (rep.filled_qty, rep.avg_price, rep.intent) == (10.0, 101.0, "exit")
 
 
+@pytest.mark.timeout(180)
+def test_alpaca_exit_after_a_partial_leg_fill_sells_the_rest_under_its_own_id(
+        cfg, endpoints, make_topic, database_url, tmp_path):
+    """A take-profit leg sold 4 of 10 shares when the exit monitor's exit arrives: the legs are
+    canceled, the 4 are the position's exit (the leg's fill), the other 6 are sold by an order
+    of their own id; a redelivered exit sends nothing more; the position ends flat. (Before,
+    the 6 stayed open at the venue: the position's one exit id was taken by the leg.)"""
+    from live.services import execution
+    from tests.fake_alpaca import FakeAlpaca
+
+    t, ns = _topics(make_topic), f"ns-{_uid()}"
+    t0, sym = datetime(2024, 3, 1, 14, 30, tzinfo=UTC), f"PL{_uid()}"
+    d = _decision(sym, t0)
+    entry = client_order_id(d.correlation_id, "entry")
+    exit_, rest = client_order_id(d.correlation_id, "exit"), client_order_id(d.correlation_id, "exit_rest")
+    prod = _producer(endpoints.kafka_bootstrap)
+    with FakeAlpaca() as fake:
+        live_cfg, broker = _alpaca_setup(cfg, fake, tmp_path)
+        kw = dict(_overrides(t, ns, tmp_path)["execution"], broker=broker)
+        with execution.build(live_cfg, endpoints, **kw) as svc:
+            _step(svc, prod, t["approved"], d)
+            fake.fill(entry, 100.0)
+            _step(svc, prod, t["raw"], _bar(sym, t0 + timedelta(days=1)))
+            tp, _ = fake.legs(entry)
+            fake.fill(tp["id"], 105.0, qty=4)
+            _step(svc, prod, t["exits"], _exit_event(d, t0 + timedelta(days=1), "max_hold"))
+            assert [leg["status"] for leg in fake.legs(entry)] == ["canceled", "canceled"]
+            assert float(fake.order(rest)["qty"]) == 6.0 and fake.submissions[rest] == 1
+            fake.fill(rest, 101.0)
+            _step(svc, prod, t["raw"], _bar(sym, t0 + timedelta(days=2)))
+            _step(svc, prod, t["exits"], _exit_event(d, t0 + timedelta(days=2), "max_hold"))  # redelivered
+            assert svc.component.errors == 0
+        assert fake.position_qty(sym) == 0
+        assert fake.count("POST", "/v2/orders") == 2 and fake.submissions[rest] == 1
+    assert _order_row(database_url, exit_)["fills"] == [(4.0, 105.0)]
+    r = _order_row(database_url, rest)
+    assert r["status"] == "filled" and r["fills"] == [(6.0, 101.0)] and r["payload"]["intent"] == "exit"
+    assert _position(database_url, sym) == 0.0
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_alpaca_bracket_leg_fills_are_booked_as_the_exit_and_never_exited_again(

@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 
 PREFIX = "awet-"
-LEGS = ("entry", "exit")
+#: "exit_rest": what is left of a position after a bracket leg sold part of it and the exit
+#: canceled the leg (the "exit" id is the leg's then).
+LEGS = ("entry", "exit", "exit_rest")
 
 
 def client_order_id(correlation_id: str, leg: str) -> str:

@@ -65,8 +65,9 @@ limit, stop-loss stop) once the parent fills, and they hold the position's share
   read with their legs right after ``reconcile``: legs that filled while we were down are
   booked then (at the latest event time known for the symbol: its last stored bar or the
   entry's fill), and re-announced with the other recent states.
-Not handled: a leg that fills only PARTIALLY and is then canceled by an exit leaves the
-rest of the position open (the one exit id of the position is taken by the leg): logged.
+A leg that filled only PARTIALLY when an exit cancels it is the position's exit (booked
+as above); the rest is sold by a market order of its own id (``client_order_id(correlation_id,
+"exit_rest")``).
 
 Timing: an order decided on bar t fills on the symbol's first bar after t. When that
 bar already went by (free-running replay: market.raw reaches this service before the
@@ -519,11 +520,17 @@ class Executor:
         sold = sum(leg.filled_qty for leg in parent.legs)
         held = parent.filled_qty - sold
         self._untrack(coid)
-        if sold > 0:  # the broker exited (part of) the position through a leg
-            if held > 1e-9:
-                log.error("execution: %s: its bracket legs filled %.6g of %.6g; the remaining %.6g stay open "
-                          "(the position's one exit id is taken by the leg)", coid, sold, parent.filled_qty, held)
-            return out
+        if sold > 0:  # the broker exited (part of) the position through a leg: that is the "exit"
+            if held <= 1e-9:
+                return out
+            # The leg sold part of it before the exit canceled it: the rest goes out under an id
+            # of its own (deterministic, so a redelivered exit or a restart never sends it twice).
+            log.warning("execution: %s: its bracket legs filled %.6g of %.6g before the exit; selling the "
+                        "remaining %.6g as %s", coid, sold, parent.filled_qty, held,
+                        client_order_id(event.correlation_id, "exit_rest"))
+            rest = replace(exit_request(event), client_order_id=client_order_id(event.correlation_id, "exit_rest"),
+                           qty=held)
+            return out + self.place(rest, reason=event.reason)
         if held <= 1e-9:
             return out  # the entry never filled: canceled, nothing to sell
         req = exit_request(event)
