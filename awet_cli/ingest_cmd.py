@@ -101,7 +101,7 @@ def _polled(source: str, symbols: list[str], bar_type: str, interval: float | No
         raise typer.Exit(2) from None
     ep = _endpoints(cfg)
     topic = topic or MARKET_RAW
-    client = dict(cfg.kafka.client)
+    client = cfg.kafka.client_settings()
     marks = published_marks(ep.kafka_bootstrap, topic, symbols, bar_type, client=client)
     simulated = None
     if source == "stub":
@@ -161,7 +161,7 @@ def _reddit(symbols: list[str] | None, bucket: str, interval: float | None, max_
         raise typer.Exit(2) from None
     ep = _endpoints(cfg)
     topic = topic or SOCIAL_SENTIMENT
-    marks = published_marks(ep.kafka_bootstrap, topic, symbols, bucket, client=dict(cfg.kafka.client),
+    marks = published_marks(ep.kafka_bootstrap, topic, symbols, bucket, client=cfg.kafka.client_settings(),
                             model=SentimentEvent, kind_field="bucket")
     poller = SentimentPoller(client, symbols, bucket, clock=lambda: datetime.now(UTC),
                              subreddits=cfg.data.reddit_subreddits, catch_up=timedelta(days=cfg.data.reddit_days))

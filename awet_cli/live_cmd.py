@@ -41,10 +41,7 @@ def _producer(cfg, bootstrap: str):
     from live.producer import EventProducer
     from live.kafka_settings import producer_config
 
-    client = dict(cfg.kafka.client)
-    if cfg.kafka.sasl_password is not None:
-        client.setdefault("sasl.password", cfg.kafka.sasl_password.get_secret_value())
-    return EventProducer(producer_config(bootstrap, client=client, producer=dict(cfg.kafka.producer),
+    return EventProducer(producer_config(bootstrap, client=cfg.kafka.client_settings(), producer=dict(cfg.kafka.producer),
                                          client_id="awet-replay"))
 
 

@@ -29,6 +29,7 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 from pydantic import ValidationError
 
+from awet_dagster.config import AwetConfig
 from awet_dagster.contracts import BaseEvent, MarketRawEvent
 from awet_dagster.streaming.polling import BarPoller, PollStats, SimulatedClock
 from live.metrics import service_port, start_metrics_server
@@ -198,7 +199,7 @@ class IngestCollector:
             yield stamp
 
 
-def serve_ingest_metrics(cfg: Any, source: str, stats: Callable[[], Any],
+def serve_ingest_metrics(cfg: AwetConfig, source: str, stats: Callable[[], Any],
                          health: Callable[[], tuple[bool, str]] | None = None, service: str = "ingest") -> Any:
     """Start the ingest's ``/metrics`` + ``/healthz`` on its port (``observability.metrics_port_base``
     + the ``service`` offset: ``ingest``, or ``ingest_reddit`` beside it); returns the server

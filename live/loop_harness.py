@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from awet_dagster.config import AwetConfig
 from awet_dagster.streaming import bars_to_events
 from live.publish import publish_acknowledged
 from live.registry import LOOP_SERVICES, service_inputs, service_spec
@@ -208,7 +209,7 @@ class LoopHandle:
         return self.thread.is_alive()
 
 
-def start_loop(cfg: Any, endpoints: Any, *, names: Sequence[str] = LOOP_SERVICES,
+def start_loop(cfg: AwetConfig, endpoints: Any, *, names: Sequence[str] = LOOP_SERVICES,
                overrides: Mapping[str, Mapping[str, Any]] | None = None, tracker: LoopTracker | None = None,
                timeout_s: float | None = None, **run_kwargs: Any) -> LoopHandle:
     """Run ``names`` with ``run_services`` in a background thread, each wired to ``tracker``.

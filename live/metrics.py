@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from awet_dagster.config import load_config
+from awet_dagster.config import AwetConfig, load_config
 from awet_dagster.observability import textfile as tf
 
 log = logging.getLogger("awet.live.metrics")
@@ -368,7 +368,7 @@ class ServiceMetrics:
 
 
 # --------------------------------------------------------------------------- HTTP endpoint
-def service_port(cfg: Any, service: str) -> int:
+def service_port(cfg: AwetConfig, service: str) -> int:
     """``cfg.observability.metrics_port_base`` + the service's fixed offset."""
     try:
         offset = SERVICE_PORT_OFFSETS[service]

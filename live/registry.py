@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from awet_dagster.config import AwetConfig
 from awet_dagster.contracts.topology import LOOP_NODES, OPTIONAL_NODES, group_inputs
 from live.bus import BusService
 
@@ -49,7 +50,7 @@ class ServiceSpec:
         p = params.get(keyword)
         return p is not None and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
 
-    def build(self, cfg: Any, endpoints: Any, **overrides: Any) -> BusService:
+    def build(self, cfg: AwetConfig, endpoints: Any, **overrides: Any) -> BusService:
         return self.resolve()(cfg, endpoints, **overrides)
 
 

@@ -9,6 +9,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from awet_dagster.config import AwetConfig
+
 from live.metrics import start_metrics_server
 from live.registry import ServiceSpec
 
@@ -19,8 +21,8 @@ class MetricsPortError(RuntimeError):
     """The /metrics + /healthz endpoint could not bind its address (port taken...)."""
 
 
-def metrics_host(cfg: Any) -> str:
-    return getattr(getattr(cfg, "observability", None), "metrics_host", None) or "127.0.0.1"
+def metrics_host(cfg: AwetConfig) -> str:
+    return cfg.observability.metrics_host or "127.0.0.1"
 
 
 def chain(*hooks: Callable[[Any], None]) -> Callable[[Any], None]:

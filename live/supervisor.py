@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from awet_dagster.config import AwetConfig
 from awet_dagster.infra import resolve_endpoints
 from live.bus import BusService, RetryLater, RunStats
 from live.kafka_settings import group_id
@@ -184,7 +185,7 @@ class Supervisor:
 
 def run_services(
     names: Sequence[str] | None,
-    cfg: Any,
+    cfg: AwetConfig,
     endpoints: Any = None,
     *,
     max_messages: int | None = None,
@@ -233,7 +234,7 @@ def run_services(
     # Single-instance services take their lock before anything starts: a second instance
     # refuses at once, with the reason (SingleInstanceError), and starts nothing.
     if shared_fetch is None:
-        shared_fetch = bool(getattr(getattr(cfg, "kafka", None), "shared_fetch", False))
+        shared_fetch = cfg.kafka.shared_fetch
     fetches = shared_fetches(specs, overrides) if shared_fetch else None
     try:
         locks = instance_locks(specs, cfg, endpoints, overrides, fetches)
@@ -307,12 +308,12 @@ def run_services(
     return {s.spec.name: s.result for s in sups}
 
 
-def instance_locks(specs: Sequence[ServiceSpec], cfg: Any, endpoints: Any,
+def instance_locks(specs: Sequence[ServiceSpec], cfg: AwetConfig, endpoints: Any,
                     overrides: Mapping[str, Mapping[str, Any]], fetches: Any) -> list[Any]:
     """The group locks of ``live.single_instance``: exclusive for single-instance services and
     for those reading through the shared fetch (standalone, not group members), shared for
     group members that may scale out."""
-    prefix = getattr(getattr(cfg, "kafka", None), "group_prefix", "awet")
+    prefix = cfg.kafka.group_prefix
     held: list[Any] = []
     try:
         for spec in specs:

@@ -20,6 +20,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from awet_dagster.alphas import EmaCrossAlpha, MacdAlpha, RsiAlpha, alpha_signals
+from awet_dagster.config import AwetConfig
 from awet_dagster.contracts import AlphaSignal, DeadLetter, FeatureEvent, MarketRawEvent, dlq_topic
 from awet_dagster.features import FEATURE_COLUMNS, FEATURE_SET_VERSION, compute_features
 from awet_dagster.infra import Endpoints
@@ -297,12 +298,12 @@ def test_runner_rebuilds_a_failed_service_and_gives_up_after_max_restarts():
     registry.register_service("broken_test", lambda cfg, ep, **kw: Flaky(True))
     try:
         ep = SimpleNamespace()
-        res = supervisor.run_services(["flaky_test"], None, ep, max_messages=3, timeout_s=20, backoff_s=0.01)
+        res = supervisor.run_services(["flaky_test"], AwetConfig(), ep, max_messages=3, timeout_s=20, backoff_s=0.01)
         assert res["flaky_test"].restarts == 2 and res["flaky_test"].processed == 3
-        res = supervisor.run_services(["broken_test"], None, ep, timeout_s=20, backoff_s=0.01, max_restarts=2)
+        res = supervisor.run_services(["broken_test"], AwetConfig(), ep, timeout_s=20, backoff_s=0.01, max_restarts=2)
         assert res["broken_test"].error == "RuntimeError: db down" and not res["broken_test"].stats
         with pytest.raises(KeyError, match="unknown service"):
-            supervisor.run_services(["nope"], None, ep)
+            supervisor.run_services(["nope"], AwetConfig(), ep)
     finally:
         registry.unregister_service("flaky_test")
         registry.unregister_service("broken_test")

@@ -125,6 +125,14 @@ class KafkaConfig(Section):
         return v
 
 
+    def client_settings(self) -> dict[str, str | int | float | bool]:
+        """``client`` plus the SASL password (a secret, kept apart so reprs never show it): the
+        settings every Kafka client of the project is built with."""
+        out = dict(self.client)
+        if self.sasl_password is not None:
+            out.setdefault("sasl.password", self.sasl_password.get_secret_value())
+        return out
+
 class InfraConfig(Section):
     # Embedded broker: single-node Apache Kafka (KRaft, needs Java 17+; jars by Maven),
     # tansu (memory only: development and smoke tests), or auto = Kafka when it can run.

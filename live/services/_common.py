@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from awet_dagster.config import AwetConfig
 from awet_dagster.contracts import BaseEvent, MarketRawEvent, ScoredSignal, model_for_topic
 from awet_dagster.storage.db import connect
 from awet_dagster.streaming import read_last_bars, read_last_bars_many
@@ -20,10 +21,6 @@ from live.kafka_settings import consumer_config, group_id, producer_config
 from live.tail import SideDeadLetters, TopicTail
 
 log = logging.getLogger("awet.live.services")
-
-
-def kafka_setting(cfg: Any, name: str, default: Any) -> Any:
-    return getattr(getattr(cfg, "kafka", None), name, default)
 
 
 class LiveService(BusService):
@@ -95,7 +92,7 @@ class DeadLetterRecorder:
         return len(rows)
 
 
-def time_guard(cfg: Any, *, late_bars: bool = False) -> TimeGuard:
+def time_guard(cfg: AwetConfig, *, late_bars: bool = False) -> TimeGuard:
     """The service's time check of its input bars/signals (``awet_dagster.streaming.time_guard``).
 
     ``late_bars=True`` admits bars older than the symbol's last one (only the future check
@@ -121,7 +118,7 @@ def guarded(handler: Handler, guard: TimeGuard) -> Handler:
 
 
 def make_bus(
-    cfg: Any,
+    cfg: AwetConfig,
     endpoints: Any,
     *,
     name: str,
@@ -141,30 +138,27 @@ def make_bus(
     ``topics`` carries the contract explicitly so tests (and deployments) can rename
     topics: a topic name that is not in the registry still decodes as its contract.
     """
-    kafka = getattr(cfg, "kafka", None)
-    client = dict(getattr(kafka, "client", {}) or {})
-    sasl = getattr(kafka, "sasl_password", None)
-    if sasl is not None:
-        client.setdefault("sasl.password", sasl.get_secret_value())
-    prefix = kafka_setting(cfg, "group_prefix", "awet")
+    kafka = cfg.kafka
+    client = kafka.client_settings()
+    prefix = kafka.group_prefix
     cons = consumer_config(
         endpoints.kafka_bootstrap,
         group or group_id(prefix, name),
         client=client,
-        consumer=dict(getattr(kafka, "consumer", {}) or {}),
+        consumer=dict(kafka.consumer),
         client_id=f"awet-{name}",
     )
     prod = producer_config(
         endpoints.kafka_bootstrap,
         client=client,
-        producer=dict(getattr(kafka, "producer", {}) or {}),
+        producer=dict(kafka.producer),
         client_id=f"awet-{name}",
     )
-    bus_kwargs.setdefault("batch_size", kafka_setting(cfg, "batch_size", 500))
-    bus_kwargs.setdefault("poll_timeout_s", kafka_setting(cfg, "poll_timeout_s", 0.5))
-    bus_kwargs.setdefault("flush_timeout_s", kafka_setting(cfg, "flush_timeout_s", 10.0))
-    bus_kwargs.setdefault("commit_interval_s", kafka_setting(cfg, "commit_interval_s", 0.1))
-    bus_kwargs.setdefault("commit_max_messages", kafka_setting(cfg, "commit_max_messages", 5000))
+    bus_kwargs.setdefault("batch_size", kafka.batch_size)
+    bus_kwargs.setdefault("poll_timeout_s", kafka.poll_timeout_s)
+    bus_kwargs.setdefault("flush_timeout_s", kafka.flush_timeout_s)
+    bus_kwargs.setdefault("commit_interval_s", kafka.commit_interval_s)
+    bus_kwargs.setdefault("commit_max_messages", kafka.commit_max_messages)
     # Per-key state of the component is dropped when partitions move between instances.
     forgets = [f for f in (getattr(component, "forget", None), guard.forget if guard is not None else None) if f]
     bus_kwargs.setdefault("on_rebalance", (lambda: [f() for f in forgets]) if forgets else None)
@@ -198,12 +192,9 @@ def contract_of(topic: str, default: type[BaseEvent]) -> type[BaseEvent]:
         return default
 
 
-def db_settings(cfg: Any) -> dict[str, Any]:
-    db = getattr(cfg, "database", None)
-    return {
-        "connect_timeout_s": getattr(db, "connect_timeout_s", 10),
-        "statement_timeout_ms": getattr(db, "statement_timeout_ms", None),
-    }
+def db_settings(cfg: AwetConfig) -> dict[str, Any]:
+    return {"connect_timeout_s": cfg.database.connect_timeout_s,
+            "statement_timeout_ms": cfg.database.statement_timeout_ms}
 
 
 class LazyConnection:
@@ -344,21 +335,17 @@ def wait_until(cond: Any, done: Callable[[], bool], timeout_s: float,
     return True
 
 
-def tail_for(cfg: Any, endpoints: Any, name: str, topics: Mapping[str, type[BaseEvent]], on_event: Callable[[str, BaseEvent, int], None]) -> TopicTail:
+def tail_for(cfg: AwetConfig, endpoints: Any, name: str, topics: Mapping[str, type[BaseEvent]], on_event: Callable[[str, BaseEvent, int], None]) -> TopicTail:
     """A TopicTail with the Kafka client settings of ``cfg.kafka``."""
-    kafka = getattr(cfg, "kafka", None)
-    client = {k: v for k, v in dict(getattr(kafka, "client", {}) or {}).items()}
-    sasl = getattr(kafka, "sasl_password", None)
-    if sasl is not None:
-        client.setdefault("sasl.password", sasl.get_secret_value())
-    fetch_wait = dict(getattr(kafka, "consumer", {}) or {}).get("fetch.wait.max.ms")
+    kafka = cfg.kafka
+    client = kafka.client_settings()
+    fetch_wait = kafka.consumer.get("fetch.wait.max.ms")
 
     reader = f"{name}-tail"
     producer = EventProducer(producer_config(endpoints.kafka_bootstrap, client=client,
-                                             producer=dict(getattr(kafka, "producer", {}) or {}),
-                                             client_id=f"awet-{reader}-dlq"))
+                                             producer=dict(kafka.producer), client_id=f"awet-{reader}-dlq"))
     recorder = DeadLetterRecorder(LazyConnection(endpoints.database_url, **db_settings(cfg)), reader)
     letters = SideDeadLetters(reader, producer, recorder,
-                              flush_timeout_s=float(getattr(kafka, "flush_timeout_s", 10.0)))
+                              flush_timeout_s=kafka.flush_timeout_s)
     return TopicTail(name, endpoints.kafka_bootstrap, topics, on_event, client=client, fetch_wait_ms=fetch_wait,
                      dead_letters=letters)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from awet_dagster.config import AwetConfig
 from awet_dagster.contracts import ExecutionReport, OrderEvent
 from live.services._common import contract_of, make_bus, tail_for, time_guard, wait_until
 
 
-def build_with_fill_tail(cfg: Any, endpoints: Any, *, name: str, state: Any, conn: Any, input_topic: str,
+def build_with_fill_tail(cfg: AwetConfig, endpoints: Any, *, name: str, state: Any, conn: Any, input_topic: str,
                          input_contract: type, done_topic: str, orders_topic: str, group: str | None,
                          tracker: Any, bus_kwargs: dict[str, Any]) -> Any:
     """The bus of a service that books fills in bar order (risk, exit monitor): start `state`,

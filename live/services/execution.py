@@ -94,6 +94,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from awet_dagster.config import AwetConfig
 from awet_dagster.contracts import ExecutionReport, ExitEvent, MarketRawEvent, OrderEvent, RiskDecision
 from awet_dagster.contracts.topics import EXEC_DONE, EXEC_EXITS, EXEC_ORDERS, MARKET_RAW, RISK_APPROVED
 from awet_dagster.execution import (
@@ -192,7 +193,7 @@ def _request_from_row(coid: str, symbol: str, side: str, qty: float, payload: di
 class Executor:
     """The execution service's state and handlers (``component`` of the LiveService)."""
 
-    def __init__(self, cfg: Any, conn: LazyConnection, broker: Any, *, orders_topic: str, done_topic: str,
+    def __init__(self, cfg: AwetConfig, conn: LazyConnection, broker: Any, *, orders_topic: str, done_topic: str,
                  namespace: str = "", dry_run: bool = False,
                  on_submit: Callable[[OrderRequest, BrokerOrder], None] | None = None, metrics: Any = None,
                  order_topics: Mapping[str, type] | None = None) -> None:
@@ -842,7 +843,7 @@ def _entry_of(decision: RiskDecision) -> OrderRequest:
     return entry_request(decision, price)
 
 
-def make_broker(cfg: Any, broker: str | None = None) -> Any:
+def make_broker(cfg: AwetConfig, broker: str | None = None) -> Any:
     kind = broker or cfg.execution.broker
     ex = cfg.execution
     if kind == "paper":
@@ -852,7 +853,7 @@ def make_broker(cfg: Any, broker: str | None = None) -> Any:
     raise ValueError(f"unknown execution.broker {kind!r}")
 
 
-def build(cfg: Any, endpoints: Any, *, approved_topic: str = RISK_APPROVED, exits_topic: str = EXEC_EXITS,
+def build(cfg: AwetConfig, endpoints: Any, *, approved_topic: str = RISK_APPROVED, exits_topic: str = EXEC_EXITS,
           market_topic: str = MARKET_RAW, orders_topic: str = EXEC_ORDERS, done_topic: str = EXEC_DONE,
           group: str | None = None, name: str = NAME, namespace: str = "", broker: Any = None,
           on_submit: Callable[[OrderRequest, BrokerOrder], None] | None = None, tracker: Any = None,

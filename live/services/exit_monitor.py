@@ -30,6 +30,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from awet_dagster.config import AwetConfig
 from awet_dagster.contracts import ExecutionReport, ExitEvent, MarketRawEvent, OrderEvent
 from awet_dagster.contracts.topics import EXEC_DONE, EXEC_EXITS, EXEC_ORDERS, MARKET_RAW
 from awet_dagster.execution import client_order_id
@@ -49,7 +50,7 @@ _NS = uuid.UUID("9a4e2d17-3b6c-4f0a-8e21-7c5d9b3f1a08")
 
 
 class ExitService:
-    def __init__(self, cfg: Any, conn: LazyConnection, *, exits_topic: str, namespace: str = "",
+    def __init__(self, cfg: AwetConfig, conn: LazyConnection, *, exits_topic: str, namespace: str = "",
                  fill_wait_s: float | None = None) -> None:
         self.cfg = cfg
         self.conn = conn
@@ -156,7 +157,7 @@ class ExitService:
         return out
 
 
-def build(cfg: Any, endpoints: Any, *, input_topic: str = MARKET_RAW, output_topic: str = EXEC_EXITS,
+def build(cfg: AwetConfig, endpoints: Any, *, input_topic: str = MARKET_RAW, output_topic: str = EXEC_EXITS,
           done_topic: str = EXEC_DONE, orders_topic: str = EXEC_ORDERS, group: str | None = None,
           name: str = NAME, namespace: str = "", fill_wait_s: float | None = None, tracker: Any = None,
           **bus_kwargs: Any) -> LiveService:

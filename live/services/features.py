@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from awet_dagster.config import AwetConfig
 from awet_dagster.contracts import FeatureEvent, MarketRawEvent
 from awet_dagster.contracts.topics import ENGINEERED, MARKET_RAW
 from awet_dagster.streaming import DEFAULT_WARMUP_BARS, FeatureEngine
@@ -32,7 +33,7 @@ from live.services._common import (
 NAME = "features"
 
 
-def build(cfg: Any, endpoints: Any, *, input_topic: str = MARKET_RAW, output_topic: str = ENGINEERED,
+def build(cfg: AwetConfig, endpoints: Any, *, input_topic: str = MARKET_RAW, output_topic: str = ENGINEERED,
           group: str | None = None, name: str = NAME, warmup_bars: int = DEFAULT_WARMUP_BARS,
           **bus_kwargs: Any) -> LiveService:
     conn = LazyConnection(endpoints.database_url, **db_settings(cfg))

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 from confluent_kafka import Message
 
+from awet_dagster.config import AwetConfig
 from awet_dagster.contracts import FeatureEvent, Prediction, Quantiles
 from awet_dagster.contracts.topics import ENGINEERED, PREDICTIONS
 from awet_dagster.features.spec import is_required
@@ -76,7 +77,7 @@ IDLE_MESSAGE = "no champion model registered: inference idle"
 
 
 class Inference:
-    def __init__(self, cfg: Any, source: PredictorSource, conn: LazyConnection | None, *, output_topic: str,
+    def __init__(self, cfg: AwetConfig, source: PredictorSource, conn: LazyConnection | None, *, output_topic: str,
                  input_model: type[FeatureEvent] = FeatureEvent, warmup_bars: int = DEFAULT_WARMUP_BARS,
                  metrics: Any = None, drift: PredictionDrift | None = None) -> None:
         self.cfg = cfg
@@ -254,7 +255,7 @@ class Inference:
         return self._outputs.pop((ctx.topic, ctx.partition, ctx.offset), [])
 
 
-def build(cfg: Any, endpoints: Any, *, input_topic: str = ENGINEERED, output_topic: str = PREDICTIONS,
+def build(cfg: AwetConfig, endpoints: Any, *, input_topic: str = ENGINEERED, output_topic: str = PREDICTIONS,
           group: str | None = None, name: str = NAME, source: PredictorSource | None = None,
           poll_s: float = 30.0, warmup_bars: int = DEFAULT_WARMUP_BARS, tracker: Any = None,
           metrics: Any = None, drift_window: int = 500, drift_min_recent: int | None = None,

@@ -29,6 +29,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from awet_dagster.config import AwetConfig
 from awet_dagster.contracts.topology import group_inputs
 from awet_dagster.observability.lag import PartitionLag, group_lags
 from live.bus import RunStats
@@ -47,9 +48,9 @@ NAME = "lag_monitor"
 DEFAULT_SUBSCRIPTIONS: Mapping[str, tuple[str, ...]] = group_inputs()  # the topology table
 
 
-def default_groups(cfg: Any) -> dict[str, tuple[str, ...]]:
+def default_groups(cfg: AwetConfig) -> dict[str, tuple[str, ...]]:
     """{group id: topics} for the default services, with ``cfg.kafka.group_prefix``."""
-    prefix = getattr(getattr(cfg, "kafka", None), "group_prefix", "awet")
+    prefix = cfg.kafka.group_prefix
     return {group_id(prefix, svc): topics for svc, topics in DEFAULT_SUBSCRIPTIONS.items()}
 
 
@@ -208,7 +209,7 @@ class LagMonitorService:
         self.close()
 
 
-def build_service(cfg: Any, endpoints: Any, *, metrics: Any = None, groups: Mapping[str, Sequence[str]] | None = None,
+def build_service(cfg: AwetConfig, endpoints: Any, *, metrics: Any = None, groups: Mapping[str, Sequence[str]] | None = None,
                   interval_s: float = 15.0, timeout_s: float | None = None) -> LagMonitorService:
     """The runner's ``lag_monitor`` service. ``metrics``: the runner's ``ServiceMetrics`` (its
     ``AwetMetrics`` is used) or an ``AwetMetrics``."""
@@ -217,20 +218,15 @@ def build_service(cfg: Any, endpoints: Any, *, metrics: Any = None, groups: Mapp
                                    timeout_s=timeout_s))
 
 
-def build(cfg: Any, endpoints: Any, *, metrics: AwetMetrics | None = None,
+def build(cfg: AwetConfig, endpoints: Any, *, metrics: AwetMetrics | None = None,
           groups: Mapping[str, Sequence[str]] | None = None, interval_s: float = 15.0,
           timeout_s: float | None = None) -> LagMonitor:
     """A LagMonitor from the config: default groups, ``cfg.kafka.client`` settings."""
-    kafka = getattr(cfg, "kafka", None)
-    client = dict(getattr(kafka, "client", {}) or {})
-    sasl = getattr(kafka, "sasl_password", None)
-    if sasl is not None:
-        client.setdefault("sasl.password", sasl.get_secret_value())
     return LagMonitor(
         endpoints.kafka_bootstrap,
         groups if groups is not None else default_groups(cfg),
         metrics or AwetMetrics(),
         interval_s=interval_s,
-        timeout_s=timeout_s or float(getattr(getattr(cfg, "database", None), "connect_timeout_s", 5)),
-        client_config=client,
+        timeout_s=timeout_s or cfg.database.connect_timeout_s,
+        client_config=cfg.kafka.client_settings(),
     )

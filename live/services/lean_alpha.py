@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from awet_dagster.config import AwetConfig
 from awet_dagster.contracts import AlphaSignal, MarketRawEvent
 from awet_dagster.contracts.topics import ALPHA_SIGNALS, MARKET_RAW
 from awet_dagster.streaming import DEFAULT_WARMUP_BARS, AlphaBank
@@ -28,7 +29,7 @@ from live.services._common import (
 NAME = "lean_alpha"
 
 
-def build(cfg: Any, endpoints: Any, *, input_topic: str = MARKET_RAW, output_topic: str = ALPHA_SIGNALS,
+def build(cfg: AwetConfig, endpoints: Any, *, input_topic: str = MARKET_RAW, output_topic: str = ALPHA_SIGNALS,
           group: str | None = None, name: str = NAME, kinds: tuple[str, ...] = tuple(ALPHA_MODELS),
           warmup_bars: int = DEFAULT_WARMUP_BARS, **bus_kwargs: Any) -> LiveService:
     conn = LazyConnection(endpoints.database_url, **db_settings(cfg))

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from awet_dagster.config import AwetConfig
 from awet_dagster.contracts import MarketRawEvent
 from awet_dagster.contracts.topics import MARKET_RAW
 from awet_dagster.storage.bars import copy_upsert_bars
@@ -63,7 +64,7 @@ class BarWriter:
         return n
 
 
-def build(cfg: Any, endpoints: Any, *, input_topic: str = MARKET_RAW, group: str | None = None,
+def build(cfg: AwetConfig, endpoints: Any, *, input_topic: str = MARKET_RAW, group: str | None = None,
           name: str = NAME, **bus_kwargs: Any) -> LiveService:
     """The persist_bars service. ``input_topic``/``group`` are overridable (tests, staging)."""
     conn = LazyConnection(endpoints.database_url, **db_settings(cfg))

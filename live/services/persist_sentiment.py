@@ -13,6 +13,7 @@ from typing import Any
 import polars as pl
 import psycopg
 
+from awet_dagster.config import AwetConfig
 from awet_dagster.contracts import SentimentEvent
 from awet_dagster.contracts.topics import SOCIAL_SENTIMENT
 from awet_dagster.storage.reddit import upsert_mentions
@@ -54,7 +55,7 @@ class SentimentWriter:
         return n
 
 
-def build(cfg: Any, endpoints: Any, *, input_topic: str = SOCIAL_SENTIMENT, group: str | None = None,
+def build(cfg: AwetConfig, endpoints: Any, *, input_topic: str = SOCIAL_SENTIMENT, group: str | None = None,
           name: str = NAME, **bus_kwargs: Any) -> LiveService:
     """The persist_sentiment service. ``input_topic``/``group`` are overridable (tests, staging)."""
     conn = LazyConnection(endpoints.database_url, **db_settings(cfg))

@@ -42,6 +42,7 @@ from typing import Any
 
 from confluent_kafka import Message
 
+from awet_dagster.config import AwetConfig
 from awet_dagster.contracts import ExecutionReport, OrderEvent, RiskDecision, ScoredSignal
 from awet_dagster.contracts.topics import EXEC_DONE, EXEC_ORDERS, RISK_APPROVED, RISK_REJECTED, SIGNALS_SCORED
 from awet_dagster.execution import client_order_id
@@ -119,7 +120,7 @@ class CachedRiskStateStore:
 class RiskService:
     """State and handler of the risk service (the LiveService's ``component``)."""
 
-    def __init__(self, cfg: Any, conn: LazyConnection, *, approved_topic: str, rejected_topic: str,
+    def __init__(self, cfg: AwetConfig, conn: LazyConnection, *, approved_topic: str, rejected_topic: str,
                  namespace: str = "", fill_wait_s: float | None = None,
                  metrics: Any = None, input_model: type[ScoredSignal] = ScoredSignal) -> None:
         self.cfg = cfg
@@ -330,7 +331,7 @@ class RiskService:
                                      side=d.side)
 
 
-def build(cfg: Any, endpoints: Any, *, input_topic: str = SIGNALS_SCORED, approved_topic: str = RISK_APPROVED,
+def build(cfg: AwetConfig, endpoints: Any, *, input_topic: str = SIGNALS_SCORED, approved_topic: str = RISK_APPROVED,
           rejected_topic: str = RISK_REJECTED, done_topic: str = EXEC_DONE, orders_topic: str = EXEC_ORDERS,
           group: str | None = None, name: str = NAME, namespace: str = "",
           fill_wait_s: float | None = None, tracker: Any = None, metrics: Any = None,

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from awet_dagster.alphas.signal import bar_duration
+from awet_dagster.config import AwetConfig
 from awet_dagster.contracts import AlphaSignal, MarketRawEvent, Prediction, ScoredSignal
 from awet_dagster.contracts.topics import ALPHA_SIGNALS, MARKET_RAW, PREDICTIONS, SIGNALS_SCORED
 from awet_dagster.inference import ModelCalibrations
@@ -148,7 +149,7 @@ class AlphaCalibrations:
 
 
 class SignalService:
-    def __init__(self, cfg: Any, conn: LazyConnection, *, output_topic: str, alpha_source: str | None = None,
+    def __init__(self, cfg: AwetConfig, conn: LazyConnection, *, output_topic: str, alpha_source: str | None = None,
                  weights_file: Path | None = None, warmup_bars: int = DEFAULT_WARMUP_BARS,
                  prediction_wait_s: float | None = None, persist: bool = True,
                  clock: Any = None, calibrations: ModelCalibrations | None = None,
@@ -332,7 +333,7 @@ class SignalService:
         return len(rows)
 
 
-def build(cfg: Any, endpoints: Any, *, input_topic: str = MARKET_RAW, output_topic: str = SIGNALS_SCORED,
+def build(cfg: AwetConfig, endpoints: Any, *, input_topic: str = MARKET_RAW, output_topic: str = SIGNALS_SCORED,
           predictions_topic: str | None = PREDICTIONS, alpha_topic: str = ALPHA_SIGNALS,
           alpha_source: str | None = None, group: str | None = None, name: str = NAME,
           weights_file: Path | None = None, warmup_bars: int = DEFAULT_WARMUP_BARS,
