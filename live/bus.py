@@ -73,33 +73,22 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from pydantic import ValidationError
 
 from awet_dagster.contracts import BaseEvent, DeadLetter, dlq_topic, model_for_topic
+# The handler API: what a handler returns and raises (core types, re-exported here).
+from awet_dagster.streaming.outputs import Output, RetryLater
 from live.dead_letters import dead_letter_for, decode_failure_reason, send_dead_letter
 from live.producer import EventProducer
 
 log = logging.getLogger("awet.live.bus")
 
 
-class RetryLater(Exception):
-    """Raised by a handler to stop the loop WITHOUT committing (message will be redelivered)."""
-
-
 # --------------------------------------------------------------------------- small types
-# Output: a NamedTuple, not a frozen dataclass (immutable too, several times cheaper to
-# build). MessageContext: a slotted class (cheaper still, and its headers are lazy).
-class Output(NamedTuple):
-    """One event a handler wants published. ``key`` defaults to the event's symbol."""
-
-    topic: str
-    event: BaseEvent
-    key: bytes | None = None
-
-
+# MessageContext: a slotted class (cheaper than a dataclass, and its headers are lazy).
 class MessageContext:
     """Where the event being handled came from (read-only: treat it as immutable).
 
