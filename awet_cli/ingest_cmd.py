@@ -84,12 +84,11 @@ def _start_time(value: str | None, default: str) -> datetime:
 def _polled(source: str, symbols: list[str], bar_type: str, interval: float | None, speed: float,
             start: str | None, stub_source: str, max_seconds: float | None, topic: str | None) -> None:
     from awet_dagster.contracts.topics import MARKET_RAW
-    from awet_dagster.sources import AuthenticationFailed, MissingCredentials
+    from awet_dagster.sources import MissingCredentials
     from awet_dagster.sources.registry import get_source
     from awet_dagster.sources.settings import source_kwargs
     from awet_dagster.streaming.polling import BarPoller, SimulatedClock
-    from live.ingest_poll import PollingIngestor, published_marks, serve_ingest_metrics
-    from live.publish import publish_acknowledged
+    from live.ingest_poll import published_marks
 
     cfg = _config()
     symbols = symbols or list(cfg.data.symbols)
@@ -101,8 +100,7 @@ def _polled(source: str, symbols: list[str], bar_type: str, interval: float | No
         raise typer.Exit(2) from None
     ep = _endpoints(cfg)
     topic = topic or MARKET_RAW
-    client = cfg.kafka.client_settings()
-    marks = published_marks(ep.kafka_bootstrap, topic, symbols, bar_type, client=client)
+    marks = published_marks(ep.kafka_bootstrap, topic, symbols, bar_type, client=cfg.kafka.client_settings())
     simulated = None
     if source == "stub":
         at = _start_time(start, cfg.data.replay_start)
@@ -114,43 +112,19 @@ def _polled(source: str, symbols: list[str], bar_type: str, interval: float | No
         clock, catch_up = (lambda: datetime.now(UTC)), None
     poller = BarPoller(bars, symbols, bar_type, clock=clock, source_name=source, catch_up=catch_up)
     poller.resume(marks)
-    producer = _producer(cfg, ep.kafka_bootstrap)
-    flush_timeout = cfg.kafka.flush_timeout_s
-
-    def publish(events) -> None:
-        publish_acknowledged(producer, topic, events, timeout_s=flush_timeout)
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    stop = Interrupt()
     every = interval or (0.2 if source == "stub" else DEFAULT_INTERVAL_S[bar_type])
-    ingestor = PollingIngestor(poller, publish, interval_s=every, stop_event=stop, simulated=simulated)
-    lock = _one_ingest(ep, topic, bar_type)
-    server = serve_ingest_metrics(cfg, source, lambda: poller.stats, ingestor.health)
-    console.print(f"ingest {source}: {', '.join(symbols)} ({bar_type}) -> {topic}, polling every {every:g}s"
-                  + (f", resuming after {len(marks)} symbol(s) already published" if marks else "")
-                  + f"; metrics on {server.url}/metrics")
-    with _stop_on_signals(stop), producer, server, _released(lock):
-        try:
-            result = ingestor.run(timeout_s=max_seconds)
-        except (AuthenticationFailed, MissingCredentials) as exc:  # polling on cannot help
-            console.print(f"[red]{source}: {exc}[/red]")
-            raise typer.Exit(2) from None
-    s = result.stats
-    console.print(f"{source}: polls {s.polls}, published {s.published}, duplicates {s.duplicates}, late {s.late}, "
-                  f"fetch errors {s.errors}, publish errors {ingestor.publish_errors} ({result.stopped_by})")
-    if stop.signum:
-        raise typer.Exit(stop.exit_code())
+    _run_polling(cfg, ep, poller, topic, bar_type, every, max_seconds, simulated=simulated, label=source,
+                 what=f"{', '.join(symbols)} ({bar_type})", resumed=len(marks))
 
 
 def _reddit(symbols: list[str] | None, bucket: str, interval: float | None, max_seconds: float | None,
             topic: str | None) -> None:
     from awet_dagster.contracts import SentimentEvent
     from awet_dagster.contracts.topics import SOCIAL_SENTIMENT
-    from awet_dagster.sources import AuthenticationFailed, MissingCredentials
+    from awet_dagster.sources import MissingCredentials
     from awet_dagster.sources.reddit import reddit_client
     from awet_dagster.streaming.sentiment import SentimentPoller
-    from live.ingest_poll import PollingIngestor, published_marks, serve_ingest_metrics
-    from live.publish import publish_acknowledged
+    from live.ingest_poll import published_marks
 
     cfg = _config()
     symbols = _symbols(symbols, cfg.data.symbols)
@@ -166,6 +140,20 @@ def _reddit(symbols: list[str] | None, bucket: str, interval: float | None, max_
     poller = SentimentPoller(client, symbols, bucket, clock=lambda: datetime.now(UTC),
                              subreddits=cfg.data.reddit_subreddits, catch_up=timedelta(days=cfg.data.reddit_days))
     poller.resume(marks)
+    every = interval or 300.0  # a poll asks Reddit only once a bucket has closed
+    _run_polling(cfg, ep, poller, topic, bucket, every, max_seconds, label="reddit", service="ingest_reddit",
+                 what=f"{', '.join(symbols)} ({bucket} buckets of r/{', r/'.join(poller.subreddits)})",
+                 resumed=len(marks))
+
+
+def _run_polling(cfg, ep, poller, topic: str, kind: str, every: float, max_seconds: float | None, *, label: str,
+                 what: str, resumed: int, simulated=None, service: str = "ingest") -> None:
+    """Run a poller (bars or Reddit buckets) into ``topic`` until stopped: one instance per topic
+    and ``kind`` (bar type or bucket), ``/metrics`` on ``service``'s port, a summary at the end."""
+    from awet_dagster.sources import AuthenticationFailed, MissingCredentials
+    from live.ingest_poll import PollingIngestor, serve_ingest_metrics
+    from live.publish import publish_acknowledged
+
     producer = _producer(cfg, ep.kafka_bootstrap)
     flush_timeout = cfg.kafka.flush_timeout_s
 
@@ -174,22 +162,20 @@ def _reddit(symbols: list[str] | None, bucket: str, interval: float | None, max_
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     stop = Interrupt()
-    every = interval or 300.0  # a poll asks Reddit only once a bucket has closed
-    ingestor = PollingIngestor(poller, publish, interval_s=every, stop_event=stop)
-    lock = _one_ingest(ep, topic, bucket)
-    server = serve_ingest_metrics(cfg, "reddit", lambda: poller.stats, ingestor.health, service="ingest_reddit")
-    console.print(f"ingest reddit: {', '.join(symbols)} ({bucket} buckets of r/{', r/'.join(poller.subreddits)}) "
-                  f"-> {topic}, polling every {every:g}s"
-                  + (f", resuming after {len(marks)} symbol(s) already published" if marks else "")
+    ingestor = PollingIngestor(poller, publish, interval_s=every, stop_event=stop, simulated=simulated)
+    lock = _one_ingest(ep, topic, kind)
+    server = serve_ingest_metrics(cfg, label, lambda: poller.stats, ingestor.health, service=service)
+    console.print(f"ingest {label}: {what} -> {topic}, polling every {every:g}s"
+                  + (f", resuming after {resumed} symbol(s) already published" if resumed else "")
                   + f"; metrics on {server.url}/metrics")
     with _stop_on_signals(stop), producer, server, _released(lock):
         try:
             result = ingestor.run(timeout_s=max_seconds)
         except (AuthenticationFailed, MissingCredentials) as exc:  # polling on cannot help
-            console.print(f"[red]reddit: {exc}[/red]")
+            console.print(f"[red]{label}: {exc}[/red]")
             raise typer.Exit(2) from None
     s = result.stats
-    console.print(f"reddit: polls {s.polls}, published {s.published}, duplicates {s.duplicates}, late {s.late}, "
+    console.print(f"{label}: polls {s.polls}, published {s.published}, duplicates {s.duplicates}, late {s.late}, "
                   f"fetch errors {s.errors}, publish errors {ingestor.publish_errors} ({result.stopped_by})")
     if stop.signum:
         raise typer.Exit(stop.exit_code())

@@ -24,6 +24,30 @@ def endpoints(database_url, kafka_bootstrap) -> Endpoints:
     return Endpoints(database_url, kafka_bootstrap)
 
 
+def _stop_while_waiting(svc, n: int, waiting) -> dict[str, object]:
+    """Run ``svc`` in a thread; once its first bar waits (``waiting()`` true 1.5 s in), stop it:
+    the wait (3600 s) must end within seconds, as a RetryLater (box["retry"])."""
+    from live.bus import RetryLater
+
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            box["stats"] = svc.run(max_messages=n, timeout_s=60)
+        except RetryLater as exc:
+            box["retry"] = exc
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    time.sleep(1.5)
+    assert runner.is_alive() and waiting()
+    stopped_at = time.monotonic()
+    svc.stop()
+    runner.join(10)
+    assert not runner.is_alive() and time.monotonic() - stopped_at < 5  # not the 3600 s wait
+    return box
+
+
 @pytest.mark.timeout(180)
 def test_late_insights_are_waited_for_and_score_like_the_engines_own_alphas(
         test_config_for, tmp_path, endpoints, make_topic):
@@ -80,7 +104,6 @@ def test_late_insights_are_waited_for_and_score_like_the_engines_own_alphas(
 @pytest.mark.timeout(120)
 def test_a_stop_cuts_a_bars_wait_short_and_the_bar_is_redelivered_not_scored_without(
         test_config_for, tmp_path, endpoints, make_topic):
-    from live.bus import RetryLater
     from tests.test_bus import _committed
 
     cfg = test_config_for(tmp_path / "home", AWET__SIGNALS__ALPHA_WAIT_S="3600")
@@ -90,23 +113,10 @@ def test_a_stop_cuts_a_bars_wait_short_and_the_bar_is_redelivered_not_scored_wit
     for ev in bars_to_events(bars):
         prod.send(raw, ev)
     prod.flush(10)
-    box: dict[str, object] = {}
     with signal.build(cfg, endpoints, input_topic=raw, output_topic=scored, predictions_topic=None,
                       alpha_topic=alpha, group=group) as svc:
-        def run() -> None:
-            try:
-                box["stats"] = svc.run(max_messages=bars.height, timeout_s=60)
-            except RetryLater as exc:
-                box["retry"] = exc
-
-        runner = threading.Thread(target=run, daemon=True)
-        runner.start()
-        time.sleep(1.5)  # the first bar is now waiting for a mark that lean_alpha (absent) never sends
-        assert runner.is_alive() and svc.component.counters["bars"] == 0
-        stopped_at = time.monotonic()
-        svc.stop()
-        runner.join(10)
-        assert not runner.is_alive() and time.monotonic() - stopped_at < 5  # not the 3600 s wait
+        # The first bar waits for a mark that lean_alpha (absent) never sends.
+        box = _stop_while_waiting(svc, bars.height, lambda: svc.component.counters["bars"] == 0)
     assert "stopping while a bar waited for its alpha mark" in str(box.get("retry")), box
     assert _committed(endpoints.kafka_bootstrap, group, raw) < 0  # the bar is redelivered to the next start
     assert _read_all(endpoints.kafka_bootstrap, scored, 0, timeout_s=2) == []  # never scored without its alphas
@@ -119,7 +129,6 @@ def test_a_stop_cuts_a_fill_wait_short_and_the_bar_is_redelivered_not_judged_wit
     during that wait is a RetryLater, so the bar is not judged on a book that lacks them."""
     from datetime import timedelta
 
-    from live.bus import RetryLater
     from live.services import exit_monitor
     from tests.test_bus import _committed
 
@@ -131,26 +140,11 @@ def test_a_stop_cuts_a_fill_wait_short_and_the_bar_is_redelivered_not_judged_wit
         prod.send(raw, ev)
     prod.flush(10)
     first_ts = bars["ts"][0]
-    box: dict[str, object] = {}
     with exit_monitor.build(cfg, endpoints, input_topic=raw, output_topic=exits, done_topic=done,
                             orders_topic=orders, group=group, fill_wait_s=3600.0) as svc:
         # An entry decided the bar before, never filled: the first bar must wait for its fill.
         svc.component.ledger.expect("coid-1", bars["symbol"][0], first_ts - timedelta(days=1), "entry", "corr-1", qty=1.0)
-
-        def run() -> None:
-            try:
-                box["stats"] = svc.run(max_messages=bars.height, timeout_s=60)
-            except RetryLater as exc:
-                box["retry"] = exc
-
-        runner = threading.Thread(target=run, daemon=True)
-        runner.start()
-        time.sleep(1.5)
-        assert runner.is_alive() and svc.component.counters["bars"] == 1  # waiting on the first bar
-        stopped_at = time.monotonic()
-        svc.stop()
-        runner.join(10)
-        assert not runner.is_alive() and time.monotonic() - stopped_at < 5
+        box = _stop_while_waiting(svc, bars.height, lambda: svc.component.counters["bars"] == 1)
         assert svc.component.counters["fill_wait_timeouts"] == 0
     assert "waited for fills" in str(box.get("retry")), box
     assert _committed(endpoints.kafka_bootstrap, group, raw) < 0

@@ -21,7 +21,6 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
 
 from awet_dagster.contracts import ExecutionReport, OrderEvent
 from awet_dagster.risk.portfolio import Fill, Portfolio
@@ -44,8 +43,10 @@ class Outstanding:
     side: str | None = None  # "buy" / "sell" (None: not known yet)
 
 
-class StoredFill(Protocol):
-    """A stored fill with what the ledger books it by (``storage.trading.LedgerFill``)."""
+@dataclass(frozen=True)
+class StoredFill:
+    """A stored fill with what the ledger books it by (built by ``storage.trading.ledger_rows``)."""
+
     client_order_id: str
     symbol: str
     side: str
@@ -55,11 +56,13 @@ class StoredFill(Protocol):
     ts: datetime
     correlation_id: str | None
     intent: str
-    split_factor: float | None  # of the bar it filled on (None: bar unknown)
+    split_factor: float | None  # of the bar it filled on (None: no such bar stored)
 
 
-class StoredOrder(Protocol):
-    """A stored order (``storage.trading.LedgerOrder``)."""
+@dataclass(frozen=True)
+class StoredOrder:
+    """A stored order as the ledger takes it (built by ``storage.trading.ledger_rows``)."""
+
     client_order_id: str
     symbol: str
     status: str
@@ -67,7 +70,7 @@ class StoredOrder(Protocol):
     qty: float
     side: str | None
     intent: str
-    decided_ts: datetime | None
+    decided_ts: datetime | None  # the bar it was decided on (payload ts)
     reference_price: float | None
 
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from datetime import date, datetime
 from typing import Any
 
+from awet_dagster.execution.ledger import StoredFill, StoredOrder
 from awet_dagster.risk.state import KillSwitchState
 
 KILL_SWITCH_KEY = "kill_switch"
@@ -221,42 +222,11 @@ def audit_details_by_correlation(conn, actor: str, correlation_ids: Sequence[str
     return [r[0] for r in rows]
 
 
-@dataclass(frozen=True)
-class LedgerFill:
-    """A stored fill as a ``FillLedger`` books it (``awet_dagster.execution.ledger``)."""
-
-    client_order_id: str
-    symbol: str
-    side: str
-    qty: float
-    price: float
-    fee: float
-    ts: datetime
-    correlation_id: str | None
-    intent: str
-    split_factor: float | None  # of the bar it filled on (None: no such bar stored)
-
-
-@dataclass(frozen=True)
-class LedgerOrder:
-    """A stored order as a ``FillLedger`` takes it."""
-
-    client_order_id: str
-    symbol: str
-    status: str
-    correlation_id: str | None
-    qty: float
-    side: str | None
-    intent: str
-    decided_ts: datetime | None  # the bar it was decided on (payload ts)
-    reference_price: float | None
-
-
-def ledger_rows(conn, namespace: str = "") -> tuple[list[LedgerFill], list[LedgerOrder]]:
+def ledger_rows(conn, namespace: str = "") -> tuple[list[StoredFill], list[StoredOrder]]:
     """Every fill (in (ts, symbol, fill id) order) and every order of ``namespace``
     (``orders.payload->>'ns'``): what a live service's ``FillLedger`` is rebuilt from."""
     fills = [
-        LedgerFill(coid, symbol, side, float(qty), float(price), float(fee), ts, corr, intent,
+        StoredFill(coid, symbol, side, float(qty), float(price), float(fee), ts, corr, intent,
                    float(factor) if factor is not None else None)
         for coid, symbol, qty, price, fee, ts, side, corr, intent, factor in conn.execute(
             "SELECT f.client_order_id, f.symbol, f.qty, f.price, f.fee, f.ts, o.side, o.correlation_id, "
@@ -274,7 +244,7 @@ def ledger_rows(conn, namespace: str = "") -> tuple[list[LedgerFill], list[Ledge
     ).fetchall():
         payload = payload or {}
         price = payload.get("reference_price")
-        orders.append(LedgerOrder(
+        orders.append(StoredOrder(
             coid, symbol, status, corr, float(qty or 0.0), side, payload.get("intent", "entry"),
             datetime.fromisoformat(payload["ts"]) if payload.get("ts") else None,
             float(price) if price else None))

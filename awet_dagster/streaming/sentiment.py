@@ -11,7 +11,7 @@ with mentions, oldest first:
 - once: per symbol, nothing at or before its last published bucket again. ``resume`` sets
   those marks from what an earlier run published (the live layer reads them back from the
   topic), so a restart publishes nothing twice.
-- late: each fetch re-reads the bucket before the window (``overlap``). A published bucket
+- late: each fetch re-reads the bucket before the window (the overlap). A published bucket
   that now counts more mentions (posts Reddit listed after it was read) is not published
   again: the features joined the first count at the time, and a correction would rewrite that
   history (look-ahead in every later backtest). Counted once in ``stats.late`` and logged.
@@ -75,8 +75,8 @@ class SentimentPoller:
         self.source, self.bucket, self.clock = source, bucket, clock
         self.symbols = list(dict.fromkeys(s.upper() for s in symbols))
         self.subreddits = tuple(subreddits)
-        self.size = BUCKET[bucket]
-        self.catch_up, self.settle, self.overlap = catch_up, settle, BUCKET[bucket]
+        self.size = BUCKET[bucket]  # also the overlap: each fetch re-reads one bucket
+        self.catch_up, self.settle = catch_up, settle
         self.stats = SentimentStats()
         self._last: dict[str, datetime] = {}
         self._counts: dict[str, int] = {}  # mentions of each symbol's last published bucket
@@ -106,7 +106,7 @@ class SentimentPoller:
         if until <= since:
             return []  # no bucket closed since the last poll: nothing to ask
         self.stats.polls += 1
-        start = since - self.overlap if self._through is not None else since
+        start = since - self.size if self._through is not None else since
         try:
             frame = self.source.fetch(self.symbols, start, until)  # type: ignore[attr-defined]
         except (AuthenticationFailed, MissingCredentials):

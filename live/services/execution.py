@@ -526,11 +526,10 @@ class Executor:
                 return out
             # The leg sold part of it before the exit canceled it: the rest goes out under an id
             # of its own (deterministic, so a redelivered exit or a restart never sends it twice).
-            log.warning("execution: %s: its bracket legs filled %.6g of %.6g before the exit; selling the "
-                        "remaining %.6g as %s", coid, sold, parent.filled_qty, held,
-                        client_order_id(event.correlation_id, "exit_rest"))
             rest = replace(exit_request(event), client_order_id=client_order_id(event.correlation_id, "exit_rest"),
                            qty=held)
+            log.warning("execution: %s: its bracket legs filled %.6g of %.6g before the exit; selling the "
+                        "remaining %.6g as %s", coid, sold, parent.filled_qty, held, rest.client_order_id)
             return out + self.place(rest, reason=event.reason)
         if held <= 1e-9:
             return out  # the entry never filled: canceled, nothing to sell
