@@ -12,10 +12,10 @@ from datetime import date, datetime
 from typing import Any
 
 from awet_dagster.execution.ledger import StoredFill, StoredOrder
+from awet_dagster.execution.store import OPEN_STATUSES
 from awet_dagster.risk.state import KillSwitchState
 
 KILL_SWITCH_KEY = "kill_switch"
-OPEN_STATUSES = ("new", "accepted", "pending_new", "partially_filled", "submitted", "held")
 
 
 def _dt(value: str | None) -> datetime | None:
