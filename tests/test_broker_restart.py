@@ -561,33 +561,17 @@ def test_kafka_sigkilled_with_bars_in_flight_and_bars_sent_while_down_loses_noth
 
 
 # --------------------------------------------------------------------------- exit monitor restart
-class _Rows:
-    def __init__(self, rows):
-        self.rows = rows
-
-    def execute(self, sql, params):
-        assert "FROM bars" in sql
-        symbol, _bar_type, since, before = params
-        return type("R", (), {"fetchall": lambda _self: [(c,) for s, ts, c in self.rows
-                                                         if s == symbol and since <= ts < before]})()
-
-
-class _Conn:
-    def __init__(self, rows):
-        self._rows = _Rows(rows)
-
-    def get(self):
-        return self._rows
-
-
 def test_exit_monitor_rebuilt_mid_position_exits_like_the_running_one(test_config_for, tmp_path):
     """A rebuilt exit monitor (broker restart, crash) restores the position from the fills,
     whose peak is the fill price: it must mark the closes held so far again, or a trailing
     stop set by an earlier high close would fire late (found by the broker-restart test)."""
     from datetime import timedelta
 
+    from awet_dagster.execution.ledger import StoredFill
+    from awet_dagster.exits.watch import ExitWatch, InMemoryExitStore
     from awet_dagster.risk.portfolio import Fill
-    from live.services.exit_monitor import ExitService
+    from awet_dagster.streaming.events import event_to_bar
+    from awet_dagster.streaming.time_guard import TimeGuard, TimeLimits
     from tests.test_live_loop import _bar
 
     cfg = test_config_for(tmp_path / "home")
@@ -596,14 +580,17 @@ def test_exit_monitor_rebuilt_mid_position_exits_like_the_running_one(test_confi
     bars = [_bar("X", t0 + timedelta(days=i), c) for i, c in enumerate(closes)]
     fill = Fill("coid-x", "X", "buy", 10, 100.0, 0.0, t0, "corr-x", "entry")
 
-    running = ExitService(cfg, _Conn([]), exits_topic="exits")
+    def watch(store: InMemoryExitStore) -> ExitWatch:
+        return ExitWatch(cfg, store, exits_topic="exits", guard=TimeGuard(TimeLimits.from_config(cfg)))
+
+    running = watch(InMemoryExitStore())
     running.ledger.portfolio.apply_fill(fill)
-    out = [running._handle(b) for b in bars]
+    out = [running.handle(b) for b in bars]
     assert [len(o) for o in out] == [0, 0, 0, 1] and out[3][0].event.reason == "trailing"
 
-    rebuilt = ExitService(cfg, _Conn([(b.symbol, b.ts, b.close) for b in bars[:3]]), exits_topic="exits")
-    rebuilt.ledger.portfolio.apply_fill(fill)  # what ledger.rebuild books from the fills table
-    rebuilt._restored = {"X"}
-    again = rebuilt._handle(bars[3])
+    stored = StoredFill(fill.client_order_id, "X", "buy", 10, 100.0, 0.0, t0, "corr-x", "entry", None)
+    rebuilt = watch(InMemoryExitStore(bars={"X": [event_to_bar(b) for b in bars[:3]]}, fills=[stored]))
+    rebuilt.start()  # the ledger rebuilds the position from the stored fill
+    again = rebuilt.handle(bars[3])
     assert [(o.event.reason, o.event.ts) for o in again] == [("trailing", bars[3].ts)]
-    assert rebuilt.monitor._bars_held == running.monitor._bars_held == {("X", "corr-x"): 4}
+    assert rebuilt.monitor.bars_held() == running.monitor.bars_held() == {("X", "corr-x"): 4}

@@ -490,7 +490,7 @@ def test_a_stop_mid_batch_ends_the_batch_and_the_rest_is_redelivered(kafka_boots
 def test_a_fill_wait_returns_at_once_when_the_service_is_asked_to_stop():
     import threading
 
-    from live.services._ledger import wait_for_fills
+    from live.services._common import wait_until as wait_for_fills
 
     cond, stop = threading.Condition(), threading.Event()
     threading.Timer(0.3, stop.set).start()

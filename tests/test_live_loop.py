@@ -450,7 +450,7 @@ def test_poison_on_side_topics_is_dead_lettered_once_per_reader_also_across_rest
 
     def read_side(build, kw, n) -> tuple[int, int]:
         with build(cfg, endpoints, **kw) as svc:
-            tail = svc.component.tail
+            tail = svc.component.side.tail
             assert tail.wait_for(lambda: tail.undecodable >= n, 30), (build.__module__, tail.undecodable)
             letters = tail.dead_letters
             return letters.sent, letters.already
@@ -832,27 +832,7 @@ def test_inference_forecasts_each_bar_of_a_batch_from_its_own_window(test_config
     """A batch with several bars of one symbol (a free-running replay, a redelivery after a
     restart): each forecast must see the window as of ITS bar. The window used to be read
     after the whole batch was added, so every forecast of the batch saw its last bar."""
-    from live.bus import MessageContext
-    from live.services.inference import Inference
-
-    class Msg:
-        def __init__(self, ev, offset):
-            self.ev, self.off = ev, offset
-
-        def error(self):
-            return None
-
-        def value(self):
-            return self.ev.model_dump_json().encode()
-
-        def topic(self):
-            return "eng"
-
-        def partition(self):
-            return 0
-
-        def offset(self):
-            return self.off
+    from awet_dagster.inference.forecaster import Forecaster
 
     class Pre:
         feature_columns, encoder_length, horizons, quantiles = ("x",), 2, (1,), (0.1, 0.5, 0.9)
@@ -865,16 +845,14 @@ def test_inference_forecasts_each_bar_of_a_batch_from_its_own_window(test_config
                     for name, w in windows.items()}
 
     cfg = test_config_for(tmp_path / "home")
-    inf = Inference(cfg, StaticPredictorSource("v1", LastValue()), None, output_topic="pred")
+    inf = Forecaster(cfg, StaticPredictorSource("v1", LastValue()), None, output_topic="pred")
     t0 = datetime(2024, 3, 1, tzinfo=UTC)
     from awet_dagster.contracts import FeatureEvent
 
     evs = [FeatureEvent(correlation_id=f"c{i}", symbol="LA", bar_type="daily", ts=t0 + timedelta(days=i),
                         feature_set_version="t", features={"x": 0.001 * (i + 1)}) for i in range(5)]
-    batch = [Msg(e, i) for i, e in enumerate(evs)]
-    inf.prepare(batch)
-    outs = [inf.handle(e, MessageContext("inference", "eng", 0, i, None, None, None, e.correlation_id))
-            for i, e in enumerate(evs)]
+    inf.prepare([(("eng", 0, i), e) for i, e in enumerate(evs)])  # one batch: several bars of a symbol
+    outs = [inf.handle(("eng", 0, i)) for i in range(len(evs))]
     preds = [o[0].event for o in outs]
     assert [p.status for p in preds] == ["no_forecast"] + ["forecast"] * 4  # the first window is short
     q50 = [round(p.quantiles[1].q50, 9) for p in preds[1:]]
@@ -936,8 +914,10 @@ def test_risk_warms_its_cvar_history_up_on_the_bar_type_being_traded(cfg, databa
     """A minute replay with minute history: risk used to read `data.bar_type` (daily) history
     and reject its first entries as "CVaR not computable"."""
     from awet_dagster.storage.bars import copy_upsert_bars
+    from awet_dagster.risk.desk import RiskDesk
+    from awet_dagster.storage.risk import PostgresRiskStore
+    from awet_dagster.streaming.time_guard import TimeGuard, TimeLimits
     from live.services._common import LazyConnection
-    from live.services.risk import RiskService
 
     assert cfg.data.bar_type == "daily"
     symbol = f"M{_uid()}"
@@ -954,13 +934,14 @@ def test_risk_warms_its_cvar_history_up_on_the_bar_type_being_traded(cfg, databa
 
     with connect(database_url) as conn, conn.transaction():
         copy_upsert_bars(conn, ensure_schema(history))
-    svc = RiskService(cfg, LazyConnection(database_url), approved_topic="a", rejected_topic="r",
-                      namespace=f"ns-{_uid()}")
+    conn, ns = LazyConnection(database_url), f"ns-{_uid()}"
+    svc = RiskDesk(cfg, PostgresRiskStore(conn.get, ns), approved_topic="a", rejected_topic="r",
+                   guard=TimeGuard(TimeLimits.from_config(cfg)), namespace=ns)
     svc.start()
     try:
         sig = _tradable_signal(symbol, ts).model_copy(update={"bar_type": "minute"})
-        decision = svc._handle(sig)[0].event
+        decision = svc.handle(sig)[0].event
     finally:
-        svc.conn.close()
+        conn.close()
     assert not any("CVaR not computable" in r for r in decision.reasons), decision.reasons
     assert decision.approved and decision.metrics.extra["cvar_observations"] >= cfg.risk.cvar_min_observations

@@ -90,6 +90,18 @@ class ExitMonitor:
             entry_client_order_id=pos.entry_client_order_id,
         )]
 
+    def restore(self, symbol: str, correlation_id: str, bars_held: int, exit_pending: bool) -> None:
+        """A position opened before a restart: the bars it was held so far, and whether its
+        exit was already emitted (its order still working: not emitted again)."""
+        key = (symbol, correlation_id)
+        self._bars_held[key] = bars_held
+        if exit_pending:
+            self._pending.add(key)
+
+    def bars_held(self) -> dict[tuple[str, str], int]:
+        """{(symbol, correlation_id): bars held} of the positions followed."""
+        return dict(self._bars_held)
+
     def release(self, symbol: str, correlation_id: str) -> None:
         """Forget a pending exit (e.g. its order was rejected) so the rules fire again."""
         self._pending.discard((symbol, correlation_id))

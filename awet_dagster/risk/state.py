@@ -7,6 +7,8 @@ the backtest and tests with `InMemoryRiskStateStore`. Only an explicit operator 
 """
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Protocol, runtime_checkable
@@ -50,4 +52,41 @@ class InMemoryRiskStateStore:
         return self._anchors.get(session)
 
     def set_daily_anchor(self, session: date, equity: float) -> None:
+        self._anchors[session] = float(equity)
+
+
+class CachedRiskStateStore:
+    """A ``RiskStateStore`` read through a cache: anchors are immutable once set; the kill
+    switch is re-read after ``ttl_s`` (an operator's ``awet kill-switch trip`` is seen within
+    that, without a query per bar). Writes go straight through. ``inner``: returns the store
+    to use (a fresh one per call: a live connection may have been reopened)."""
+
+    def __init__(self, inner: Callable[[], RiskStateStore], ttl_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._inner = inner
+        self._ttl = ttl_s
+        self._clock = clock
+        self._kill: tuple[float, KillSwitchState] | None = None
+        self._anchors: dict[date, float] = {}
+
+    def get_kill_switch(self) -> KillSwitchState:
+        now = self._clock()
+        if self._kill is None or now - self._kill[0] >= self._ttl:
+            self._kill = (now, self._inner().get_kill_switch())
+        return self._kill[1]
+
+    def set_kill_switch(self, state: KillSwitchState) -> None:
+        self._inner().set_kill_switch(state)
+        self._kill = (self._clock(), state)
+
+    def get_daily_anchor(self, session: date) -> float | None:
+        value = self._anchors.get(session)
+        if value is None:
+            value = self._inner().get_daily_anchor(session)
+            if value is not None:
+                self._anchors[session] = value
+        return value
+
+    def set_daily_anchor(self, session: date, equity: float) -> None:
+        self._inner().set_daily_anchor(session, equity)
         self._anchors[session] = float(equity)

@@ -8,11 +8,11 @@ latest bucket that ended at or before `ts` (never the bucket it falls in).
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import polars as pl
 
-BUCKET = {"1h": timedelta(hours=1), "1d": timedelta(days=1)}
+from awet_dagster.streaming.sentiment import BUCKET
 
 
 def upsert_mentions(conn, frame: pl.DataFrame, source: str = "reddit", bucket: str = "1d") -> int:

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import date, datetime
 from typing import Any
 
 from awet_dagster.execution.ledger import StoredFill, StoredOrder
 from awet_dagster.execution.store import OPEN_STATUSES
+from awet_dagster.risk.store import AuditRecord
 from awet_dagster.risk.state import KillSwitchState
 
 KILL_SWITCH_KEY = "kill_switch"
@@ -178,22 +179,11 @@ class PostgresOrderStore:
         )
 
 
+__all__ = ["AuditRecord", "PostgresOrderStore", "PostgresRiskStateStore", "audit_details_by_correlation",
+           "ledger_rows", "record_audit", "record_audits"]
+
 _AUDIT_INSERT = ("INSERT INTO audit_log (ts, actor, action, subject, correlation_id, details) "
                  "VALUES (COALESCE(%s, now()), %s, %s, %s, %s, %s::jsonb)")
-
-
-@dataclass(frozen=True)
-class AuditRecord:
-    actor: str
-    action: str
-    subject: str | None = None
-    correlation_id: str | None = None
-    details: Mapping[str, Any] | None = None
-    ts: datetime | None = None  # None: the time of the write
-
-    def params(self) -> tuple:
-        return (self.ts, self.actor, self.action, self.subject, self.correlation_id,
-                json.dumps(dict(self.details or {}), default=str))
 
 
 def record_audit(conn, *, actor: str, action: str, subject: str | None = None, correlation_id: str | None = None,

@@ -19,7 +19,7 @@ from awet_dagster.streaming.state import (
     StreamCounters,
     to_contract_signal,
 )
-from awet_dagster.streaming.warmup import histories_by_key, read_last_bars, read_last_bars_many
+from awet_dagster.streaming.warmup import histories_by_key
 
 __all__ = [
     "DEFAULT_WARMUP_BARS",
@@ -35,8 +35,6 @@ __all__ = [
     "event_to_bar",
     "events_to_frame",
     "histories_by_key",
-    "read_last_bars",
-    "read_last_bars_many",
     "replay_order",
     "to_contract_signal",
 ]

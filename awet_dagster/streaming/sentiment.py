@@ -30,12 +30,13 @@ import polars as pl
 
 from awet_dagster.contracts import SentimentEvent, new_event_id
 from awet_dagster.sources.errors import AuthenticationFailed, MissingCredentials
-from awet_dagster.storage.reddit import BUCKET
 from awet_dagster.streaming.events import derived_event_id
 
 log = logging.getLogger("awet.streaming.sentiment")
 
 DEFAULT_SETTLE = timedelta(minutes=2)
+#: Bucket sizes of mention counts (``reddit_mentions.bucket``).
+BUCKET = {"1h": timedelta(hours=1), "1d": timedelta(days=1)}
 
 
 def bucket_floor(at: datetime, bucket: str) -> datetime:

@@ -28,6 +28,7 @@ from awet_dagster.contracts import AlphaSignal, FeatureEvent, MarketRawEvent
 from awet_dagster.features import FEATURE_SET_VERSION, FeatureState
 from awet_dagster.sources.corporate_actions import adjusted_bar
 from awet_dagster.streaming.events import derived_event_id, event_to_bar
+from awet_dagster.streaming.warmup import histories_by_key
 
 DEFAULT_WARMUP_BARS = 1000
 
@@ -100,8 +101,6 @@ class _Keyed:
         with one ``read_many`` call per bar type instead of one read per symbol (a live
         batch bringing 500 new symbols). The same warm-up as the one ``_accept`` does for a
         single new key. Returns how many keys were warmed up."""
-        from awet_dagster.streaming.warmup import histories_by_key
-
         new = {key: ts for key, ts in first.items() if key not in self._warm}
         # Read first, create after: if the read fails (DB down) no half-made state stays.
         histories = histories_by_key(new, read_many, self._warmup_bars)

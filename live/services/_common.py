@@ -13,7 +13,7 @@ from typing import Any
 from awet_dagster.config import AwetConfig
 from awet_dagster.contracts import BaseEvent, MarketRawEvent, ScoredSignal, model_for_topic
 from awet_dagster.storage.db import connect
-from awet_dagster.streaming import read_last_bars, read_last_bars_many
+from awet_dagster.storage.bars import read_last_bars, read_last_bars_many
 from awet_dagster.streaming.time_guard import TimeGuard, TimeLimits
 from live.bus import BusService, Handler, MessageContext, RetryLater
 from live.producer import EventProducer
@@ -321,7 +321,7 @@ def history_reader(conn: LazyConnection) -> Callable[[str, str, datetime, int], 
 
 
 def wait_until(cond: Any, done: Callable[[], bool], timeout_s: float,
-                   stopping: Callable[[], bool] = lambda: False) -> bool:
+               stopping: Callable[[], bool] = lambda: False) -> bool:
     """``cond.wait_for(done, timeout_s)`` (``cond`` held) that also returns, False, within a
     tenth of a second of a stop request: a service asked to stop does not sit out its waits
     (fills, a forecast, an alpha mark) bar after bar (seen: a risk batch kept waiting 2 s a
@@ -333,6 +333,25 @@ def wait_until(cond: Any, done: Callable[[], bool], timeout_s: float,
             return False
         cond.wait(min(left, 0.1))
     return True
+
+
+class TailSideInputs:
+    """The core's ``SideInputs`` port over a started ``TopicTail``: its condition is the lock
+    and what waits are woken by; ``stop_requested`` is set to the bus's stop request once the
+    bus exists (a stop cuts a wait short)."""
+
+    def __init__(self, tail: TopicTail) -> None:
+        self.tail = tail
+        self.stop_requested: Callable[[], bool] = lambda: False
+
+    def lock(self) -> Any:
+        return self.tail.cond
+
+    def wait(self, done: Callable[[], bool], timeout_s: float) -> bool:
+        return wait_until(self.tail.cond, done, timeout_s, self.stop_requested)
+
+    def stopping(self) -> bool:
+        return self.stop_requested()
 
 
 def tail_for(cfg: AwetConfig, endpoints: Any, name: str, topics: Mapping[str, type[BaseEvent]], on_event: Callable[[str, BaseEvent, int], None]) -> TopicTail:

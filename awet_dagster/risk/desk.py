@@ -1,0 +1,231 @@
+"""``RiskDesk``: the risk component of the live loop (Kafka-free): scored signals in,
+decisions out, every decision audited.
+
+One ``RiskEngine`` per process, as in ``run_backtest``:
+- state: kill switch and daily anchors in the store's risk state, read through a 1 s cache
+  (``CachedRiskStateStore``) so a tripped kill switch survives restarts and an operator's
+  ``awet kill-switch trip`` is seen within a second without a query per bar;
+- portfolio: a ``FillLedger`` rebuilt from the stored fills and orders on ``start``, then
+  fed with the fill reports and order events a side reader delivers (``on_side_event``);
+- clock: EVERY scored signal (one per bar, passed or not) marks the bar (``engine.on_bar``:
+  return history for CVaR, marks, loss limits); only tradable ones are evaluated (the
+  backtest's rule). Before that, fills are booked in event order: when a symbol that
+  already has a bar at this ts has an order decided earlier, the bar waits (``fill_wait_s``,
+  bounded, through the ``SideInputs`` port) for that order's fill report, so sizing sees the
+  same equity, positions and pending orders as the backtest did at that bar;
+- idempotence: the decision of a signal is stored in its audit record; a redelivered signal
+  re-emits the stored decision instead of deciding again (a second look would see its own
+  order as "pending" and reject it);
+- batching: ``prepare`` (before a batch) warms up every new symbol of the batch and loads the
+  stored decisions of its tradable signals, one query each; ``write_audit`` writes the batch's
+  audit records in one transaction, BEFORE any of its decisions is published.
+Decision event ids are deterministic (uuid5 of the signal's event id).
+
+Metrics (``metrics``: ``live.metrics.ServiceMetrics`` or None): after every signal's bar is
+marked, the kill switch gauge, realised/unrealised/total PnL, exposure per symbol and in
+total, and the session's PnL vs its anchor; fresh rejections by reason code. Set once at
+start as well, so they are exported before the first signal.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from awet_dagster.config import AwetConfig
+from awet_dagster.contracts import ExecutionReport, OrderEvent, RiskDecision, ScoredSignal
+from awet_dagster.execution.ids import client_order_id
+from awet_dagster.execution.ledger import FillLedger
+from awet_dagster.risk.engine import RiskEngine
+from awet_dagster.risk.state import CachedRiskStateStore
+from awet_dagster.risk.store import AuditRecord, RiskStore
+from awet_dagster.signals.engine import signal_passed
+from awet_dagster.sources.corporate_actions import adjusted_close
+from awet_dagster.streaming.outputs import Output
+from awet_dagster.streaming.side_inputs import NO_SIDE_INPUTS, SideInputs, wait_or_retry
+from awet_dagster.streaming.time_guard import TimeGuard
+
+log = logging.getLogger("awet.risk.desk")
+
+_NS = uuid.UUID("3c1b7a0e-5f7d-4d1e-8f55-1b2a9c0d4e61")
+
+
+class RiskDesk:
+    def __init__(self, cfg: AwetConfig, store: RiskStore, *, approved_topic: str, rejected_topic: str,
+                 guard: TimeGuard, namespace: str = "", fill_wait_s: float | None = None, metrics: Any = None,
+                 side: SideInputs = NO_SIDE_INPUTS) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+        self.db = store
+        self.approved_topic, self.rejected_topic = approved_topic, rejected_topic
+        self.ns = namespace
+        self.guard = guard
+        self.fill_wait_s = cfg.risk.fill_wait_s if fill_wait_s is None else fill_wait_s
+        self.side = side
+        self.ledger = FillLedger(cfg.risk.initial_equity)
+        self.store = CachedRiskStateStore(store.state)
+        self.engine = RiskEngine.from_config(cfg, self.ledger.portfolio, self.store)
+        self._ts: datetime | None = None
+        self._seen: set[str] = set()
+        self._warm: set[tuple[str, str]] = set()  # (symbol, bar type) with CVaR history loaded
+        # Batch state: decisions stored for the batch's signals (looked up by the pre-pass),
+        # decisions made in this batch, audit records to write before publishing.
+        self._looked_up: set[str] = set()
+        self._stored: dict[str, dict] = {}
+        self._audit: list[AuditRecord] = []
+        self._in_batch = False
+        self.counters = {"signals": 0, "evaluated": 0, "approved": 0, "rejected": 0, "replayed": 0,
+                         "fill_wait_timeouts": 0}
+
+    # ------------------------------------------------------------------ start-up / side inputs
+    def start(self) -> None:
+        self.ledger.rebuild(*self.db.ledger_rows(self.ns))
+        for symbol, ts in self.db.recent_entries(self.ns):  # the throttle: orders per minute / day / cooldown
+            self.engine.throttle.record(symbol, ts)
+        self._publish(None)
+
+    def on_side_event(self, event: Any) -> None:  # the side reader's thread, under side.lock()
+        if isinstance(event, ExecutionReport):
+            self.ledger.on_report(event)
+        elif isinstance(event, OrderEvent):
+            self.ledger.on_order(event)
+
+    def _publish(self, ts: datetime | None) -> None:
+        """Kill switch, PnL and exposure gauges from the store and the portfolio."""
+        m = self.metrics
+        if m is None:
+            return
+        pf = self.ledger.portfolio
+        m.set_kill_switch(self.store.get_kill_switch().tripped)
+        m.set_pnl(pf.realised_pnl, pf.unrealised_pnl)
+        m.set_exposure({sym: pos.market_value for sym, pos in pf.positions.items()})
+        if ts is not None:
+            m.set_daily_pnl(pf.equity - self.engine.anchor(ts))
+
+    # ------------------------------------------------------------------ batch pre-pass / audit
+    def prepare(self, signals: Sequence[tuple[ScoredSignal, tuple[str, int]]]) -> None:
+        """Before a batch (its signals with their (topic, partition) lanes): one query for the
+        history of the batch's new symbols, one for the stored decisions of its tradable
+        signals (redeliveries)."""
+        self._in_batch = True
+        self._audit.clear()
+        self._looked_up.clear()
+        self._stored.clear()
+        new: dict[tuple[str, str], datetime] = {}
+        tradable: dict[str, str] = {}  # signal event id -> correlation id
+        for sig, lane in signals:
+            if not self.guard.admissible(sig.symbol, "signal", sig.ts, lane):
+                continue  # dead-lettered by the handler; must not set the warm-up point
+            if (sig.symbol, sig.bar_type) not in self._warm:
+                new.setdefault((sig.symbol, sig.bar_type), sig.ts)
+            if signal_passed(sig):
+                tradable[sig.event_id] = sig.correlation_id
+        if new:
+            self._warm_up_many(new)
+        if tradable:
+            for details in self.db.stored_decisions(sorted(set(tradable.values()))):
+                if details.get("signal_event_id") in tradable and details.get("decision"):
+                    self._stored[details["signal_event_id"]] = details["decision"]
+            self._looked_up.update(tradable)
+
+    def write_audit(self) -> int:
+        """The batch's audit records, in one transaction, before its decisions are published."""
+        self._in_batch = False
+        rows, self._audit = self._audit, []
+        return self.db.record_audits(rows) if rows else 0
+
+    def _warm_up_many(self, first_ts: dict[tuple[str, str], datetime]) -> None:
+        """CVaR history of each new (symbol, bar type): the bars of the type being traded (the
+        signal's), one query per bar type."""
+        by_type: dict[str, dict[str, datetime]] = {}
+        for (symbol, bar_type), ts in first_ts.items():
+            by_type.setdefault(bar_type, {})[symbol] = ts
+        for bar_type, wanted in by_type.items():
+            history = self.db.last_bars_many(wanted, bar_type, self.cfg.risk.cvar_lookback_bars + 1)
+            for symbol in wanted:
+                for b in history.get(symbol, []):
+                    self.engine.history.update(symbol, b["ts"], adjusted_close(b))  # CVaR on adjusted returns
+                self._warm.add((symbol, bar_type))
+
+    def _stored_decision(self, signal: ScoredSignal) -> dict | None:
+        if signal.event_id in self._stored:
+            return self._stored[signal.event_id]
+        if signal.event_id in self._looked_up:
+            return None  # the pre-pass looked: not decided before
+        if self._in_batch:
+            log.warning("risk: signal %s was not seen by the batch pre-pass", signal.event_id)
+        # Handled outside a batch (tests, tools): the pre-pass's lookup for this one signal.
+        for details in self.db.stored_decisions([signal.correlation_id]):
+            if details.get("signal_event_id") == signal.event_id and details.get("decision"):
+                return details["decision"]
+        return None
+
+    # ------------------------------------------------------------------ handler
+    def handle(self, signal: ScoredSignal) -> list[Output]:
+        outputs = self._handle(signal)
+        if not self._in_batch:  # called without the batch hooks: store before publishing
+            self.write_audit()
+        return outputs
+
+    def _book_until(self, symbol: str, ts: datetime, split_factor: float = 1.0) -> tuple[bool, dict[str, float]]:
+        """Book fills up to (ts, symbol), waiting (bounded) for those this bar must bring;
+        (an order of the symbol is working, the entries in flight by symbol). A split
+        (``split_factor`` changed) is carried through first."""
+        if self._ts != ts:
+            self._ts, self._seen = ts, set()
+        self._seen.add(symbol)
+        seen = frozenset(self._seen)
+        with self.side.lock():
+            if self.ledger.missing_fills(seen, ts):
+                ok = wait_or_retry(self.side, lambda: not self.ledger.missing_fills(seen, ts), self.fill_wait_s,
+                                   f"{symbol} at {ts.isoformat()} waited for fills")
+                if not ok:
+                    self.counters["fill_wait_timeouts"] += 1
+                    log.warning("risk: no fill report for %s at %s within %.1fs; deciding without it",
+                                self.ledger.missing_fills(seen, ts), ts.isoformat(), self.fill_wait_s)
+            self.ledger.on_split_factor(symbol, split_factor, ts)
+            self.ledger.apply_until(ts, symbol)
+            return self.ledger.pending_order(symbol), self.ledger.pending_exposure()
+
+    def _handle(self, signal: ScoredSignal) -> list[Output]:
+        symbol, ts = signal.symbol, signal.ts
+        self.counters["signals"] += 1
+        if (symbol, signal.bar_type) not in self._warm:
+            self._warm_up_many({(symbol, signal.bar_type): ts})
+        pending, in_flight = self._book_until(symbol, ts, signal.split_factor)
+        self.engine.on_bar(symbol, ts, signal.price, signal.price * signal.adj_factor)
+        self._publish(ts)
+        if not signal_passed(signal):
+            return []
+        stored = self._stored_decision(signal)
+        if stored is not None:
+            decision = RiskDecision.model_validate(stored)
+            self.counters["replayed"] += 1
+            if decision.approved:
+                self.engine.throttle.record(symbol, ts)
+                self._expect(decision)
+        else:
+            outcome = self.engine.evaluate(signal, has_pending_order=pending, pending_exposure=in_flight)
+            decision = outcome.decision.model_copy(update={"event_id": str(uuid.uuid5(_NS, signal.event_id))})
+            stored = decision.model_dump(mode="json")
+            audit = dict(outcome.audit, event_id=decision.event_id, decision=stored, ns=self.ns)
+            self._audit.append(AuditRecord("risk", "risk.approved" if decision.approved else "risk.rejected",
+                                           symbol, signal.correlation_id, audit, datetime.now(UTC)))
+            self._stored[signal.event_id] = stored  # a duplicate later in this batch replays it
+            self.counters["evaluated"] += 1
+            if decision.approved:
+                self._expect(decision)
+            elif self.metrics is not None:
+                for reason in decision.reasons:
+                    self.metrics.risk_rejection(reason)
+                self._publish(ts)  # evaluate may have tripped the kill switch
+        self.counters["approved" if decision.approved else "rejected"] += 1
+        return [Output(self.approved_topic if decision.approved else self.rejected_topic, decision)]
+
+    def _expect(self, d: RiskDecision) -> None:
+        price = d.notional / d.qty if d.qty > 0 else None
+        with self.side.lock():
+            self.ledger.expect(client_order_id(d.correlation_id, "entry"), d.symbol, d.ts, "entry",
+                               d.correlation_id, qty=d.qty, price=price, side=d.side)
