@@ -23,6 +23,7 @@ from dagster import (
 )
 
 from resources.database import DatabaseResource
+from resources.model_registry import ModelRegistryResource
 from resources.settings import SettingsResource
 
 GATE_CHECKS = {
@@ -127,6 +128,7 @@ def build_model_assets(bar_type: str):
         kinds={"pytorch"},
     )
     def tft_candidate(context: AssetExecutionContext, database: DatabaseResource, settings: SettingsResource,
+                      model_registry: ModelRegistryResource,
                       walk_forward) -> Iterator:
         import cloudpickle
 
@@ -138,12 +140,10 @@ def build_model_assets(bar_type: str):
             stored_folds,
             train_final_model,
         )
-        from awet_dagster.model.registry import champion_walk_forward_run
-
         cfg = settings.config
         with database.connect() as conn:
             features, bars = load_training_data(conn, cfg, bar_type)
-            champion_run = champion_walk_forward_run(cfg)
+            champion_run = model_registry.for_config(cfg).champion_walk_forward_run()
             champion = stored_folds(conn, champion_run) if champion_run else None
         trained = train_final_model(
             features, bars, cfg,
@@ -212,15 +212,13 @@ def build_model_assets(bar_type: str):
                     "promotion sensor decides whether it becomes the champion.",
         kinds={"mlflow"},
     )
-    def registered_model(context: AssetExecutionContext, settings: SettingsResource, onnx_model: str,
-                         tft_candidate: Candidate):
-        from awet_dagster.model.registry import log_training_run, register_version, tag_version
-
-        cfg = settings.config
-        run_id, model_uri = log_training_run(cfg, tft_candidate.walk_forward, Path(onnx_model),
-                                             gate_checks=list(tft_candidate.gate_checks))
-        ref = register_version(cfg, run_id, model_uri, list(tft_candidate.gate_checks))
-        tag_version(cfg, ref.version, {
+    def registered_model(context: AssetExecutionContext, settings: SettingsResource,
+                         model_registry: ModelRegistryResource, onnx_model: str, tft_candidate: Candidate):
+        registry = model_registry.for_config(settings.config)
+        run_id, model_uri = registry.log_training_run(tft_candidate.walk_forward, Path(onnx_model),
+                                                      gate_checks=list(tft_candidate.gate_checks))
+        ref = registry.register_version(run_id, model_uri, list(tft_candidate.gate_checks))
+        registry.tag_version(ref.version, {
             "walk_forward_run_id": tft_candidate.walk_forward_run_id,
             "onnx_parity": "pass",  # this asset only runs when the blocking parity check passed
             "bar_type": bar_type,

@@ -162,12 +162,15 @@ def _promote(cfg: AwetConfig, console: Console) -> None:
     """What the promotion sensor would do now, run through the same job (audited)."""
     from dagster import DagsterInstance
 
-    from awet_dagster.model import promotion, registry
+    from awet_dagster.model import promotion
+    from awet_dagster.model.registry import ModelRegistry
     from jobs.promotion import promote_model_job
     from resources.database import DatabaseResource
+    from resources.model_registry import ModelRegistryResource
     from resources.settings import SettingsResource
 
-    for d in promotion.decide(cfg):
+    registry = ModelRegistry(cfg)
+    for d in promotion.decide(cfg, registry):
         if d.action != "promote":
             console.print(f"model v{d.version}: {d.action} ({d.reason})")
             continue
@@ -175,11 +178,12 @@ def _promote(cfg: AwetConfig, console: Console) -> None:
             run = promote_model_job.execute_in_process(
                 run_config={"ops": {"promote_version": {"config": {"version": d.version, "reason": d.reason,
                                                                    "operator": "awet run"}}}},
-                instance=instance, resources={"database": DatabaseResource(), "settings": SettingsResource()},
+                instance=instance, resources={"database": DatabaseResource(), "settings": SettingsResource(),
+                                              "model_registry": ModelRegistryResource()},
                 raise_on_error=False,
             )
         console.print(f"model v{d.version}: {'promoted to champion' if run.success else 'promotion failed'}")
-    champion = registry.get_champion(cfg)
+    champion = registry.get_champion()
     console.print(f"champion: {f'{champion.name} v{champion.version}' if champion else 'none (the live loop trades the Lean alphas only)'}")
 
 

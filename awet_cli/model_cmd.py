@@ -24,15 +24,17 @@ def _ctx():
 def list_versions() -> None:
     """Every registered version with its gate result and the promotion decision."""
     from awet_dagster.config import load_config
-    from awet_dagster.model import promotion, registry
+    from awet_dagster.model import promotion
+    from awet_dagster.model.registry import ModelRegistry
 
     cfg = load_config()
-    champion = registry.get_champion(cfg)
-    decisions = {d.version: d for d in promotion.decide(cfg)}
+    registry = ModelRegistry(cfg)
+    champion = registry.get_champion()
+    decisions = {d.version: d for d in promotion.decide(cfg, registry)}
     table = Table(title=f"{cfg.mlflow.model_name} (champion: v{champion.version if champion else '-'})")
     for col in ("version", "gate", "parity", "approved by", "decision"):
         table.add_column(col)
-    for mv in registry.list_versions(cfg):
+    for mv in registry.list_versions():
         tags = dict(mv.tags)
         d = decisions.get(str(mv.version))
         table.add_row(str(mv.version), tags.get("gate_passed", "?"), tags.get("onnx_parity", "?"),
@@ -46,10 +48,11 @@ def approve(version: str, note: str = typer.Option("", help="Why it is approved.
             operator: str = typer.Option(None, help="Approver (default: current user).")) -> None:
     """Approve a gated version (needed when promotion.require_approval is true)."""
     from awet_dagster.model import promotion
+    from awet_dagster.model.registry import ModelRegistry
 
     cfg, conn = _ctx()
     with conn:
-        promotion.approve(cfg, conn, version, operator or getpass.getuser(), note)
+        promotion.approve(cfg, ModelRegistry(cfg), conn, version, operator or getpass.getuser(), note)
     console.print(f"v{version} approved; the promotion sensor will promote it")
 
 
@@ -57,14 +60,16 @@ def approve(version: str, note: str = typer.Option("", help="Why it is approved.
 def promote(version: str, reason: str = typer.Option(..., help="Why.")) -> None:
     """Promote an eligible version now (the same policy the sensor applies)."""
     from awet_dagster.model import promotion
+    from awet_dagster.model.registry import ModelRegistry
 
     cfg, conn = _ctx()
-    decision = {d.version: d for d in promotion.decide(cfg)}.get(version)
+    registry = ModelRegistry(cfg)
+    decision = {d.version: d for d in promotion.decide(cfg, registry)}.get(version)
     if decision is None or decision.action != "promote":
         console.print(f"[red]v{version} is not eligible:[/red] {decision.reason if decision else 'unknown version'}")
         raise typer.Exit(1)
     with conn:
-        ref = promotion.promote(cfg, conn, version, getpass.getuser(), reason)
+        ref = promotion.promote(cfg, registry, conn, version, getpass.getuser(), reason)
     console.print(f"champion is now v{ref.version}")
 
 
@@ -72,11 +77,12 @@ def promote(version: str, reason: str = typer.Option(..., help="Why.")) -> None:
 def rollback(reason: str = typer.Option(..., help="Why the current champion is withdrawn.")) -> None:
     """Restore the previous champion (the live inference service follows the alias)."""
     from awet_dagster.model import promotion
+    from awet_dagster.model.registry import ModelRegistry
 
     cfg, conn = _ctx()
     try:
         with conn:
-            ref = promotion.rollback(cfg, conn, getpass.getuser(), reason)
+            ref = promotion.rollback(cfg, ModelRegistry(cfg), conn, getpass.getuser(), reason)
     except LookupError as exc:
         console.print(f"[red]cannot roll back:[/red] {exc}")
         raise typer.Exit(1) from None

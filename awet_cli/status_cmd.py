@@ -38,11 +38,11 @@ def _champion(cfg: Any) -> dict[str, Any]:
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return {"state": "no registry", "uri": uri}
     try:
-        from awet_dagster.model.registry import get_champion
+        from awet_dagster.model.registry import ModelRegistry
     except ImportError as exc:  # mlflow not installed in this environment
         return {"state": f"mlflow unavailable ({exc.name})"}
     try:
-        ref = get_champion(cfg)
+        ref = ModelRegistry(cfg).get_champion()
     except Exception as exc:  # noqa: BLE001 - registry unreachable, schema mismatch...
         return {"state": f"unavailable ({type(exc).__name__}: {exc})"}
     if ref is None:

@@ -22,6 +22,7 @@ from jobs.promotion import approve_model_job, promote_model_job
 from jobs.schedules import build_schedules
 from resources.database import DatabaseResource
 from resources.market_data import MarketDataResource
+from resources.model_registry import ModelRegistryResource
 from resources.settings import SettingsResource
 from sensors.promotion import model_promotion_sensor
 from sensors.run_failure import run_failure_audit_sensor
@@ -44,5 +45,6 @@ defs = Definitions(
     jobs=[*_jobs, retention_job, promote_model_job, approve_model_job],
     sensors=[model_promotion_sensor, run_failure_audit_sensor],
     schedules=build_schedules(next(j for j in _jobs if j.name == "daily_pipeline"), _cfg),
-    resources={"database": DatabaseResource(), "market_data": MarketDataResource(), "settings": SettingsResource()},
+    resources={"database": DatabaseResource(), "market_data": MarketDataResource(), "settings": SettingsResource(),
+               "model_registry": ModelRegistryResource()},
 )

@@ -3,6 +3,9 @@ execution, exit_monitor in one process) on the real broker and PostgreSQL.
 
     python benchmarks/live_loop.py [--quick] [--no-doc] [--broker kafka|tansu]
 
+Size (over 400 lines): one script, each phase a function with its own measurement and its table
+row; split into modules it would be a package nobody imports.
+
 Broker: an embedded Apache Kafka (KRaft, one node) started for the run; ``--broker tansu``
 also runs every phase on the embedded fallback, tansu, after it, for a side-by-side table.
 Every server is owned by the run: stopped at its end, on SIGTERM/SIGINT, and by a guard

@@ -4,6 +4,7 @@ from dagster import Config, OpExecutionContext, job, op
 
 from awet_dagster.model import promotion
 from resources.database import DatabaseResource
+from resources.model_registry import ModelRegistryResource
 from resources.settings import SettingsResource
 
 
@@ -15,14 +16,15 @@ class VersionConfig(Config):
 
 @op(description="Set the champion alias to the given version and record who/what/why in the audit log.")
 def promote_version(context: OpExecutionContext, config: VersionConfig, database: DatabaseResource,
-                    settings: SettingsResource) -> str:
+                    settings: SettingsResource, model_registry: ModelRegistryResource) -> str:
     cfg = settings.config
-    decisions = {d.version: d for d in promotion.decide(cfg)}
+    registry = model_registry.for_config(cfg)
+    decisions = {d.version: d for d in promotion.decide(cfg, registry)}
     decision = decisions.get(config.version)
     if decision is None or decision.action != "promote":
         raise ValueError(f"version {config.version} is not eligible: {decision.reason if decision else 'unknown or not newer'}")
     with database.connect() as conn:
-        ref = promotion.promote(cfg, conn, config.version, actor=config.operator or f"dagster:{context.run_id[:8]}",
+        ref = promotion.promote(cfg, registry, conn, config.version, actor=config.operator or f"dagster:{context.run_id[:8]}",
                                 reason=config.reason or decision.reason)
     context.log.info("champion is now %s v%s", ref.name, ref.version)
     return ref.version
@@ -35,10 +37,10 @@ def promote_model_job():
 
 @op(description="Record an operator's approval of a version (needed when promotion.require_approval).")
 def approve_version(context: OpExecutionContext, config: VersionConfig, database: DatabaseResource,
-                    settings: SettingsResource) -> str:
+                    settings: SettingsResource, model_registry: ModelRegistryResource) -> str:
     cfg = settings.config
     with database.connect() as conn:
-        promotion.approve(cfg, conn, config.version, operator=config.operator, note=config.reason)
+        promotion.approve(cfg, model_registry.for_config(cfg), conn, config.version, operator=config.operator, note=config.reason)
     context.log.info("version %s approved by %s", config.version, config.operator)
     return config.version
 

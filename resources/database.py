@@ -6,6 +6,7 @@ from pydantic import PrivateAttr
 from sqlalchemy.engine import Engine
 
 from awet_dagster.config import AwetConfig, load_config
+from resources.settings import run_config
 from awet_dagster.infra.endpoints import resolve_database_url
 from awet_dagster.storage.db import connect, make_engine
 
@@ -19,7 +20,7 @@ class DatabaseResource(ConfigurableResource):
     _cfg: AwetConfig | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
-        self._cfg = load_config()  # once per run: its URL and timeouts
+        self._cfg = run_config(context.run_id)  # the run's one load: its URL and timeouts
 
     def _config(self) -> AwetConfig:
         if self._cfg is None:  # used outside a run

@@ -3,6 +3,7 @@ from dagster import ConfigurableResource, InitResourceContext
 from pydantic import PrivateAttr
 
 from awet_dagster.config import AwetConfig, load_config
+from resources.settings import run_config
 from awet_dagster.sources.registry import BarSource, get_source
 from awet_dagster.sources.settings import source_kwargs
 
@@ -17,7 +18,7 @@ class MarketDataResource(ConfigurableResource):
     _cfg: AwetConfig | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
-        self._cfg = load_config()  # once per run: data.source and the vendors' credentials
+        self._cfg = run_config(context.run_id)  # the run's one load: data.source, the vendors' credentials
 
     def _config(self) -> AwetConfig:
         if self._cfg is None:  # used outside a run

@@ -2,17 +2,19 @@
 each registered version whose blocking checks passed (and, if configured, was approved)."""
 from dagster import RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
-from awet_dagster.config import load_config
 from awet_dagster.model import promotion
 from jobs.promotion import promote_model_job
+from resources.model_registry import ModelRegistryResource
+from resources.settings import SettingsResource
 
 
 @sensor(job=promote_model_job, minimum_interval_seconds=30,
         description="Promotes registered versions whose blocking checks passed (and, if configured, were approved).")
-def model_promotion_sensor(context: SensorEvaluationContext):
-    cfg = load_config()
+def model_promotion_sensor(context: SensorEvaluationContext, settings: SettingsResource,
+                           model_registry: ModelRegistryResource):
+    cfg = settings.config  # loaded per evaluation: a changed environment is seen at the next one
     after = int(context.cursor or 0)
-    decisions = promotion.decide(cfg, after_version=after)
+    decisions = promotion.decide(cfg, model_registry.for_config(cfg), after_version=after)
     if not decisions:
         return SkipReason(f"no version newer than v{after}")
     requests, cursor = [], after

@@ -80,7 +80,8 @@ def register_sample_champion(cfg, conn, bars: pl.DataFrame, workdir: Path, *, lo
     PlattCalibrator) is saved beside the model as its calibration. Returns the champion
     ModelRef. About 15 s on 2 cores (mostly imports and the MLflow store's creation)."""
     from awet_dagster.features.batch import compute_features
-    from awet_dagster.model import promotion, registry
+    from awet_dagster.model import promotion
+    from awet_dagster.model.registry import ModelRegistry
     from awet_dagster.model.dataset import build_datasets, prepare_frame
     from awet_dagster.model.onnx_export import export_onnx
     from awet_dagster.model.tft import TrainSettings, train_tft
@@ -95,6 +96,7 @@ def register_sample_champion(cfg, conn, bars: pl.DataFrame, workdir: Path, *, lo
         from awet_dagster.model.pipeline import save_calibration
 
         save_calibration(workdir / "export", calibrator)
-    run_id, uri = registry.log_training_run(cfg, walk_forward_result(1, oos_sharpe), workdir / "export")
-    version = registry.register_version(cfg, run_id, uri)
-    return promotion.promote(cfg, conn, version.version, actor="test", reason="live test champion")
+    registry = ModelRegistry(cfg)
+    run_id, uri = registry.log_training_run(walk_forward_result(1, oos_sharpe), workdir / "export")
+    version = registry.register_version(run_id, uri)
+    return promotion.promote(cfg, registry, conn, version.version, actor="test", reason="live test champion")

@@ -48,9 +48,10 @@ def main() -> int:
     if service == "execution":  # every order really sent to the (paper) venue, for the test to count
         overrides[service]["on_submit"] = lambda req, _order: print(f"SUBMIT {req.client_order_id}", flush=True)
     if service == "inference":  # the champion of the configured MLflow store
-        from awet_dagster.inference import MlflowChampionSource
+        from awet_dagster.inference import ChampionSource
+        from awet_dagster.model.registry import ModelRegistry
 
-        overrides[service]["source"] = MlflowChampionSource(cfg, poll_s=3600)
+        overrides[service]["source"] = ChampionSource(ModelRegistry(cfg), poll_s=3600)
     if args.crash_at:
         from live.producer import EventProducer
 

@@ -12,7 +12,7 @@ One running replay per module (fixture ``replay``), shared by the tests below:
   lockstep (the functions the CLI calls), on fresh topics and consumer groups, against the
   session's PostgreSQL and broker (tests/conftest.py), the bars before the replay preloaded
   into the bars table (the CLI's warm-up history). The inference service runs its real code
-  with the default ``MlflowChampionSource``; only its prediction-drift windows are small
+  with the default ``ChampionSource``; only its prediction-drift windows are small
   (``drift_window=20, drift_min_recent=5``, production default 500/50) so the PSI exists
   after 25 predictions;
 - the textfile exporter (``python -m live.metrics --textfile-dir <home>/metrics``) serving

@@ -297,3 +297,4 @@ def test_a_missing_named_env_file_is_an_error(config_dir, tmp_path):
 def test_a_removed_setting_says_what_replaced_it(config_dir):
     with pytest.raises(ConfigError, match=r"risk.trailing_stop_pct: no longer a setting: .*exits.trailing_stop_pct"):
         load_config(environ={"AWET__RISK__TRAILING_STOP_PCT": "0.03"}, config_dir=config_dir)
+

@@ -6,12 +6,14 @@ import hashlib
 
 import polars as pl
 import pytest
-from dagster import AssetKey, DagsterInstance, materialize
+from dagster import AssetKey, DagsterInstance, asset, materialize
 
 from awet_dagster.config import load_config
 from awet_dagster.sources.registry import register_source
 from awet_dagster.sources.sample import SampleSource
 from awet_dagster.storage.db import connect
+from resources.database import DatabaseResource
+from resources.market_data import MarketDataResource
 from resources.settings import SettingsResource
 
 SYMBOLS = ["SPY", "AAPL"]
@@ -263,3 +265,26 @@ def test_a_vendor_day_missing_one_minute_warns_and_is_recorded_instead_of_blocki
                             "WHERE symbol = 'IBM' AND bar_type = 'minute'").fetchall()
     assert [(r[0], r[1], r[2], r[4]) for r in rows] == [("2013-10-04", 1, 390, tolerance == 1)]
     assert rows[0][3].isoformat() == "2013-10-04T16:39:00+00:00"
+
+
+@asset
+def _uses_every_resource(settings: SettingsResource, database: DatabaseResource, market_data: MarketDataResource) -> int:
+    assert database._config() is settings.config is market_data._config()
+    return 1
+
+
+def test_a_dagster_run_loads_the_configuration_once(monkeypatch, tmp_path):
+    """Every resource of a run (settings, database, market data) takes the run's one load:
+    Dagster builds each resource on its own, and each used to read YAML, environment and Vault."""
+    import resources.settings as settings_module
+
+    monkeypatch.setenv("AWET_HOME", str(tmp_path / "awet"))
+    loads = []
+    real = settings_module.load_config
+    monkeypatch.setattr(settings_module, "load_config", lambda: loads.append(1) or real())
+
+    for _ in range(2):
+        result = materialize([_uses_every_resource], resources={"settings": SettingsResource(), "database": DatabaseResource(),
+                                                    "market_data": MarketDataResource()})
+        assert result.success
+    assert len(loads) == 2  # once per run

@@ -208,9 +208,9 @@ def test_lockstep_replay_with_the_champion_trades_like_the_backtest_with_that_mo
 
     from awet_dagster.evaluation.walk_forward import predictions_frame
     from awet_dagster.features import compute_features
-    from awet_dagster.inference import MlflowChampionSource
+    from awet_dagster.inference import ChampionSource
     from awet_dagster.model.dataset import DatasetSpec, origin_windows, prepare_frame
-    from awet_dagster.model.registry import load_champion
+    from awet_dagster.model.registry import ModelRegistry
     from awet_dagster.signals import PlattCalibrator
 
     cfg = test_config_for(tmp_path / "home", MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -224,7 +224,7 @@ def test_lockstep_replay_with_the_champion_trades_like_the_backtest_with_that_mo
     version = f"{ref.name}:{ref.version}"
 
     t, ns = _topics(make_topic), f"ns-{_uid()}"
-    overrides = _overrides(t, ns, tmp_path, source=MlflowChampionSource(cfg, poll_s=3600))
+    overrides = _overrides(t, ns, tmp_path, source=ChampionSource(ModelRegistry(cfg), poll_s=3600))
     overrides["signal"]["prediction_wait_s"] = 20.0  # lockstep: a late answer is a slow CI, not a miss
     tracker = LoopTracker()
     loop = start_loop(cfg, endpoints, overrides=overrides, tracker=tracker, timeout_s=500, backoff_s=0.2)
@@ -238,7 +238,7 @@ def test_lockstep_replay_with_the_champion_trades_like_the_backtest_with_that_mo
     assert published == bars.height
     assert all(r.error is None for r in results.values()), {n: r.error for n, r in results.items()}
 
-    predictor = load_champion(cfg)
+    predictor = ModelRegistry(cfg).load_champion()
     pre = predictor.preprocessing
     spec = DatasetSpec("daily", pre.encoder_length, pre.horizons, feature_columns=pre.feature_columns)
     keys, windows = origin_windows(prepare_frame(compute_features(bars), bars, spec), spec)

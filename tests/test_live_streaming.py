@@ -25,7 +25,8 @@ from awet_dagster.contracts import AlphaSignal, DeadLetter, FeatureEvent, Market
 from awet_dagster.features import FEATURE_COLUMNS, FEATURE_SET_VERSION, compute_features
 from awet_dagster.infra import Endpoints
 from awet_dagster.sources.sample import SampleSource
-from awet_dagster.storage.bars import as_feeds, copy_upsert_bars, read_bars, read_last_bars, read_last_bars_many
+from awet_dagster.storage.bar_history import read_last_bars, read_last_bars_many
+from awet_dagster.storage.bars import as_feeds, copy_upsert_bars, read_bars
 from awet_dagster.storage.db import connect
 from awet_dagster.streaming import (
     AlphaBank,

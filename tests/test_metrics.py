@@ -138,17 +138,22 @@ def test_champion_series_follow_the_served_model():
 
 
 def test_champion_source_reports_the_served_versions_oos_sharpe():
-    from awet_dagster.inference import MlflowChampionSource
+    from awet_dagster.inference import ChampionSource
     from awet_dagster.model.registry import ModelRef
 
-    refs = iter([ModelRef("m", "1", "r1", "u"), ModelRef("m", "2", "r2", "u"), None])
-    sharpe = {"1": 0.8}
+    class Registry:
+        refs = iter([ModelRef("m", "1", "r1", "u"), ModelRef("m", "2", "r2", "u"), None])
 
-    def read(cfg, ref):
-        return sharpe[ref.version]  # v2: KeyError, like an unreadable run
+        def get_champion(self):
+            return next(self.refs)
 
-    src = MlflowChampionSource(None, poll_s=0.0, lookup=lambda cfg: next(refs), load=lambda cfg, ref: object(),
-                               sharpe=read)
+        def load_version(self, version):
+            return object()
+
+        def version_oos_sharpe(self, version):
+            return {"1": 0.8}[version]  # v2: KeyError, like an unreadable run
+
+    src = ChampionSource(Registry(), poll_s=0.0)
     assert src.current()[0] == "m:1" and src.oos_sharpe == 0.8
     assert src.current()[0] == "m:2" and src.oos_sharpe is None  # served all the same
     assert src.current() is None and src.oos_sharpe is None

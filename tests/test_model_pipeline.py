@@ -9,15 +9,19 @@ ONNX Runtime and the real embedded PostgreSQL:
 """
 from __future__ import annotations
 
+import tempfile
+
 import numpy as np
 import polars as pl
 import pytest
 from dagster import AssetKey, DagsterInstance, build_sensor_context, materialize
 
 from awet_dagster.config import load_config
+from awet_dagster.model.registry import ModelRegistry
 from awet_dagster.sources.registry import register_source
 from awet_dagster.sources.synthetic import session_timestamps
 from awet_dagster.storage.db import connect
+from resources.model_registry import ModelRegistryResource
 from resources.settings import SettingsResource
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -106,7 +110,8 @@ def _materialize(source: str, instance):
 
     return materialize(
         _assets(), instance=instance, raise_on_error=False,
-        resources={"database": DatabaseResource(), "settings": SettingsResource(), "market_data": MarketDataResource(source=source)},
+        resources={"database": DatabaseResource(), "settings": SettingsResource(),
+                   "market_data": MarketDataResource(source=source), "model_registry": ModelRegistryResource()},
         tags={"dagster/asset_partition_range_start": SYMBOLS[0], "dagster/asset_partition_range_end": SYMBOLS[-1]},
     )
 
@@ -124,17 +129,17 @@ def _promote_via_sensor(instance):
     from sensors.promotion import model_promotion_sensor
     from resources.database import DatabaseResource
 
-    sensor_result = model_promotion_sensor(build_sensor_context(instance=instance))
+    sensor_result = model_promotion_sensor(build_sensor_context(
+        instance=instance, resources={"settings": SettingsResource(), "model_registry": ModelRegistryResource()}))
     for req in getattr(sensor_result, "run_requests", None) or []:
         run = promote_model_job.execute_in_process(run_config=req.run_config, instance=instance,
-                                                   resources={"database": DatabaseResource(), "settings": SettingsResource()})
+                                                   resources={"database": DatabaseResource(), "settings": SettingsResource(),
+                                                              "model_registry": ModelRegistryResource()})
         assert run.success
     return sensor_result
 
 
 def test_planted_signal_passes_the_gate_and_is_promoted(model_env, database_url):
-    from awet_dagster.model import registry
-
     register_source("planted", lambda **_: PlantedSource(beta=0.01, seed=7))
     instance = DagsterInstance.ephemeral()
     good = _materialize("planted", instance)
@@ -142,11 +147,12 @@ def test_planted_signal_passes_the_gate_and_is_promoted(model_env, database_url)
     assert all(checks.values()), checks
     assert AssetKey(["daily", "registered_model"]) in _materialized(good)
     cfg = load_config()
-    assert registry.get_champion(cfg) is None  # registration alone promotes nothing
+    registry = ModelRegistry(cfg)
+    assert registry.get_champion() is None  # registration alone promotes nothing
     sensor_result = _promote_via_sensor(instance)
     assert len(sensor_result.run_requests) == 1
-    assert registry.get_champion(cfg).version == "1"
-    assert registry.load_champion(cfg).preprocessing.horizons
+    assert registry.get_champion().version == "1"
+    assert registry.load_champion().preprocessing.horizons
     with connect(database_url) as conn:
         hit_rates = [r[0] for r in conn.execute(
             "SELECT (metrics->>'hit_rate')::float FROM walk_forward_results WHERE fold >= 0 AND model_name = %s "
@@ -156,8 +162,6 @@ def test_planted_signal_passes_the_gate_and_is_promoted(model_env, database_url)
 
 
 def test_uninformative_targets_fail_the_gate_and_nothing_downstream_runs(model_env, database_url, monkeypatch):
-    from awet_dagster.model import registry
-
     # A usual patience: the planted case waits out the TFT's plateau (patience = max epochs),
     # noise has nothing to find, and each fold stops once validation stops improving. Fewer
     # windows and epochs per fold than the planted case: there is nothing to learn from more
@@ -176,10 +180,11 @@ def test_uninformative_targets_fail_the_gate_and_nothing_downstream_runs(model_e
     assert AssetKey(["daily", "walk_forward"]) in _materialized(bad)
     assert not ({AssetKey(["daily", k]) for k in ("onnx_model", "registered_model")} & _materialized(bad))
     cfg = load_config()
-    assert registry.list_versions(cfg) == []  # nothing registered
+    registry = ModelRegistry(cfg)
+    assert registry.list_versions() == []  # nothing registered
     sensor = _promote_via_sensor(instance)
     assert not getattr(sensor, "run_requests", None)  # a SkipReason or no requests
-    assert registry.get_champion(cfg) is None  # the champion stays as it was (none)
+    assert registry.get_champion() is None  # the champion stays as it was (none)
     with connect(database_url) as conn:
         folds = conn.execute(
             "SELECT count(*) FROM walk_forward_results WHERE fold >= 0 AND model_name = %s", (cfg.mlflow.model_name,)
@@ -189,55 +194,56 @@ def test_uninformative_targets_fail_the_gate_and_nothing_downstream_runs(model_e
 
 def _register_dummy(cfg, passed: bool):
     """A registered version with real gate-check tags (the model file itself is irrelevant here)."""
-    import mlflow
-    import onnx
+    import mlflow.onnx
     from onnx import TensorProto, helper
 
     from awet_dagster.evaluation.walk_forward import GateCheck
-    from awet_dagster.model import registry
 
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    registry.client(cfg)
-    with mlflow.start_run() as run:
-        info = mlflow.onnx.log_model(model, name="model")
+    registry = ModelRegistry(cfg)
+    run_id = registry.client.create_run(registry.experiment_id()).info.run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.onnx.save_model(model, f"{tmp}/model")
+        registry.client.log_artifacts(run_id, f"{tmp}/model", "model")
     checks = [GateCheck("median_oos_sharpe", passed, 0.9 if passed else -0.2, 0.5, "test")]
-    ref = registry.register_version(cfg, run.info.run_id, info.model_uri, checks)
-    registry.tag_version(cfg, ref.version, {"onnx_parity": "pass"})
+    ref = registry.register_version(run_id, f"runs:/{run_id}/model", checks)
+    registry.tag_version(ref.version, {"onnx_parity": "pass"})
     return ref.version
 
 
 def test_promotion_sensor_policy_approval_and_rollback(model_env, database_url, monkeypatch):
-    from awet_dagster.model import promotion, registry
+    from awet_dagster.model import promotion
 
     cfg = load_config()
+    registry = ModelRegistry(cfg)
     instance = DagsterInstance.ephemeral()
     v1 = _register_dummy(cfg, passed=True)
     v2 = _register_dummy(cfg, passed=False)
     result = _promote_via_sensor(instance)
     assert [r.run_config["ops"]["promote_version"]["config"]["version"] for r in result.run_requests] == [v1]
-    assert registry.get_champion(cfg).version == v1
-    assert {d.version: d.action for d in promotion.decide(cfg)}[v2] == "reject"
+    assert registry.get_champion().version == v1
+    assert {d.version: d.action for d in promotion.decide(cfg, registry)}[v2] == "reject"
 
     monkeypatch.setenv("AWET__PROMOTION__REQUIRE_APPROVAL", "true")
     cfg = load_config()
     v3 = _register_dummy(cfg, passed=True)
-    assert {d.version: d.action for d in promotion.decide(cfg)}[v3] == "await_approval"
+    assert {d.version: d.action for d in promotion.decide(cfg, registry)}[v3] == "await_approval"
     assert not getattr(_promote_via_sensor(instance), "run_requests", None)
     with connect(database_url) as conn:
         with pytest.raises(ValueError):
-            promotion.approve(cfg, conn, v2, "alice")  # a failed gate cannot be approved
-        promotion.approve(cfg, conn, v3, "alice", "looked at the folds")
+            promotion.approve(cfg, registry, conn, v2, "alice")  # a failed gate cannot be approved
+        promotion.approve(cfg, registry, conn, v3, "alice", "looked at the folds")
     _promote_via_sensor(instance)
-    assert registry.get_champion(cfg).version == v3
+    assert registry.get_champion().version == v3
     with connect(database_url) as conn:
-        promotion.rollback(cfg, conn, "bob", "drill")
+        promotion.rollback(cfg, registry, conn, "bob", "drill")
         actions = [r[0] for r in conn.execute(
             "SELECT action FROM audit_log WHERE subject LIKE %s OR subject = %s ORDER BY id",
             (f"{cfg.mlflow.model_name}:%", cfg.mlflow.model_name)).fetchall()]
-    assert registry.get_champion(cfg).version == v1
+    assert registry.get_champion().version == v1
     assert actions == ["model.promote", "model.approve", "model.promote", "model.rollback"]
 
 

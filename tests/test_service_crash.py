@@ -160,7 +160,8 @@ def _run(victim: str | None, champion: dict, endpoints: Endpoints, make_topic, d
     restarted. ``like``: a control run whose deterministic streams this run must also complete
     before it is stopped (the database can settle while a restarted service still catches up
     on its input: the restarted inference's last 11 days of predictions on a loaded CI run)."""
-    from awet_dagster.inference import MlflowChampionSource
+    from awet_dagster.inference import ChampionSource
+    from awet_dagster.model.registry import ModelRegistry
     from tests.conftest import config_for
 
     cfg = config_for(tmp_path / "home", **champion)
@@ -170,7 +171,7 @@ def _run(victim: str | None, champion: dict, endpoints: Endpoints, make_topic, d
     cut = times[len(times) // 2]
     first, rest = bars.filter(bars["ts"] < cut), bars.filter(bars["ts"] >= cut)
     t, ns = _topics(make_topic), f"ns-{_uid()}"
-    ov = _overrides(t, ns, tmp_path, source=MlflowChampionSource(cfg, poll_s=3600))
+    ov = _overrides(t, ns, tmp_path, source=ChampionSource(ModelRegistry(cfg), poll_s=3600))
     for name in ("risk", "exit_monitor"):
         # Free-running: a risk batch holds its approvals until the batch ends, so a wait for
         # their fills inside the batch can only time out; waiting would only slow the run.

@@ -310,13 +310,14 @@ def test_model_calibrations_load_once_per_version_and_retry_after_a_failure():
     calls: list[tuple[str, str]] = []
     fail = [True]
 
-    def load(cfg, name, version):
-        calls.append((name, version))
-        if fail[0]:
-            raise ConnectionError("registry down")
-        return PlattCalibrator(1.5, 0.0) if version == "3" else None
+    class Registry:
+        def version_calibration(self, name, version):
+            calls.append((name, version))
+            if fail[0]:
+                raise ConnectionError("registry down")
+            return PlattCalibrator(1.5, 0.0) if version == "3" else None
 
-    cals = ModelCalibrations(None, load=load, retry_s=30, clock=lambda: now[0])
+    cals = ModelCalibrations(Registry(), retry_s=30, clock=lambda: now[0])
     assert cals.get("awet-tft:3") is None and cals.errors == 1  # failed: uncalibrated for now
     assert cals.get("awet-tft:3") is None and len(calls) == 1  # not retried before retry_s
     fail[0] = False

@@ -66,20 +66,20 @@ def test_status_shows_infra_bars_positions_and_kill_switch(status_env):
 
 
 def test_status_shows_the_champion(status_env, monkeypatch, tmp_path):
-    from awet_dagster.model import registry
-    from awet_dagster.model.registry import ModelRef
+    from awet_dagster.model.registry import ModelRef, ModelRegistry
 
     db = tmp_path / "awet" / "mlflow" / "mlflow.db"
     db.parent.mkdir(parents=True)
     db.touch()
-    monkeypatch.setattr(registry, "get_champion", lambda cfg: ModelRef("awet-tft", "5", "abc123", "models:/awet-tft@champion"))
+    monkeypatch.setattr(ModelRegistry, "get_champion",
+                        lambda self: ModelRef("awet-tft", "5", "abc123", "models:/awet-tft@champion"))
     res = CliRunner().invoke(_app(), ["status"], env={"COLUMNS": "200"})
     assert res.exit_code == 0 and "champion: awet-tft v5 (run abc123)" in res.output
 
-    def broken(cfg):
+    def broken(self):
         raise RuntimeError("registry down")
 
-    monkeypatch.setattr(registry, "get_champion", broken)
+    monkeypatch.setattr(ModelRegistry, "get_champion", broken)
     res = CliRunner().invoke(_app(), ["status"], env={"COLUMNS": "200"})
     assert res.exit_code == 0 and "unavailable (RuntimeError: registry down)" in res.output
 

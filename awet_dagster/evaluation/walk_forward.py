@@ -1,7 +1,8 @@
 """Walk-forward evaluation: a FRESH model per fold, trained on the fold's purged and
 embargoed training window, predicting its out-of-sample window; the OOS predictions are
-traded by the backtest next to two baselines (buy-and-hold, Lean alphas only). (Size, a little
-over 400 lines: the fold loop, its results and their frame/plot views belong together.)
+traded by the backtest next to two baselines (buy-and-hold, Lean alphas only).
+
+Size (a little over 400 lines): the fold loop, its results and their frame/plot views belong together.
 
 No best-fold selection anywhere: overall figures are the median (Sharpe) or the
 aggregate over every fold, and the overfitting statistics (deflated Sharpe, PBO) are
@@ -260,14 +261,14 @@ def run_walk_forward(
     spec = spec_from_config(cfg, bar_type, feature_columns)
     wf = cfg.walk_forward
     settings = TrainSettings.from_config(cfg.model, **(train_overrides or {}))
-    val_fraction = float(getattr(cfg.model, "val_fraction", 0.2))
-    n_trials = int(getattr(wf, "n_trials", 1))
+    val_fraction = float(cfg.model.val_fraction)
+    n_trials = int(wf.n_trials)
 
     frame = prepare_frame(features, bars, spec)
     uts = frame["ts"].unique().sort()
     folds = walk_forward_splits(
         uts.len(), wf.folds, wf.scheme,
-        train_size=getattr(wf, "train_bars", None), test_size=getattr(wf, "test_bars", None),
+        train_size=wf.train_bars, test_size=wf.test_bars,
         horizon=spec.max_horizon, embargo=wf.embargo_bars,
     )
     if alpha_signals is None and run_baselines:

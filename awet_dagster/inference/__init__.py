@@ -6,7 +6,7 @@ Pure core (no Kafka, no Dagster). The live ``inference`` service (``live.service
 wires these to the ``engineered`` and ``predictions`` topics.
 
 - ``PredictorSource.current() -> (version, predictor) | None``: the model to serve now.
-  ``MlflowChampionSource`` polls the registry's ``champion`` alias every ``poll_s`` seconds
+  ``ChampionSource`` polls the registry's ``champion`` alias every ``poll_s`` seconds
   and hot-swaps to a new version (download + load happen before the swap; a failure keeps
   the previous model); its ``oos_sharpe`` is the served version's walk-forward median OOS
   Sharpe (None when unknown). ``StaticPredictorSource`` is the test double / fixed-model source.
@@ -17,13 +17,14 @@ wires these to the ``engineered`` and ``predictions`` topics.
   model quantiles are sorted, the contract requires q10 <= q50 <= q90).
 """
 from awet_dagster.inference.calibrations import ModelCalibrations
-from awet_dagster.inference.predictors import MlflowChampionSource, Predictor, PredictorSource, StaticPredictorSource
+from awet_dagster.inference.predictors import ChampionSource, ModelSource, Predictor, PredictorSource, StaticPredictorSource
 from awet_dagster.inference.quantiles import simple_return_quantiles, to_quantiles
 from awet_dagster.inference.windows import FeatureWindows
 
 __all__ = [
     "FeatureWindows",
-    "MlflowChampionSource",
+    "ChampionSource",
+    "ModelSource",
     "ModelCalibrations",
     "Predictor",
     "PredictorSource",

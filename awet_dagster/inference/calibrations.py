@@ -13,13 +13,11 @@ class ModelCalibrations:
     """The Platt calibrator of each served model version (``"name:version"``, as on
     ``Prediction.model_version``), loaded once from the version's training run; None for a
     version without one. A failed load (registry down) is retried after ``retry_s``,
-    meanwhile the version scores uncalibrated. ``load(cfg, name, version)`` is injectable
-    (default: ``registry.version_calibration``)."""
+    meanwhile the version scores uncalibrated. ``registry``: anything with
+    ``version_calibration(name, version)`` (``awet_dagster.model.registry.ModelRegistry``)."""
 
-    def __init__(self, cfg: Any, *, load: Callable[[Any, str, str], Any] | None = None, retry_s: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.cfg = cfg
-        self._load = load or _default_calibration
+    def __init__(self, registry: Any, *, retry_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.registry = registry
         self.retry_s = retry_s
         self._clock = clock
         self._known: dict[str, Any] = {}
@@ -36,7 +34,7 @@ class ModelCalibrations:
             self._known[model_version] = None  # not a registry version (tests, tools): uncalibrated
             return None
         try:
-            cal = self._load(self.cfg, name, version)
+            cal = self.registry.version_calibration(name, version)
         except Exception as exc:  # noqa: BLE001 - registry down: uncalibrated until the retry
             self.errors += 1
             self._retry_at[model_version] = self._clock() + self.retry_s
@@ -45,11 +43,3 @@ class ModelCalibrations:
         log.info("calibration of %s: %s", model_version, "Platt a=%.3f b=%.3f" % (cal.a, cal.b) if cal else "none")
         self._known[model_version] = cal
         return cal
-
-
-def _default_calibration(cfg: Any, name: str, version: str) -> Any:
-    # Lazy (measured): the model package pulls in the feature kernels (numba, polars: 1-2 s at
-    # start); only a process serving from the registry pays for it.
-    from awet_dagster.model.registry import version_calibration
-
-    return version_calibration(cfg, name, version)

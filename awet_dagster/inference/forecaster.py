@@ -4,7 +4,7 @@ service decodes engineered, hands each batch to ``prepare`` and publishes what `
 returns per message; ``store`` writes the batch's forecasts through the ``PredictionStore``
 port before the input offsets are committed.
 
-- model: a ``PredictorSource`` (default ``MlflowChampionSource``: the registry's
+- model: a ``PredictorSource`` (default ``ChampionSource``: the registry's
   ``champion`` alias, re-checked every ``poll_s`` seconds; a new version is downloaded and
   loaded, then swapped in between two bus batches — no restart). With no champion the
   service logs once "no champion model registered: inference idle", keeps its feature
@@ -30,7 +30,7 @@ Metrics (``metrics``: the runner's ``ServiceMetrics``): ``awet_model_champion_in
 version}`` = 1 for the version served (cleared while idle; ``model:version`` versions are
 split, others are reported under model ``champion``), ``awet_model_oos_sharpe{model}`` = the
 served version's walk-forward median OOS Sharpe when the source knows it (``oos_sharpe`` of
-``MlflowChampionSource``), ``awet_model_prediction_drift`` = ``PredictionDrift`` of the median
+``ChampionSource``), ``awet_model_prediction_drift`` = ``PredictionDrift`` of the median
 forecasts (``drift_window``), and ``awet_model_confidence`` observes
 every prediction's TFT confidence at its shortest horizon (``signals.tft.tft_view``: |q50| /
 (|q50| + half the q10-q90 spread), the number the signal engine uses for the model component).
@@ -56,7 +56,7 @@ from awet_dagster.signals.tft import tft_view
 from awet_dagster.streaming.events import bar_to_event, derived_event_id
 from awet_dagster.streaming.outputs import Output
 from awet_dagster.streaming.state import DEFAULT_WARMUP_BARS, FeatureEngine
-from awet_dagster.streaming.warmup import histories_by_key
+from awet_dagster.streaming.warmup import InMemoryBarHistory, histories_by_key
 
 log = logging.getLogger("awet.inference.forecaster")
 
@@ -82,14 +82,8 @@ class PredictionStore(Protocol):
 
 
 @dataclass
-class InMemoryPredictionStore:
-    bars: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+class InMemoryPredictionStore(InMemoryBarHistory):
     predictions: dict[str, Prediction] = field(default_factory=dict)
-
-    def last_bars_many(self, wanted: Mapping[str, datetime], bar_type: str,
-                       limit: int) -> dict[str, list[dict[str, Any]]]:
-        return {s: sorted((b for b in self.bars.get(s, ()) if b.get("bar_type", bar_type) == bar_type
-                           and b["ts"] < before), key=lambda b: b["ts"])[-limit:] for s, before in wanted.items()}
 
     def write_predictions(self, predictions: Sequence[Prediction]) -> int:
         for p in predictions:
@@ -144,7 +138,7 @@ class Forecaster:
             self._idle_logged = False
             if self.metrics is not None:
                 model_name, _, model_version = version.rpartition(":")
-                sharpe = getattr(self.source, "oos_sharpe", None)  # MlflowChampionSource: the run's metric
+                sharpe = getattr(self.source, "oos_sharpe", None)  # ChampionSource: the run's metric
                 self.metrics.set_champion(model_name or "champion", model_version,
                                           sharpe if isinstance(sharpe, (int, float)) else None)
             need = int(predictor.preprocessing.encoder_length)

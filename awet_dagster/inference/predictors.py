@@ -1,6 +1,6 @@
 """Where the serving model comes from: ``PredictorSource.current() -> (version, predictor) | None``.
 
-``MlflowChampionSource`` polls the registry's ``champion`` alias every ``poll_s`` seconds and
+``ChampionSource`` polls the registry's ``champion`` alias every ``poll_s`` seconds and
 hot-swaps to a new version (download + load happen before the swap; a failure keeps the
 previous model); its ``oos_sharpe`` is the served version's walk-forward median OOS Sharpe
 (None when unknown). ``StaticPredictorSource`` is the test double / fixed-model source.
@@ -52,25 +52,27 @@ class StaticPredictorSource:
             return self._current
 
 
-class MlflowChampionSource:
-    """The registry's champion, re-checked every ``poll_s`` seconds (no restart to swap).
+class ModelSource(Protocol):
+    """What ``ChampionSource`` needs of a registry (``awet_dagster.model.registry.ModelRegistry``
+    or its ``FakeModelRegistry`` twin)."""
 
-    ``lookup(cfg) -> ModelRef | None``, ``load(cfg, ref) -> predictor`` and
-    ``sharpe(cfg, ref) -> float | None`` are injectable (defaults:
-    ``awet_dagster.model.registry.get_champion`` / download + ``OnnxPredictor.load`` /
-    ``registry.version_oos_sharpe``). ``oos_sharpe``: that number for the version served (None
-    while idle, or when it cannot be read: the model is served all the same).
-    """
+    def get_champion(self) -> Any: ...
 
-    def __init__(self, cfg: Any, *, poll_s: float = 30.0, lookup: Callable[[Any], Any] | None = None,
-                 load: Callable[[Any, Any], Predictor] | None = None,
-                 sharpe: Callable[[Any, Any], float | None] | None = None,
+    def load_version(self, version: str) -> Predictor: ...
+
+    def version_oos_sharpe(self, version: str) -> float | None: ...
+
+
+class ChampionSource:
+    """The registry's champion, re-checked every ``poll_s`` seconds (no restart to swap): the
+    version is pinned when it is loaded (the alias may move meanwhile). ``oos_sharpe``: the
+    served version's walk-forward median OOS Sharpe (None while idle, or when it cannot be
+    read: the model is served all the same)."""
+
+    def __init__(self, registry: ModelSource, *, poll_s: float = 30.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.cfg = cfg
+        self.registry = registry
         self.poll_s = poll_s
-        self._lookup = lookup or _default_lookup
-        self._load = load or _default_load
-        self._sharpe = sharpe or _default_sharpe
         self.oos_sharpe: float | None = None
         self._clock = clock
         self._next_check = 0.0
@@ -87,7 +89,7 @@ class MlflowChampionSource:
 
     def _refresh(self) -> None:
         try:
-            ref = self._lookup(self.cfg)
+            ref = self.registry.get_champion()
         except Exception as exc:  # noqa: BLE001 - registry down: keep serving what we have
             self.errors += 1
             log.warning("model registry lookup failed (keeping %s): %r",
@@ -103,14 +105,14 @@ class MlflowChampionSource:
         if self._current is not None and self._current[0] == version:
             return
         try:
-            predictor = self._load(self.cfg, ref)
+            predictor = self.registry.load_version(ref.version)
         except Exception as exc:  # noqa: BLE001
             self.errors += 1
             log.error("could not load champion %s (keeping %s): %r", version,
                       self._current[0] if self._current else "no model", exc)
             return
         try:
-            sharpe = self._sharpe(self.cfg, ref)
+            sharpe = self.registry.version_oos_sharpe(ref.version)
         except Exception as exc:  # noqa: BLE001 - a metric, not a reason to refuse the model
             log.warning("could not read the OOS Sharpe of %s: %r", version, exc)
             sharpe = None
@@ -118,25 +120,3 @@ class MlflowChampionSource:
         self.oos_sharpe = sharpe
         self._current = (version, predictor)
         self.swaps += 1
-
-
-def _default_lookup(cfg: Any) -> Any:
-    # Lazy (measured): the model package pulls in the feature kernels (numba, polars: 1-2 s at
-    # start); only a process serving from the registry pays for it.
-    from awet_dagster.model.registry import get_champion
-
-    return get_champion(cfg)
-
-
-def _default_sharpe(cfg: Any, ref: Any) -> float | None:
-    from awet_dagster.model.registry import version_oos_sharpe
-
-    return version_oos_sharpe(cfg, ref.version)
-
-
-def _default_load(cfg: Any, ref: Any) -> Predictor:
-    from awet_dagster.model.onnx_export import OnnxPredictor
-    from awet_dagster.model.registry import download_model
-
-    # Pin the version (not the alias): the alias may move between lookup and download.
-    return OnnxPredictor.load(download_model(cfg, f"models:/{ref.name}/{ref.version}"))

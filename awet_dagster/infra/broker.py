@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from awet_dagster.infra import kafka_broker as kb
 from awet_dagster.infra.kafka_probe import kafka_ready
@@ -39,6 +39,9 @@ from awet_dagster.infra.processes import (
     wait_for_tcp,
     write_pid_file,
 )
+
+if TYPE_CHECKING:  # annotation only: the config schema imports infra (the Kafka JVM defaults)
+    from awet_dagster.config import AwetConfig
 
 HOST = "127.0.0.1"
 BrokerKind = Literal["kafka", "tansu"]
@@ -88,16 +91,10 @@ class BrokerOptions:
         return kb.libs_dir(self.libs_root or (home.home / "kafka" / "libs"))
 
 
-def options_from(cfg: object) -> BrokerOptions:
-    infra = getattr(cfg, "infra", None)
-    if infra is None:
-        return BrokerOptions()
-    return BrokerOptions(
-        libs_root=getattr(infra, "kafka_libs_dir", None),
-        heap_mb=int(getattr(infra, "kafka_heap_mb", 512)),
-        settings=dict(getattr(infra, "kafka_settings", {}) or {}),
-        jvm_options=tuple(getattr(infra, "kafka_jvm_options", BrokerOptions.jvm_options)),
-    )
+def options_from(cfg: AwetConfig) -> BrokerOptions:
+    infra = cfg.infra
+    return BrokerOptions(libs_root=infra.kafka_libs_dir, heap_mb=int(infra.kafka_heap_mb),
+                         settings=dict(infra.kafka_settings or {}), jvm_options=tuple(infra.kafka_jvm_options))
 
 
 def choose_broker(

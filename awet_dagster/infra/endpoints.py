@@ -10,7 +10,10 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # annotation only: the config schema imports infra (the Kafka JVM defaults)
+    from awet_dagster.config import AwetConfig
 
 from awet_dagster.infra.paths import layout
 from awet_dagster.infra.processes import InfraError, is_alive
@@ -56,21 +59,21 @@ def read_endpoints(path: Path) -> Endpoints | None:
         return None
 
 
-def external_database_url(cfg: Any) -> str | None:
+def external_database_url(cfg: AwetConfig) -> str | None:
     """``cfg.database.url`` (SecretStr or str) when set, else None."""
-    url = getattr(getattr(cfg, "database", None), "url", None)
+    url = cfg.database.url
     if url is None:
         return None
     value = url.get_secret_value() if hasattr(url, "get_secret_value") else str(url)
     return value or None
 
 
-def external_kafka_bootstrap(cfg: Any) -> str | None:
-    value = getattr(getattr(cfg, "kafka", None), "bootstrap", None)
+def external_kafka_bootstrap(cfg: AwetConfig) -> str | None:
+    value = cfg.kafka.bootstrap
     return value or None
 
 
-def resolve_endpoints(cfg: Any, need: tuple[str, ...] = ("postgres", "broker")) -> Endpoints:
+def resolve_endpoints(cfg: AwetConfig, need: tuple[str, ...] = ("postgres", "broker")) -> Endpoints:
     """External endpoints from config when set, else those recorded by `awet infra up`.
 
     Raises InfraError with the command to run when an embedded endpoint in `need` is not
@@ -107,6 +110,6 @@ def redact_url(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^/]*@", r"\1:***@", url)
 
 
-def resolve_database_url(cfg: Any) -> str:
+def resolve_database_url(cfg: AwetConfig) -> str:
     """The database URL alone (commands that need no broker)."""
     return resolve_endpoints(cfg, need=("postgres",)).database_url

@@ -14,7 +14,10 @@ need SQLAlchemy/Alembic and the Kafka admin client respectively.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # annotation only: the config schema imports infra (the Kafka JVM defaults)
+    from awet_dagster.config import AwetConfig
 
 from awet_dagster.infra.broker import (
     ReadyProbe,
@@ -46,12 +49,7 @@ from awet_dagster.infra.processes import (
 _LOCK_TIMEOUT_S = 120.0
 
 
-def _timeout(cfg: Any, name: str, default: float) -> float:
-    value = getattr(getattr(cfg, "infra", None), name, None)
-    return float(value) if value else default
-
-
-def infra_up(cfg: Any, *, broker_ready: ReadyProbe | None = None, progress=None) -> Endpoints:
+def infra_up(cfg: AwetConfig, *, broker_ready: ReadyProbe | None = None, progress=None) -> Endpoints:
     """Ensure PostgreSQL and the broker are reachable; returns the effective endpoints.
 
     ``started`` in the result has one entry per embedded server, with ``reused`` telling
@@ -66,9 +64,9 @@ def infra_up(cfg: Any, *, broker_ready: ReadyProbe | None = None, progress=None)
         return Endpoints(ext_db, ext_kafka, {})  # nothing to start, nothing to record
 
     home = layout(cfg).ensure()
-    pg_timeout = _timeout(cfg, "postgres_start_timeout_s", 60.0)
-    broker_timeout = _timeout(cfg, "broker_start_timeout_s", 90.0)
-    choice = getattr(getattr(cfg, "infra", None), "broker", "auto")
+    pg_timeout = float(cfg.infra.postgres_start_timeout_s)
+    broker_timeout = float(cfg.infra.broker_start_timeout_s)
+    choice = cfg.infra.broker
     opts = options_from(cfg)
     notices: list[str] = []
     with file_lock(home.lock_file, timeout_s=_LOCK_TIMEOUT_S):
@@ -119,12 +117,12 @@ def infra_up(cfg: Any, *, broker_ready: ReadyProbe | None = None, progress=None)
     )
 
 
-def infra_down(cfg: Any) -> dict[str, str]:
+def infra_down(cfg: AwetConfig) -> dict[str, str]:
     """Stop the embedded servers that `infra_up` started; returns {name: what happened}."""
     home = layout(cfg)
     if not home.home.exists():
         return {"postgres": "not started", "broker": "not started"}
-    timeout = _timeout(cfg, "stop_timeout_s", 30.0)
+    timeout = float(cfg.infra.stop_timeout_s)
     outcome: dict[str, str] = {}
     with file_lock(home.lock_file, timeout_s=_LOCK_TIMEOUT_S):
         had_broker = live_record(home.broker_pid_file) is not None
@@ -173,7 +171,7 @@ def _embedded_status(home: HomeLayout) -> dict[str, dict[str, Any]]:
     }
 
 
-def infra_status(cfg: Any) -> dict[str, Any]:
+def infra_status(cfg: AwetConfig) -> dict[str, Any]:
     """{"home", "postgres": {...}, "broker": {...}}; URLs have their password redacted."""
     home = layout(cfg)
     status: dict[str, Any] = {"home": str(home.home)}

@@ -18,15 +18,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotation only: the config schema imports infra (the Kafka JVM defaults)
+    from awet_dagster.config import AwetConfig
 
 AWET_HOME_ENV = "AWET_HOME"
 DEFAULT_HOME = ".awet"
 
 
-def awet_home(cfg: Any = None) -> Path:
+def awet_home(cfg: AwetConfig | None = None) -> Path:
     """Return the absolute AWET home directory (not created)."""
-    home = getattr(getattr(cfg, "paths", None), "home", None)
+    home = cfg.paths.home if cfg is not None else None
     if home:
         raw = Path(home)
     else:
@@ -75,5 +78,5 @@ class HomeLayout:
         return self
 
 
-def layout(cfg: Any = None) -> HomeLayout:
+def layout(cfg: AwetConfig | None = None) -> HomeLayout:
     return HomeLayout(awet_home(cfg))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from awet_dagster.config import AwetConfig
-from awet_dagster.model import registry
+from awet_dagster.model.registry import ModelRef, ModelRegistry
 from awet_dagster.observability.textfile import metrics_dir, write_champion_metrics
 from awet_dagster.storage.trading import record_audit
 
@@ -30,12 +30,12 @@ class PromotionDecision:
     reason: str
 
 
-def decide(cfg: AwetConfig, after_version: int = 0) -> list[PromotionDecision]:
+def decide(cfg: AwetConfig, registry: ModelRegistry, after_version: int = 0) -> list[PromotionDecision]:
     """Decisions for every version newer than `after_version` (the sensor's cursor)."""
-    champion = registry.get_champion(cfg)
+    champion = registry.get_champion()
     champ_v = int(champion.version) if champion else 0
     out = []
-    for mv in registry.list_versions(cfg):
+    for mv in registry.list_versions():
         v = int(mv.version)
         if v <= after_version:
             continue
@@ -55,39 +55,39 @@ def decide(cfg: AwetConfig, after_version: int = 0) -> list[PromotionDecision]:
     return out
 
 
-def promote(cfg: AwetConfig, conn, version: str, actor: str, reason: str) -> registry.ModelRef:
-    before = registry.get_champion(cfg)
-    ref = registry.set_champion(cfg, version)
+def promote(cfg: AwetConfig, registry: ModelRegistry, conn, version: str, actor: str, reason: str) -> ModelRef:
+    before = registry.get_champion()
+    ref = registry.set_champion(version)
     record_audit(conn, actor=actor, action="model.promote", subject=f"{cfg.mlflow.model_name}:v{version}",
                  details={"reason": reason, "previous_champion": before.version if before else None})
-    write_champion_textfile(cfg, ref)
+    write_champion_textfile(cfg, registry, ref)
     return ref
 
 
-def write_champion_textfile(cfg: AwetConfig, ref: registry.ModelRef) -> None:
+def write_champion_textfile(cfg: AwetConfig, registry: ModelRegistry, ref: ModelRef) -> None:
     """Best effort: the champion metrics for Prometheus (a failure is logged, never raised: the
     alias has moved already, and the textfile's age panel shows it went stale)."""
     try:
-        write_champion_metrics(metrics_dir(cfg), ref.name, ref.version, registry.version_oos_sharpe(cfg, ref.version))
+        write_champion_metrics(metrics_dir(cfg), ref.name, ref.version, registry.version_oos_sharpe(ref.version))
     except Exception:  # noqa: BLE001
         log.exception("could not write the champion metrics textfile for %s v%s", ref.name, ref.version)
 
 
-def approve(cfg: AwetConfig, conn, version: str, operator: str, note: str = "") -> None:
+def approve(cfg: AwetConfig, registry: ModelRegistry, conn, version: str, operator: str, note: str = "") -> None:
     if not operator:
         raise ValueError("approval needs the operator's name")
-    tags = registry.version_tags(cfg, version)
+    tags = registry.version_tags(version)
     if tags.get("gate_passed") != "true":
         raise ValueError(f"version {version} did not pass the gate; it cannot be approved")
-    registry.tag_version(cfg, version, {APPROVED_TAG: operator})
+    registry.tag_version(version, {APPROVED_TAG: operator})
     record_audit(conn, actor=operator, action="model.approve", subject=f"{cfg.mlflow.model_name}:v{version}",
                  details={"note": note})
 
 
-def rollback(cfg: AwetConfig, conn, actor: str, reason: str) -> registry.ModelRef:
-    before = registry.get_champion(cfg)
-    ref = registry.rollback_champion(cfg)
+def rollback(cfg: AwetConfig, registry: ModelRegistry, conn, actor: str, reason: str) -> ModelRef:
+    before = registry.get_champion()
+    ref = registry.rollback_champion()
     record_audit(conn, actor=actor, action="model.rollback", subject=cfg.mlflow.model_name,
                  details={"reason": reason, "from": before.version if before else None, "to": ref.version})
-    write_champion_textfile(cfg, ref)
+    write_champion_textfile(cfg, registry, ref)
     return ref

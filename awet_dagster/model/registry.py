@@ -1,19 +1,32 @@
-"""MLflow side of the lifecycle (no Dagster): log a training run with a nested run per
-walk-forward fold, log the ONNX model, register `awet-tft` versions tagged with their
-gate results, and move the `champion` alias (with rollback).
+"""The model registry (no Dagster): ``ModelRegistry`` over MLflow, ``FakeModelRegistry`` in memory.
 
-The preprocessing artifact is logged next to the model in the same run; `load_champion`
-downloads both into ONE directory so `OnnxPredictor.load(dir)` serves it.
+``ModelRegistry`` logs a training run with a nested run per walk-forward fold, logs the ONNX
+model with its preprocessing (and calibration) beside it, registers ``awet-tft`` versions
+tagged with their gate results, and moves the ``champion`` alias (with rollback). It holds
+one ``MlflowClient`` bound to the configured tracking and registry URIs and uses only that
+client: it never sets MLflow's process-wide tracking URI, registry URI or experiment, so two
+registries (two configurations, a test beside a run) do not see each other's stores.
+
+``download_model`` puts model.onnx, preprocessing.json (and calibration.json) in ONE
+directory, which ``OnnxPredictor.load(dir)`` serves. ``FakeModelRegistry`` keeps the same
+records in memory (and the artifacts in a directory) for tests of what uses a registry.
+MLflow is imported inside the methods that talk to it (4.8 s cold, docs/conventions.md).
 """
 from __future__ import annotations
 
+import itertools
 import json
+import math
+import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+from awet_dagster.config import AwetConfig
 from awet_dagster.model.onnx_export import MODEL_FILE, OnnxPredictor
 from awet_dagster.model.preprocessing import PREPROCESSING_FILE
 
@@ -31,6 +44,15 @@ class ModelRef:
     model_uri: str
 
 
+@dataclass(frozen=True)
+class VersionInfo:
+    """A registered version as the promotion policy reads it."""
+
+    version: str
+    tags: Mapping[str, str]
+    run_id: str
+
+
 def git_sha(repo: Path | str | None = None) -> str:
     try:
         out = subprocess.run(
@@ -42,222 +64,334 @@ def git_sha(repo: Path | str | None = None) -> str:
         return "unknown"
 
 
-def client(cfg):
-    """Point mlflow at the configured stores; returns an `MlflowClient`. The experiment
-    is created with its artifacts under `cfg.mlflow_artifact_root`."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    uri = cfg.mlflow_tracking_uri
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(cfg.mlflow.registry_uri or uri)
-    c = MlflowClient(tracking_uri=uri, registry_uri=cfg.mlflow.registry_uri or uri)
-    if c.get_experiment_by_name(cfg.mlflow.experiment) is None:
-        root = Path(cfg.mlflow_artifact_root)
-        root.mkdir(parents=True, exist_ok=True)
-        c.create_experiment(cfg.mlflow.experiment, artifact_location=root.as_uri())
-    mlflow.set_experiment(cfg.mlflow.experiment)
-    return c
-
-
-def _clean_metrics(d: dict) -> dict[str, float]:
-    import math
-
+def _clean_metrics(d: Mapping[str, Any]) -> dict[str, float]:
     return {k.replace("@", "_"): float(v) for k, v in d.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
 
 
-def log_training_run(cfg, result, onnx_dir: Path | str, *, gate_checks: Sequence | None = None,
-                     run_name: str | None = None) -> tuple[str, str]:
-    """Log `result` (WalkForwardResult) and the exported model in `onnx_dir`
-    (model.onnx + preprocessing.json). Returns (run_id, model_uri)."""
-    import mlflow
-    import onnx
+def _param(v: Any) -> str:
+    return json.dumps(v) if isinstance(v, (list, dict, tuple)) else str(v)
 
-    client(cfg)
-    onnx_dir = Path(onnx_dir)
-    with mlflow.start_run(run_name=run_name or f"walk-forward-{result.bar_type}") as run:
-        mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, dict, tuple)) else v for k, v in result.params.items()})
-        mlflow.set_tags({"data_hash": result.data_hash, "code_version": git_sha(), "bar_type": result.bar_type})
-        mlflow.log_metrics(_clean_metrics(result.overall))
-        for i, f in enumerate(result.folds):
-            with mlflow.start_run(run_name=f"fold-{f.fold}", nested=True):
-                mlflow.log_params({"fold": f.fold, "train_start": str(f.train_start), "train_end": str(f.train_end),
-                                   "test_start": str(f.test_start), "test_end": str(f.test_end)})
-                mlflow.log_metrics(_clean_metrics({**f.metrics, "n_train_windows": f.n_train_windows,
-                                                   "n_test_windows": f.n_test_windows}))
+
+class ModelRegistry:
+    """The MLflow registry of one configuration (``cfg.mlflow``, ``cfg.mlflow_tracking_uri``,
+    ``cfg.mlflow_artifact_root``)."""
+
+    def __init__(self, cfg: AwetConfig) -> None:
+        self.tracking_uri = cfg.mlflow_tracking_uri
+        self.registry_uri = cfg.mlflow.registry_uri or self.tracking_uri
+        self.artifact_root = Path(cfg.mlflow_artifact_root)
+        self.experiment = cfg.mlflow.experiment
+        self.model_name = cfg.mlflow.model_name
+        self.alias = cfg.mlflow.champion_alias
+        self._client: Any = None
+        self._experiment_id: str | None = None
+
+    @property
+    def client(self) -> Any:
+        """The ``MlflowClient`` of the configured stores (a local SQLite store's folder is created)."""
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            if self.tracking_uri.startswith("sqlite:///"):
+                Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
+        return self._client
+
+    def experiment_id(self) -> str:
+        """The experiment's id; created (artifacts under the configured root) when missing."""
+        if self._experiment_id is None:
+            exp = self.client.get_experiment_by_name(self.experiment)
+            if exp is None:
+                self.artifact_root.mkdir(parents=True, exist_ok=True)
+                self._experiment_id = self.client.create_experiment(self.experiment,
+                                                                    artifact_location=self.artifact_root.as_uri())
+            else:
+                self._experiment_id = exp.experiment_id
+        return self._experiment_id
+
+    # ------------------------------------------------------------------ runs and versions
+    def _log(self, run_id: str, params: Mapping[str, Any] = {}, metrics: Mapping[str, Any] = {},
+             step: int = 0) -> None:
+        from mlflow.entities import Metric, Param
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, params=[Param(k, _param(v)) for k, v in params.items()],
+                              metrics=[Metric(k, v, now, step) for k, v in _clean_metrics(metrics).items()])
+
+    def log_training_run(self, result: Any, onnx_dir: Path | str, *, gate_checks: Sequence | None = None,
+                         run_name: str | None = None) -> tuple[str, str]:
+        """Log ``result`` (WalkForwardResult) and the exported model in ``onnx_dir``
+        (model.onnx + preprocessing.json [+ calibration.json]). Returns (run_id, model_uri)."""
+        import mlflow.onnx
+        import onnx
+
+        c, exp, onnx_dir = self.client, self.experiment_id(), Path(onnx_dir)
+        run = c.create_run(exp, run_name=run_name or f"walk-forward-{result.bar_type}",
+                           tags={"data_hash": result.data_hash, "code_version": git_sha(), "bar_type": result.bar_type})
+        run_id = run.info.run_id
+        try:
+            self._log(run_id, result.params, result.overall)
+            for i, f in enumerate(result.folds):
+                child = c.create_run(exp, run_name=f"fold-{f.fold}", tags={"mlflow.parentRunId": run_id}).info.run_id
+                self._log(child, {"fold": f.fold, "train_start": f.train_start, "train_end": f.train_end,
+                                  "test_start": f.test_start, "test_end": f.test_end},
+                          {**f.metrics, "n_train_windows": f.n_train_windows, "n_test_windows": f.n_test_windows})
                 for h in f.history:
-                    mlflow.log_metrics(_clean_metrics({"train_loss": h.get("train_loss"), "val_loss": h.get("val_loss")}),
-                                       step=int(h.get("epoch", 0)))
+                    self._log(child, metrics={"train_loss": h.get("train_loss"), "val_loss": h.get("val_loss")},
+                              step=int(h.get("epoch", 0)))
                 with tempfile.TemporaryDirectory() as tmp:
                     png = Path(tmp) / f"equity_fold_{f.fold}.png"
                     png.write_bytes(result.equity_png(i))
-                    mlflow.log_artifact(str(png), artifact_path="equity")
-        if gate_checks:
-            mlflow.log_dict([asdict(g) for g in gate_checks], "gate.json")
-        info = mlflow.onnx.log_model(
-            onnx.load(str(onnx_dir / MODEL_FILE)), name=MODEL_ARTIFACT,
-            onnx_execution_providers=["CPUExecutionProvider"],
-            save_as_external_data=False,  # one self-contained model.onnx to download and serve
-        )
-        mlflow.log_artifact(str(onnx_dir / PREPROCESSING_FILE), artifact_path=PREPROCESSING_DIR)
-        if (onnx_dir / CALIBRATION_FILE).exists():
-            mlflow.log_artifact(str(onnx_dir / CALIBRATION_FILE), artifact_path=PREPROCESSING_DIR)
-        return run.info.run_id, info.model_uri
+                    c.log_artifact(child, str(png), artifact_path="equity")
+                c.set_terminated(child)
+            if gate_checks:
+                c.log_dict(run_id, [asdict(g) for g in gate_checks], "gate.json")
+            with tempfile.TemporaryDirectory() as tmp:
+                saved = Path(tmp) / MODEL_ARTIFACT
+                mlflow.onnx.save_model(onnx.load(str(onnx_dir / MODEL_FILE)), str(saved),
+                                       onnx_execution_providers=["CPUExecutionProvider"],
+                                       save_as_external_data=False)  # one self-contained model.onnx
+                c.log_artifacts(run_id, str(saved), artifact_path=MODEL_ARTIFACT)
+            c.log_artifact(run_id, str(onnx_dir / PREPROCESSING_FILE), artifact_path=PREPROCESSING_DIR)
+            if (onnx_dir / CALIBRATION_FILE).exists():
+                c.log_artifact(run_id, str(onnx_dir / CALIBRATION_FILE), artifact_path=PREPROCESSING_DIR)
+        except BaseException:
+            c.set_terminated(run_id, "FAILED")
+            raise
+        c.set_terminated(run_id)
+        return run_id, f"runs:/{run_id}/{MODEL_ARTIFACT}"
 
+    def register_version(self, run_id: str, model_uri: str, gate_checks: Sequence = ()) -> ModelRef:
+        """A new version of the model, tagged with each gate check and the run."""
+        from mlflow.exceptions import MlflowException
 
-def register_version(cfg, run_id: str, model_uri: str, gate_checks: Sequence = ()) -> ModelRef:
-    """A new version of `cfg.mlflow.model_name`, tagged with each gate check and the run."""
-    import mlflow
-
-    c = client(cfg)
-    name = cfg.mlflow.model_name
-    mv = mlflow.register_model(model_uri, name)
-    tags = {"run_id": run_id, "gate_passed": str(all(g.passed for g in gate_checks)).lower() if gate_checks else "unknown"}
-    for g in gate_checks:
-        tags[f"gate.{g.name}"] = f"{'pass' if g.passed else 'fail'} value={g.value:.6g} threshold={g.threshold:.6g}"
-    for k, v in tags.items():
-        c.set_model_version_tag(name, mv.version, k, v)
-    return ModelRef(name, str(mv.version), run_id, f"models:/{name}/{mv.version}")
-
-
-def get_champion(cfg) -> ModelRef | None:
-    from mlflow.exceptions import MlflowException
-
-    c = client(cfg)
-    name = cfg.mlflow.model_name
-    try:
-        mv = c.get_model_version_by_alias(name, cfg.mlflow.champion_alias)
-    except MlflowException:
-        return None
-    return ModelRef(name, str(mv.version), mv.run_id or mv.tags.get("run_id", ""), f"models:/{name}@{cfg.mlflow.champion_alias}")
-
-
-def set_champion(cfg, version: str | int) -> ModelRef:
-    """Point the champion alias at `version`, remembering the previous champion on the
-    new version (tag `previous_champion`) so `rollback_champion` can undo it."""
-    c = client(cfg)
-    name = cfg.mlflow.model_name
-    prev = get_champion(cfg)
-    if prev is not None and prev.version != str(version):
-        c.set_model_version_tag(name, str(version), PREVIOUS_CHAMPION_TAG, prev.version)
-    c.set_registered_model_alias(name, cfg.mlflow.champion_alias, str(version))
-    return get_champion(cfg)  # type: ignore[return-value]
-
-
-def rollback_champion(cfg) -> ModelRef:
-    """Move the champion alias back to the version it replaced."""
-    c = client(cfg)
-    name = cfg.mlflow.model_name
-    cur = get_champion(cfg)
-    if cur is None:
-        raise LookupError(f"{name} has no {cfg.mlflow.champion_alias} to roll back")
-    prev = c.get_model_version(name, cur.version).tags.get(PREVIOUS_CHAMPION_TAG)
-    if not prev:
-        raise LookupError(f"{name} v{cur.version} has no previous champion recorded")
-    c.set_registered_model_alias(name, cfg.mlflow.champion_alias, prev)
-    return get_champion(cfg)  # type: ignore[return-value]
-
-
-def download_model(cfg, ref: str | None = None, dest: Path | str | None = None) -> Path:
-    """model.onnx + preprocessing.json of `ref` (default: the champion alias) in one dir."""
-    import mlflow
-
-    c = client(cfg)
-    name = cfg.mlflow.model_name
-    uri = ref or f"models:/{name}@{cfg.mlflow.champion_alias}"
-    dest = Path(dest or tempfile.mkdtemp(prefix="awet-model-"))
-    dest.mkdir(parents=True, exist_ok=True)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest / "mlflow_model")))
-    (dest / MODEL_FILE).write_bytes((local / MODEL_FILE).read_bytes())
-    if uri.startswith("models:/") and "@" in uri:
-        alias_name, alias = uri.removeprefix("models:/").split("@", 1)
-        mv = c.get_model_version_by_alias(alias_name, alias)
-    else:
-        mname, version = uri.removeprefix("models:/").split("/", 1)
-        mv = c.get_model_version(mname, version)
-    run_id = mv.run_id or mv.tags.get("run_id")
-    pre = mlflow.artifacts.download_artifacts(
-        run_id=run_id, artifact_path=f"{PREPROCESSING_DIR}/{PREPROCESSING_FILE}", dst_path=str(dest / "run")
-    )
-    (dest / PREPROCESSING_FILE).write_text(Path(pre).read_text())
-    try:  # optional: models registered before calibration existed have none
-        cal = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=f"{PREPROCESSING_DIR}/{CALIBRATION_FILE}", dst_path=str(dest / "run")
-        )
-        (dest / CALIBRATION_FILE).write_text(Path(cal).read_text())
-    except Exception:  # noqa: BLE001 - mlflow raises several types for a missing artifact
-        pass
-    return dest
-
-
-def version_calibration(cfg, name: str, version: str | int):
-    """The Platt calibrator logged with ``name`` ``version``'s training run (fitted on its
-    walk-forward OOS calls), or None when it has none. Fetches only calibration.json."""
-    import mlflow
-
-    from awet_dagster.model.pipeline import load_calibration
-
-    mv = client(cfg).get_model_version(name, str(version))
-    run_id = mv.run_id or mv.tags.get("run_id")
-    with tempfile.TemporaryDirectory(prefix="awet-cal-") as tmp:
+        c, name = self.client, self.model_name
         try:
-            path = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=f"{PREPROCESSING_DIR}/{CALIBRATION_FILE}", dst_path=tmp)
+            c.create_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        source = model_uri
+        if model_uri.startswith("runs:/"):  # the run's artifact location, not a URI needing a global tracking store
+            rid, _, path = model_uri.removeprefix("runs:/").partition("/")
+            source = f"{c.get_run(rid).info.artifact_uri}/{path}"
+        mv = c.create_model_version(name, source, run_id=run_id)
+        tags = {"run_id": run_id,
+                "gate_passed": str(all(g.passed for g in gate_checks)).lower() if gate_checks else "unknown"}
+        for g in gate_checks:
+            tags[f"gate.{g.name}"] = f"{'pass' if g.passed else 'fail'} value={g.value:.6g} threshold={g.threshold:.6g}"
+        self.tag_version(mv.version, tags)
+        return ModelRef(name, str(mv.version), run_id, f"models:/{name}/{mv.version}")
+
+    # ------------------------------------------------------------------ the champion alias
+    def get_champion(self) -> ModelRef | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.client.get_model_version_by_alias(self.model_name, self.alias)
+        except MlflowException:
+            return None
+        return ModelRef(self.model_name, str(mv.version), mv.run_id or mv.tags.get("run_id", ""),
+                        f"models:/{self.model_name}@{self.alias}")
+
+    def set_champion(self, version: str | int) -> ModelRef:
+        """Point the champion alias at ``version``, remembering the previous champion on the
+        new version (tag ``previous_champion``) so ``rollback_champion`` can undo it."""
+        prev = self.get_champion()
+        if prev is not None and prev.version != str(version):
+            self.tag_version(version, {PREVIOUS_CHAMPION_TAG: prev.version})
+        self.client.set_registered_model_alias(self.model_name, self.alias, str(version))
+        return self.get_champion()  # type: ignore[return-value]
+
+    def rollback_champion(self) -> ModelRef:
+        """Move the champion alias back to the version it replaced."""
+        cur = self.get_champion()
+        if cur is None:
+            raise LookupError(f"{self.model_name} has no {self.alias} to roll back")
+        prev = self.version_tags(cur.version).get(PREVIOUS_CHAMPION_TAG)
+        if not prev:
+            raise LookupError(f"{self.model_name} v{cur.version} has no previous champion recorded")
+        self.client.set_registered_model_alias(self.model_name, self.alias, prev)
+        return self.get_champion()  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ reading versions
+    def _version(self, ref: str | None) -> Any:
+        """The model version of ``ref``: None (the champion), ``models:/<name>@<alias>`` or
+        ``models:/<name>/<version>``."""
+        uri = ref or f"models:/{self.model_name}@{self.alias}"
+        if "@" in uri:
+            name, alias = uri.removeprefix("models:/").split("@", 1)
+            return self.client.get_model_version_by_alias(name, alias)
+        name, version = uri.removeprefix("models:/").split("/", 1)
+        return self.client.get_model_version(name, version)
+
+    def _run_artifact(self, run_id: str, name: str, dest: Path) -> Path | None:
+        try:
+            return Path(self.client.download_artifacts(run_id, f"{PREPROCESSING_DIR}/{name}", str(dest)))
         except Exception:  # noqa: BLE001 - mlflow raises several types for a missing artifact
             return None
-        return load_calibration(Path(path).parent)
+
+    def download_model(self, ref: str | None = None, dest: Path | str | None = None) -> Path:
+        """model.onnx + preprocessing.json (+ calibration.json) of ``ref`` (default: the champion) in one dir."""
+        import mlflow.artifacts
+
+        mv = self._version(ref)
+        dest = Path(dest or tempfile.mkdtemp(prefix="awet-model-"))
+        dest.mkdir(parents=True, exist_ok=True)
+        source = self.client.get_model_version_download_uri(mv.name, mv.version)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest / "mlflow_model"),
+                                                         tracking_uri=self.tracking_uri))
+        (dest / MODEL_FILE).write_bytes((local / MODEL_FILE).read_bytes())
+        run_id = mv.run_id or mv.tags.get("run_id")
+        pre = self._run_artifact(run_id, PREPROCESSING_FILE, dest / "run")
+        if pre is None:
+            raise FileNotFoundError(f"{mv.name} v{mv.version}: run {run_id} has no {PREPROCESSING_FILE}")
+        (dest / PREPROCESSING_FILE).write_text(pre.read_text())
+        cal = self._run_artifact(run_id, CALIBRATION_FILE, dest / "run")  # models before calibration have none
+        if cal is not None:
+            (dest / CALIBRATION_FILE).write_text(cal.read_text())
+        return dest
+
+    def load_champion(self, dest: Path | str | None = None) -> OnnxPredictor:
+        """``OnnxPredictor`` for the champion (ONNX Runtime, CPUExecutionProvider)."""
+        return OnnxPredictor.load(self.download_model(None, dest))
+
+    def load_version(self, version: str | int) -> OnnxPredictor:
+        """``OnnxPredictor`` for ``version`` (pinned: the alias may move meanwhile)."""
+        return OnnxPredictor.load(self.download_model(f"models:/{self.model_name}/{version}"))
+
+    def version_calibration(self, name: str, version: str | int) -> Any:
+        """The Platt calibrator logged with ``name`` ``version``'s training run (fitted on its
+        walk-forward OOS calls), or None when it has none. Fetches only calibration.json."""
+        from awet_dagster.model.pipeline import load_calibration  # the training package: torch (5.6 s)
+
+        mv = self.client.get_model_version(name, str(version))
+        with tempfile.TemporaryDirectory(prefix="awet-cal-") as tmp:
+            path = self._run_artifact(mv.run_id or mv.tags.get("run_id"), CALIBRATION_FILE, Path(tmp))
+            return None if path is None else load_calibration(path.parent)
+
+    def version_oos_sharpe(self, version: str | int) -> float | None:
+        """The walk-forward median OOS Sharpe of ``version``: metric ``sharpe`` of the training
+        run it was registered from, or None."""
+        mv = self.client.get_model_version(self.model_name, str(version))
+        run_id = mv.run_id or mv.tags.get("run_id")
+        if not run_id:
+            return None
+        value = self.client.get_run(run_id).data.metrics.get("sharpe")
+        return float(value) if value is not None and math.isfinite(float(value)) else None
+
+    def tag_version(self, version: str | int, tags: Mapping[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_model_version_tag(self.model_name, str(version), k, str(v))
+
+    def version_tags(self, version: str | int) -> dict[str, str]:
+        return dict(self.client.get_model_version(self.model_name, str(version)).tags)
+
+    def list_versions(self) -> list[VersionInfo]:
+        """Every registered version of the model, oldest first (empty if none is registered)."""
+        found = self.client.search_model_versions(f"name = '{self.model_name}'")
+        return [VersionInfo(str(mv.version), dict(mv.tags), mv.run_id or "")
+                for mv in sorted(found, key=lambda mv: int(mv.version))]
+
+    def champion_walk_forward_run(self) -> str | None:
+        """The walk-forward run behind the current champion (to compare a challenger fold by fold)."""
+        champ = self.get_champion()
+        return None if champ is None else self.version_tags(champ.version).get("walk_forward_run_id")
 
 
-def load_champion(cfg, dest: Path | str | None = None) -> OnnxPredictor:
-    """`OnnxPredictor` for `models:/<name>@champion` (ONNX Runtime, CPUExecutionProvider)."""
-    return OnnxPredictor.load(download_model(cfg, None, dest))
+@dataclass
+class _FakeVersion:
+    run_id: str
+    model_dir: Path
+    tags: dict[str, str] = field(default_factory=dict)
 
 
-def load_champion_pyfunc(cfg):
-    """The champion as an mlflow pyfunc (ONNX flavour, CPU provider) - for tooling that
-    speaks pyfunc; the live loop uses `load_champion`."""
-    import mlflow
+class FakeModelRegistry:
+    """``ModelRegistry``'s twin in memory (the model files copied under ``root``): the same
+    versions, tags, alias moves and rollback, without MLflow."""
 
-    client(cfg)
-    return mlflow.pyfunc.load_model(f"models:/{cfg.mlflow.model_name}@{cfg.mlflow.champion_alias}")
+    def __init__(self, root: Path | str, model_name: str = "awet-tft") -> None:
+        self.root = Path(root)
+        self.model_name = model_name
+        self.runs: dict[str, dict[str, Any]] = {}
+        self.versions: dict[str, _FakeVersion] = {}
+        self.champion: str | None = None
+        self._ids = itertools.count(1)
 
+    def log_training_run(self, result: Any, onnx_dir: Path | str, *, gate_checks: Sequence | None = None,
+                         run_name: str | None = None) -> tuple[str, str]:
+        run_id = f"fake-run-{next(self._ids)}"
+        stored = self.root / run_id
+        shutil.copytree(onnx_dir, stored)
+        self.runs[run_id] = {"metrics": _clean_metrics(result.overall), "dir": stored,
+                             "gate": [asdict(g) for g in gate_checks or ()]}
+        return run_id, f"runs:/{run_id}/{MODEL_ARTIFACT}"
 
-def version_oos_sharpe(cfg, version: str | int) -> float | None:
-    """The walk-forward median OOS Sharpe of `version`: metric `sharpe` of the training run it
-    was registered from (`log_training_run` logs the walk-forward's overall metrics), or None."""
-    import math
+    def register_version(self, run_id: str, model_uri: str, gate_checks: Sequence = ()) -> ModelRef:
+        version = str(len(self.versions) + 1)
+        self.versions[version] = _FakeVersion(run_id, self.runs[run_id]["dir"])
+        tags = {"run_id": run_id,
+                "gate_passed": str(all(g.passed for g in gate_checks)).lower() if gate_checks else "unknown"}
+        tags.update({f"gate.{g.name}": f"{'pass' if g.passed else 'fail'} value={g.value:.6g} "
+                                       f"threshold={g.threshold:.6g}" for g in gate_checks})
+        self.tag_version(version, tags)
+        return ModelRef(self.model_name, version, run_id, f"models:/{self.model_name}/{version}")
 
-    c = client(cfg)
-    mv = c.get_model_version(cfg.mlflow.model_name, str(version))
-    run_id = mv.run_id or mv.tags.get("run_id")
-    if not run_id:
-        return None
-    value = c.get_run(run_id).data.metrics.get("sharpe")
-    return float(value) if value is not None and math.isfinite(float(value)) else None
+    def get_champion(self) -> ModelRef | None:
+        if self.champion is None:
+            return None
+        return ModelRef(self.model_name, self.champion, self.versions[self.champion].run_id,
+                        f"models:/{self.model_name}@champion")
 
+    def set_champion(self, version: str | int) -> ModelRef:
+        version = str(version)
+        if version not in self.versions:
+            raise LookupError(f"{self.model_name} has no version {version}")
+        if self.champion is not None and self.champion != version:
+            self.tag_version(version, {PREVIOUS_CHAMPION_TAG: self.champion})
+        self.champion = version
+        return self.get_champion()  # type: ignore[return-value]
 
-def tag_version(cfg, version: str | int, tags: dict[str, str]) -> None:
-    c = client(cfg)
-    for k, v in tags.items():
-        c.set_model_version_tag(cfg.mlflow.model_name, str(version), k, str(v))
+    def rollback_champion(self) -> ModelRef:
+        if self.champion is None:
+            raise LookupError(f"{self.model_name} has no champion to roll back")
+        prev = self.versions[self.champion].tags.get(PREVIOUS_CHAMPION_TAG)
+        if not prev:
+            raise LookupError(f"{self.model_name} v{self.champion} has no previous champion recorded")
+        self.champion = prev
+        return self.get_champion()  # type: ignore[return-value]
 
+    def download_model(self, ref: str | None = None, dest: Path | str | None = None) -> Path:
+        version = self.champion if ref is None or "@" in ref else ref.rsplit("/", 1)[1]
+        if version is None or version not in self.versions:
+            raise LookupError(f"{self.model_name}: no model for {ref or 'the champion'}")
+        dest = Path(dest or tempfile.mkdtemp(prefix="awet-model-"))
+        shutil.copytree(self.versions[version].model_dir, dest, dirs_exist_ok=True)
+        return dest
 
-def version_tags(cfg, version: str | int) -> dict[str, str]:
-    return dict(client(cfg).get_model_version(cfg.mlflow.model_name, str(version)).tags)
+    def load_champion(self, dest: Path | str | None = None) -> OnnxPredictor:
+        return OnnxPredictor.load(self.download_model(None, dest))
 
+    def load_version(self, version: str | int) -> OnnxPredictor:
+        return OnnxPredictor.load(self.download_model(f"models:/{self.model_name}/{version}"))
 
-def list_versions(cfg) -> list:
-    """Every registered version of the model, oldest first (empty if none is registered)."""
-    c = client(cfg)
-    found = c.search_model_versions(f"name = '{cfg.mlflow.model_name}'")
-    return sorted(found, key=lambda mv: int(mv.version))
+    def version_calibration(self, name: str, version: str | int) -> Any:
+        from awet_dagster.model.pipeline import load_calibration  # the training package: torch (5.6 s)
 
+        model_dir = self.versions[str(version)].model_dir
+        return load_calibration(model_dir) if (model_dir / CALIBRATION_FILE).exists() else None
 
-def champion_walk_forward_run(cfg) -> str | None:
-    """The walk-forward run behind the current champion (to compare a challenger fold by fold)."""
-    champ = get_champion(cfg)
-    if champ is None:
-        return None
-    return version_tags(cfg, champ.version).get("walk_forward_run_id")
+    def version_oos_sharpe(self, version: str | int) -> float | None:
+        return self.runs[self.versions[str(version)].run_id]["metrics"].get("sharpe")
+
+    def tag_version(self, version: str | int, tags: Mapping[str, Any]) -> None:
+        self.versions[str(version)].tags.update({k: str(v) for k, v in tags.items()})
+
+    def version_tags(self, version: str | int) -> dict[str, str]:
+        return dict(self.versions[str(version)].tags)
+
+    def list_versions(self) -> list[VersionInfo]:
+        return [VersionInfo(v, dict(fv.tags), fv.run_id) for v, fv in sorted(self.versions.items(), key=lambda i: int(i[0]))]
+
+    def champion_walk_forward_run(self) -> str | None:
+        return None if self.champion is None else self.versions[self.champion].tags.get("walk_forward_run_id")

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from awet_dagster.execution.ledger import StoredFill, StoredOrder
 from awet_dagster.risk.state import InMemoryRiskStateStore, RiskStateStore
+from awet_dagster.streaming.warmup import InMemoryBarHistory
 
 
 @dataclass(frozen=True)
@@ -56,13 +57,12 @@ class RiskStore(Protocol):
 
 
 @dataclass
-class InMemoryRiskStore:
+class InMemoryRiskStore(InMemoryBarHistory):
     """``RiskStore`` in memory. ``fills``/``orders``: the ledger rows; ``bars``: {symbol: [bar]}."""
 
     risk_state: InMemoryRiskStateStore = field(default_factory=InMemoryRiskStateStore)
     fills: list[StoredFill] = field(default_factory=list)
     orders: list[StoredOrder] = field(default_factory=list)
-    bars: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     audits: list[AuditRecord] = field(default_factory=list)
 
     def state(self) -> RiskStateStore:
@@ -82,13 +82,3 @@ class InMemoryRiskStore:
     def record_audits(self, records: Sequence[AuditRecord]) -> int:
         self.audits.extend(records)
         return len(records)
-
-    def last_bars_many(self, wanted: Mapping[str, datetime], bar_type: str,
-                       limit: int) -> dict[str, list[dict[str, Any]]]:
-        out = {}
-        for symbol, before in wanted.items():
-            rows = sorted((b for b in self.bars.get(symbol, ()) if b.get("bar_type", bar_type) == bar_type
-                           and b["ts"] < before), key=lambda b: b["ts"])
-            if rows:
-                out[symbol] = rows[-limit:]
-        return out

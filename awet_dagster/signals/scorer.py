@@ -57,7 +57,7 @@ from awet_dagster.streaming.outputs import Output
 from awet_dagster.streaming.side_inputs import NO_SIDE_INPUTS, SideInputs, wait_or_retry
 from awet_dagster.streaming.state import DEFAULT_WARMUP_BARS
 from awet_dagster.streaming.time_guard import TimeGuard
-from awet_dagster.streaming.warmup import histories_by_key
+from awet_dagster.streaming.warmup import InMemoryBarHistory, histories_by_key
 
 log = logging.getLogger("awet.signals.scorer")
 
@@ -81,21 +81,11 @@ class SignalStore(Protocol):
 
 
 @dataclass
-class InMemorySignalStore:
+class InMemorySignalStore(InMemoryBarHistory):
     """``SignalStore`` in memory: ``bars`` {symbol: [bar]}, ``calibrations`` {bar_type: stored}."""
 
-    bars: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     calibrations: dict[str, Any] = field(default_factory=dict)
     signals: dict[str, ScoredSignal] = field(default_factory=dict)
-
-    def last_bars_many(self, wanted: Mapping[str, datetime], bar_type: str,
-                       limit: int) -> dict[str, list[dict[str, Any]]]:
-        out = {}
-        for symbol, before in wanted.items():
-            rows = sorted((b for b in self.bars.get(symbol, ()) if b.get("bar_type", bar_type) == bar_type
-                           and b["ts"] < before), key=lambda b: b["ts"])
-            out[symbol] = rows[-limit:] if limit > 0 else []
-        return out
 
     def latest_alpha_calibration(self, bar_type: str) -> Any:
         return self.calibrations.get(bar_type)

@@ -3,21 +3,13 @@
 ``connect``: returns the psycopg connection to use."""
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
-from typing import Any
+from collections.abc import Sequence
 
 from awet_dagster.contracts import Prediction
-from awet_dagster.storage.bars import read_last_bars_many
+from awet_dagster.storage.bar_history import PostgresBarHistory
 
 
-class PostgresPredictionStore:
-    def __init__(self, connect: Callable[[], Any]) -> None:
-        self._connect = connect
-
-    def last_bars_many(self, wanted: Mapping[str, datetime], bar_type: str,
-                       limit: int) -> dict[str, list[dict[str, Any]]]:
-        return read_last_bars_many(self._connect(), wanted, bar_type, limit)
+class PostgresPredictionStore(PostgresBarHistory):
 
     def write_predictions(self, predictions: Sequence[Prediction]) -> int:
         conn = self._connect()

@@ -6,7 +6,7 @@ over ``risk_state``, ``audit_log``, ``orders``/``fills`` and ``bars``.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -19,12 +19,12 @@ from awet_dagster.storage.trading import (
     ledger_rows,
     record_audits,
 )
-from awet_dagster.storage.bars import read_last_bars_many
+from awet_dagster.storage.bar_history import PostgresBarHistory
 
 
-class PostgresRiskStore:
+class PostgresRiskStore(PostgresBarHistory):
     def __init__(self, connect: Callable[[], Any], namespace: str = "") -> None:
-        self._connect = connect
+        super().__init__(connect)
         self._namespace = namespace
 
     def state(self) -> RiskStateStore:
@@ -45,7 +45,3 @@ class PostgresRiskStore:
 
     def record_audits(self, records: Sequence[AuditRecord]) -> int:
         return record_audits(self._connect(), records)
-
-    def last_bars_many(self, wanted: Mapping[str, datetime], bar_type: str,
-                       limit: int) -> dict[str, list[dict[str, Any]]]:
-        return read_last_bars_many(self._connect(), wanted, bar_type, limit)

@@ -2,22 +2,14 @@
 over ``bars``, ``calibrations`` and ``signals``. ``connect``: returns the psycopg connection to use."""
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
-from typing import Any
+from collections.abc import Sequence
 
 from awet_dagster.contracts import ScoredSignal
-from awet_dagster.storage.bars import read_last_bars_many
+from awet_dagster.storage.bar_history import PostgresBarHistory
 from awet_dagster.storage.calibrations import StoredCalibration, latest_calibration
 
 
-class PostgresSignalStore:
-    def __init__(self, connect: Callable[[], Any]) -> None:
-        self._connect = connect
-
-    def last_bars_many(self, wanted: Mapping[str, datetime], bar_type: str,
-                       limit: int) -> dict[str, list[dict[str, Any]]]:
-        return read_last_bars_many(self._connect(), wanted, bar_type, limit)
+class PostgresSignalStore(PostgresBarHistory):
 
     def latest_alpha_calibration(self, bar_type: str) -> StoredCalibration | None:
         return latest_calibration(self._connect(), "alpha", bar_type)

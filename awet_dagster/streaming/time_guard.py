@@ -30,6 +30,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from awet_dagster.config import AwetConfig
+
 
 @dataclass(frozen=True)
 class TimeLimits:
@@ -39,15 +41,13 @@ class TimeLimits:
     max_lateness_s: float = 0.0
 
     @classmethod
-    def from_config(cls, cfg: object) -> TimeLimits:
-        data = getattr(cfg, "data", None)
-        if data is None:
-            return cls()
+    def from_config(cls, cfg: AwetConfig) -> TimeLimits:
+        data = cfg.data
         return cls(
-            max_clock_skew_s=float(getattr(data, "max_clock_skew_s", cls.max_clock_skew_s)),
-            max_replay_lead_s=float(getattr(data, "max_replay_lead_s", cls.max_replay_lead_s)),
-            replay_after_s=float(getattr(data, "replay_after_s", cls.replay_after_s)),
-            max_lateness_s=float(getattr(data, "max_lateness_s", cls.max_lateness_s)),
+            max_clock_skew_s=float(data.max_clock_skew_s),
+            max_replay_lead_s=float(data.max_replay_lead_s),
+            replay_after_s=float(data.replay_after_s),
+            max_lateness_s=float(data.max_lateness_s),
         )
 
 

@@ -3,7 +3,9 @@ e.g. ``awet_dagster.storage.bars.read_last_bars_many`` over a connection)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 
 def histories_by_key(first: Mapping[tuple[str, str], datetime],
@@ -20,3 +22,20 @@ def histories_by_key(first: Mapping[tuple[str, str], datetime],
         history = read_many(wanted, bar_type, limit)
         out.update({(symbol, bar_type): list(history.get(symbol, ())) for symbol in wanted})
     return out
+
+
+@dataclass
+class InMemoryBarHistory:
+    """``last_bars_many`` over ``bars`` ({symbol: [bar mapping]}): the warm-up read of the
+    in-memory stores (the twins of the PostgreSQL ones, for tests)."""
+
+    bars: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def last_bars_many(self, wanted: Mapping[str, datetime], bar_type: str,
+                       limit: int) -> dict[str, list[dict[str, Any]]]:
+        out = {}
+        for symbol, before in wanted.items():
+            rows = sorted((b for b in self.bars.get(symbol, ()) if b.get("bar_type", bar_type) == bar_type
+                           and b["ts"] < before), key=lambda b: b["ts"])
+            out[symbol] = rows[-limit:] if limit > 0 else []
+        return out

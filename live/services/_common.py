@@ -13,7 +13,7 @@ from typing import Any
 from awet_dagster.config import AwetConfig
 from awet_dagster.contracts import BaseEvent, MarketRawEvent, ScoredSignal, model_for_topic
 from awet_dagster.storage.db import connect
-from awet_dagster.storage.bars import read_last_bars, read_last_bars_many
+from awet_dagster.storage.bar_history import read_last_bars, read_last_bars_many
 from awet_dagster.streaming.time_guard import TimeGuard, TimeLimits
 from live.bus import BusService, Handler, MessageContext, RetryLater
 from live.producer import EventProducer

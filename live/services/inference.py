@@ -15,7 +15,7 @@ from typing import Any
 from awet_dagster.config import AwetConfig
 from awet_dagster.contracts import FeatureEvent, Prediction
 from awet_dagster.contracts.topics import ENGINEERED, PREDICTIONS
-from awet_dagster.inference import MlflowChampionSource, PredictorSource
+from awet_dagster.inference import ChampionSource, PredictorSource
 from awet_dagster.inference.forecaster import IDLE_MESSAGE, Forecaster
 from awet_dagster.observability.drift import PredictionDrift
 from awet_dagster.storage.predictions import PostgresPredictionStore
@@ -41,17 +41,22 @@ def build(cfg: AwetConfig, endpoints: Any, *, input_topic: str = ENGINEERED, out
           poll_s: float = 30.0, warmup_bars: int = DEFAULT_WARMUP_BARS, tracker: Any = None,
           metrics: Any = None, drift_window: int = 500, drift_min_recent: int | None = None,
           **bus_kwargs: Any) -> LiveService:
-    """``source``: where the model comes from (default: MLflow champion, polled every ``poll_s``).
+    """``source``: where the model comes from (default: the registry's champion, polled every ``poll_s``).
     ``metrics``: a ``live.metrics.ServiceMetrics`` for the model metrics (the runner passes it).
     ``drift_window`` / ``drift_min_recent``: ``PredictionDrift`` sizes (reference = the served
     model's first ``drift_window`` median forecasts; PSI of the latest ones once ``drift_min_recent``
     arrived, default ``max(50, drift_window // 10)``)."""
     conn = LazyConnection(endpoints.database_url, **db_settings(cfg))
-    src = source if source is not None else MlflowChampionSource(cfg, poll_s=poll_s)
+    if source is None:
+        # Here, not at the top: the model package costs 1-2 s to import (numba, polars kernels);
+        # a process given its source (tests, tools) does not pay for it.
+        from awet_dagster.model.registry import ModelRegistry
+
+        source = ChampionSource(ModelRegistry(cfg), poll_s=poll_s)
     if contract_of(output_topic, Prediction) is not Prediction:
         raise ValueError(f"topic {output_topic!r} does not carry Prediction")
     model = contract_of(input_topic, FeatureEvent)
-    inf = Forecaster(cfg, src, PostgresPredictionStore(conn.get), output_topic=output_topic,
+    inf = Forecaster(cfg, source, PostgresPredictionStore(conn.get), output_topic=output_topic,
                      warmup_bars=warmup_bars, metrics=metrics, drift=PredictionDrift(drift_window, drift_min_recent))
     if tracker is not None:
         bus_kwargs.setdefault("on_metrics", tracker.hook(name, [input_topic]))

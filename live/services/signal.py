@@ -45,11 +45,16 @@ def build(cfg: AwetConfig, endpoints: Any, *, input_topic: str = MARKET_RAW, out
           calibrations: ModelCalibrations | None = None, **bus_kwargs: Any) -> LiveService:
     """``predictions_topic=None``: no model input at all (alphas-only, no side reader).
     ``calibrations``: where model calibrators come from (default: the MLflow registry)."""
+    if calibrations is None:
+        # Here, not at the top: the model package costs 1-2 s to import (numba, polars kernels).
+        from awet_dagster.model.registry import ModelRegistry
+
+        calibrations = ModelCalibrations(ModelRegistry(cfg))
     conn = LazyConnection(endpoints.database_url, **db_settings(cfg))
     scorer = BarScorer(cfg, PostgresSignalStore(conn.get), output_topic=output_topic, guard=time_guard(cfg),
                        alpha_source=alpha_source, weights_file=weights_file, warmup_bars=warmup_bars,
                        prediction_wait_s=prediction_wait_s,
-                       calibrations=calibrations if calibrations is not None else ModelCalibrations(cfg))
+                       calibrations=calibrations)
     model = contract_of(input_topic, MarketRawEvent)
     if contract_of(output_topic, ScoredSignal) is not ScoredSignal:
         raise ValueError(f"topic {output_topic!r} does not carry ScoredSignal")
