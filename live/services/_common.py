@@ -1,6 +1,7 @@
 """Wiring shared by the service factories: Kafka configs from ``cfg.kafka``, DB access."""
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import logging
@@ -10,9 +11,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import psycopg
+
 from awet_dagster.config import AwetConfig
 from awet_dagster.contracts import BaseEvent, MarketRawEvent, ScoredSignal, model_for_topic
 from awet_dagster.storage.db import connect
+from awet_dagster.storage.dead_letters import has_dead_letter, record_dead_letters
 from awet_dagster.storage.bar_history import read_last_bars, read_last_bars_many
 from awet_dagster.streaming.time_guard import TimeGuard, TimeLimits
 from live.bus import BusService, Handler, MessageContext, RetryLater
@@ -57,32 +61,21 @@ class DeadLetterRecorder:
         self.written = 0
 
     def __call__(self, dlq: str, letter: Any) -> None:
-        import base64
-
         payload = base64.b64decode(letter.original_value_b64) if letter.original_value_b64 else None
         self._rows.append((letter.original_topic, letter.original_partition, letter.original_offset, letter.reason,
                            payload, self.service, letter.error_type, letter.error, letter.correlation_id, dlq))
 
     def holds(self, letter: Any) -> bool:
         """The table already has this service's letter for the message (an earlier run sent it)."""
-        row = self.conn.get().execute(
-            'SELECT 1 FROM dead_letters WHERE topic = %s AND "partition" = %s AND "offset" = %s AND service = %s',
-            (letter.original_topic, letter.original_partition, letter.original_offset, self.service)).fetchone()
-        return row is not None
+        return has_dead_letter(self.conn.get(), letter.original_topic, letter.original_partition,
+                               letter.original_offset, self.service)
 
     def flush(self) -> int:
         if not self._rows:
             return 0
         rows, self._rows = self._rows, []
-        import psycopg
-
         try:
-            conn = self.conn.get()
-            with conn.transaction(), conn.cursor() as cur:
-                cur.executemany(
-                    'INSERT INTO dead_letters (topic, "partition", "offset", reason, payload, service, error_type, '
-                    "error, correlation_id, dlq_topic) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
-                    'ON CONFLICT (topic, "partition", "offset", service) DO NOTHING', rows)
+            record_dead_letters(self.conn.get(), rows)
         except psycopg.Error as exc:
             self.conn.reset()
             log.warning("%s: %d dead letter(s) not recorded in the dead_letters table (they are on the DLQ "
@@ -296,8 +289,6 @@ def batch_warm_up(engine: Any, conn: LazyConnection, model: type[BaseEvent],
 def db_outage_is_retry(conn: LazyConnection, what: str) -> Iterator[None]:
     """A PostgreSQL outage inside the block resets ``conn`` and becomes ``RetryLater("<what>:
     <error>")``: the batch is redelivered once the database is back, never dead-lettered."""
-    import psycopg
-
     try:
         yield
     except psycopg.OperationalError as exc:
