@@ -104,3 +104,29 @@ def test_every_module_over_400_lines_says_why_in_its_docstring():
             long[rel] = any(line.strip().startswith("Size (") and "400" in line for line in doc.splitlines())
     assert long, "no module over 400 lines found: the check would not see one"
     assert [m for m, why in long.items() if not why] == []
+
+
+def test_every_service_factory_defaults_to_the_topics_of_the_topology_table():
+    """The topology table (awet_dagster.contracts.topology) is the one place that says which
+    topics a process reads and writes: each service factory's default topic keywords name
+    exactly those topics (a factory that drifted would run wired differently from the table
+    the runner, the lag monitor and the deployment tests read)."""
+    import importlib
+    import inspect
+
+    from awet_dagster.contracts.topology import NODES
+
+    checked = 0
+    for name, node in NODES.items():
+        try:
+            module = importlib.import_module(f"live.services.{name}")
+        except ModuleNotFoundError:
+            continue  # ingest, lag_monitor's table...: not a bus service factory
+        params = inspect.signature(module.build).parameters
+        topics = {p.default for key, p in params.items()
+                  if key.endswith("_topic") and isinstance(p.default, str)}
+        if not topics:
+            continue
+        assert topics == set(node.inputs + node.side + node.outputs), name
+        checked += 1
+    assert checked >= 9, checked
