@@ -8,7 +8,7 @@ import pytest
 from awet_dagster.evaluation.walk_forward import GateCheck
 from awet_dagster.inference import ChampionSource
 from awet_dagster.model import promotion
-from awet_dagster.model.registry import FakeModelRegistry
+from awet_dagster.model.fake_registry import FakeModelRegistry
 from tests._model_data import walk_forward_result
 
 PASS = [GateCheck("median_oos_sharpe", True, 0.9, 0.5, "median")]

@@ -1,4 +1,4 @@
-"""The model registry (no Dagster): ``ModelRegistry`` over MLflow, ``FakeModelRegistry`` in memory.
+"""The model registry (no Dagster): ``ModelRegistry`` over MLflow.
 
 ``ModelRegistry`` logs a training run with a nested run per walk-forward fold, logs the ONNX
 model with its preprocessing (and calibration) beside it, registers ``awet-tft`` versions
@@ -8,21 +8,19 @@ client: it never sets MLflow's process-wide tracking URI, registry URI or experi
 registries (two configurations, a test beside a run) do not see each other's stores.
 
 ``download_model`` puts model.onnx, preprocessing.json (and calibration.json) in ONE
-directory, which ``OnnxPredictor.load(dir)`` serves. ``FakeModelRegistry`` keeps the same
-records in memory (and the artifacts in a directory) for tests of what uses a registry.
+directory, which ``OnnxPredictor.load(dir)`` serves. Its twin for tests is
+``awet_dagster.model.fake_registry.FakeModelRegistry``.
 MLflow is imported inside the methods that talk to it (4.8 s cold, docs/conventions.md).
 """
 from __future__ import annotations
 
-import itertools
 import json
 import math
-import shutil
 import subprocess
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +62,7 @@ def git_sha(repo: Path | str | None = None) -> str:
         return "unknown"
 
 
-def _clean_metrics(d: Mapping[str, Any]) -> dict[str, float]:
+def clean_metrics(d: Mapping[str, Any]) -> dict[str, float]:
     return {k.replace("@", "_"): float(v) for k, v in d.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
 
 
@@ -72,7 +70,33 @@ def _param(v: Any) -> str:
     return json.dumps(v) if isinstance(v, (list, dict, tuple)) else str(v)
 
 
-class ModelRegistry:
+def registration_tags(run_id: str, gate_checks: Sequence) -> dict[str, str]:
+    """A new version's tags: its run, whether every gate check passed, each check's result."""
+    tags = {"run_id": run_id,
+            "gate_passed": str(all(g.passed for g in gate_checks)).lower() if gate_checks else "unknown"}
+    for g in gate_checks:
+        tags[f"gate.{g.name}"] = f"{'pass' if g.passed else 'fail'} value={g.value:.6g} threshold={g.threshold:.6g}"
+    return tags
+
+
+class ServesModels:
+    """Loading a served model from ``download_model`` (shared by the registry and its twin)."""
+
+    model_name: str
+
+    def download_model(self, ref: str | None = None, dest: Path | str | None = None) -> Path:
+        raise NotImplementedError
+
+    def load_champion(self, dest: Path | str | None = None) -> OnnxPredictor:
+        """``OnnxPredictor`` for the champion (ONNX Runtime, CPUExecutionProvider)."""
+        return OnnxPredictor.load(self.download_model(None, dest))
+
+    def load_version(self, version: str | int) -> OnnxPredictor:
+        """``OnnxPredictor`` for ``version`` (pinned: the alias may move meanwhile)."""
+        return OnnxPredictor.load(self.download_model(f"models:/{self.model_name}/{version}"))
+
+
+class ModelRegistry(ServesModels):
     """The MLflow registry of one configuration (``cfg.mlflow``, ``cfg.mlflow_tracking_uri``,
     ``cfg.mlflow_artifact_root``)."""
 
@@ -116,7 +140,7 @@ class ModelRegistry:
 
         now = int(time.time() * 1000)
         self.client.log_batch(run_id, params=[Param(k, _param(v)) for k, v in params.items()],
-                              metrics=[Metric(k, v, now, step) for k, v in _clean_metrics(metrics).items()])
+                              metrics=[Metric(k, v, now, step) for k, v in clean_metrics(metrics).items()])
 
     def log_training_run(self, result: Any, onnx_dir: Path | str, *, gate_checks: Sequence | None = None,
                          run_name: str | None = None) -> tuple[str, str]:
@@ -176,11 +200,7 @@ class ModelRegistry:
             rid, _, path = model_uri.removeprefix("runs:/").partition("/")
             source = f"{c.get_run(rid).info.artifact_uri}/{path}"
         mv = c.create_model_version(name, source, run_id=run_id)
-        tags = {"run_id": run_id,
-                "gate_passed": str(all(g.passed for g in gate_checks)).lower() if gate_checks else "unknown"}
-        for g in gate_checks:
-            tags[f"gate.{g.name}"] = f"{'pass' if g.passed else 'fail'} value={g.value:.6g} threshold={g.threshold:.6g}"
-        self.tag_version(mv.version, tags)
+        self.tag_version(mv.version, registration_tags(run_id, gate_checks))
         return ModelRef(name, str(mv.version), run_id, f"models:/{name}/{mv.version}")
 
     # ------------------------------------------------------------------ the champion alias
@@ -252,14 +272,6 @@ class ModelRegistry:
             (dest / CALIBRATION_FILE).write_text(cal.read_text())
         return dest
 
-    def load_champion(self, dest: Path | str | None = None) -> OnnxPredictor:
-        """``OnnxPredictor`` for the champion (ONNX Runtime, CPUExecutionProvider)."""
-        return OnnxPredictor.load(self.download_model(None, dest))
-
-    def load_version(self, version: str | int) -> OnnxPredictor:
-        """``OnnxPredictor`` for ``version`` (pinned: the alias may move meanwhile)."""
-        return OnnxPredictor.load(self.download_model(f"models:/{self.model_name}/{version}"))
-
     def version_calibration(self, name: str, version: str | int) -> Any:
         """The Platt calibrator logged with ``name`` ``version``'s training run (fitted on its
         walk-forward OOS calls), or None when it has none. Fetches only calibration.json."""
@@ -297,101 +309,3 @@ class ModelRegistry:
         """The walk-forward run behind the current champion (to compare a challenger fold by fold)."""
         champ = self.get_champion()
         return None if champ is None else self.version_tags(champ.version).get("walk_forward_run_id")
-
-
-@dataclass
-class _FakeVersion:
-    run_id: str
-    model_dir: Path
-    tags: dict[str, str] = field(default_factory=dict)
-
-
-class FakeModelRegistry:
-    """``ModelRegistry``'s twin in memory (the model files copied under ``root``): the same
-    versions, tags, alias moves and rollback, without MLflow."""
-
-    def __init__(self, root: Path | str, model_name: str = "awet-tft") -> None:
-        self.root = Path(root)
-        self.model_name = model_name
-        self.runs: dict[str, dict[str, Any]] = {}
-        self.versions: dict[str, _FakeVersion] = {}
-        self.champion: str | None = None
-        self._ids = itertools.count(1)
-
-    def log_training_run(self, result: Any, onnx_dir: Path | str, *, gate_checks: Sequence | None = None,
-                         run_name: str | None = None) -> tuple[str, str]:
-        run_id = f"fake-run-{next(self._ids)}"
-        stored = self.root / run_id
-        shutil.copytree(onnx_dir, stored)
-        self.runs[run_id] = {"metrics": _clean_metrics(result.overall), "dir": stored,
-                             "gate": [asdict(g) for g in gate_checks or ()]}
-        return run_id, f"runs:/{run_id}/{MODEL_ARTIFACT}"
-
-    def register_version(self, run_id: str, model_uri: str, gate_checks: Sequence = ()) -> ModelRef:
-        version = str(len(self.versions) + 1)
-        self.versions[version] = _FakeVersion(run_id, self.runs[run_id]["dir"])
-        tags = {"run_id": run_id,
-                "gate_passed": str(all(g.passed for g in gate_checks)).lower() if gate_checks else "unknown"}
-        tags.update({f"gate.{g.name}": f"{'pass' if g.passed else 'fail'} value={g.value:.6g} "
-                                       f"threshold={g.threshold:.6g}" for g in gate_checks})
-        self.tag_version(version, tags)
-        return ModelRef(self.model_name, version, run_id, f"models:/{self.model_name}/{version}")
-
-    def get_champion(self) -> ModelRef | None:
-        if self.champion is None:
-            return None
-        return ModelRef(self.model_name, self.champion, self.versions[self.champion].run_id,
-                        f"models:/{self.model_name}@champion")
-
-    def set_champion(self, version: str | int) -> ModelRef:
-        version = str(version)
-        if version not in self.versions:
-            raise LookupError(f"{self.model_name} has no version {version}")
-        if self.champion is not None and self.champion != version:
-            self.tag_version(version, {PREVIOUS_CHAMPION_TAG: self.champion})
-        self.champion = version
-        return self.get_champion()  # type: ignore[return-value]
-
-    def rollback_champion(self) -> ModelRef:
-        if self.champion is None:
-            raise LookupError(f"{self.model_name} has no champion to roll back")
-        prev = self.versions[self.champion].tags.get(PREVIOUS_CHAMPION_TAG)
-        if not prev:
-            raise LookupError(f"{self.model_name} v{self.champion} has no previous champion recorded")
-        self.champion = prev
-        return self.get_champion()  # type: ignore[return-value]
-
-    def download_model(self, ref: str | None = None, dest: Path | str | None = None) -> Path:
-        version = self.champion if ref is None or "@" in ref else ref.rsplit("/", 1)[1]
-        if version is None or version not in self.versions:
-            raise LookupError(f"{self.model_name}: no model for {ref or 'the champion'}")
-        dest = Path(dest or tempfile.mkdtemp(prefix="awet-model-"))
-        shutil.copytree(self.versions[version].model_dir, dest, dirs_exist_ok=True)
-        return dest
-
-    def load_champion(self, dest: Path | str | None = None) -> OnnxPredictor:
-        return OnnxPredictor.load(self.download_model(None, dest))
-
-    def load_version(self, version: str | int) -> OnnxPredictor:
-        return OnnxPredictor.load(self.download_model(f"models:/{self.model_name}/{version}"))
-
-    def version_calibration(self, name: str, version: str | int) -> Any:
-        from awet_dagster.model.pipeline import load_calibration  # the training package: torch (5.6 s)
-
-        model_dir = self.versions[str(version)].model_dir
-        return load_calibration(model_dir) if (model_dir / CALIBRATION_FILE).exists() else None
-
-    def version_oos_sharpe(self, version: str | int) -> float | None:
-        return self.runs[self.versions[str(version)].run_id]["metrics"].get("sharpe")
-
-    def tag_version(self, version: str | int, tags: Mapping[str, Any]) -> None:
-        self.versions[str(version)].tags.update({k: str(v) for k, v in tags.items()})
-
-    def version_tags(self, version: str | int) -> dict[str, str]:
-        return dict(self.versions[str(version)].tags)
-
-    def list_versions(self) -> list[VersionInfo]:
-        return [VersionInfo(v, dict(fv.tags), fv.run_id) for v, fv in sorted(self.versions.items(), key=lambda i: int(i[0]))]
-
-    def champion_walk_forward_run(self) -> str | None:
-        return None if self.champion is None else self.versions[self.champion].tags.get("walk_forward_run_id")
