@@ -195,7 +195,7 @@ def live_cmd(
     Serves /metrics and /healthz on observability.metrics_host : metrics_port_base + the
     service's offset (live/metrics.py SERVICE_PORT_OFFSETS; several services: the runner's).
     """
-    from live.metrics import service_port
+    from awet_dagster.observability.metrics import service_port
     from live.registry import available_services, service_spec
     from live.service_metrics import MetricsPortError
     from live.supervisor import run_services
@@ -257,7 +257,7 @@ def _live_replay(source: str, bar_type: str | None, start: str | None, end: str 
     from awet_dagster.sources.settings import source_kwargs
     from awet_dagster.storage.bars import copy_upsert_bars
     from awet_dagster.storage.db import connect
-    from live.metrics import service_port
+    from awet_dagster.observability.metrics import service_port
     from live.loop_harness import LoopTracker, replay_through_loop, start_loop
     from live.registry import REPLAY_SERVICES
     from live.topics import ensure_configured_topics

@@ -32,7 +32,8 @@ from pydantic import ValidationError
 from awet_dagster.config import AwetConfig
 from awet_dagster.contracts import BaseEvent, MarketRawEvent
 from awet_dagster.streaming.polling import BarPoller, PollStats, SimulatedClock
-from live.metrics import service_port, start_metrics_server
+from awet_dagster.observability.metrics import service_port
+from live.metrics import start_metrics_server
 
 log = logging.getLogger("awet.live.ingest_poll")
 

@@ -36,7 +36,7 @@ from awet_dagster.config import AwetConfig
 from awet_dagster.infra import resolve_endpoints
 from live.bus import BusService, RetryLater, RunStats
 from live.kafka_settings import group_id
-from live.metrics import AwetMetrics
+from awet_dagster.observability.metrics import AwetMetrics
 from live.registry import ServiceSpec, available_services, service_inputs, service_spec
 from live.service_metrics import metrics_host as default_metrics_host
 from live.service_metrics import serve_metrics, wire_metrics
@@ -209,7 +209,7 @@ def run_services(
     keyword arguments for that service's factory. Returns one ``ServiceResult`` per name;
     a service that gave up has ``error`` set (and stopped all the others).
 
-    ``metrics`` (a ``live.metrics.AwetMetrics``; created when only ``metrics_port`` is
+    ``metrics`` (a ``awet_dagster.observability.metrics.AwetMetrics``; created when only ``metrics_port`` is
     given) wires every service's metrics (module docstring). ``metrics_port`` (0 = any
     free port) serves them on ``metrics_host`` (default ``cfg.observability.metrics_host``)
     for the duration of the run; a port that cannot be bound raises ``MetricsPortError``

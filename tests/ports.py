@@ -31,6 +31,6 @@ def free_port_range(span: int) -> int:
 def free_metrics_base() -> int:
     """A metrics port base whose every service port is free now (not the configured 9400+,
     which every worker's service commands would fight over)."""
-    from live.metrics import SERVICE_PORT_OFFSETS
+    from awet_dagster.observability.metrics import SERVICE_PORT_OFFSETS
 
     return free_port_range(max(SERVICE_PORT_OFFSETS.values()) + 1)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from awet_dagster.observability.promql import metric_names
-from live.metrics import SERVICE_PORT_OFFSETS, AwetMetrics
+from awet_dagster.observability.metrics import SERVICE_PORT_OFFSETS, AwetMetrics
 
 REPO = Path(__file__).resolve().parents[1]
 PROM = REPO / "docker" / "prometheus"
@@ -134,7 +134,7 @@ def test_alpaca_errors_absorbed_by_retries_are_counted_and_fire_the_alert(tmp_pa
     from tests.fake_alpaca import FakeAlpaca
 
     from awet_dagster.execution import AlpacaPaperBroker, OrderRequest, client_order_id
-    from live.metrics import AwetMetrics
+    from awet_dagster.observability.metrics import AwetMetrics
 
     metrics = AwetMetrics()
     svc = metrics.service("execution")

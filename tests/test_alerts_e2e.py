@@ -538,7 +538,7 @@ def test_lag_monitor_watches_the_groups_the_services_really_use():
 @pytest.mark.timeout(180)
 def test_awet_live_lag_monitor_serves_its_metrics(tmp_path, database_url, kafka_bootstrap):
     """`awet live --service lag_monitor`: a non-bus service of the runner, on its own port."""
-    from live.metrics import SERVICE_PORT_OFFSETS
+    from awet_dagster.observability.metrics import SERVICE_PORT_OFFSETS
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWET", "VAULT_"))}

@@ -473,7 +473,7 @@ def test_kafka_sigkilled_with_bars_in_flight_and_bars_sent_while_down_loses_noth
       here (the lockstep test above does that)."""
     import live.registry as registry
     from awet_dagster.streaming import bars_to_events
-    from live.metrics import AwetMetrics
+    from awet_dagster.observability.metrics import AwetMetrics
     from live.services.lag_monitor import LagMonitor
     from tests.test_live_loop import _overrides, _sample_bars, _uid
 

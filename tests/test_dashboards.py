@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from awet_dagster.observability.promql import dashboard_queries, expand_grafana_variables, metric_names, tokenize
-from live.metrics import AwetMetrics
+from awet_dagster.observability.metrics import AwetMetrics
 
 REPO = Path(__file__).resolve().parents[1]
 GRAFANA = REPO / "docker" / "grafana"

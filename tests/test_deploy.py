@@ -296,7 +296,7 @@ def test_live_services_are_the_whole_loop_and_scalable(compose):
 
 def test_metrics_ports_agree_everywhere(compose):
     from awet_dagster.config import load_config
-    from live.metrics import service_port
+    from awet_dagster.observability.metrics import service_port
 
     cfg = load_config(environ={"AWET_ENV": "prod"})
     prom = yaml.safe_load((DOCKER / "compose" / "prometheus.yml").read_text())
@@ -564,7 +564,7 @@ def test_rendered_manifests_are_valid_kubernetes(helm, extra):
 
 def test_one_deployment_per_live_service_with_probes(helm):
     from awet_dagster.config import load_config
-    from live.metrics import service_port
+    from awet_dagster.observability.metrics import service_port
     from live.registry import DEPLOYED_SERVICES, LOOP_SERVICES
 
     cfg = load_config(environ={"AWET_ENV": "prod"})
@@ -800,7 +800,7 @@ def test_live_service_command_runs_locally(name, database_url, kafka_bootstrap, 
 @pytest.mark.slow
 def test_live_service_serves_healthz_while_running(database_url, kafka_bootstrap, configured_topics, tmp_path):
     from awet_dagster.config import load_config
-    from live.metrics import service_port
+    from awet_dagster.observability.metrics import service_port
 
     env = _local_env(database_url, kafka_bootstrap, tmp_path / "home")
     port = service_port(load_config(environ={"AWET_ENV": "test", **{k: v for k, v in env.items()

@@ -73,7 +73,7 @@ def _consume_and_commit(bootstrap: str, topic: str, group: str, n: int) -> None:
 
 @pytest.mark.timeout(180)
 def test_lag_monitor_against_broker(kafka_bootstrap, make_topic):
-    from live.metrics import AwetMetrics
+    from awet_dagster.observability.metrics import AwetMetrics
     from live.services.lag_monitor import LagMonitor
 
     topic = make_topic(2)

@@ -1,4 +1,4 @@
-"""live/metrics.py: the catalogue, the bus hook adapter, the HTTP endpoint, the textfiles."""
+"""The metrics: the catalogue (awet_dagster/observability/metrics.py), the bus hook adapter, the HTTP endpoint (live/metrics.py), the textfiles."""
 from __future__ import annotations
 
 import urllib.error
@@ -9,7 +9,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from awet_dagster.observability import textfile as tf
 from live.bus import MetricSample
-from live.metrics import SERVICE_PORT_OFFSETS, AwetMetrics, reason_code, service_port, start_metrics_server
+from awet_dagster.observability.metrics import SERVICE_PORT_OFFSETS, AwetMetrics, reason_code, service_port
+from live.metrics import start_metrics_server
 
 
 def _get(url: str) -> tuple[int, str]:

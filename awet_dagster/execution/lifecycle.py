@@ -126,6 +126,7 @@ from awet_dagster.execution.store import (
     Write,
     new_order_row,
 )
+from awet_dagster.observability.metrics import ServiceMetrics
 from awet_dagster.risk.portfolio import Fill
 from awet_dagster.streaming.events import event_to_bar
 from awet_dagster.streaming.outputs import Output, RetryLater
@@ -193,11 +194,11 @@ class OrderLifecycle:
     batch's order rows in one write), ``handle`` (a bar, an approved decision, an exit) and
     ``flush_writes`` (the batch's writes, before its input offsets are committed).
 
-    ``metrics``: an object with the execution metrics (``live.metrics.ServiceMetrics``) or None."""
+    ``metrics``: an object with the execution metrics (``awet_dagster.observability.metrics.ServiceMetrics``) or None."""
 
     def __init__(self, store: ExecutionStore, broker: Any, *, initial_equity: float, orders_topic: str,
                  done_topic: str, namespace: str = "", dry_run: bool = False,
-                 on_submit: Callable[[OrderRequest, BrokerOrder], None] | None = None, metrics: Any = None) -> None:
+                 on_submit: Callable[[OrderRequest, BrokerOrder], None] | None = None, metrics: ServiceMetrics | None = None) -> None:
         self.metrics = metrics
         self._received: dict[str, deque] = {}  # symbol -> (bar ts, wall-clock receipt), for bar_to_order
         self.store = store

@@ -52,6 +52,7 @@ from awet_dagster.inference.predictors import PredictorSource
 from awet_dagster.inference.quantiles import to_quantiles
 from awet_dagster.inference.windows import FeatureWindows
 from awet_dagster.observability.drift import PredictionDrift
+from awet_dagster.observability.metrics import ServiceMetrics
 from awet_dagster.signals.tft import tft_view
 from awet_dagster.streaming.events import bar_to_event, derived_event_id
 from awet_dagster.streaming.outputs import Output
@@ -93,10 +94,10 @@ class InMemoryPredictionStore(InMemoryBarHistory):
 
 class Forecaster:
     """``store`` None: no warm-up from stored bars and nothing persisted (tests, tools).
-    ``metrics``: ``live.metrics.ServiceMetrics`` or None."""
+    ``metrics``: ``awet_dagster.observability.metrics.ServiceMetrics`` or None."""
 
     def __init__(self, cfg: AwetConfig, source: PredictorSource, store: PredictionStore | None, *,
-                 output_topic: str, warmup_bars: int = DEFAULT_WARMUP_BARS, metrics: Any = None,
+                 output_topic: str, warmup_bars: int = DEFAULT_WARMUP_BARS, metrics: ServiceMetrics | None = None,
                  drift: PredictionDrift | None = None) -> None:
         self.metrics = metrics
         self.source = source

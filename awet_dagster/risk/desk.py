@@ -21,7 +21,7 @@ One ``RiskEngine`` per process, as in ``run_backtest``:
   audit records in one transaction, BEFORE any of its decisions is published.
 Decision event ids are deterministic (uuid5 of the signal's event id).
 
-Metrics (``metrics``: ``live.metrics.ServiceMetrics`` or None): after every signal's bar is
+Metrics (``metrics``: ``awet_dagster.observability.metrics.ServiceMetrics`` or None): after every signal's bar is
 marked, the kill switch gauge, realised/unrealised/total PnL, exposure per symbol and in
 total, and the session's PnL vs its anchor; fresh rejections by reason code. Set once at
 start as well, so they are exported before the first signal.
@@ -38,6 +38,7 @@ from awet_dagster.config import AwetConfig
 from awet_dagster.contracts import ExecutionReport, OrderEvent, RiskDecision, ScoredSignal
 from awet_dagster.execution.ids import client_order_id
 from awet_dagster.execution.ledger import FillLedger
+from awet_dagster.observability.metrics import ServiceMetrics
 from awet_dagster.risk.engine import RiskEngine
 from awet_dagster.risk.state import CachedRiskStateStore
 from awet_dagster.risk.store import AuditRecord, RiskStore
@@ -54,7 +55,7 @@ _NS = uuid.UUID("3c1b7a0e-5f7d-4d1e-8f55-1b2a9c0d4e61")
 
 class RiskDesk:
     def __init__(self, cfg: AwetConfig, store: RiskStore, *, approved_topic: str, rejected_topic: str,
-                 guard: TimeGuard, namespace: str = "", fill_wait_s: float | None = None, metrics: Any = None,
+                 guard: TimeGuard, namespace: str = "", fill_wait_s: float | None = None, metrics: ServiceMetrics | None = None,
                  side: SideInputs = NO_SIDE_INPUTS) -> None:
         self.cfg = cfg
         self.metrics = metrics

@@ -45,7 +45,7 @@ def build(cfg: AwetConfig, endpoints: Any, *, approved_topic: str = RISK_APPROVE
           metrics: Any = None, **bus_kwargs: Any) -> LiveService:
     """``broker``: an instance (tests) or None (from ``execution.broker``). ``namespace``
     scopes the rows this instance restores (tests sharing one database). ``metrics``: a
-    ``live.metrics.ServiceMetrics`` for the trading metrics (the runner passes it)."""
+    ``awet_dagster.observability.metrics.ServiceMetrics`` for the trading metrics (the runner passes it)."""
     conn = LazyConnection(endpoints.database_url, **db_settings(cfg))
     b = broker if broker is not None and not isinstance(broker, str) else make_broker(cfg, broker)
     # The simulator is not a real venue: its orders are not "dry-run" orders.

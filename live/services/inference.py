@@ -42,7 +42,7 @@ def build(cfg: AwetConfig, endpoints: Any, *, input_topic: str = ENGINEERED, out
           metrics: Any = None, drift_window: int = 500, drift_min_recent: int | None = None,
           **bus_kwargs: Any) -> LiveService:
     """``source``: where the model comes from (default: the registry's champion, polled every ``poll_s``).
-    ``metrics``: a ``live.metrics.ServiceMetrics`` for the model metrics (the runner passes it).
+    ``metrics``: a ``awet_dagster.observability.metrics.ServiceMetrics`` for the model metrics (the runner passes it).
     ``drift_window`` / ``drift_min_recent``: ``PredictionDrift`` sizes (reference = the served
     model's first ``drift_window`` median forecasts; PSI of the latest ones once ``drift_min_recent``
     arrived, default ``max(50, drift_window // 10)``)."""

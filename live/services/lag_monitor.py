@@ -34,7 +34,7 @@ from awet_dagster.contracts.topology import group_inputs
 from awet_dagster.observability.lag import PartitionLag, group_lags
 from live.bus import RunStats
 from live.kafka_settings import group_id
-from live.metrics import AwetMetrics
+from awet_dagster.observability.metrics import AwetMetrics
 
 log = logging.getLogger("awet.live.lag_monitor")
 

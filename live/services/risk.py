@@ -27,7 +27,7 @@ def build(cfg: AwetConfig, endpoints: Any, *, input_topic: str = SIGNALS_SCORED,
           group: str | None = None, name: str = NAME, namespace: str = "",
           fill_wait_s: float | None = None, tracker: Any = None, metrics: Any = None,
           **bus_kwargs: Any) -> LiveService:
-    """``metrics``: a ``live.metrics.ServiceMetrics`` for the trading gauges (the runner passes it)."""
+    """``metrics``: a ``awet_dagster.observability.metrics.ServiceMetrics`` for the trading gauges (the runner passes it)."""
     conn = LazyConnection(endpoints.database_url, **db_settings(cfg))
     desk = RiskDesk(cfg, PostgresRiskStore(conn.get, namespace), approved_topic=approved_topic,
                     rejected_topic=rejected_topic, guard=time_guard(cfg), namespace=namespace,
