@@ -184,8 +184,8 @@ def live_cmd(
     symbols: list[str] = typer.Option(None, "--symbols", "-s", help="With --replay: symbols."),
     lockstep: bool = typer.Option(True, "--lockstep/--free-run",
                                   help="With --replay: one timestamp at a time, waiting for the loop to drain "
-                                       "(backtest-identical sequencing; default) or every bar at once (throughput; "
-                                       "exits can then lag the bars, see live/services/exit_monitor.py)."),
+                                       "(the backtest's sequencing; default) or every bar at once (throughput; decisions "
+                                       "then depend on timing: docs/live-vs-backtest.md)."),
     preload_days: int = typer.Option(730, "--preload-days", help="With --replay: bars of this many days before "
                                                                  "--start are loaded into the bars table first "
                                                                  "(warm-up history; 0 = none)."),

@@ -255,7 +255,9 @@ def replay_through_loop(producer: Any, bars: Any, tracker: LoopTracker, *, topic
     ``lockstep``: publish one timestamp's bars at a time and wait for the loop to drain
     before the next one — every service then sees the bars of ts t only after everything
     caused by earlier bars (orders, fills, exits) went through, which is the backtest's
-    sequencing (used for backtest/live parity). Otherwise everything is published at once.
+    sequencing (used for backtest/live parity). With one partition per topic the orders equal
+    the backtest's; with several, risk may read the symbols of one timestamp in another order
+    and size differently (docs/live-vs-backtest.md). Otherwise everything is published at once.
     Every bar is published until the broker acknowledged it (``publish_acknowledged``:
     across a broker outage or restart, nothing dropped, nothing acknowledged sent twice);
     ``renew_producer`` makes a fresh producer when the one in use stopped delivering.
