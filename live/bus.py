@@ -52,6 +52,11 @@ Guarantees and why:
   ``batch_size`` (default 500) bounds a poll batch; a crash re-delivers at most what was
   consumed since the last checkpoint whose commit landed (``commit_interval_s``, default
   0.1 s, or ``commit_max_messages``, default 5000, worth of input).
+- A handler that raises ``PublishFirst`` (its input needs what the held outputs will cause)
+  ends the batch BEFORE that message: the outputs so far are published (``before_produce``
+  first) and that message with the rest of the batch is handled again as the next batch
+  (kept in memory, in order; not consumed twice, counted once; dropped with partitions
+  revoked or lost, whose new owner reads them). Offsets only ever cover handled messages.
 - Batch hooks (optional): ``before_batch(messages)`` runs once per polled batch before any
   message is handled (prefetch what the whole batch needs in one query, micro-batch model
   calls); ``before_produce(contexts)`` makes the loop HOLD the batch's outputs until it has
@@ -80,7 +85,7 @@ from pydantic import ValidationError
 
 from awet_dagster.contracts import BaseEvent, DeadLetter, dlq_topic, model_for_topic
 # The handler API: what a handler returns and raises (core types, re-exported here).
-from awet_dagster.streaming.outputs import Output, RetryLater
+from awet_dagster.streaming.outputs import Output, PublishFirst, RetryLater
 from live.dead_letters import dead_letter_for, decode_failure_reason, send_dead_letter
 from live.producer import EventProducer
 
@@ -303,6 +308,10 @@ class BusService:
             self._source = self._consumer
         self._stop = threading.Event()
         self._abandoned: str | None = None  # why the consumer's position is past uncommitted messages
+        # The rest of a batch a handler ended with PublishFirst: the next batch (consumed, not
+        # handled). Its first message already went through the messages_in metric.
+        self._carry: list[Message] = []
+        self._carry_counted: tuple[str, int, int] | None = None
         self._closed = False
         self._failed: str | None = None  # set when run() raised: the instance must be rebuilt
         self._prev_handlers: dict[int, Any] = {}
@@ -443,6 +452,15 @@ class BusService:
                         stats.stopped_by = "timeout"
                         break
                     wait = min(wait, left)
+                if self._carry:
+                    limit = self._batch_size if max_messages is None else min(self._batch_size,
+                                                                            max_messages - stats.consumed)
+                    batch, self._carry = self._carry[:limit], self._carry[limit:]
+                    self._process_batch(batch, stats)
+                    if (self._pending_messages >= self._commit_max_messages
+                            or time.monotonic() - self._pending_since >= self._commit_interval_s):
+                        self._checkpoint(stats)
+                    continue
                 if self._pending_messages:
                     # Idle input: checkpoint now rather than after a long poll.
                     first = consumer.poll(0)
@@ -509,11 +527,26 @@ class BusService:
                 log.warning("%s: consumer error: %s", self.name, err)
                 continue
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-            # A batch holds each partition's messages in order: the last offset seen is the max.
-            offsets[topic, partition] = offset
             if on_metrics is not None:
-                on_metrics(MetricSample("messages_in", topic, 1, partition, offset))
-            n_out, ctx = process_one(msg, topic, partition, offset, stats, held)
+                if self._carry_counted == (topic, partition, offset):
+                    self._carry_counted = None
+                else:
+                    on_metrics(MetricSample("messages_in", topic, 1, partition, offset))
+            try:
+                n_out, ctx = process_one(msg, topic, partition, offset, stats, held)
+            except PublishFirst as exc:
+                if not held and not produced:  # nothing to publish first: it would come back forever
+                    raise RuntimeError(f"{self.name}: PublishFirst on {topic}[{partition}]@{offset} with "
+                                       f"no output of its batch before it ({exc})") from exc
+                # Handled again, with the rest, once what the batch made so far is published.
+                done = i
+                self._carry = batch[i:] + self._carry
+                self._carry_counted = (topic, partition, offset)
+                log.debug("%s: publishing %d output(s) before %s[%d]@%d: %s", self.name,
+                          len(held) if held is not None else 0, topic, partition, offset, exc)
+                break
+            # A batch holds each partition's messages in order: the last offset handled is the max.
+            offsets[topic, partition] = offset
             produced += n_out
             if keep_contexts and ctx is not None:
                 contexts.append(ctx)
@@ -592,7 +625,7 @@ class BusService:
                     self.producer.check(out.topic, out.event)  # wrong contract for topic: DLQ, not crash
             else:
                 outputs = ()
-        except RetryLater:
+        except (RetryLater, PublishFirst):
             raise
         except Exception as exc:  # noqa: BLE001 - any handler bug goes to the DLQ, loop continues
             # A refusal of the input itself names its own reason code (e.g. invalid_time).
@@ -722,6 +755,9 @@ class BusService:
 
     def _reset_state(self, what: str, partitions: list[TopicPartition]) -> None:
         self.rebalances += 1
+        if self._carry and what != "assigned":  # their new owner reads them from the committed offset
+            gone = {(tp.topic, tp.partition) for tp in partitions}
+            self._carry = [m for m in self._carry if (m.topic(), m.partition()) not in gone]
         if self.rebalances > 1:  # the first assignment is the start: nothing to forget
             log.info("%s: %d partition(s) %s: per-key state dropped", self.name, len(partitions), what)
         if self._on_rebalance is not None and self.rebalances > 1:

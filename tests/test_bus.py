@@ -18,7 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from awet_dagster.contracts import DeadLetter, MarketRawEvent, dlq_topic
 from awet_dagster.contracts.examples import example_events
-from live.bus import BusService, MetricSample, Output, RetryLater
+from live.bus import BusService, MetricSample, Output, PublishFirst, RetryLater
 from live.dead_letters import DLQ_REASON_HEADER
 from live.producer import CORRELATION_HEADER, DeliveryError, EventProducer
 from live.kafka_settings import (
@@ -361,6 +361,51 @@ def test_batch_hooks_run_once_per_batch_and_outputs_wait_for_before_produce(kafk
     assert sum(n for _, n in batches) == 5 and len(produces) == len(batches)
     assert calls[0][0] == "batch" and all(c[2] == 0 for c in produces[:1])  # held until before_produce
     assert [m.key() for m in _read_all(kafka_bootstrap, out, 5)] == [e.kafka_key() for e in sent]
+
+
+@pytest.mark.timeout(90)
+def test_publish_first_publishes_the_batch_so_far_then_hands_the_message_back_once(kafka_bootstrap, make_topic):
+    topic, out = make_topic(), make_topic()
+    group = f"g-first-{uuid.uuid4().hex[:8]}"
+    p = _producer(kafka_bootstrap)
+    sent = [_bar(f"S{i}") for i in range(5)]
+    for ev in sent:
+        p.send(topic, ev)
+    p.flush(10)
+    calls: list[tuple] = []
+    metrics: list[int] = []
+
+    def before_batch(batch):
+        calls.append(("batch", len(batch)))
+
+    def handle(event, ctx):
+        if event.symbol == "S3" and not any(c == ("again", "S3") for c in calls):
+            calls.append(("again", "S3"))
+            # What it needs comes from the outputs held so far: none of them is out yet.
+            calls.append(("published", len(_read_all(kafka_bootstrap, out, 1, timeout_s=0.5))))
+            raise PublishFirst("S3 needs what S0..S2 cause")
+        calls.append(("handle", event.symbol, len(_read_all(kafka_bootstrap, out, 3, timeout_s=5))
+                      if event.symbol == "S3" else None))
+        return [Output(out, event)]
+
+    def on_metrics(sample):
+        if sample.name == "messages_in":
+            metrics.append(sample.offset)
+
+    with _service(kafka_bootstrap, [topic], handle, group=group, models={topic: MarketRawEvent, out: MarketRawEvent},
+                  before_batch=before_batch, before_produce=lambda contexts: calls.append(("produce", len(contexts))),
+                  on_metrics=on_metrics, batch_size=500) as svc:
+        deadline = time.monotonic() + 30
+        stats = svc.run(max_messages=5, timeout_s=30)
+        assert time.monotonic() < deadline
+    assert stats.processed == 5 and stats.produced == 5 and stats.dead_lettered == 0
+    assert ("published", 0) in calls
+    # S3 is handled again after S0..S2's outputs went out, and only then.
+    assert ("handle", "S3", 3) in calls, calls
+    assert [c[1] for c in calls if c[0] == "handle"] == ["S0", "S1", "S2", "S3", "S4"]
+    assert sorted(metrics) == [0, 1, 2, 3, 4]  # every message counted once
+    assert [m.key() for m in _read_all(kafka_bootstrap, out, 5)] == [e.kafka_key() for e in sent]
+    assert _committed(kafka_bootstrap, group, topic) == 5
 
 
 @pytest.mark.timeout(90)

@@ -4,6 +4,7 @@ the forecaster (``Forecaster``). The same objects run in the live services over 
 PostgreSQL stores (tests/test_live_loop.py and the parity tests)."""
 from __future__ import annotations
 
+import contextlib
 import math
 from datetime import UTC, date, datetime, timedelta
 
@@ -22,6 +23,7 @@ from awet_dagster.signals.scorer import BarScorer, InMemorySignalStore
 from awet_dagster.sources.sample import SampleSource
 from awet_dagster.streaming import FeatureEngine, bars_to_events
 from awet_dagster.streaming.events import event_to_bar
+from awet_dagster.streaming.outputs import PublishFirst
 from awet_dagster.streaming.time_guard import TimeGuard, TimeLimits
 from tests.test_live_loop import _bar, _tradable_signal
 
@@ -69,6 +71,51 @@ def test_risk_desk_rejects_while_the_stored_kill_switch_is_tripped(cfg):
     [out] = desk.handle(_tradable_signal("K", ts))
     assert out.topic == "no" and not out.event.approved
     assert any("kill" in r.lower() for r in out.event.reasons), out.event.reasons
+
+
+class _RecordingSide:
+    """A side reader whose waits are counted (and answered ``done()`` at once)."""
+
+    def __init__(self) -> None:
+        self.waits = 0
+
+    def lock(self):
+        return contextlib.nullcontext()
+
+    def wait(self, done, timeout_s: float) -> bool:
+        self.waits += 1
+        return done()
+
+    def stopping(self) -> bool:
+        return False
+
+
+def test_risk_asks_to_publish_first_instead_of_waiting_for_the_fill_of_its_own_unpublished_approval(cfg):
+    t1 = datetime(2024, 3, 1, 14, 30, tzinfo=UTC)
+    t2 = t1 + timedelta(days=1)
+    store = InMemoryRiskStore(bars={"P": _history("P", t1, cfg.risk.cvar_lookback_bars + 1)})
+    side = _RecordingSide()
+    desk = RiskDesk(cfg, store, approved_topic="ok", rejected_topic="no", guard=_guard(cfg), side=side)
+    desk.start()
+    first, second = _tradable_signal("P", t1), _tradable_signal("P", t2)
+    desk.prepare([(first, ("scored", 0)), (second, ("scored", 0))])
+    [approved] = desk.handle(first)
+    assert approved.event.approved, approved.event.reasons
+    # The approval is held until the batch's audit is written: its fill cannot come yet.
+    with pytest.raises(PublishFirst, match="approved in this batch"):
+        desk.handle(second)
+    assert side.waits == 0 and desk.counters["signals"] == 1 and desk.counters["fill_wait_timeouts"] == 0
+    assert desk.write_audit() == 1  # the bus's before_produce, then the approval is published
+    d = approved.event
+    desk.on_side_event(ExecutionReport(  # execution fills it at the next bar's open
+        correlation_id=d.correlation_id, client_order_id=client_order_id(d.correlation_id, "entry"), symbol="P",
+        side=d.side, intent="entry", ts=t2, status="filled", qty=d.qty, filled_qty=d.qty, avg_price=100.0,
+        venue="paper", source_event_id=d.event_id, dry_run=False))
+    desk.prepare([(second, ("scored", 0))])  # the bus hands it back as the next batch
+    [out] = desk.handle(second)
+    assert desk.counters["signals"] == 2 and desk.counters["fill_wait_timeouts"] == 0
+    assert desk.ledger.portfolio.position("P") is not None  # decided with the fill booked
+    assert out.topic in ("ok", "no")
 
 
 # --------------------------------------------------------------------------- exits

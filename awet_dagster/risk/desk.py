@@ -12,7 +12,11 @@ One ``RiskEngine`` per process, as in ``run_backtest``:
   backtest's rule). Before that, fills are booked in event order: when a symbol that
   already has a bar at this ts has an order decided earlier, the bar waits (``fill_wait_s``,
   bounded, through the ``SideInputs`` port) for that order's fill report, so sizing sees the
-  same equity, positions and pending orders as the backtest did at that bar;
+  same equity, positions and pending orders as the backtest did at that bar. An order approved
+  earlier in the SAME batch is not published yet (decisions go out after the batch's audit), so
+  its fill cannot come: the signal raises ``PublishFirst`` instead of waiting in vain (the bus
+  publishes the batch so far and hands the signal back; measured before: a free-running replay
+  spent 2 s per such bar, 3 bars/s);
 - idempotence: the decision of a signal is stored in its audit record; a redelivered signal
   re-emits the stored decision instead of deciding again (a second look would see its own
   order as "pending" and reject it);
@@ -44,7 +48,7 @@ from awet_dagster.risk.state import CachedRiskStateStore
 from awet_dagster.risk.store import AuditRecord, RiskStore
 from awet_dagster.signals.engine import signal_passed
 from awet_dagster.sources.corporate_actions import adjusted_close
-from awet_dagster.streaming.outputs import Output
+from awet_dagster.streaming.outputs import Output, PublishFirst
 from awet_dagster.streaming.side_inputs import NO_SIDE_INPUTS, SideInputs, wait_or_retry
 from awet_dagster.streaming.time_guard import TimeGuard
 
@@ -77,6 +81,7 @@ class RiskDesk:
         self._stored: dict[str, dict] = {}
         self._audit: list[AuditRecord] = []
         self._in_batch = False
+        self._unpublished: set[str] = set()  # client order ids of this batch's approvals
         self.counters = {"signals": 0, "evaluated": 0, "approved": 0, "rejected": 0, "replayed": 0,
                          "fill_wait_timeouts": 0}
 
@@ -111,6 +116,7 @@ class RiskDesk:
         history of the batch's new symbols, one for the stored decisions of its tradable
         signals (redeliveries)."""
         self._in_batch = True
+        self._unpublished.clear()
         self._audit.clear()
         self._looked_up.clear()
         self._stored.clear()
@@ -134,6 +140,7 @@ class RiskDesk:
     def write_audit(self) -> int:
         """The batch's audit records, in one transaction, before its decisions are published."""
         self._in_batch = False
+        self._unpublished.clear()
         rows, self._audit = self._audit, []
         return self.db.record_audits(rows) if rows else 0
 
@@ -179,7 +186,11 @@ class RiskDesk:
         self._seen.add(symbol)
         seen = frozenset(self._seen)
         with self.side.lock():
-            if self.ledger.missing_fills(seen, ts):
+            missing = self.ledger.missing_fills(seen, ts)
+            held = self._unpublished.intersection(missing)
+            if held:
+                raise PublishFirst(f"{symbol} at {ts.isoformat()} needs the fill of {sorted(held)}, approved in this batch")
+            if missing:
                 ok = wait_or_retry(self.side, lambda: not self.ledger.missing_fills(seen, ts), self.fill_wait_s,
                                    f"{symbol} at {ts.isoformat()} waited for fills")
                 if not ok:
@@ -192,10 +203,10 @@ class RiskDesk:
 
     def _handle(self, signal: ScoredSignal) -> list[Output]:
         symbol, ts = signal.symbol, signal.ts
-        self.counters["signals"] += 1
         if (symbol, signal.bar_type) not in self._warm:
             self._warm_up_many({(symbol, signal.bar_type): ts})
-        pending, in_flight = self._book_until(symbol, ts, signal.split_factor)
+        pending, in_flight = self._book_until(symbol, ts, signal.split_factor)  # may raise PublishFirst
+        self.counters["signals"] += 1
         self.engine.on_bar(symbol, ts, signal.price, signal.price * signal.adj_factor)
         self._publish(ts)
         if not signal_passed(signal):
@@ -227,6 +238,8 @@ class RiskDesk:
 
     def _expect(self, d: RiskDecision) -> None:
         price = d.notional / d.qty if d.qty > 0 else None
+        coid = client_order_id(d.correlation_id, "entry")
+        if self._in_batch:
+            self._unpublished.add(coid)
         with self.side.lock():
-            self.ledger.expect(client_order_id(d.correlation_id, "entry"), d.symbol, d.ts, "entry",
-                               d.correlation_id, qty=d.qty, price=price, side=d.side)
+            self.ledger.expect(coid, d.symbol, d.ts, "entry", d.correlation_id, qty=d.qty, price=price, side=d.side)
