@@ -55,8 +55,9 @@ Guarantees and why:
 - A handler that raises ``PublishFirst`` (its input needs what the held outputs will cause)
   ends the batch BEFORE that message: the outputs so far are published (``before_produce``
   first) and that message with the rest of the batch is handled again as the next batch
-  (kept in memory, in order; not consumed twice, counted once; dropped with partitions
-  revoked or lost, whose new owner reads them). Offsets only ever cover handled messages.
+  (kept in memory, in order; not consumed twice, counted once; no checkpoint until it is
+  handled; dropped with partitions revoked or lost, whose new owner reads them). Offsets only
+  ever cover handled messages.
 - Batch hooks (optional): ``before_batch(messages)`` runs once per polled batch before any
   message is handled (prefetch what the whole batch needs in one query, micro-batch model
   calls); ``before_produce(contexts)`` makes the loop HOLD the batch's outputs until it has
@@ -457,8 +458,7 @@ class BusService:
                                                                             max_messages - stats.consumed)
                     batch, self._carry = self._carry[:limit], self._carry[limit:]
                     self._process_batch(batch, stats)
-                    if (self._pending_messages >= self._commit_max_messages
-                            or time.monotonic() - self._pending_since >= self._commit_interval_s):
+                    if self._checkpoint_due():
                         self._checkpoint(stats)
                     continue
                 if self._pending_messages:
@@ -480,8 +480,7 @@ class BusService:
                 if limit > 1:
                     batch.extend(consumer.consume(num_messages=limit - 1, timeout=0))
                 self._process_batch(batch, stats)
-                if (self._pending_messages >= self._commit_max_messages
-                        or time.monotonic() - self._pending_since >= self._commit_interval_s):
+                if self._checkpoint_due():
                     self._checkpoint(stats)
             # Leave nothing acknowledged-but-uncommitted behind (stop/SIGTERM, max_messages, timeout).
             self._checkpoint(stats)
@@ -495,6 +494,12 @@ class BusService:
             self._active_stats = None
         stats.elapsed_s = time.monotonic() - start
         return stats
+
+    def _checkpoint_due(self) -> bool:
+        # Not while a batch's rest is carried: the message it was cut at has been counted in
+        # (messages_in) and must not be reported consumed (checkpoint) before it is handled.
+        return not self._carry and (self._pending_messages >= self._commit_max_messages
+                                    or time.monotonic() - self._pending_since >= self._commit_interval_s)
 
     def _process_batch(self, batch: list[Message], stats: RunStats) -> None:
         t0 = time.monotonic()

@@ -36,6 +36,7 @@ One ``SignalEngine`` per process, fed bar by bar like ``run_backtest`` (same cod
 """
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import time
@@ -62,6 +63,11 @@ from awet_dagster.streaming.warmup import InMemoryBarHistory, histories_by_key
 log = logging.getLogger("awet.signals.scorer")
 
 _DIR = {"long": 1, "short": -1, "flat": 0}
+_SWEEP_AT = 10_000  # side-input answers kept before the first sweep
+
+
+def _alpha_ts(a: AlphaSignal) -> datetime:
+    return a.ts
 
 
 class SignalStore(Protocol):
@@ -155,6 +161,11 @@ class BarScorer:
         self._model_live: set[str] = set()
         self._alphas: dict[str, list[AlphaSignal]] = {}
         self._alpha_done: set[tuple[str, datetime]] = set()  # bars lean_alpha has answered
+        # Sizes above which the two caches are swept of answers to bars already scored. The
+        # bound doubles with what a sweep keeps: in a replay the side readers run ahead (their
+        # answers are for bars to come), and a fixed bound made every bar sweep the whole cache
+        # (measured: 50,000 bars at once, the signal service at 81% of a core, 182 bars/s).
+        self._forecasts_bound = self._alpha_done_bound = _SWEEP_AT
         # lean_alpha let a wait run out (down, not deployed): no more waits until it answers again.
         self._alphas_silent = False
         self._last: dict[str, datetime] = {}
@@ -193,7 +204,8 @@ class BarScorer:
                 self._alpha_done.add((event.symbol, event.ts))
                 self._alphas_silent = False
             else:
-                self._alphas.setdefault(event.symbol, []).append(event)
+                # Kept in ts order (arrival order among equal ts): a bar takes its due prefix.
+                bisect.insort_right(self._alphas.setdefault(event.symbol, []), event, key=_alpha_ts)
 
     # ------------------------------------------------------------------ warm-up
     def prepare(self, first: Mapping[tuple[str, str], datetime]) -> None:
@@ -227,16 +239,19 @@ class BarScorer:
                 self._alphas_silent = True
         self._alpha_done.discard(key)
         forecast = self._forecasts.pop(key, None)
-        if len(self._forecasts) > 10_000:  # forecasts of bars already scored (late arrivals)
+        if len(self._forecasts) > self._forecasts_bound:  # forecasts of bars already scored (late arrivals)
             for k in [k for k in self._forecasts if k[1] <= self._last.get(k[0], k[1])]:
                 del self._forecasts[k]
-        if len(self._alpha_done) > 10_000:  # marks of bars already scored (late arrivals)
+            self._forecasts_bound = max(_SWEEP_AT, 2 * len(self._forecasts))
+        if len(self._alpha_done) > self._alpha_done_bound:  # marks of bars already scored (late arrivals)
             self._alpha_done = {k for k in self._alpha_done if k[1] > self._last.get(k[0], k[1])}
+            self._alpha_done_bound = max(_SWEEP_AT, 2 * len(self._alpha_done))
         pending = self._alphas.get(symbol)
         if pending:
-            due = [a for a in pending if a.ts <= ts]
-            self._alphas[symbol] = [a for a in pending if a.ts > ts]
-            for a in sorted(due, key=lambda a: a.ts):
+            cut = bisect.bisect_right(pending, ts, key=_alpha_ts)
+            due = pending[:cut]
+            del pending[:cut]
+            for a in due:
                 self.engine.observe_alpha(symbol, a.alpha, _DIR[a.direction], a.ts, a.period * bar_duration(bar_type),
                                           bar_type)
         return forecast
