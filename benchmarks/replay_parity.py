@@ -1,0 +1,185 @@
+"""Replay parity: does a replay through the live loop place the backtest's orders, and how fast?
+
+    python benchmarks/replay_parity.py [--quick] [--no-doc] [--runs N]
+
+The measurement behind docs/live-vs-backtest.md (and the acceptance check of issue #19's item 5:
+a free-running replay with the production partitioning places the lockstep replay's orders).
+Baseline: ``run_backtest`` on the same bars, the orders every replay should place. Every run
+starts the 8 loop services in this process (``live.loop_harness.start_loop``) on fresh topics,
+a fresh namespace and freshly named symbols (the shared tables never mix two runs), on an
+embedded Apache Kafka + PostgreSQL started for the benchmark, and replays the offline sample's
+daily bars with ``replay_through_loop``:
+- lockstep, one partition per topic (the parity tests' setting): the baseline of the bars/s ratio;
+- lockstep, the production partitioning (``configs/base.yaml``: what ``awet live --replay`` uses);
+- free-running, one partition; free-running, the production partitioning.
+Per run: orders placed, how many differ from the backtest's (missing + extra, compared as
+(ts, symbol, side, qty, intent)), bars/s (bars / time until the loop drained), fill waits
+that ran out (risk and the exit monitor log each), drained or not. No model: alphas only.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import time
+import uuid
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import polars as pl  # noqa: E402
+
+from awet_dagster.backtest.runner import run_backtest  # noqa: E402
+from awet_dagster.sources.sample import SampleSource  # noqa: E402
+from awet_dagster.storage.db import connect, upgrade  # noqa: E402
+from benchmarks._common import machine_info, machine_table, md_table, owned_infra, update_markdown_section  # noqa: E402
+from live.kafka_settings import FAST_DEV_PRODUCER_SETTINGS, producer_config  # noqa: E402
+from live.loop_harness import LoopTracker, replay_through_loop, start_loop  # noqa: E402
+from live.producer import EventProducer  # noqa: E402
+from live.topics import ensure_topics  # noqa: E402
+
+SECTION = "replay_parity"
+SYMBOLS = ("SPY", "AAPL", "IBM", "BAC", "QQQ", "AIG")
+#: Topic key -> the production topic whose partition count it gets in the production mode.
+TOPIC_KEYS = {"raw": "market.raw", "eng": "engineered", "alpha": "alpha.signals", "pred": "predictions",
+              "scored": "signals.scored", "approved": "risk.approved", "rejected": "risk.rejected",
+              "exits": "exec.exits", "orders": "exec.orders", "done": "exec.done"}
+MODES = (("lockstep", False), ("lockstep", True), ("free-running", False), ("free-running", True))
+
+
+class _FillWaits(logging.Handler):
+    """Counts the warnings risk and the exit monitor log when a fill wait ran out."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.n = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if "fill report" in msg and "within" in msg:
+            self.n += 1
+
+
+def _overrides(t: dict[str, str], ns: str) -> dict[str, dict]:
+    g = lambda: f"parity-{uuid.uuid4().hex[:8]}"  # noqa: E731
+    return {
+        "persist_bars": {"input_topic": t["raw"], "group": g()},
+        "features": {"input_topic": t["raw"], "output_topic": t["eng"], "group": g()},
+        "lean_alpha": {"input_topic": t["raw"], "output_topic": t["alpha"], "group": g()},
+        "inference": {"input_topic": t["eng"], "output_topic": t["pred"], "group": g(), "poll_s": 3600},
+        "signal": {"input_topic": t["raw"], "output_topic": t["scored"], "predictions_topic": t["pred"],
+                   "alpha_topic": t["alpha"], "group": g()},
+        "risk": {"input_topic": t["scored"], "approved_topic": t["approved"], "rejected_topic": t["rejected"],
+                 "done_topic": t["done"], "orders_topic": t["orders"], "group": g(), "namespace": ns},
+        "execution": {"market_topic": t["raw"], "approved_topic": t["approved"], "exits_topic": t["exits"],
+                      "orders_topic": t["orders"], "done_topic": t["done"], "group": g(), "namespace": ns},
+        "exit_monitor": {"input_topic": t["raw"], "output_topic": t["exits"], "done_topic": t["done"],
+                         "orders_topic": t["orders"], "group": g(), "namespace": ns},
+    }
+
+
+def _orders(database_url: str, ns: str) -> list[tuple]:
+    with connect(database_url) as conn:
+        rows = conn.execute("SELECT symbol, side, qty, payload FROM orders WHERE payload->>'ns' = %s",
+                            (ns,)).fetchall()
+    return sorted((datetime.fromisoformat(p["ts"]), s, side, float(q), p["intent"]) for s, side, q, p in rows)
+
+
+def backtest_orders(bars: pl.DataFrame, cfg: Any) -> list[tuple]:
+    orders = run_backtest(bars, None, None, None, cfg).orders
+    return sorted((r["ts"], r["symbol"], r["side"], float(r["qty"]), r["intent"]) for r in orders.iter_rows(named=True))
+
+
+def one_run(cfg: Any, ep: Any, bars: pl.DataFrame, *, lockstep: bool, production: bool,
+            drain_timeout_s: float) -> dict[str, Any]:
+    # Fresh symbol names: the tables shared by the runs (bars, risk state) never mix two runs.
+    # The backtest runs on the same names (a name is also what the sector map looks up).
+    renamed = bars.with_columns(pl.col("symbol") + f"X{uuid.uuid4().hex[:5].upper()}")
+    want = backtest_orders(renamed, cfg)
+    t = {k: f"parity-{k}-{uuid.uuid4().hex[:6]}" for k in TOPIC_KEYS}
+    ensure_topics(ep.kafka_bootstrap, {name: cfg.kafka.topics[TOPIC_KEYS[k]].partitions if production else 1
+                                       for k, name in t.items()})
+    ns = f"parity-{uuid.uuid4().hex[:6]}"
+    waits = _FillWaits()
+    logging.getLogger().addHandler(waits)
+    tracker = LoopTracker()
+    loop = start_loop(cfg, ep, overrides=_overrides(t, ns), tracker=tracker, timeout_s=drain_timeout_s + 120,
+                      backoff_s=0.2)
+    producer = EventProducer(producer_config(ep.kafka_bootstrap, producer=FAST_DEV_PRODUCER_SETTINGS))
+    t0 = time.monotonic()
+    try:
+        published, drained = replay_through_loop(producer, renamed, tracker, topic=t["raw"], lockstep=lockstep,
+                                                 drain_timeout_s=drain_timeout_s)
+        elapsed = time.monotonic() - t0
+    finally:
+        loop.stop()
+        results = loop.join(60)
+        logging.getLogger().removeHandler(waits)
+    got = _orders(ep.database_url, ns)
+    trouble = {n: r.error for n, r in results.items() if r.error or r.restarts}
+    return {"orders": len(got), "backtest": len(want), "missing": len(set(want) - set(got)), "extra": len(set(got) - set(want)),
+            "equal": got == want, "bars_s": published / elapsed if elapsed > 0 else 0.0, "drained": drained,
+            "fill_waits_out": waits.n, "elapsed_s": elapsed, "trouble": trouble}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="3 symbols, half a year, one run per mode")
+    ap.add_argument("--no-doc", action="store_true")
+    ap.add_argument("--runs", type=int, default=None, help="runs per mode (full 2, quick 1)")
+    args = ap.parse_args(argv)
+    runs = args.runs or (1 if args.quick else 2)
+    symbols = SYMBOLS[:3] if args.quick else SYMBOLS
+    end = date(2019, 6, 30) if args.quick else date(2019, 12, 31)
+    drain_timeout_s = 120.0 if args.quick else 300.0
+    logging.basicConfig(level=logging.ERROR)
+    started = time.monotonic()
+    info = machine_info(["confluent-kafka"])
+    with owned_infra("kafka") as (cfg, ep):
+        upgrade(ep.database_url)
+        bars = SampleSource().fetch(list(symbols), date(2019, 1, 1), end, "daily")
+        want = backtest_orders(bars, cfg)
+        results: list[tuple[str, bool, int, dict[str, Any]]] = []
+        for mode, production in MODES:
+            for i in range(runs):
+                r = one_run(cfg, ep, bars, lockstep=mode == "lockstep", production=production,
+                            drain_timeout_s=drain_timeout_s)
+                results.append((mode, production, i + 1, r))
+                print(f"{mode:12s} partitions {'production (3)' if production else '1':15s} run {i + 1}: orders "
+                      f"{r['orders']} (backtest {r['backtest']}), equal {r['equal']} (missing {r['missing']}, extra "
+                      f"{r['extra']}), {r['bars_s']:.0f} bars/s, fill waits ran out {r['fill_waits_out']}, drained "
+                      f"{r['drained']}" + (f", trouble {r['trouble']}" if r["trouble"] else ""), flush=True)
+    # Baseline of the ratio: the median rate of lockstep with one partition (the first run also pays start-up).
+    base = statistics.median(r["bars_s"] for mode, production, _, r in results if mode == "lockstep" and not production)
+    rows = [[mode, "production (3)" if production else "1", i, f"{r['orders']} / {r['backtest']}",
+             "**yes**" if r["equal"] else f"no ({r['missing']} missing, {r['extra']} extra)",
+             f"{r['bars_s']:,.0f}", f"{r['bars_s'] / base:.2f}x" if base else "", r["fill_waits_out"],
+             "yes" if r["drained"] else "**no**"] for mode, production, i, r in results]
+    wall = time.monotonic() - started
+    body = "\n".join([
+        "## Replay parity: a replay through the live loop vs the backtest (`benchmarks/replay_parity.py`)",
+        "",
+        f"Mode: {'quick' if args.quick else 'full'}; {len(symbols)} symbols of the offline sample "
+        f"({', '.join(symbols)}), daily bars 2019-01-01..{end}, {bars.height} bars, no model (alphas only); "
+        f"{runs} run(s) per mode; wall time {wall:.0f} s. Baseline: the orders of `run_backtest` on the same bars "
+        f"({len(want)} with the sample's names; each run renames the symbols, the backtest too); bars/s ratio against the median of lockstep with one partition. All 8 loop services in one process, "
+        "embedded Apache Kafka + PostgreSQL started for the run. Goal (#19 item 5): free-running with the "
+        "production partitioning places the backtest's orders. Why the rows differ: docs/live-vs-backtest.md.",
+        "",
+        md_table(["replay", "partitions", "run", "orders / backtest", "equal to the backtest", "bars/s",
+                  "vs lockstep, 1 partition (median)", "fill waits ran out", "drained"], rows),
+        "",
+        "Machine:",
+        "",
+        machine_table(info),
+    ])
+    if not args.no_doc:
+        print(f"wrote {update_markdown_section(SECTION, body)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
