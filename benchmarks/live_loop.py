@@ -729,7 +729,10 @@ def render(results: dict[str, dict], args: Any, wall: float) -> str:
         f"become orders (the order rate is given beside each figure), production risk limits otherwise. Latency: "
         f"the output's CreateTime (stamped by the emitting service) - the bar's publish time, topics read after "
         f"the phase. Each broker embedded and started for the run, one after the other, with an embedded "
-        f"PostgreSQL: {', '.join(cols)}. {'`--quick`' if args.quick else 'Full'} run, {wall / 60:.1f} min.",
+        f"PostgreSQL: {', '.join(cols)}. {'`--quick`' if args.quick else 'Full'} run"
+        + ("" if args.quick or (args.seconds, args.bursts) == (600.0, 20)
+           else f" with a shorter sustained phase ({args.seconds:.0f} s) and {args.bursts} bursts per size")
+        + f", {wall / 60:.1f} min.",
         "",
         md_table(["figure", "goal", *cols], rows),
     ]
