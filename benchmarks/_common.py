@@ -13,6 +13,7 @@ import datetime as _dt
 import os
 import platform
 import re
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -154,6 +155,36 @@ def embedded_broker(kind: str = "kafka") -> Iterator[str]:
         return
     with owned_infra(kind, postgres=False) as (_cfg, ep):
         yield ep.kafka_bootstrap
+
+
+# --------------------------------------------------------------------------- the loop on its own topics
+#: Benchmark topic key -> the production topic whose partition count (``cfg.kafka.topics``) it gets.
+TOPIC_KEYS = {"raw": "market.raw", "eng": "engineered", "alpha": "alpha.signals", "pred": "predictions",
+              "scored": "signals.scored", "approved": "risk.approved", "rejected": "risk.rejected",
+              "exits": "exec.exits", "orders": "exec.orders", "done": "exec.done"}
+
+
+def loop_overrides(t: Mapping[str, str], ns: str, group_prefix: str) -> dict[str, dict]:
+    """``start_loop`` overrides that run the 8 loop services on the topics ``t`` (by
+    ``TOPIC_KEYS`` key), each in a fresh consumer group, trading in namespace ``ns``; no model
+    poll (inference idles)."""
+    def g() -> str:
+        return f"{group_prefix}-{uuid.uuid4().hex[:8]}"
+
+    return {
+        "persist_bars": {"input_topic": t["raw"], "group": g()},
+        "features": {"input_topic": t["raw"], "output_topic": t["eng"], "group": g()},
+        "lean_alpha": {"input_topic": t["raw"], "output_topic": t["alpha"], "group": g()},
+        "inference": {"input_topic": t["eng"], "output_topic": t["pred"], "group": g(), "poll_s": 3600},
+        "signal": {"input_topic": t["raw"], "output_topic": t["scored"], "predictions_topic": t["pred"],
+                   "alpha_topic": t["alpha"], "group": g()},
+        "risk": {"input_topic": t["scored"], "approved_topic": t["approved"], "rejected_topic": t["rejected"],
+                 "done_topic": t["done"], "orders_topic": t["orders"], "group": g(), "namespace": ns},
+        "execution": {"market_topic": t["raw"], "approved_topic": t["approved"], "exits_topic": t["exits"],
+                      "orders_topic": t["orders"], "done_topic": t["done"], "group": g(), "namespace": ns},
+        "exit_monitor": {"input_topic": t["raw"], "output_topic": t["exits"], "done_topic": t["done"],
+                         "orders_topic": t["orders"], "group": g(), "namespace": ns},
+    }
 
 
 def broker_pid(ep: object) -> int | None:

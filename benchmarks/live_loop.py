@@ -60,7 +60,15 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition  # noqa: 
 
 from awet_dagster.sources.schema import BAR_SCHEMA  # noqa: E402
 from awet_dagster.streaming import bars_to_events  # noqa: E402
-from benchmarks._common import machine_info, machine_table, md_table, percentile, update_markdown_section  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    TOPIC_KEYS,
+    loop_overrides,
+    machine_info,
+    machine_table,
+    md_table,
+    percentile,
+    update_markdown_section,
+)
 from live.producer import EventProducer  # noqa: E402
 from live.kafka_settings import FAST_DEV_PRODUCER_SETTINGS, producer_config  # noqa: E402
 from live.loop_harness import lagging_of, LoopTracker, produced_of, replay_through_loop, start_loop
@@ -69,11 +77,6 @@ from live.topics import ensure_topics  # noqa: E402
 
 SECTION = "live_loop"
 WINDOWS_PNG = Path(__file__).resolve().parents[1] / "docs" / "img" / "live_loop_windows.png"
-#: Benchmark topic key -> the production topic whose partition count (``cfg.kafka.topics``) it gets.
-TOPIC_KEYS = {"raw": "market.raw", "eng": "engineered", "alpha": "alpha.signals", "pred": "predictions",
-              "scored": "signals.scored", "approved": "risk.approved", "rejected": "risk.rejected",
-              "exits": "exec.exits", "orders": "exec.orders", "done": "exec.done"}
-
 
 def synthetic_bars(symbols: list[str], start: datetime, n: int, seed: int = 7, swing: float = 0.0,
                    period: float = 10.0) -> pl.DataFrame:
@@ -106,24 +109,6 @@ def synthetic_bars(symbols: list[str], start: datetime, n: int, seed: int = 7, s
             rows["adj_factor"].append(1.0)  # unadjusted: no corporate actions in synthetic bars
             rows["split_factor"].append(1.0)
     return pl.DataFrame(rows, schema=BAR_SCHEMA)
-
-
-def _overrides(t: dict[str, str], ns: str) -> dict[str, dict]:
-    g = lambda: f"bench-{uuid.uuid4().hex[:8]}"  # noqa: E731
-    return {
-        "persist_bars": {"input_topic": t["raw"], "group": g()},
-        "features": {"input_topic": t["raw"], "output_topic": t["eng"], "group": g()},
-        "lean_alpha": {"input_topic": t["raw"], "output_topic": t["alpha"], "group": g()},
-        "inference": {"input_topic": t["eng"], "output_topic": t["pred"], "group": g(), "poll_s": 3600},
-        "signal": {"input_topic": t["raw"], "output_topic": t["scored"], "predictions_topic": t["pred"],
-                   "alpha_topic": t["alpha"], "group": g()},
-        "risk": {"input_topic": t["scored"], "approved_topic": t["approved"], "rejected_topic": t["rejected"],
-                 "done_topic": t["done"], "orders_topic": t["orders"], "group": g(), "namespace": ns},
-        "execution": {"market_topic": t["raw"], "approved_topic": t["approved"], "exits_topic": t["exits"],
-                      "orders_topic": t["orders"], "done_topic": t["done"], "group": g(), "namespace": ns},
-        "exit_monitor": {"input_topic": t["raw"], "output_topic": t["exits"], "done_topic": t["done"],
-                         "orders_topic": t["orders"], "group": g(), "namespace": ns},
-    }
 
 
 class _Recv:
@@ -495,12 +480,12 @@ class Phase:
             copy_upsert_bars(conn, hist)
         self.ns = f"bench-{uuid.uuid4().hex[:6]}"
         self.since = datetime.now(UTC)
-        self.split = SplitLoop(cfg, ep, _overrides(self.t, self.ns)) if split else None
+        self.split = SplitLoop(cfg, ep, loop_overrides(self.t, self.ns, "bench")) if split else None
         if self.split is not None:
             self.tracker: Any = self.split  # the tracker interface over both processes
         else:
             self.tracker = LoopTracker()
-            self.loop = start_loop(cfg, ep, overrides=_overrides(self.t, self.ns), tracker=self.tracker,
+            self.loop = start_loop(cfg, ep, overrides=loop_overrides(self.t, self.ns, "bench"), tracker=self.tracker,
                                    timeout_s=3600)
         self.prod = EventProducer(producer_config(ep.kafka_bootstrap, producer=FAST_DEV_PRODUCER_SETTINGS))
 

@@ -35,7 +35,15 @@ import polars as pl  # noqa: E402
 from awet_dagster.backtest.runner import run_backtest  # noqa: E402
 from awet_dagster.sources.sample import SampleSource  # noqa: E402
 from awet_dagster.storage.db import connect, upgrade  # noqa: E402
-from benchmarks._common import machine_info, machine_table, md_table, owned_infra, update_markdown_section  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    TOPIC_KEYS,
+    loop_overrides,
+    machine_info,
+    machine_table,
+    md_table,
+    owned_infra,
+    update_markdown_section,
+)
 from live.kafka_settings import FAST_DEV_PRODUCER_SETTINGS, producer_config  # noqa: E402
 from live.loop_harness import LoopTracker, replay_through_loop, start_loop  # noqa: E402
 from live.producer import EventProducer  # noqa: E402
@@ -43,10 +51,6 @@ from live.topics import ensure_topics  # noqa: E402
 
 SECTION = "replay_parity"
 SYMBOLS = ("SPY", "AAPL", "IBM", "BAC", "QQQ", "AIG")
-#: Topic key -> the production topic whose partition count it gets in the production mode.
-TOPIC_KEYS = {"raw": "market.raw", "eng": "engineered", "alpha": "alpha.signals", "pred": "predictions",
-              "scored": "signals.scored", "approved": "risk.approved", "rejected": "risk.rejected",
-              "exits": "exec.exits", "orders": "exec.orders", "done": "exec.done"}
 MODES = (("lockstep", False), ("lockstep", True), ("free-running", False), ("free-running", True))
 
 
@@ -61,24 +65,6 @@ class _FillWaits(logging.Handler):
         msg = record.getMessage()
         if "fill report" in msg and "within" in msg:
             self.n += 1
-
-
-def _overrides(t: dict[str, str], ns: str) -> dict[str, dict]:
-    g = lambda: f"parity-{uuid.uuid4().hex[:8]}"  # noqa: E731
-    return {
-        "persist_bars": {"input_topic": t["raw"], "group": g()},
-        "features": {"input_topic": t["raw"], "output_topic": t["eng"], "group": g()},
-        "lean_alpha": {"input_topic": t["raw"], "output_topic": t["alpha"], "group": g()},
-        "inference": {"input_topic": t["eng"], "output_topic": t["pred"], "group": g(), "poll_s": 3600},
-        "signal": {"input_topic": t["raw"], "output_topic": t["scored"], "predictions_topic": t["pred"],
-                   "alpha_topic": t["alpha"], "group": g()},
-        "risk": {"input_topic": t["scored"], "approved_topic": t["approved"], "rejected_topic": t["rejected"],
-                 "done_topic": t["done"], "orders_topic": t["orders"], "group": g(), "namespace": ns},
-        "execution": {"market_topic": t["raw"], "approved_topic": t["approved"], "exits_topic": t["exits"],
-                      "orders_topic": t["orders"], "done_topic": t["done"], "group": g(), "namespace": ns},
-        "exit_monitor": {"input_topic": t["raw"], "output_topic": t["exits"], "done_topic": t["done"],
-                         "orders_topic": t["orders"], "group": g(), "namespace": ns},
-    }
 
 
 def _orders(database_url: str, ns: str) -> list[tuple]:
@@ -106,7 +92,7 @@ def one_run(cfg: Any, ep: Any, bars: pl.DataFrame, *, lockstep: bool, production
     waits = _FillWaits()
     logging.getLogger().addHandler(waits)
     tracker = LoopTracker()
-    loop = start_loop(cfg, ep, overrides=_overrides(t, ns), tracker=tracker, timeout_s=drain_timeout_s + 120,
+    loop = start_loop(cfg, ep, overrides=loop_overrides(t, ns, "parity"), tracker=tracker, timeout_s=drain_timeout_s + 120,
                       backoff_s=0.2)
     producer = EventProducer(producer_config(ep.kafka_bootstrap, producer=FAST_DEV_PRODUCER_SETTINGS))
     t0 = time.monotonic()
@@ -122,7 +108,7 @@ def one_run(cfg: Any, ep: Any, bars: pl.DataFrame, *, lockstep: bool, production
     trouble = {n: r.error for n, r in results.items() if r.error or r.restarts}
     return {"orders": len(got), "backtest": len(want), "missing": len(set(want) - set(got)), "extra": len(set(got) - set(want)),
             "equal": got == want, "bars_s": published / elapsed if elapsed > 0 else 0.0, "drained": drained,
-            "fill_waits_out": waits.n, "elapsed_s": elapsed, "trouble": trouble}
+            "fill_waits_out": waits.n, "trouble": trouble}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +127,6 @@ def main(argv: list[str] | None = None) -> int:
     with owned_infra("kafka") as (cfg, ep):
         upgrade(ep.database_url)
         bars = SampleSource().fetch(list(symbols), date(2019, 1, 1), end, "daily")
-        want = backtest_orders(bars, cfg)
         results: list[tuple[str, bool, int, dict[str, Any]]] = []
         for mode, production in MODES:
             for i in range(runs):
@@ -165,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Mode: {'quick' if args.quick else 'full'}; {len(symbols)} symbols of the offline sample "
         f"({', '.join(symbols)}), daily bars 2019-01-01..{end}, {bars.height} bars, no model (alphas only); "
         f"{runs} run(s) per mode; wall time {wall:.0f} s. Baseline: the orders of `run_backtest` on the same bars "
-        f"({len(want)} with the sample's names; each run renames the symbols, the backtest too); bars/s ratio against the median of lockstep with one partition. All 8 loop services in one process, "
+        f"(each run renames the symbols, the backtest too); bars/s ratio against the median of lockstep with one partition. All 8 loop services in one process, "
         "embedded Apache Kafka + PostgreSQL started for the run. Goal (#19 item 5): free-running with the "
         "production partitioning places the backtest's orders. Why the rows differ: docs/live-vs-backtest.md.",
         "",

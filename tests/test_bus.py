@@ -88,6 +88,16 @@ def _read_all(bootstrap: str, topic: str, n: int, timeout_s: float = 20.0):
     return out
 
 
+def _published_bars(bootstrap: str, topic: str, n: int) -> list[MarketRawEvent]:
+    """Bars S0..S<n-1> on ``topic``, acknowledged, before the service under test starts."""
+    p = _producer(bootstrap)
+    sent = [_bar(f"S{i}") for i in range(n)]
+    for ev in sent:
+        p.send(topic, ev)
+    p.flush(10)
+    return sent
+
+
 def _committed(bootstrap: str, group: str, topic: str) -> int:
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     try:
@@ -334,11 +344,7 @@ def test_retry_later_stops_without_commit_or_dead_letter(kafka_bootstrap, make_t
 @pytest.mark.timeout(90)
 def test_batch_hooks_run_once_per_batch_and_outputs_wait_for_before_produce(kafka_bootstrap, make_topic):
     topic, out = make_topic(), make_topic()
-    p = _producer(kafka_bootstrap)
-    sent = [_bar(f"S{i}") for i in range(5)]
-    for ev in sent:
-        p.send(topic, ev)
-    p.flush(10)
+    sent = _published_bars(kafka_bootstrap, topic, 5)
     calls: list[tuple] = []
 
     def before_batch(batch):
@@ -367,11 +373,7 @@ def test_batch_hooks_run_once_per_batch_and_outputs_wait_for_before_produce(kafk
 def test_publish_first_publishes_the_batch_so_far_then_hands_the_message_back_once(kafka_bootstrap, make_topic):
     topic, out = make_topic(), make_topic()
     group = f"g-first-{uuid.uuid4().hex[:8]}"
-    p = _producer(kafka_bootstrap)
-    sent = [_bar(f"S{i}") for i in range(5)]
-    for ev in sent:
-        p.send(topic, ev)
-    p.flush(10)
+    sent = _published_bars(kafka_bootstrap, topic, 5)
     calls: list[tuple] = []
     metrics: list[int] = []
 

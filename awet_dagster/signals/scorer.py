@@ -39,6 +39,7 @@ from __future__ import annotations
 import bisect
 import logging
 import math
+import operator
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -64,10 +65,7 @@ log = logging.getLogger("awet.signals.scorer")
 
 _DIR = {"long": 1, "short": -1, "flat": 0}
 _SWEEP_AT = 10_000  # side-input answers kept before the first sweep
-
-
-def _alpha_ts(a: AlphaSignal) -> datetime:
-    return a.ts
+_ALPHA_TS = operator.attrgetter("ts")
 
 
 class SignalStore(Protocol):
@@ -205,7 +203,7 @@ class BarScorer:
                 self._alphas_silent = False
             else:
                 # Kept in ts order (arrival order among equal ts): a bar takes its due prefix.
-                bisect.insort_right(self._alphas.setdefault(event.symbol, []), event, key=_alpha_ts)
+                bisect.insort_right(self._alphas.setdefault(event.symbol, []), event, key=_ALPHA_TS)
 
     # ------------------------------------------------------------------ warm-up
     def prepare(self, first: Mapping[tuple[str, str], datetime]) -> None:
@@ -248,7 +246,7 @@ class BarScorer:
             self._alpha_done_bound = max(_SWEEP_AT, 2 * len(self._alpha_done))
         pending = self._alphas.get(symbol)
         if pending:
-            cut = bisect.bisect_right(pending, ts, key=_alpha_ts)
+            cut = bisect.bisect_right(pending, ts, key=_ALPHA_TS)
             due = pending[:cut]
             del pending[:cut]
             for a in due:
