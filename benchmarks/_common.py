@@ -179,11 +179,10 @@ def loop_overrides(t: Mapping[str, str], ns: str, group_prefix: str) -> dict[str
         "signal": {"input_topic": t["raw"], "output_topic": t["scored"], "predictions_topic": t["pred"],
                    "alpha_topic": t["alpha"], "group": g()},
         "risk": {"input_topic": t["scored"], "approved_topic": t["approved"], "rejected_topic": t["rejected"],
-                 "done_topic": t["done"], "orders_topic": t["orders"], "group": g(), "namespace": ns},
+                 "exits_topic": t["exits"], "done_topic": t["done"], "orders_topic": t["orders"], "group": g(),
+                 "namespace": ns},
         "execution": {"market_topic": t["raw"], "approved_topic": t["approved"], "exits_topic": t["exits"],
                       "orders_topic": t["orders"], "done_topic": t["done"], "group": g(), "namespace": ns},
-        "exit_monitor": {"input_topic": t["raw"], "output_topic": t["exits"], "done_topic": t["done"],
-                         "orders_topic": t["orders"], "group": g(), "namespace": ns},
     }
 
 

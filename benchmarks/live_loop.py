@@ -1,5 +1,5 @@
 """The whole live loop (persist_bars, features, lean_alpha, inference, signal, risk,
-execution, exit_monitor in one process) on the real broker and PostgreSQL.
+execution in one process) on the real broker and PostgreSQL.
 
     python benchmarks/live_loop.py [--quick] [--no-doc] [--broker kafka|tansu]
 
@@ -227,7 +227,7 @@ class CpuMeter:
 #: The split variant's second process runs the trading half of the loop; the first keeps the
 #: readers of the bars (persist_bars, features, lean_alpha, signal: one shared fetch) and
 #: inference. As with ``awet live --service``, each process has its own GIL.
-SPLIT_CHILD = ("risk", "execution", "exit_monitor")
+SPLIT_CHILD = ("risk", "execution")
 
 
 def _child_main(conn: Any, cfg: Any, ep: Any, overrides: dict, names: tuple[str, ...], start_ms: int) -> None:

@@ -5,7 +5,7 @@
 The measurement behind docs/live-vs-backtest.md (and the acceptance check of issue #19's item 5:
 a free-running replay with the production partitioning places the lockstep replay's orders).
 Baseline: ``run_backtest`` on the same bars, the orders every replay should place. Every run
-starts the 8 loop services in this process (``live.loop_harness.start_loop``) on fresh topics,
+starts the 7 loop services in this process (``live.loop_harness.start_loop``) on fresh topics,
 a fresh namespace and freshly named symbols (the shared tables never mix two runs), on an
 embedded Apache Kafka + PostgreSQL started for the benchmark, and replays the offline sample's
 daily bars with ``replay_through_loop``:
@@ -14,7 +14,7 @@ daily bars with ``replay_through_loop``:
 - free-running, one partition; free-running, the production partitioning.
 Per run: orders placed, how many differ from the backtest's (missing + extra, compared as
 (ts, symbol, side, qty, intent)), bars/s (bars / time until the loop drained), fill waits
-that ran out (risk and the exit monitor log each), drained or not. No model: alphas only.
+that ran out (risk logs each), drained or not. No model: alphas only.
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ MODES = (("lockstep", False), ("lockstep", True), ("free-running", False), ("fre
 
 
 class _FillWaits(logging.Handler):
-    """Counts the warnings risk and the exit monitor log when a fill wait ran out."""
+    """Counts the warnings risk logs when a fill wait ran out."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Mode: {'quick' if args.quick else 'full'}; {len(symbols)} symbols of the offline sample "
         f"({', '.join(symbols)}), daily bars 2019-01-01..{end}, {bars.height} bars, no model (alphas only); "
         f"{runs} run(s) per mode; wall time {wall:.0f} s. Baseline: the orders of `run_backtest` on the same bars "
-        f"(each run renames the symbols, the backtest too); bars/s ratio against the median of lockstep with one partition. All 8 loop services in one process, "
+        f"(each run renames the symbols, the backtest too); bars/s ratio against the median of lockstep with one partition. All 7 loop services in one process, "
         "embedded Apache Kafka + PostgreSQL started for the run. Goal (#19 item 5): free-running with the "
         "production partitioning places the backtest's orders. Why the rows differ: docs/live-vs-backtest.md.",
         "",

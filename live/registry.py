@@ -69,7 +69,8 @@ REGISTRY: dict[str, ServiceSpec] = {
         ServiceSpec("signal", "live.services.signal:build",
                     "market.raw + predictions (+ alpha.signals) -> signals.scored, signals table",
                     why=_KEYED + "; forecasts and alphas are read from every partition"),
-        ServiceSpec("risk", "live.services.risk:build", "signals.scored (+ exec.done) -> risk.approved|rejected",
+        ServiceSpec("risk", "live.services.risk:build",
+                    "signals.scored (+ exec.done) -> risk.approved|rejected, exec.exits (the exit rules)",
                     instances="one",
                     why="the account-wide limits (exposure, CVaR, daily loss, drawdown, sector cap, kill "
                         "switch) need every signal of the account in one book"),
@@ -77,10 +78,6 @@ REGISTRY: dict[str, ServiceSpec] = {
                     "risk.approved + exec.exits + market.raw -> exec.orders, exec.done", instances="one",
                     why="one account's orders go out in one sequence (risk.approved has one partition) and "
                         "the paper simulator's book lives in the process"),
-        ServiceSpec("exit_monitor", "live.services.exit_monitor:build", "market.raw (+ exec.done) -> exec.exits",
-                    instances="one",
-                    why="the exit state of every position (peak, bars held) is rebuilt from the fills only "
-                        "when it starts"),
         ServiceSpec("persist_sentiment", "live.services.persist_sentiment:build",
                     "social.sentiment -> reddit_mentions table (beside `awet ingest --source reddit`)",
                     why="idempotent upserts keyed by (symbol, bucket, ts); no state"),

@@ -4,7 +4,7 @@ Size (over 400 lines): the fetcher, its per-subscriber queues and its rebalance 
 one lock and one set of invariants (nothing handed out twice, nothing skipped on a move).
 
 Why: ``awet live`` runs every service in one process, and five of them consume
-``market.raw`` (persist_bars, features, lean_alpha, signal, exit_monitor). With one
+``market.raw`` (persist_bars, features, lean_alpha, signal, execution). With one
 consumer each, the broker serves every record batch five times. On the embedded tansu
 broker that is the bottleneck of the live loop: serving one record batch to one consumer
 costs it ~1 ms of CPU whatever the batch's size (measured: 200 msgs/s to 6 consumers kept

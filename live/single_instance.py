@@ -3,7 +3,7 @@
 A PostgreSQL session-level advisory lock keyed by the service's consumer group, held on a
 dedicated connection for as long as the service runs:
 
-- EXCLUSIVE for a service that must run as one instance (risk, execution, exit_monitor), and
+- EXCLUSIVE for a service that must run as one instance (risk, execution), and
   for any service reading through this process's shared fetch (``awet live``, all services
   in one process): it reads its partitions WITHOUT joining the group (standalone commits),
   so a group member beside it would be handed the same partitions and both would produce

@@ -26,8 +26,8 @@ running replay and in Prometheus; every dashboard query evaluates in Prometheus 
 and with a result; tripping the kill switch the operator's way (``awet kill-switch trip``)
 mid-replay makes ``KillSwitchActivated`` fire (read back from Prometheus' /api/v1/alerts),
 resetting it resolves it. Skipped (with the reason) when the prometheus binary is missing.
-The kill switch tripped is the GLOBAL one (the CLI has no namespace): the risk, execution and
-exit services run un-namespaced on symbols of their own, and the switch is always reset in a
+The kill switch tripped is the GLOBAL one (the CLI has no namespace): the risk (with its exits) and
+execution services run un-namespaced on symbols of their own, and the switch is always reset in a
 ``finally``. Every wait has a deadline.
 """
 from __future__ import annotations
@@ -245,12 +245,11 @@ def _topics_and_overrides(tmp: Path) -> tuple[dict[str, str], dict[str, dict]]:
         "signal": {"input_topic": t["raw"], "output_topic": t["scored"], "predictions_topic": t["pred"],
                    "alpha_topic": t["alpha"], "group": g["signal"], "weights_file": tmp / "weights.json"},
         "risk": {"input_topic": t["scored"], "approved_topic": t["approved"], "rejected_topic": t["rejected"],
-                 "done_topic": t["done"], "orders_topic": t["orders"], "group": g["risk"], "namespace": ""},
+                 "exits_topic": t["exits"], "done_topic": t["done"], "orders_topic": t["orders"], "group": g["risk"],
+                 "namespace": ""},
         "execution": {"market_topic": t["raw"], "approved_topic": t["approved"], "exits_topic": t["exits"],
                       "orders_topic": t["orders"], "done_topic": t["done"], "group": g["execution"],
                       "namespace": ""},
-        "exit_monitor": {"input_topic": t["raw"], "output_topic": t["exits"], "done_topic": t["done"],
-                         "orders_topic": t["orders"], "group": g["exit_monitor"], "namespace": ""},
     }
     default_topic = {"market.raw": t["raw"], "engineered": t["eng"], "signals.scored": t["scored"],
                      "risk.approved": t["approved"], "exec.exits": t["exits"]}

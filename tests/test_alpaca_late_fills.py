@@ -113,8 +113,7 @@ def test_alpaca_fills_reported_bars_late_make_one_entry_per_position_and_flat_ex
 def _replay_at_slow_venue(live_cfg, endpoints, ov, fake, bars, raw_topic, *, timeout_s):
     """Replay ``bars`` in lockstep through the loop whose execution trades at ``fake``, the venue
     reporting each fill bars late; returns (the venue, the loop's results)."""
-    for name in ("risk", "exit_monitor"):
-        ov[name]["fill_wait_s"] = 0.0  # the venue reports fills bars late by design
+    ov["risk"]["fill_wait_s"] = 0.0  # the venue reports fills bars late by design
     tracker = LoopTracker()
     loop = start_loop(live_cfg, endpoints, overrides=ov, tracker=tracker, timeout_s=timeout_s, backoff_s=0.2)
     venue = SlowVenue(fake)
@@ -214,8 +213,7 @@ def _replay_minute_day(cfg, endpoints, make_topic, database_url, tmp_path, *, de
 
 def _replay(live_cfg, endpoints, ov, bars, raw_topic, venue, *, fill_wait_s):
     if fill_wait_s is not None:
-        for name in ("risk", "exit_monitor"):
-            ov[name]["fill_wait_s"] = fill_wait_s
+        ov["risk"]["fill_wait_s"] = fill_wait_s
     tracker = LoopTracker()
     loop = start_loop(live_cfg, endpoints, overrides=ov, tracker=tracker, timeout_s=560, backoff_s=0.2)
     prod = _producer(endpoints.kafka_bootstrap)

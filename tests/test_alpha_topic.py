@@ -125,27 +125,31 @@ def test_a_stop_cuts_a_bars_wait_short_and_the_bar_is_redelivered_not_scored_wit
 @pytest.mark.timeout(120)
 def test_a_stop_cuts_a_fill_wait_short_and_the_bar_is_redelivered_not_judged_without_its_fills(
         test_config_for, tmp_path, endpoints, make_topic):
-    """The exit monitor (like risk) waits for the fills of orders decided before a bar; a stop
-    during that wait is a RetryLater, so the bar is not judged on a book that lacks them."""
-    from datetime import timedelta
+    """Risk (deciding and checking exits on one book) waits for the fills of orders decided
+    before a bar; a stop during that wait is a RetryLater, so the bar is not judged on a book
+    that lacks them: nothing decided, no exit, nothing committed."""
+    from datetime import UTC, datetime, timedelta
 
-    from live.services import exit_monitor
+    from live.services import risk
     from tests.test_bus import _committed
+    from tests.test_live_loop import _tradable_signal
 
     cfg = test_config_for(tmp_path / "home")
-    bars = _sample_bars(("SPY",), start=date(2019, 1, 2), end=date(2019, 1, 4))
-    raw, exits, done, orders, group = make_topic(), make_topic(), make_topic(), make_topic(), _group()
+    scored, approved, rejected, exits, done, orders = (make_topic() for _ in range(6))
+    group = _group()
+    first_ts = datetime(2019, 1, 3, 14, 30, tzinfo=UTC)
     prod = _producer(endpoints.kafka_bootstrap)
-    for ev in bars_to_events(bars):
-        prod.send(raw, ev)
+    for i in range(2):
+        prod.send(scored, _tradable_signal("SPY", first_ts + timedelta(days=i)))
     prod.flush(10)
-    first_ts = bars["ts"][0]
-    with exit_monitor.build(cfg, endpoints, input_topic=raw, output_topic=exits, done_topic=done,
-                            orders_topic=orders, group=group, fill_wait_s=3600.0) as svc:
+    with risk.build(cfg, endpoints, input_topic=scored, approved_topic=approved, rejected_topic=rejected,
+                    exits_topic=exits, done_topic=done, orders_topic=orders, group=group, fill_wait_s=3600.0) as svc:
         # An entry decided the bar before, never filled: the first bar must wait for its fill.
-        svc.component.ledger.expect("coid-1", bars["symbol"][0], first_ts - timedelta(days=1), "entry", "corr-1", qty=1.0)
-        box = _stop_while_waiting(svc, bars.height, lambda: svc.component.counters["bars"] == 1)
+        svc.component.ledger.expect("coid-1", "SPY", first_ts - timedelta(days=1), "entry", "corr-1", qty=1.0)
+        box = _stop_while_waiting(svc, 2, lambda: svc.component._ts == first_ts
+                                  and svc.component.counters["signals"] == 0)
         assert svc.component.counters["fill_wait_timeouts"] == 0
     assert "waited for fills" in str(box.get("retry")), box
-    assert _committed(endpoints.kafka_bootstrap, group, raw) < 0
-    assert _read_all(endpoints.kafka_bootstrap, exits, 0, timeout_s=2) == []
+    assert _committed(endpoints.kafka_bootstrap, group, scored) < 0
+    for topic in (approved, rejected, exits):
+        assert _read_all(endpoints.kafka_bootstrap, topic, 0, timeout_s=1) == []

@@ -129,4 +129,4 @@ def test_every_service_factory_defaults_to_the_topics_of_the_topology_table():
             continue
         assert topics == set(node.inputs + node.side + node.outputs), name
         checked += 1
-    assert checked >= 9, checked
+    assert checked >= 8, checked  # every bus service of the table (risk runs the exits)

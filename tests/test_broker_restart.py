@@ -351,8 +351,7 @@ def test_kafka_sigkilled_mid_replay_loses_no_bar_and_trades_like_the_backtest(
     t, ns = _loop_topics(), f"ns-{_uid()}"
     own_broker.ensure_topics({name: 1 for name in t.values()})
     overrides = _overrides(t, ns, tmp_path)
-    for name in ("risk", "exit_monitor"):
-        overrides[name]["fill_wait_s"] = 30.0
+    overrides["risk"]["fill_wait_s"] = 30.0
     tracker = LoopTracker()
     loop = start_loop(cfg, endpoints, overrides=overrides, tracker=tracker, timeout_s=270, backoff_s=0.2,
                       max_restarts=10)
@@ -489,11 +488,10 @@ def test_kafka_sigkilled_with_bars_in_flight_and_bars_sent_while_down_loses_noth
     t, ns = _loop_topics(), f"ns-{_uid()}"
     own_broker.ensure_topics({name: 1 for name in t.values()})
     overrides = _overrides(t, ns, tmp_path)
-    for name in ("risk", "exit_monitor"):
-        # Free-running, fills are late anyway, and a fill report lost with the log never
-        # comes: waiting 2 s (default) for it on every later bar of the symbol would make a
-        # batch of hundreds of bars take minutes (and the loop slow to stop).
-        overrides[name]["fill_wait_s"] = 0.2
+    # Free-running, fills are late anyway, and a fill report lost with the log never
+    # comes: waiting 2 s (default) for it on every later bar of the symbol would make a
+    # batch of hundreds of bars take minutes (and the loop slow to stop).
+    overrides["risk"]["fill_wait_s"] = 0.2
     tracker = LoopTracker()
     loop = start_loop(cfg, endpoints, overrides=overrides, tracker=tracker, timeout_s=200, backoff_s=0.2,
                       max_restarts=10)
@@ -560,37 +558,41 @@ def test_kafka_sigkilled_with_bars_in_flight_and_bars_sent_while_down_loses_noth
     assert tradable and tradable <= decided, "every tradable signal in flight at the kill reaches a risk decision"
 
 
-# --------------------------------------------------------------------------- exit monitor restart
-def test_exit_monitor_rebuilt_mid_position_exits_like_the_running_one(test_config_for, tmp_path):
-    """A rebuilt exit monitor (broker restart, crash) restores the position from the fills,
-    whose peak is the fill price: it must mark the closes held so far again, or a trailing
+# --------------------------------------------------------------------------- exits after a restart
+def test_risk_rebuilt_mid_position_exits_like_the_running_one(test_config_for, tmp_path):
+    """A rebuilt risk desk (broker restart, crash) restores the position from the fills, whose
+    peak is the fill price: its exit rules must mark the closes held so far again, or a trailing
     stop set by an earlier high close would fire late (found by the broker-restart test)."""
     from datetime import timedelta
 
     from awet_dagster.execution.ledger import StoredFill
-    from awet_dagster.exits.watch import ExitWatch, InMemoryExitStore
+    from awet_dagster.risk.desk import RiskDesk
     from awet_dagster.risk.portfolio import Fill
+    from awet_dagster.risk.store import InMemoryRiskStore
     from awet_dagster.streaming.events import event_to_bar
     from awet_dagster.streaming.time_guard import TimeGuard, TimeLimits
+    from tests.test_live_components import _quiet_signal
     from tests.test_live_loop import _bar
 
     cfg = test_config_for(tmp_path / "home")
     t0 = datetime(2024, 3, 1, tzinfo=UTC)
     closes = [100.0, 102.5, 102.9, 100.8]  # trailing 2% from 102.9 -> 100.84: the 4th bar exits
     bars = [_bar("X", t0 + timedelta(days=i), c) for i, c in enumerate(closes)]
+    signals = [_quiet_signal("X", b.ts, b.close) for b in bars]
     fill = Fill("coid-x", "X", "buy", 10, 100.0, 0.0, t0, "corr-x", "entry")
 
-    def watch(store: InMemoryExitStore) -> ExitWatch:
-        return ExitWatch(cfg, store, exits_topic="exits", guard=TimeGuard(TimeLimits.from_config(cfg)))
+    def desk(store: InMemoryRiskStore) -> RiskDesk:
+        return RiskDesk(cfg, store, approved_topic="ok", rejected_topic="no", exits_topic="exits",
+                        guard=TimeGuard(TimeLimits.from_config(cfg)))
 
-    running = watch(InMemoryExitStore())
+    running = desk(InMemoryRiskStore())
     running.ledger.portfolio.apply_fill(fill)
-    out = [running.handle(b) for b in bars]
+    out = [running.handle(s) for s in signals]
     assert [len(o) for o in out] == [0, 0, 0, 1] and out[3][0].event.reason == "trailing"
 
     stored = StoredFill(fill.client_order_id, "X", "buy", 10, 100.0, 0.0, t0, "corr-x", "entry", None)
-    rebuilt = watch(InMemoryExitStore(bars={"X": [event_to_bar(b) for b in bars[:3]]}, fills=[stored]))
+    rebuilt = desk(InMemoryRiskStore(bars={"X": [event_to_bar(b) for b in bars[:3]]}, fills=[stored]))
     rebuilt.start()  # the ledger rebuilds the position from the stored fill
-    again = rebuilt.handle(bars[3])
-    assert [(o.event.reason, o.event.ts) for o in again] == [("trailing", bars[3].ts)]
-    assert rebuilt.monitor.bars_held() == running.monitor.bars_held() == {("X", "corr-x"): 4}
+    again = rebuilt.handle(signals[3])
+    assert [(o.topic, o.event.reason, o.event.ts) for o in again] == [("exits", "trailing", bars[3].ts)]
+    assert rebuilt.exits.monitor.bars_held() == running.exits.monitor.bars_held() == {("X", "corr-x"): 4}

@@ -601,7 +601,7 @@ def test_one_deployment_per_live_service_with_probes(helm):
     from live.registry import service_spec
 
     single = {"awet-" + s.replace("_", "-") for s in LOOP_SERVICES if service_spec(s).instances == "one"}
-    assert single == {"awet-risk", "awet-execution", "awet-exit-monitor"}
+    assert single == {"awet-risk", "awet-execution"}
     assert set(hpas) == {"awet-" + s.replace("_", "-") for s in LOOP_SERVICES} - single
     assert deps["awet-lag-monitor"]["spec"]["replicas"] == 1  # nothing to scale: reads offsets only
     for name in single:

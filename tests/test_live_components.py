@@ -1,5 +1,5 @@
 """The live loop's core components on their in-memory stores, without Kafka or PostgreSQL:
-risk (``RiskDesk``), the exit monitor (``ExitWatch``), the signal scorer (``BarScorer``) and
+risk (``RiskDesk``, with its exit rules ``ExitWatch``), the signal scorer (``BarScorer``) and
 the forecaster (``Forecaster``). The same objects run in the live services over the
 PostgreSQL stores (tests/test_live_loop.py and the parity tests)."""
 from __future__ import annotations
@@ -13,7 +13,6 @@ import pytest
 from awet_dagster.contracts import ExecutionReport, FeatureEvent
 from awet_dagster.execution.ids import client_order_id
 from awet_dagster.execution.ledger import StoredFill
-from awet_dagster.exits.watch import ExitWatch, InMemoryExitStore
 from awet_dagster.inference import StaticPredictorSource
 from awet_dagster.inference.forecaster import Forecaster, InMemoryPredictionStore
 from awet_dagster.risk.desk import RiskDesk
@@ -46,7 +45,7 @@ def _history(symbol: str, end: datetime, n: int) -> list[dict]:
 def test_risk_desk_decides_once_audits_before_publishing_and_replays_a_redelivered_signal(cfg):
     ts = datetime(2024, 3, 1, 14, 30, tzinfo=UTC)
     store = InMemoryRiskStore(bars={"R": _history("R", ts, cfg.risk.cvar_lookback_bars + 1)})
-    desk = RiskDesk(cfg, store, approved_topic="ok", rejected_topic="no", guard=_guard(cfg))
+    desk = RiskDesk(cfg, store, approved_topic="ok", rejected_topic="no", exits_topic="exits", guard=_guard(cfg))
     desk.start()
     sig = _tradable_signal("R", ts)
     desk.prepare([(sig, ("scored", 0))])
@@ -55,7 +54,7 @@ def test_risk_desk_decides_once_audits_before_publishing_and_replays_a_redeliver
     assert store.audits == []  # written at the batch's checkpoint, before its decisions go out
     assert desk.write_audit() == 1 and store.audits[0].details["decision"]["event_id"] == out.event.event_id
 
-    again = RiskDesk(cfg, store, approved_topic="ok", rejected_topic="no", guard=_guard(cfg))  # a restart
+    again = RiskDesk(cfg, store, approved_topic="ok", rejected_topic="no", exits_topic="exits", guard=_guard(cfg))  # a restart
     again.start()
     again.prepare([(sig, ("scored", 0))])
     [replayed] = again.handle(sig)
@@ -66,7 +65,7 @@ def test_risk_desk_rejects_while_the_stored_kill_switch_is_tripped(cfg):
     ts = datetime(2024, 3, 1, 14, 30, tzinfo=UTC)
     store = InMemoryRiskStore(bars={"K": _history("K", ts, cfg.risk.cvar_lookback_bars + 1)})
     store.risk_state.set_kill_switch(KillSwitchState(True, "operator", ts))
-    desk = RiskDesk(cfg, store, approved_topic="ok", rejected_topic="no", guard=_guard(cfg))
+    desk = RiskDesk(cfg, store, approved_topic="ok", rejected_topic="no", exits_topic="exits", guard=_guard(cfg))
     desk.start()
     [out] = desk.handle(_tradable_signal("K", ts))
     assert out.topic == "no" and not out.event.approved
@@ -95,14 +94,14 @@ def test_risk_asks_to_publish_first_instead_of_waiting_for_the_fill_of_its_own_u
     t2 = t1 + timedelta(days=1)
     store = InMemoryRiskStore(bars={"P": _history("P", t1, cfg.risk.cvar_lookback_bars + 1)})
     side = _RecordingSide()
-    desk = RiskDesk(cfg, store, approved_topic="ok", rejected_topic="no", guard=_guard(cfg), side=side)
+    desk = RiskDesk(cfg, store, approved_topic="ok", rejected_topic="no", exits_topic="exits", guard=_guard(cfg), side=side)
     desk.start()
     first, second = _tradable_signal("P", t1), _tradable_signal("P", t2)
     desk.prepare([(first, ("scored", 0)), (second, ("scored", 0))])
     [approved] = desk.handle(first)
     assert approved.event.approved, approved.event.reasons
     # The approval is held until the batch's audit is written: its fill cannot come yet.
-    with pytest.raises(PublishFirst, match="approved in this batch"):
+    with pytest.raises(PublishFirst, match="decided in this batch"):
         desk.handle(second)
     assert side.waits == 0 and desk.counters["signals"] == 1 and desk.counters["fill_wait_timeouts"] == 0
     assert desk.write_audit() == 1  # the bus's before_produce, then the approval is published
@@ -119,21 +118,45 @@ def test_risk_asks_to_publish_first_instead_of_waiting_for_the_fill_of_its_own_u
 
 
 # --------------------------------------------------------------------------- exits
-def test_exit_watch_fires_again_after_its_exit_order_was_rejected(cfg):
+def _quiet_signal(symbol: str, ts: datetime, price: float):
+    """A scored bar that asks for no position (risk marks it and checks exits, decides nothing)."""
+    return _tradable_signal(symbol, ts).model_copy(update={"ensemble_direction": "neutral", "price": price,
+                                                           "reference_price": price})
+
+
+def test_risk_checks_exits_on_its_own_book_and_fires_again_after_a_rejected_exit_order(cfg):
     t0 = datetime(2024, 3, 1, tzinfo=UTC)
     fill = StoredFill("coid-e", "E", "buy", 10, 100.0, 0.0, t0, "corr-e", "entry", None)
-    watch = ExitWatch(cfg, InMemoryExitStore(fills=[fill]), exits_topic="exits", guard=_guard(cfg))
-    watch.start()
+    desk = RiskDesk(cfg, InMemoryRiskStore(fills=[fill]), approved_topic="ok", rejected_topic="no",
+                    exits_topic="exits", guard=_guard(cfg))
+    desk.start()
     drop = 100.0 * (1 - cfg.exits.stop_loss_pct) - 1.0
-    [first] = watch.handle(_bar("E", t0 + timedelta(days=1), drop))
-    assert first.event.reason == "sl" and first.event.correlation_id == "corr-e"
-    assert watch.handle(_bar("E", t0 + timedelta(days=2), drop)) == []  # one exit per position
-    watch.on_side_event(ExecutionReport(
+    [first] = desk.handle(_quiet_signal("E", t0 + timedelta(days=1), drop))
+    assert first.topic == "exits" and first.event.reason == "sl" and first.event.correlation_id == "corr-e"
+    assert client_order_id("corr-e", "exit") in desk.ledger.outstanding  # its fill is due on the next bar
+    desk.on_side_event(ExecutionReport(
         correlation_id="corr-e", client_order_id=client_order_id("corr-e", "exit"), symbol="E", side="sell",
         intent="exit", ts=t0 + timedelta(days=1), status="rejected", qty=10.0, filled_qty=0.0, venue="paper",
         source_event_id=first.event.event_id, dry_run=False))
-    [again] = watch.handle(_bar("E", t0 + timedelta(days=3), drop))
-    assert again.event.reason == "sl" and watch.counters["released"] == 1
+    [again] = desk.handle(_quiet_signal("E", t0 + timedelta(days=2), drop))
+    assert again.event.reason == "sl" and desk.exits.counters["released"] == 1
+    assert desk.handle(_quiet_signal("E", t0 + timedelta(days=2), drop)) == []  # a redelivered bar: not twice
+
+
+def test_an_exit_in_a_batch_makes_the_next_bar_of_its_symbol_publish_first(cfg):
+    """The exit order of bar t fills on bar t+1: while it is held in the batch, t+1 cannot wait for it."""
+    t0 = datetime(2024, 3, 1, tzinfo=UTC)
+    fill = StoredFill("coid-f", "F", "buy", 10, 100.0, 0.0, t0, "corr-f", "entry", None)
+    desk = RiskDesk(cfg, InMemoryRiskStore(fills=[fill]), approved_topic="ok", rejected_topic="no",
+                    exits_topic="exits", guard=_guard(cfg), side=_RecordingSide())
+    desk.start()
+    drop = 100.0 * (1 - cfg.exits.stop_loss_pct) - 1.0
+    s1, s2 = _quiet_signal("F", t0 + timedelta(days=1), drop), _quiet_signal("F", t0 + timedelta(days=2), drop)
+    desk.prepare([(s1, ("scored", 0)), (s2, ("scored", 0))])
+    [ex] = desk.handle(s1)
+    assert ex.topic == "exits"
+    with pytest.raises(PublishFirst, match="decided in this batch"):
+        desk.handle(s2)
 
 
 # --------------------------------------------------------------------------- signals

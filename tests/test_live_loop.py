@@ -1,4 +1,4 @@
-"""The live paper-trading loop: inference, signal, risk, execution, exit_monitor.
+"""The live paper-trading loop: inference, signal, risk (with the exit rules), execution.
 
 Against the REAL session broker and PostgreSQL (tests/conftest.py). Isolation per test:
 unique topics (``make_topic``) and consumer groups, unique symbols (sample bars
@@ -113,11 +113,10 @@ def _overrides(t: dict[str, str], ns: str, tmp: Path, source=None) -> dict[str, 
         "signal": {"input_topic": t["raw"], "output_topic": t["scored"], "predictions_topic": t["pred"],
                    "alpha_topic": t["alpha"], "group": _group(), "weights_file": tmp / "weights.json"},
         "risk": {"input_topic": t["scored"], "approved_topic": t["approved"], "rejected_topic": t["rejected"],
-                 "done_topic": t["done"], "orders_topic": t["orders"], "group": _group(), "namespace": ns},
+                 "exits_topic": t["exits"], "done_topic": t["done"], "orders_topic": t["orders"], "group": _group(),
+                 "namespace": ns},
         "execution": {"market_topic": t["raw"], "approved_topic": t["approved"], "exits_topic": t["exits"],
                       "orders_topic": t["orders"], "done_topic": t["done"], "group": _group(), "namespace": ns},
-        "exit_monitor": {"input_topic": t["raw"], "output_topic": t["exits"], "done_topic": t["done"],
-                         "orders_topic": t["orders"], "group": _group(), "namespace": ns},
     }
 
 
@@ -392,7 +391,7 @@ def test_execution_killed_between_submission_and_commit_never_duplicates_an_orde
 @pytest.mark.timeout(240)
 def test_poison_messages_on_every_input_go_to_the_dlq_and_services_keep_going(
         cfg, endpoints, make_topic, tmp_path):
-    from live.services import execution, exit_monitor, features, inference, lean_alpha, persist_bars, risk, signal
+    from live.services import execution, features, inference, lean_alpha, persist_bars, risk, signal
 
     t, ns = _topics(make_topic), f"ns-{_uid()}"
     o = _overrides(t, ns, tmp_path)
@@ -404,7 +403,6 @@ def test_poison_messages_on_every_input_go_to_the_dlq_and_services_keep_going(
         (inference.build, o["inference"], [t["eng"]]),
         (risk.build, o["risk"], [t["scored"]]),
         (execution.build, o["execution"], [t["raw"], t["approved"], t["exits"]]),
-        (exit_monitor.build, o["exit_monitor"], [t["raw"]]),
     ]
     prod = _producer(endpoints.kafka_bootstrap)
     for topic in (t["raw"], t["eng"], t["scored"], t["approved"], t["exits"]):
@@ -423,9 +421,9 @@ def test_poison_messages_on_every_input_go_to_the_dlq_and_services_keep_going(
         letters = _read_all(endpoints.kafka_bootstrap, dlq_topic(topic), 2)
         reasons = {dict(m.headers())[DLQ_REASON_HEADER].decode() for m in letters}
         assert reasons == {"invalid_json", "schema_mismatch"}, (topic, reasons)
-    # raw is consumed by six services: each dead-letters its own copy of both poison messages.
-    raw_letters = _read_all(endpoints.kafka_bootstrap, dlq_topic(t["raw"]), 12)
-    assert len(raw_letters) == 12, len(raw_letters)
+    # raw is consumed by five services: each dead-letters its own copy of both poison messages.
+    raw_letters = _read_all(endpoints.kafka_bootstrap, dlq_topic(t["raw"]), 10)
+    assert len(raw_letters) == 10, len(raw_letters)
 
 
 @pytest.mark.slow
@@ -435,7 +433,7 @@ def test_poison_on_side_topics_is_dead_lettered_once_per_reader_also_across_rest
     """predictions, alpha.signals, exec.done and exec.orders are read by side readers (tails)
     only: a bad message there goes to the topic's DLQ with the reason, under the reader's
     name, and a restarted reader (which re-reads from the beginning) does not send it again."""
-    from live.services import exit_monitor, risk, signal
+    from live.services import risk, signal
 
     t, ns = _topics(make_topic), f"ns-{_uid()}"
     o = _overrides(t, ns, tmp_path)
@@ -446,7 +444,7 @@ def test_poison_on_side_topics_is_dead_lettered_once_per_reader_also_across_rest
         prod.send_raw(t[k], b'{"symbol": "X", "correlation_id": "c-1"}', key=b"X")
     prod.flush(10)
     readers = [(signal.build, dict(o["signal"], alpha_source="topic"), 4),
-               (risk.build, o["risk"], 4), (exit_monitor.build, o["exit_monitor"], 4)]
+               (risk.build, o["risk"], 4)]
 
     def read_side(build, kw, n) -> tuple[int, int]:
         with build(cfg, endpoints, **kw) as svc:
@@ -455,11 +453,10 @@ def test_poison_on_side_topics_is_dead_lettered_once_per_reader_also_across_rest
             letters = tail.dead_letters
             return letters.sent, letters.already
 
-    assert [read_side(*r) for r in readers] == [(4, 0), (4, 0), (4, 0)]
+    assert [read_side(*r) for r in readers] == [(4, 0), (4, 0)]
     assert read_side(*readers[1]) == (0, 4)  # risk restarted: its letters are in the table already
     expected = {"pred": ["signal-tail"] * 2, "alpha": ["signal-tail"] * 2,
-                "done": ["exit_monitor-tail"] * 2 + ["risk-tail"] * 2,
-                "orders": ["exit_monitor-tail"] * 2 + ["risk-tail"] * 2}
+                "done": ["risk-tail"] * 2, "orders": ["risk-tail"] * 2}
     for k in side:
         letters = [DeadLetter.model_validate_json(m.value()) for m in
                    _read_all(endpoints.kafka_bootstrap, dlq_topic(t[k]), len(expected[k]))]
@@ -469,7 +466,7 @@ def test_poison_on_side_topics_is_dead_lettered_once_per_reader_also_across_rest
     with connect(database_url) as conn:
         rows = conn.execute("SELECT service, reason FROM dead_letters WHERE topic = ANY(%s)",
                             ([t[k] for k in side],)).fetchall()
-    assert len(rows) == 12, rows
+    assert len(rows) == 8, rows
 
 
 # --------------------------------------------------------------------------- (d) Alpaca paper, failing
@@ -897,9 +894,9 @@ def test_a_far_future_bar_mid_replay_is_dead_lettered_and_the_symbol_trades_as_w
     assert got == want
     assert _count(database_url, "SELECT count(*) FROM bars WHERE symbol = %s AND ts > now()", symbol) == 0
     letters = [DeadLetter.model_validate_json(m.value()) for m in _read_all(endpoints.kafka_bootstrap,
-                                                                            t["raw"] + ".dlq", 6)]
+                                                                            t["raw"] + ".dlq", 5)]
     assert sorted(d.service for d in letters) == sorted(
-        ["persist_bars", "features", "lean_alpha", "signal", "execution", "exit_monitor"])
+        ["persist_bars", "features", "lean_alpha", "signal", "execution"])
     assert {d.reason for d in letters} == {"invalid_time"}
     assert all("2099-01-02T14:30:00+00:00 is" in d.error and "ahead of the" in d.error for d in letters)
     # ...and each is recorded in the dead_letters table (what `awet status` counts).
@@ -935,7 +932,7 @@ def test_risk_warms_its_cvar_history_up_on_the_bar_type_being_traded(cfg, databa
     with connect(database_url) as conn, conn.transaction():
         copy_upsert_bars(conn, ensure_schema(history))
     conn, ns = LazyConnection(database_url), f"ns-{_uid()}"
-    svc = RiskDesk(cfg, PostgresRiskStore(conn.get, ns), approved_topic="a", rejected_topic="r",
+    svc = RiskDesk(cfg, PostgresRiskStore(conn.get, ns), approved_topic="a", rejected_topic="r", exits_topic="x",
                    guard=TimeGuard(TimeLimits.from_config(cfg)), namespace=ns)
     svc.start()
     try:

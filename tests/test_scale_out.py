@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 def test_every_service_says_whether_it_scales_out_and_why():
     kinds = {name: service_spec(name).instances for name in available_services()}
     assert kinds == {"persist_bars": "many", "features": "many", "lean_alpha": "many", "inference": "many",
-                     "signal": "many", "risk": "one", "execution": "one", "exit_monitor": "one",
+                     "signal": "many", "risk": "one", "execution": "one",
                      "lag_monitor": "many", "persist_sentiment": "many"}
     assert all(service_spec(n).why for n in kinds)
 

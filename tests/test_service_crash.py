@@ -43,7 +43,7 @@ pytestmark = pytest.mark.slow
 #: The output a victim must have produced in the checkpoint it dies in: the one whose
 #: redelivery could have a second effect downstream (an approval, an order, an exit...).
 CRASH_ON = {"features": "eng", "lean_alpha": "alpha", "inference": "pred", "signal": "scored",
-            "risk": "approved", "execution": "orders", "exit_monitor": "exits"}
+            "risk": "approved", "execution": "orders"}
 
 
 class _Child:
@@ -172,10 +172,8 @@ def _run(victim: str | None, champion: dict, endpoints: Endpoints, make_topic, d
     first, rest = bars.filter(bars["ts"] < cut), bars.filter(bars["ts"] >= cut)
     t, ns = _topics(make_topic), f"ns-{_uid()}"
     ov = _overrides(t, ns, tmp_path, source=ChampionSource(ModelRegistry(cfg), poll_s=3600))
-    for name in ("risk", "exit_monitor"):
-        # Free-running: a risk batch holds its approvals until the batch ends, so a wait for
-        # their fills inside the batch can only time out; waiting would only slow the run.
-        ov[name]["fill_wait_s"] = 0.0
+    # Free-running, no fill wait: this test is about loss and duplicates, not the backtest's sizing.
+    ov["risk"]["fill_wait_s"] = 0.0
     loop = start_loop(cfg, endpoints, names=[s for s in LOOP_SERVICES if s != victim], overrides=ov,
                       timeout_s=280, backoff_s=0.2)
     child = None

@@ -50,9 +50,10 @@ NODES: Mapping[str, Node] = MappingProxyType({
     # signals.alpha_source "topic" (the default) reads the alphas from alpha.signals; with
     # "internal" the signal service computes them itself and nothing reads alpha.signals.
     "signal": Node(inputs=(MARKET_RAW,), side=(PREDICTIONS, ALPHA_SIGNALS), outputs=(SIGNALS_SCORED,)),
-    "risk": Node(inputs=(SIGNALS_SCORED,), side=(EXEC_DONE, EXEC_ORDERS), outputs=(RISK_APPROVED, RISK_REJECTED)),
+    # risk also runs the exit rules on its book (one per-bar step, as the backtest's loop body).
+    "risk": Node(inputs=(SIGNALS_SCORED,), side=(EXEC_DONE, EXEC_ORDERS),
+                 outputs=(RISK_APPROVED, RISK_REJECTED, EXEC_EXITS)),
     "execution": Node(inputs=(MARKET_RAW, RISK_APPROVED, EXEC_EXITS), outputs=(EXEC_ORDERS, EXEC_DONE)),
-    "exit_monitor": Node(inputs=(MARKET_RAW,), side=(EXEC_DONE, EXEC_ORDERS), outputs=(EXEC_EXITS,)),
     "lag_monitor": Node(),  # reads committed offsets of the groups above, no messages
     # Reddit sentiment (`awet ingest --source reddit`), stored for the features' point-in-time join.
     "ingest_reddit": Node(outputs=(SOCIAL_SENTIMENT,)),
@@ -64,7 +65,7 @@ OPTIONAL_NODES: tuple[str, ...] = ("ingest_reddit", "persist_sentiment")
 
 #: The services of the trading loop proper (``awet live`` runs them; ingestion feeds them).
 LOOP_NODES: tuple[str, ...] = ("persist_bars", "features", "lean_alpha", "inference", "signal", "risk",
-                               "execution", "exit_monitor")
+                               "execution")
 
 SINKS: Mapping[str, str] = MappingProxyType({
     RISK_REJECTED: "the refused decisions, an audit stream (every decision is also in the audit table)",

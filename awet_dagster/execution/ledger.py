@@ -1,6 +1,6 @@
 """``FillLedger``: the event-time portfolio a live service keeps from its fill reports.
 
-Risk and exit_monitor each need the portfolio AS OF the bar they handle, exactly like
+Risk (and the exit rules it runs) needs the portfolio AS OF the bar it handles, exactly like
 ``run_backtest`` (fills of bar t are booked before bar t's risk check and exit check).
 Fills arrive on their own topic, possibly late, so the ledger:
 - rebuilds the portfolio from the stored fills and orders on start (``rebuild``; the rows

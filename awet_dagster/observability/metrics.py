@@ -45,7 +45,7 @@ SERVICE_PORT_OFFSETS: Mapping[str, int] = {
     "signal": 6,
     "risk": 7,
     "execution": 8,
-    "exit_monitor": 9,
+    # 9 was exit_monitor's (merged into risk): left free so no other port moves.
     "lag_monitor": 10,
     "replay": 11,
     "ingest_reddit": 12,  # awet ingest --source reddit (runs beside a bar ingest)

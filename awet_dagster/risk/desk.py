@@ -6,10 +6,12 @@ One ``RiskEngine`` per process, as in ``run_backtest``:
   (``CachedRiskStateStore``) so a tripped kill switch survives restarts and an operator's
   ``awet kill-switch trip`` is seen within a second without a query per bar;
 - portfolio: a ``FillLedger`` rebuilt from the stored fills and orders on ``start``, then
-  fed with the fill reports and order events a side reader delivers (``on_side_event``);
+  fed with the fill reports and order events a side reader delivers (``on_side_event``); the
+  exit rules (``exits.watch.ExitWatch``) watch the positions of the same book;
 - clock: EVERY scored signal (one per bar, passed or not) marks the bar (``engine.on_bar``:
-  return history for CVaR, marks, loss limits); only tradable ones are evaluated (the
-  backtest's rule). Before that, fills are booked in event order: when a symbol that
+  return history for CVaR, marks, loss limits), then its symbol's position is checked for an
+  exit on the close (ExitEvents to ``exits_topic``), then, only for tradable ones, risk decides:
+  the order of ``run_backtest``'s loop body. Before that, fills are booked in event order: when a symbol that
   already has a bar at this ts has an order decided earlier, the bar waits (``fill_wait_s``,
   bounded, through the ``SideInputs`` port) for that order's fill report, so sizing sees the
   same equity, positions and pending orders as the backtest did at that bar. An order approved
@@ -42,6 +44,7 @@ from awet_dagster.config import AwetConfig
 from awet_dagster.contracts import ExecutionReport, OrderEvent, RiskDecision, ScoredSignal
 from awet_dagster.execution.ids import client_order_id
 from awet_dagster.execution.ledger import FillLedger
+from awet_dagster.exits.watch import ExitWatch
 from awet_dagster.observability.metrics import ServiceMetrics
 from awet_dagster.risk.engine import RiskEngine
 from awet_dagster.risk.state import CachedRiskStateStore
@@ -59,12 +62,12 @@ _NS = uuid.UUID("3c1b7a0e-5f7d-4d1e-8f55-1b2a9c0d4e61")
 
 class RiskDesk:
     def __init__(self, cfg: AwetConfig, store: RiskStore, *, approved_topic: str, rejected_topic: str,
-                 guard: TimeGuard, namespace: str = "", fill_wait_s: float | None = None, metrics: ServiceMetrics | None = None,
+                 exits_topic: str, guard: TimeGuard, namespace: str = "", fill_wait_s: float | None = None, metrics: ServiceMetrics | None = None,
                  side: SideInputs = NO_SIDE_INPUTS) -> None:
         self.cfg = cfg
         self.metrics = metrics
         self.db = store
-        self.approved_topic, self.rejected_topic = approved_topic, rejected_topic
+        self.approved_topic, self.rejected_topic, self.exits_topic = approved_topic, rejected_topic, exits_topic
         self.ns = namespace
         self.guard = guard
         self.fill_wait_s = cfg.risk.fill_wait_s if fill_wait_s is None else fill_wait_s
@@ -72,6 +75,7 @@ class RiskDesk:
         self.ledger = FillLedger(cfg.risk.initial_equity)
         self.store = CachedRiskStateStore(store.state)
         self.engine = RiskEngine.from_config(cfg, self.ledger.portfolio, self.store)
+        self.exits = ExitWatch(cfg, store, self.ledger)
         self._ts: datetime | None = None
         self._seen: set[str] = set()
         self._warm: set[tuple[str, str]] = set()  # (symbol, bar type) with CVaR history loaded
@@ -81,13 +85,14 @@ class RiskDesk:
         self._stored: dict[str, dict] = {}
         self._audit: list[AuditRecord] = []
         self._in_batch = False
-        self._unpublished: set[str] = set()  # client order ids of this batch's approvals
+        self._unpublished: set[str] = set()  # client order ids of this batch's approvals and exits
         self.counters = {"signals": 0, "evaluated": 0, "approved": 0, "rejected": 0, "replayed": 0,
                          "fill_wait_timeouts": 0}
 
     # ------------------------------------------------------------------ start-up / side inputs
     def start(self) -> None:
         self.ledger.rebuild(*self.db.ledger_rows(self.ns))
+        self.exits.start()
         for symbol, ts in self.db.recent_entries(self.ns):  # the throttle: orders per minute / day / cooldown
             self.engine.throttle.record(symbol, ts)
         self._publish(None)
@@ -95,6 +100,7 @@ class RiskDesk:
     def on_side_event(self, event: Any) -> None:  # the side reader's thread, under side.lock()
         if isinstance(event, ExecutionReport):
             self.ledger.on_report(event)
+            self.exits.on_report(event)
         elif isinstance(event, OrderEvent):
             self.ledger.on_order(event)
 
@@ -177,10 +183,9 @@ class RiskDesk:
             self.write_audit()
         return outputs
 
-    def _book_until(self, symbol: str, ts: datetime, split_factor: float = 1.0) -> tuple[bool, dict[str, float]]:
-        """Book fills up to (ts, symbol), waiting (bounded) for those this bar must bring;
-        (an order of the symbol is working, the entries in flight by symbol). A split
-        (``split_factor`` changed) is carried through first."""
+    def _book_until(self, symbol: str, ts: datetime, split_factor: float = 1.0) -> None:
+        """Book fills up to (ts, symbol), waiting (bounded) for those this bar must bring. A
+        split (``split_factor`` changed) is carried through first."""
         if self._ts != ts:
             self._ts, self._seen = ts, set()
         self._seen.add(symbol)
@@ -189,7 +194,7 @@ class RiskDesk:
             missing = self.ledger.missing_fills(seen, ts)
             held = self._unpublished.intersection(missing)
             if held:
-                raise PublishFirst(f"{symbol} at {ts.isoformat()} needs the fill of {sorted(held)}, approved in this batch")
+                raise PublishFirst(f"{symbol} at {ts.isoformat()} needs the fill of {sorted(held)}, decided in this batch")
             if missing:
                 ok = wait_or_retry(self.side, lambda: not self.ledger.missing_fills(seen, ts), self.fill_wait_s,
                                    f"{symbol} at {ts.isoformat()} waited for fills")
@@ -199,18 +204,24 @@ class RiskDesk:
                                 self.ledger.missing_fills(seen, ts), ts.isoformat(), self.fill_wait_s)
             self.ledger.on_split_factor(symbol, split_factor, ts)
             self.ledger.apply_until(ts, symbol)
-            return self.ledger.pending_order(symbol), self.ledger.pending_exposure()
 
     def _handle(self, signal: ScoredSignal) -> list[Output]:
         symbol, ts = signal.symbol, signal.ts
         if (symbol, signal.bar_type) not in self._warm:
             self._warm_up_many({(symbol, signal.bar_type): ts})
-        pending, in_flight = self._book_until(symbol, ts, signal.split_factor)  # may raise PublishFirst
+        self._book_until(symbol, ts, signal.split_factor)  # may raise PublishFirst
         self.counters["signals"] += 1
         self.engine.on_bar(symbol, ts, signal.price, signal.price * signal.adj_factor)
+        with self.side.lock():
+            exits = self.exits.on_bar(symbol, ts, signal.bar_type, signal.price)
+            # After the exits, as the backtest asks: an exit order just placed is working.
+            pending, in_flight = self.ledger.pending_order(symbol), self.ledger.pending_exposure()
+        if self._in_batch:
+            self._unpublished.update(client_order_id(e.correlation_id, "exit") for e in exits)
+        outputs = [Output(self.exits_topic, e) for e in exits]
         self._publish(ts)
         if not signal_passed(signal):
-            return []
+            return outputs
         stored = self._stored_decision(signal)
         if stored is not None:
             decision = RiskDecision.model_validate(stored)
@@ -234,7 +245,7 @@ class RiskDesk:
                     self.metrics.risk_rejection(reason)
                 self._publish(ts)  # evaluate may have tripped the kill switch
         self.counters["approved" if decision.approved else "rejected"] += 1
-        return [Output(self.approved_topic if decision.approved else self.rejected_topic, decision)]
+        return outputs + [Output(self.approved_topic if decision.approved else self.rejected_topic, decision)]
 
     def _expect(self, d: RiskDecision) -> None:
         price = d.notional / d.qty if d.qty > 0 else None

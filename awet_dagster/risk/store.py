@@ -1,7 +1,7 @@
 """The risk component's storage port (``RiskStore``) and its in-memory twin.
 
 ``awet_dagster.storage.risk.PostgresRiskStore`` is the live implementation (``risk_state``,
-``audit_log``, ``orders``/``fills``, ``bars``); ``InMemoryRiskStore`` is the twin for fast
+``audit_log``, ``orders``/``fills``, ``bars``: warm-up and the exits' restore); ``InMemoryRiskStore`` is the twin for fast
 tests. ``AuditRecord`` is one ``audit_log`` row: who decided what about which subject, why.
 """
 from __future__ import annotations
@@ -53,6 +53,10 @@ class RiskStore(Protocol):
     def last_bars_many(self, wanted: Mapping[str, datetime], bar_type: str,
                        limit: int) -> dict[str, list[dict[str, Any]]]:
         """{symbol: up to ``limit`` bars of ``bar_type`` before wanted[symbol], oldest first}."""
+        ...
+
+    def closes_between(self, symbol: str, bar_type: str, since: datetime, before: datetime) -> list[float]:
+        """Closes of the symbol's stored bars with ``since <= ts < before``, in time order."""
         ...
 
 

@@ -62,8 +62,8 @@ def read_last_bars_many(conn: Any, wanted: Mapping[str, datetime], bar_type: str
 
 
 class PostgresBarHistory:
-    """``last_bars_many`` over the ``bars`` table: the warm-up read the live components' stores
-    share. ``connect``: returns the psycopg connection to use (reopened after an outage)."""
+    """``last_bars_many`` and ``closes_between`` over the ``bars`` table: the reads the live
+    components' stores share. ``connect``: returns the psycopg connection to use (reopened after an outage)."""
 
     def __init__(self, connect: Callable[[], Any]) -> None:
         self._connect = connect
@@ -71,3 +71,11 @@ class PostgresBarHistory:
     def last_bars_many(self, wanted: Mapping[str, datetime], bar_type: str,
                        limit: int) -> dict[str, list[dict[str, Any]]]:
         return read_last_bars_many(self._connect(), wanted, bar_type, limit)
+
+    def closes_between(self, symbol: str, bar_type: str, since: datetime, before: datetime) -> list[float]:
+        """Closes of the symbol's bars with ``since <= ts < before``, in time order (the exits'
+        restore of a position held across a restart)."""
+        rows = self._connect().execute(
+            "SELECT close FROM bars WHERE symbol = %s AND bar_type = %s AND ts >= %s AND ts < %s ORDER BY ts",
+            (symbol, bar_type, since, before)).fetchall()
+        return [float(c) for (c,) in rows]

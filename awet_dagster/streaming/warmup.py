@@ -26,8 +26,8 @@ def histories_by_key(first: Mapping[tuple[str, str], datetime],
 
 @dataclass
 class InMemoryBarHistory:
-    """``last_bars_many`` over ``bars`` ({symbol: [bar mapping]}): the warm-up read of the
-    in-memory stores (the twins of the PostgreSQL ones, for tests)."""
+    """``last_bars_many`` and ``closes_between`` over ``bars`` ({symbol: [bar mapping]}): the
+    reads of the in-memory stores (the twins of the PostgreSQL ones, for tests)."""
 
     bars: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
@@ -39,3 +39,8 @@ class InMemoryBarHistory:
                            and b["ts"] < before), key=lambda b: b["ts"])
             out[symbol] = rows[-limit:] if limit > 0 else []
         return out
+
+    def closes_between(self, symbol: str, bar_type: str, since: datetime, before: datetime) -> list[float]:
+        rows = sorted((b for b in self.bars.get(symbol, ()) if b.get("bar_type", bar_type) == bar_type
+                       and since <= b["ts"] < before), key=lambda b: b["ts"])
+        return [float(b["close"]) for b in rows]

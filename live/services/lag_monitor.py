@@ -43,7 +43,7 @@ NAME = "lag_monitor"
 #: service -> topics its consumer group reads (the defaults of the service factories: the
 #: topics each ``live.services.<name>.build`` hands to its BusService; group =
 #: ``<kafka.group_prefix>.<service>``). Side inputs read by a ``TopicTail`` (predictions for
-#: signal, exec.done/exec.orders for risk and exit_monitor) have no consumer group and no lag.
+#: signal, exec.done/exec.orders for risk) have no consumer group and no lag.
 #: Deployments that rename topics or groups pass ``groups`` explicitly.
 DEFAULT_SUBSCRIPTIONS: Mapping[str, tuple[str, ...]] = group_inputs()  # the topology table
 

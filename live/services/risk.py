@@ -1,7 +1,8 @@
-"""``risk``: signals.scored -> risk.approved | risk.rejected, every decision audited.
+"""``risk``: signals.scored -> risk.approved | risk.rejected (every decision audited) and
+exec.exits (the exit rules on the same book).
 
 Wiring for the core ``RiskDesk`` (``awet_dagster.risk.desk``, whose module doc tells the
-rules: event-time fills, the fill wait, idempotent decisions, batching) over
+rules: event-time fills, the fill wait, exits, idempotent decisions, batching) over
 ``PostgresRiskStore``. Its portfolio follows ``exec.done`` and ``exec.orders`` through a side
 ``TopicTail`` (decided: consume exec.done rather than share memory with the execution
 service, so the two can run in different processes). The batch's audit records are written
@@ -12,8 +13,15 @@ from __future__ import annotations
 from typing import Any
 
 from awet_dagster.config import AwetConfig
-from awet_dagster.contracts import RiskDecision, ScoredSignal
-from awet_dagster.contracts.topics import EXEC_DONE, EXEC_ORDERS, RISK_APPROVED, RISK_REJECTED, SIGNALS_SCORED
+from awet_dagster.contracts import ExitEvent, RiskDecision, ScoredSignal
+from awet_dagster.contracts.topics import (
+    EXEC_DONE,
+    EXEC_EXITS,
+    EXEC_ORDERS,
+    RISK_APPROVED,
+    RISK_REJECTED,
+    SIGNALS_SCORED,
+)
 from awet_dagster.risk.desk import RiskDesk
 from awet_dagster.storage.risk import PostgresRiskStore
 from live.services._common import LazyConnection, LiveService, contract_of, db_settings, time_guard
@@ -23,18 +31,20 @@ NAME = "risk"
 
 
 def build(cfg: AwetConfig, endpoints: Any, *, input_topic: str = SIGNALS_SCORED, approved_topic: str = RISK_APPROVED,
-          rejected_topic: str = RISK_REJECTED, done_topic: str = EXEC_DONE, orders_topic: str = EXEC_ORDERS,
+          rejected_topic: str = RISK_REJECTED, exits_topic: str = EXEC_EXITS, done_topic: str = EXEC_DONE, orders_topic: str = EXEC_ORDERS,
           group: str | None = None, name: str = NAME, namespace: str = "",
           fill_wait_s: float | None = None, tracker: Any = None, metrics: Any = None,
           **bus_kwargs: Any) -> LiveService:
     """``metrics``: a ``awet_dagster.observability.metrics.ServiceMetrics`` for the trading gauges (the runner passes it)."""
     conn = LazyConnection(endpoints.database_url, **db_settings(cfg))
     desk = RiskDesk(cfg, PostgresRiskStore(conn.get, namespace), approved_topic=approved_topic,
-                    rejected_topic=rejected_topic, guard=time_guard(cfg), namespace=namespace,
+                    rejected_topic=rejected_topic, exits_topic=exits_topic, guard=time_guard(cfg), namespace=namespace,
                     fill_wait_s=fill_wait_s, metrics=metrics)
     for topic in (approved_topic, rejected_topic):
         if contract_of(topic, RiskDecision) is not RiskDecision:
             raise ValueError(f"topic {topic!r} does not carry RiskDecision")
+    if contract_of(exits_topic, ExitEvent) is not ExitEvent:
+        raise ValueError(f"topic {exits_topic!r} does not carry ExitEvent")
     return build_with_fill_tail(cfg, endpoints, name=name, component=desk, conn=conn, input_topic=input_topic,
                                 input_contract=ScoredSignal, done_topic=done_topic, orders_topic=orders_topic,
                                 group=group, tracker=tracker, bus_kwargs=bus_kwargs, batch_hooks=True)
