@@ -83,7 +83,7 @@ def _start_time(value: str | None, default: str) -> datetime:
 
 def _polled(source: str, symbols: list[str], bar_type: str, interval: float | None, speed: float,
             start: str | None, stub_source: str, max_seconds: float | None, topic: str | None) -> None:
-    from awet_dagster.contracts.topics import MARKET_RAW
+    from awet_dagster.contracts.topics import MARKET_CLOCK, MARKET_RAW
     from awet_dagster.sources import MissingCredentials
     from awet_dagster.sources.registry import get_source
     from awet_dagster.sources.settings import source_kwargs
@@ -113,8 +113,10 @@ def _polled(source: str, symbols: list[str], bar_type: str, interval: float | No
     poller = BarPoller(bars, symbols, bar_type, clock=clock, source_name=source, catch_up=catch_up)
     poller.resume(marks)
     every = interval or (0.2 if source == "stub" else DEFAULT_INTERVAL_S[bar_type])
+    # Each poll's bars into market.raw are followed by their clocks (risk's event-time order).
     _run_polling(cfg, ep, poller, topic, bar_type, every, max_seconds, simulated=simulated, label=source,
-                 what=f"{', '.join(symbols)} ({bar_type})", resumed=len(marks))
+                 what=f"{', '.join(symbols)} ({bar_type})", resumed=len(marks),
+                 clock_topic=MARKET_CLOCK if topic == MARKET_RAW else None)
 
 
 def _reddit(symbols: list[str] | None, bucket: str, interval: float | None, max_seconds: float | None,
@@ -147,11 +149,14 @@ def _reddit(symbols: list[str] | None, bucket: str, interval: float | None, max_
 
 
 def _run_polling(cfg, ep, poller, topic: str, kind: str, every: float, max_seconds: float | None, *, label: str,
-                 what: str, resumed: int, simulated=None, service: str = "ingest") -> None:
+                 what: str, resumed: int, simulated=None, service: str = "ingest",
+                 clock_topic: str | None = None) -> None:
     """Run a poller (bars or Reddit buckets) into ``topic`` until stopped: one instance per topic
-    and ``kind`` (bar type or bucket), ``/metrics`` on ``service``'s port, a summary at the end."""
+    and ``kind`` (bar type or bucket), ``/metrics`` on ``service``'s port, a summary at the end.
+    ``clock_topic``: after each poll's bars, one ``BarClock`` per bar time of them goes there."""
     from awet_dagster.sources import AuthenticationFailed, MissingCredentials
     from live.ingest_poll import PollingIngestor, serve_ingest_metrics
+    from awet_dagster.streaming.sequencer import bar_clocks
     from live.publish import publish_acknowledged
 
     producer = _producer(cfg, ep.kafka_bootstrap)
@@ -159,6 +164,8 @@ def _run_polling(cfg, ep, poller, topic: str, kind: str, every: float, max_secon
 
     def publish(events) -> None:
         publish_acknowledged(producer, topic, events, timeout_s=flush_timeout)
+        if clock_topic is not None:
+            publish_acknowledged(producer, clock_topic, bar_clocks(events), timeout_s=flush_timeout)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     stop = Interrupt()

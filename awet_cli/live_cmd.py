@@ -121,7 +121,7 @@ def replay_cmd(
     cfg = _config()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from awet_dagster.contracts.topics import MARKET_RAW
+    from awet_dagster.contracts.topics import MARKET_CLOCK, MARKET_RAW
     from awet_dagster.sources import SourceError, get_source
     from awet_dagster.sources.settings import source_kwargs
     from live.replay import replay_bars
@@ -147,6 +147,7 @@ def replay_cmd(
                 producer, bars, topic=topic, speed=speed, max_gap_s=max_gap_s,
                 max_seconds=max_seconds, stop_event=stop,
                 on_progress=lambda done, _total: progress.update(task, completed=done),
+                clock_topic=MARKET_CLOCK if topic == MARKET_RAW else None,  # risk's event-time order
             )
     console.print(f"published {stats.published}/{stats.total} {bar_type} bars of {len(syms)} symbol(s) "
                   f"to {topic} in {stats.elapsed_s:.1f}s ({stats.stopped_by})")
@@ -184,8 +185,9 @@ def live_cmd(
     symbols: list[str] = typer.Option(None, "--symbols", "-s", help="With --replay: symbols."),
     lockstep: bool = typer.Option(True, "--lockstep/--free-run",
                                   help="With --replay: one timestamp at a time, waiting for the loop to drain "
-                                       "(the backtest's sequencing; default) or every bar at once (throughput; decisions "
-                                       "then depend on timing: docs/live-vs-backtest.md)."),
+                                       "(default) or every bar at once (throughput). Either way risk reads its input "
+                                       "in event-time order by the replay's clocks: the same orders "
+                                       "(docs/live-vs-backtest.md)."),
     preload_days: int = typer.Option(730, "--preload-days", help="With --replay: bars of this many days before "
                                                                  "--start are loaded into the bars table first "
                                                                  "(warm-up history; 0 = none)."),
@@ -258,6 +260,7 @@ def _live_replay(source: str, bar_type: str | None, start: str | None, end: str 
     from awet_dagster.storage.bars import copy_upsert_bars
     from awet_dagster.storage.db import connect
     from awet_dagster.observability.metrics import service_port
+    from awet_dagster.contracts.topics import MARKET_CLOCK
     from live.loop_harness import LoopTracker, replay_through_loop, start_loop
     from live.registry import REPLAY_SERVICES
     from live.topics import ensure_configured_topics
@@ -285,7 +288,10 @@ def _live_replay(source: str, bar_type: str | None, start: str | None, end: str 
     tracker = LoopTracker()
     # Metrics on the runner's port when it is free (a replay next to a running `awet live`
     # still runs, without an endpoint).
+    # The replay publishes a clock per bar time: risk hands its signals over in event-time order,
+    # so the decisions do not depend on partitioning or timing (lockstep or not).
     loop = start_loop(cfg, ep, names=REPLAY_SERVICES, tracker=tracker, timeout_s=max_seconds,
+                      overrides={"risk": {"event_order": "clock"}},
                       metrics_port=service_port(cfg, "runner"), metrics_host=cfg.observability.metrics_host,
                       metrics_required=False)
     stop = Interrupt()
@@ -296,7 +302,8 @@ def _live_replay(source: str, bar_type: str | None, start: str | None, end: str 
                       f"{' in lockstep' if lockstep else ''} through {', '.join(REPLAY_SERVICES)}")
         try:
             with _producer(cfg, ep.kafka_bootstrap) as producer:
-                published, drained = replay_through_loop(producer, bars, tracker, lockstep=lockstep,
+                published, drained = replay_through_loop(producer, bars, tracker, clock_topic=MARKET_CLOCK,
+                                                         lockstep=lockstep,
                                                          drain_timeout_s=budget, stop_event=stop)
         finally:
             loop.stop()

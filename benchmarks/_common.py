@@ -161,11 +161,11 @@ def embedded_broker(kind: str = "kafka") -> Iterator[str]:
 #: Benchmark topic key -> the production topic whose partition count (``cfg.kafka.topics``) it gets.
 TOPIC_KEYS = {"raw": "market.raw", "eng": "engineered", "alpha": "alpha.signals", "pred": "predictions",
               "scored": "signals.scored", "approved": "risk.approved", "rejected": "risk.rejected",
-              "exits": "exec.exits", "orders": "exec.orders", "done": "exec.done"}
+              "exits": "exec.exits", "orders": "exec.orders", "done": "exec.done", "clock": "market.clock"}
 
 
 def loop_overrides(t: Mapping[str, str], ns: str, group_prefix: str) -> dict[str, dict]:
-    """``start_loop`` overrides that run the 8 loop services on the topics ``t`` (by
+    """``start_loop`` overrides that run the 7 loop services on the topics ``t`` (by
     ``TOPIC_KEYS`` key), each in a fresh consumer group, trading in namespace ``ns``; no model
     poll (inference idles)."""
     def g() -> str:
@@ -179,8 +179,8 @@ def loop_overrides(t: Mapping[str, str], ns: str, group_prefix: str) -> dict[str
         "signal": {"input_topic": t["raw"], "output_topic": t["scored"], "predictions_topic": t["pred"],
                    "alpha_topic": t["alpha"], "group": g()},
         "risk": {"input_topic": t["scored"], "approved_topic": t["approved"], "rejected_topic": t["rejected"],
-                 "exits_topic": t["exits"], "done_topic": t["done"], "orders_topic": t["orders"], "group": g(),
-                 "namespace": ns},
+                 "exits_topic": t["exits"], "done_topic": t["done"], "orders_topic": t["orders"],
+                 "clock_topic": t["clock"], "group": g(), "namespace": ns},
         "execution": {"market_topic": t["raw"], "approved_topic": t["approved"], "exits_topic": t["exits"],
                       "orders_topic": t["orders"], "done_topic": t["done"], "group": g(), "namespace": ns},
     }

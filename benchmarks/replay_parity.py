@@ -11,7 +11,9 @@ embedded Apache Kafka + PostgreSQL started for the benchmark, and replays the of
 daily bars with ``replay_through_loop``:
 - lockstep, one partition per topic (the parity tests' setting): the baseline of the bars/s ratio;
 - lockstep, the production partitioning (``configs/base.yaml``: what ``awet live --replay`` uses);
-- free-running, one partition; free-running, the production partitioning.
+- free-running, one partition; free-running, the production partitioning;
+each with risk reading its input in arrival order and in event-time order (``risk.event_order``
+"clock": the replay publishes a ``BarClock`` per bar time, what ``awet live --replay`` does).
 Per run: orders placed, how many differ from the backtest's (missing + extra, compared as
 (ts, symbol, side, qty, intent)), bars/s (bars / time until the loop drained), fill waits
 that ran out (risk logs each), drained or not. No model: alphas only.
@@ -51,7 +53,9 @@ from live.topics import ensure_topics  # noqa: E402
 
 SECTION = "replay_parity"
 SYMBOLS = ("SPY", "AAPL", "IBM", "BAC", "QQQ", "AIG")
-MODES = (("lockstep", False), ("lockstep", True), ("free-running", False), ("free-running", True))
+MODES = tuple((mode, production, order) for order in ("arrival", "clock")
+              for mode, production in (("lockstep", False), ("lockstep", True), ("free-running", False),
+                                       ("free-running", True)))
 
 
 class _FillWaits(logging.Handler):
@@ -79,7 +83,7 @@ def backtest_orders(bars: pl.DataFrame, cfg: Any) -> list[tuple]:
     return sorted((r["ts"], r["symbol"], r["side"], float(r["qty"]), r["intent"]) for r in orders.iter_rows(named=True))
 
 
-def one_run(cfg: Any, ep: Any, bars: pl.DataFrame, *, lockstep: bool, production: bool,
+def one_run(cfg: Any, ep: Any, bars: pl.DataFrame, *, lockstep: bool, production: bool, order: str,
             drain_timeout_s: float) -> dict[str, Any]:
     # Fresh symbol names: the tables shared by the runs (bars, risk state) never mix two runs.
     # The backtest runs on the same names (a name is also what the sector map looks up).
@@ -92,12 +96,14 @@ def one_run(cfg: Any, ep: Any, bars: pl.DataFrame, *, lockstep: bool, production
     waits = _FillWaits()
     logging.getLogger().addHandler(waits)
     tracker = LoopTracker()
-    loop = start_loop(cfg, ep, overrides=loop_overrides(t, ns, "parity"), tracker=tracker, timeout_s=drain_timeout_s + 120,
-                      backoff_s=0.2)
+    overrides = loop_overrides(t, ns, "parity")
+    overrides["risk"]["event_order"] = order
+    loop = start_loop(cfg, ep, overrides=overrides, tracker=tracker, timeout_s=drain_timeout_s + 120, backoff_s=0.2)
     producer = EventProducer(producer_config(ep.kafka_bootstrap, producer=FAST_DEV_PRODUCER_SETTINGS))
     t0 = time.monotonic()
     try:
         published, drained = replay_through_loop(producer, renamed, tracker, topic=t["raw"], lockstep=lockstep,
+                                                 clock_topic=t["clock"] if order == "clock" else None,
                                                  drain_timeout_s=drain_timeout_s)
         elapsed = time.monotonic() - t0
     finally:
@@ -127,22 +133,23 @@ def main(argv: list[str] | None = None) -> int:
     with owned_infra("kafka") as (cfg, ep):
         upgrade(ep.database_url)
         bars = SampleSource().fetch(list(symbols), date(2019, 1, 1), end, "daily")
-        results: list[tuple[str, bool, int, dict[str, Any]]] = []
-        for mode, production in MODES:
+        results: list[tuple[str, bool, str, int, dict[str, Any]]] = []
+        for mode, production, order in MODES:
             for i in range(runs):
-                r = one_run(cfg, ep, bars, lockstep=mode == "lockstep", production=production,
+                r = one_run(cfg, ep, bars, lockstep=mode == "lockstep", production=production, order=order,
                             drain_timeout_s=drain_timeout_s)
-                results.append((mode, production, i + 1, r))
-                print(f"{mode:12s} partitions {'production (3)' if production else '1':15s} run {i + 1}: orders "
+                results.append((mode, production, order, i + 1, r))
+                print(f"{mode:12s} partitions {'production (3)' if production else '1':15s} {order:8s} run {i + 1}: orders "
                       f"{r['orders']} (backtest {r['backtest']}), equal {r['equal']} (missing {r['missing']}, extra "
                       f"{r['extra']}), {r['bars_s']:.0f} bars/s, fill waits ran out {r['fill_waits_out']}, drained "
                       f"{r['drained']}" + (f", trouble {r['trouble']}" if r["trouble"] else ""), flush=True)
     # Baseline of the ratio: the median rate of lockstep with one partition (the first run also pays start-up).
-    base = statistics.median(r["bars_s"] for mode, production, _, r in results if mode == "lockstep" and not production)
-    rows = [[mode, "production (3)" if production else "1", i, f"{r['orders']} / {r['backtest']}",
+    base = statistics.median(r["bars_s"] for mode, production, order, _, r in results
+                             if mode == "lockstep" and not production and order == "arrival")
+    rows = [[mode, "production (3)" if production else "1", order, i, f"{r['orders']} / {r['backtest']}",
              "**yes**" if r["equal"] else f"no ({r['missing']} missing, {r['extra']} extra)",
              f"{r['bars_s']:,.0f}", f"{r['bars_s'] / base:.2f}x" if base else "", r["fill_waits_out"],
-             "yes" if r["drained"] else "**no**"] for mode, production, i, r in results]
+             "yes" if r["drained"] else "**no**"] for mode, production, order, i, r in results]
     wall = time.monotonic() - started
     body = "\n".join([
         "## Replay parity: a replay through the live loop vs the backtest (`benchmarks/replay_parity.py`)",
@@ -150,12 +157,12 @@ def main(argv: list[str] | None = None) -> int:
         f"Mode: {'quick' if args.quick else 'full'}; {len(symbols)} symbols of the offline sample "
         f"({', '.join(symbols)}), daily bars 2019-01-01..{end}, {bars.height} bars, no model (alphas only); "
         f"{runs} run(s) per mode; wall time {wall:.0f} s. Baseline: the orders of `run_backtest` on the same bars "
-        f"(each run renames the symbols, the backtest too); bars/s ratio against the median of lockstep with one partition. All 7 loop services in one process, "
+        f"(each run renames the symbols, the backtest too); bars/s ratio against the median of lockstep with one partition, arrival order. All 7 loop services in one process, "
         "embedded Apache Kafka + PostgreSQL started for the run. Goal (#19 item 5): free-running with the "
         "production partitioning places the backtest's orders. Why the rows differ: docs/live-vs-backtest.md.",
         "",
-        md_table(["replay", "partitions", "run", "orders / backtest", "equal to the backtest", "bars/s",
-                  "vs lockstep, 1 partition (median)", "fill waits ran out", "drained"], rows),
+        md_table(["replay", "partitions", "risk input order", "run", "orders / backtest", "equal to the backtest", "bars/s",
+                  "vs lockstep, 1 partition, arrival (median)", "fill waits ran out", "drained"], rows),
         "",
         "Machine:",
         "",

@@ -58,6 +58,12 @@ Guarantees and why:
   (kept in memory, in order; not consumed twice, counted once; no checkpoint until it is
   handled; dropped with partitions revoked or lost, whose new owner reads them). Offsets only
   ever cover handled messages.
+- An ``orderer`` (optional) decides the order messages are handled in across partitions
+  (risk: event time, ``live.services._ledger.EventTimeOrderer``): polled messages are
+  offered to it and only those it says are ready are handled, in its order; the held ones
+  stay in memory (not counted consumed, dropped with partitions revoked or lost), no offset
+  is committed at or past a held message, and it is asked again after every poll (a clock
+  read beside the input may release them).
 - Batch hooks (optional): ``before_batch(messages)`` runs once per polled batch before any
   message is handled (prefetch what the whole batch needs in one query, micro-batch model
   calls); ``before_produce(contexts)`` makes the loop HOLD the batch's outputs until it has
@@ -79,7 +85,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from pydantic import ValidationError
@@ -206,6 +212,24 @@ class RunStats:
 
 #: How long an async commit may stay unanswered before the next one is sent anyway.
 _COMMIT_ANSWER_WAIT_S = 2.0
+#: Poll timeout while an orderer holds messages: what releases them may come from beside the input.
+_HELD_POLL_S = 0.02
+
+
+class Orderer(Protocol):
+    """Decides the order a bus handles its messages in (see the module doc)."""
+
+    def offer(self, messages: Sequence[Message]) -> None: ...
+
+    def ready(self) -> list[Message]:
+        """The messages to handle now, in order (the others stay held)."""
+        ...
+
+    def held(self) -> Sequence[Message]: ...
+
+    def drop(self, partitions: set[tuple[str, int]]) -> None:
+        """Forget the held messages of ``partitions`` (taken away: their new owner reads them)."""
+        ...
 
 
 def _no_offset(exc: KafkaException) -> bool:
@@ -244,6 +268,7 @@ class BusService:
         shared_fetch: Any = None,
         on_rebalance: Callable[[], None] | None = None,
         on_dead_letter: Callable[[str, DeadLetter], None] | None = None,
+        orderer: Orderer | None = None,
     ) -> None:
         if not topics:
             raise ValueError("at least one topic is required")
@@ -268,6 +293,7 @@ class BusService:
         self._before_batch = before_batch
         self._before_produce = before_produce
         self._on_rebalance = on_rebalance
+        self._orderer = orderer
         # (dlq topic, letter) for every dead letter; its optional flush() runs at each checkpoint,
         # after the letters were acknowledged and before the offsets are committed.
         self._on_dead_letter = on_dead_letter
@@ -461,6 +487,15 @@ class BusService:
                     if self._checkpoint_due():
                         self._checkpoint(stats)
                     continue
+                if self._orderer is not None:
+                    ready = self._orderer.ready()  # released by a clock or a time-out since the last poll
+                    if ready:
+                        self._process_batch(ready, stats)
+                        if self._checkpoint_due():
+                            self._checkpoint(stats)
+                        continue
+                    if self._orderer.held():
+                        wait = min(wait, _HELD_POLL_S)
                 if self._pending_messages:
                     # Idle input: checkpoint now rather than after a long poll.
                     first = consumer.poll(0)
@@ -479,6 +514,11 @@ class BusService:
                 batch = [first]
                 if limit > 1:
                     batch.extend(consumer.consume(num_messages=limit - 1, timeout=0))
+                if self._orderer is not None:
+                    self._orderer.offer(batch)
+                    batch = self._orderer.ready()
+                    if not batch:
+                        continue
                 self._process_batch(batch, stats)
                 if self._checkpoint_due():
                     self._checkpoint(stats)
@@ -550,11 +590,21 @@ class BusService:
                 log.debug("%s: publishing %d output(s) before %s[%d]@%d: %s", self.name,
                           len(held) if held is not None else 0, topic, partition, offset, exc)
                 break
-            # A batch holds each partition's messages in order: the last offset handled is the max.
-            offsets[topic, partition] = offset
+            # The highest offset handled (an orderer may hand a partition's messages out of offset order).
+            if offset > offsets.get((topic, partition), -1):
+                offsets[topic, partition] = offset
             produced += n_out
             if keep_contexts and ctx is not None:
                 contexts.append(ctx)
+        if self._orderer is not None:
+            # Handled in the orderer's order: never commit at or past a message it still holds or
+            # one carried to the next batch (either may sit below a handled one in its partition).
+            for m in (*self._orderer.held(), *self._carry):
+                tp = (m.topic(), m.partition())
+                if tp in offsets and offsets[tp] >= m.offset():
+                    offsets[tp] = m.offset() - 1
+            offsets = {tp: max(o, self._pending_offsets.get(tp, o)) for tp, o in offsets.items()
+                       if o >= 0}
         if held is not None:
             self._before_produce(contexts)  # type: ignore[misc]
             send = self.producer.send_checked
@@ -763,6 +813,8 @@ class BusService:
         if self._carry and what != "assigned":  # their new owner reads them from the committed offset
             gone = {(tp.topic, tp.partition) for tp in partitions}
             self._carry = [m for m in self._carry if (m.topic(), m.partition()) not in gone]
+        if self._orderer is not None and what != "assigned":
+            self._orderer.drop({(tp.topic, tp.partition) for tp in partitions})
         if self.rebalances > 1:  # the first assignment is the start: nothing to forget
             log.info("%s: %d partition(s) %s: per-key state dropped", self.name, len(partitions), what)
         if self._on_rebalance is not None and self.rebalances > 1:

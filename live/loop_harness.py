@@ -12,6 +12,7 @@ from typing import Any
 
 from awet_dagster.config import AwetConfig
 from awet_dagster.streaming import bars_to_events
+from awet_dagster.streaming.sequencer import bar_clocks
 from live.publish import publish_acknowledged
 from live.registry import LOOP_SERVICES, service_inputs, service_spec
 from live.supervisor import ServiceResult, run_services
@@ -247,7 +248,7 @@ def start_loop(cfg: AwetConfig, endpoints: Any, *, names: Sequence[str] = LOOP_S
 
 
 def replay_through_loop(producer: Any, bars: Any, tracker: LoopTracker, *, topic: str = "market.raw",
-                        lockstep: bool = False, drain_timeout_s: float = 120.0,
+                        clock_topic: str | None = None, lockstep: bool = False, drain_timeout_s: float = 120.0,
                         stop_event: threading.Event | None = None,
                         renew_producer: Callable[[], Any] | None = None) -> tuple[int, bool]:
     """Publish ``bars`` (replay order) to ``topic`` and wait until the loop has drained.
@@ -255,9 +256,11 @@ def replay_through_loop(producer: Any, bars: Any, tracker: LoopTracker, *, topic
     ``lockstep``: publish one timestamp's bars at a time and wait for the loop to drain
     before the next one — every service then sees the bars of ts t only after everything
     caused by earlier bars (orders, fills, exits) went through, which is the backtest's
-    sequencing (used for backtest/live parity). With one partition per topic the orders equal
-    the backtest's; with several, risk may read the symbols of one timestamp in another order
-    and size differently (docs/live-vs-backtest.md). Otherwise everything is published at once.
+    sequencing (used for backtest/live parity). Otherwise everything is published at once.
+    ``clock_topic``: after the bars of each timestamp, their ``BarClock`` goes there (what risk
+    with ``risk.event_order: clock`` orders its input by: then the orders equal the backtest's
+    with any partitioning, lockstep or not; without it, only with one partition per topic, see
+    docs/live-vs-backtest.md).
     Every bar is published until the broker acknowledged it (``publish_acknowledged``:
     across a broker outage or restart, nothing dropped, nothing acknowledged sent twice);
     ``renew_producer`` makes a fresh producer when the one in use stopped delivering.
@@ -271,6 +274,11 @@ def replay_through_loop(producer: Any, bars: Any, tracker: LoopTracker, *, topic
         tracker.add_external(topic, len(evs))
         box[0] = publish_acknowledged(box[0], topic, evs, timeout_s=max(deadline - time.monotonic(), 1.0),
                                       renew=renew_producer)
+        if clock_topic is not None:  # after the bars were acknowledged: a clock never lists a bar not sent
+            clocks = bar_clocks(evs)
+            tracker.add_external(clock_topic, len(clocks))
+            box[0] = publish_acknowledged(box[0], clock_topic, clocks,
+                                          timeout_s=max(deadline - time.monotonic(), 1.0), renew=renew_producer)
         if stop_event.is_set():
             return False
         return tracker.wait_drained(max(deadline - time.monotonic(), 0.0), stop_event=stop_event)

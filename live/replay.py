@@ -1,7 +1,8 @@
 """Publish a bars frame to ``market.raw`` as MarketRawEvents, in time order, paced.
 
 The ordering/ids/pacing live in the core (``awet_dagster.streaming.replay``); this module
-only sends. Events are keyed by symbol (one symbol stays on one partition, in order).
+only sends. Events are keyed by symbol (one symbol stays on one partition, in order); with
+``clock_topic``, each bar time's ``BarClock`` follows its bars (risk's event-time order).
 Every wait is bounded: pacing sleeps are capped and interruptible, ``max_seconds`` and
 ``stop_event`` end the replay between two bars, and every flush has a timeout.
 """
@@ -17,6 +18,7 @@ import polars as pl
 
 from awet_dagster.contracts.topics import MARKET_RAW
 from awet_dagster.streaming import ReplayPacer, bars_to_events
+from awet_dagster.streaming.sequencer import bar_clocks
 from live.producer import EventProducer
 
 log = logging.getLogger("awet.live.replay")
@@ -46,6 +48,7 @@ def replay_bars(
     source: str | None = None,
     flush_timeout_s: float = 30.0,
     on_progress: Callable[[int, int], None] | None = None,
+    clock_topic: str | None = None,
 ) -> ReplayStats:
     """Send every bar of ``bars`` to ``topic``; returns when done, stopped or out of time.
 
@@ -65,16 +68,24 @@ def replay_bars(
         timer.start()
     else:
         timer = None
+    group: list = []  # the bars of the current bar time (for its clock)
     try:
         for event in bars_to_events(bars, source=source):
             if not pacer.wait(event.ts):
                 break
+            if group and (event.ts, event.bar_type) != (group[0].ts, group[0].bar_type):
+                for clock in bar_clocks(group) if clock_topic is not None else ():
+                    producer.send(clock_topic, clock)
+                group = []
+            group.append(event)
             producer.send(topic, event)
             stats.published += 1
             if stats.published % FLUSH_EVERY == 0:
                 producer.flush(flush_timeout_s)
             if on_progress is not None:
                 on_progress(stats.published, stats.total)
+        for clock in bar_clocks(group) if clock_topic is not None and group else ():
+            producer.send(clock_topic, clock)  # the last time (or what a stop left of it) was published
         producer.flush(flush_timeout_s)
     finally:
         if timer is not None:

@@ -322,7 +322,7 @@ def _counts(database_url: str, symbols: list[str], ns: str) -> dict[str, int]:
 
 def _loop_topics() -> dict[str, str]:
     return {k: f"t-{uuid.uuid4().hex[:12]}" for k in ("raw", "eng", "alpha", "pred", "scored", "approved",
-                                                        "rejected", "exits", "orders", "done")}
+                                                        "rejected", "exits", "orders", "done", "clock")}
 
 
 @pytest.mark.slow

@@ -869,7 +869,7 @@ def test_metrics_exporter_command_runs_locally(database_url, kafka_bootstrap, tm
 
 def test_each_deployment_makes_a_closed_topic_graph(compose, helm):
     """Compose and the chart each deploy a loop that is fed and read: every consumed topic has a
-    deployed producer (market.raw: the ingestion service), every produced one a consumer or a
+    deployed producer (market.raw and market.clock: the ingestion service), every produced one a consumer or a
     documented reason (contracts/topology.py SINKS), every topic its dead-letter twin. So does
     each with Reddit sentiment switched on (compose profile `reddit`, the chart's two services)."""
     from live.registry import DEPLOYED_SERVICES, OPTIONAL_DEPLOYED_SERVICES
@@ -900,6 +900,7 @@ def test_each_deployment_makes_a_closed_topic_graph(compose, helm):
     # The check is not vacuous: without the ingestion service nothing feeds market.raw; without
     # inference nothing answers the signal service's predictions.
     assert topology_problems(from_compose - {"ingest"}) == [
+        "market.clock is consumed by risk but no deployed service produces it",
         "market.raw is consumed by persist_bars but no deployed service produces it"]
     assert "predictions is consumed by signal but no deployed service produces it" in topology_problems(
         from_compose - {"inference"})

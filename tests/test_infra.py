@@ -96,7 +96,7 @@ def test_cli_up_twice_starts_one_set_of_servers_and_down_leaves_nothing(awet_tmp
     # The servers outlive the `up` process that started them.
     assert all(is_alive(p) for p in pids)
     assert f"schema at revision {HEAD}" in first.stdout
-    assert "22 created" in first.stdout  # 11 contract topics + 11 DLQ twins
+    assert "24 created" in first.stdout  # 12 contract topics + 12 DLQ twins
 
     second = _awet(home, "up")
     assert second.returncode == 0, second.stdout + second.stderr
@@ -219,13 +219,13 @@ def test_topics_created_with_configured_partitions_and_dlq_twins(tmp_path, kafka
 
     cfg = test_config_for(tmp_path / "awet")
     wanted = {name: t.partitions for name, t in cfg.kafka.topics.items()}
-    assert set(wanted) == {"market.raw", "engineered", "alpha.signals", "predictions", "signals.scored",
+    assert set(wanted) == {"market.raw", "market.clock", "engineered", "alpha.signals", "predictions", "signals.scored",
                            "risk.approved", "risk.rejected", "exec.done", "exec.orders", "exec.exits",
                            "social.sentiment"}
     assert set(wanted) == set(ALL_TOPICS)  # config and contracts agree
     ensure_topics(kafka_bootstrap, wanted, dlq_suffix=cfg.kafka.dlq_suffix)
     again = ensure_topics(kafka_bootstrap, wanted, dlq_suffix=cfg.kafka.dlq_suffix)
-    assert set(again.values()) == {"exists"} and len(again) == 22
+    assert set(again.values()) == {"exists"} and len(again) == 24
     parts = topic_partitions(kafka_bootstrap)
     for name, n in wanted.items():
         assert parts[name] == n

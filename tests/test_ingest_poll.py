@@ -242,6 +242,8 @@ def test_stub_ingest_into_a_running_live_loop_places_orders_without_a_replay(
     """The design's path: an ingestion service publishes bars to market.raw as they "close" (the
     stub: the shipped minute sample on a simulated clock) and the running loop trades them; no
     replay command anywhere. History before the streamed morning is in the database (a backfill).
+    The ingest follows each minute's bars with their clock on market.clock, by which risk orders
+    its input (risk.event_order "clock").
     A broker of its own: the configured topic names are shared by every test of a session broker,
     and `awet live` in a new group reads market.raw from its start."""
     import subprocess
@@ -263,9 +265,12 @@ def test_stub_ingest_into_a_running_live_loop_places_orders_without_a_replay(
     history = SampleSource().fetch(symbols, date(2013, 10, 4), day, "minute")
     with connect(isolated_database_url) as conn:
         copy_upsert_bars(conn, history.filter(pl.col("ts") < opening))
-    # At 1200x a bar lasts 50 ms: no fill report can come within it, risk and the exit monitor
-    # decide on the orders in flight (pending exposure) instead of waiting 2 s a bar for it.
-    env = _env(tmp_path, isolated_database_url, kafka_bootstrap, AWET__RISK__FILL_WAIT_S="0")
+    # At 1200x a bar lasts 50 ms: no fill report can come within it, risk decides on the orders
+    # in flight (pending exposure) instead of waiting 2 s a bar for it. Risk reads its input in
+    # event-time order by the clocks the polled ingest publishes after each minute's bars (were
+    # they missing, every minute would wait 10 s and the morning would not trade in time).
+    env = _env(tmp_path, isolated_database_url, kafka_bootstrap, AWET__RISK__FILL_WAIT_S="0",
+               AWET__RISK__EVENT_ORDER="clock")
     live = _start(["live", "--max-seconds", "400"], env, tmp_path)
     lines: list[str] = []
     try:

@@ -309,6 +309,23 @@ def test_runner_rebuilds_a_failed_service_and_gives_up_after_max_restarts():
 
 
 # --------------------------------------------------------------------------- against the servers
+@pytest.mark.timeout(60)
+def test_replay_follows_each_bar_time_with_its_clock(kafka_bootstrap, make_topic):
+    """``awet replay`` into market.raw publishes, after each bar time's bars, the BarClock risk
+    orders its input by (one per time, listing exactly the symbols published)."""
+    from awet_dagster.contracts import BarClock
+
+    bars = _sample_bars(start=date(2020, 1, 1), end=date(2020, 1, 20))
+    raw, clock = make_topic(), make_topic()
+    stats = replay_bars(_producer(kafka_bootstrap), bars, topic=raw, clock_topic=clock)
+    assert stats.published == bars.height
+    times = bars["ts"].unique().sort().to_list()
+    clocks = [BarClock.model_validate_json(m.value()) for m in _read_topic(kafka_bootstrap, clock, len(times))]
+    assert [c.ts for c in clocks] == times
+    by_time = {ts: tuple(sorted(g["symbol"].to_list())) for (ts,), g in bars.group_by("ts")}
+    assert all(c.symbols == by_time[c.ts] and c.bar_type == "daily" for c in clocks)
+
+
 @pytest.mark.timeout(180)
 def test_replay_then_persist_bars_stores_exactly_the_bars_idempotently(cfg, endpoints, make_topic, database_url):
     bars = _sample_bars(start=date(2020, 1, 1), end=date(2020, 7, 1))

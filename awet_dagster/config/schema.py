@@ -368,9 +368,16 @@ class RiskConfig(Section):
     cvar_lookback_bars: int = Field(250, ge=2)
     cvar_min_observations: int = Field(20, ge=2)
     allow_short: bool = True
-    # Live risk/exit services: how long a bar waits for a fill the simulator/broker is
-    # expected to report for it (an order decided on an earlier bar of the symbol).
+    # Live risk service: how long a bar waits for a fill the simulator/broker is expected to
+    # report for it (an order decided on an earlier bar of the symbol).
     fill_wait_s: float = Field(2.0, ge=0)
+    # The order risk reads its scored signals in. "arrival": as the partitions deliver them.
+    # "clock": in (ts, symbol) order, each bar time held until the bars its source listed on
+    # market.clock have all come (replays and the polled ingest publish clocks; the Alpaca
+    # stream does not), so decisions do not depend on partitioning or timing; a time still
+    # incomplete clock_wait_s after its first signal goes anyway (logged).
+    event_order: Literal["arrival", "clock"] = "arrival"
+    clock_wait_s: float = Field(10.0, ge=0)
 
 
 class ExecutionConfig(Section):

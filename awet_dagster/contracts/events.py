@@ -89,6 +89,29 @@ class MarketRawEvent(BaseEvent):
         return self
 
 
+class BarClock(BaseEvent):
+    """The bars a source published for one bar time: sent on ``market.clock`` after the bars
+    themselves were acknowledged. A consumer of a partitioned topic that must see every symbol
+    of a time in (ts, symbol) order (risk: its rules couple symbols) holds the time's events
+    until the bars listed here have all come (``awet_dagster.streaming.sequencer``)."""
+
+    event_type: ClassVar[str] = "bar_clock"
+    schema_version: Literal[1] = 1
+
+    bar_type: BarType
+    ts: UtcDatetime = Field(description="bar START instant, UTC")
+    symbols: tuple[Symbol, ...] = Field(min_length=1, description="every symbol with a bar of this type at ts")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> BarClock:
+        if len(set(self.symbols)) != len(self.symbols):
+            raise ValueError(f"duplicate symbols in {self.symbols}")
+        return self
+
+    def kafka_key(self) -> bytes | None:
+        return self.bar_type.encode()  # one bar type's clocks stay in order
+
+
 #: Length of a social-sentiment bucket.
 SentimentBucket = Literal["1h", "1d"]
 
@@ -441,6 +464,7 @@ class DeadLetter(BaseEvent):
 
 CONTRACT_MODELS: tuple[type[BaseEvent], ...] = (
     MarketRawEvent,
+    BarClock,
     SentimentEvent,
     FeatureEvent,
     AlphaSignal,

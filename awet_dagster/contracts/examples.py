@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from .base import BaseEvent
 from .events import (
     AlphaSignal,
+    BarClock,
     ComponentScores,
     DeadLetter,
     ExecutionReport,
@@ -38,6 +39,7 @@ def example_events(correlation_id: str = "corr-example", symbol: str = "AAPL") -
         MarketRawEvent(**common, symbol=symbol, bar_type="minute", ts=TS, open=185.1, high=185.6, low=184.9,
                        close=185.4, volume=120_345, bid=185.39, ask=185.41, bid_size=300.0, ask_size=200.0,
                        source="alpaca"),
+        BarClock(**common, bar_type="minute", ts=TS, symbols=(symbol, "MSFT", "SPY")),
         SentimentEvent(**common, symbol=symbol, ts=TS.replace(hour=0, minute=0), bucket="1d", mentions=42,
                        sentiment=0.31, subreddits=("wallstreetbets", "stocks")),
         FeatureEvent(**common, symbol=symbol, bar_type="minute", ts=TS, feature_set_version="fs-v1",

@@ -20,6 +20,7 @@ from types import MappingProxyType
 from .base import BaseEvent
 from .events import (
     AlphaSignal,
+    BarClock,
     DeadLetter,
     ExecutionReport,
     ExitEvent,
@@ -33,6 +34,8 @@ from .events import (
 )
 
 MARKET_RAW = "market.raw"
+#: Per bar time, the bars a source published (``BarClock``): what risk orders its input by.
+MARKET_CLOCK = "market.clock"
 ENGINEERED = "engineered"
 ALPHA_SIGNALS = "alpha.signals"
 PREDICTIONS = "predictions"
@@ -51,6 +54,7 @@ DLQ_SUFFIX = ".dlq"
 TOPIC_REGISTRY: Mapping[str, type[BaseEvent]] = MappingProxyType(
     {
         MARKET_RAW: MarketRawEvent,
+        MARKET_CLOCK: BarClock,
         ENGINEERED: FeatureEvent,
         ALPHA_SIGNALS: AlphaSignal,
         PREDICTIONS: Prediction,

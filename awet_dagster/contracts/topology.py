@@ -21,6 +21,7 @@ from .topics import (
     EXEC_DONE,
     EXEC_EXITS,
     EXEC_ORDERS,
+    MARKET_CLOCK,
     MARKET_RAW,
     PREDICTIONS,
     RISK_APPROVED,
@@ -42,7 +43,8 @@ class Node:
 
 
 NODES: Mapping[str, Node] = MappingProxyType({
-    "ingest": Node(outputs=(MARKET_RAW,)),
+    # The polled ingest (and every replay) follows each time's bars with their BarClock.
+    "ingest": Node(outputs=(MARKET_RAW, MARKET_CLOCK)),
     "persist_bars": Node(inputs=(MARKET_RAW,)),
     "features": Node(inputs=(MARKET_RAW,), outputs=(ENGINEERED,)),
     "lean_alpha": Node(inputs=(MARKET_RAW,), outputs=(ALPHA_SIGNALS,)),
@@ -51,7 +53,8 @@ NODES: Mapping[str, Node] = MappingProxyType({
     # "internal" the signal service computes them itself and nothing reads alpha.signals.
     "signal": Node(inputs=(MARKET_RAW,), side=(PREDICTIONS, ALPHA_SIGNALS), outputs=(SIGNALS_SCORED,)),
     # risk also runs the exit rules on its book (one per-bar step, as the backtest's loop body).
-    "risk": Node(inputs=(SIGNALS_SCORED,), side=(EXEC_DONE, EXEC_ORDERS),
+    # market.clock: read with risk.event_order "clock" (event-time order of its input).
+    "risk": Node(inputs=(SIGNALS_SCORED,), side=(EXEC_DONE, EXEC_ORDERS, MARKET_CLOCK),
                  outputs=(RISK_APPROVED, RISK_REJECTED, EXEC_EXITS)),
     "execution": Node(inputs=(MARKET_RAW, RISK_APPROVED, EXEC_EXITS), outputs=(EXEC_ORDERS, EXEC_DONE)),
     "lag_monitor": Node(),  # reads committed offsets of the groups above, no messages

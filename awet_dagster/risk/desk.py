@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from awet_dagster.config import AwetConfig
-from awet_dagster.contracts import ExecutionReport, OrderEvent, RiskDecision, ScoredSignal
+from awet_dagster.contracts import BarClock, ExecutionReport, OrderEvent, RiskDecision, ScoredSignal
 from awet_dagster.execution.ids import client_order_id
 from awet_dagster.execution.ledger import FillLedger
 from awet_dagster.exits.watch import ExitWatch
@@ -52,6 +52,7 @@ from awet_dagster.risk.store import AuditRecord, RiskStore
 from awet_dagster.signals.engine import signal_passed
 from awet_dagster.sources.corporate_actions import adjusted_close
 from awet_dagster.streaming.outputs import Output, PublishFirst
+from awet_dagster.streaming.sequencer import EventTimeSequencer
 from awet_dagster.streaming.side_inputs import NO_SIDE_INPUTS, SideInputs, wait_or_retry
 from awet_dagster.streaming.time_guard import TimeGuard
 
@@ -63,8 +64,11 @@ _NS = uuid.UUID("3c1b7a0e-5f7d-4d1e-8f55-1b2a9c0d4e61")
 class RiskDesk:
     def __init__(self, cfg: AwetConfig, store: RiskStore, *, approved_topic: str, rejected_topic: str,
                  exits_topic: str, guard: TimeGuard, namespace: str = "", fill_wait_s: float | None = None, metrics: ServiceMetrics | None = None,
-                 side: SideInputs = NO_SIDE_INPUTS) -> None:
+                 side: SideInputs = NO_SIDE_INPUTS, sequencer: EventTimeSequencer | None = None) -> None:
         self.cfg = cfg
+        # Event-time order of the input (risk.event_order "clock"): the bus hands signals over
+        # through it; the clocks come with the side events.
+        self.sequencer = sequencer
         self.metrics = metrics
         self.db = store
         self.approved_topic, self.rejected_topic, self.exits_topic = approved_topic, rejected_topic, exits_topic
@@ -103,6 +107,8 @@ class RiskDesk:
             self.exits.on_report(event)
         elif isinstance(event, OrderEvent):
             self.ledger.on_order(event)
+        elif isinstance(event, BarClock) and self.sequencer is not None:
+            self.sequencer.on_clock(event.bar_type, event.ts, event.symbols)
 
     def _publish(self, ts: datetime | None) -> None:
         """Kill switch, PnL and exposure gauges from the store and the portfolio."""
