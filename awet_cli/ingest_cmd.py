@@ -191,7 +191,7 @@ def _run_polling(cfg, ep, poller, topic: str, kind: str, every: float, max_secon
 def _alpaca(symbols: list[str] | None, bar_type: str, feed: str, max_seconds: float | None,
             topic: str | None) -> None:
     cfg = _config()
-    from awet_dagster.contracts.topics import MARKET_RAW
+    from awet_dagster.contracts.topics import MARKET_CLOCK, MARKET_RAW
     from awet_dagster.sources import MissingCredentials
     from live.ingest_alpaca import AlpacaBarIngestor, alpaca_stream_factory
     from live.ingest_poll import serve_ingest_metrics
@@ -211,8 +211,13 @@ def _alpaca(symbols: list[str] | None, bar_type: str, feed: str, max_seconds: fl
         producer.send(topic, event)
         producer.flush(flush_timeout)
 
+    def publish_clock(clock) -> None:  # each minute's clock after its bars (risk's event-time order)
+        producer.send(MARKET_CLOCK, clock)
+        producer.flush(flush_timeout)
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    ingestor = AlpacaBarIngestor(_symbols(symbols, cfg.data.symbols), publish, factory, bar_type=bar_type)
+    ingestor = AlpacaBarIngestor(_symbols(symbols, cfg.data.symbols), publish, factory, bar_type=bar_type,
+                                 publish_clock=publish_clock if topic == MARKET_RAW else None)
     stop = Interrupt()
     watcher = threading.Thread(target=lambda: (stop.wait(), ingestor.stop()), daemon=True)
     watcher.start()

@@ -1,9 +1,9 @@
 """The shared at-least-once Kafka loop every live service runs (``BusService``). Publishing is
 ``live.producer`` (``EventProducer``), dead letters ``live.dead_letters``.
 
-Size (about 780 lines, over the 400 of docs/conventions.md): the consume -> handle -> produce ->
-checkpoint loop and its failure paths (delivery errors, RetryLater, rebalances, the commit
-answers) are one state machine whose invariants are stated here once; split, each part would
+Size (about 870 lines, over the 400 of docs/conventions.md): the consume -> handle -> produce ->
+checkpoint loop and its failure paths (delivery errors, RetryLater, PublishFirst, an orderer's
+held messages, rebalances, the commit answers) are one state machine whose invariants are stated here once; split, each part would
 restate the other's.
 
 Per batch: poll -> decode (contract of the topic) -> handle -> produce outputs (sent at

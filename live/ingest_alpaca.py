@@ -14,6 +14,10 @@ blocking ``run()``, ``stop()``), built by an injected factory.
   last ``dedupe_window`` timestamps per symbol are kept; older bars are dropped as stale).
   The event_id is deterministic anyway, so a duplicate across sessions is also detectable
   downstream.
+- Clocks (``publish_clock``): the stream brings bars one symbol at a time, so a bar time's
+  ``BarClock`` (risk's event-time order) goes once every symbol's bar came, once a later bar
+  time began, or ``clock_grace_s`` after its first bar (``ClockBuilder``; a ticker thread checks
+  the grace, and what is open when the stream stops goes then).
 - Every wait is bounded: backoff waits go through the stop event; ``run(timeout_s)``
   stops the stream from a timer.
 """
@@ -29,9 +33,10 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from awet_dagster.contracts import MarketRawEvent, new_event_id
+from awet_dagster.contracts import BarClock, MarketRawEvent, new_event_id
 from awet_dagster.sources import credentials
 from awet_dagster.streaming import bar_event_id
+from awet_dagster.streaming.sequencer import ClockBuilder
 
 log = logging.getLogger("awet.live.ingest_alpaca")
 
@@ -92,6 +97,8 @@ class AlpacaBarIngestor:
         backoff: Backoff = Backoff(),
         max_reconnects: int | None = None,
         dedupe_window: int = 10_000,
+        publish_clock: Callable[[BarClock], None] | None = None,
+        clock_grace_s: float = 5.0,
     ) -> None:
         if not symbols:
             raise ValueError("at least one symbol is required")
@@ -110,6 +117,20 @@ class AlpacaBarIngestor:
         self._lock = threading.Lock()
         self._got_data = False
         self.stats = IngestStats()
+        self._publish_clock = publish_clock
+        self._clocks = ClockBuilder(self.symbols, clock_grace_s)
+        self._clock_lock = threading.Lock()
+
+    def _send_clocks(self, take: Callable[[], list[BarClock]]) -> None:
+        if self._publish_clock is None:
+            return
+        with self._clock_lock:
+            clocks = take()
+        for clock in clocks:
+            try:
+                self._publish_clock(clock)
+            except Exception as exc:  # noqa: BLE001 - a lost clock costs risk one clock_wait_s, not the stream
+                log.warning("publishing the clock of %s %s failed: %s", clock.bar_type, clock.ts.isoformat(), exc)
 
     # ------------------------------------------------------------------ control
     def stop(self) -> None:
@@ -170,6 +191,7 @@ class AlpacaBarIngestor:
         self._publish(event)  # raises -> alpaca-py logs it; the bar is not remembered
         self._remember(event.symbol, event.ts)
         self.stats.published += 1
+        self._send_clocks(lambda: self._clocks.add(event))
 
     # ------------------------------------------------------------------ loop
     def run(self, timeout_s: float | None = None) -> IngestStats:
@@ -180,6 +202,9 @@ class AlpacaBarIngestor:
             timer.daemon = True
             timer.start()
         attempt = 0
+        done = threading.Event()
+        if self._publish_clock is not None:
+            threading.Thread(target=self._tick, args=(done,), name="alpaca-clocks", daemon=True).start()
         try:
             while not self._stop.is_set():
                 stream = self._factory()
@@ -215,10 +240,16 @@ class AlpacaBarIngestor:
         finally:
             if timer is not None:
                 timer.cancel()
+            done.set()
+            self._send_clocks(self._clocks.flush)  # bars published without their clock yet
         self.stats.stopped_by = self.stats.stopped_by or ("timeout" if self._timed_out else "stop")
         return self.stats
 
     _timed_out = False
+
+    def _tick(self, done: threading.Event) -> None:
+        while not done.wait(0.5):
+            self._send_clocks(self._clocks.due)
 
     def _timeout(self) -> None:
         self._timed_out = True

@@ -21,7 +21,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from awet_dagster.alphas import EmaCrossAlpha, MacdAlpha, RsiAlpha, alpha_signals
 from awet_dagster.config import AwetConfig
-from awet_dagster.contracts import AlphaSignal, DeadLetter, FeatureEvent, MarketRawEvent, dlq_topic
+from awet_dagster.contracts import AlphaSignal, BarClock, DeadLetter, FeatureEvent, MarketRawEvent, dlq_topic
 from awet_dagster.features import FEATURE_COLUMNS, FEATURE_SET_VERSION, compute_features
 from awet_dagster.infra import Endpoints
 from awet_dagster.sources.sample import SampleSource
@@ -237,9 +237,11 @@ def test_alpaca_ingest_reconnects_with_backoff_and_never_publishes_a_bar_twice(m
         return stream
 
     published: list[MarketRawEvent] = []
+    sent: list = []  # bars and clocks, in the order they went out
     waits: list[float] = []
-    ing = AlpacaBarIngestor(["spy", "QQQ"], published.append, factory,
-                            backoff=Backoff(initial_s=0.01, factor=2.0, max_s=0.04), max_reconnects=5)
+    ing = AlpacaBarIngestor(["spy", "QQQ"], lambda e: (published.append(e), sent.append(e)), factory,
+                            backoff=Backoff(initial_s=0.01, factor=2.0, max_s=0.04), max_reconnects=5,
+                            publish_clock=sent.append)
     real_wait = ing._stop.wait
     monkeypatch.setattr(ing._stop, "wait", lambda t=None: (waits.append(t), real_wait(0))[1])
     stats = ing.run(timeout_s=20)
@@ -250,6 +252,11 @@ def test_alpaca_ingest_reconnects_with_backoff_and_never_publishes_a_bar_twice(m
     # Backoff resets after a connection that delivered data, grows (capped) while none does.
     assert waits == [0.01, 0.01, 0.01, 0.02, 0.04]
     assert published[0].event_id == bar_event_id("SPY", "minute", published[0].ts)
+    # Each minute's clock follows its bars: 30 once both symbols came, 31 when 32 began, 32 at the stop.
+    assert [(type(x).__name__, x.ts.minute, x.symbols if isinstance(x, BarClock) else x.symbol) for x in sent] == [
+        ("MarketRawEvent", 30, "SPY"), ("MarketRawEvent", 30, "QQQ"), ("BarClock", 30, ("QQQ", "SPY")),
+        ("MarketRawEvent", 31, "SPY"), ("MarketRawEvent", 32, "SPY"), ("BarClock", 31, ("SPY",)),
+        ("BarClock", 32, ("SPY",))]
 
 
 def test_alpaca_ingest_stops_promptly_and_needs_credentials():
@@ -313,8 +320,6 @@ def test_runner_rebuilds_a_failed_service_and_gives_up_after_max_restarts():
 def test_replay_follows_each_bar_time_with_its_clock(kafka_bootstrap, make_topic):
     """``awet replay`` into market.raw publishes, after each bar time's bars, the BarClock risk
     orders its input by (one per time, listing exactly the symbols published)."""
-    from awet_dagster.contracts import BarClock
-
     bars = _sample_bars(start=date(2020, 1, 1), end=date(2020, 1, 20))
     raw, clock = make_topic(), make_topic()
     stats = replay_bars(_producer(kafka_bootstrap), bars, topic=raw, clock_topic=clock)

@@ -76,6 +76,10 @@ def test_domain_metrics():
     s.set_drift(0.12)
     s.set_champion("awet-tft", 3, 0.8)
     s.set_champion("awet-tft", 4, 1.1)
+    assert v("awet_risk_signals_held") is None  # owned by risk, in event-time order only
+    s.event_order(held=4, incomplete_total=2)
+    s.event_order(held=0, incomplete_total=3)  # a running count: the counter adds what is new
+    assert v("awet_risk_signals_held") == 0 and v("awet_risk_incomplete_bar_times_total") == 3
     assert v("awet_service_up", {"service": "execution"}) == 1
     assert v("awet_kill_switch_active") == 1
     assert v("awet_pnl_total_dollars") == 100.0

@@ -154,7 +154,13 @@ def test_the_bus_orderer_lets_poison_through_at_once_and_drops_what_a_revoked_pa
     from tests.test_live_loop import _tradable_signal
 
     seq: EventTimeSequencer = EventTimeSequencer(max_wait_s=3600)
-    orderer = EventTimeOrderer(seq, ScoredSignal, contextlib.nullcontext)
+    reported: list[tuple[int, int]] = []
+
+    class _Metrics:
+        def event_order(self, held: int, incomplete_total: int) -> None:
+            reported.append((held, incomplete_total))
+
+    orderer = EventTimeOrderer(seq, ScoredSignal, contextlib.nullcontext, _Metrics())
     t1, t2 = _times(2)
     b1 = _Msg(1, 0, _tradable_signal("BBB", t1).model_dump_json().encode())
     a2 = _Msg(0, 0, _tradable_signal("AAA", t2).model_dump_json().encode())
@@ -162,6 +168,7 @@ def test_the_bus_orderer_lets_poison_through_at_once_and_drops_what_a_revoked_pa
     poison = _Msg(0, 2, b"{not json")
     orderer.offer([b1, a2, a1, poison])
     assert orderer.ready() == [poison]  # for the bus to dead-letter now, not held behind a clock
+    assert reported[-1] == (3, 0)  # the held gauge follows
     assert {(m.partition(), m.offset()) for m in orderer.held()} == {(1, 0), (0, 0), (0, 1)}
     seq.on_clock("daily", t1, ["AAA", "BBB"])
     seq.on_clock("daily", t2, ["AAA"])
@@ -170,3 +177,26 @@ def test_the_bus_orderer_lets_poison_through_at_once_and_drops_what_a_revoked_pa
     assert orderer.ready() == []  # t1 still waits for BBB: read again from its committed offset
     orderer.offer([b1])  # (risk is one instance: the partition comes back to it)
     assert orderer.ready() == [a1, b1, a2]
+    assert reported[-1] == (0, 0)
+
+
+def test_a_streaming_source_s_clock_goes_when_its_bars_are_all_in_when_the_stream_moves_on_or_after_grace():
+    from awet_dagster.streaming.sequencer import ClockBuilder
+
+    now = _Clock()
+    cb = ClockBuilder(["AAA", "BBB", "CCC"], grace_s=5, now=now)
+    t1, t2, t3 = _times(3)
+    assert cb.add(_bar("AAA", t1)) == [] and cb.add(_bar("BBB", t1)) == []
+    [c1] = cb.add(_bar("CCC", t1))  # every expected symbol
+    assert (c1.ts, c1.symbols) == (t1, ("AAA", "BBB", "CCC"))
+    assert cb.add(_bar("BBB", t2)) == []
+    [c2] = cb.add(_bar("AAA", t3))  # a later time: t2 is as complete as it will be
+    assert (c2.ts, c2.symbols) == (t2, ("BBB",))
+    assert cb.add(_bar("CCC", t2)) == []  # late: its clock went (the consumer releases it at once)
+    now.t = 4.9
+    assert cb.due() == []
+    now.t = 5.0
+    [c3] = cb.due()  # CCC and BBB had no trade in t3
+    assert (c3.ts, c3.symbols) == (t3, ("AAA",))
+    cb.add(_bar("AAA", t3 + timedelta(days=1)))
+    assert [c.ts for c in cb.flush()] == [t3 + timedelta(days=1)]

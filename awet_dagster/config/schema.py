@@ -373,9 +373,9 @@ class RiskConfig(Section):
     fill_wait_s: float = Field(2.0, ge=0)
     # The order risk reads its scored signals in. "arrival": as the partitions deliver them.
     # "clock": in (ts, symbol) order, each bar time held until the bars its source listed on
-    # market.clock have all come (replays and the polled ingest publish clocks; the Alpaca
-    # stream does not), so decisions do not depend on partitioning or timing; a time still
-    # incomplete clock_wait_s after its first signal goes anyway (logged).
+    # market.clock have all come (every ingest and replay of this project publishes clocks;
+    # configs/base.yaml sets "clock"), so decisions do not depend on partitioning or timing; a
+    # time still incomplete clock_wait_s after its first signal goes anyway (logged).
     event_order: Literal["arrival", "clock"] = "arrival"
     clock_wait_s: float = Field(10.0, ge=0)
 

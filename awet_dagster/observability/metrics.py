@@ -190,6 +190,9 @@ class AwetMetrics:
                                   ["venue"], buckets=SLIPPAGE_BPS_BUCKETS, registry=r)
         self.slippage_last = Gauge("awet_slippage_last_bps", "Slippage of the last fill, bps", ["symbol"],
                                    registry=r)
+        self.incomplete_bar_times = Counter(
+            "awet_risk_incomplete_bar_times", "Bar times risk released before every bar their clock listed had "
+            "come (risk.event_order clock: a bar lost upstream, a clock missing, or a restart)", registry=r)
         # Label-less gauges owned by ONE service (risk/execution/inference): exported only once
         # set, so the other processes do not report a misleading 0 (a 0 kill switch from the
         # features service would hide nothing, but a 0 PnL would pollute sums and panels).
@@ -200,6 +203,7 @@ class AwetMetrics:
             "awet_daily_pnl_dollars": "PnL of the current session vs its opening equity (negative when losing)",
             "awet_exposure_total_dollars": "Gross exposure, sum of |position value|",
             "awet_kill_switch_active": "1 while the kill switch is tripped",
+            "awet_risk_signals_held": "Scored signals risk holds until their bar time is complete (risk.event_order clock)",
             "awet_model_prediction_drift": "Drift of recent predictions vs the training distribution (PSI)",
         })
         r.register(self.owned)
@@ -256,6 +260,7 @@ class ServiceMetrics:
         self._commit_fail = m.commit_failures.labels(service)
         self._last_event = m.pipeline_last_event.labels(service)
         self._up = m.service_up.labels(service)
+        self._incomplete_seen = 0
 
     # ------------------------------------------------------------ bus hook
     def __call__(self, sample: Any) -> None:
@@ -357,6 +362,13 @@ class ServiceMetrics:
 
     def set_kill_switch(self, tripped: bool) -> None:
         self.metrics.owned.set("awet_kill_switch_active", 1 if tripped else 0)
+
+    def event_order(self, held: int, incomplete_total: int) -> None:
+        """Risk's event-time order: signals held now; bar times released incomplete so far (a running count)."""
+        self.metrics.owned.set("awet_risk_signals_held", held)
+        if incomplete_total > self._incomplete_seen:
+            self.metrics.incomplete_bar_times.inc(incomplete_total - self._incomplete_seen)
+            self._incomplete_seen = incomplete_total
 
 
 def service_port(cfg: AwetConfig, service: str) -> int:

@@ -45,6 +45,53 @@ def bar_clocks(events: Iterable[MarketRawEvent]) -> list[BarClock]:
                      symbols=tuple(sorted(symbols))) for (ts, bar_type), symbols in sorted(by_time.items())]
 
 
+class ClockBuilder:
+    """The clocks of a source that receives bars one at a time (the Alpaca websocket): a bar
+    time's clock is due once a bar of every expected symbol came, once a bar of a later time
+    came (the stream moved on), or ``grace_s`` after its first bar (a symbol without a trade in
+    that minute has no bar). It lists the symbols whose bars came; one that comes after its
+    clock went is late for the consumer (released at once). Not thread-safe: the caller locks."""
+
+    def __init__(self, symbols: Iterable[str], grace_s: float, now: Callable[[], float] = time.monotonic) -> None:
+        if grace_s < 0:
+            raise ValueError(f"grace_s must be >= 0, got {grace_s}")
+        self.expected = frozenset(symbols)
+        self.grace_s = grace_s
+        self._now = now
+        self._open: dict[tuple[str, datetime], tuple[float, set[str]]] = {}  # (bar type, ts) -> (first bar, symbols)
+        self._sent: dict[str, datetime] = {}  # bar type -> last time whose clock went
+
+    def add(self, event: MarketRawEvent) -> list[BarClock]:
+        """Note a published bar; the clocks now due (earlier times first)."""
+        key = (event.bar_type, event.ts)
+        last = self._sent.get(event.bar_type)
+        if last is not None and event.ts <= last:
+            return []  # its clock went: the bar is late
+        started, symbols = self._open.setdefault(key, (self._now(), set()))
+        symbols.add(event.symbol)
+        return self._take(lambda k, first, syms: (k[0] == event.bar_type and k[1] < event.ts)
+                          or (k == key and self.expected <= syms))
+
+    def due(self) -> list[BarClock]:
+        """The clocks whose grace ran out."""
+        now = self._now()
+        return self._take(lambda k, first, syms: now - first >= self.grace_s)
+
+    def flush(self) -> list[BarClock]:
+        """Every open clock (the source stops)."""
+        return self._take(lambda k, first, syms: True)
+
+    def _take(self, due: Callable[[tuple[str, datetime], float, set[str]], bool]) -> list[BarClock]:
+        keys = sorted((k for k, (first, syms) in self._open.items() if due(k, first, syms)), key=lambda k: (k[1], k[0]))
+        out = []
+        for bar_type, ts in keys:
+            _, symbols = self._open.pop((bar_type, ts))
+            self._sent[bar_type] = max(ts, self._sent.get(bar_type, ts))
+            out.append(BarClock(correlation_id=f"clock:{bar_type}:{ts.isoformat()}", bar_type=bar_type, ts=ts,
+                                symbols=tuple(sorted(symbols))))
+        return out
+
+
 class EventTimeSequencer(Generic[T]):
     def __init__(self, max_wait_s: float, now: Callable[[], float] = time.monotonic) -> None:
         if max_wait_s < 0:
@@ -89,6 +136,7 @@ class EventTimeSequencer(Generic[T]):
         must still wait."""
         out, self._late = self._late, []
         now = self._now()
+        incomplete: list[str] = []
         keys = set(self._held) | set(self._clocks)
         for bar_type in sorted({b for b, _ in keys}):
             times = sorted(ts for b, ts in keys if b == bar_type)
@@ -101,9 +149,8 @@ class EventTimeSequencer(Generic[T]):
                     if not started or now - min(started) < self.max_wait_s:
                         break
                     self.counters["incomplete"] += 1
-                    log.warning("sequencer: %s bars at %s released after %.1fs without %s", bar_type,
-                                ts.isoformat(), self.max_wait_s,
-                                "their clock" if want is None else sorted(want - got.keys()))
+                    incomplete.append(f"{bar_type} {ts.isoformat()} (without "
+                                      f"{'its clock' if want is None else sorted(want - got.keys())})")
                 for symbol in sorted(got):
                     out.extend(got[symbol])
                     self.counters["released"] += len(got[symbol])
@@ -111,6 +158,9 @@ class EventTimeSequencer(Generic[T]):
                 self._clocks.pop(key, None)
                 self._since.pop(key, None)
                 self._released[bar_type] = ts
+        if incomplete:  # one line per call: after a restart, clocks of times handled before it all go here
+            log.warning("sequencer: %d bar time(s) released incomplete after %.1fs: %s", len(incomplete),
+                        self.max_wait_s, "; ".join(incomplete[:3]) + (" ..." if len(incomplete) > 3 else ""))
         return out
 
     def drop(self, keep: Callable[[T], bool]) -> int:

@@ -29,8 +29,10 @@ class EventTimeOrderer:
     (or a consumer error) goes at once, for the bus to dead-letter. ``lock``: the side
     reader's lock, under which the clocks reach the sequencer."""
 
-    def __init__(self, sequencer: EventTimeSequencer, model: type[BaseEvent], lock: Callable[[], Any]) -> None:
+    def __init__(self, sequencer: EventTimeSequencer, model: type[BaseEvent], lock: Callable[[], Any],
+                 metrics: Any = None) -> None:
         self.sequencer, self.model, self.lock = sequencer, model, lock
+        self.metrics = metrics  # a ServiceMetrics: signals held, bar times released incomplete
         self._now: list[Any] = []
 
     def offer(self, messages: Sequence[Any]) -> None:
@@ -45,11 +47,17 @@ class EventTimeOrderer:
                     self._now.append(msg)
                 else:
                     self.sequencer.offer(ev.bar_type, ev.ts, ev.symbol, msg)
+            self._report()
 
     def ready(self) -> list[Any]:
         with self.lock():
             out, self._now = self._now + self.sequencer.ready(), []
+            self._report()
         return out
+
+    def _report(self) -> None:
+        if self.metrics is not None:
+            self.metrics.event_order(len(self.sequencer), self.sequencer.counters["incomplete"])
 
     def held(self) -> list[Any]:
         with self.lock():
@@ -102,7 +110,8 @@ def build_with_fill_tail(cfg: AwetConfig, endpoints: Any, *, name: str, componen
 
             hooks = {"before_batch": before_batch, "before_produce": before_produce}
         if clock_topic is not None:
-            hooks["orderer"] = EventTimeOrderer(component.sequencer, model, side.lock)
+            hooks["orderer"] = EventTimeOrderer(component.sequencer, model, side.lock,
+                                                getattr(component, "metrics", None))
         bus = make_bus(
             cfg, endpoints, name=name, topics={input_topic: model}, guard=component.guard, handler=handle,
             group=group, resources=[tail, conn], component=component, **hooks, **bus_kwargs,
