@@ -235,11 +235,13 @@ def test_free_running_replay_with_the_production_partitioning_trades_like_the_ba
 
 @pytest.mark.timeout(120)
 def test_risk_in_event_time_order_holds_signals_until_their_clock_then_decides_in_ts_symbol_order(
-        cfg, endpoints, make_topic, tmp_path):
+        test_config_for, endpoints, make_topic, tmp_path):
     from awet_dagster.contracts import BarClock
     from live.services import risk
     from tests.test_bus import _committed
 
+    # A long bound: nothing below may be released by it (a restart included).
+    cfg = test_config_for(tmp_path / "home", AWET__RISK__CLOCK_WAIT_S="120")
     t, ns = _topics(make_topic), f"ns-{_uid()}"
     kw = dict(_overrides(t, ns, tmp_path)["risk"], event_order="clock")
     t1 = datetime(2024, 3, 1, 14, 30, tzinfo=UTC)
@@ -266,6 +268,16 @@ def test_risk_in_event_time_order_holds_signals_until_their_clock_then_decides_i
                _read_all(endpoints.kafka_bootstrap, t["rejected"], len(arrival))]
     assert [(d.symbol, d.ts) for d in decided] == [(a, t1), (b, t1), (c, t1), (a, t2), (b, t2)]
     assert _committed(endpoints.kafka_bootstrap, kw["group"], t["scored"]) == len(arrival)
+    # A restart: its side reader reads t1's and t2's clocks again, but what was released is
+    # resumed from the risk state, so the next time does not wait for bars already handled.
+    t3 = t2 + timedelta(days=1)
+    prod.send(t["scored"], _tradable_signal(a, t3))
+    prod.send(t["clock"], BarClock(correlation_id="c3", bar_type="daily", ts=t3, symbols=(a,)))
+    prod.flush(10)
+    with risk.build(cfg, endpoints, **kw) as again:
+        assert again.component.sequencer.released() == {"daily": t2}
+        stats = again.run(max_messages=1, timeout_s=30)
+        assert stats.processed == 1 and again.component.sequencer.counters["incomplete"] == 0, stats
 
 
 @pytest.mark.slow

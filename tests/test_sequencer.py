@@ -200,3 +200,37 @@ def test_a_streaming_source_s_clock_goes_when_its_bars_are_all_in_when_the_strea
     assert (c3.ts, c3.symbols) == (t3, ("AAA",))
     cb.add(_bar("AAA", t3 + timedelta(days=1)))
     assert [c.ts for c in cb.flush()] == [t3 + timedelta(days=1)]
+
+
+def test_a_restarted_desk_resumes_after_the_times_it_released():
+    """What the sequencer released is stored with each batch's audit; a restarted risk resumes
+    from it: clocks of those times are ignored, their redelivered signals go at once."""
+    from awet_dagster.config import load_config
+    from awet_dagster.risk.desk import RiskDesk
+    from awet_dagster.risk.store import InMemoryRiskStore
+    from tests.test_live_components import _guard, _quiet_signal
+
+    cfg = load_config(environ={"AWET_ENV": "test"})
+    store = InMemoryRiskStore()
+    t1, t2 = _times(2)
+
+    def desk() -> RiskDesk:
+        d = RiskDesk(cfg, store, approved_topic="ok", rejected_topic="no", exits_topic="exits", guard=_guard(cfg),
+                     sequencer=EventTimeSequencer(max_wait_s=3600))
+        d.start()
+        return d
+
+    first = desk()
+    first.sequencer.on_clock("daily", t1, ["AAA"])
+    first.sequencer.offer("daily", t1, "AAA", "A1")
+    assert first.sequencer.ready() == ["A1"]
+    first.handle(_quiet_signal("AAA", t1, 100.0))  # outside a batch: writes the audit (and the released times)
+    assert store.risk_state.get_released() == {"daily": t1}
+
+    second = desk()
+    second.sequencer.on_clock("daily", t1, ["AAA", "BBB"])  # re-read from the topic: handled before
+    second.sequencer.offer("daily", t1, "AAA", "A1 again")  # redelivered
+    assert second.sequencer.ready() == ["A1 again"] and second.sequencer.counters["late"] == 1
+    second.sequencer.on_clock("daily", t2, ["AAA"])
+    second.sequencer.offer("daily", t2, "AAA", "A2")
+    assert second.sequencer.ready() == ["A2"] and second.sequencer.counters["incomplete"] == 0

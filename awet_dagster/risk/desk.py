@@ -67,8 +67,10 @@ class RiskDesk:
                  side: SideInputs = NO_SIDE_INPUTS, sequencer: EventTimeSequencer | None = None) -> None:
         self.cfg = cfg
         # Event-time order of the input (risk.event_order "clock"): the bus hands signals over
-        # through it; the clocks come with the side events.
+        # through it; the clocks come with the side events. What it released is stored with each
+        # batch's audit and resumed at start (a restart does not wait for handled times' clocks).
         self.sequencer = sequencer
+        self._released_saved: dict[str, datetime] = {}
         self.metrics = metrics
         self.db = store
         self.approved_topic, self.rejected_topic, self.exits_topic = approved_topic, rejected_topic, exits_topic
@@ -97,6 +99,9 @@ class RiskDesk:
     def start(self) -> None:
         self.ledger.rebuild(*self.db.ledger_rows(self.ns))
         self.exits.start()
+        if self.sequencer is not None:
+            self._released_saved = self.store.get_released()
+            self.sequencer.resume(self._released_saved)
         for symbol, ts in self.db.recent_entries(self.ns):  # the throttle: orders per minute / day / cooldown
             self.engine.throttle.record(symbol, ts)
         self._publish(None)
@@ -154,7 +159,13 @@ class RiskDesk:
         self._in_batch = False
         self._unpublished.clear()
         rows, self._audit = self._audit, []
-        return self.db.record_audits(rows) if rows else 0
+        n = self.db.record_audits(rows) if rows else 0
+        if self.sequencer is not None:
+            released = self.sequencer.released()
+            if released != self._released_saved:
+                self.store.set_released(released)
+                self._released_saved = released
+        return n
 
     def _warm_up_many(self, first_ts: dict[tuple[str, str], datetime]) -> None:
         """CVaR history of each new (symbol, bar type): the bars of the type being traded (the

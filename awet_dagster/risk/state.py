@@ -1,4 +1,6 @@
-"""Persistent risk state: the kill switch and the daily equity anchors.
+"""Persistent risk state: the kill switch, the daily equity anchors and, in event-time order,
+the last bar time risk handed over per bar type (so a restart does not wait for the clocks of
+times it handled before).
 
 The kill switch must survive a restart (a crash loop must not re-arm trading), so it
 lives behind `RiskStateStore`; the live loop backs it with PostgreSQL's risk_state table,
@@ -8,7 +10,7 @@ the backtest and tests with `InMemoryRiskStateStore`. Only an explicit operator 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Protocol, runtime_checkable
@@ -36,11 +38,18 @@ class RiskStateStore(Protocol):
 
     def set_daily_anchor(self, session: date, equity: float) -> None: ...
 
+    def get_released(self) -> dict[str, datetime]:
+        """{bar type: the last bar time whose signals were all handed over} (event-time order)."""
+        ...
+
+    def set_released(self, released: Mapping[str, datetime]) -> None: ...
+
 
 class InMemoryRiskStateStore:
     def __init__(self) -> None:
         self._kill = KillSwitchState()
         self._anchors: dict[date, float] = {}
+        self._released: dict[str, datetime] = {}
 
     def get_kill_switch(self) -> KillSwitchState:
         return self._kill
@@ -53,6 +62,12 @@ class InMemoryRiskStateStore:
 
     def set_daily_anchor(self, session: date, equity: float) -> None:
         self._anchors[session] = float(equity)
+
+    def get_released(self) -> dict[str, datetime]:
+        return dict(self._released)
+
+    def set_released(self, released: Mapping[str, datetime]) -> None:
+        self._released = dict(released)
 
 
 class CachedRiskStateStore:
@@ -90,3 +105,9 @@ class CachedRiskStateStore:
     def set_daily_anchor(self, session: date, equity: float) -> None:
         self._inner().set_daily_anchor(session, equity)
         self._anchors[session] = float(equity)
+
+    def get_released(self) -> dict[str, datetime]:  # read once, at start: not cached
+        return self._inner().get_released()
+
+    def set_released(self, released: Mapping[str, datetime]) -> None:
+        self._inner().set_released(released)

@@ -24,7 +24,8 @@ def _dt(value: str | None) -> datetime | None:
 
 
 class PostgresRiskStateStore:
-    """`risk_state` rows: `kill_switch` and one `anchor:<session date>` per session.
+    """`risk_state` rows: `kill_switch`, one `anchor:<session date>` per session and `released`
+    (event-time order: the last bar time handed over per bar type).
 
     ``namespace`` prefixes every key (``<namespace>:kill_switch``): runs sharing one database
     (tests, a staging account beside another) keep separate switches and anchors."""
@@ -56,6 +57,13 @@ class PostgresRiskStateStore:
 
     def set_daily_anchor(self, session: date, equity: float) -> None:
         self._put(f"anchor:{session}", {"equity": float(equity)})
+
+    def get_released(self) -> dict[str, datetime]:
+        v = self._get("released") or {}
+        return {bar_type: datetime.fromisoformat(ts) for bar_type, ts in v.items()}
+
+    def set_released(self, released: Mapping[str, datetime]) -> None:
+        self._put("released", {bar_type: ts.isoformat() for bar_type, ts in released.items()})
 
     def _put(self, key: str, value: Mapping[str, Any]) -> None:
         self._conn.execute(

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Generic, TypeVar
 
@@ -158,10 +158,23 @@ class EventTimeSequencer(Generic[T]):
                 self._clocks.pop(key, None)
                 self._since.pop(key, None)
                 self._released[bar_type] = ts
-        if incomplete:  # one line per call: after a restart, clocks of times handled before it all go here
+        if incomplete:  # one line per call, however many times went
             log.warning("sequencer: %d bar time(s) released incomplete after %.1fs: %s", len(incomplete),
                         self.max_wait_s, "; ".join(incomplete[:3]) + (" ..." if len(incomplete) > 3 else ""))
         return out
+
+    def released(self) -> dict[str, datetime]:
+        """{bar type: the last time released}: what a restart resumes from (``resume``)."""
+        return dict(self._released)
+
+    def resume(self, released: Mapping[str, datetime]) -> None:
+        """Continue after the times ``released`` (stored at the last checkpoint before a restart):
+        their clocks are ignored and their events, redelivered, go at once."""
+        for bar_type, ts in released.items():
+            if self._released.get(bar_type) is None or ts > self._released[bar_type]:
+                self._released[bar_type] = ts
+        for key in [k for k in self._clocks if self._done(*k)]:
+            del self._clocks[key]
 
     def drop(self, keep: Callable[[T], bool]) -> int:
         """Forget held events for which ``keep`` is false (e.g. of partitions taken away: their
