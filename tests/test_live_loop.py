@@ -120,6 +120,29 @@ def _overrides(t: dict[str, str], ns: str, tmp: Path, source=None) -> dict[str, 
     }
 
 
+def _replay_in_loop(cfg, endpoints, bars, t: dict[str, str], overrides: dict, *, drain_timeout_s: float = 300,
+                    **replay_kw) -> None:
+    """Replay ``bars`` through the whole loop on the topics ``t``: every bar published, the loop
+    drained, no service failed."""
+    tracker = LoopTracker()
+    loop = start_loop(cfg, endpoints, overrides=overrides, tracker=tracker, timeout_s=drain_timeout_s + 60,
+                      backoff_s=0.2)
+    try:
+        published, drained = replay_through_loop(_producer(endpoints.kafka_bootstrap), bars, tracker,
+                                                 topic=t["raw"], drain_timeout_s=drain_timeout_s, **replay_kw)
+        assert drained, tracker.lagging()
+    finally:
+        loop.stop()
+        results = loop.join(60)
+    assert published == bars.height
+    assert all(r.error is None for r in results.values()), {n: r.error for n, r in results.items()}
+
+
+def _order_keys(result) -> list[tuple]:
+    """(ts, symbol, side, qty, intent) of a backtest's orders, sorted: what parity compares."""
+    return sorted((r["ts"], r["symbol"], r["side"], r["qty"], r["intent"]) for r in result.orders.iter_rows(named=True))
+
+
 def _live_orders(database_url: str, ns: str) -> list[dict]:
     with connect(database_url) as conn:
         rows = conn.execute(
@@ -150,22 +173,11 @@ def test_lockstep_replay_trades_like_the_backtest_and_links_every_event_of_a_tra
         cfg, endpoints, make_topic, database_url, tmp_path):
     bars = _sample_bars()
     t, ns = _topics(make_topic), f"ns-{_uid()}"
-    tracker = LoopTracker()
-    loop = start_loop(cfg, endpoints, overrides=_overrides(t, ns, tmp_path), tracker=tracker, timeout_s=360,
-                      backoff_s=0.2)
-    try:
-        published, drained = replay_through_loop(_producer(endpoints.kafka_bootstrap), bars, tracker,
-                                                 topic=t["raw"], lockstep=True, drain_timeout_s=300)
-        assert drained, tracker.lagging()
-    finally:
-        loop.stop()
-        results = loop.join(60)
-    assert published == bars.height
-    assert all(r.error is None for r in results.values()), {n: r.error for n, r in results.items()}
+    _replay_in_loop(cfg, endpoints, bars, t, _overrides(t, ns, tmp_path), lockstep=True)
 
     # (g) parity: the same orders (symbol, side, qty, ts, intent) as run_backtest on these bars.
     expected = run_backtest(bars, None, None, None, cfg)
-    want = sorted((r["ts"], r["symbol"], r["side"], r["qty"], r["intent"]) for r in expected.orders.iter_rows(named=True))
+    want = _order_keys(expected)
     live = _live_orders(database_url, ns)
     got = sorted((o["ts"], o["symbol"], o["side"], o["qty"], o["intent"]) for o in live)
     assert len(want) >= 4, "the sample period should trade"
@@ -214,20 +226,8 @@ def test_free_running_replay_with_the_production_partitioning_trades_like_the_ba
     ns = f"ns-{_uid()}"
     overrides = _overrides(t, ns, tmp_path)
     overrides["risk"]["event_order"] = "clock"
-    tracker = LoopTracker()
-    loop = start_loop(cfg, endpoints, overrides=overrides, tracker=tracker, timeout_s=360, backoff_s=0.2)
-    try:
-        published, drained = replay_through_loop(_producer(endpoints.kafka_bootstrap), bars, tracker,
-                                                 topic=t["raw"], clock_topic=t["clock"], lockstep=False,
-                                                 drain_timeout_s=300)
-        assert drained, tracker.lagging()
-    finally:
-        loop.stop()
-        results = loop.join(60)
-    assert published == bars.height
-    assert all(r.error is None for r in results.values()), {n: r.error for n, r in results.items()}
-    expected = run_backtest(bars, None, None, None, cfg)
-    want = sorted((r["ts"], r["symbol"], r["side"], r["qty"], r["intent"]) for r in expected.orders.iter_rows(named=True))
+    _replay_in_loop(cfg, endpoints, bars, t, overrides, clock_topic=t["clock"], lockstep=False)
+    want = _order_keys(run_backtest(bars, None, None, None, cfg))
     got = sorted((o["ts"], o["symbol"], o["side"], o["qty"], o["intent"]) for o in _live_orders(database_url, ns))
     assert len(want) >= 100 and any(i == "exit" for *_, i in want), "the sample year should trade and exit"
     assert got == want
@@ -311,17 +311,7 @@ def test_lockstep_replay_with_the_champion_trades_like_the_backtest_with_that_mo
     t, ns = _topics(make_topic), f"ns-{_uid()}"
     overrides = _overrides(t, ns, tmp_path, source=ChampionSource(ModelRegistry(cfg), poll_s=3600))
     overrides["signal"]["prediction_wait_s"] = 20.0  # lockstep: a late answer is a slow CI, not a miss
-    tracker = LoopTracker()
-    loop = start_loop(cfg, endpoints, overrides=overrides, tracker=tracker, timeout_s=500, backoff_s=0.2)
-    try:
-        published, drained = replay_through_loop(_producer(endpoints.kafka_bootstrap), bars, tracker,
-                                                 topic=t["raw"], lockstep=True, drain_timeout_s=450)
-        assert drained, tracker.lagging()
-    finally:
-        loop.stop()
-        results = loop.join(60)
-    assert published == bars.height
-    assert all(r.error is None for r in results.values()), {n: r.error for n, r in results.items()}
+    _replay_in_loop(cfg, endpoints, bars, t, overrides, lockstep=True, drain_timeout_s=450)
 
     predictor = ModelRegistry(cfg).load_champion()
     pre = predictor.preprocessing
@@ -329,7 +319,7 @@ def test_lockstep_replay_with_the_champion_trades_like_the_backtest_with_that_mo
     keys, windows = origin_windows(prepare_frame(compute_features(bars), bars, spec), spec)
     preds = predictions_frame(keys, predictor.predict_array(windows), pre.horizons, version)
     expected = run_backtest(bars, None, preds, None, cfg, calibrator=cal)
-    want = sorted((r["ts"], r["symbol"], r["side"], r["qty"], r["intent"]) for r in expected.orders.iter_rows(named=True))
+    want = _order_keys(expected)
     got = sorted((o["ts"], o["symbol"], o["side"], o["qty"], o["intent"]) for o in _live_orders(database_url, ns))
     assert len(want) >= 4, "the model should trade"
     assert got == want
@@ -974,7 +964,7 @@ def test_a_far_future_bar_mid_replay_is_dead_lettered_and_the_symbol_trades_as_w
         results = loop.join(60)
     assert all(r.error is None for r in results.values()), {n: r.error for n, r in results.items()}
     expected = run_backtest(bars, None, None, None, cfg)
-    want = sorted((r["ts"], r["symbol"], r["side"], r["qty"], r["intent"]) for r in expected.orders.iter_rows(named=True))
+    want = _order_keys(expected)
     got = sorted((o["ts"], o["symbol"], o["side"], o["qty"], o["intent"]) for o in _live_orders(database_url, ns))
     assert any(s == symbol and ts >= cut for ts, s, *_ in want), "the symbol trades after the bad bar"
     assert got == want
