@@ -83,6 +83,7 @@ import logging
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -294,6 +295,10 @@ class BusService:
         self._before_produce = before_produce
         self._on_rebalance = on_rebalance
         self._orderer = orderer
+        # With an orderer: per partition, the offsets polled and not yet committable, in order,
+        # and those of them handled (out of order).
+        self._polled: dict[tuple[str, int], deque[int]] = {}
+        self._handled: dict[tuple[str, int], set[int]] = {}
         # (dlq topic, letter) for every dead letter; its optional flush() runs at each checkpoint,
         # after the letters were acknowledged and before the offsets are committed.
         self._on_dead_letter = on_dead_letter
@@ -335,8 +340,9 @@ class BusService:
             self._source = self._consumer
         self._stop = threading.Event()
         self._abandoned: str | None = None  # why the consumer's position is past uncommitted messages
-        # The rest of a batch a handler ended with PublishFirst: the next batch (consumed, not
-        # handled). Its first message already went through the messages_in metric.
+        # The rest of a batch a handler ended with PublishFirst (its first message already went
+        # through the messages_in metric: _carry_counted), or what an orderer released beyond a
+        # batch: the next batches (consumed, not handled).
         self._carry: list[Message] = []
         self._carry_counted: tuple[str, int, int] | None = None
         self._closed = False
@@ -490,7 +496,7 @@ class BusService:
                 if self._orderer is not None:
                     ready = self._orderer.ready()  # released by a clock or a time-out since the last poll
                     if ready:
-                        self._process_batch(ready, stats)
+                        self._process_batch(self._bounded(ready, max_messages, stats), stats)
                         if self._checkpoint_due():
                             self._checkpoint(stats)
                         continue
@@ -515,8 +521,11 @@ class BusService:
                 if limit > 1:
                     batch.extend(consumer.consume(num_messages=limit - 1, timeout=0))
                 if self._orderer is not None:
+                    for m in batch:  # the order they came in: what a commit must not skip
+                        if m.error() is None:
+                            self._polled.setdefault((m.topic(), m.partition()), deque()).append(m.offset())
                     self._orderer.offer(batch)
-                    batch = self._orderer.ready()
+                    batch = self._bounded(self._orderer.ready(), max_messages, stats)
                     if not batch:
                         continue
                 self._process_batch(batch, stats)
@@ -534,6 +543,29 @@ class BusService:
             self._active_stats = None
         stats.elapsed_s = time.monotonic() - start
         return stats
+
+    def _handled_prefix(self, touched: Mapping[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+        """With an orderer: per partition the last offset of the longest run, in polled order,
+        of handled messages (what may be committed: nothing held or carried below it)."""
+        out: dict[tuple[str, int], int] = {}
+        for tp in touched:
+            polled, handled = self._polled.get(tp), self._handled.get(tp, set())
+            last = None
+            while polled and polled[0] in handled:
+                last = polled.popleft()
+                handled.discard(last)
+            if last is not None:
+                out[tp] = last
+        return out
+
+    def _bounded(self, ready: list[Message], max_messages: int | None, stats: RunStats) -> list[Message]:
+        """At most a batch (and what ``max_messages`` leaves) of what an orderer released; the
+        rest is carried, in order, to the next batches."""
+        limit = self._batch_size if max_messages is None else min(self._batch_size, max_messages - stats.consumed)
+        if len(ready) <= limit:
+            return ready
+        self._carry = ready[limit:] + self._carry
+        return ready[:limit]
 
     def _checkpoint_due(self) -> bool:
         # Not while a batch's rest is carried: the message it was cut at has been counted in
@@ -590,21 +622,15 @@ class BusService:
                 log.debug("%s: publishing %d output(s) before %s[%d]@%d: %s", self.name,
                           len(held) if held is not None else 0, topic, partition, offset, exc)
                 break
-            # The highest offset handled (an orderer may hand a partition's messages out of offset order).
-            if offset > offsets.get((topic, partition), -1):
-                offsets[topic, partition] = offset
+            if self._orderer is not None:  # it may hand a partition's messages out of offset order
+                self._handled.setdefault((topic, partition), set()).add(offset)
+            # A batch holds each partition's messages in order (without an orderer): the last is the max.
+            offsets[topic, partition] = offset
             produced += n_out
             if keep_contexts and ctx is not None:
                 contexts.append(ctx)
         if self._orderer is not None:
-            # Handled in the orderer's order: never commit at or past a message it still holds or
-            # one carried to the next batch (either may sit below a handled one in its partition).
-            for m in (*self._orderer.held(), *self._carry):
-                tp = (m.topic(), m.partition())
-                if tp in offsets and offsets[tp] >= m.offset():
-                    offsets[tp] = m.offset() - 1
-            offsets = {tp: max(o, self._pending_offsets.get(tp, o)) for tp, o in offsets.items()
-                       if o >= 0}
+            offsets = self._handled_prefix(offsets)
         if held is not None:
             self._before_produce(contexts)  # type: ignore[misc]
             send = self.producer.send_checked
@@ -814,7 +840,11 @@ class BusService:
             gone = {(tp.topic, tp.partition) for tp in partitions}
             self._carry = [m for m in self._carry if (m.topic(), m.partition()) not in gone]
         if self._orderer is not None and what != "assigned":
-            self._orderer.drop({(tp.topic, tp.partition) for tp in partitions})
+            gone = {(tp.topic, tp.partition) for tp in partitions}
+            self._orderer.drop(gone)
+            for tp in gone:
+                self._polled.pop(tp, None)
+                self._handled.pop(tp, None)
         if self.rebalances > 1:  # the first assignment is the start: nothing to forget
             log.info("%s: %d partition(s) %s: per-key state dropped", self.name, len(partitions), what)
         if self._on_rebalance is not None and self.rebalances > 1:
