@@ -100,10 +100,16 @@ def test_alpaca_fills_reported_bars_late_make_one_entry_per_position_and_flat_ex
         open_entries = {o["symbol"] for o in orders if o["intent"] == "entry"} - {
             o["symbol"] for o in orders if o["intent"] == "exit"}
         for symbol in {o["symbol"] for o in orders} - open_entries:
+            # The whole story of a failure (seen twice in CI, never locally): the loop's orders of
+            # the symbol and what the venue did with them.
+            story = ([(o["ts"].date().isoformat(), o["intent"], o["side"], o["qty"], o["status"], o["corr"][-6:])
+                      for o in sorted(orders, key=lambda o: o["ts"]) if o["symbol"] == symbol],
+                     [(v.get("client_order_id"), v["side"], v["qty"], v["filled_qty"], v["status"])
+                      for v in fake.orders.values() if v["symbol"] == symbol])
             assert fake.position_qty(symbol) == 0 or any(
                 o["symbol"] == symbol and o["intent"] == "entry" and o["ts"] > max(
                     x["ts"] for x in orders if x["symbol"] == symbol and x["intent"] != "entry")
-                for o in orders), symbol
+                for o in orders), (symbol, fake.position_qty(symbol), story)
         working_legs = [(leg["symbol"], leg["status"]) for o in fake.orders.values() if o["status"] == "filled"
                         for leg in (o.get("legs") or []) if leg["status"] in ("new", "held", "accepted")
                         and fake.position_qty(leg["symbol"]) == 0]
