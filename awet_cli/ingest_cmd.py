@@ -83,7 +83,7 @@ def _start_time(value: str | None, default: str) -> datetime:
 
 def _polled(source: str, symbols: list[str], bar_type: str, interval: float | None, speed: float,
             start: str | None, stub_source: str, max_seconds: float | None, topic: str | None) -> None:
-    from awet_dagster.contracts.topics import MARKET_CLOCK, MARKET_RAW
+    from awet_dagster.contracts.topics import MARKET_RAW, clock_topic_for
     from awet_dagster.sources import MissingCredentials
     from awet_dagster.sources.registry import get_source
     from awet_dagster.sources.settings import source_kwargs
@@ -116,7 +116,7 @@ def _polled(source: str, symbols: list[str], bar_type: str, interval: float | No
     # Each poll's bars into market.raw are followed by their clocks (risk's event-time order).
     _run_polling(cfg, ep, poller, topic, bar_type, every, max_seconds, simulated=simulated, label=source,
                  what=f"{', '.join(symbols)} ({bar_type})", resumed=len(marks),
-                 clock_topic=MARKET_CLOCK if topic == MARKET_RAW else None)
+                 clock_topic=clock_topic_for(topic))
 
 
 def _reddit(symbols: list[str] | None, bucket: str, interval: float | None, max_seconds: float | None,
@@ -155,8 +155,8 @@ def _run_polling(cfg, ep, poller, topic: str, kind: str, every: float, max_secon
     and ``kind`` (bar type or bucket), ``/metrics`` on ``service``'s port, a summary at the end.
     ``clock_topic``: after each poll's bars, one ``BarClock`` per bar time of them goes there."""
     from awet_dagster.sources import AuthenticationFailed, MissingCredentials
-    from live.ingest_poll import PollingIngestor, serve_ingest_metrics
     from awet_dagster.streaming.sequencer import bar_clocks
+    from live.ingest_poll import PollingIngestor, serve_ingest_metrics
     from live.publish import publish_acknowledged
 
     producer = _producer(cfg, ep.kafka_bootstrap)
@@ -191,7 +191,7 @@ def _run_polling(cfg, ep, poller, topic: str, kind: str, every: float, max_secon
 def _alpaca(symbols: list[str] | None, bar_type: str, feed: str, max_seconds: float | None,
             topic: str | None) -> None:
     cfg = _config()
-    from awet_dagster.contracts.topics import MARKET_CLOCK, MARKET_RAW
+    from awet_dagster.contracts.topics import MARKET_RAW, clock_topic_for
     from awet_dagster.sources import MissingCredentials
     from live.ingest_alpaca import AlpacaBarIngestor, alpaca_stream_factory
     from live.ingest_poll import serve_ingest_metrics
@@ -211,13 +211,15 @@ def _alpaca(symbols: list[str] | None, bar_type: str, feed: str, max_seconds: fl
         producer.send(topic, event)
         producer.flush(flush_timeout)
 
+    clock_topic = clock_topic_for(topic)
+
     def publish_clock(clock) -> None:  # each minute's clock after its bars (risk's event-time order)
-        producer.send(MARKET_CLOCK, clock)
+        producer.send(clock_topic, clock)
         producer.flush(flush_timeout)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     ingestor = AlpacaBarIngestor(_symbols(symbols, cfg.data.symbols), publish, factory, bar_type=bar_type,
-                                 publish_clock=publish_clock if topic == MARKET_RAW else None)
+                                 publish_clock=publish_clock if clock_topic is not None else None)
     stop = Interrupt()
     watcher = threading.Thread(target=lambda: (stop.wait(), ingestor.stop()), daemon=True)
     watcher.start()

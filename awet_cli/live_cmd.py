@@ -121,7 +121,7 @@ def replay_cmd(
     cfg = _config()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from awet_dagster.contracts.topics import MARKET_CLOCK, MARKET_RAW
+    from awet_dagster.contracts.topics import MARKET_RAW, clock_topic_for
     from awet_dagster.sources import SourceError, get_source
     from awet_dagster.sources.settings import source_kwargs
     from live.replay import replay_bars
@@ -147,7 +147,7 @@ def replay_cmd(
                 producer, bars, topic=topic, speed=speed, max_gap_s=max_gap_s,
                 max_seconds=max_seconds, stop_event=stop,
                 on_progress=lambda done, _total: progress.update(task, completed=done),
-                clock_topic=MARKET_CLOCK if topic == MARKET_RAW else None,  # risk's event-time order
+                clock_topic=clock_topic_for(topic),  # risk's event-time order
             )
     console.print(f"published {stats.published}/{stats.total} {bar_type} bars of {len(syms)} symbol(s) "
                   f"to {topic} in {stats.elapsed_s:.1f}s ({stats.stopped_by})")

@@ -226,7 +226,9 @@ class Orderer(Protocol):
         """The messages to handle now, in order (the others stay held)."""
         ...
 
-    def held(self) -> Sequence[Message]: ...
+    def held(self) -> int:
+        """How many messages it holds (the bus polls briefly while it holds any)."""
+        ...
 
     def drop(self, partitions: set[tuple[str, int]]) -> None:
         """Forget the held messages of ``partitions`` (taken away: their new owner reads them)."""
@@ -836,11 +838,10 @@ class BusService:
 
     def _reset_state(self, what: str, partitions: list[TopicPartition]) -> None:
         self.rebalances += 1
-        if self._carry and what != "assigned":  # their new owner reads them from the committed offset
-            gone = {(tp.topic, tp.partition) for tp in partitions}
+        gone = {(tp.topic, tp.partition) for tp in partitions} if what != "assigned" else set()
+        if self._carry and gone:  # their new owner reads them from the committed offset
             self._carry = [m for m in self._carry if (m.topic(), m.partition()) not in gone]
-        if self._orderer is not None and what != "assigned":
-            gone = {(tp.topic, tp.partition) for tp in partitions}
+        if self._orderer is not None and gone:
             self._orderer.drop(gone)
             for tp in gone:
                 self._polled.pop(tp, None)

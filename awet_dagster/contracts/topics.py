@@ -72,6 +72,13 @@ TOPIC_REGISTRY: Mapping[str, type[BaseEvent]] = MappingProxyType(
 ALL_TOPICS: tuple[str, ...] = tuple(TOPIC_REGISTRY)
 
 
+def clock_topic_for(bar_topic: str) -> str | None:
+    """Where a source publishing bars to ``bar_topic`` sends their clocks: ``market.clock`` for
+    ``market.raw``; none for a bar topic of its own (a test, an experiment), whose readers expect
+    no clocks."""
+    return MARKET_CLOCK if bar_topic == MARKET_RAW else None
+
+
 def dlq_topic(topic: str) -> str:
     """Dead-letter topic of ``topic`` (``market.raw`` -> ``market.raw.dlq``)."""
     if topic.endswith(DLQ_SUFFIX):

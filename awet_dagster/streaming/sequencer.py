@@ -35,14 +35,18 @@ log = logging.getLogger("awet.streaming.sequencer")
 T = TypeVar("T")
 
 
+def _clock(bar_type: str, ts: datetime, symbols: Iterable[str]) -> BarClock:
+    return BarClock(correlation_id=f"clock:{bar_type}:{ts.isoformat()}", bar_type=bar_type, ts=ts,
+                    symbols=tuple(sorted(symbols)))
+
+
 def bar_clocks(events: Iterable[MarketRawEvent]) -> list[BarClock]:
     """One ``BarClock`` per (bar type, ts) of ``events`` (symbols sorted), in time order: what a
     source publishes on market.clock once it has published those bars."""
     by_time: dict[tuple[datetime, str], set[str]] = {}
     for ev in events:
         by_time.setdefault((ev.ts, ev.bar_type), set()).add(ev.symbol)
-    return [BarClock(correlation_id=f"clock:{bar_type}:{ts.isoformat()}", bar_type=bar_type, ts=ts,
-                     symbols=tuple(sorted(symbols))) for (ts, bar_type), symbols in sorted(by_time.items())]
+    return [_clock(bar_type, ts, symbols) for (ts, bar_type), symbols in sorted(by_time.items())]
 
 
 class ClockBuilder:
@@ -67,7 +71,7 @@ class ClockBuilder:
         last = self._sent.get(event.bar_type)
         if last is not None and event.ts <= last:
             return []  # its clock went: the bar is late
-        started, symbols = self._open.setdefault(key, (self._now(), set()))
+        _, symbols = self._open.setdefault(key, (self._now(), set()))
         symbols.add(event.symbol)
         return self._take(lambda k, first, syms: (k[0] == event.bar_type and k[1] < event.ts)
                           or (k == key and self.expected <= syms))
@@ -87,8 +91,7 @@ class ClockBuilder:
         for bar_type, ts in keys:
             _, symbols = self._open.pop((bar_type, ts))
             self._sent[bar_type] = max(ts, self._sent.get(bar_type, ts))
-            out.append(BarClock(correlation_id=f"clock:{bar_type}:{ts.isoformat()}", bar_type=bar_type, ts=ts,
-                                symbols=tuple(sorted(symbols))))
+            out.append(_clock(bar_type, ts, symbols))
         return out
 
 
