@@ -15,8 +15,9 @@ daily bars with ``replay_through_loop``:
 each with risk reading its input in arrival order and in event-time order (``risk.event_order``
 "clock": the replay publishes a ``BarClock`` per bar time, what ``awet live --replay`` does).
 Per run: orders placed, how many differ from the backtest's (missing + extra, compared as
-(ts, symbol, side, qty, intent)), bars/s (bars / time until the loop drained), fill waits
-that ran out (risk logs each), drained or not. No model: alphas only.
+(ts, symbol, side, qty, intent)), bars/s (bars / time until the loop drained), times risk's
+own paper fills disagreed with execution's reports (``execution.shadow`` logs each; risk no
+longer waits for those reports), drained or not. No model: alphas only.
 """
 from __future__ import annotations
 
@@ -58,8 +59,9 @@ MODES = tuple((mode, production, order) for order in ("arrival", "clock")
                                        ("free-running", True)))
 
 
-class _FillWaits(logging.Handler):
-    """Counts the warnings risk logs when a fill wait ran out."""
+class _Disagreements(logging.Handler):
+    """Counts the errors risk logs when its shadow of the paper venue and execution's reports
+    disagree (a fill the venue did not make, a report from another venue)."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -67,7 +69,7 @@ class _FillWaits(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         msg = record.getMessage()
-        if "fill report" in msg and "within" in msg:
+        if record.levelno >= logging.ERROR and ("the shadow filled" in msg or "reports fills from venue" in msg):
             self.n += 1
 
 
@@ -93,7 +95,7 @@ def one_run(cfg: Any, ep: Any, bars: pl.DataFrame, *, lockstep: bool, production
     ensure_topics(ep.kafka_bootstrap, {name: cfg.kafka.topics[TOPIC_KEYS[k]].partitions if production else 1
                                        for k, name in t.items()})
     ns = f"parity-{uuid.uuid4().hex[:6]}"
-    waits = _FillWaits()
+    waits = _Disagreements()
     logging.getLogger().addHandler(waits)
     tracker = LoopTracker()
     overrides = loop_overrides(t, ns, "parity")
@@ -114,7 +116,7 @@ def one_run(cfg: Any, ep: Any, bars: pl.DataFrame, *, lockstep: bool, production
     trouble = {n: r.error for n, r in results.items() if r.error or r.restarts}
     return {"orders": len(got), "backtest": len(want), "missing": len(set(want) - set(got)), "extra": len(set(got) - set(want)),
             "equal": got == want, "bars_s": published / elapsed if elapsed > 0 else 0.0, "drained": drained,
-            "fill_waits_out": waits.n, "trouble": trouble}
+            "disagreements": waits.n, "trouble": trouble}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,14 +143,14 @@ def main(argv: list[str] | None = None) -> int:
                 results.append((mode, production, order, i + 1, r))
                 print(f"{mode:12s} partitions {'production (3)' if production else '1':15s} {order:8s} run {i + 1}: orders "
                       f"{r['orders']} (backtest {r['backtest']}), equal {r['equal']} (missing {r['missing']}, extra "
-                      f"{r['extra']}), {r['bars_s']:.0f} bars/s, fill waits ran out {r['fill_waits_out']}, drained "
+                      f"{r['extra']}), {r['bars_s']:.0f} bars/s, shadow/venue disagreements {r['disagreements']}, drained "
                       f"{r['drained']}" + (f", trouble {r['trouble']}" if r["trouble"] else ""), flush=True)
     # Baseline of the ratio: the median rate of lockstep with one partition (the first run also pays start-up).
     base = statistics.median(r["bars_s"] for mode, production, order, _, r in results
                              if mode == "lockstep" and not production and order == "arrival")
     rows = [[mode, "production (3)" if production else "1", order, i, f"{r['orders']} / {r['backtest']}",
              "**yes**" if r["equal"] else f"no ({r['missing']} missing, {r['extra']} extra)",
-             f"{r['bars_s']:,.0f}", f"{r['bars_s'] / base:.2f}x" if base else "", r["fill_waits_out"],
+             f"{r['bars_s']:,.0f}", f"{r['bars_s'] / base:.2f}x" if base else "", r["disagreements"],
              "yes" if r["drained"] else "**no**"] for mode, production, order, i, r in results]
     wall = time.monotonic() - started
     body = "\n".join([
@@ -162,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         "production partitioning places the backtest's orders. Why the rows differ: docs/live-vs-backtest.md.",
         "",
         md_table(["replay", "partitions", "risk input order", "run", "orders / backtest", "equal to the backtest", "bars/s",
-                  "vs lockstep, 1 partition, arrival (median)", "fill waits ran out", "drained"], rows),
+                  "vs lockstep, 1 partition, arrival (median)", "shadow/venue disagreements", "drained"],
+                 rows),
         "",
         "Machine:",
         "",

@@ -125,9 +125,9 @@ def test_a_stop_cuts_a_bars_wait_short_and_the_bar_is_redelivered_not_scored_wit
 @pytest.mark.timeout(120)
 def test_a_stop_cuts_a_fill_wait_short_and_the_bar_is_redelivered_not_judged_without_its_fills(
         test_config_for, tmp_path, endpoints, make_topic):
-    """Risk (deciding and checking exits on one book) waits for the fills of orders decided
-    before a bar; a stop during that wait is a RetryLater, so the bar is not judged on a book
-    that lacks them: nothing decided, no exit, nothing committed."""
+    """Risk trading at Alpaca (whose fills only its reports tell) waits for the fills of orders
+    decided before a bar; a stop during that wait is a RetryLater, so the bar is not judged on a
+    book that lacks them: nothing decided, no exit, nothing committed."""
     from datetime import UTC, datetime, timedelta
 
     from live.services import risk
@@ -135,6 +135,7 @@ def test_a_stop_cuts_a_fill_wait_short_and_the_bar_is_redelivered_not_judged_wit
     from tests.test_live_loop import _tradable_signal
 
     cfg = test_config_for(tmp_path / "home")
+    cfg = cfg.model_copy(update={"execution": cfg.execution.model_copy(update={"broker": "alpaca"})})
     scored, approved, rejected, exits, done, orders = (make_topic() for _ in range(6))
     group = _group()
     first_ts = datetime(2019, 1, 3, 14, 30, tzinfo=UTC)

@@ -351,7 +351,6 @@ def test_kafka_sigkilled_mid_replay_loses_no_bar_and_trades_like_the_backtest(
     t, ns = _loop_topics(), f"ns-{_uid()}"
     own_broker.ensure_topics({name: 1 for name in t.values()})
     overrides = _overrides(t, ns, tmp_path)
-    overrides["risk"]["fill_wait_s"] = 30.0
     tracker = LoopTracker()
     loop = start_loop(cfg, endpoints, overrides=overrides, tracker=tracker, timeout_s=270, backoff_s=0.2,
                       max_restarts=10)
@@ -488,10 +487,6 @@ def test_kafka_sigkilled_with_bars_in_flight_and_bars_sent_while_down_loses_noth
     t, ns = _loop_topics(), f"ns-{_uid()}"
     own_broker.ensure_topics({name: 1 for name in t.values()})
     overrides = _overrides(t, ns, tmp_path)
-    # Free-running, fills are late anyway, and a fill report lost with the log never
-    # comes: waiting 2 s (default) for it on every later bar of the symbol would make a
-    # batch of hundreds of bars take minutes (and the loop slow to stop).
-    overrides["risk"]["fill_wait_s"] = 0.2
     tracker = LoopTracker()
     loop = start_loop(cfg, endpoints, overrides=overrides, tracker=tracker, timeout_s=200, backoff_s=0.2,
                       max_restarts=10)

@@ -593,7 +593,7 @@ def _alpaca_setup(cfg, fake, tmp_path: Path):
 
     approval = tmp_path / "APPROVE"
     approval.write_text("ok")
-    ex_cfg = cfg.execution.model_copy(update={"dry_run": False, "approval_file": approval,
+    ex_cfg = cfg.execution.model_copy(update={"broker": "alpaca", "dry_run": False, "approval_file": approval,
                                                "alpaca_base_url": fake.url})
     inner = AlpacaPaperBroker("key", "secret", base_url=fake.url, timeout_s=2.0, max_retries=2,
                               backoff_base_s=0.01, sleep=lambda s: None)

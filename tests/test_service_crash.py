@@ -172,8 +172,6 @@ def _run(victim: str | None, champion: dict, endpoints: Endpoints, make_topic, d
     first, rest = bars.filter(bars["ts"] < cut), bars.filter(bars["ts"] >= cut)
     t, ns = _topics(make_topic), f"ns-{_uid()}"
     ov = _overrides(t, ns, tmp_path, source=ChampionSource(ModelRegistry(cfg), poll_s=3600))
-    # Free-running, no fill wait: this test is about loss and duplicates, not the backtest's sizing.
-    ov["risk"]["fill_wait_s"] = 0.0
     loop = start_loop(cfg, endpoints, names=[s for s in LOOP_SERVICES if s != victim], overrides=ov,
                       timeout_s=280, backoff_s=0.2)
     child = None

@@ -368,8 +368,9 @@ class RiskConfig(Section):
     cvar_lookback_bars: int = Field(250, ge=2)
     cvar_min_observations: int = Field(20, ge=2)
     allow_short: bool = True
-    # Live risk service: how long a bar waits for a fill the simulator/broker is expected to
-    # report for it (an order decided on an earlier bar of the symbol).
+    # Alpaca only (execution.broker alpaca): how long a bar waits for a fill the venue is
+    # expected to have reported by then (an order decided on an earlier bar of the symbol). With
+    # the paper venue risk computes its fills itself (execution.shadow) and never waits.
     fill_wait_s: float = Field(2.0, ge=0)
     # The order risk reads its scored signals in. "arrival": as the partitions deliver them.
     # "clock": in (ts, symbol) order, each bar time held until the bars its source listed on

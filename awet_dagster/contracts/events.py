@@ -293,6 +293,10 @@ class ScoredSignal(BaseEvent):
     reference_price: PositiveFloat = Field(description="price the signal is relative to (bar close)")
     adj_factor: PositiveFloat = Field(1.0, description="the bar's adjustment factor: price x adj_factor = adjusted close")
     split_factor: PositiveFloat = Field(1.0, description="the bar's split factor (a change between bars = a split)")
+    open: PositiveFloat | None = Field(
+        None, description="the bar's open: risk fills the paper venue's working orders at it (None: not sent)")
+    volume: NonNegativeFloat | None = Field(
+        None, description="the bar's volume: caps those fills (execution.max_participation; None: not sent)")
 
     @property
     def symbol(self) -> str:

@@ -8,11 +8,14 @@ Fills arrive on their own topic, possibly late, so the ledger:
 - turns each ExecutionReport (cumulative filled_qty / avg_price / fee) into the
   incremental ``Fill`` it adds — idempotent: a report not beyond the known cumulative
   quantity is a duplicate (redelivery, re-read after restart) and is ignored;
+- takes the fills its owner computed itself the same way (``on_fill``: risk's
+  ``ShadowVenue`` of the paper venue; whichever of fill and report comes first is booked);
 - keeps those fills PENDING until the owner applies them in event order
   (``apply_until(ts, symbol)``: every fill with (ts, symbol) <= the bar's);
-- tracks OUTSTANDING orders (working at the venue) so the owner knows which fills a bar
-  must bring: an order decided before bar t of its symbol fills at t (simulator: next
-  bar's open) — ``missing_fills(symbols, ts)`` lists those not reported yet.
+- tracks OUTSTANDING orders (working at the venue): ``pending_order`` and
+  ``pending_exposure`` (what risk counts as in flight) and, for a venue whose fills only its
+  reports tell (Alpaca), ``missing_fills(symbols, ts)``: orders decided before bar t of their
+  symbol whose fill at t is not reported yet.
 Not thread-safe by itself: callers hold the TopicTail's condition lock.
 """
 from __future__ import annotations
@@ -91,7 +94,9 @@ class FillLedger:
         """Book every stored fill and take the stored orders (``storage.trading.ledger_rows``:
         the rows of one namespace, fills in (ts, symbol) order); returns the fills booked."""
         n = 0
+        last_fill: dict[str, datetime] = {}
         for f in fills:
+            last_fill[f.client_order_id] = f.ts
             # Each fill with the split factor of the bar it filled on: fills on either side of a
             # split are booked on their own basis and the position carried through it.
             if f.split_factor is not None:
@@ -106,8 +111,8 @@ class FillLedger:
                 self._closed.add(o.client_order_id)
             elif o.decided_ts is not None:
                 self.outstanding[o.client_order_id] = Outstanding(
-                    o.symbol, o.decided_ts, o.intent, o.correlation_id or o.client_order_id, qty=o.qty,
-                    price=o.reference_price, side=o.side)
+                    o.symbol, o.decided_ts, o.intent, o.correlation_id or o.client_order_id,
+                    last_fill_ts=last_fill.get(o.client_order_id), qty=o.qty, price=o.reference_price, side=o.side)
         return n
 
     # ------------------------------------------------------------------ inputs
@@ -194,6 +199,35 @@ class FillLedger:
         if rep.status in CLOSED:
             self._close(coid)
         return fill
+
+    def on_fill(self, fill: Fill, cum_qty: float, done: bool) -> bool:
+        """A fill the owner computed itself (``ShadowVenue``), ``cum_qty`` the order's filled
+        quantity with it; ``done``: the order is finished. Pending like a report's fill; skipped
+        when a report already brought that quantity. Returns whether it was taken."""
+        coid = fill.client_order_id
+        q, n, f = self._cum.get(coid, (0.0, 0.0, 0.0))
+        taken = cum_qty > q + 1e-9
+        if taken:
+            self._cum[coid] = (q + fill.qty, n + fill.qty * fill.price, f + fill.fee)
+            self._pending.append(fill)
+            o = self.outstanding.get(coid)
+            if o is not None:
+                o.last_fill_ts = fill.ts if o.last_fill_ts is None else max(o.last_fill_ts, fill.ts)
+        if done:
+            self._close(coid)
+        return taken
+
+    def filled(self, coid: str) -> tuple[float, float | None]:
+        """(filled quantity, average price) of an order so far."""
+        q, n, _ = self._cum.get(coid, (0.0, 0.0, 0.0))
+        return q, (n / q if q > 0 else None)
+
+    def cancel(self, coid: str) -> None:
+        """The owner canceled the order (an exit stops its entry's unfilled rest)."""
+        self._close(coid)
+
+    def is_closed(self, coid: str) -> bool:
+        return coid in self._closed
 
     def _close(self, coid: str) -> None:
         self._closed.add(coid)

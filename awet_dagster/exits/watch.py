@@ -98,5 +98,6 @@ class ExitWatch:
             e = ev.model_copy(update={"event_id": str(uuid.uuid5(_NS, f"{ev.correlation_id}|{ts.isoformat()}"))})
             self.counters["exits"] += 1
             out.append(e)
-            self.ledger.expect(client_order_id(e.correlation_id, "exit"), symbol, ts, "exit", e.correlation_id)
+            self.ledger.expect(client_order_id(e.correlation_id, "exit"), symbol, ts, "exit", e.correlation_id,
+                               qty=e.qty, side=e.side)
         return out

@@ -8,17 +8,22 @@ One ``RiskEngine`` per process, as in ``run_backtest``:
 - portfolio: a ``FillLedger`` rebuilt from the stored fills and orders on ``start``, then
   fed with the fill reports and order events a side reader delivers (``on_side_event``); the
   exit rules (``exits.watch.ExitWatch``) watch the positions of the same book;
-- clock: EVERY scored signal (one per bar, passed or not) marks the bar (``engine.on_bar``:
-  return history for CVaR, marks, loss limits), then its symbol's position is checked for an
-  exit on the close (ExitEvents to ``exits_topic``), then, only for tradable ones, risk decides:
-  the order of ``run_backtest``'s loop body. Before that, fills are booked in event order: when a symbol that
-  already has a bar at this ts has an order decided earlier, the bar waits (``fill_wait_s``,
-  bounded, through the ``SideInputs`` port) for that order's fill report, so sizing sees the
-  same equity, positions and pending orders as the backtest did at that bar. An order approved
-  earlier in the SAME batch is not published yet (decisions go out after the batch's audit), so
-  its fill cannot come: the signal raises ``PublishFirst`` instead of waiting in vain (the bus
-  publishes the batch so far and hands the signal back; measured before: a free-running replay
-  spent 2 s per such bar, 3 bars/s);
+- clock: EVERY scored signal (one per bar, passed or not) first books the fills of the bar,
+  then marks it (``engine.on_bar``: return history for CVaR, marks, loss limits), then its
+  symbol's position is checked for an exit on the close (ExitEvents to ``exits_topic``), then,
+  only for tradable ones, risk decides: the order of ``run_backtest``'s loop body;
+- fills, without waiting: with the paper venue (``execution.broker: paper``) the desk computes
+  them itself (``execution.shadow.ShadowVenue``: the same simulator over the orders it placed,
+  filled on the bar's open and volume the signal carries), so its book at a bar is the
+  backtest's whatever the timing of execution's reports; those reports are booked too,
+  whichever comes first (the ledger takes cumulative quantities). With Alpaca a fill is known
+  only from its report: a bar of a symbol with an order decided earlier waits for it, bounded
+  (``fill_wait_s``, through the ``SideInputs`` port; an order still unreported then counts as
+  in flight: pending order, pending exposure at its decision price, as ``run_backtest``
+  counts working orders). An order approved earlier in the SAME batch is not published yet
+  (decisions go out after the batch's audit), so its fill cannot come: the signal raises
+  ``PublishFirst`` instead of waiting in vain (the bus publishes the batch so far and hands
+  the signal back);
 - idempotence: the decision of a signal is stored in its audit record; a redelivered signal
   re-emits the stored decision instead of deciding again (a second look would see its own
   order as "pending" and reject it);
@@ -44,6 +49,8 @@ from awet_dagster.config import AwetConfig
 from awet_dagster.contracts import BarClock, ExecutionReport, OrderEvent, RiskDecision, ScoredSignal
 from awet_dagster.execution.ids import client_order_id
 from awet_dagster.execution.ledger import FillLedger
+from awet_dagster.execution.orders import entry_request, exit_request
+from awet_dagster.execution.shadow import ShadowVenue
 from awet_dagster.exits.watch import ExitWatch
 from awet_dagster.observability.metrics import ServiceMetrics
 from awet_dagster.risk.engine import RiskEngine
@@ -63,7 +70,8 @@ _NS = uuid.UUID("3c1b7a0e-5f7d-4d1e-8f55-1b2a9c0d4e61")
 
 class RiskDesk:
     def __init__(self, cfg: AwetConfig, store: RiskStore, *, approved_topic: str, rejected_topic: str,
-                 exits_topic: str, guard: TimeGuard, namespace: str = "", fill_wait_s: float | None = None, metrics: ServiceMetrics | None = None,
+                 exits_topic: str, guard: TimeGuard, namespace: str = "", fill_wait_s: float | None = None,
+                 metrics: ServiceMetrics | None = None,
                  side: SideInputs = NO_SIDE_INPUTS, sequencer: EventTimeSequencer | None = None) -> None:
         self.cfg = cfg
         # Event-time order of the input (risk.event_order "clock"): the bus hands signals over
@@ -76,14 +84,15 @@ class RiskDesk:
         self.approved_topic, self.rejected_topic, self.exits_topic = approved_topic, rejected_topic, exits_topic
         self.ns = namespace
         self.guard = guard
-        self.fill_wait_s = cfg.risk.fill_wait_s if fill_wait_s is None else fill_wait_s
         self.side = side
         self.ledger = FillLedger(cfg.risk.initial_equity)
+        self.shadow = ShadowVenue.for_venue(cfg)  # None: a venue whose fills only its reports tell
+        self.fill_wait_s = cfg.risk.fill_wait_s if fill_wait_s is None else fill_wait_s
         self.store = CachedRiskStateStore(store.state)
         self.engine = RiskEngine.from_config(cfg, self.ledger.portfolio, self.store)
         self.exits = ExitWatch(cfg, store, self.ledger)
         self._ts: datetime | None = None
-        self._seen: set[str] = set()
+        self._seen: set[str] = set()  # symbols with a bar at _ts (whose fills are due at it)
         self._warm: set[tuple[str, str]] = set()  # (symbol, bar type) with CVaR history loaded
         # Batch state: decisions stored for the batch's signals (looked up by the pre-pass),
         # decisions made in this batch, audit records to write before publishing.
@@ -98,6 +107,8 @@ class RiskDesk:
     # ------------------------------------------------------------------ start-up / side inputs
     def start(self) -> None:
         self.ledger.rebuild(*self.db.ledger_rows(self.ns))
+        if self.shadow is not None:
+            self.shadow.restore(self.ledger)
         self.exits.start()
         if self.sequencer is not None:
             self._released_saved = self.store.get_released()
@@ -109,6 +120,14 @@ class RiskDesk:
     def on_side_event(self, event: Any) -> None:  # the side reader's thread, under side.lock()
         if isinstance(event, ExecutionReport):
             self.ledger.on_report(event)
+            if self.shadow is not None and event.venue != self.shadow.sim.venue:
+                # Risk's configuration says paper, execution trades elsewhere: its fills cannot
+                # be computed here. From now on they come from the reports alone.
+                log.error("risk: execution reports fills from venue %r but execution.broker here is paper: "
+                          "risk stops computing fills (fix the configuration: both must read one)", event.venue)
+                self.shadow = None
+            if self.shadow is not None:
+                self.shadow.on_report(event)
             self.exits.on_report(event)
         elif isinstance(event, OrderEvent):
             self.ledger.on_order(event)
@@ -200,37 +219,56 @@ class RiskDesk:
             self.write_audit()
         return outputs
 
-    def _book_until(self, symbol: str, ts: datetime, split_factor: float = 1.0) -> None:
-        """Book fills up to (ts, symbol), waiting (bounded) for those this bar must bring. A
-        split (``split_factor`` changed) is carried through first."""
+    def _book_bar(self, signal: ScoredSignal) -> None:
+        """Book the fills up to the signal's bar (the caller holds the side lock): a split
+        carried through first, then the shadow venue's fills of this bar, then every fill of
+        (ts, symbol) <= the bar's, in that order."""
+        symbol, ts = signal.symbol, signal.ts
+        if self.shadow is None:
+            self._await_reported_fills(symbol, ts)
+        self.ledger.on_split_factor(symbol, signal.split_factor, ts)
+        if self.shadow is not None and signal.open is not None and signal.volume is not None:
+            bar = {"symbol": symbol, "ts": ts, "open": signal.open, "volume": signal.volume,
+                   "split_factor": signal.split_factor}
+            for fill, cum_qty, done in self.shadow.on_bar(bar):
+                self.ledger.on_fill(fill, cum_qty, done)
+        self.ledger.apply_until(ts, symbol)
+
+    def _await_reported_fills(self, symbol: str, ts: datetime) -> None:
+        """A venue whose fills only its reports tell: wait (bounded) for those this bar must
+        bring, the fills at ts of orders of the symbols seen at ts decided before it."""
         if self._ts != ts:
             self._ts, self._seen = ts, set()
         self._seen.add(symbol)
         seen = frozenset(self._seen)
-        with self.side.lock():
-            missing = self.ledger.missing_fills(seen, ts)
-            held = self._unpublished.intersection(missing)
-            if held:
-                raise PublishFirst(f"{symbol} at {ts.isoformat()} needs the fill of {sorted(held)}, decided in this batch")
-            if missing:
-                ok = wait_or_retry(self.side, lambda: not self.ledger.missing_fills(seen, ts), self.fill_wait_s,
-                                   f"{symbol} at {ts.isoformat()} waited for fills")
-                if not ok:
-                    self.counters["fill_wait_timeouts"] += 1
-                    log.warning("risk: no fill report for %s at %s within %.1fs; deciding without it",
-                                self.ledger.missing_fills(seen, ts), ts.isoformat(), self.fill_wait_s)
-            self.ledger.on_split_factor(symbol, split_factor, ts)
-            self.ledger.apply_until(ts, symbol)
+        missing = self.ledger.missing_fills(seen, ts)
+        held = self._unpublished.intersection(missing)
+        if held:
+            raise PublishFirst(f"{symbol} at {ts.isoformat()} needs the fill of {sorted(held)}, decided in this batch")
+        if missing:
+            ok = wait_or_retry(self.side, lambda: not self.ledger.missing_fills(seen, ts), self.fill_wait_s,
+                               f"{symbol} at {ts.isoformat()} waited for fills")
+            if not ok:
+                self.counters["fill_wait_timeouts"] += 1
+                log.warning("risk: no fill report for %s at %s within %.1fs; deciding without it",
+                            self.ledger.missing_fills(seen, ts), ts.isoformat(), self.fill_wait_s)
 
     def _handle(self, signal: ScoredSignal) -> list[Output]:
         symbol, ts = signal.symbol, signal.ts
         if (symbol, signal.bar_type) not in self._warm:
             self._warm_up_many({(symbol, signal.bar_type): ts})
-        self._book_until(symbol, ts, signal.split_factor)  # may raise PublishFirst
+        with self.side.lock():
+            self._book_bar(signal)
         self.counters["signals"] += 1
         self.engine.on_bar(symbol, ts, signal.price, signal.price * signal.adj_factor)
         with self.side.lock():
             exits = self.exits.on_bar(symbol, ts, signal.bar_type, signal.price)
+            if self.shadow is not None:
+                for e in exits:  # as the backtest routes them: the entry's unfilled rest stops
+                    entry = client_order_id(e.correlation_id, "entry")
+                    self.shadow.cancel(entry)
+                    self.ledger.cancel(entry)
+                    self.shadow.place(exit_request(e))
             # After the exits, as the backtest asks: an exit order just placed is working.
             pending, in_flight = self.ledger.pending_order(symbol), self.ledger.pending_exposure()
         if self._in_batch:
@@ -245,7 +283,7 @@ class RiskDesk:
             self.counters["replayed"] += 1
             if decision.approved:
                 self.engine.throttle.record(symbol, ts)
-                self._expect(decision)
+                self._expect(decision, signal.price)
         else:
             outcome = self.engine.evaluate(signal, has_pending_order=pending, pending_exposure=in_flight)
             decision = outcome.decision.model_copy(update={"event_id": str(uuid.uuid5(_NS, signal.event_id))})
@@ -256,7 +294,7 @@ class RiskDesk:
             self._stored[signal.event_id] = stored  # a duplicate later in this batch replays it
             self.counters["evaluated"] += 1
             if decision.approved:
-                self._expect(decision)
+                self._expect(decision, signal.price)
             elif self.metrics is not None:
                 for reason in decision.reasons:
                     self.metrics.risk_rejection(reason)
@@ -264,10 +302,15 @@ class RiskDesk:
         self.counters["approved" if decision.approved else "rejected"] += 1
         return outputs + [Output(self.approved_topic if decision.approved else self.rejected_topic, decision)]
 
-    def _expect(self, d: RiskDecision) -> None:
+    def _expect(self, d: RiskDecision, reference_price: float) -> None:
+        """An approved entry is working from now: in the ledger (pending order and exposure, at
+        its decision price) and at the shadow venue, unless it was done before (a replayed
+        decision whose order filled before a restart)."""
         price = d.notional / d.qty if d.qty > 0 else None
         coid = client_order_id(d.correlation_id, "entry")
         if self._in_batch:
             self._unpublished.add(coid)
         with self.side.lock():
+            if self.shadow is not None and not self.ledger.is_closed(coid):
+                self.shadow.place(entry_request(d, reference_price))
             self.ledger.expect(coid, d.symbol, d.ts, "entry", d.correlation_id, qty=d.qty, price=price, side=d.side)

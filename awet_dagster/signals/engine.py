@@ -294,6 +294,8 @@ class SignalEngine:
             reference_price=close,
             adj_factor=float(bar.get("adj_factor") or 1.0),
             split_factor=float(bar.get("split_factor") or 1.0),
+            open=float(bar["open"]) if bar.get("open") else None,
+            volume=float(bar["volume"]) if bar.get("volume") is not None else None,
         )
 
     def _regime(self, close: float, sma20: float, sma50: float,

@@ -116,7 +116,7 @@ def build_with_fill_tail(cfg: AwetConfig, endpoints: Any, *, name: str, componen
             cfg, endpoints, name=name, topics={input_topic: model}, guard=component.guard, handler=handle,
             group=group, resources=[tail, conn], component=component, **hooks, **bus_kwargs,
         )
-        side.stop_requested = lambda: bus.stop_requested  # a stop cuts a fill wait short
+        side.stop_requested = lambda: bus.stop_requested  # a stop cuts a fill wait short (Alpaca)
         return bus
     except Exception:
         tail.close()

@@ -2,8 +2,8 @@
 exec.exits (the exit rules on the same book).
 
 Wiring for the core ``RiskDesk`` (``awet_dagster.risk.desk``, whose module doc tells the
-rules: event-time fills, the fill wait, exits, idempotent decisions, batching) over
-``PostgresRiskStore``. Its portfolio follows ``exec.done`` and ``exec.orders`` through a side
+rules: fills booked at their bar, computed for the paper venue, waited for with Alpaca; exits;
+idempotent decisions; batching) over ``PostgresRiskStore``. Its portfolio follows ``exec.done`` and ``exec.orders`` through a side
 ``TopicTail`` (decided: consume exec.done rather than share memory with the execution
 service, so the two can run in different processes). The batch's audit records are written
 before its decisions are published (the bus's ``before_produce``).
