@@ -466,9 +466,10 @@ class Phase:
         self.cfg, self.ep = cfg, ep
         self.t = {k: f"bench-{k}-{uuid.uuid4().hex[:6]}" for k in TOPIC_KEYS}
         # Production partitioning (configs/base.yaml) for the latency phases; the replay phases
-        # one partition per topic: with all bars at once, signals.scored's partitions drift apart
-        # in time and risk's bounded wait for earlier fills (risk.fill_wait_s) runs out again and
-        # again (measured on tansu: 165 bars/s).
+        # one partition per topic, as in the earlier runs this doc compares with (then risk's
+        # bounded wait for earlier fills ran out again and again with several partitions,
+        # measured on tansu: 165 bars/s; risk now computes the paper fills and never waits, and
+        # benchmarks/replay_parity.py measures the production partitioning).
         ensure_topics(ep.kafka_bootstrap, {name: cfg.kafka.topics[TOPIC_KEYS[k]].partitions
                                            if production_partitions else 1 for k, name in self.t.items()})
         self.syms = [f"{prefix}{i:04d}" for i in range(n_symbols)]
