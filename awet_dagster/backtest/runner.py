@@ -1,13 +1,14 @@
 """Event-driven backtest over the SAME core the live loop runs, bar by bar.
 
 For each bar, all symbols interleaved in (ts, symbol) order - exactly what the live
-services see on market.raw:
-1. the simulator fills working orders of the symbol at this bar's open (decided earlier);
-   fills are booked in the Portfolio;
+services see on market.raw - the steps of ``risk.step.BarStep``, the object the live risk
+service (``risk.desk.RiskDesk``) drives per scored signal:
+1. the paper venue (``execution.shadow.ShadowVenue``) fills working orders of the symbol at
+   this bar's open (decided earlier); fills are booked in the ledger's portfolio;
 2. the risk engine records the bar (return history for CVaR, mark, loss limits);
-3. the exit monitor checks the symbol's position on the close -> ExitEvents -> router;
+3. the exit rules check the symbol's position on the close -> ExitEvents -> exit orders;
 4. the signal engine scores the bar -> ScoredSignal; a tradable one goes to the risk
-   engine -> RiskDecision; an approved one goes through the router to the simulator.
+   engine -> RiskDecision; an approved one becomes an entry order at the venue.
 Signals that do not pass the filters are counted, not sent to risk (risk would reject
 them as "signal not tradable"). Costs: `walk_forward.slippage_bps` / `fee_per_order` (the
 research settings), participation cap `execution.max_participation`.
@@ -35,17 +36,19 @@ from awet_dagster.backtest.results import (
     frame,
 )
 from awet_dagster.config.schema import AwetConfig
-from awet_dagster.execution.ids import client_order_id
-from awet_dagster.execution.router import OrderRouter, RouteResult
-from awet_dagster.execution.simulator import PaperSimulator
-from awet_dagster.exits.monitor import ExitMonitor
+from awet_dagster.execution.ledger import FillLedger
+from awet_dagster.execution.orders import OrderRequest
+from awet_dagster.execution.shadow import ShadowVenue
+from awet_dagster.exits.watch import ExitWatch
 from awet_dagster.risk.engine import RiskEngine
-from awet_dagster.risk.portfolio import Fill, Portfolio
+from awet_dagster.risk.portfolio import Fill
 from awet_dagster.risk.state import InMemoryRiskStateStore
+from awet_dagster.risk.step import BarStep
+from awet_dagster.risk.store import InMemoryBarHistory
 from awet_dagster.signals.calibration import PlattCalibrator
 from awet_dagster.signals.engine import QuantileForecast, SignalEngine, signal_passed
 from awet_dagster.signals.tft import trading_horizon
-from awet_dagster.sources.corporate_actions import SplitWatch, adjusted_close
+from awet_dagster.sources.corporate_actions import adjusted_close
 
 REGIME_FEATURES = ("regime_close_sma20", "regime_sma20_sma50")
 PREDICTION_COLUMNS = ("symbol", "ts", "model_version", "horizon", "q10", "q50", "q90")
@@ -119,15 +122,16 @@ def run_backtest(
     regimes = _regime_features(features)
     alpha_events = _alpha_events(alpha_signals)
 
-    portfolio = Portfolio(cfg.risk.initial_equity)
-    risk = RiskEngine.from_config(cfg, portfolio, InMemoryRiskStateStore())
+    ledger = FillLedger(cfg.risk.initial_equity)
+    portfolio = ledger.portfolio
+    venue = ShadowVenue(cfg.walk_forward.slippage_bps, cfg.walk_forward.fee_per_order,
+                        cfg.execution.max_participation)
+    # No stored closes: the exit rules' restart path never runs in a backtest.
+    step = BarStep(ledger, RiskEngine.from_config(cfg, portfolio, InMemoryRiskStateStore()),
+                   ExitWatch(cfg, InMemoryBarHistory(), ledger), venue)
     engine = SignalEngine(cfg.signals, calibrator, compute_alphas=alpha_signals is None)
     if alpha_calibration is not None:
         engine.set_alpha_calibrator(alpha_calibration.calibrator, alpha_calibration.name, alpha_calibration.bar_type)
-    sim = PaperSimulator(cfg.walk_forward.slippage_bps, cfg.walk_forward.fee_per_order,
-                         cfg.execution.max_participation)
-    router = OrderRouter(sim, dry_run=False)
-    monitor = ExitMonitor(cfg.exits)
 
     orders: list[dict[str, Any]] = []
     fills: list[dict[str, Any]] = []
@@ -135,22 +139,19 @@ def run_backtest(
     decisions: list[dict[str, Any]] = []
     audits: list[dict[str, Any]] = []
     equity_rows: list[dict[str, Any]] = []
-    entry_prices: dict[str, float] = {}  # client order id of an entry -> its decision price
     open_trades: dict[str, dict[str, Any]] = {}  # correlation_id -> trade being built
     traded_notional = 0.0
     scored = passed = 0
     current_ts = None
-    splits = SplitWatch()
 
-    def record_order(res: RouteResult) -> None:
-        rq = res.request
+    def record_order(rq: OrderRequest) -> None:
+        # The paper venue accepts every order (no gate runs in a backtest): status accepted.
         orders.append({"ts": rq.ts, "symbol": rq.symbol, "client_order_id": rq.client_order_id,
                        "correlation_id": rq.correlation_id, "intent": rq.intent, "side": rq.side, "qty": rq.qty,
-                       "status": res.order_event.status, "message": res.report.message if res.report else None})
+                       "status": "accepted", "message": None})
 
-    def book(fill: Fill) -> None:
+    def book(fill: Fill, realised: float) -> None:
         nonlocal traded_notional
-        realised = portfolio.apply_fill(fill)
         traded_notional += fill.qty * fill.price
         fills.append({"ts": fill.ts, "symbol": fill.symbol, "client_order_id": fill.client_order_id,
                       "correlation_id": fill.correlation_id, "intent": fill.intent, "side": fill.side,
@@ -194,30 +195,21 @@ def run_backtest(
             equity_rows.append({"ts": current_ts, "equity": portfolio.equity})
         current_ts = ts
 
-        # A split between the symbol's last bar and this one: the position goes through it
-        # (quantity x ratio, prices / ratio), as the simulator's working orders do in on_bar.
-        ratio = splits.observe(symbol, bar.get("split_factor"))
+        # A split between the symbol's last bar and this one carries the position and the
+        # working orders through it (quantity x ratio, prices / ratio), then the bar's fills.
+        ratio, booked = step.fills(symbol, ts, bar.get("split_factor"), bar["open"], bar["volume"])
         if ratio is not None:
-            portfolio.apply_split(symbol, ratio)
-            for o in sim.list_open_orders():
-                if o.symbol == symbol and o.client_order_id in entry_prices:
-                    entry_prices[o.client_order_id] /= ratio
             for t in open_trades.values():  # entry price of the trade report on the new basis
                 if t["symbol"] == symbol:
                     t["qty"] *= ratio
-        for fill in sim.on_bar(bar):
-            book(fill)
-        risk.on_bar(symbol, ts, bar["close"], adjusted_close(bar))
+        for fill, realised in booked:
+            book(fill, realised)
+        step.mark(symbol, ts, bar["close"], adjusted_close(bar))
 
-        for event in monitor.on_bar(bar, portfolio):
-            # An entry still partially working would reopen what we are closing: stop it.
-            sim.cancel(client_order_id(event.correlation_id, "entry"))
+        for event, req in step.exits_on(symbol, ts, bar.get("bar_type", "daily"), bar["close"]):
             if event.correlation_id in open_trades:
                 open_trades[event.correlation_id]["exit_reason"] = event.reason
-            res = router.route_exit(event)
-            record_order(res)
-            if not res.placed:
-                monitor.release(symbol, event.correlation_id)
+            record_order(req)
 
         for a in alpha_events.get((symbol, ts), ()):
             period = a["period"] if a["period"] is not None else timedelta(0)
@@ -230,25 +222,16 @@ def run_backtest(
         if not signal_passed(signal):
             continue
         passed += 1
-        working = sim.list_open_orders()
-        pending = any(o.symbol == symbol for o in working)
-        # Entries accepted but not filled yet count against the caps (as the live risk service
-        # counts the orders in flight at the venue); priced at their decision price.
-        in_flight: dict[str, float] = {}
-        for o in working:
-            price = entry_prices.get(o.client_order_id)
-            if price is not None:
-                sign = -1.0 if o.side == "sell" else 1.0
-                in_flight[o.symbol] = in_flight.get(o.symbol, 0.0) + sign * (o.qty - o.filled_qty) * price
-        outcome = risk.evaluate(signal, has_pending_order=pending, pending_exposure=in_flight)
+        # Entries accepted but not filled yet count against the caps, priced at their decision
+        # price; any working order of the symbol blocks a second position.
+        outcome = step.evaluate(signal)
         d = outcome.decision
         audits.append(outcome.audit)
         decisions.append({"ts": ts, "symbol": symbol, "correlation_id": cid, "approved": d.approved,
                           "side": d.side, "qty": d.qty, "notional": d.notional, "cvar_95": d.metrics.cvar_95,
                           "reasons": list(d.reasons)})
         if d.approved:
-            entry_prices[client_order_id(d.correlation_id, "entry")] = signal.price
-            record_order(router.route_entry(d, signal.price))
+            record_order(step.place_entry(d, signal.price))
 
     if current_ts is not None:
         equity_rows.append({"ts": current_ts, "equity": portfolio.equity})

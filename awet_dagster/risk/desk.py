@@ -1,7 +1,8 @@
 """``RiskDesk``: the risk component of the live loop (Kafka-free): scored signals in,
 decisions out, every decision audited.
 
-One ``RiskEngine`` per process, as in ``run_backtest``:
+One ``BarStep`` (``risk.step``: ledger, risk engine, exit rules, paper venue) per process, the
+object ``run_backtest`` drives too:
 - state: kill switch and daily anchors in the store's risk state, read through a 1 s cache
   (``CachedRiskStateStore``) so a tripped kill switch survives restarts and an operator's
   ``awet kill-switch trip`` is seen within a second without a query per bar;
@@ -49,12 +50,12 @@ from awet_dagster.config import AwetConfig
 from awet_dagster.contracts import BarClock, ExecutionReport, OrderEvent, RiskDecision, ScoredSignal
 from awet_dagster.execution.ids import client_order_id
 from awet_dagster.execution.ledger import FillLedger
-from awet_dagster.execution.orders import entry_request, exit_request
 from awet_dagster.execution.shadow import ShadowVenue
 from awet_dagster.exits.watch import ExitWatch
 from awet_dagster.observability.metrics import ServiceMetrics
 from awet_dagster.risk.engine import RiskEngine
 from awet_dagster.risk.state import CachedRiskStateStore
+from awet_dagster.risk.step import BarStep
 from awet_dagster.risk.store import AuditRecord, RiskStore
 from awet_dagster.signals.engine import signal_passed
 from awet_dagster.sources.corporate_actions import adjusted_close
@@ -86,11 +87,12 @@ class RiskDesk:
         self.guard = guard
         self.side = side
         self.ledger = FillLedger(cfg.risk.initial_equity)
-        self.shadow = ShadowVenue.for_venue(cfg)  # None: a venue whose fills only its reports tell
         self.fill_wait_s = cfg.risk.fill_wait_s if fill_wait_s is None else fill_wait_s
         self.store = CachedRiskStateStore(store.state)
         self.engine = RiskEngine.from_config(cfg, self.ledger.portfolio, self.store)
         self.exits = ExitWatch(cfg, store, self.ledger)
+        # Venue None: one whose fills only its reports tell (Alpaca).
+        self.step = BarStep(self.ledger, self.engine, self.exits, ShadowVenue.for_venue(cfg))
         self._ts: datetime | None = None
         self._seen: set[str] = set()  # symbols with a bar at _ts (whose fills are due at it)
         self._warm: set[tuple[str, str]] = set()  # (symbol, bar type) with CVaR history loaded
@@ -103,6 +105,11 @@ class RiskDesk:
         self._unpublished: set[str] = set()  # client order ids of this batch's approvals and exits
         self.counters = {"signals": 0, "evaluated": 0, "approved": 0, "rejected": 0, "replayed": 0,
                          "fill_wait_timeouts": 0}
+
+    @property
+    def shadow(self) -> ShadowVenue | None:
+        """The paper venue risk computes fills with (None: fills come from reports alone)."""
+        return self.step.venue
 
     # ------------------------------------------------------------------ start-up / side inputs
     def start(self) -> None:
@@ -125,7 +132,7 @@ class RiskDesk:
                 # be computed here. From now on they come from the reports alone.
                 log.error("risk: execution reports fills from venue %r but execution.broker here is paper: "
                           "risk stops computing fills (fix the configuration: both must read one)", event.venue)
-                self.shadow = None
+                self.step.venue = None
             if self.shadow is not None:
                 self.shadow.on_report(event)
             self.exits.on_report(event)
@@ -226,13 +233,7 @@ class RiskDesk:
         symbol, ts = signal.symbol, signal.ts
         if self.shadow is None:
             self._await_reported_fills(symbol, ts)
-        self.ledger.on_split_factor(symbol, signal.split_factor, ts)
-        if self.shadow is not None and signal.open is not None and signal.volume is not None:
-            bar = {"symbol": symbol, "ts": ts, "open": signal.open, "volume": signal.volume,
-                   "split_factor": signal.split_factor}
-            for fill, cum_qty, done in self.shadow.on_bar(bar):
-                self.ledger.on_fill(fill, cum_qty, done)
-        self.ledger.apply_until(ts, symbol)
+        self.step.fills(symbol, ts, signal.split_factor, signal.open, signal.volume)
 
     def _await_reported_fills(self, symbol: str, ts: datetime) -> None:
         """A venue whose fills only its reports tell: wait (bounded) for those this bar must
@@ -260,17 +261,11 @@ class RiskDesk:
         with self.side.lock():
             self._book_bar(signal)
         self.counters["signals"] += 1
-        self.engine.on_bar(symbol, ts, signal.price, signal.price * signal.adj_factor)
+        self.step.mark(symbol, ts, signal.price, signal.price * signal.adj_factor)
         with self.side.lock():
-            exits = self.exits.on_bar(symbol, ts, signal.bar_type, signal.price)
-            if self.shadow is not None:
-                for e in exits:  # as the backtest routes them: the entry's unfilled rest stops
-                    entry = client_order_id(e.correlation_id, "entry")
-                    self.shadow.cancel(entry)
-                    self.ledger.cancel(entry)
-                    self.shadow.place(exit_request(e))
+            exits = [event for event, _ in self.step.exits_on(symbol, ts, signal.bar_type, signal.price)]
             # After the exits, as the backtest asks: an exit order just placed is working.
-            pending, in_flight = self.ledger.pending_order(symbol), self.ledger.pending_exposure()
+            in_flight = self.step.in_flight(symbol)
         if self._in_batch:
             self._unpublished.update(client_order_id(e.correlation_id, "exit") for e in exits)
         outputs = [Output(self.exits_topic, e) for e in exits]
@@ -285,7 +280,7 @@ class RiskDesk:
                 self.engine.throttle.record(symbol, ts)
                 self._expect(decision, signal.price)
         else:
-            outcome = self.engine.evaluate(signal, has_pending_order=pending, pending_exposure=in_flight)
+            outcome = self.step.evaluate(signal, in_flight)
             decision = outcome.decision.model_copy(update={"event_id": str(uuid.uuid5(_NS, signal.event_id))})
             stored = decision.model_dump(mode="json")
             audit = dict(outcome.audit, event_id=decision.event_id, decision=stored, ns=self.ns)
@@ -303,14 +298,8 @@ class RiskDesk:
         return outputs + [Output(self.approved_topic if decision.approved else self.rejected_topic, decision)]
 
     def _expect(self, d: RiskDecision, reference_price: float) -> None:
-        """An approved entry is working from now: in the ledger (pending order and exposure, at
-        its decision price) and at the shadow venue, unless it was done before (a replayed
-        decision whose order filled before a restart)."""
-        price = d.notional / d.qty if d.qty > 0 else None
-        coid = client_order_id(d.correlation_id, "entry")
+        """An approved entry is working from now (``BarStep.place_entry``)."""
         if self._in_batch:
-            self._unpublished.add(coid)
+            self._unpublished.add(client_order_id(d.correlation_id, "entry"))
         with self.side.lock():
-            if self.shadow is not None and not self.ledger.is_closed(coid):
-                self.shadow.place(entry_request(d, reference_price))
-            self.ledger.expect(coid, d.symbol, d.ts, "entry", d.correlation_id, qty=d.qty, price=price, side=d.side)
+            self.step.place_entry(d, reference_price)
