@@ -736,7 +736,7 @@ def render(results: dict[str, dict], args: Any, wall: float) -> str:
                        f"{_q(w['order'], 50):.0f} / {_q(w['order'], 99):.0f}" if w["order"] else "-",
                        f"{w['cpu'].get('broker', float('nan')):.0f}%",
                        f"{w['cpu'].get('python threads', float('nan')):.0f}%"] for w in sus["windows"]]),
-            f"CPU over the replay, by process (% of one core): "
+            "CPU over the replay, by process (% of one core): "
             + ", ".join(f"{k} {v:.0f}%" for k, v in results[b]["throughput"]["cpu"].items())
             + "; this process's Python threads by service: "
             + ", ".join(f"{k} {v:.0f}%" for k, v in results[b]["throughput"]["threads"].items() if v >= 0.5) + ".",

@@ -1,5 +1,6 @@
 """From decisions to orders: the one path entries (RiskDecision) and exits (ExitEvent)
-take to a broker, shared by the backtest and the live execution service.
+take to a broker in the live execution service (the backtest and risk put the same requests,
+``orders.entry_request`` / ``exit_request``, to the same simulator through ``risk.step.BarStep``).
 
 Returns the contract events to publish: the OrderEvent (audit of what was sent, or why
 not) and, when a gate blocked it or the venue refused it, a rejected ExecutionReport.
