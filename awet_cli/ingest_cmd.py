@@ -1,6 +1,6 @@
 """`awet ingest`: the DataIngestionService. New bars of one source into ``market.raw`` as they close.
 
-- ``--source alpaca``: Alpaca's websocket (``live.ingest_alpaca``: reconnects with backoff).
+- ``--source alpaca``: Alpaca's websocket (``awet_dagster.streaming.alpaca_ingest``: reconnects with backoff).
 - ``--source polygon|yfinance``: polled on the bar clock (``live.ingest_poll``; every poll
   asks for the bars since the last published one; a bar still forming waits for the next).
 - ``--source stub``: the offline sample (or ``--stub-source synthetic``) streamed as if live
@@ -193,7 +193,7 @@ def _alpaca(symbols: list[str] | None, bar_type: str, feed: str, max_seconds: fl
     cfg = _config()
     from awet_dagster.contracts.topics import MARKET_RAW, clock_topic_for
     from awet_dagster.sources import MissingCredentials
-    from live.ingest_alpaca import AlpacaBarIngestor, alpaca_stream_factory
+    from awet_dagster.streaming.alpaca_ingest import AlpacaBarIngestor, alpaca_stream_factory
     from live.ingest_poll import serve_ingest_metrics
 
     try:

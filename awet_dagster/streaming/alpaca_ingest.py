@@ -1,6 +1,7 @@
 """``awet ingest --source alpaca``: live bars from Alpaca's websocket to ``market.raw``.
 
-Streaming core, testable without network: ``AlpacaBarIngestor`` drives any object with
+A Kafka-free component (the command wires its ``publish`` / ``publish_clock`` to the bus),
+testable without network: ``AlpacaBarIngestor`` drives any object with
 the ``StockDataStream`` surface we use (``subscribe_bars``/``subscribe_daily_bars``,
 blocking ``run()``, ``stop()``), built by an injected factory.
 
@@ -38,7 +39,7 @@ from awet_dagster.sources import credentials
 from awet_dagster.streaming import bar_event_id
 from awet_dagster.streaming.sequencer import ClockBuilder
 
-log = logging.getLogger("awet.live.ingest_alpaca")
+log = logging.getLogger("awet.streaming.alpaca_ingest")
 
 
 class BarStream(Protocol):
