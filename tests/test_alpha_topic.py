@@ -143,6 +143,7 @@ def test_a_stop_cuts_a_fill_wait_short_and_the_bar_is_redelivered_not_judged_wit
     for i in range(2):
         prod.send(scored, _tradable_signal("SPY", first_ts + timedelta(days=i)))
     prod.flush(10)
+    prod.close()
     with risk.build(cfg, endpoints, input_topic=scored, approved_topic=approved, rejected_topic=rejected,
                     exits_topic=exits, done_topic=done, orders_topic=orders, group=group, fill_wait_s=3600.0) as svc:
         # An entry decided the bar before, never filled: the first bar must wait for its fill.
@@ -154,3 +155,55 @@ def test_a_stop_cuts_a_fill_wait_short_and_the_bar_is_redelivered_not_judged_wit
     assert _committed(endpoints.kafka_bootstrap, group, scored) < 0
     for topic in (approved, rejected, exits):
         assert _read_all(endpoints.kafka_bootstrap, topic, 0, timeout_s=1) == []
+
+
+@pytest.mark.timeout(120)
+def test_with_the_paper_venue_risk_decides_without_any_fill_report_on_its_own_book(
+        test_config_for, tmp_path, endpoints, make_topic, database_url):
+    """No execution service at all, a fill wait of an hour configured: risk (paper venue)
+    computes the fill of its approval at the next bar's open itself, so the next bar is
+    decided at once, on a book that holds the position (a second entry is refused)."""
+    import math
+    from datetime import UTC, datetime, timedelta
+
+    import polars as pl
+
+    from awet_dagster.contracts import RiskDecision
+    from awet_dagster.sources.schema import ensure_schema
+    from awet_dagster.storage.bars import copy_upsert_bars
+    from awet_dagster.storage.db import connect
+    from live.services import risk
+    from tests.test_live_loop import _tradable_signal, _uid
+
+    cfg = test_config_for(tmp_path / "home")
+    scored, approved, rejected, exits, done, orders = (make_topic() for _ in range(6))
+    symbol, first_ts = f"P{_uid()}", datetime(2019, 1, 3, 14, 30, tzinfo=UTC)
+    n = cfg.risk.cvar_lookback_bars + 1  # CVaR history, so that the first signal is approved
+    closes = [100 * (1 + 0.001 * math.sin(i)) for i in range(n)]
+    with connect(database_url) as conn, conn.transaction():
+        copy_upsert_bars(conn, ensure_schema(pl.DataFrame({
+            "symbol": [symbol] * n, "bar_type": ["daily"] * n,
+            "ts": [first_ts - timedelta(days=n - i) for i in range(n)],
+            "open": closes, "high": closes, "low": closes, "close": closes, "volume": [1e6] * n,
+            "bid": [None] * n, "ask": [None] * n, "source": ["test"] * n})))
+    prod = _producer(endpoints.kafka_bootstrap)
+    for i, open_ in enumerate((100.0, 101.0)):
+        prod.send(scored, _tradable_signal(symbol, first_ts + timedelta(days=i)).model_copy(
+            update={"open": open_, "volume": 1_000_000.0}))
+    prod.flush(10)
+    prod.close()
+    with risk.build(cfg, endpoints, input_topic=scored, approved_topic=approved, rejected_topic=rejected,
+                    exits_topic=exits, done_topic=done, orders_topic=orders, group=_group(),
+                    fill_wait_s=3600.0) as svc:
+        t0 = time.monotonic()
+        stats = svc.run(max_messages=2, timeout_s=60)
+        took = time.monotonic() - t0
+        desk = svc.component
+        assert stats.processed == 2 and desk.counters["signals"] == 2, stats
+        pos = desk.ledger.portfolio.position(symbol)
+        assert pos is not None and pos.avg_price == 101.0 * (1 + cfg.execution.slippage_bps / 1e4)
+        assert desk.shadow.counters["fills"] == 1 and desk.counters["fill_wait_timeouts"] == 0
+    assert took < 30, took  # an hour's wait would have stopped it at the 60 s timeout
+    [ok] = [RiskDecision.model_validate_json(m.value()) for m in _read_all(endpoints.kafka_bootstrap, approved, 1)]
+    [no] = [RiskDecision.model_validate_json(m.value()) for m in _read_all(endpoints.kafka_bootstrap, rejected, 1)]
+    assert ok.ts < no.ts and any("open position" in r for r in no.reasons), no.reasons
