@@ -162,14 +162,9 @@ def _error_status(exc: BaseException) -> str:
 
 
 class RestorableSimulator(PaperSimulator):
-    """PaperSimulator that can be restored from the orders table after a restart and fill
-    one order against an already-seen bar (catch-up). Fill model unchanged (super().on_bar)."""
-
-    def restore(self, req: OrderRequest, broker_order_id: str, filled_qty: float, avg: float | None,
-                fees: float, status: str) -> None:
-        order = BrokerOrder(req.client_order_id, broker_order_id, req.symbol, req.side, req.qty, filled_qty, avg,
-                            status, "bracket" if req.take_profit else "simple")
-        self.put(req, order, fees)
+    """PaperSimulator (restored from the orders table after a restart with ``restore``) that
+    can fill one order against an already-seen bar (catch-up). Fill model unchanged
+    (super().on_bar)."""
 
     def fill_only(self, bar: dict, coids: set[str]) -> list[Fill]:
         """``on_bar`` restricted to ``coids`` (the other orders already saw this bar)."""

@@ -27,7 +27,8 @@ from datetime import datetime
 
 from awet_dagster.contracts import ExecutionReport
 from awet_dagster.execution.ledger import CLOSED, FillLedger
-from awet_dagster.execution.orders import BrokerOrder, OrderRequest
+from awet_dagster.config import AwetConfig
+from awet_dagster.execution.orders import OrderRequest
 from awet_dagster.execution.simulator import PaperSimulator
 from awet_dagster.risk.portfolio import Fill
 
@@ -41,7 +42,7 @@ class ShadowVenue:
         self.counters = {"fills": 0, "synced": 0, "mismatches": 0, "restored": 0}
 
     @classmethod
-    def for_venue(cls, cfg) -> ShadowVenue | None:
+    def for_venue(cls, cfg: AwetConfig) -> ShadowVenue | None:
         """The shadow of ``execution.broker`` when it is the paper simulator (None for Alpaca:
         a real venue's fills cannot be computed; risk books them as their reports come)."""
         ex = cfg.execution
@@ -58,8 +59,7 @@ class ShadowVenue:
             filled, avg = ledger.filled(coid)
             req = OrderRequest(coid, o.correlation_id, o.symbol, o.side, o.qty, o.intent, "restored",
                                o.last_fill_ts or o.decided_ts, o.price or 1.0)
-            self.sim.put(req, BrokerOrder(coid, "shadow", o.symbol, o.side, o.qty, filled, avg,
-                                          "partially_filled" if filled else "accepted"))
+            self.sim.restore(req, "shadow", filled, avg, 0.0, "partially_filled" if filled else "accepted")
             self.counters["restored"] += 1
 
     def place(self, req: OrderRequest) -> None:

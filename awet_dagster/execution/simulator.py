@@ -95,6 +95,13 @@ class PaperSimulator:
         else:
             self._close(request.symbol, coid)
 
+    def restore(self, req: OrderRequest, broker_order_id: str, filled_qty: float, avg: float | None,
+                fees: float, status: str) -> None:
+        """A working order as stored (restart): ``filled_qty`` of it filled at ``avg`` so far."""
+        order = BrokerOrder(req.client_order_id, broker_order_id, req.symbol, req.side, req.qty, filled_qty, avg,
+                            status, "bracket" if req.take_profit else "simple")
+        self.put(req, order, fees)
+
     def on_bar(self, bar: Mapping, only: Collection[str] | None = None) -> list[Fill]:
         """Fill the working orders of bar's symbol decided before this bar; returns the fills.
         ``only``: just these orders (the others already saw this bar: catch-up after a restart)."""
