@@ -95,8 +95,8 @@ def one_run(cfg: Any, ep: Any, bars: pl.DataFrame, *, lockstep: bool, production
     ensure_topics(ep.kafka_bootstrap, {name: cfg.kafka.topics[TOPIC_KEYS[k]].partitions if production else 1
                                        for k, name in t.items()})
     ns = f"parity-{uuid.uuid4().hex[:6]}"
-    waits = _Disagreements()
-    logging.getLogger().addHandler(waits)
+    disagreements = _Disagreements()
+    logging.getLogger().addHandler(disagreements)
     tracker = LoopTracker()
     overrides = loop_overrides(t, ns, "parity")
     overrides["risk"]["event_order"] = order
@@ -111,12 +111,12 @@ def one_run(cfg: Any, ep: Any, bars: pl.DataFrame, *, lockstep: bool, production
     finally:
         loop.stop()
         results = loop.join(60)
-        logging.getLogger().removeHandler(waits)
+        logging.getLogger().removeHandler(disagreements)
     got = _orders(ep.database_url, ns)
     trouble = {n: r.error for n, r in results.items() if r.error or r.restarts}
     return {"orders": len(got), "backtest": len(want), "missing": len(set(want) - set(got)), "extra": len(set(got) - set(want)),
             "equal": got == want, "bars_s": published / elapsed if elapsed > 0 else 0.0, "drained": drained,
-            "disagreements": waits.n, "trouble": trouble}
+            "disagreements": disagreements.n, "trouble": trouble}
 
 
 def main(argv: list[str] | None = None) -> int:
