@@ -35,7 +35,7 @@ def bring_up(cfg, out: Console, *, migrate: bool = True, topics: bool = True):
     """
     from awet_dagster.infra import infra_up
     from awet_dagster.infra.endpoints import redact_url
-    from live.topics import admin_ready
+    from awet_kafka.admin import admin_ready
 
     ep = infra_up(cfg, broker_ready=admin_ready, progress=out.print)
     for notice in ep.notices:
@@ -61,7 +61,7 @@ def bring_up(cfg, out: Console, *, migrate: bool = True, topics: bool = True):
             raise RuntimeError(f"database migration failed: {exc}") from exc
         out.print(f"schema at revision [green]{current_revision(ep.database_url)}[/green]")
     if topics:
-        from live.topics import ensure_configured_topics
+        from awet_kafka.admin import ensure_configured_topics
 
         try:
             outcome = ensure_configured_topics(
@@ -135,7 +135,7 @@ def status() -> None:
         except Exception as exc:  # noqa: BLE001
             console.print(f"schema revision: [red]unavailable[/red] ({exc})")
     if br["alive"] is not False and br.get("bootstrap"):
-        from live.topics import topic_partitions
+        from awet_kafka.admin import topic_partitions
 
         try:
             parts = topic_partitions(br["bootstrap"], timeout_s=float(timeout))

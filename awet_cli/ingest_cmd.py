@@ -157,7 +157,7 @@ def _run_polling(cfg, ep, poller, topic: str, kind: str, every: float, max_secon
     from awet_dagster.sources import AuthenticationFailed, MissingCredentials
     from awet_dagster.streaming.sequencer import bar_clocks
     from live.ingest_poll import PollingIngestor, serve_ingest_metrics
-    from live.publish import publish_acknowledged
+    from awet_kafka.publish import publish_acknowledged
 
     producer = _producer(cfg, ep.kafka_bootstrap)
     flush_timeout = cfg.kafka.flush_timeout_s

@@ -38,8 +38,8 @@ def _endpoints(cfg):
 
 
 def _producer(cfg, bootstrap: str):
-    from live.producer import EventProducer
-    from live.kafka_settings import producer_config
+    from awet_kafka.producer import EventProducer
+    from awet_kafka.settings import producer_config
 
     return EventProducer(producer_config(bootstrap, client=cfg.kafka.client_settings(), producer=dict(cfg.kafka.producer),
                                          client_id="awet-replay"))
@@ -158,7 +158,7 @@ def replay_cmd(
 def _require_topic(bootstrap: str, topic: str) -> None:
     """Exit 2 naming the fix when ``topic`` does not exist: otherwise every bar waits out the
     producer's message timeout (UNKNOWN_TOPIC_OR_PART) and the replay fails only then."""
-    from live.topics import list_topics
+    from awet_kafka.admin import list_topics
 
     try:
         topics = list_topics(bootstrap, timeout_s=10)
@@ -263,7 +263,7 @@ def _live_replay(source: str, bar_type: str | None, start: str | None, end: str 
     from awet_dagster.contracts.topics import MARKET_CLOCK
     from live.loop_harness import LoopTracker, replay_through_loop, start_loop
     from live.registry import REPLAY_SERVICES
-    from live.topics import ensure_configured_topics
+    from awet_kafka.admin import ensure_configured_topics
 
     bar_type, syms, first, last = _window(cfg, bar_type, symbols, start, end, cfg.data.replay_start)
     try:

@@ -134,7 +134,7 @@ def owned_infra(broker: str = "kafka", *, postgres: bool = True) -> Iterator[tup
     external DATABASE_URL placeholder keeps PostgreSQL from starting)."""
     from awet_dagster.infra import infra_up
     from awet_dagster.infra.guard import owned_home
-    from live.topics import admin_ready
+    from awet_kafka.admin import admin_ready
 
     with owned_home("awet-bench-") as home:
         extra = {} if postgres else {"DATABASE_URL": "postgresql://unused@localhost/unused"}

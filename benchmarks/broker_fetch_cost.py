@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from confluent_kafka import Consumer, Producer  # noqa: E402
 
-from live.topics import ensure_topics  # noqa: E402
+from awet_kafka.admin import ensure_topics  # noqa: E402
 from benchmarks._common import machine_info, machine_table, md_table, update_markdown_section  # noqa: E402
 
 SECTION = "broker_fetch_cost"

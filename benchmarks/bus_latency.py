@@ -5,7 +5,7 @@ confluent-kafka, on the same embedded broker in the same run.
 
 What is measured (both paths decode every message into a ``MarketRawEvent`` with
 ``model_validate_json`` and use the same producer/consumer settings: the dev profile
-from live.kafka_settings, acks=all + idempotence):
+from awet_kafka.settings, acks=all + idempotence):
 - latency: one message every ``--interval-ms`` from a producer thread; latency = time the
   consumer has the decoded event - time just before ``send``/``produce`` (same process,
   perf_counter). Helper path: ``EventProducer.send`` -> ``BusService`` handler (which also
@@ -45,15 +45,15 @@ from benchmarks._common import (  # noqa: E402
     percentile,
     update_markdown_section,
 )
-from live.bus import BusService
-from live.producer import event_headers, EventProducer  # noqa: E402
-from live.kafka_settings import (  # noqa: E402
+from awet_kafka.bus import BusService
+from awet_kafka.producer import event_headers, EventProducer  # noqa: E402
+from awet_kafka.settings import (  # noqa: E402
     FAST_DEV_CONSUMER_SETTINGS,
     FAST_DEV_PRODUCER_SETTINGS,
     consumer_config,
     producer_config,
 )
-from live.topics import ensure_topics  # noqa: E402
+from awet_kafka.admin import ensure_topics  # noqa: E402
 
 SECTION = "bus_latency"
 JOIN_TIMEOUT_S = 30.0
@@ -238,7 +238,7 @@ def run(quick: bool, repeat: int | None, interval_ms: float, n_lat: int | None, 
         h, r = m["helper"], m["raw"]
         ratio_p50, ratio_p99 = h["p50_ms"] / r["p50_ms"], h["p99_ms"] / r["p99_ms"]
         ratio_thr = r["msgs_s"] / h["msgs_s"]  # >1: helper slower (time per message helper/raw)
-        for label, x in (("raw confluent-kafka", r), ("bus helper (live/bus.py)", h)):
+        for label, x in (("raw confluent-kafka", r), ("bus helper (awet_kafka/bus.py)", h)):
             rows.append([names[kind], label, f"{x['p50_ms']:.2f}", f"{x['p99_ms']:.2f}", f"{x['max_ms']:.1f}",
                          f"{x['msgs_s']:,.0f}"])
         rows.append([names[kind], "**ratio helper/raw**", f"{ratio_p50:.2f}x", f"{ratio_p99:.2f}x", "",

@@ -69,11 +69,11 @@ from benchmarks._common import (  # noqa: E402
     percentile,
     update_markdown_section,
 )
-from live.producer import EventProducer  # noqa: E402
-from live.kafka_settings import FAST_DEV_PRODUCER_SETTINGS, producer_config  # noqa: E402
+from awet_kafka.producer import EventProducer  # noqa: E402
+from awet_kafka.settings import FAST_DEV_PRODUCER_SETTINGS, producer_config  # noqa: E402
 from live.loop_harness import lagging_of, LoopTracker, produced_of, replay_through_loop, start_loop
 from live.registry import LOOP_SERVICES
-from live.topics import ensure_topics  # noqa: E402
+from awet_kafka.admin import ensure_topics  # noqa: E402
 
 SECTION = "live_loop"
 WINDOWS_PNG = Path(__file__).resolve().parents[1] / "docs" / "img" / "live_loop_windows.png"

@@ -47,10 +47,10 @@ from benchmarks._common import (  # noqa: E402
     owned_infra,
     update_markdown_section,
 )
-from live.kafka_settings import FAST_DEV_PRODUCER_SETTINGS, producer_config  # noqa: E402
+from awet_kafka.settings import FAST_DEV_PRODUCER_SETTINGS, producer_config  # noqa: E402
 from live.loop_harness import LoopTracker, replay_through_loop, start_loop  # noqa: E402
-from live.producer import EventProducer  # noqa: E402
-from live.topics import ensure_topics  # noqa: E402
+from awet_kafka.producer import EventProducer  # noqa: E402
+from awet_kafka.admin import ensure_topics  # noqa: E402
 
 SECTION = "replay_parity"
 SYMBOLS = ("SPY", "AAPL", "IBM", "BAC", "QQQ", "AIG")

@@ -13,7 +13,7 @@ from typing import Any
 from awet_dagster.config import AwetConfig
 from awet_dagster.streaming import bars_to_events
 from awet_dagster.streaming.sequencer import bar_clocks
-from live.publish import publish_acknowledged
+from awet_kafka.publish import publish_acknowledged
 from live.registry import LOOP_SERVICES, service_inputs, service_spec
 from live.supervisor import ServiceResult, run_services
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from awet_dagster.config import AwetConfig
 from awet_dagster.contracts.topology import LOOP_NODES, OPTIONAL_NODES, group_inputs
-from live.bus import BusService
+from awet_kafka.bus import BusService
 
 ServiceFactory = Callable[..., BusService]
 

@@ -19,7 +19,7 @@ import polars as pl
 from awet_dagster.contracts.topics import MARKET_RAW
 from awet_dagster.streaming import ReplayPacer, bars_to_events
 from awet_dagster.streaming.sequencer import bar_clocks
-from live.producer import EventProducer
+from awet_kafka.producer import EventProducer
 
 log = logging.getLogger("awet.live.replay")
 

@@ -34,13 +34,14 @@ from typing import Any
 
 from awet_dagster.config import AwetConfig
 from awet_dagster.infra import resolve_endpoints
-from live.bus import BusService, RetryLater, RunStats
-from live.kafka_settings import group_id
+from awet_kafka.bus import BusService, RunStats
+from awet_dagster.streaming.outputs import RetryLater
+from awet_kafka.settings import group_id
 from awet_dagster.observability.metrics import AwetMetrics
 from live.registry import ServiceSpec, available_services, service_inputs, service_spec
 from live.service_metrics import metrics_host as default_metrics_host
 from live.service_metrics import serve_metrics, wire_metrics
-from live.shared_fetch import SharedFetches
+from awet_kafka.shared_fetch import SharedFetches
 from live.single_instance import InstanceLock
 
 log = logging.getLogger("awet.live.runner")
@@ -216,7 +217,7 @@ def run_services(
     before any service starts, or only logs a warning when ``metrics_required`` is False.
 
     ``shared_fetch`` (default ``cfg.kafka.shared_fetch``): services of this run consuming the
-    same input topics read one shared fetch of them (``live.shared_fetch``).
+    same input topics read one shared fetch of them (``awet_kafka.shared_fetch``).
     """
     names = list(names) if names else list(available_services())
     specs = [service_spec(n) for n in names]  # unknown names fail before anything starts

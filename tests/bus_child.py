@@ -19,8 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from awet_dagster.contracts import MarketRawEvent  # noqa: E402
-from live.bus import BusService, Output  # noqa: E402
-from live.kafka_settings import (  # noqa: E402
+from awet_kafka.bus import BusService, Output  # noqa: E402
+from awet_kafka.settings import (  # noqa: E402
     FAST_DEV_CONSUMER_SETTINGS,
     FAST_DEV_PRODUCER_SETTINGS,
     consumer_config,

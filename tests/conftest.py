@@ -238,7 +238,7 @@ TANSU_FETCH_WAIT = {"AWET__KAFKA__CONSUMER": '{"fetch.wait.max.ms": 5}'}
 #: Decided once: with "auto" it asks for a Java (a subprocess), and config_for runs per test.
 SESSION_ON_TANSU = _session_broker_is_tansu()
 if SESSION_ON_TANSU:
-    from live.kafka_settings import FAST_DEV_CONSUMER_SETTINGS
+    from awet_kafka.settings import FAST_DEV_CONSUMER_SETTINGS
 
     FAST_DEV_CONSUMER_SETTINGS["fetch.wait.max.ms"] = 5  # type: ignore[index]
     os.environ.update(TANSU_FETCH_WAIT)  # the CLI subprocesses' environment layer
@@ -293,7 +293,7 @@ def infra_endpoints() -> Iterator[Endpoints]:
     watchdog = _start_watchdog(home)
     try:
         # Inside the try: a partial start (postgres up, broker failed) is still torn down.
-        from live.topics import admin_ready
+        from awet_kafka.admin import admin_ready
 
         ep = infra_up(cfg, broker_ready=admin_ready)  # starts only what is not external
         for notice in ep.notices:
@@ -490,7 +490,7 @@ def configured_topics(kafka_bootstrap: str) -> None:
     """The loop's configured topics (market.raw, ...), as `awet infra up` and compose's `init`
     one-shot create them before any service starts. Tests of commands that use the configured
     names need it: on a fresh xdist worker's broker no earlier test has created them."""
-    from live.topics import ensure_configured_topics
+    from awet_kafka.admin import ensure_configured_topics
 
     ensure_configured_topics(kafka_bootstrap, load_config(environ={"AWET_ENV": "test"}).kafka)
 
@@ -502,7 +502,7 @@ def make_topic(kafka_bootstrap: str) -> Callable[..., str]:
     Unique names instead of deletion: tansu keeps topics in memory for the session only,
     and tests never see each other's messages.
     """
-    from live.topics import ensure_topics
+    from awet_kafka.admin import ensure_topics
 
     def _make(partitions: int = 1) -> str:
         name = f"t-{uuid.uuid4().hex[:12]}"

@@ -19,7 +19,7 @@ import threading
 import types
 from collections.abc import Iterable
 
-PROJECT_MODULES = ("live", "awet_dagster", "awet_cli", "assets", "jobs", "sensors", "resources", "tests",
+PROJECT_MODULES = ("live", "awet_kafka", "awet_dagster", "awet_cli", "assets", "jobs", "sensors", "resources", "tests",
                    "benchmarks")
 
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from awet_dagster.config import load_config  # noqa: E402
 from awet_dagster.infra import Endpoints  # noqa: E402
-from live.bus import BusService  # noqa: E402
+from awet_kafka.bus import BusService  # noqa: E402
 from live.loop_harness import start_loop  # noqa: E402
 
 
@@ -53,7 +53,7 @@ def main() -> int:
 
         overrides[service]["source"] = ChampionSource(ModelRegistry(cfg), poll_s=3600)
     if args.crash_at:
-        from live.producer import EventProducer
+        from awet_kafka.producer import EventProducer
 
         seen = {"n": 0, "produced": 0}
         sent_to: set[str] = set()

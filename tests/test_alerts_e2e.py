@@ -268,11 +268,11 @@ def replay(tmp_path_factory, test_config_for, database_url, template_database, k
     from awet_dagster.sources.sample import SampleSource
     from awet_dagster.storage.bars import copy_upsert_bars
     from awet_dagster.storage.db import connect
-    from live.producer import EventProducer
-    from live.kafka_settings import FAST_DEV_PRODUCER_SETTINGS, producer_config
+    from awet_kafka.producer import EventProducer
+    from awet_kafka.settings import FAST_DEV_PRODUCER_SETTINGS, producer_config
     from live.loop_harness import LoopTracker, start_loop
     from live.registry import REPLAY_SERVICES
-    from live.topics import ensure_topics
+    from awet_kafka.admin import ensure_topics
 
     tmp = tmp_path_factory.mktemp("e2e")
     home = tmp / "home"

@@ -27,7 +27,7 @@ def endpoints(database_url, kafka_bootstrap) -> Endpoints:
 def _stop_while_waiting(svc, n: int, waiting) -> dict[str, object]:
     """Run ``svc`` in a thread; once its first bar waits (``waiting()`` true 1.5 s in), stop it:
     the wait (3600 s) must end within seconds, as a RetryLater (box["retry"])."""
-    from live.bus import RetryLater
+    from awet_kafka.bus import RetryLater
 
     box: dict[str, object] = {}
 

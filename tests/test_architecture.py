@@ -38,12 +38,15 @@ def test_import_contracts_hold():
         ("assets/bad.py", "import live\n", "The Dagster layer never imports live"),
         ("awet_dagster/risk/bad.py", "import awet_dagster.storage.trading\n",
          "Domain components never import storage implementations"),
-        ("live/publish.py", "import live.services.risk\n", "plumbing never imports the services"),
+        ("awet_kafka/publish.py", "import live.services.risk\n", "The Kafka transport knows no service"),
+        ("awet_kafka/bad.py", "import awet_dagster.storage.trading\n", "The Kafka transport knows no service"),
+        ("live/single_instance.py", "import live.supervisor\n", "process plumbing never imports the services"),
+        ("assets/bad.py", "import awet_kafka.bus\n", "The Dagster layer never imports live"),
     ],
 )
 def test_import_contracts_catch_violations(tmp_path, module, source, contract):
     # A shadow copy of the packages with one forbidden import must break exactly that contract.
-    for pkg in ("awet_dagster", "awet_cli", "assets", "jobs", "sensors", "resources", "live"):
+    for pkg in ("awet_dagster", "awet_cli", "assets", "jobs", "sensors", "resources", "live", "awet_kafka"):
         shutil.copytree(REPO / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__", "data"))
     (tmp_path / module).write_text(source)
     result = _lint(tmp_path, extra_path=tmp_path)

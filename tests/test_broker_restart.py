@@ -36,12 +36,12 @@ from awet_dagster.infra.broker import BrokerOptions, kill_broker, start_broker, 
 from awet_dagster.infra.guard import stop_guard
 from awet_dagster.infra.paths import HomeLayout
 from awet_dagster.storage.db import connect
-from live.bus import MetricSample
-from live.producer import EventProducer
-from live.kafka_settings import FAST_DEV_PRODUCER_SETTINGS, producer_config
+from awet_kafka.bus import MetricSample
+from awet_kafka.producer import EventProducer
+from awet_kafka.settings import FAST_DEV_PRODUCER_SETTINGS, producer_config
 from live.loop_harness import LoopTracker, replay_through_loop, start_loop
-from live.publish import publish_acknowledged
-from live.topics import admin_ready, ensure_topics
+from awet_kafka.publish import publish_acknowledged
+from awet_kafka.admin import admin_ready, ensure_topics
 
 log = logging.getLogger("test.broker_restart")
 
@@ -232,7 +232,7 @@ class _FakeProducer:
 def test_publish_acknowledged_resends_exactly_the_unacknowledged_events(monkeypatch):
     from tests.test_live_loop import _bar
 
-    import live.publish as publish
+    import awet_kafka.publish as publish
 
     monkeypatch.setattr(publish, "FLUSH_SLICE_S", 0.01)
     bars = [_bar(f"S{i}", datetime(2024, 1, 2, tzinfo=UTC)) for i in range(4)]
@@ -273,7 +273,7 @@ def test_side_reader_rereads_a_topic_recreated_by_a_broker_restart(own_tansu):
     """The new log grows PAST the tail's old position before the tail reads it: without the
     topic-id check the tail would read from its old position and skip the first messages."""
     from awet_dagster.contracts import MarketRawEvent
-    from live.tail import TopicTail
+    from awet_kafka.tail import TopicTail
     from tests.test_live_loop import _bar
 
     topic = f"t-{uuid.uuid4().hex[:10]}"
@@ -418,9 +418,9 @@ def test_a_failed_service_closes_without_waiting_for_its_dead_producer(kafka_boo
     """close() after a failed run purges the producer: what it holds is produced again by the
     replacement; flushing it would delay the rebuild by the flush timeout (and keep alive an
     idempotent producer that a restarted tansu may fence the replacement with)."""
-    from live.bus import BusService, Output
-    from live.producer import DeliveryError
-    from live.kafka_settings import consumer_config
+    from awet_kafka.bus import BusService, Output
+    from awet_kafka.producer import DeliveryError
+    from awet_kafka.settings import consumer_config
     from tests.test_live_loop import _bar
 
     topic, out = make_topic(), make_topic()

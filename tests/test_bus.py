@@ -1,4 +1,4 @@
-"""The shared Kafka loop (live/bus.py) against real brokers: every test runs on the session's
+"""The shared Kafka loop (awet_kafka/bus.py) against real brokers: every test runs on the session's
 Kafka and again on the embedded fallback, tansu (the smoke subset that keeps it honest)."""
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from awet_dagster.contracts import DeadLetter, MarketRawEvent, dlq_topic
 from awet_dagster.contracts.examples import example_events
-from live.bus import BusService, MetricSample, Output, PublishFirst, RetryLater
-from live.dead_letters import DLQ_REASON_HEADER
-from live.producer import CORRELATION_HEADER, DeliveryError, EventProducer
-from live.kafka_settings import (
+from awet_kafka.bus import BusService, MetricSample, Output, PublishFirst, RetryLater
+from awet_kafka.dead_letters import DLQ_REASON_HEADER
+from awet_kafka.producer import CORRELATION_HEADER, DeliveryError, EventProducer
+from awet_kafka.settings import (
     FAST_DEV_CONSUMER_SETTINGS,
     FAST_DEV_PRODUCER_SETTINGS,
     consumer_config,
@@ -43,7 +43,7 @@ def kafka_bootstrap(request: pytest.FixtureRequest, infra_endpoints) -> str:
 
 @pytest.fixture
 def make_topic(kafka_bootstrap: str):
-    from live.topics import ensure_topics
+    from awet_kafka.admin import ensure_topics
 
     def _make(partitions: int = 1) -> str:
         name = f"t-{uuid.uuid4().hex[:12]}"

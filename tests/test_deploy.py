@@ -124,7 +124,7 @@ def topology_problems(deployed: set[str]) -> list[str]:
     from awet_dagster.config import load_config
     from awet_dagster.contracts.topology import NODES, SINKS
 
-    from live.topics import with_dlq
+    from awet_kafka.admin import with_dlq
 
     kafka = load_config(environ={"AWET_ENV": "prod"}).kafka
     # What `awet infra up` and compose's init create (ensure_configured_topics): each
@@ -661,7 +661,7 @@ def test_consumer_lag_scaling_option(helm):
     pods = hpas["awet-features"]["spec"]["metrics"][1]
     assert pods["type"] == "Pods" and pods["pods"]["metric"]["name"] == "awet_consumer_lag"
     assert len(hpas["awet-lean-alpha"]["spec"]["metrics"]) == 1  # CPU only by default
-    from live.kafka_settings import group_id
+    from awet_kafka.settings import group_id
 
     assert group_id("awet", "signal") == "awet.signal"
 

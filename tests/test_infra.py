@@ -215,7 +215,7 @@ def test_terminate_escalates_to_kill_within_its_timeout():
 @pytest.mark.timeout(60)
 def test_topics_created_with_configured_partitions_and_dlq_twins(tmp_path, kafka_bootstrap, test_config_for):
     from awet_dagster.contracts import ALL_TOPICS
-    from live.topics import ensure_topics, topic_partitions
+    from awet_kafka.admin import ensure_topics, topic_partitions
 
     cfg = test_config_for(tmp_path / "awet")
     wanted = {name: t.partitions for name, t in cfg.kafka.topics.items()}
@@ -234,7 +234,7 @@ def test_topics_created_with_configured_partitions_and_dlq_twins(tmp_path, kafka
 
 @pytest.mark.timeout(60)
 def test_make_topic_gives_a_fresh_topic_with_dlq(make_topic, kafka_bootstrap):
-    from live.topics import topic_partitions
+    from awet_kafka.admin import topic_partitions
 
     a, b = make_topic(), make_topic(partitions=3)
     assert a != b
@@ -261,7 +261,7 @@ def _need_kafka(cfg) -> None:
 def test_kafka_keeps_messages_and_committed_offsets_across_down_and_up(awet_tmp_home, test_config_for):
     from confluent_kafka import Consumer, Producer, TopicPartition
 
-    from live.topics import admin_ready, ensure_topics
+    from awet_kafka.admin import admin_ready, ensure_topics
 
     cfg = test_config_for(awet_tmp_home, AWET__INFRA__BROKER="kafka")
     _need_kafka(cfg)
@@ -365,7 +365,7 @@ def test_auto_falls_back_to_tansu_saying_why_and_kafka_without_java_fails(awet_t
 
 @pytest.mark.timeout(60)
 def test_topic_configs_are_applied_and_drift_is_corrected(kafka_bootstrap, broker_kind, tmp_path, test_config_for):
-    from live.topics import ensure_topics, topic_configs
+    from awet_kafka.admin import ensure_topics, topic_configs
 
     cfg = test_config_for(tmp_path / "awet")
     configs = cfg.kafka.topic_configs()

@@ -253,7 +253,7 @@ def test_stub_ingest_into_a_running_live_loop_places_orders_without_a_replay(
     from awet_dagster.storage.bars import copy_upsert_bars
     from awet_dagster.storage.db import connect
     from live.single_instance import InstanceLock
-    from live.topics import ensure_configured_topics
+    from awet_kafka.admin import ensure_configured_topics
     from tests.test_stopping import AWET, _env, _start, _wait_for_line
 
     kafka_bootstrap = own_broker.bootstrap

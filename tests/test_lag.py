@@ -54,7 +54,7 @@ def _produce(bootstrap: str, topic: str, n: int) -> None:
 def _consume_and_commit(bootstrap: str, topic: str, group: str, n: int) -> None:
     from confluent_kafka import Consumer
 
-    from live.kafka_settings import FAST_DEV_CONSUMER_SETTINGS
+    from awet_kafka.settings import FAST_DEV_CONSUMER_SETTINGS
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
                   "enable.auto.commit": False, **FAST_DEV_CONSUMER_SETTINGS})

@@ -37,12 +37,12 @@ from awet_dagster.inference import FeatureWindows, StaticPredictorSource, to_qua
 from awet_dagster.risk.state import KillSwitchState
 from awet_dagster.sources.sample import SampleSource
 from awet_dagster.storage.db import connect
-from live.bus import RetryLater
-from live.dead_letters import DLQ_REASON_HEADER
-from live.producer import EventProducer
-from live.kafka_settings import FAST_DEV_PRODUCER_SETTINGS, producer_config
+from awet_kafka.bus import RetryLater
+from awet_kafka.dead_letters import DLQ_REASON_HEADER
+from awet_kafka.producer import EventProducer
+from awet_kafka.settings import FAST_DEV_PRODUCER_SETTINGS, producer_config
 from live.loop_harness import LoopTracker, replay_through_loop, start_loop
-from live.publish import publish_acknowledged
+from awet_kafka.publish import publish_acknowledged
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -38,10 +38,10 @@ from awet_dagster.streaming import (
 )
 from awet_dagster.streaming.state import alpha_kind
 from live import registry, supervisor
-from live.dead_letters import DLQ_REASON_HEADER
-from live.producer import EventProducer
+from awet_kafka.dead_letters import DLQ_REASON_HEADER
+from awet_kafka.producer import EventProducer
 from awet_dagster.streaming.alpaca_ingest import AlpacaBarIngestor, Backoff, alpaca_stream_factory
-from live.kafka_settings import FAST_DEV_PRODUCER_SETTINGS, producer_config
+from awet_kafka.settings import FAST_DEV_PRODUCER_SETTINGS, producer_config
 from live.replay import replay_bars
 from live.services import features as features_svc
 from live.services import lean_alpha as alpha_svc

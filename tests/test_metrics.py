@@ -8,7 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from awet_dagster.observability import textfile as tf
-from live.bus import MetricSample
+from awet_kafka.bus import MetricSample
 from awet_dagster.observability.metrics import SERVICE_PORT_OFFSETS, AwetMetrics, reason_code, service_port
 from live.metrics import start_metrics_server
 

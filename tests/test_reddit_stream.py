@@ -212,7 +212,7 @@ def test_awet_ingest_reddit_streams_into_social_sentiment_and_persist_sentiment_
 def test_poison_on_social_sentiment_is_dead_lettered_with_its_reason_and_the_rest_is_stored(
         tmp_path, endpoints, make_topic, test_config_for):
     from awet_dagster.storage.db import connect
-    from live.dead_letters import DLQ_REASON_HEADER
+    from awet_kafka.dead_letters import DLQ_REASON_HEADER
     from live.services import persist_sentiment
     from tests.test_live_loop import _group, _producer, _read_all
 

@@ -21,7 +21,7 @@ from awet_dagster.infra import Endpoints
 from awet_dagster.storage.db import connect
 from awet_dagster.streaming import FeatureEngine, bars_to_events
 from live.loop_harness import LoopTracker, start_loop
-from live.publish import publish_acknowledged
+from awet_kafka.publish import publish_acknowledged
 from live.registry import available_services, service_spec
 from live.single_instance import SingleInstanceError, lock_holder
 from tests.test_live_loop import _group, _producer, _sample_bars

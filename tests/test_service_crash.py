@@ -31,7 +31,7 @@ from awet_dagster.infra import Endpoints
 from awet_dagster.signals import signal_passed
 from awet_dagster.storage.db import connect
 from live.loop_harness import start_loop
-from live.publish import publish_acknowledged
+from awet_kafka.publish import publish_acknowledged
 from live.registry import LOOP_SERVICES
 from tests.test_live_loop import _overrides, _producer, _sample_bars, _topics, _uid
 
@@ -267,7 +267,7 @@ def control(champion, database_url, kafka_bootstrap, tmp_path_factory):
     """The same bars through the whole loop in this process, nothing killed."""
     import uuid
 
-    from live.topics import ensure_topics
+    from awet_kafka.admin import ensure_topics
 
     def make_topic(partitions: int = 1) -> str:
         name = f"t-{uuid.uuid4().hex[:12]}"

@@ -1,4 +1,4 @@
-"""One fetch of a topic shared by the services of a process (live/shared_fetch.py), on the
+"""One fetch of a topic shared by the services of a process (awet_kafka/shared_fetch.py), on the
 real embedded broker: every service still gets every message once, in partition order,
 and commits its own group's offsets; a restart resumes from them; what the shared log
 cannot serve falls back to the service's own consumer; a wedged reader never blocks the
@@ -15,12 +15,12 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from awet_dagster.contracts import MarketRawEvent
-from live.bus import BusService
-from live.producer import EventProducer
-from live.kafka_settings import FAST_DEV_CONSUMER_SETTINGS, FAST_DEV_PRODUCER_SETTINGS, consumer_config, producer_config
+from awet_kafka.bus import BusService
+from awet_kafka.producer import EventProducer
+from awet_kafka.settings import FAST_DEV_CONSUMER_SETTINGS, FAST_DEV_PRODUCER_SETTINGS, consumer_config, producer_config
 from live.registry import service_inputs, service_spec
 from live.supervisor import shared_fetches
-from live.shared_fetch import SharedFetches, Subscription
+from awet_kafka.shared_fetch import SharedFetches, Subscription
 
 T0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
 
@@ -160,7 +160,7 @@ def test_a_service_the_shared_log_cannot_serve_consumes_on_its_own(kafka_bootstr
 def test_a_wedged_reader_is_cut_loose_instead_of_blocking_the_others(kafka_bootstrap, make_topic):
     topic = make_topic()
     _bars(topic, kafka_bootstrap, 200)
-    from live.shared_fetch import SharedFetch
+    from awet_kafka.shared_fetch import SharedFetch
 
     fetch = SharedFetch(consumer_config(kafka_bootstrap, "x", consumer=FAST_DEV_CONSUMER_SETTINGS), [topic],
                         expected=2, max_buffered=20, overrun_s=0.5, fetch_batch=10)

@@ -77,17 +77,17 @@ class KafkaConfig(Section):
     sasl_password: SecretStr | None = None
     poll_timeout_s: float = Field(0.5, gt=0)
     # A service's checkpoint waits this long for its outputs' verdicts. Longer than the
-    # producers' message.timeout.ms (30 s; live/kafka_settings.py): a broker that restarts
+    # producers' message.timeout.ms (30 s; awet_kafka/settings.py): a broker that restarts
     # meanwhile (a Kafka starts in 5-10 s) then costs a pause, not a failed run whose purged
     # outputs would be produced again as duplicates.
     flush_timeout_s: float = Field(40.0, gt=0)
     batch_size: int = Field(500, ge=1)
     # Live services commit (flush, persist, store offsets) at most this often, at once when
-    # their input is idle, and after this many uncommitted messages (live.bus checkpoints).
+    # their input is idle, and after this many uncommitted messages (awet_kafka.bus checkpoints).
     commit_interval_s: float = Field(0.1, ge=0)
     commit_max_messages: int = Field(5000, ge=1)
     # One process running several services that consume the same topics (``awet live``):
-    # fetch them once and let each service read that (live.shared_fetch); each keeps its
+    # fetch them once and let each service read that (awet_kafka.shared_fetch); each keeps its
     # own group offsets. Off: one fetching consumer per service, as with --service.
     shared_fetch: bool = True
 

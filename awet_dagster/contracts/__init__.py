@@ -1,6 +1,6 @@
 """Event contracts (pydantic v2) and the topic registry of the live loop.
 
-Pure core: no Kafka client import here; ``live/bus.py`` does the wire work.
+Pure core: no Kafka client import here; ``awet_kafka/bus.py`` does the wire work.
 """
 
 from .base import UNSUPPORTED_VERSION, BaseEvent, ContractModel, ensure_utc, new_event_id, utc_now

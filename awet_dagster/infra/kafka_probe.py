@@ -3,7 +3,7 @@
 It sends one MetadataRequest (v1, no topics) and is satisfied when the answer names at least
 one broker and an active controller: a KRaft node that answers that has registered with its
 controller and serves clients. Callers that may import confluent_kafka pass an AdminClient
-probe instead (``live.topics.admin_ready``); this one is the default of ``awet_dagster.infra``.
+probe instead (``awet_kafka.admin.admin_ready``); this one is the default of ``awet_dagster.infra``.
 """
 
 from __future__ import annotations

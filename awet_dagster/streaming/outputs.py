@@ -5,7 +5,7 @@ is committed). ``RetryLater``: raised by a component when a dependency is down (
 a venue) so the input is NOT committed and comes again to the next start. ``PublishFirst``:
 raised by a component whose input needs what the outputs held so far will cause (the bus then
 publishes them and hands the input again). Core components use
-these so they can run without the bus (backtest, tests) and under it (``live.bus`` re-exports
+these so they can run without the bus (backtest, tests) and under it (``awet_kafka.bus`` re-exports
 both as its handler API).
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The signal scorer waits for a bar's forecast and alpha mark, risk and the exit monitor for
 the fills a bar must bring. Those arrive on other topics, read by a side reader in another
-thread (live: ``live.tail.TopicTail``); the component only sees this port: ``lock()`` guards
+thread (live: ``awet_kafka.tail.TopicTail``); the component only sees this port: ``lock()`` guards
 the state the reader feeds, ``wait(done, timeout_s)`` (lock held) waits until ``done()`` or
 the timeout, and ``stopping()`` says the process was asked to stop. ``NO_SIDE_INPUTS``: no
 reader (the backtest, tests driving a component directly): nothing to wait for.

@@ -19,10 +19,11 @@ from awet_dagster.storage.db import connect
 from awet_dagster.storage.dead_letters import has_dead_letter, record_dead_letters
 from awet_dagster.storage.bar_history import read_last_bars, read_last_bars_many
 from awet_dagster.streaming.time_guard import TimeGuard, TimeLimits
-from live.bus import BusService, Handler, MessageContext, RetryLater
-from live.producer import EventProducer
-from live.kafka_settings import consumer_config, group_id, producer_config
-from live.tail import SideDeadLetters, TopicTail
+from awet_kafka.bus import BusService, Handler, MessageContext
+from awet_dagster.streaming.outputs import RetryLater
+from awet_kafka.producer import EventProducer
+from awet_kafka.settings import consumer_config, group_id, producer_config
+from awet_kafka.tail import SideDeadLetters, TopicTail
 
 log = logging.getLogger("awet.live.services")
 

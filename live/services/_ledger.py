@@ -10,7 +10,7 @@ from typing import Any
 from awet_dagster.config import AwetConfig
 from awet_dagster.contracts import BarClock, BaseEvent, ExecutionReport, OrderEvent
 from awet_dagster.streaming.sequencer import EventTimeSequencer
-from live.bus import MessageContext
+from awet_kafka.bus import MessageContext
 from live.services._common import (
     LazyConnection,
     TailSideInputs,

@@ -19,7 +19,8 @@ from awet_dagster.contracts.topics import EXEC_DONE, EXEC_EXITS, EXEC_ORDERS, MA
 from awet_dagster.execution.lifecycle import OrderLifecycle, fill_time, make_broker
 from awet_dagster.execution.orders import BrokerOrder, OrderRequest
 from awet_dagster.storage.execution import PostgresExecutionStore
-from live.bus import MessageContext, Output
+from awet_kafka.bus import MessageContext
+from awet_dagster.streaming.outputs import Output
 from live.services._common import (
     LazyConnection,
     LiveService,

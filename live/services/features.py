@@ -18,7 +18,8 @@ from awet_dagster.config import AwetConfig
 from awet_dagster.contracts import FeatureEvent, MarketRawEvent
 from awet_dagster.contracts.topics import ENGINEERED, MARKET_RAW
 from awet_dagster.streaming import DEFAULT_WARMUP_BARS, FeatureEngine
-from live.bus import MessageContext, Output
+from awet_kafka.bus import MessageContext
+from awet_dagster.streaming.outputs import Output
 from live.services._common import (
     LazyConnection,
     LiveService,

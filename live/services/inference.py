@@ -20,7 +20,8 @@ from awet_dagster.inference.forecaster import IDLE_MESSAGE, Forecaster
 from awet_dagster.observability.drift import PredictionDrift
 from awet_dagster.storage.predictions import PostgresPredictionStore
 from awet_dagster.streaming import DEFAULT_WARMUP_BARS
-from live.bus import MessageContext, Output
+from awet_kafka.bus import MessageContext
+from awet_dagster.streaming.outputs import Output
 from live.services._common import (
     LazyConnection,
     LiveService,

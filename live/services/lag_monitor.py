@@ -32,8 +32,8 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from awet_dagster.config import AwetConfig
 from awet_dagster.contracts.topology import group_inputs
 from awet_dagster.observability.lag import PartitionLag, group_lags
-from live.bus import RunStats
-from live.kafka_settings import group_id
+from awet_kafka.bus import RunStats
+from awet_kafka.settings import group_id
 from awet_dagster.observability.metrics import AwetMetrics
 
 log = logging.getLogger("awet.live.lag_monitor")

@@ -14,7 +14,8 @@ from awet_dagster.contracts import AlphaSignal, MarketRawEvent
 from awet_dagster.contracts.topics import ALPHA_SIGNALS, MARKET_RAW
 from awet_dagster.streaming import DEFAULT_WARMUP_BARS, AlphaBank
 from awet_dagster.streaming.state import ALPHA_MODELS
-from live.bus import MessageContext, Output
+from awet_kafka.bus import MessageContext
+from awet_dagster.streaming.outputs import Output
 from live.services._common import (
     LazyConnection,
     LiveService,

@@ -20,7 +20,8 @@ from awet_dagster.contracts import MarketRawEvent
 from awet_dagster.contracts.topics import MARKET_RAW
 from awet_dagster.storage.bars import copy_upsert_bars
 from awet_dagster.streaming import events_to_frame
-from live.bus import MessageContext, RetryLater
+from awet_kafka.bus import MessageContext
+from awet_dagster.streaming.outputs import RetryLater
 from live.services._common import LazyConnection, LiveService, contract_of, db_settings, make_bus, time_guard
 
 log = logging.getLogger("awet.live.persist_bars")

@@ -17,7 +17,8 @@ from awet_dagster.config import AwetConfig
 from awet_dagster.contracts import SentimentEvent
 from awet_dagster.contracts.topics import SOCIAL_SENTIMENT
 from awet_dagster.storage.reddit import upsert_mentions
-from live.bus import MessageContext, RetryLater
+from awet_kafka.bus import MessageContext
+from awet_dagster.streaming.outputs import RetryLater
 from live.services._common import LazyConnection, LiveService, contract_of, db_settings, make_bus
 
 NAME = "persist_sentiment"

@@ -20,7 +20,8 @@ from awet_dagster.inference import ModelCalibrations
 from awet_dagster.signals.scorer import BarScorer
 from awet_dagster.storage.signals import PostgresSignalStore
 from awet_dagster.streaming import DEFAULT_WARMUP_BARS
-from live.bus import MessageContext, Output
+from awet_kafka.bus import MessageContext
+from awet_dagster.streaming.outputs import Output
 from live.services._common import (
     LazyConnection,
     LiveService,

@@ -16,7 +16,7 @@ What stays per service (so the guarantees and the operator's view are unchanged)
 - its consumer group and its committed offsets: each service keeps a Consumer of its own
   group, assigned to the topic's partitions and PAUSED (it never fetches), used only to
   look up where the group stopped and to store/commit offsets after its outputs are
-  delivered (``live.bus``). Lag per group, restarts from the committed offset and
+  delivered (``awet_kafka.bus``). Lag per group, restarts from the committed offset and
   at-least-once work as with a private consumer. The group has no members (standalone
   commits, as with ``assign``): fine in the one-process mode, where each service runs once.
 - its own pace: a slow service only holds the log's trimming (bounded by ``max_buffered``
@@ -29,7 +29,7 @@ the log no longer holds (rebuilt after a failure, long after) gets ``None`` and 
 with a private consumer as usual: correct, only without the saving.
 A broker that comes back with NEW logs (tansu, memory storage, restarted: every topic
 recreated, offsets from 0, and a fetch beyond the new end answers "empty", not out of
-range) is detected as the side readers do (``live.tail``): after the fetch lost
+range) is detected as the side readers do (``awet_kafka.tail``): after the fetch lost
 every broker connection it compares the topic ids; a recreated topic is fetched again
 from its beginning, and every reader, once it has read what was fetched before, reads the
 new log from its start (what a group member whose commits died with the broker does).
@@ -47,10 +47,10 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from live.tail import describe_topic_ids
-from live.topics import COORDINATOR_BUSY
+from awet_kafka.tail import describe_topic_ids
+from awet_kafka.admin import COORDINATOR_BUSY
 
-log = logging.getLogger("awet.live.shared_fetch")
+log = logging.getLogger("awet.kafka.shared_fetch")
 
 _EARLIEST = ("earliest", "smallest", "beginning")
 _METADATA_TIMEOUT_S = 10.0

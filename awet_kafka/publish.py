@@ -10,9 +10,9 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
-from live.producer import DeliveryError, event_headers
+from awet_kafka.producer import DeliveryError, event_headers
 
-log = logging.getLogger("awet.live.publish")
+log = logging.getLogger("awet.kafka.publish")
 
 #: publish_acknowledged flushes in slices of this length to notice a failed message early.
 FLUSH_SLICE_S = 0.5

@@ -11,9 +11,9 @@ from pydantic import ValidationError
 
 from awet_dagster.contracts import DeadLetter, dlq_topic, is_dlq_topic
 from awet_dagster.contracts.base import UNSUPPORTED_VERSION
-from live.producer import CORRELATION_HEADER, EventProducer
+from awet_kafka.producer import CORRELATION_HEADER, EventProducer
 
-log = logging.getLogger("awet.live.bus")
+log = logging.getLogger("awet.kafka.bus")
 
 DLQ_REASON_HEADER = "dlq_reason"
 DLQ_ERROR_TYPE_HEADER = "dlq_error_type"

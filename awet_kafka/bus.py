@@ -1,5 +1,5 @@
 """The shared at-least-once Kafka loop every live service runs (``BusService``). Publishing is
-``live.producer`` (``EventProducer``), dead letters ``live.dead_letters``.
+``awet_kafka.producer`` (``EventProducer``), dead letters ``awet_kafka.dead_letters``.
 
 Size (about 870 lines, over the 400 of docs/conventions.md): the consume -> handle -> produce ->
 checkpoint loop and its failure paths (delivery errors, RetryLater, PublishFirst, an orderer's
@@ -39,7 +39,7 @@ Guarantees and why:
   librdkafka's: it only holds offsets of partitions currently assigned (a revoked
   partition's stored offset is dropped), so a commit never moves a partition this
   consumer no longer owns. ``enable.auto.offset.store`` must therefore be false
-  (``live.kafka_settings`` forces it; ``BusService`` refuses true and sets it otherwise).
+  (``awet_kafka.settings`` forces it; ``BusService`` refuses true and sets it otherwise).
 - A message that cannot be decoded, or whose handler raises, is written to ``<topic>.dlq``
   (a ``DeadLetter`` envelope with the original bytes) and then committed like any other,
   so one poison message never blocks a partition. A handler that wants the message
@@ -94,10 +94,10 @@ from pydantic import ValidationError
 from awet_dagster.contracts import BaseEvent, DeadLetter, dlq_topic, model_for_topic
 # The handler API: what a handler returns and raises (core types, re-exported here).
 from awet_dagster.streaming.outputs import Output, PublishFirst, RetryLater
-from live.dead_letters import dead_letter_for, decode_failure_reason, send_dead_letter
-from live.producer import EventProducer
+from awet_kafka.dead_letters import dead_letter_for, decode_failure_reason, send_dead_letter
+from awet_kafka.producer import EventProducer
 
-log = logging.getLogger("awet.live.bus")
+log = logging.getLogger("awet.kafka.bus")
 
 
 # --------------------------------------------------------------------------- small types
@@ -278,10 +278,10 @@ class BusService:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if consumer_config.get("enable.auto.commit") not in (False, "false"):
-            raise ValueError("consumer_config must set enable.auto.commit=false (use live.kafka_settings)")
+            raise ValueError("consumer_config must set enable.auto.commit=false (use awet_kafka.settings)")
         if consumer_config.get("enable.auto.offset.store") in (True, "true"):
             raise ValueError("consumer_config must not set enable.auto.offset.store=true: the bus stores "
-                             "offsets itself, after delivery (use live.kafka_settings)")
+                             "offsets itself, after delivery (use awet_kafka.settings)")
         overrides = dict(topic_models or {})
         # Resolve every contract now: an unknown topic is a wiring bug, fail at start-up.
         self._models = {t: overrides[t] if t in overrides else model_for_topic(t) for t in topics}
@@ -325,7 +325,7 @@ class BusService:
         conf["on_commit"] = self._on_commit
         self._consumer = Consumer(conf)
         # Messages come from ``_source``: the consumer itself, or this process's shared fetch
-        # of the topics (live.shared_fetch; the consumer then only looks up and commits the
+        # of the topics (awet_kafka.shared_fetch; the consumer then only looks up and commits the
         # group's offsets).
         self._source: Any = None
         if shared_fetch is not None:

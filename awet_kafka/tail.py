@@ -48,10 +48,10 @@ from confluent_kafka.admin import AdminClient
 from pydantic import ValidationError
 
 from awet_dagster.contracts import BaseEvent, dlq_topic
-from live.dead_letters import dead_letter_for, decode_failure_reason, send_dead_letter
-from live.producer import EventProducer
+from awet_kafka.dead_letters import dead_letter_for, decode_failure_reason, send_dead_letter
+from awet_kafka.producer import EventProducer
 
-log = logging.getLogger("awet.live.tail")
+log = logging.getLogger("awet.kafka.tail")
 
 
 class SideDeadLetters:
