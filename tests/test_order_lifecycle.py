@@ -120,3 +120,43 @@ def test_a_restart_restores_the_simulator_and_fills_a_working_order_once():
     assert second.handle(_bar(T0 + 2 * MIN)) == []
     second.flush_writes()
     assert len(store.fills) == 1 and store.positions() == {"AAPL": 10.0}
+
+
+def test_a_start_reconciles_its_own_namespace_only():
+    """Two runs sharing one database (namespaces; e.g. tests on one worker's PostgreSQL): starting
+    one must not take the other's working order for one its venue lost (and mark it expired), nor
+    compare the other's positions with its venue."""
+    store = InMemoryExecutionStore()
+    a = OrderLifecycle(store, RestorableSimulator(slippage_bps=0.0, fee_per_order=1.0), initial_equity=100_000.0,
+                       orders_topic="orders", done_topic="done", namespace="run-a")
+    a.start()
+    a.handle(_bar(T0))
+    a.handle(_decision("c-a1"))
+    a.handle(_bar(T0 + MIN))  # fills c-a1: run-a holds 10 AAPL
+    a.handle(_decision("c-a2", ts=T0 + MIN))  # working at run-a's venue
+    a.flush_writes()
+    working = client_order_id("c-a2", "entry")
+    assert store.orders[working].status == "accepted" and store.positions() == {"AAPL": 10.0}
+
+    # run-b trades at a venue that never heard of run-a's orders (sim None: the Alpaca path,
+    # which looks up every order it thinks lost and marks the unknown ones expired).
+    b = OrderLifecycle(store, PaperSimulator(slippage_bps=0.0, fee_per_order=1.0), initial_equity=100_000.0,
+                       orders_topic="orders", done_topic="done", namespace="run-b")
+    assert b.sim is None
+    b.start()
+    b.flush_writes()
+    report = b.reconcile_report
+    assert report.not_open_at_broker == () and dict(report.position_mismatches) == {}
+    assert store.orders[working].status == "accepted"  # not "expired"
+
+    # Its own lost order is still found and closed: the view is scoped, not switched off.
+    b.handle(_bar(T0))
+    b.handle(_decision("c-b1"))
+    b.flush_writes()
+    mine = client_order_id("c-b1", "entry")
+    c = OrderLifecycle(store, PaperSimulator(slippage_bps=0.0, fee_per_order=1.0), initial_equity=100_000.0,
+                       orders_topic="orders", done_topic="done", namespace="run-b")
+    c.start()
+    c.flush_writes()
+    assert c.reconcile_report.not_open_at_broker == (mine,)
+    assert store.orders[mine].status == "expired" and store.orders[working].status == "accepted"

@@ -47,14 +47,15 @@ def test_a_namespace_keeps_its_own_kill_switch_and_anchors(conn):
     assert keys == {"run-a:kill_switch", "run-a:anchor:2024-03-01"}
 
 
-def test_orders_are_recorded_once_and_reconcile_view(conn):
+def test_orders_are_recorded_once_and_positions_upserted(conn):
     store = PostgresOrderStore(conn)
-    assert store.positions() == {} and store.open_client_order_ids() == set()
+    assert store.positions() == {}
     kw = dict(client_order_id="awet-abc", correlation_id="c1", symbol="SPY", side="buy", qty=10, order_type="market",
               broker_order_id=None, submitted_at=T, payload={"tp": 1})
     assert store.record_order(status="submitted", **kw) is True
     assert store.record_order(status="filled", **{**kw, "broker_order_id": "b-1"}) is False
-    assert store.open_client_order_ids() == set()
+    assert conn.execute("SELECT status, broker_order_id FROM orders WHERE client_order_id = 'awet-abc'").fetchall() == [
+        ("filled", "b-1")]
     assert store.record_fill(fill_id="f1", client_order_id="awet-abc", symbol="SPY", qty=10, price=400, fee=1, ts=T)
     assert not store.record_fill(fill_id="f1", client_order_id="awet-abc", symbol="SPY", qty=10, price=400, fee=1, ts=T)
     store.upsert_position("SPY", 10, 400.0, T, 401.0)

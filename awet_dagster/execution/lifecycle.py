@@ -39,7 +39,7 @@ queue first (same transaction). Why: one to three commits per order and per fill
 database round trips the service's bottleneck (py-spy: a burst of 200 orders/s kept the
 thread waiting on commits for a second, and risk waited on those fills).
 
-Restart: ``reconcile`` against the broker (logged; our open orders the broker lost are
+Restart: ``reconcile`` against the broker (logged; this namespace's open orders the broker lost are
 marked ``expired``, and at Alpaca fills they got while we were down are booked); the
 simulator (an in-process venue) is restored from the orders and fills tables (orders that
 reached it: broker id set), and the state of recently updated orders is re-announced on
@@ -114,10 +114,11 @@ from awet_dagster.execution.orders import (
     exit_request,
     order_event,
 )
-from awet_dagster.execution.reconcile import reconcile
+from awet_dagster.execution.reconcile import InMemoryOrderStore, reconcile
 from awet_dagster.execution.router import OrderRouter
 from awet_dagster.execution.simulator import PaperSimulator
 from awet_dagster.execution.store import (
+    OPEN_STATUSES,
     ExecutionStore,
     FillWrite,
     OrderWrite,
@@ -292,8 +293,13 @@ class OrderLifecycle:
             if fq > 0 and updated is not None and updated >= recent:
                 st = "filled" if math.isclose(fq, qty) else status if status in CLOSED else "partially_filled"
                 outputs.append(self._report_output(req, last_ts, fq, fn / fq, ff, st, boid))
+        # Our view for the broker comparison: this namespace's open orders and positions (its
+        # ledger), not every row of a database that other namespaces (runs, tests) share; the
+        # positions table has one row per symbol, whoever wrote it last.
+        mine_open = {row[0] for row in rows if row[4] in OPEN_STATUSES}
+        held = {s: p.qty for s, p in self.ledger.portfolio.positions.items() if p.qty}
         try:
-            rep = reconcile(self.broker, self._read())
+            rep = reconcile(self.broker, InMemoryOrderStore(mine_open, held))
         except BrokerUnavailable as exc:
             log.warning("execution: reconciliation skipped, broker unavailable: %s", exc)
         else:

@@ -18,7 +18,9 @@ from awet_dagster.execution.orders import BrokerOrder
 
 
 class OrderStore(Protocol):
-    """Our persisted view (the live loop backs it with PostgreSQL)."""
+    """Our view: the open orders and positions of ONE namespace (``OrderLifecycle.start`` builds
+    it from that namespace's stored orders and its fill ledger, never from every row of a
+    database that other runs share)."""
 
     def open_client_order_ids(self) -> set[str]: ...
 

@@ -106,10 +106,6 @@ class ExecutionStore(Protocol):
 
     def order_qty_payload(self, client_order_id: str) -> tuple[float, dict[str, Any]] | None: ...
 
-    def open_client_order_ids(self) -> set[str]: ...
-
-    def positions(self) -> Mapping[str, float]: ...
-
     def last_bar_ts(self, symbol: str) -> datetime | None: ...
 
     def bars_between(self, symbol: str, bar_type: str, after: datetime, before: datetime,
@@ -212,9 +208,6 @@ class InMemoryExecutionStore:
     def order_qty_payload(self, client_order_id: str) -> tuple[float, dict[str, Any]] | None:
         o = self.orders.get(client_order_id)
         return None if o is None else (float(o.row["qty"]), dict(o.row.get("payload") or {}))
-
-    def open_client_order_ids(self) -> set[str]:
-        return {c for c, o in self.orders.items() if o.status in OPEN_STATUSES}
 
     def positions(self) -> Mapping[str, float]:
         return {s: p.qty for s, p in self.position_rows.items() if p.qty != 0}

@@ -60,12 +60,6 @@ class PostgresExecutionStore:
     def order_qty_payload(self, client_order_id: str) -> tuple[float, dict[str, Any]] | None:
         return self._orders().order_qty_payload(client_order_id)
 
-    def open_client_order_ids(self) -> set[str]:
-        return self._orders().open_client_order_ids()
-
-    def positions(self) -> Mapping[str, float]:
-        return self._orders().positions()
-
     def last_bar_ts(self, symbol: str) -> datetime | None:
         return last_bar_ts(self._connect(), symbol)
 

@@ -12,7 +12,6 @@ from datetime import date, datetime
 from typing import Any
 
 from awet_dagster.execution.ledger import StoredFill, StoredOrder
-from awet_dagster.execution.store import OPEN_STATUSES
 from awet_dagster.risk.store import AuditRecord
 from awet_dagster.risk.state import KillSwitchState
 
@@ -78,12 +77,6 @@ class PostgresOrderStore:
 
     def __init__(self, conn) -> None:
         self._conn = conn
-
-    def open_client_order_ids(self) -> set[str]:
-        rows = self._conn.execute(
-            "SELECT client_order_id FROM orders WHERE status = ANY(%s)", (list(OPEN_STATUSES),)
-        ).fetchall()
-        return {r[0] for r in rows}
 
     def positions(self) -> Mapping[str, float]:
         return {r[0]: float(r[1]) for r in self._conn.execute("SELECT symbol, qty FROM positions WHERE qty <> 0")}
