@@ -16,7 +16,7 @@ from awet_dagster.model.onnx_export import export_onnx
 from awet_dagster.model.tft import TrainSettings, predict_quantiles, train_tft
 
 
-def test_register_alias_rollback_load(tmp_path):
+def test_register_alias_rollback_load(tmp_path, monkeypatch):
     cfg = AwetConfig(paths=PathsConfig(home=tmp_path / "awet"))
     import mlflow
 
@@ -65,6 +65,13 @@ def test_register_alias_rollback_load(tmp_path):
     want = predict_quantiles(trained, w[-1:])[0]
     for j, h in enumerate(d.spec.horizons):
         assert [got[h][q] for q in (0.1, 0.5, 0.9)] == pytest.approx(want[j].tolist(), abs=1e-5)
+    # Loading without a destination leaves no download behind, and the predictor does not need it.
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(tmp))
+    pinned, champion = reg.load_version(v1.version), reg.load_champion()
+    assert list(tmp.glob("awet-model-*")) == []
+    assert pinned.predict({"AAA": w[-1]})["AAA"] == got == champion.predict({"AAA": w[-1]})["AAA"]
     # The registry used its own client only: MLflow's process-wide settings are untouched.
     assert mlflow.get_tracking_uri() == global_uri != cfg.mlflow_tracking_uri
     assert mlflow.active_run() is None

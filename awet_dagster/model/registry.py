@@ -88,12 +88,22 @@ class ServesModels:
         raise NotImplementedError
 
     def load_champion(self, dest: Path | str | None = None) -> OnnxPredictor:
-        """``OnnxPredictor`` for the champion (ONNX Runtime, CPUExecutionProvider)."""
-        return OnnxPredictor.load(self.download_model(None, dest))
+        """``OnnxPredictor`` for the champion (ONNX Runtime, CPUExecutionProvider); its files are
+        kept in ``dest`` when given, else downloaded to a temporary directory removed after loading."""
+        return self._load(None, dest)
 
     def load_version(self, version: str | int) -> OnnxPredictor:
         """``OnnxPredictor`` for ``version`` (pinned: the alias may move meanwhile)."""
-        return OnnxPredictor.load(self.download_model(f"models:/{self.model_name}/{version}"))
+        return self._load(f"models:/{self.model_name}/{version}", None)
+
+    def _load(self, ref: str | None, dest: Path | str | None) -> OnnxPredictor:
+        if dest is not None:
+            return OnnxPredictor.load(self.download_model(ref, dest))
+        # The ONNX Runtime session and the preprocessing are read into memory by ``load``: the
+        # files are not needed afterwards (a live inference service loads a model per promotion;
+        # each load left a directory in /tmp before).
+        with tempfile.TemporaryDirectory(prefix="awet-model-") as tmp:
+            return OnnxPredictor.load(self.download_model(ref, tmp))
 
 
 class ModelRegistry(ServesModels):
