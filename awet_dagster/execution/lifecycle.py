@@ -39,8 +39,8 @@ queue first (same transaction). Why: one to three commits per order and per fill
 database round trips the service's bottleneck (py-spy: a burst of 200 orders/s kept the
 thread waiting on commits for a second, and risk waited on those fills).
 
-Restart: ``reconcile`` against the broker (logged; this namespace's open orders the broker lost are
-marked ``expired``, and at Alpaca fills they got while we were down are booked); the
+Restart: ``reconcile`` against the broker (logged; this namespace's open orders the broker
+lost are marked ``expired``, and at Alpaca fills they got while we were down are booked); the
 simulator (an in-process venue) is restored from the orders and fills tables (orders that
 reached it: broker id set), and the state of recently updated orders is re-announced on
 exec.done (a crash may have hit between a fill's DB write and its report). So a restart
@@ -296,7 +296,7 @@ class OrderLifecycle:
         # Our view for the broker comparison: this namespace's open orders and positions (its
         # ledger), not every row of a database that other namespaces (runs, tests) share; the
         # positions table has one row per symbol, whoever wrote it last.
-        mine_open = {row[0] for row in rows if row[4] in OPEN_STATUSES}
+        mine_open = {row.client_order_id for row in rows if row.status in OPEN_STATUSES}
         held = {s: p.qty for s, p in self.ledger.portfolio.positions.items() if p.qty}
         try:
             rep = reconcile(self.broker, InMemoryOrderStore(mine_open, held))
