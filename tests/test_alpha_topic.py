@@ -132,7 +132,7 @@ def test_a_stop_cuts_a_fill_wait_short_and_the_bar_is_redelivered_not_judged_wit
 
     from live.services import risk
     from tests.test_bus import _committed
-    from tests.test_live_loop import _tradable_signal
+    from tests.test_live_loop import _tradable_signal, _uid
 
     cfg = test_config_for(tmp_path / "home")
     cfg = cfg.model_copy(update={"execution": cfg.execution.model_copy(update={"broker": "alpaca"})})
@@ -144,8 +144,11 @@ def test_a_stop_cuts_a_fill_wait_short_and_the_bar_is_redelivered_not_judged_wit
         prod.send(scored, _tradable_signal("SPY", first_ts + timedelta(days=i)))
     prod.flush(10)
     prod.close()
+    # A namespace of its own: the worker's database holds other tests' namespace-"" book (positions
+    # that count against the exposure caps, daily anchors of the same date).
     with risk.build(cfg, endpoints, input_topic=scored, approved_topic=approved, rejected_topic=rejected,
-                    exits_topic=exits, done_topic=done, orders_topic=orders, group=group, fill_wait_s=3600.0) as svc:
+                    exits_topic=exits, done_topic=done, orders_topic=orders, group=group, fill_wait_s=3600.0,
+                    namespace=f"ns-{_uid()}") as svc:
         # An entry decided the bar before, never filled: the first bar must wait for its fill.
         svc.component.ledger.expect("coid-1", "SPY", first_ts - timedelta(days=1), "entry", "corr-1", qty=1.0)
         box = _stop_while_waiting(svc, 2, lambda: svc.component._ts == first_ts
@@ -192,16 +195,18 @@ def test_with_the_paper_venue_risk_decides_without_any_fill_report_on_its_own_bo
             update={"open": open_, "volume": 1_000_000.0}))
     prod.flush(10)
     prod.close()
+    # A namespace of its own (as above): else another test's namespace-"" positions can fill the
+    # exposure caps and the first signal is rejected (seen once in CI).
     with risk.build(cfg, endpoints, input_topic=scored, approved_topic=approved, rejected_topic=rejected,
                     exits_topic=exits, done_topic=done, orders_topic=orders, group=_group(),
-                    fill_wait_s=3600.0) as svc:
+                    fill_wait_s=3600.0, namespace=f"ns-{_uid()}") as svc:
         t0 = time.monotonic()
         stats = svc.run(max_messages=2, timeout_s=60)
         took = time.monotonic() - t0
         desk = svc.component
         assert stats.processed == 2 and desk.counters["signals"] == 2, stats
         pos = desk.ledger.portfolio.position(symbol)
-        assert pos is not None and pos.avg_price == 101.0 * (1 + cfg.execution.slippage_bps / 1e4)
+        assert pos is not None and pos.avg_price == 101.0 * (1 + cfg.execution.slippage_bps / 1e4), desk.counters
         assert desk.shadow.counters["fills"] == 1 and desk.counters["fill_wait_timeouts"] == 0
     assert took < 30, took  # an hour's wait would have stopped it at the 60 s timeout
     [ok] = [RiskDecision.model_validate_json(m.value()) for m in _read_all(endpoints.kafka_bootstrap, approved, 1)]
